@@ -1,0 +1,38 @@
+# Two commands on a fresh clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch by default; override for CUDA, e.g. TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: run test lint docs test-slow clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev,export]"
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(VENV)/bin/blockzoo list
+	$(VENV)/bin/blockzoo info mlp
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+docs: $(VENV)/.dev-installed
+	$(PY) scripts/update_docs.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,40 @@
+"""blockzoo: verified, shape-agnostic, measured neural-network building blocks.
+
+    >>> import blockzoo, torch
+    >>> block = blockzoo.create("mlp", in_features=8, out_features=2)
+    >>> block(torch.randn(4, 8)).shape
+    torch.Size([4, 2])
+"""
+
+__version__ = "0.1.0"
+
+# Importing the rooms registers their blocks and models.
+from blockzoo import attention, conv, mlp, models, recurrent, rep
+from blockzoo.checks import ShapeError
+from blockzoo.registry import (
+    Spec,
+    UnknownNameError,
+    create,
+    create_model,
+    list_blocks,
+    register,
+    spec,
+)
+
+__all__ = [
+    "ShapeError",
+    "Spec",
+    "UnknownNameError",
+    "__version__",
+    "attention",
+    "conv",
+    "create",
+    "create_model",
+    "list_blocks",
+    "mlp",
+    "models",
+    "recurrent",
+    "register",
+    "rep",
+    "spec",
+]

@@ -1,0 +1,110 @@
+"""Activations and normalisations chosen by name, shared by every family.
+
+``create_act("gelu")`` and ``create_norm("layernorm", 64)`` let a block take
+``act_layer``/``norm_layer`` as a name, a class or a factory, so configs stay
+plain data (JSON-able) and the CLI can set them. The MLP, the figures of
+``blockzoo plot activations`` and every block use these same functions.
+
+Papers: PReLU — Delving Deep into Rectifiers (He, arXiv 1502.01852, 2015);
+GELU — Gaussian Error Linear Units (Hendrycks, arXiv 1606.08415, 2016).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from blockzoo.registry import unknown_name
+
+__all__ = ["ACTIVATIONS", "NORMS", "LayerSpec", "create_act", "create_norm"]
+
+LayerSpec = str | type[nn.Module] | Callable[..., nn.Module] | None
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "identity": nn.Identity,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "sigmoid": nn.Sigmoid,
+    "hardsigmoid": nn.Hardsigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "mish": nn.Mish,
+    "softplus": nn.Softplus,
+}
+
+# Activations whose modules own parameters and so accept device/dtype.
+_PARAMETRIC = {nn.PReLU}
+
+
+def create_act(
+    act: LayerSpec, *, device: Any = None, dtype: Any = None, **kwargs: Any
+) -> nn.Module:
+    """An activation module from a name (``"relu"``), a class, a factory or ``None``.
+
+    ``None`` gives ``nn.Identity``. Unknown names list close matches.
+    """
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, str):
+        key = act.lower()
+        if key not in ACTIVATIONS:
+            raise unknown_name("activation", act, sorted(ACTIVATIONS))
+        act = ACTIVATIONS[key]
+    if act in _PARAMETRIC:
+        return act(device=device, dtype=dtype, **kwargs)
+    return act(**kwargs)
+
+
+def _layernorm(dim: int, **kw: Any) -> nn.Module:
+    return nn.LayerNorm(dim, **kw)
+
+
+def _batchnorm1d(dim: int, **kw: Any) -> nn.Module:
+    return nn.BatchNorm1d(dim, **kw)
+
+
+def _batchnorm2d(dim: int, **kw: Any) -> nn.Module:
+    return nn.BatchNorm2d(dim, **kw)
+
+
+def _groupnorm1(dim: int, **kw: Any) -> nn.Module:
+    return nn.GroupNorm(1, dim, **kw)
+
+
+def _rmsnorm(dim: int, **kw: Any) -> nn.Module:
+    return nn.RMSNorm(dim, **kw)
+
+
+NORMS: dict[str, Callable[..., nn.Module]] = {
+    "layernorm": _layernorm,
+    "batchnorm1d": _batchnorm1d,
+    "batchnorm": _batchnorm2d,
+    "batchnorm2d": _batchnorm2d,
+    "groupnorm": _groupnorm1,
+    "rmsnorm": _rmsnorm,
+}
+
+
+def create_norm(
+    norm: LayerSpec, dim: int, *, device: Any = None, dtype: Any = None, **kwargs: Any
+) -> nn.Module:
+    """A normalisation over ``dim`` features from a name, class, factory or ``None``.
+
+    Names: layernorm, batchnorm1d, batchnorm / batchnorm2d, groupnorm (one group),
+    rmsnorm. ``None`` gives ``nn.Identity``.
+    """
+    if norm is None:
+        return nn.Identity()
+    if isinstance(norm, str):
+        key = norm.lower()
+        if key not in NORMS:
+            raise unknown_name("norm layer", norm, sorted(NORMS))
+        norm = NORMS[key]
+    return norm(dim, device=device, dtype=dtype, **kwargs)

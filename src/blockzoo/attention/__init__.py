@@ -1,0 +1,1 @@
+"""Attention blocks: sequence/token attention and image (channel/spatial) attention."""

@@ -1,0 +1,83 @@
+"""Input validation: every block checks its input here and raises ``ShapeError``.
+
+A message always names the block, what it expected and what it got, e.g.
+``"CBAM: expected input (B, C=64, H, W), got (8, 32, 7, 7)"``. Checks run before
+any arithmetic, so a wrong tensor never surfaces as an opaque matmul error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["ShapeError", "check_divisible", "check_shape", "require"]
+
+
+class ShapeError(ValueError):
+    """A tensor had the wrong rank, size or dtype for the block it was given to."""
+
+
+def _format(letters: Sequence[str], fixed: dict[str, int]) -> str:
+    parts = [f"{s}={fixed[s]}" if s in fixed else s for s in letters]
+    return "(" + ", ".join(parts) + ")"
+
+
+def check_shape(
+    x: torch.Tensor,
+    pattern: str,
+    *,
+    name: str,
+    arg: str = "input",
+    **fixed: int | None,
+) -> dict[str, int]:
+    """Check ``x`` against a letter pattern and return the named sizes.
+
+    Args:
+        x: the tensor to check.
+        pattern: space-separated dimension letters, e.g. ``"B C H W"``. A leading
+            ``"*"`` allows any number of extra leading dimensions (``"* F"``).
+        name: the block's name, used as the message prefix.
+        arg: which argument is checked (``"input"``, ``"key"``, ...).
+        **fixed: sizes the named dimensions must have; ``None`` means free.
+
+    Returns:
+        A dict from each letter to its size in ``x`` (leading ``*`` dims omitted).
+
+    Example:
+        >>> dims = check_shape(torch.zeros(2, 3, 5, 7), "B C H W", name="SE", C=3)
+        >>> dims["H"], dims["W"]
+        (5, 7)
+    """
+    letters = pattern.split()
+    fixed_sizes = {k: v for k, v in fixed.items() if v is not None}
+    unknown = set(fixed_sizes) - set(letters)
+    if unknown:
+        raise TypeError(f"check_shape: {sorted(unknown)} not in pattern {pattern!r}")
+    star = bool(letters) and letters[0] == "*"
+    named = letters[1:] if star else letters
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(
+            f"{name}: expected {arg} tensor {_format(letters, fixed_sizes)}, "
+            f"got {type(x).__name__}"
+        )
+    shape = tuple(x.shape)
+    rank_ok = len(shape) >= len(named) if star else len(shape) == len(named)
+    tail = shape[len(shape) - len(named):] if rank_ok else ()
+    if rank_ok and all(fixed_sizes.get(s, n) == n for s, n in zip(named, tail, strict=True)):
+        return dict(zip(named, tail, strict=True))
+    raise ShapeError(
+        f"{name}: expected {arg} {_format(letters, fixed_sizes)}, got {shape}"
+    )
+
+
+def check_divisible(size: int, by: int, *, name: str, what: str) -> None:
+    """Raise ``ShapeError`` unless ``size`` is a multiple of ``by``."""
+    if size % by:
+        raise ShapeError(f"{name}: {what}={size} must be a multiple of {by}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition`` holds (constructor arguments)."""
+    if not condition:
+        raise ValueError(message)

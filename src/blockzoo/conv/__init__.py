@@ -1,0 +1,1 @@
+"""Convolution blocks: conv-BN-act, Inception, residual, depthwise, MBConv, dynamic kernels."""

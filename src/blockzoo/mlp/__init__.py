@@ -1,0 +1,5 @@
+"""MLP-style blocks: the plain MLP and the MLP mixers."""
+
+from blockzoo.mlp.mlp import MLP
+
+__all__ = ["MLP"]

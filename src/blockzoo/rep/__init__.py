@@ -1,0 +1,1 @@
+"""Structural re-parameterization blocks (multi-branch in training, one conv at deploy)."""

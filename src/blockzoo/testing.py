@@ -1,0 +1,289 @@
+"""The conformance harness: the promises every registered entry keeps, as checks.
+
+``tests/test_conformance.py`` runs every check over every registered entry, so a
+new block is tested with no new test code. The checks are public so that users
+who ``register`` their own blocks can hold them to the same standard::
+
+    from blockzoo.testing import run_all
+    run_all(blockzoo.spec("my_block"))      # raises ConformanceError on a fault
+
+Each check raises ``ConformanceError`` naming the entry and what went wrong; an
+entry that cannot meet a category lists it in ``register(exempt={...})`` with
+its reason, and the test suite skips it there (and only there).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from blockzoo.checks import ShapeError
+from blockzoo.registry import Size, Spec
+
+__all__ = [
+    "CHECKS",
+    "ConformanceError",
+    "check_bad_input",
+    "check_batch_independence",
+    "check_determinism",
+    "check_export",
+    "check_float64",
+    "check_forward",
+    "check_grad",
+    "check_gradcheck",
+    "check_sizes",
+    "run_all",
+]
+
+
+class ConformanceError(AssertionError):
+    """An entry broke one of the promises every block makes."""
+
+
+def _fail(s: Spec, what: str) -> ConformanceError:
+    return ConformanceError(f"{s.name}: {what}")
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _float_tensors(out: Any) -> list[torch.Tensor]:
+    return [t for t in _tensors(out) if t.is_floating_point() or t.is_complex()]
+
+
+def _build(s: Spec, seed: int = 0, **overrides: Any) -> nn.Module:
+    torch.manual_seed(seed)
+    return s.build(**overrides)
+
+
+def _expected_shape(s: Spec, args: Sequence[Any], config: dict[str, Any]) -> tuple[int, ...] | None:
+    rule = s.example.out_shape
+    if rule is None:
+        return None
+    in_shape = tuple(args[0].shape)
+    if rule == "same":
+        return in_shape
+    return tuple(rule(in_shape, config))
+
+
+def _check_output(s: Spec, out: Any, args: Sequence[Any], batch: int, where: str) -> None:
+    tensors = _float_tensors(out)
+    if not tensors:
+        raise _fail(s, f"{where}: the output holds no floating-point tensor")
+    for i, t in enumerate(tensors):
+        if not torch.isfinite(t).all():
+            raise _fail(s, f"{where}: output {i} {tuple(t.shape)} is not finite")
+    dims = s.out_batch_dims or (0,) * len(tensors)
+    for t, d in zip(tensors, dims, strict=False):
+        if t.dim() <= d or t.shape[d] != batch:
+            raise _fail(s, f"{where}: output {tuple(t.shape)} lacks batch {batch} at dim {d}")
+    want = _expected_shape(s, args, dict(s.example.config))
+    if want is not None and tuple(tensors[0].shape) != want:
+        raise _fail(s, f"{where}: expected output shape {want}, got {tuple(tensors[0].shape)}")
+
+
+def check_forward(s: Spec) -> None:
+    """Forward on the example input: finite output of the documented shape."""
+    block = _build(s).eval()
+    args = s.make_input(batch=2)
+    with torch.no_grad():
+        out = block(*args)
+    _check_output(s, out, args, 2, f"example input {_shape_str(args)}")
+
+
+def _shape_str(args: Sequence[Any]) -> str:
+    return ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+
+
+def check_sizes(s: Spec) -> None:
+    """Batch 1 and 3 at the example size and at every other test size (non-square, odd)."""
+    block = _build(s).eval()
+    sizes: list[Size] = [s.example.size, *s.example.test_sizes()]
+    for batch in (1, 3):
+        for size in sizes:
+            args = s.make_input(batch=batch, size=size, seed=batch)
+            try:
+                with torch.no_grad():
+                    out = block(*args)
+            except Exception as e:
+                raise _fail(
+                    s, f"batch {batch}, size {size} ({_shape_str(args)}) failed: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            _check_output(s, out, args, batch, f"batch {batch}, size {size}")
+
+
+def _slice_args(s: Spec, args: Sequence[Any], i: int) -> tuple[Any, ...]:
+    batched = s.example.inputs.batched
+    return tuple(a[i : i + 1] if k in batched else a for k, a in enumerate(args))
+
+
+def check_batch_independence(s: Spec, *, batch: int = 3) -> None:
+    """In eval mode, sample i's output equals the output of sample i fed alone."""
+    block = _build(s).eval()
+    args = s.make_input(batch=batch, seed=1)
+    with torch.no_grad():
+        full = _float_tensors(block(*args))
+        dims = s.out_batch_dims or (0,) * len(full)
+        for i in range(batch):
+            alone = _float_tensors(block(*_slice_args(s, args, i)))
+            for k, (f, a, d) in enumerate(zip(full, alone, dims, strict=False)):
+                part = f.narrow(d, i, 1)
+                if part.shape != a.shape or not torch.allclose(part, a, rtol=1e-4, atol=1e-5):
+                    diff = (part - a).abs().max().item() if part.shape == a.shape else "shape"
+                    raise _fail(
+                        s, f"output {k} of sample {i} changes with the rest of the batch "
+                        f"(max |diff| {diff})"
+                    )
+
+
+def check_grad(s: Spec, *, allow_zero: bool = False) -> None:
+    """Training mode: every parameter gets a finite, not identically zero, gradient."""
+    block = _build(s).train()
+    args = s.make_input(batch=3, seed=2)
+    outs = _float_tensors(block(*args))
+    g = torch.Generator().manual_seed(3)
+    # A random projection of the output: a plain sum can hide parameters whose
+    # gradient cancels (e.g. anything before a softmax summed over its axis).
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+    loss.backward()
+    missing = [n for n, p in block.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise _fail(s, f"parameters received no gradient: {missing}")
+    bad = [n for n, p in block.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        raise _fail(s, f"non-finite gradients in {bad}")
+    zero = [n for n, p in block.named_parameters() if p.grad is not None and not p.grad.any()]
+    if zero and not allow_zero:
+        raise _fail(s, f"gradients identically zero for {zero}")
+
+
+def check_determinism(s: Spec) -> None:
+    """Eval is deterministic; a state_dict round trip and ``copy.deepcopy`` reproduce outputs."""
+    block = _build(s).eval()
+    args = s.make_input(batch=2, seed=4)
+    with torch.no_grad():
+        ref = _tensors(block(*args))
+        again = _tensors(block(*args))
+        if any(not torch.equal(a, b) for a, b in zip(ref, again, strict=True)):
+            raise _fail(s, "two eval forwards on the same input differ")
+        other = _build(s, seed=12345).eval()
+        other.load_state_dict(block.state_dict())
+        if any(not torch.equal(a, b) for a, b in zip(ref, _tensors(other(*args)), strict=True)):
+            raise _fail(s, "a fresh instance loaded with state_dict() gives other outputs")
+        clone = copy.deepcopy(block)
+        if any(not torch.equal(a, b) for a, b in zip(ref, _tensors(clone(*args)), strict=True)):
+            raise _fail(s, "copy.deepcopy gives other outputs")
+
+
+def check_float64(s: Spec) -> None:
+    """The block runs in float64 and returns float64."""
+    block = _build(s).double().eval()
+    args = s.make_input(batch=2, dtype=torch.float64)
+    with torch.no_grad():
+        outs = _float_tensors(block(*args))
+    wrong = [str(o.dtype) for o in outs if o.dtype != torch.float64]
+    if wrong:
+        raise _fail(s, f"float64 input gave outputs of dtype {wrong}")
+    if not all(torch.isfinite(o).all() for o in outs):
+        raise _fail(s, "float64 output is not finite")
+
+
+def check_gradcheck(s: Spec) -> None:
+    """``torch.autograd.gradcheck`` in float64 on the tiny config.
+
+    Differentiates w.r.t. the floating-point inputs; an entry fed integer ids is
+    checked w.r.t. its parameters instead.
+    """
+    cfg = {**s.example.config, **s.example.tiny}
+    block = _build(s, **s.example.tiny).double().eval()
+    args = list(s.make_input(batch=2, config=cfg, dtype=torch.float64, seed=5))
+    float_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if float_idx:
+        def f(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            full = list(args)
+            for i, x in zip(float_idx, xs, strict=True):
+                full[i] = x
+            return tuple(_float_tensors(block(*full)))
+
+        inputs = tuple(args[i].detach().requires_grad_() for i in float_idx)
+    else:
+        names = [n for n, p in block.named_parameters()]
+        params = {n: p.detach() for n, p in block.named_parameters()}
+
+        def f(*ps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(_float_tensors(
+                torch.func.functional_call(block, dict(zip(names, ps, strict=True)), tuple(args))
+            ))
+
+        inputs = tuple(params[n].clone().requires_grad_() for n in names)
+    try:
+        ok = torch.autograd.gradcheck(f, inputs, fast_mode=True, atol=1e-5, rtol=1e-3)
+    except RuntimeError as e:
+        raise _fail(s, f"gradcheck failed: {str(e).splitlines()[0]}") from e
+    if not ok:
+        raise _fail(s, "gradcheck failed")
+
+
+def check_bad_input(s: Spec) -> None:
+    """Wrong rank and wrong channel/feature count raise ``ShapeError`` naming the block."""
+    block = _build(s).eval()
+    for label, args in s.example.inputs.bad(2, s.example.size, s.example.config):
+        try:
+            with torch.no_grad():
+                block(*args)
+        except ShapeError as e:
+            msg = str(e).lower()
+            names = {s.name.lower(), type(block).__name__.lower()}
+            if not any(n in msg or n.replace("_", "") in msg for n in names):
+                raise _fail(s, f"{label}: ShapeError does not name the block: {e}") from e
+            continue
+        except Exception as e:
+            raise _fail(
+                s, f"{label}: raised {type(e).__name__} instead of ShapeError: {e}"
+            ) from e
+        raise _fail(s, f"{label}: accepted the bad input {_shape_str(args)} without error")
+
+
+def check_export(s: Spec) -> None:
+    """``torch.export.export`` captures the block and the program equals eager."""
+    block = _build(s).eval()
+    args = s.make_input(batch=2, seed=6)
+    with torch.no_grad():
+        want = _tensors(block(*args))
+    try:
+        program = torch.export.export(block, tuple(args), strict=False)
+        with torch.no_grad():
+            got = _tensors(program.module()(*args))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise _fail(s, f"torch.export failed: {type(e).__name__}: {first}") from e
+    for a, b in zip(want, got, strict=True):
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            raise _fail(s, "exported program's output differs from eager")
+
+
+CHECKS: dict[str, Callable[[Spec], None]] = {
+    "forward": check_forward,
+    "sizes": check_sizes,
+    "batch_independence": check_batch_independence,
+    "grad": check_grad,
+    "determinism": check_determinism,
+    "float64": check_float64,
+    "gradcheck": check_gradcheck,
+    "bad_input": check_bad_input,
+    "export": check_export,
+}
+
+
+def run_all(s: Spec) -> None:
+    """Run every check the entry is not exempt from."""
+    for category, check in CHECKS.items():
+        if category not in s.exempt:
+            check(s)

@@ -1,0 +1,22 @@
+"""Generated docs stay in step with the registry and the layout."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_catalogue_matches_registry() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_docs.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_architecture_names_every_room() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    pkg = ROOT / "src" / "blockzoo"
+    rooms = [p.name for p in pkg.iterdir() if p.is_dir() and not p.name.startswith("__")]
+    rooms += [p.name for p in pkg.glob("*.py") if p.name != "__main__.py"]
+    missing = [r for r in rooms if r not in text]
+    assert not missing, f"docs/architecture.md does not mention {missing}"

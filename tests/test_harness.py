@@ -1,0 +1,169 @@
+"""The conformance harness really catches faults.
+
+Each toy block below is broken in one way the catalogues we replace are broken;
+it is registered only inside its test, and the harness must report it.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import blockzoo
+from blockzoo import testing
+from blockzoo.checks import check_shape
+from blockzoo.registry import Example, images, register, unregister
+
+
+class _Base(nn.Module):
+    """Toy.
+
+    Args:
+        channels: C.
+
+    Shape:
+        - Input: (B, C, H, W).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    def check(self, x: torch.Tensor) -> None:
+        check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)
+
+
+class HardCodedSize(_Base):
+    """Pools with a kernel fixed at construction: 8x8 only (like a hard-coded 7x7)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        pooled = nn.functional.avg_pool2d(x, 8)  # assumes H = W = 8
+        return x * pooled.view(x.shape[0], self.channels, 1, 1) * self.scale[:, None, None]
+
+
+class UnusedParameter(_Base):
+    """Owns a parameter its forward never touches."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.forgotten = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return x * self.scale[:, None, None]
+
+
+class MixesBatch(_Base):
+    """Normalises with statistics over the whole batch even in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return (x - x.mean(0, keepdim=True)) * self.scale[:, None, None]
+
+
+class BareAssert(_Base):
+    """Checks its input with a bare assert (gone under python -O)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dim() == 4
+        return x * self.scale[:, None, None]
+
+
+class NondeterministicEval(_Base):
+    """Keeps dropping out in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return nn.functional.dropout(x, 0.5, training=True) * self.scale[:, None, None]
+
+
+class NaNForOddSizes(_Base):
+    """Divides by (W - W) when W is odd: finite at the example size only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        w = x.shape[-1]
+        return x * self.scale[:, None, None] / float(w % 2 == 0)
+
+
+def _register(cls: type[nn.Module]) -> str:
+    name = f"toy_{cls.__name__.lower()}"
+    register(
+        name=name, family="attention", paper="toy", arxiv="", year=2000, input="image",
+        example=Example(config=dict(channels=4), inputs=images("channels"), size=(8, 8),
+                        out_shape="same"),
+    )(cls)
+    return name
+
+
+@pytest.fixture
+def toy() -> Iterator[object]:
+    names: list[str] = []
+
+    def reg(cls: type[nn.Module]) -> blockzoo.Spec:
+        names.append(_register(cls))
+        return blockzoo.spec(names[-1])
+
+    yield reg
+    for n in names:
+        unregister(n)
+
+
+@pytest.mark.parametrize(
+    ("cls", "check", "message"),
+    [
+        (HardCodedSize, testing.check_sizes, r"size \(7, 9\)"),
+        (UnusedParameter, testing.check_grad, "forgotten"),
+        (MixesBatch, testing.check_batch_independence, "changes with the rest of the batch"),
+        (BareAssert, testing.check_bad_input, "instead of ShapeError"),
+        (NondeterministicEval, testing.check_determinism, "differ"),
+        (NaNForOddSizes, testing.check_sizes, "not finite"),
+    ],
+)
+def test_harness_reports_fault(toy, cls, check, message) -> None:
+    s = toy(cls)
+    with pytest.raises(testing.ConformanceError, match=message) as info:
+        check(s)
+    assert s.name in str(info.value)
+    # And run_all (what the suite runs) reports it too.
+    with pytest.raises(testing.ConformanceError):
+        testing.run_all(s)
+
+
+def test_harness_passes_a_correct_block(toy) -> None:
+    class Correct(_Base):
+        """Scales channels."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.check(x)
+            return x * self.scale[:, None, None]
+
+    testing.run_all(toy(Correct))
+
+
+def test_bad_input_must_name_the_block(toy) -> None:
+    class Anonymous(_Base):
+        """Raises ShapeError without saying who."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.dim() != 4 or x.shape[1] != self.channels:
+                raise blockzoo.ShapeError(f"bad shape {tuple(x.shape)}")
+            return x
+
+    with pytest.raises(testing.ConformanceError, match="does not name the block"):
+        testing.check_bad_input(toy(Anonymous))
+
+
+def test_wrong_output_shape_is_reported(toy) -> None:
+    class Shrinks(_Base):
+        """Halves the spatial size although registered as shape-preserving."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.check(x)
+            return nn.functional.avg_pool2d(x, 2) * self.scale[:, None, None]
+
+    with pytest.raises(testing.ConformanceError, match="expected output shape"):
+        testing.check_forward(toy(Shrinks))

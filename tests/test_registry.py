@@ -1,0 +1,109 @@
+"""The registry: lookup, errors with close matches, duplicates, create/create_model."""
+
+import pytest
+import torch
+from torch import nn
+
+import blockzoo
+from blockzoo.checks import check_shape
+from blockzoo.registry import Example, images, register, unregister, vectors
+
+
+def test_unknown_name_lists_close_matches() -> None:
+    with pytest.raises(KeyError) as info:
+        blockzoo.create("mpl")
+    assert "did you mean mlp" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register(
+            name="mlp", family="mlp", paper="x", arxiv="", year=2000, input="vector",
+            example=Example(config={}, inputs=vectors("in_features")),
+        )(nn.Identity)
+
+
+def test_register_rejects_bad_facts() -> None:
+    ex = Example(config=dict(channels=2), inputs=images())
+    with pytest.raises(ValueError, match="family"):
+        register(name="x1", family="nope", paper="p", arxiv="", year=1, input="image", example=ex)
+    with pytest.raises(ValueError, match="input kind"):
+        register(name="x2", family="conv", paper="p", arxiv="", year=1, input="tokens", example=ex)
+    with pytest.raises(ValueError, match="snake_case"):
+        register(name="BadName", family="conv", paper="p", arxiv="", year=1, input="image",
+                 example=ex)
+    with pytest.raises(ValueError, match="exemption"):
+        register(name="x3", family="conv", paper="p", arxiv="", year=1, input="image",
+                 example=ex, exempt={"nonsense": "because of reasons"})
+
+
+def test_list_filters() -> None:
+    assert "mlp" in blockzoo.list_blocks(family="mlp")
+    assert "mlp" not in blockzoo.list_blocks(family="model")
+    assert blockzoo.list_blocks(pattern="*_regression") == [
+        "logistic_regression", "softmax_regression"]
+    with pytest.raises(KeyError, match="family"):
+        blockzoo.list_blocks(family="attn")
+
+
+def test_create_merges_example_config() -> None:
+    m = blockzoo.create("mlp", out_features=7)
+    assert m(torch.randn(2, 12)).shape == (2, 7)
+
+
+def test_create_model_sets_head_and_input() -> None:
+    m = blockzoo.create_model("softmax_regression", num_classes=9, in_chans=5)
+    assert m(torch.randn(3, 5)).shape == (3, 9)
+    with pytest.raises(ValueError, match="not a model"):
+        blockzoo.create_model("mlp")
+
+
+def test_spec_facts_and_example_input() -> None:
+    s = blockzoo.spec("mlp")
+    assert s.family == "mlp" and s.input == "vector"
+    (x,) = s.make_input(batch=5)
+    assert x.shape == (5, 12)
+    (x64,) = s.make_input(batch=1, dtype=torch.float64)
+    assert x64.dtype == torch.float64
+
+
+def test_register_returns_the_class_unchanged() -> None:
+    class Toy(nn.Module):
+        """Toy.
+
+        Args:
+            channels: C.
+
+        Shape:
+            - Input: (B, C, H, W).
+        """
+
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.channels = channels
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            check_shape(x, "B C H W", name="Toy", C=self.channels)
+            return x
+
+    try:
+        out = register(name="toy_identity", family="conv", paper="p", arxiv="", year=1,
+                       input="image", example=Example(config=dict(channels=3), inputs=images()))(Toy)
+        assert out is Toy
+        assert isinstance(blockzoo.create("toy_identity"), Toy)
+    finally:
+        unregister("toy_identity")
+    assert "toy_identity" not in blockzoo.list_blocks()
+
+
+def test_check_shape_messages() -> None:
+    with pytest.raises(blockzoo.ShapeError) as info:
+        check_shape(torch.zeros(8, 32, 7, 7), "B C H W", name="CBAM", C=64)
+    assert str(info.value) == "CBAM: expected input (B, C=64, H, W), got (8, 32, 7, 7)"
+    with pytest.raises(blockzoo.ShapeError, match=r"got \(3, 4\)"):
+        check_shape(torch.zeros(3, 4), "B C H W", name="X")
+    assert check_shape(torch.zeros(2, 3, 5, 4), "* F", name="X", F=4) == {"F": 4}
+    with pytest.raises(blockzoo.ShapeError, match="got list"):
+        check_shape([1, 2], "B F", name="X")
+    assert issubclass(blockzoo.ShapeError, ValueError)
