@@ -26,7 +26,7 @@ run: $(VENV)/.run-installed
 	$(VENV)/bin/blockzoo info mlp
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff check .
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider

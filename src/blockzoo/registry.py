@@ -489,3 +489,25 @@ def _input_arg(builder: Callable[..., nn.Module]) -> str:
     """The constructor argument that takes the input's channels/features."""
     params = inspect.signature(builder).parameters
     return next((k for k in _INPUT_ARGS if k in params), "in_chans")
+
+
+def import_room(package: str, path: Sequence[str], namespace: dict[str, Any]) -> list[str]:
+    """Import every module of a block room and re-export each module's ``__all__``.
+
+    Called from a room's ``__init__.py``; importing the modules registers their
+    entries, so adding a block means adding its file: nothing else learns its name.
+    Returns the re-exported names (the room's ``__all__``).
+    """
+    import importlib
+    import pkgutil
+
+    exported: list[str] = []
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        namespace[info.name] = module
+        for attr in getattr(module, "__all__", ()):
+            namespace[attr] = getattr(module, attr)
+            exported.append(attr)
+    return sorted(exported)

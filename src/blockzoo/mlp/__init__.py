@@ -1,5 +1,9 @@
-"""MLP-style blocks: the plain MLP and the MLP mixers."""
+"""MLP-style blocks: the plain MLP and the MLP mixers.
 
-from blockzoo.mlp.mlp import MLP
+Every module in this folder is imported here (which registers its entries) and
+its ``__all__`` re-exported, so a new file needs no edit of this one.
+"""
 
-__all__ = ["MLP"]
+from blockzoo.registry import import_room
+
+__all__ = import_room(__name__, __path__, globals())

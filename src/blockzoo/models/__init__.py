@@ -1,5 +1,9 @@
-"""Whole networks built from registered blocks, with classification heads."""
+"""Whole networks built from registered blocks, with classification heads.
 
-from blockzoo.models.linear import BowClassifier, LogisticRegression, SoftmaxRegression
+Every module in this folder is imported here (which registers its entries) and
+its ``__all__`` re-exported, so a new file needs no edit of this one.
+"""
 
-__all__ = ["BowClassifier", "LogisticRegression", "SoftmaxRegression"]
+from blockzoo.registry import import_room
+
+__all__ = import_room(__name__, __path__, globals())

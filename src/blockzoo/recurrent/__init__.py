@@ -1,1 +1,9 @@
-"""Recurrent cells and layers: Elman, Jordan, LSTM (with peepholes), GRU."""
+"""Recurrent cells and layers: Elman, Jordan, LSTM (with peepholes), GRU.
+
+Every module in this folder is imported here (which registers its entries) and
+its ``__all__`` re-exported, so a new file needs no edit of this one.
+"""
+
+from blockzoo.registry import import_room
+
+__all__ = import_room(__name__, __path__, globals())
