@@ -1,0 +1,340 @@
+"""Data sets as whole tensors: the registry, the ``Data`` bundle, views and the loader.
+
+A data set is a function registered with ``@register_dataset`` that returns a
+``Data``: train/val/test splits held as tensors, the input kind and per-sample
+shape, the task and the number of classes or targets. Small data sets live in
+memory, so a batch is one index into a tensor (``x[idx]``), never a Python loop
+of per-sample ``__getitem__`` calls.
+
+Letters: B batch, C channels, H W spatial, T time steps, F features, K classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from blockzoo.registry import unknown_name
+
+__all__ = [
+    "TASKS",
+    "Data",
+    "DatasetEntry",
+    "TensorData",
+    "TensorLoader",
+    "list_datasets",
+    "load_data",
+    "register_dataset",
+    "split_train_val",
+    "standardize",
+    "subsample",
+]
+
+TASKS = ("classification", "binary", "regression")
+
+
+class TensorData(Dataset):
+    """Inputs ``x`` and targets ``y`` held as tensors; indexing takes an int or an index tensor."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"TensorData: {len(x)} inputs but {len(y)} targets")
+        self.x = x
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+@dataclass(frozen=True)
+class Data:
+    """One data set, ready to train on.
+
+    Attributes:
+        name: the registered name.
+        train, val, test: the splits.
+        input: the input kind, as in the registry: ``image`` (C, H, W), ``sequence``
+            (T, F) or integer ids (T,), ``tokens`` (N, C), ``vector`` (F,).
+        task: ``classification`` (y int64 in [0, K)), ``binary`` (y float in {0, 1},
+            shape (1,)) or ``regression`` (y float, shape (K,)).
+        num_classes: K, classes (classification), 1 (binary) or targets (regression).
+        in_chans: C (images), F (vectors, sequences) or the vocabulary size (ids).
+        ids: True when inputs are integer token ids (a ``vocab_size`` model).
+        baselines: published or trivial reference numbers of the test metric.
+        stats: per-feature ``mean``/``std`` used to standardise (to apply at predict).
+        classes: optional class names.
+        vocab: the words of a bag-of-words data set, in feature order.
+    """
+
+    name: str
+    train: TensorData
+    val: TensorData
+    test: TensorData
+    input: str
+    task: str
+    num_classes: int
+    in_chans: int
+    ids: bool = False
+    baselines: Mapping[str, float] = field(default_factory=dict)
+    stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+    vocab: tuple[str, ...] | None = None
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Data {self.name!r}: task {self.task!r} not in {TASKS}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample input shape."""
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def metric(self) -> str:
+        """The headline metric: accuracy for classification, MSE for regression."""
+        return "mse" if self.task == "regression" else "acc"
+
+    def view(self, kind: str) -> Data:
+        """The same data reshaped for a model of input ``kind``; ``ValueError`` if none fits.
+
+        image (C, H, W) -> vector (C*H*W,) or sequence/tokens (H*W, C), pixel by pixel;
+        sequence/tokens (T, F) -> vector (T*F,) or each other; vector (F,) -> sequence
+        (F, 1). Integer ids only feed sequence models.
+        """
+        if kind == self.input:
+            return self
+        if self.ids:
+            raise ValueError(
+                f"data {self.name!r} holds integer token ids (sequence input); "
+                f"a {kind} model cannot take them"
+            )
+        fn = _VIEWS.get((self.input, kind))
+        if fn is None:
+            raise ValueError(
+                f"data {self.name!r} is {self.input} {self.shape}; it has no {kind} view "
+                f"(models for it take input: {', '.join(self.kinds())})"
+            )
+        splits = {s: TensorData(fn(getattr(self, s).x), getattr(self, s).y) for s in ("train", "val", "test")}
+        in_chans = splits["train"].x.shape[-1]
+        return replace(self, input=kind, in_chans=int(in_chans), **splits)
+
+    def kinds(self) -> list[str]:
+        """Input kinds this data can feed (its own first)."""
+        if self.ids:
+            return [self.input]
+        return [self.input] + [k for (a, k) in _VIEWS if a == self.input]
+
+    def describe(self) -> str:
+        n = f"{len(self.train)}/{len(self.val)}/{len(self.test)}"
+        what = f"{self.num_classes} classes" if self.task == "classification" else (
+            "binary" if self.task == "binary" else f"{self.num_classes} targets")
+        return f"{self.name}: {self.input} {self.shape}, {what}, train/val/test {n}"
+
+
+def _img_to_seq(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2).contiguous()  # (B, H*W, C)
+
+
+_VIEWS: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {
+    ("image", "vector"): lambda x: x.flatten(1),  # (B, C*H*W)
+    ("image", "sequence"): _img_to_seq,
+    ("image", "tokens"): _img_to_seq,
+    ("sequence", "vector"): lambda x: x.flatten(1),  # (B, T*F)
+    ("sequence", "tokens"): lambda x: x,
+    ("tokens", "sequence"): lambda x: x,
+    ("tokens", "vector"): lambda x: x.flatten(1),  # (B, N*C)
+    ("vector", "sequence"): lambda x: x.unsqueeze(-1),  # (B, F, 1)
+    ("vector", "tokens"): lambda x: x.unsqueeze(-1),  # (B, F, 1)
+}
+
+
+def split_train_val(
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[TensorData, TensorData]:
+    """Split off a random ``val_fraction`` of (x, y) as validation, deterministically."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+    n = len(x)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    va, tr = perm[:n_val], perm[n_val:]
+    return TensorData(x[tr], y[tr]), TensorData(x[va], y[va])
+
+
+def standardize(data: Data, *, per_channel: bool = False) -> Data:
+    """Standardise inputs with the training split's mean and std.
+
+    Per feature (vectors, tabular data) or, with ``per_channel``, one mean and std
+    per image channel (dim 1 of (B, C, H, W)).
+    """
+    x = data.train.x
+    dims = (0, *range(2, x.dim())) if per_channel else (0,)
+    mean = x.mean(dims, keepdim=True)
+    std = x.std(dims, keepdim=True).clamp_min(1e-8)
+    splits = {s: TensorData((getattr(data, s).x - mean) / std, getattr(data, s).y)
+              for s in ("train", "val", "test")}
+    return replace(data, stats={"mean": mean[0], "std": std[0]}, **splits)
+
+
+def subsample(data: Data, n_train: int, n_eval: int | None = None) -> Data:
+    """The first ``n_train`` training and ``n_eval`` val/test samples (``quick`` mode)."""
+    n_eval = n_eval or max(1, n_train // 4)
+    return replace(
+        data,
+        train=TensorData(data.train.x[:n_train], data.train.y[:n_train]),
+        val=TensorData(data.val.x[:n_eval], data.val.y[:n_eval]),
+        test=TensorData(data.test.x[:n_eval], data.test.y[:n_eval]),
+    )
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered data set: its loader and the facts ``list`` shows."""
+
+    name: str
+    loader: Callable[..., Data]
+    input: str
+    task: str
+    about: str
+    source: str = "generated"  # bundled, generated or file
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(
+    name: str, *, input: str, task: str, about: str, source: str = "generated"
+) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    """Register a loader ``fn(*, seed, val_fraction, data_dir, quick) -> Data`` under ``name``."""
+
+    def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
+        if name in _DATASETS:
+            raise ValueError(f"register_dataset: {name!r} is already registered")
+        _DATASETS[name] = DatasetEntry(name, fn, input, task, about, source)
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered data set names, sorted (plus ``csv:PATH`` for any CSV file)."""
+    return sorted(_DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise unknown_name("data set", name, [*sorted(_DATASETS), "csv:PATH"]) from None
+
+
+def load_data(
+    name: str,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    data_dir: str | Path | None = None,
+    quick: bool = False,
+) -> Data:
+    """Load a registered data set (or ``csv:PATH``).
+
+    Args:
+        name: a registered name (``blockzoo.data.list_datasets()``) or ``csv:PATH``.
+        seed: seeds generated data and the train/val split.
+        val_fraction: share of the training data held out for validation where the
+            data set has no validation split of its own.
+        data_dir: where file-backed data sets live (default ``./data``).
+        quick: a small version (for tests and ``--quick`` examples).
+    """
+    if name.startswith("csv:"):
+        from blockzoo.data.tabular import load_csv
+
+        return load_csv(name[4:], seed=seed, val_fraction=val_fraction)
+    entry = dataset_entry(name)
+    return entry.loader(seed=seed, val_fraction=val_fraction,
+                        data_dir=Path(data_dir or "data"), quick=quick)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+class TensorLoader:
+    """Batches of (x, y) taken from whole tensors by index, reshuffled each epoch.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run can
+    rebuild it and skip the batches already done. Under DDP each rank takes its
+    contiguous share of every global batch (``rank``/``world_size``), so N processes
+    see exactly the batches one process would see with the same global batch size.
+
+    Args:
+        data: the split.
+        batch_size: the global batch size; ``None`` or ``0`` is the whole split
+            (full-batch gradient descent); 1 is pure SGD.
+        shuffle: reshuffle every epoch (train) or keep the order (eval).
+        seed: seeds the shuffles.
+        drop_last: drop a last batch smaller than ``batch_size``.
+        rank, world_size: this process's share under DDP.
+    """
+
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int | None,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.data = data
+        self.batch_size = batch_size or len(data)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor:
+        n = len(self.data)
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(n, generator=g)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Yield ``(x, y, global_batch_size)`` from batch ``start`` of this epoch on."""
+        order = self.order()
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            n_global = len(idx)
+            if self.world_size > 1:
+                idx = idx.tensor_split(self.world_size)[self.rank]
+            yield self.data.x[idx], self.data.y[idx], n_global
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, _ in self.batches():
+            yield x, y
