@@ -34,6 +34,7 @@ __all__ = [
     "split_train_val",
     "standardize",
     "subsample",
+    "view_tensor",
 ]
 
 TASKS = ("classification", "binary", "regression")
@@ -118,13 +119,13 @@ class Data:
                 f"data {self.name!r} holds integer token ids (sequence input); "
                 f"a {kind} model cannot take them"
             )
-        fn = _VIEWS.get((self.input, kind))
-        if fn is None:
+        if (self.input, kind) not in _VIEWS:
             raise ValueError(
                 f"data {self.name!r} is {self.input} {self.shape}; it has no {kind} view "
                 f"(models for it take input: {', '.join(self.kinds())})"
             )
-        splits = {s: TensorData(fn(getattr(self, s).x), getattr(self, s).y) for s in ("train", "val", "test")}
+        splits = {s: TensorData(view_tensor(getattr(self, s).x, self.input, kind), getattr(self, s).y)
+                  for s in ("train", "val", "test")}
         in_chans = splits["train"].x.shape[-1]
         return replace(self, input=kind, in_chans=int(in_chans), **splits)
 
@@ -156,6 +157,16 @@ _VIEWS: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {
     ("vector", "sequence"): lambda x: x.unsqueeze(-1),  # (B, F, 1)
     ("vector", "tokens"): lambda x: x.unsqueeze(-1),  # (B, F, 1)
 }
+
+
+def view_tensor(x: torch.Tensor, from_kind: str, to_kind: str) -> torch.Tensor:
+    """Reshape a batch of ``from_kind`` inputs for a model of ``to_kind`` (see ``Data.view``)."""
+    if from_kind == to_kind:
+        return x
+    try:
+        return _VIEWS[(from_kind, to_kind)](x)
+    except KeyError:
+        raise ValueError(f"no view of {from_kind} inputs as {to_kind}") from None
 
 
 def split_train_val(

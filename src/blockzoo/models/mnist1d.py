@@ -31,7 +31,7 @@ __all__ = ["Mnist1dCNN"]
     input="sequence",
     output="logits",
     example=Example(
-        config=dict(input_size=1, num_classes=10, width=8),
+        config=dict(input_size=1, num_classes=10),
         inputs=sequence("input_size"),
         size=(40,),
         out_shape=lambda shape, cfg: (shape[0], cfg["num_classes"]),

@@ -1,0 +1,56 @@
+"""Scale-out on PyTorch's own engine: DistributedDataParallel under ``torchrun``.
+
+``torchrun --nproc_per_node=N -m blockzoo train ...`` sets RANK / WORLD_SIZE /
+LOCAL_RANK; ``setup`` then joins the process group (gloo on CPU, nccl on CUDA).
+Each rank takes its contiguous share of every global batch (``TensorLoader``),
+the loss is the batch *sum* divided by the *global* batch size, and DDP averages
+gradients over ranks — so N processes compute the gradient of exactly the batch
+one process would see. Metrics are summed over ranks with ``all_reduce``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist", "all_reduce_sum", "setup"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the process group when launched by torchrun with more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum of ``t`` over all ranks (``t`` itself in one process)."""
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,387 @@
+"""The training loop: setup, evaluate, schedule, loop — read top to bottom.
+
+The tutorials' four steps (forward, loss, backward, optimizer step) with what a
+real trainer adds around them: whole-tensor batches, a learning-rate schedule,
+gradient clipping, evaluation every epoch, the best checkpoint kept, atomic
+checkpoints and exact resume, a progress bar, per-layer gradient norms, mixed
+precision, ``torch.compile`` and DDP.
+
+Resume is exact: the data order of epoch e depends only on (seed, e), the
+schedule only on the step, and the checkpoint holds the model, the optimizer, the
+RNG state and the partial epoch's sums — so a run stopped after k steps and
+resumed ends with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.data.base import Data, TensorData, TensorLoader
+from blockzoo.train import ddp, runlog
+from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
+from blockzoo.train.config import TrainConfig
+from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
+from blockzoo.train.task import Objective, model_outputs, objective
+
+__all__ = ["FitResult", "NonFiniteLossError", "evaluate", "fit", "resolve_device"]
+
+log = logging.getLogger("blockzoo.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class FitResult:
+    """What a run produced."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    test: dict[str, float]
+    best_epoch: int
+    best_val: float | None
+    steps: int
+    seconds: float
+    metric: str
+    run_dir: Path | None = None
+    stopped: bool = False  # by ``stop_after``
+    interrupted: bool = False  # by Ctrl-C
+    grad_history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return dev
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: TensorData,
+    obj: Objective,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+    dist: ddp.Dist | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Mean loss and accuracy (classification) of ``model`` on ``split``, summed over ranks."""
+    dist = dist or ddp.Dist()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
+    loader = TensorLoader(split, batch_size, rank=dist.rank, world_size=dist.world_size)
+    for x, y, _ in loader.batches():
+        if len(x) == 0:
+            continue
+        x, y = _to(x, device, channels_last), y.to(device)
+        with _autocast(device, amp):
+            out = model_outputs(model(x))
+        sums[0] += obj.loss_sum(out, y).double()
+        sums[1] += obj.correct(out, y).double()
+        sums[2] += len(x)
+    ddp.all_reduce_sum(sums, dist)
+    model.train(was_training)
+    n = max(1.0, sums[2].item())
+    res = {"loss": sums[0].item() / n}
+    if obj.task != "regression":
+        res["acc"] = sums[1].item() / n
+    return res
+
+
+def _grad_norms(model: nn.Module, names: list[str]) -> torch.Tensor:
+    params = dict(model.named_parameters())
+    grads = [params[n].grad for n in names]
+    return torch.stack([g.detach().float().norm() if g is not None else torch.zeros(()) for g in grads])
+
+
+def fit(
+    model: nn.Module,
+    data: Data,
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    *,
+    output: str = "logits",
+    run_dir: str | Path | None = None,
+    meta: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train ``model`` on ``data`` and test its best-on-validation weights.
+
+    Args:
+        model: any module mapping a batch of ``data``'s inputs to scores/values.
+        data: the data set, already in the model's input kind (``Data.view``).
+        config: a ``TrainConfig`` (or dict); ``overrides`` update it (``epochs=5``).
+        output: the model's output kind: ``logits``, ``log_probs`` or ``regression``;
+            with the data's task it picks the loss.
+        run_dir: where ``config.json``, ``metrics.csv``, checkpoints and figures go;
+            ``None`` keeps everything in memory (no checkpoints, so no ``resume``).
+        meta: extra facts stored in checkpoints (how to rebuild the model).
+
+    Returns:
+        A ``FitResult``; ``result.model`` holds the best validation weights.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (names the step and last checkpoint).
+    """
+    # ------------------------------------------------------------------ config
+    if isinstance(config, TrainConfig):
+        cfg = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    else:
+        cfg = TrainConfig.from_dict({**dict(config or {}), **overrides})
+    check_schedule(cfg.schedule)
+    obj = objective(data.task, output, data.num_classes)
+    run_dir = Path(run_dir) if run_dir is not None else None
+
+    # ------------------------------------------------------------------ setup
+    device = resolve_device(cfg.device)
+    dist = ddp.setup(device)
+    main = dist.main
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
+    loader = TensorLoader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                          rank=dist.rank, world_size=dist.world_size)
+    per_epoch = len(loader)
+    total = cfg.steps or cfg.epochs * per_epoch
+    epochs = math.ceil(total / per_epoch)
+    grad_names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    step, history, grad_history = 0, [], []
+    best_val: float | None = None
+    best_epoch = 0
+    partial = torch.zeros(3, dtype=torch.float64)  # train loss sum, correct, count this epoch
+    grad_sum = torch.zeros(len(grad_names))
+    last_pt = run_dir / "last.pt" if run_dir else None
+    best_pt = run_dir / "best.pt" if run_dir else None
+    if cfg.resume:
+        if last_pt is None or not last_pt.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_pt}")
+        ck = load_checkpoint(last_pt, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
+        best_val, best_epoch = ck["best_val"], ck["best_epoch"]
+        partial = ck["partial"].double()
+        grad_sum = ck["grad_sum"].float()
+        torch.set_rng_state(ck["rng"])
+        if device.type == "cuda" and "cuda_rng" in ck:
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        if main:
+            log.info("resumed from %s at step %d", last_pt, step)
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    meta = dict(meta or {})
+    if run_dir is not None and main:
+        runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **_jsonable(meta)})
+
+    def checkpoint(path: Path, epoch: int) -> None:
+        if not main:
+            return
+        ck = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+                  history=history, grad_history=grad_history, best_val=best_val,
+                  best_epoch=best_epoch, partial=partial.clone(), grad_sum=grad_sum.clone(),
+                  rng=torch.get_rng_state(), config=cfg.to_dict(), meta=_jsonable(meta),
+                  data_stats=dict(data.stats), task=data.task, output=obj.output,
+                  num_classes=data.num_classes, in_chans=data.in_chans)
+        if device.type == "cuda":
+            ck["cuda_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(path, ck)
+
+    show_bar = main and not cfg.quiet and sys.stderr.isatty()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
+    if main and not cfg.quiet:
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("training %s params on %s: %d epochs x %d steps, %s on %s%s", f"{n_params:,}",
+                 data.describe(), epochs, per_epoch, cfg.optimizer, device,
+                 f", {dist.world_size} processes" if dist.enabled else "")
+
+    # ------------------------------------------------------------------ loop
+    t0 = time.perf_counter()
+    stopped = interrupted = False
+    try:
+        while step < total:
+            epoch = step // per_epoch
+            loader.set_epoch(epoch)
+            model.train()
+            for x, y, n_global in loader.batches(start=step - epoch * per_epoch):
+                if step >= total:
+                    break
+                x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+                lr = cfg.lr * lr_factor(cfg.schedule, step, total, warmup=cfg.warmup,
+                                        step_size=cfg.step_size, gamma=cfg.gamma)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                # forward, loss (sum / global batch: exact under DDP), backward, step
+                with _autocast(device, cfg.amp):
+                    out = model_outputs(net(x))
+                loss_sum = obj.loss_sum(out, y)
+                loss = loss_sum * (dist.world_size / n_global)
+                if not torch.isfinite(loss_sum):
+                    where = f"last good checkpoint: {last_pt}" if last_pt and last_pt.exists() else (
+                        "no checkpoint written yet")
+                    raise NonFiniteLossError(
+                        f"loss is {loss_sum.item()} at step {step + 1} (epoch {epoch + 1}); {where}; "
+                        f"try a lower --lr (now {cfg.lr:g}) or --clip-grad")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if cfg.grad_stats:
+                    grad_sum += _grad_norms(model, grad_names).cpu()
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                step += 1
+                partial += torch.stack([loss_sum.detach().double().cpu(),
+                                        obj.correct(out.detach(), y).double().cpu(),
+                                        torch.tensor(float(len(x)), dtype=torch.float64)])
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == total:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{partial[0].item() / partial[2].item():.4f}")
+                if _stop(cfg, step, total) and step % per_epoch:
+                    stopped = True
+                    break
+            if stopped:
+                break
+            # ------------------------------------------------ end of epoch: evaluate, keep best
+            sums = ddp.all_reduce_sum(partial.to(device), dist).cpu()
+            train = {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item()}
+            val = evaluate(model, data.val, obj, device=device, dist=dist, amp=cfg.amp,
+                           channels_last=cfg.channels_last)
+            row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train["loss"],
+                   "val_loss": val["loss"]}
+            if obj.task != "regression":
+                row.update(train_acc=train["acc"], val_acc=val["acc"])
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            if cfg.grad_stats:
+                grad_history.append({n: (g / per_epoch).item() for n, g in zip(grad_names, grad_sum,
+                                                                               strict=True)})
+                grad_sum.zero_()
+            partial.zero_()
+            score = val["acc"] if obj.task != "regression" else -val["loss"]
+            if best_val is None or score > best_val:
+                best_val, best_epoch = score, epoch + 1
+                if best_pt is not None:
+                    checkpoint(best_pt, epoch + 1)
+            if last_pt is not None:
+                checkpoint(last_pt, epoch + 1)
+            if run_dir is not None and main:
+                runlog.write_metrics(run_dir, history)
+            if main and not cfg.quiet:
+                msg = (f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f}  "
+                       f"val loss {val['loss']:.4f}")
+                if obj.task != "regression":
+                    msg += f"  val acc {val['acc']:.4f}"
+                (bar.write if bar is not None else log.info)(msg)
+            if _stop(cfg, step, total):
+                stopped = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    if (stopped or interrupted) and last_pt is not None:
+        checkpoint(last_pt, step // per_epoch)
+        if main:
+            log.warning("%s at step %d; saved %s (continue with --resume)",
+                        "interrupted" if interrupted else "stopped", step, last_pt)
+
+    # ------------------------------------------------------------------ test the best weights
+    test: dict[str, float] = {}
+    if not (stopped or interrupted):
+        if best_pt is not None and best_pt.exists():
+            model.load_state_dict(load_checkpoint(best_pt, map_location=device)["model"])
+        test = evaluate(model, data.test, obj, device=device, dist=dist, amp=cfg.amp,
+                        channels_last=cfg.channels_last)
+        if run_dir is not None and main:
+            if best_pt is not None and best_pt.exists():
+                ck = load_checkpoint(best_pt)
+                ck["test"] = test
+                save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
+            if cfg.plots and history:
+                title = f"{meta.get('model', type(model).__name__)} on {data.name}"
+                runlog.plot_curves(run_dir, history, "acc" if obj.task != "regression" else "mse", title)
+                if grad_history:
+                    runlog.write_grad_stats(run_dir, grad_history)
+                    runlog.plot_grad_flow(run_dir, grad_history, f"gradient flow: {title}")
+    return FitResult(model=model, history=history, test=test, best_epoch=best_epoch,
+                     best_val=best_val if obj.task != "regression" or best_val is None else -best_val,
+                     steps=step, seconds=seconds, metric=data.metric, run_dir=run_dir,
+                     stopped=stopped, interrupted=interrupted, grad_history=grad_history)
+
+
+def _stop(cfg: TrainConfig, step: int, total: int) -> bool:
+    """``stop_after`` reached (as if the run were killed there), before the natural end."""
+    return cfg.stop_after is not None and cfg.stop_after <= step < total
+
+
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only values a weights-only checkpoint and JSON can both hold."""
+    ok = (str, int, float, bool, type(None))
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, ok):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): conv(x) for k, x in v.items()}
+        return str(v)
+
+    return {str(k): conv(v) for k, v in d.items()}

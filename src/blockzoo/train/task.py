@@ -1,0 +1,92 @@
+"""Losses and metrics chosen from the data's task and the model's output kind.
+
+    classification, logits     cross-entropy        -log softmax(z)_y
+    classification, log_probs  negative log-lik.    -z_y
+    binary, logits (B, 1)      BCE with logits      -[y log s(z) + (1-y) log(1-s(z))]
+    binary, log_probs (B, 2)   negative log-lik.    -z_y
+    regression (B, K)          mean squared error   mean_k (z_k - y_k)^2
+
+Every loss is returned as a *sum* over the batch, so the engine can divide by the
+global batch size (exact under DDP, where a rank holds part of each batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Objective", "model_outputs", "objective"]
+
+OUTPUT_KINDS = ("logits", "log_probs", "regression")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss and metric of one (task, model output) pair."""
+
+    task: str
+    output: str
+    num_outputs: int  # the model's output width K
+
+    def loss_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss summed over the batch (per-sample loss averaged over targets)."""
+        out = out.float()
+        if self.task == "regression":
+            return F.mse_loss(out, y.reshape(out.shape), reduction="sum") / out[0].numel()
+        if self.task == "binary" and self.output != "log_probs":
+            return F.binary_cross_entropy_with_logits(out, y.reshape(out.shape), reduction="sum")
+        target = y.reshape(-1).long()
+        if self.output == "log_probs":
+            return F.nll_loss(out, target, reduction="sum")
+        return F.cross_entropy(out, target, reduction="sum")
+
+    def correct(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Number of right predictions in the batch (0 for regression)."""
+        if self.task == "regression":
+            return torch.zeros((), device=out.device)
+        if self.task == "binary" and self.output != "log_probs":
+            return ((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
+        return (out.argmax(-1) == y.reshape(-1).long()).sum()
+
+    def predict(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, confidence): class and its probability, or the regressed values."""
+        out = out.float()
+        if self.task == "regression":
+            return out, torch.ones(len(out))
+        if self.task == "binary" and self.output != "log_probs":
+            p = torch.sigmoid(out.reshape(-1))
+            return (p > 0.5).long(), torch.where(p > 0.5, p, 1 - p)
+        probs = out.exp() if self.output == "log_probs" else out.softmax(-1)
+        conf, cls = probs.max(-1)
+        return cls, conf
+
+
+def objective(task: str, output: str, num_classes: int) -> Objective:
+    """The objective for data ``task`` and a model whose spec says ``output``.
+
+    ``output`` "tensor" (a generic block) counts as logits. A regression model on a
+    classification task, or a log-probability model on regression, is a config error.
+    """
+    output = "logits" if output == "tensor" else output
+    if output not in OUTPUT_KINDS:
+        raise ValueError(f"model output kind {output!r} not in {OUTPUT_KINDS}")
+    if task == "regression":
+        if output == "log_probs":
+            raise ValueError("a model that outputs log-probabilities cannot fit a regression task")
+        return Objective(task, "regression", num_classes)
+    if output == "regression":
+        raise ValueError(f"a regression model cannot fit a {task} task (it outputs no class scores)")
+    if task == "binary":
+        return Objective(task, output, 2 if output == "log_probs" else 1)
+    return Objective(task, output, num_classes)
+
+
+def model_outputs(out: object) -> torch.Tensor:
+    """The prediction tensor of a forward's result (the first tensor of a tuple/list)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ValueError(f"the model returned {type(out).__name__}, not a tensor of scores")
