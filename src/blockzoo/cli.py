@@ -124,9 +124,212 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
+# --------------------------------------------------------------------------- train / eval / predict
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE a Python literal (``width=32``, ``hidden=(64, 64)``) or a string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "full":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch size must be an integer or 'full', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be >= 1, got {n}")
+    return n
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def train_report(result: Any, cfg: Any, data_name: str, baselines: dict[str, float]) -> str:
+    """The closing summary: the run's numbers and, where published, the baselines."""
+    metric = result.metric
+    test = result.test.get("acc" if metric == "acc" else "loss", float("nan"))
+    best = result.best_val if result.best_val is not None else float("nan")
+    fmt = _pct if metric == "acc" else (lambda v: f"{v:.4g}")
+    label = "accuracy" if metric == "acc" else "MSE"
+    rows = [
+        dict(item="model", value=cfg.model),
+        dict(item="data", value=data_name),
+        dict(item="epochs / steps", value=f"{len(result.history)} / {result.steps}"),
+        dict(item=f"best val {label}", value=f"{fmt(best)} (epoch {result.best_epoch})"),
+        dict(item=f"test {label}", value=fmt(test)),
+        dict(item="training time", value=f"{result.seconds:.1f} s"),
+        dict(item="run directory", value=str(result.run_dir)),
+    ]
+    lines = [render(rows, "table", ["item", "value"])]
+    if baselines:
+        ref = [dict(model=f"{cfg.model} (this run)", **{f"test {label}": fmt(test)})]
+        ref += [dict(model=k, **{f"test {label}": fmt(v)}) for k, v in baselines.items()]
+        source = ("Greydanus & Kobak, MNIST-1D, arXiv 2011.14439" if data_name == "mnist1d"
+                  else "reference values of the data set")
+        lines += ["", f"compared with published baselines ({source}):",
+                  render(ref, "table", ["model", f"test {label}"])]
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from blockzoo.train import NonFiniteLossError, TrainConfig, train
+
+    opts = {k: v for k, v in vars(args).items() if k in TRAIN_OPTIONS}
+    if "model_args" in opts:
+        opts["model_args"] = dict(opts["model_args"])
+    if opts.get("quiet"):
+        logging.getLogger("blockzoo").setLevel(logging.WARNING)
+    cfg = TrainConfig.from_dict(opts)
+    try:
+        result = train(cfg)
+    except NonFiniteLossError as e:
+        raise CliError(str(e)) from None
+    if result.interrupted:
+        print(f"blockzoo: interrupted at step {result.steps}; continue with --resume", file=sys.stderr)
+        return 130
+    if result.stopped:
+        print(f"stopped after {result.steps} steps; saved {result.run_dir}/last.pt")
+        return 0
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        from blockzoo.data import load_data
+
+        data = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                         data_dir=cfg.data_dir, quick=cfg.quick)
+        print(train_report(result, cfg, data.name, dict(data.baselines)))
+    return 0
+
+
+TRAIN_OPTIONS = (
+    "model", "model_args", "data", "data_dir", "val_fraction", "quick", "epochs", "steps", "batch_size",
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup", "step_size", "gamma",
+    "clip_grad", "seed", "name", "runs_dir", "resume", "quiet", "grad_stats", "device", "amp", "compile",
+    "channels_last", "stop_after", "plots",
+)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from blockzoo.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train", help="train a model on a data set (default: the MNIST-1D CNN on MNIST-1D)",
+        description="Train any registered model on any data set whose input kind fits. With no "
+        "arguments: the MNIST-1D CNN on the bundled MNIST-1D data, compared at the end with the "
+        "paper's baselines. Under torchrun it runs DistributedDataParallel.",
+        argument_default=argparse.SUPPRESS,
+    )
+    a = p.add_argument
+    a("--model", help=f"registered model or module:callable (default {d.model})")
+    a("--model-arg", dest="model_args", type=_model_arg, action="append", metavar="KEY=VALUE",
+      help="extra model constructor argument (repeatable), e.g. --model-arg width=32")
+    a("--data", help=f"data set name or csv:PATH (default {d.data}; see 'blockzoo data')")
+    a("--data-dir", help=f"folder of file-backed data sets (default {d.data_dir})")
+    a("--val-fraction", type=float, help=f"training share held out for validation (default {d.val_fraction})")
+    a("--quick", action="store_true", help="the data set's small version")
+    a("--epochs", type=int, help=f"epochs (default {d.epochs})")
+    a("--steps", type=int, help="total optimisation steps (overrides --epochs)")
+    a("--batch-size", type=_batch_size, help=f"N, or 'full' for full-batch descent (default {d.batch_size})")
+    a("--optimizer", help=f"sgd, adam, adamw, rmsprop (default {d.optimizer})")
+    a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
+    a("--momentum", type=float, help=f"sgd/rmsprop momentum (default {d.momentum})")
+    a("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    a("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay})")
+    a("--schedule", help=f"constant, step, cosine, linear (default {d.schedule})")
+    a("--warmup", type=float, help=f"linear warm-up: fraction of steps (<1) or steps (default {d.warmup})")
+    a("--step-size", type=int, help="step decay period in steps (default a third of the run)")
+    a("--gamma", type=float, help=f"step decay factor (default {d.gamma})")
+    a("--clip-grad", type=float, help="clip the gradient norm to this value")
+    a("--seed", type=int, help=f"seed for everything (default {d.seed})")
+    a("--name", help="run name: runs/<name>/ (default <model>_<data>)")
+    a("--runs-dir", help=f"parent of run directories (default {d.runs_dir})")
+    a("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    a("--grad-stats", action="store_true", help="per-layer gradient norms each epoch -> grad_flow.png")
+    a("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
+    a("--amp", choices=("bf16", "fp16"), help="mixed precision (autocast)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--channels-last", action="store_true", help="channels-last memory format (conv nets)")
+    a("--stop-after", type=int, help="stop after N steps, saving last.pt (as if killed)")
+    a("--no-plots", dest="plots", action="store_false", help="skip curves.png / grad_flow.png")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from blockzoo.train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, args.split, device=args.device, data_dir=args.data_dir)
+    rows = [dict(item=k, value=(_pct(v) if k == "acc" else f"{v:.6g}") if isinstance(v, float) else v)
+            for k, v in res.items() if k != "stored_test"]
+    print(render(rows, "table", ["item", "value"]))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="measure a checkpoint on its data set's test (or val) split")
+    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt file")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="override the run's data folder")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from blockzoo.train import predict
+
+    rows = predict(args.checkpoint, args.input)
+    text = render(rows, args.format, list(rows[0]) if rows else ["index", "prediction"])
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a checkpoint on inputs from a .npy/.npz/.csv file")
+    p.add_argument("--checkpoint", required=True, help="a last.pt / best.pt file")
+    p.add_argument("--input", required=True, help="one sample per row (flattened is fine)")
+    p.add_argument("--format", choices=FORMATS, default="csv")
+    p.add_argument("--output", help="write here instead of stdout")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from blockzoo.data import dataset_entry, list_datasets
+
+    rows = [dict(name=n, input=e.input, task=e.task, source=e.source, about=e.about)
+            for n in list_datasets() for e in [dataset_entry(n)]]
+    print(render(rows, args.format, ["name", "input", "task", "source", "about"]))
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list the data sets (plus csv:PATH for any CSV)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.set_defaults(func=cmd_data)
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_info]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_list, _add_info, _add_train, _add_eval, _add_predict, _add_data,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,7 @@ class TrainConfig:
     data_dir: str = "data"
     val_fraction: float = 0.1
     quick: bool = False
-    epochs: int = 40
+    epochs: int = 25
     steps: int | None = None
     batch_size: int | None = 64
     optimizer: str = "adamw"
