@@ -41,7 +41,8 @@ def test_mnist1d_splits() -> None:
     # The validation split is part of the 4000 training signals, disjoint from train.
     a = load_mnist1d_arrays()
     both = torch.cat([d.train.x, d.val.x])[:, :, 0]
-    assert torch.equal(both[both[:, 0].argsort()], torch.from_numpy(a["x"])[torch.from_numpy(a["x"])[:, 0].argsort()])
+    ref = torch.from_numpy(a["x"])
+    assert torch.equal(both[both[:, 0].argsort()], ref[ref[:, 0].argsort()])
     assert d.baselines["CNN"] == 0.94 and d.baselines["logistic regression"] == 0.32
 
 
@@ -147,7 +148,7 @@ def test_loader_ddp_shares_make_up_the_global_batch() -> None:
     one = list(TensorLoader(data, 4, shuffle=True, seed=2).batches())
     shares = [list(TensorLoader(data, 4, shuffle=True, seed=2, rank=r, world_size=2).batches())
               for r in range(2)]
-    for b, (x, y, n) in enumerate(one):
+    for b, (_, y, n) in enumerate(one):
         assert torch.equal(torch.cat([shares[0][b][1], shares[1][b][1]]), y)
         assert shares[0][b][2] == shares[1][b][2] == n == len(y)
 
@@ -213,7 +214,7 @@ def test_missing_files_offline_name_them(tmp_path: Path, monkeypatch: pytest.Mon
         load_data("mnist", data_dir=tmp_path)
     msg = str(e.value)
     assert "train-images-idx3-ubyte.gz" in msg and str(tmp_path / "mnist") in msg
-    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz"):
         load_data("cifar10", data_dir=tmp_path)
 
 

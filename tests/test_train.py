@@ -1,0 +1,331 @@
+"""The training engine: schedules, losses, atomic weights-only checkpoints, exact resume,
+DDP equal to one process, config errors as one line, the run directory, eval and predict."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import blockzoo
+from blockzoo.checks import ShapeError, check_shape
+from blockzoo.cli import main
+from blockzoo.data import load_data
+from blockzoo.registry import Example, UnknownNameError, images, register, sequence, unregister
+from blockzoo.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    evaluate_checkpoint,
+    fit,
+    load_checkpoint,
+    lr_factor,
+    objective,
+    predict,
+    save_checkpoint,
+    train,
+)
+from blockzoo.train import checkpoint as ckpt_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(quiet=True, plots=False)
+
+
+# --------------------------------------------------------------------------- schedules, losses
+
+
+def test_lr_schedules() -> None:
+    # warm-up rises linearly to the peak, then cosine falls to 0 at the end
+    assert [lr_factor("cosine", s, 100, warmup=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor("cosine", 4, 100, warmup=4) == 1.0
+    assert abs(lr_factor("cosine", 52, 100, warmup=4) - 0.5) < 1e-12
+    assert lr_factor("cosine", 99, 100) < 1e-3
+    assert lr_factor("linear", 50, 100) == 0.5
+    assert lr_factor("constant", 77, 100) == 1.0
+    assert [lr_factor("step", s, 90, step_size=30, gamma=0.1) for s in (0, 29, 30, 60)] == [
+        1.0, 1.0, 0.1, pytest.approx(0.01)]
+    assert lr_factor("cosine", 0, 100, warmup=0.1) == 0.1  # fraction of the run: 10 steps
+    with pytest.raises(UnknownNameError, match="did you mean cosine"):
+        lr_factor("cosin", 0, 10)
+
+
+def test_losses_follow_task_and_output() -> None:
+    z = torch.randn(6, 4)
+    y = torch.randint(0, 4, (6,))
+    ce = objective("classification", "logits", 4)
+    nll = objective("classification", "log_probs", 4)
+    assert torch.allclose(ce.loss_sum(z, y), nll.loss_sum(z.log_softmax(-1), y))
+    assert torch.allclose(ce.loss_sum(z, y), F.cross_entropy(z, y, reduction="sum"))
+    b = objective("binary", "logits", 1)
+    zb, yb = torch.randn(5, 1), torch.randint(0, 2, (5, 1)).float()
+    p = torch.sigmoid(zb)
+    manual = -(yb * p.log() + (1 - yb) * (1 - p).log()).sum()
+    assert torch.allclose(b.loss_sum(zb, yb), manual, atol=1e-5) and b.num_outputs == 1
+    assert objective("binary", "log_probs", 1).num_outputs == 2
+    r = objective("regression", "regression", 2)
+    zr, yr = torch.randn(3, 2), torch.randn(3, 2)
+    assert torch.allclose(r.loss_sum(zr, yr), ((zr - yr) ** 2).mean(1).sum())
+    with pytest.raises(ValueError, match="regression model cannot fit"):
+        objective("classification", "regression", 3)
+    with pytest.raises(ValueError, match="cannot fit a regression task"):
+        objective("regression", "log_probs", 1)
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean epochs"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    ck = load_checkpoint(path)
+    assert ck["step"] == 1 and torch.equal(ck["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_checkpoint_loads_weights_only(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt_mod.FORMAT, "x": _Payload()}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(evil)
+    other = tmp_path / "other.pt"
+    torch.save({"w": torch.ones(1)}, other)
+    with pytest.raises(ValueError, match="not a blockzoo checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _dropout_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return blockzoo.create("mlp", in_features=64, hidden_features=(16,), out_features=10, dropout=0.3)
+
+
+@pytest.mark.parametrize("stop", [7, 10, 23])  # mid-epoch, on an epoch boundary, in epoch 3
+def test_resume_equals_uninterrupted(tmp_path: Path, stop: int) -> None:
+    data = load_data("digits", quick=True).view("vector")  # 300 train -> 10 steps per epoch
+    cfg = dict(epochs=3, batch_size=30, optimizer="adam", **FAST)
+    full = fit(_dropout_mlp(), data, cfg, run_dir=tmp_path / "a")
+    part = fit(_dropout_mlp(), data, cfg, run_dir=tmp_path / "b", stop_after=stop)
+    assert part.stopped and part.steps == stop and not part.test
+    resumed = fit(_dropout_mlp(), data, cfg, run_dir=tmp_path / "b", resume=True)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 30
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
+    assert full.test == resumed.test
+
+
+def test_same_seed_same_metrics_other_seed_not() -> None:
+    data = load_data("blobs", quick=True)
+
+    def run(seed: int):
+        torch.manual_seed(seed)  # the model's initialisation
+        return fit(nn.Linear(2, 1), data, epochs=2, batch_size=8, seed=seed, **FAST)
+
+    runs = [run(s) for s in (1, 1, 2)]
+    h = [[(r["train_loss"], r["val_loss"]) for r in run.history] for run in runs]
+    assert h[0] == h[1] and h[0] != h[2]
+
+
+def test_interrupt_saves_and_resume_is_possible(tmp_path: Path) -> None:
+    class Stopper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 5 and self.training:
+                raise KeyboardInterrupt
+            return self.lin(x)
+
+    data = load_data("blobs", quick=True)
+    r = fit(Stopper(), data, epochs=2, batch_size=8, run_dir=tmp_path, **FAST)
+    assert r.interrupted and r.steps == 4
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+
+
+def test_non_finite_loss_names_the_step() -> None:
+    data = load_data("line", quick=True)
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 1\).*--lr"):
+        fit(nn.Linear(1, 1), data, output="regression", optimizer="sgd", lr=1e12, momentum=0.0,
+            schedule="constant", warmup=0, batch_size=4, epochs=3, **FAST)
+
+
+def test_full_batch_and_pure_sgd() -> None:
+    data = load_data("blobs", quick=True)
+    assert fit(nn.Linear(2, 1), data, epochs=3, batch_size=None, **FAST).steps == 3
+    assert fit(nn.Linear(2, 1), data, epochs=1, batch_size=1, **FAST).steps == len(data.train)
+
+
+# --------------------------------------------------------------------------- the job, run dir, eval, predict
+
+
+def test_run_directory_eval_and_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = train(dict(model="softmax_regression", data="digits", quick=True, epochs=3, batch_size=32,
+                     runs_dir=str(tmp_path), name="r", grad_stats=True, quiet=True))
+    run = tmp_path / "r"
+    for f in ("config.json", "metrics.csv", "last.pt", "best.pt", "curves.png", "grad_flow.png",
+              "grad_stats.csv"):
+        assert (run / f).stat().st_size > 0, f
+    assert json.loads((run / "config.json").read_text())["model"] == "softmax_regression"
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
+    assert len(res.grad_history) == 3 and all(v > 0 for v in res.grad_history[0].values())
+    # eval reproduces the test metric of the best checkpoint exactly
+    ev = evaluate_checkpoint(run / "best.pt")
+    assert ev["acc"] == res.test["acc"] == ev["stored_test"]["acc"]
+    assert main(["eval", "--checkpoint", str(run / "best.pt")]) == 0
+    assert f"{100 * res.test['acc']:.1f}%" in capsys.readouterr().out
+    # predict on raw test images, as a file, agrees with the model's argmax
+    data = load_data("digits", quick=True)
+    np.save(tmp_path / "x.npy", data.test.x.numpy())
+    rows = predict(run / "best.pt", tmp_path / "x.npy")
+    with torch.no_grad():
+        want = res.model(data.test.x.flatten(1)).argmax(-1)
+    assert [int(r["prediction"]) for r in rows] == want.tolist()
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), "--input", str(tmp_path / "x.npy")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "index,prediction,confidence"
+
+
+def test_predict_applies_training_standardisation(tmp_path: Path) -> None:
+    g = np.random.default_rng(0)
+    x = g.normal(50, 10, (80, 3))
+    rows = np.c_[x, (x[:, 1] > 50).astype(int)]
+    (tmp_path / "t.csv").write_text("\n".join(",".join(f"{v:.9g}" for v in r) for r in rows) + "\n")
+    res = train(dict(model="logistic_regression", data=f"csv:{tmp_path / 't.csv'}", epochs=2,
+                     batch_size=8, runs_dir=str(tmp_path), name="c", quiet=True, plots=False))
+    data = load_data(f"csv:{tmp_path / 't.csv'}")
+    raw = data.test.x * data.stats["std"] + data.stats["mean"]
+    np.savetxt(tmp_path / "in.csv", raw.numpy(), delimiter=",")
+    got = [r["prediction"] for r in predict(tmp_path / "c" / "best.pt", tmp_path / "in.csv")]
+    with torch.no_grad():
+        want = (res.model(data.test.x)[:, 0] > 0).long()
+    assert [data.classes.index(c) for c in got] == want.tolist()
+
+
+def test_cli_default_job_prints_paper_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--quick", "--epochs", "1", "--runs-dir", str(tmp_path), "--quiet",
+                 "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist1d_cnn (this run)" in out
+    for name, acc in (("logistic regression", "32.0%"), ("MLP", "68.0%"), ("CNN", "94.0%"),
+                      ("GRU", "91.0%"), ("human", "96.0%")):
+        assert any(line.startswith(name) and line.endswith(acc) for line in out.splitlines()), name
+
+
+# --------------------------------------------------------------------------- config errors
+
+
+@pytest.fixture
+def odd_models():
+    """A throw-away image model and a sequence model that needs exactly T = 10."""
+
+    @register(name="tmp_image_net", family="model", paper="-", arxiv="-", year=2000, input="image",
+              output="logits", example=Example(config=dict(in_chans=1, num_classes=2),
+                                               inputs=images("in_chans"), size=(8, 8)))
+    class ImageNet(nn.Module):
+        def __init__(self, in_chans: int = 1, num_classes: int = 2) -> None:
+            super().__init__()
+            self.fc = nn.Linear(in_chans, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.mean((2, 3)))
+
+    @register(name="tmp_t10_net", family="model", paper="-", arxiv="-", year=2000, input="sequence",
+              output="logits", example=Example(config=dict(input_size=1, num_classes=2),
+                                               inputs=sequence("input_size"), size=(10,)))
+    class T10Net(nn.Module):
+        def __init__(self, input_size: int = 1, num_classes: int = 2) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10 * input_size, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            check_shape(x, "B T F", name="T10Net", T=10)
+            return self.fc(x.flatten(1))
+
+    yield
+    unregister("tmp_image_net")
+    unregister("tmp_t10_net")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "mnist1d_cn"], "unknown block or model 'mnist1d_cn'; did you mean mnist1d_cnn"),
+        (["--data", "mnist1"], "unknown data set 'mnist1'; did you mean mnist1d"),
+        (["--optimizer", "adamx"], "unknown optimizer 'adamx'; did you mean adam"),
+        (["--schedule", "cosin"], "unknown schedule 'cosin'; did you mean cosine"),
+        (["--model", "mlp"], "'mlp' is a mlp block, not a model"),
+        (["--model", "tmp_image_net"], "takes image input, which data 'mnist1d' cannot give"),
+        (["--model", "tmp_t10_net"], "does not fit data 'mnist1d' (input (2, 40, 1)): T10Net"),
+        (["--model", "softmax_regression", "--data", "line"], "cannot fit a regression task"),
+        (["--model", "nomodule:thing"], "cannot import 'thing' from 'nomodule'"),
+    ],
+)
+def test_config_errors_are_one_line_before_training(
+    odd_models, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["train", *args, "--quick", "--runs-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_shape_error_type_is_kept_for_the_dry_run() -> None:
+    # the dry run relies on blocks raising ShapeError (a ValueError) for misfits
+    assert issubclass(ShapeError, ValueError)
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
+    common = ["train", "--model", "softmax_regression", "--data", "digits", "--quick", "--epochs", "2",
+              "--batch-size", "30", "--optimizer", "sgd", "--lr", "0.2", "--runs-dir", str(tmp_path),
+              "--quiet", "--no-plots"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "blockzoo", *common, "--name", "two"], env=env, check=True,
+                   capture_output=True, timeout=240)
+    assert main([*common, "--name", "one"]) == 0
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    assert a["step"] == b["step"] > 0
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert ra["val_acc"] == rb["val_acc"]
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-5
