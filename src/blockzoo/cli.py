@@ -185,6 +185,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, nargs="+", help="H W (images) or length N/T of the input")
     p.add_argument("--dynamic-batch", action="store_true", help="declare the batch dimension dynamic")
     p.set_defaults(func=cmd_export)
+
+
 # --------------------------------------------------------------------------- train / eval / predict
 
 

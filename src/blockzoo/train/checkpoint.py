@@ -14,13 +14,14 @@ this module.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "copy_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "blockzoo-checkpoint-1"
 
@@ -52,3 +53,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a blockzoo checkpoint (format {FORMAT!r})")
     return ckpt
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` a copy of the checkpoint ``src``, atomically.
+
+    A hard link where the file system allows it (no second serialisation; ``src``
+    is later replaced by ``os.replace``, which leaves the linked file untouched),
+    else a byte copy.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst

@@ -29,7 +29,7 @@ from torch import nn
 
 from blockzoo.data.base import Data, TensorData, TensorLoader
 from blockzoo.train import ddp, runlog
-from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
+from blockzoo.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
 from blockzoo.train.task import Objective, model_outputs, objective
@@ -185,7 +185,16 @@ def fit(
     step, history, grad_history = 0, [], []
     best_val: float | None = None
     best_epoch = 0
-    partial = torch.zeros(3, dtype=torch.float64)  # train loss sum, correct, count this epoch
+    # This epoch's training loss sum, correct count and sample count, kept on the device
+    # (no sync per step) and stored in checkpoints, so a resumed epoch sums the same way.
+    run_loss = torch.zeros((), dtype=torch.float64, device=device)
+    run_correct = torch.zeros((), dtype=torch.int64, device=device)
+    run_count = 0
+
+    def sums_now() -> torch.Tensor:
+        return torch.stack([run_loss.cpu(), run_correct.cpu().double(),
+                            torch.tensor(float(run_count), dtype=torch.float64)])
+
     grad_sum = torch.zeros(len(grad_names))
     last_pt = run_dir / "last.pt" if run_dir else None
     best_pt = run_dir / "best.pt" if run_dir else None
@@ -197,7 +206,9 @@ def fit(
         opt.load_state_dict(ck["optimizer"])
         step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
-        partial = ck["partial"].double()
+        run_loss.fill_(ck["partial"][0].item())
+        run_correct.fill_(int(ck["partial"][1].item()))
+        run_count = int(ck["partial"][2].item())
         grad_sum = ck["grad_sum"].float()
         torch.set_rng_state(ck["rng"])
         if device.type == "cuda" and "cuda_rng" in ck:
@@ -221,7 +232,7 @@ def fit(
             return
         ck = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
                   history=history, grad_history=grad_history, best_val=best_val,
-                  best_epoch=best_epoch, partial=partial.clone(), grad_sum=grad_sum.clone(),
+                  best_epoch=best_epoch, partial=sums_now(), grad_sum=grad_sum.clone(),
                   rng=torch.get_rng_state(), config=cfg.to_dict(), meta=_jsonable(meta),
                   data_stats=dict(data.stats), task=data.task, output=obj.output,
                   num_classes=data.num_classes, in_chans=data.in_chans)
@@ -249,6 +260,7 @@ def fit(
             epoch = step // per_epoch
             loader.set_epoch(epoch)
             model.train()
+
             for x, y, n_global in loader.batches(start=step - epoch * per_epoch):
                 if step >= total:
                     break
@@ -284,20 +296,22 @@ def fit(
                 else:
                     opt.step()
                 step += 1
-                partial += torch.stack([loss_sum.detach().double().cpu(),
-                                        obj.correct(out.detach(), y).double().cpu(),
-                                        torch.tensor(float(len(x)), dtype=torch.float64)])
+                with torch.no_grad():
+                    run_loss += loss_sum.detach()
+                    run_correct += obj.correct(out, y)
+                run_count += len(x)
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == total:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{partial[0].item() / partial[2].item():.4f}")
+                        mean = run_loss.item() / max(1, run_count)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
                 if _stop(cfg, step, total) and step % per_epoch:
                     stopped = True
                     break
             if stopped:
                 break
             # ------------------------------------------------ end of epoch: evaluate, keep best
-            sums = ddp.all_reduce_sum(partial.to(device), dist).cpu()
+            sums = ddp.all_reduce_sum(sums_now().to(device), dist).cpu()
             train = {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item()}
             val = evaluate(model, data.val, obj, device=device, dist=dist, amp=cfg.amp,
                            channels_last=cfg.channels_last)
@@ -311,14 +325,17 @@ def fit(
                 grad_history.append({n: (g / per_epoch).item() for n, g in zip(grad_names, grad_sum,
                                                                                strict=True)})
                 grad_sum.zero_()
-            partial.zero_()
+            run_loss.zero_()
+            run_correct.zero_()
+            run_count = 0
             score = val["acc"] if obj.task != "regression" else -val["loss"]
-            if best_val is None or score > best_val:
+            improved = best_val is None or score > best_val
+            if improved:
                 best_val, best_epoch = score, epoch + 1
-                if best_pt is not None:
-                    checkpoint(best_pt, epoch + 1)
-            if last_pt is not None:
+            if last_pt is not None and main:
                 checkpoint(last_pt, epoch + 1)
+                if improved:  # best.pt: this epoch's last.pt, linked rather than written twice
+                    copy_checkpoint(last_pt, best_pt)
             if run_dir is not None and main:
                 runlog.write_metrics(run_dir, history)
             if main and not cfg.quiet:

@@ -45,7 +45,7 @@ class Objective:
     def correct(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Number of right predictions in the batch (0 for regression)."""
         if self.task == "regression":
-            return torch.zeros((), device=out.device)
+            return torch.zeros((), dtype=torch.int64, device=out.device)
         if self.task == "binary" and self.output != "log_probs":
             return ((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
         return (out.argmax(-1) == y.reshape(-1).long()).sum()

@@ -1,0 +1,88 @@
+"""Engine overhead: seconds per epoch of ``blockzoo.train.fit`` vs a minimal hand-written loop.
+
+Same model (the MNIST-1D CNN), data (MNIST-1D, 3600 training signals), batch size,
+optimizer (AdamW) and seed. The hand-written loop is the tutorials' four steps and
+nothing else: shuffle, index a batch, forward, loss, backward, step. The engine adds
+its schedule, metric sums, the end-of-epoch validation pass and (second row)
+writing metrics.csv and the last/best checkpoints. Runs alternate (hand, engine,
+hand, ...) so that load from other processes hits both alike; medians are reported.
+
+    python benchmarks/trainer_overhead.py [--epochs 3] [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import blockzoo
+from blockzoo.data import load_data
+from blockzoo.train import fit
+
+
+def hand_loop(data, epochs: int, batch: int, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = blockzoo.create_model("mnist1d_cnn", num_classes=10, in_chans=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    x, y = data.train.x, data.train.y
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])  # forward, loss
+            opt.zero_grad()
+            loss.backward()  # backward
+            opt.step()  # step
+    return (time.perf_counter() - t0) / epochs
+
+
+def engine(data, epochs: int, batch: int, seed: int, run_dir: str | None) -> float:
+    torch.manual_seed(seed)
+    model = blockzoo.create_model("mnist1d_cnn", num_classes=10, in_chans=1)
+    res = fit(model, data, epochs=epochs, batch_size=batch, seed=seed, quiet=True, plots=False,
+              run_dir=run_dir)
+    # seconds from the first step to the end of the last epoch (its validation pass and
+    # checkpoints included; the final test pass excluded)
+    return res.history[-1]["seconds"] / epochs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data("mnist1d")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"model mnist1d_cnn, data mnist1d train {tuple(data.train.x.shape)}, batch {args.batch}, "
+          f"AdamW; warm-up 1 epoch each; {args.repeats} repeats x {args.epochs} epochs, medians")
+    hand_loop(data, 1, args.batch, 0)
+    engine(data, 1, args.batch, 0, None)
+    times: dict[str, list[float]] = {"hand": [], "engine": [], "engine+files": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            times["hand"].append(hand_loop(data, args.epochs, args.batch, r))
+            times["engine"].append(engine(data, args.epochs, args.batch, r, None))
+            times["engine+files"].append(engine(data, args.epochs, args.batch, r, f"{tmp}/run{r}"))
+    base = statistics.median(times["hand"])
+    print(f"\n{'loop':<40} {'s/epoch':>8} {'ratio':>7}")
+    labels = {"hand": "hand-written (4 steps)", "engine": "blockzoo fit (in memory)",
+              "engine+files": "blockzoo fit (metrics.csv + checkpoints)"}
+    for k, v in times.items():
+        m = statistics.median(v)
+        print(f"{labels[k]:<40} {m:8.3f} {m / base:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
