@@ -257,3 +257,23 @@ def test_csv_classification_regression_and_errors(tmp_path: Path) -> None:
     (tmp_path / "ragged.csv").write_text("1,2,3\n4,5\n1,2,3\n1,2,3\n")
     with pytest.raises(ValueError, match="same number"):
         load_data(f"csv:{tmp_path / 'ragged.csv'}")
+
+
+# --------------------------------------------------------------------------- sequence benchmarks
+
+
+def test_adding_and_copy_memory_data_sets() -> None:
+    pytest.importorskip("blockzoo.data.sequence_tasks")
+    a = load_data("adding", quick=True)
+    assert a.task == "regression" and a.shape == (20, 2) and a.train.y.shape[1:] == (1,)
+    # the target is the sum of the two marked values
+    x, y = a.train.x, a.train.y[:, 0]
+    assert torch.allclose((x[..., 0] * x[..., 1]).sum(1), y)
+    assert a.baselines["predict 1 (trivial)"] == pytest.approx(1 / 6)
+    assert torch.equal(a.test.x, load_data("adding", quick=True, seed=9).test.x)  # fixed test set
+    c = load_data("copy_memory", quick=True)
+    assert c.ids and c.metric == "loss" and c.num_classes == c.in_chans == 10
+    assert c.train.x.dtype == torch.int64 and c.train.y.shape == c.train.x.shape == (len(c.train), 30)
+    assert torch.equal(c.train.y[:, -10:], c.train.x[:, :10])  # recall the first 10 symbols at the end
+    with pytest.raises(ValueError, match="integer token ids"):
+        c.view("vector")

@@ -329,3 +329,42 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     for ra, rb in zip(a["history"], b["history"], strict=True):
         assert ra["val_acc"] == rb["val_acc"]
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-5
+
+
+# --------------------------------------------------------------------------- sequence benchmarks
+
+
+def test_adding_problem_reports_mse_against_the_trivial_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("blockzoo.data.sequence_tasks")
+    assert main(["train", "--data", "adding", "--quick", "--epochs", "2", "--runs-dir", str(tmp_path),
+                 "--quiet", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "test MSE" in out and "predict 1 (trivial)" in out and "0.1667" in out
+
+
+def test_per_step_targets_with_a_token_model(tmp_path: Path) -> None:
+    pytest.importorskip("blockzoo.data.sequence_tasks")
+
+    @register(name="tmp_step_tagger", family="model", paper="-", arxiv="-", year=2000, input="sequence",
+              output="logits", example=Example(config=dict(vocab_size=10, num_classes=10),
+                                               inputs=blockzoo.registry.token_ids("vocab_size"), size=(5,)))
+    class Tagger(nn.Module):
+        def __init__(self, vocab_size: int = 10, num_classes: int = 10) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(vocab_size, 8)
+            self.out = nn.Linear(8, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(x))  # (B, T, K): one score vector per step
+
+    try:
+        res = train(dict(model="tmp_step_tagger", data="copy_memory", quick=True, epochs=2,
+                         runs_dir=str(tmp_path), quiet=True, plots=False))
+        assert res.metric == "loss" and 0 < res.test["acc"] <= 1 and res.test["loss"] > 0
+        # a per-step model cannot see the symbols it must recall: no better than the blanks
+        data = load_data("copy_memory", quick=True)
+        assert res.test["acc"] <= (data.test.y == 0).float().mean().item() + 1e-6
+    finally:
+        unregister("tmp_step_tagger")

@@ -223,9 +223,11 @@ def train_report(result: Any, cfg: Any, data_name: str, baselines: dict[str, flo
     """The closing summary: the run's numbers and, where published, the baselines."""
     metric = result.metric
     test = result.test.get("acc" if metric == "acc" else "loss", float("nan"))
-    best = result.best_val if result.best_val is not None else float("nan")
     fmt = _pct if metric == "acc" else (lambda v: f"{v:.4g}")
-    label = "accuracy" if metric == "acc" else "MSE"
+    label = {"acc": "accuracy", "mse": "MSE"}.get(metric, "loss")
+    best = result.best_val if result.best_val is not None else float("nan")
+    if metric == "loss" and result.best_epoch:
+        best = result.history[result.best_epoch - 1]["val_loss"]
     rows = [
         dict(item="model", value=cfg.model),
         dict(item="data", value=data_name),

@@ -65,8 +65,8 @@ class Data:
         train, val, test: the splits.
         input: the input kind, as in the registry: ``image`` (C, H, W), ``sequence``
             (T, F) or integer ids (T,), ``tokens`` (N, C), ``vector`` (F,).
-        task: ``classification`` (y int64 in [0, K)), ``binary`` (y float in {0, 1},
-            shape (1,)) or ``regression`` (y float, shape (K,)).
+        task: ``classification`` (y int64 in [0, K), or (T,) per time step),
+            ``binary`` (y float in {0, 1}, shape (1,)) or ``regression`` (y float, (K,)).
         num_classes: K, classes (classification), 1 (binary) or targets (regression).
         in_chans: C (images), F (vectors, sequences) or the vocabulary size (ids).
         ids: True when inputs are integer token ids (a ``vocab_size`` model).
@@ -74,6 +74,8 @@ class Data:
         stats: per-feature ``mean``/``std`` used to standardise (to apply at predict).
         classes: optional class names.
         vocab: the words of a bag-of-words data set, in feature order.
+        headline: ``"loss"`` where the headline metric is the test loss (baselines
+            given as losses), else accuracy / MSE by task.
     """
 
     name: str
@@ -89,6 +91,7 @@ class Data:
     stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
     vocab: tuple[str, ...] | None = None
+    headline: str | None = None
     about: str = ""
 
     def __post_init__(self) -> None:
@@ -102,7 +105,10 @@ class Data:
 
     @property
     def metric(self) -> str:
-        """The headline metric: accuracy for classification, MSE for regression."""
+        """The headline metric: accuracy for classification, MSE for regression, or the
+        one the data set names (``headline="loss"``: its baselines are losses)."""
+        if self.headline:
+            return self.headline
         return "mse" if self.task == "regression" else "acc"
 
     def view(self, kind: str) -> Data:

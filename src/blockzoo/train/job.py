@@ -107,9 +107,11 @@ def _dry_run(model: nn.Module, data: Data, k: int, cfg: TrainConfig) -> None:
                          f"(input {tuple(x.shape)}): {first}") from None
     finally:
         model.train(was)
-    if tuple(out.shape) != (len(x), k):
+    steps = tuple(data.val.y.shape[1:]) if data.task == "classification" else ()
+    want = (len(x), *steps, k)  # per-step targets (B, T) need scores (B, T, K)
+    if tuple(out.shape) != want:
         raise ValueError(f"model {cfg.model!r} gives output {tuple(out.shape)} for input {tuple(x.shape)}; "
-                         f"data {cfg.data!r} ({data.task}) needs ({len(x)}, {k})")
+                         f"data {cfg.data!r} ({data.task}) needs {want}")
 
 
 def train(cfg: TrainConfig | Mapping[str, Any]) -> FitResult:

@@ -188,11 +188,11 @@ def fit(
     # This epoch's training loss sum, correct count and sample count, kept on the device
     # (no sync per step) and stored in checkpoints, so a resumed epoch sums the same way.
     run_loss = torch.zeros((), dtype=torch.float64, device=device)
-    run_correct = torch.zeros((), dtype=torch.int64, device=device)
+    run_correct = torch.zeros((), dtype=torch.float64, device=device)
     run_count = 0
 
     def sums_now() -> torch.Tensor:
-        return torch.stack([run_loss.cpu(), run_correct.cpu().double(),
+        return torch.stack([run_loss.cpu(), run_correct.cpu(),
                             torch.tensor(float(run_count), dtype=torch.float64)])
 
     grad_sum = torch.zeros(len(grad_names))
@@ -207,7 +207,7 @@ def fit(
         step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
         run_loss.fill_(ck["partial"][0].item())
-        run_correct.fill_(int(ck["partial"][1].item()))
+        run_correct.fill_(ck["partial"][1].item())
         run_count = int(ck["partial"][2].item())
         grad_sum = ck["grad_sum"].float()
         torch.set_rng_state(ck["rng"])

@@ -6,6 +6,9 @@
     binary, log_probs (B, 2)   negative log-lik.    -z_y
     regression (B, K)          mean squared error   mean_k (z_k - y_k)^2
 
+Per-step targets (y (B, T), output (B, T, K), e.g. copy memory) take the mean over
+the T steps of each sample, and accuracy counts each sample's fraction of right steps.
+
 Every loss is returned as a *sum* over the batch, so the engine can divide by the
 global batch size (exact under DDP, where a rank holds part of each batch).
 """
@@ -37,18 +40,21 @@ class Objective:
             return F.mse_loss(out, y.reshape(out.shape), reduction="sum") / out[0].numel()
         if self.task == "binary" and self.output != "log_probs":
             return F.binary_cross_entropy_with_logits(out, y.reshape(out.shape), reduction="sum")
+        steps = out[0].numel() // out.shape[-1]  # T for per-step targets (B, T), else 1
         target = y.reshape(-1).long()
+        out = out.reshape(-1, out.shape[-1])  # (B*T, K)
         if self.output == "log_probs":
-            return F.nll_loss(out, target, reduction="sum")
-        return F.cross_entropy(out, target, reduction="sum")
+            return F.nll_loss(out, target, reduction="sum") / steps
+        return F.cross_entropy(out, target, reduction="sum") / steps
 
     def correct(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Number of right predictions in the batch (0 for regression)."""
+        """Right predictions in the batch (per-step targets: each sample's right fraction)."""
         if self.task == "regression":
-            return torch.zeros((), dtype=torch.int64, device=out.device)
+            return torch.zeros((), device=out.device)
         if self.task == "binary" and self.output != "log_probs":
             return ((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
-        return (out.argmax(-1) == y.reshape(-1).long()).sum()
+        hit = out.argmax(-1) == y.reshape(out.shape[:-1]).long()  # (B,) or (B, T)
+        return hit.reshape(len(hit), -1).float().mean(1).sum()
 
     def predict(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prediction, confidence): class and its probability, or the regressed values."""
