@@ -368,3 +368,43 @@ def test_per_step_targets_with_a_token_model(tmp_path: Path) -> None:
         assert res.test["acc"] <= (data.test.y == 0).float().mean().item() + 1e-6
     finally:
         unregister("tmp_step_tagger")
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_progress_off_without_tty_and_epoch_lines_logged(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = load_data("blobs", quick=True)
+    with caplog.at_level("INFO", logger="blockzoo"):
+        fit(nn.Linear(2, 1), data, epochs=2, batch_size=8, plots=False)
+    err = capsys.readouterr().err
+    assert "step/s" not in err and "it/s" not in err  # no tqdm bar on a non-TTY
+    assert sum("epoch " in r.getMessage() for r in caplog.records) == 2
+    caplog.clear()
+    with caplog.at_level("INFO", logger="blockzoo"):
+        fit(nn.Linear(2, 1), data, epochs=2, batch_size=8, quiet=True, plots=False)
+    assert not caplog.records
+
+
+def test_bf16_autocast_and_channels_last_run() -> None:
+    class TinyConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).relu().mean((2, 3)))
+
+    data = load_data("digits", quick=True)
+    r = fit(TinyConv(), data, epochs=1, batch_size=50, amp="bf16", channels_last=True, **FAST)
+    assert r.steps == 6 and np.isfinite(r.test["loss"]) and 0 <= r.test["acc"] <= 1
+
+
+def test_model_given_as_module_callable(tmp_path: Path) -> None:
+    res = train(dict(model="torch.nn:Linear", model_args={"out_features": 1}, data="line", quick=True,
+                     epochs=30, batch_size=None, optimizer="sgd", lr=0.5, runs_dir=str(tmp_path), **FAST))
+    assert isinstance(res.model, nn.Linear) and res.test["loss"] < 0.1
+    assert abs(res.model.weight.item() - 2) < 0.2
