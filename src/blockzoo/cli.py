@@ -250,6 +250,7 @@ def train_report(result: Any, cfg: Any, data_name: str, baselines: dict[str, flo
 
 def cmd_train(args: argparse.Namespace) -> int:
     from blockzoo.train import NonFiniteLossError, TrainConfig, train
+    from blockzoo.train.ddp import teardown
 
     opts = {k: v for k, v in vars(args).items() if k in TRAIN_OPTIONS}
     if "model_args" in opts:
@@ -261,6 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg)
     except NonFiniteLossError as e:
         raise CliError(str(e)) from None
+    finally:
+        teardown()  # leave the DDP process group, if torchrun started one
     if result.interrupted:
         print(f"blockzoo: interrupted at step {result.steps}; continue with --resume", file=sys.stderr)
         return 130
@@ -269,12 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     import os
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        from blockzoo.data import load_data
-
-        data = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                         data_dir=cfg.data_dir, quick=cfg.quick)
-        print(train_report(result, cfg, data.name, dict(data.baselines)))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
+        print(train_report(result, cfg, result.data_name, result.baselines))
     return 0
 
 

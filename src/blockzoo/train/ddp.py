@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "all_reduce_sum", "setup"]
+__all__ = ["Dist", "all_reduce_sum", "barrier", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,13 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
-def teardown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+def barrier(d: Dist) -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others read)."""
+    if d.enabled:
+        dist.barrier()
+
+
+def teardown(d: Dist | None = None) -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -59,6 +59,8 @@ class FitResult:
     stopped: bool = False  # by ``stop_after``
     interrupted: bool = False  # by Ctrl-C
     grad_history: list[dict[str, float]] = field(default_factory=list)
+    data_name: str = ""
+    baselines: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -362,6 +364,7 @@ def fit(
     # ------------------------------------------------------------------ test the best weights
     test: dict[str, float] = {}
     if not (stopped or interrupted):
+        ddp.barrier(dist)  # rank 0 has written best.pt
         if best_pt is not None and best_pt.exists():
             model.load_state_dict(load_checkpoint(best_pt, map_location=device)["model"])
         test = evaluate(model, data.test, obj, device=device, dist=dist, amp=cfg.amp,
@@ -380,7 +383,8 @@ def fit(
     return FitResult(model=model, history=history, test=test, best_epoch=best_epoch,
                      best_val=best_val if obj.task != "regression" or best_val is None else -best_val,
                      steps=step, seconds=seconds, metric=data.metric, run_dir=run_dir,
-                     stopped=stopped, interrupted=interrupted, grad_history=grad_history)
+                     stopped=stopped, interrupted=interrupted, grad_history=grad_history,
+                     data_name=data.name, baselines=dict(data.baselines))
 
 
 def _stop(cfg: TrainConfig, step: int, total: int) -> bool:
