@@ -226,6 +226,10 @@ def fit(
         net = torch.compile(net)
 
     meta = dict(meta or {})
+    if run_dir is not None and main and not cfg.resume:
+        # a fresh run: no checkpoint or figure of an earlier run under this name survives
+        for stale in ("last.pt", "best.pt", "metrics.csv", "grad_stats.csv", "curves.png", "grad_flow.png"):
+            (run_dir / stale).unlink(missing_ok=True)
     if run_dir is not None and main:
         runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **_jsonable(meta)})
 
