@@ -164,6 +164,15 @@ def _fake_idx_set(root: Path, n_train: int = 40, n_test: int = 12) -> None:
         write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
 
 
+def test_sequential_mnist_from_tiny_files(tmp_path: Path) -> None:
+    _fake_idx_set(tmp_path / "mnist")
+    img = load_data("mnist", data_dir=tmp_path)
+    seq, perm = load_data("seq_mnist", data_dir=tmp_path), load_data("pseq_mnist", data_dir=tmp_path)
+    assert seq.shape == (784, 1) and torch.equal(seq.train.x[:, :, 0], img.train.x.flatten(1))
+    assert torch.equal(perm.train.x.sort(1).values, seq.train.x.sort(1).values)
+    assert not torch.equal(perm.train.x, seq.train.x)
+
+
 def test_idx_round_trip_and_bad_magic(tmp_path: Path) -> None:
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.gz", a)

@@ -24,6 +24,7 @@ import pickle
 import tarfile
 import tempfile
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,31 @@ def fashion_mnist(*, seed: int = 0, val_fraction: float = 0.1, data_dir: Path = 
     return _idx_data("fashion_mnist", seed=seed, val_fraction=val_fraction, data_dir=data_dir,
                      quick=quick, classes=("t-shirt", "trouser", "pullover", "dress", "coat",
                                            "sandal", "shirt", "sneaker", "bag", "ankle boot"))
+
+
+# One fixed pixel order for permuted sequential MNIST, the same for every run.
+_PERMUTATION_SEED = 784
+
+
+@register_dataset("seq_mnist", input="sequence", task="classification", source="file",
+                  about="sequential MNIST (Le et al. 2015): the 28x28 digits pixel by pixel (T=784, F=1)")
+def seq_mnist(*, seed: int = 0, val_fraction: float = 0.1, data_dir: Path = Path("data"),
+              quick: bool = False) -> Data:
+    """MNIST read one pixel per step, row by row (Le, Jaitly & Hinton, arXiv 1504.00941)."""
+    data = mnist(seed=seed, val_fraction=val_fraction, data_dir=data_dir, quick=quick).view("sequence")
+    return replace(data, name="seq_mnist")
+
+
+@register_dataset("pseq_mnist", input="sequence", task="classification", source="file",
+                  about="permuted sequential MNIST: the 784 pixels in one fixed random order")
+def pseq_mnist(*, seed: int = 0, val_fraction: float = 0.1, data_dir: Path = Path("data"),
+               quick: bool = False) -> Data:
+    """Sequential MNIST with the pixels in one fixed random order (long-range dependencies)."""
+    data = seq_mnist(seed=seed, val_fraction=val_fraction, data_dir=data_dir, quick=quick)
+    perm = torch.randperm(784, generator=torch.Generator().manual_seed(_PERMUTATION_SEED))
+    splits = {s: TensorData(getattr(data, s).x[:, perm], getattr(data, s).y)
+              for s in ("train", "val", "test")}
+    return replace(data, name="pseq_mnist", **splits)
 
 
 _CIFAR_DIR = "cifar-10-batches-py"
