@@ -408,3 +408,10 @@ def test_model_given_as_module_callable(tmp_path: Path) -> None:
                      epochs=30, batch_size=None, optimizer="sgd", lr=0.5, runs_dir=str(tmp_path), **FAST))
     assert isinstance(res.model, nn.Linear) and res.test["loss"] < 0.1
     assert abs(res.model.weight.item() - 2) < 0.2
+
+
+def test_cli_lists_data_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mnist1d", "digits", "line", "blobs", "bow_en_es", "mnist", "cifar10", "seq_digits"):
+        assert any(line.split()[0] == name for line in out.splitlines()[2:]), name
