@@ -415,3 +415,17 @@ def test_cli_lists_data_sets(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for name in ("mnist1d", "digits", "line", "blobs", "bow_en_es", "mnist", "cifar10", "seq_digits"):
         assert any(line.split()[0] == name for line in out.splitlines()[2:]), name
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager() -> None:
+    data = load_data("blobs", quick=True)
+
+    def run(compile: bool) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+        return fit(model, data, epochs=2, batch_size=8, compile=compile, **FAST).model
+
+    eager, compiled = run(False), run(True)
+    for a, b in zip(eager.state_dict().values(), compiled.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -309,8 +309,10 @@ def fit(
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == total:
-                        mean = run_loss.item() / max(1, run_count)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
+                        live = {"loss": f"{run_loss.item() / max(1, run_count):.4f}"}
+                        if obj.task != "regression":
+                            live["acc"] = f"{run_correct.item() / max(1, run_count):.3f}"
+                        bar.set_postfix(epoch=epoch + 1, **live)
                 if _stop(cfg, step, total) and step % per_epoch:
                     stopped = True
                     break
