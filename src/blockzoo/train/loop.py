@@ -212,9 +212,9 @@ def fit(
         run_correct.fill_(ck["partial"][1].item())
         run_count = int(ck["partial"][2].item())
         grad_sum = ck["grad_sum"].float()
-        torch.set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         if main:
             log.info("resumed from %s at step %d", last_pt, step)
 
