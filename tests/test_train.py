@@ -429,3 +429,54 @@ def test_compiled_model_trains_like_eager() -> None:
     eager, compiled = run(False), run(True)
     for a, b in zip(eager.state_dict().values(), compiled.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- size and vocabulary args
+
+
+def test_image_size_argument_filled_from_the_data(tmp_path: Path) -> None:
+    @register(name="tmp_patch_net", family="model", paper="-", arxiv="-", year=2000, input="image",
+              output="logits", example=Example(config=dict(in_chans=1, num_classes=2, image_size=4),
+                                               inputs=images("in_chans"), size=(4, 4)))
+    class PatchNet(nn.Module):
+        def __init__(self, num_classes: int = 2, *, in_chans: int = 1, image_size: int = 4) -> None:
+            super().__init__()
+            self.image_size = image_size
+            self.fc = nn.Linear(in_chans * image_size * image_size, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            check_shape(x, "B C H W", name="PatchNet", H=self.image_size, W=self.image_size)
+            return self.fc(x.flatten(1))
+
+    try:
+        res = train(dict(model="tmp_patch_net", data="digits", quick=True, epochs=1,
+                         runs_dir=str(tmp_path), name="p", **FAST))
+        assert res.model.image_size == 8
+        assert evaluate_checkpoint(tmp_path / "p" / "best.pt")["acc"] == res.test["acc"]
+    finally:
+        unregister("tmp_patch_net")
+
+
+def test_model_taking_features_or_token_ids(tmp_path: Path) -> None:
+    pytest.importorskip("blockzoo.data.sequence_tasks")
+
+    @register(name="tmp_dual_tagger", family="model", paper="-", arxiv="-", year=2000, input="sequence",
+              output="logits", example=Example(config=dict(input_size=3, num_classes=2),
+                                               inputs=sequence("input_size"), size=(5,)))
+    class Dual(nn.Module):
+        def __init__(self, input_size: int | None = None, num_classes: int = 2, *,
+                     vocab_size: int | None = None) -> None:
+            super().__init__()
+            self.vocab_size = vocab_size
+            self.inp = nn.Embedding(vocab_size, 8) if vocab_size else nn.Linear(input_size, 8)
+            self.out = nn.Linear(8, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.inp(x))  # (B, T, K)
+
+    try:
+        res = train(dict(model="tmp_dual_tagger", data="copy_memory", quick=True, epochs=1,
+                         runs_dir=str(tmp_path), **FAST))
+        assert res.model.vocab_size == 10 and isinstance(res.model.inp, nn.Embedding)
+    finally:
+        unregister("tmp_dual_tagger")

@@ -40,21 +40,52 @@ def _callable_model(target: str) -> tuple[Callable[..., nn.Module], str, str | N
     return fn, getattr(fn, "output", "logits"), getattr(fn, "input", None)
 
 
+# Constructor arguments that fix the input size, filled from the data when the user does
+# not give them (a patch-based image model accepts only the size it was built for).
+_SIZE_ARGS = {"image": ("image_size", "img_size"), "sequence": ("seq_len", "max_len"),
+              "tokens": ("seq_len", "num_tokens", "max_len")}
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    return _callable_model(name)[0] if ":" in name else spec(name).builder
+
+
+def _size_args(builder: Callable[..., nn.Module], data: Data) -> dict[str, Any]:
+    params = inspect.signature(builder).parameters
+    shape = data.shape
+    size: Any = None
+    if data.input == "image":
+        size = shape[1] if shape[1] == shape[2] else (shape[1], shape[2])
+    elif data.input in ("sequence", "tokens"):
+        size = shape[0]
+    return {a: size for a in _SIZE_ARGS.get(data.input, ()) if a in params}
+
+
 def build_model(meta: Mapping[str, Any]) -> nn.Module:
-    """Construct the model described by ``meta`` (name, args, outputs, in_chans)."""
+    """Construct the model described by ``meta`` (name, args, outputs, in_chans, ids)."""
     name, args = meta["model"], dict(meta.get("model_args", {}))
     k, c = meta["num_outputs"], meta["in_chans"]
+    fn = _builder(name)
+    params = inspect.signature(fn).parameters
+    if meta.get("ids") and "vocab_size" in params:
+        # token ids: the vocabulary is the input size; a model that also takes real
+        # features (input_size=...) is told it gets none
+        args.setdefault("vocab_size", c)
+        arg = _input_arg(fn)
+        if arg != "vocab_size" and arg in params:
+            args.setdefault(arg, None)
+        c_arg: dict[str, Any] = {}
+    else:
+        c_arg = {"in_chans": c}
     try:
         if ":" in name:
-            fn, _, _ = _callable_model(name)
-            params = inspect.signature(fn).parameters
             if "num_classes" in params:
                 args.setdefault("num_classes", k)
             arg = _input_arg(fn)
-            if arg in params:
+            if arg in params and c_arg:
                 args.setdefault(arg, c)
             return fn(**args)
-        return create_model(name, num_classes=k, in_chans=c, **args)
+        return create_model(name, num_classes=k, **c_arg, **args)
     except TypeError as e:
         raise ValueError(f"model {name!r}: bad arguments ({e})") from None
 
@@ -69,7 +100,11 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
         if s.family != "model":
             create_model(cfg.model)  # raises the "is a <family> block, not a model" error
         output, kind = s.output, s.input
-        wants_ids = kind == "sequence" and _input_arg(s.builder) == "vocab_size"
+        params = inspect.signature(s.builder).parameters
+        # a sequence model embeds ids if its input is vocab_size, or may (vocab_size
+        # beside input_size: either); None = either
+        wants_ids = None if "vocab_size" in params and _input_arg(s.builder) != "vocab_size" else (
+            kind == "sequence" and _input_arg(s.builder) == "vocab_size")
     native = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
                        quick=cfg.quick)
     kind = kind or native.input
@@ -83,7 +118,8 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
         raise ValueError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
                          f" but data {cfg.data!r} holds {has}")
     obj = objective(data.task, output, data.num_classes)
-    meta = dict(model=cfg.model, model_args=dict(cfg.model_args), output=obj.output,
+    model_args = {**_size_args(_builder(cfg.model), data), **cfg.model_args}
+    meta = dict(model=cfg.model, model_args=model_args, output=obj.output, ids=data.ids,
                 num_outputs=obj.num_outputs, in_chans=data.in_chans, input=data.input,
                 native_input=native.input, native_shape=list(native.shape),
                 classes=list(native.classes) if native.classes else None, task=data.task)
