@@ -286,3 +286,12 @@ def test_adding_and_copy_memory_data_sets() -> None:
     assert torch.equal(c.train.y[:, -10:], c.train.x[:, :10])  # recall the first 10 symbols at the end
     with pytest.raises(ValueError, match="integer token ids"):
         c.view("vector")
+
+
+def test_download_rejects_a_wrong_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=0: io.BytesIO(b"not mnist"))
+    with pytest.raises(ValueError, match=r"has MD5 .* expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+        load_data("mnist", data_dir=tmp_path)
+    assert not list((tmp_path / "mnist").iterdir())  # nothing half-downloaded is left
