@@ -205,8 +205,9 @@ def _read_inputs(path: Path) -> np.ndarray:
 def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray) -> list[dict[str, Any]]:
     """Run a trained checkpoint on new inputs (the data set's native layout, one per row).
 
-    Inputs may be flattened per sample; they are standardised with the training
-    statistics stored in the checkpoint. Returns one dict per sample: prediction
+    Inputs are in the data set's own scale before standardisation (e.g. pixels in
+    [0, 1] for MNIST, raw feature values for a CSV) and may be flattened per sample;
+    the training statistics stored in the checkpoint are applied here. Returns one dict per sample: prediction
     (class name or value) and confidence.
     """
     model, ck = load_trained(checkpoint)
