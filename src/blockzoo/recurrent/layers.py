@@ -371,17 +371,6 @@ def _state_dims(n_state: int) -> tuple[int, ...]:
     return (0, *([1] * n_state))
 
 
-_SHAPE_DOC = """
-    Shape:
-        - Input: (B, T, F) with ``batch_first`` (default) else (T, B, F), F =
-          input_size, any T; optional lengths (B,) in [1, T]; or a PackedSequence.
-        - Optional initial state: (L*D, B, H), L = num_layers, D = 2 if bidirectional
-          else 1, H = hidden_size.
-        - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
-          and the final state (L*D, B, H) at each sequence's true last step.
-"""
-
-
 def _mask_step(
     m: torch.Tensor | None, new: tuple[torch.Tensor, ...], old: tuple[torch.Tensor, ...]
 ) -> tuple[torch.Tensor, ...]:
@@ -443,7 +432,14 @@ class ElmanRNN(_RecurrentLayer):
         tbptt: truncated BPTT: with gradients on, run chunks of this many steps and
             detach the state between them (needs ``bidirectional=False``).
         fused: use the native kernel (``torch.rnn_tanh``/``rnn_relu``); default yes.
-    """ + _SHAPE_DOC + r"""
+
+    Shape:
+        - Input: (B, T, F) with ``batch_first`` (default) else (T, B, F), F =
+          input_size, any T; optional lengths (B,) in [1, T]; or a PackedSequence.
+        - Optional initial state: (L*D, B, H), L = num_layers, D = 2 if bidirectional
+          else 1, H = hidden_size.
+        - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
+          and the final state (L*D, B, H) at each sequence's true last step.
     Deviations: ``batch_first`` defaults to True (the zoo's (B, T, F)); otherwise the
     parameters, names and numbers are those of ``torch.nn.RNN``.
 
@@ -525,8 +521,15 @@ class LSTM(_RecurrentLayer):
         tbptt: truncated BPTT: with gradients on, run chunks of this many steps and
             detach the state between them (needs ``bidirectional=False``).
         fused: use ``torch.lstm`` (default when ``peephole=False``).
-    """ + _SHAPE_DOC.replace("(L*D, B, H)", "(h, c), each (L*D, B, H)", 1).replace(
-        "state (L*D, B, H)", "state (h, c), each (L*D, B, H),") + r"""
+
+    Shape:
+        - Input: (B, T, F) with ``batch_first`` (default) else (T, B, F), F =
+          input_size, any T; optional lengths (B,) in [1, T]; or a PackedSequence.
+        - Optional initial state: (h_0, c_0), each (L*D, B, H), L = num_layers,
+          D = 2 if bidirectional else 1, H = hidden_size.
+        - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
+          and the final state (h_n, c_n), each (L*D, B, H), at each sequence's true
+          last step.
     Deviations: ``batch_first`` defaults to True; the forget gate is present (the
     1997 paper had none). Otherwise names and numbers are those of ``torch.nn.LSTM``
     (gate order i, f, g, o).
@@ -657,7 +660,14 @@ class GRU(_RecurrentLayer):
         tbptt: truncated BPTT: with gradients on, run chunks of this many steps and
             detach the state between them (needs ``bidirectional=False``).
         fused: use ``torch.gru`` (default).
-    """ + _SHAPE_DOC + r"""
+
+    Shape:
+        - Input: (B, T, F) with ``batch_first`` (default) else (T, B, F), F =
+          input_size, any T; optional lengths (B,) in [1, T]; or a PackedSequence.
+        - Optional initial state: (L*D, B, H), L = num_layers, D = 2 if bidirectional
+          else 1, H = hidden_size.
+        - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
+          and the final state (L*D, B, H) at each sequence's true last step.
     Deviations: the reset gate multiplies (W_hn h + b_hn), after the matrix, as in
     cuDNN and ``torch.nn.GRU`` (Cho et al. reset h before it); ``batch_first``
     defaults to True.
