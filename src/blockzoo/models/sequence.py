@@ -9,7 +9,9 @@ Spoken Language Understanding (Mesnil et al.), Interspeech 2013 (slot filling).
 
 Both models take either features (B, T, F) (``input_size``) or token ids (B, T)
 (``vocab_size``, through ``TokenEmbedding`` with a padding id), plus optional
-lengths (B,); ``blockzoo.create_model(name, num_classes=K, in_chans=F)`` sets F.
+lengths (B,); ``blockzoo.create_model(name, num_classes=K, in_chans=F)`` sets F, and
+``create_model(name, num_classes=K, input_size=None, vocab_size=V)`` builds the
+token-id version (the registered example config holds an ``input_size``).
 
 Letters: B batch, T time steps, F features, V vocabulary, E embedding size,
 H hidden size, D directions, K classes.
