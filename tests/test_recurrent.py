@@ -317,7 +317,7 @@ def test_peephole_cell_equals_reference_and_layer_step():
     got_h, got_c = cell(x, (h, c))
     p = dict(cell.named_parameters())
     for b in range(2):
-        (want,), (wh, wc) = _ref_peephole_seq(p, [x[b]], h[b], c[b])
+        _, (wh, wc) = _ref_peephole_seq(p, [x[b]], h[b], c[b])
         _close(got_h[b], wh, 1e-12)
         _close(got_c[b], wc, 1e-12)
     (got_h.sum() + got_c.sum()).backward()
@@ -500,8 +500,8 @@ def test_token_embedding_padding():
 
 def test_classifier_token_ids_padding_invariant_and_create_model():
     torch.manual_seed(11)
-    model = blockzoo.create_model("gru_classifier", num_classes=3, input_size=None, vocab_size=12, embed_dim=5,
-                                  hidden_size=6, bidirectional=True).eval()
+    model = blockzoo.create_model("gru_classifier", num_classes=3, input_size=None, vocab_size=12,
+                                  embed_dim=5, hidden_size=6, bidirectional=True).eval()
     ids = torch.tensor([[4, 5, 6, 0, 0], [7, 8, 9, 10, 11]])
     both = model(ids)  # lengths from the padding id
     _close(both[0:1], model(ids[0:1, :3]))
