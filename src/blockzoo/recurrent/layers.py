@@ -389,8 +389,20 @@ def _stack_out(outs: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Ten
     return out if mask is None else out * mask[..., None].to(out.dtype)
 
 
-def _input_proj(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, p["weight_ih"], p.get("bias_ih"))  # (B, T, G*H)
+def _input_proj(p: dict[str, torch.Tensor], x: torch.Tensor, *, fold_hh: bool = True) -> list[torch.Tensor]:
+    """W_ih x_t + b_ih (+ b_hh when ``fold_hh``) for every step, as T tensors (B, G*H).
+
+    One matrix product for all steps; ``unbind`` (not ``gx[:, t]``) so that the
+    backward assembles the T step gradients once instead of T full-size zeros.
+    """
+    b = p.get("bias_ih")
+    if fold_hh and b is not None and "bias_hh" in p:
+        b = b + p["bias_hh"]
+    return list(F.linear(x, p["weight_ih"], b).unbind(1))  # T x (B, G*H)
+
+
+def _masks(mask: torch.Tensor | None, t: int) -> list[torch.Tensor | None]:
+    return [None] * t if mask is None else list(mask[..., None].unbind(1))  # T x (B, 1)
 
 
 @register(
@@ -463,14 +475,14 @@ class ElmanRNN(_RecurrentLayer):
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
-        gx = _input_proj(p, x)  # (B, T, H)
-        w_t, b_hh, relu = p["weight_hh"].t(), p.get("bias_hh"), self.mode == "rnn_relu"
+        gx, ms = _input_proj(p, x), _masks(mask, x.shape[1])  # T x (B, H), T x (B, 1)
+        w_t, relu = p["weight_hh"].t(), self.mode == "rnn_relu"
         (h,) = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            new = elman_step(gx[:, t], h, w_t, b_hh, relu)
+            new = elman_step(gx[t], h, w_t, None, relu)
             outs[t] = new
-            (h,) = _mask_step(None if mask is None else mask[:, t, None], (new,), (h,))
+            (h,) = _mask_step(ms[t], (new,), (h,))
         return _stack_out(outs, mask), (h,)
 
     def extra_repr(self) -> str:
@@ -560,14 +572,14 @@ class LSTM(_RecurrentLayer):
         return [*shapes, ("weight_peep", (3, self.hidden_size))] if self.peephole else shapes
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
-        gx = _input_proj(p, x)  # (B, T, 4H)
-        w_t, b_hh, peep = p["weight_hh"].t(), p.get("bias_hh"), p.get("weight_peep")
+        gx, ms = _input_proj(p, x), _masks(mask, x.shape[1])  # T x (B, 4H), T x (B, 1)
+        w_t, peep = p["weight_hh"].t(), p.get("weight_peep")
         h, c = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            new = lstm_step(gx[:, t], h, c, w_t, b_hh, peep)
+            new = lstm_step(gx[t], h, c, w_t, None, peep)
             outs[t] = new[0]
-            h, c = _mask_step(None if mask is None else mask[:, t, None], new, (h, c))
+            h, c = _mask_step(ms[t], new, (h, c))
         return _stack_out(outs, mask), (h, c)
 
     def extra_repr(self) -> str:
@@ -682,14 +694,15 @@ class GRU(_RecurrentLayer):
     gates = 3
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
-        gx = _input_proj(p, x)  # (B, T, 3H)
+        # b_hn sits inside r * (W_hn h + b_hn): b_hh is not folded into the projection
+        gx, ms = _input_proj(p, x, fold_hh=False), _masks(mask, x.shape[1])  # T x (B, 3H)
         w_t, b_hh = p["weight_hh"].t(), p.get("bias_hh")
         (h,) = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            new = gru_step(gx[:, t], h, w_t, b_hh)
+            new = gru_step(gx[t], h, w_t, b_hh)
             outs[t] = new
-            (h,) = _mask_step(None if mask is None else mask[:, t, None], (new,), (h,))
+            (h,) = _mask_step(ms[t], (new,), (h,))
         return _stack_out(outs, mask), (h,)
 
 
@@ -800,14 +813,14 @@ class JordanRNN(_RecurrentLayer):
                     nn.init.uniform_(p[b], -k, k)
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
-        gx = _input_proj(p, x)  # (B, T, H)
+        gx, ms = _input_proj(p, x), _masks(mask, x.shape[1])  # T x (B, H), T x (B, 1)
         w_t, w_ho, b_ho = p["weight_sh"].t(), p["weight_ho"], p.get("bias_ho")
         (s,) = state
         outs: list[torch.Tensor] = [s] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            y, s_next = jordan_step(gx[:, t], s, w_t, w_ho, b_ho, self.act, self.out_act, self.state_decay)
+            y, s_next = jordan_step(gx[t], s, w_t, w_ho, b_ho, self.act, self.out_act, self.state_decay)
             outs[t] = y
-            (s,) = _mask_step(None if mask is None else mask[:, t, None], (s_next,), (s,))
+            (s,) = _mask_step(ms[t], (s_next,), (s,))
         return _stack_out(outs, mask), (s,)
 
     def extra_repr(self) -> str:
