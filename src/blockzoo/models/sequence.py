@@ -120,7 +120,7 @@ def _classes(shape: Any, cfg: Any) -> tuple[int, int]:
     return (shape[0], cfg["num_classes"])
 
 
-_CLS_EXAMPLE = dict(input_size=6, num_classes=3, hidden_size=12, num_layers=2, bidirectional=True)
+_CLS_EXAMPLE = dict(input_size=6, num_classes=3, hidden_size=12, num_layers=1, bidirectional=True)
 
 
 class RNNClassifier(_SequenceModel):

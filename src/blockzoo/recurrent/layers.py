@@ -452,8 +452,10 @@ class ElmanRNN(_RecurrentLayer):
           else 1, H = hidden_size.
         - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
           and the final state (L*D, B, H) at each sequence's true last step.
-    Deviations: ``batch_first`` defaults to True (the zoo's (B, T, F)); otherwise the
-    parameters, names and numbers are those of ``torch.nn.RNN``.
+    Deviations: ``batch_first`` defaults to True (the zoo's (B, T, F)) and
+    ``forward(input, lengths=None, state=None)`` takes lengths second (the initial
+    state by keyword); otherwise the parameters, names and numbers are those of
+    ``torch.nn.RNN``.
 
     Example:
         >>> rnn = ElmanRNN(8, 16, 2, bidirectional=True)
@@ -542,9 +544,11 @@ class LSTM(_RecurrentLayer):
         - Output: (B, T, D*H) (zeros after each sequence's end) or a PackedSequence,
           and the final state (h_n, c_n), each (L*D, B, H), at each sequence's true
           last step.
-    Deviations: ``batch_first`` defaults to True; the forget gate is present (the
-    1997 paper had none). Otherwise names and numbers are those of ``torch.nn.LSTM``
-    (gate order i, f, g, o).
+    Deviations: ``batch_first`` defaults to True and ``forward(input, lengths=None,
+    state=None)`` takes lengths second; the forget gate is present (the 1997 paper
+    had none). Otherwise names and numbers are those of ``torch.nn.LSTM`` (gate
+    order i, f, g, o). With peepholes the time loop runs (about 3x the fused
+    kernel's time on CPU, see benchmarks/recurrent.py).
 
     Example:
         >>> lstm = LSTM(8, 16, 2, bidirectional=True)
@@ -682,7 +686,8 @@ class GRU(_RecurrentLayer):
           and the final state (L*D, B, H) at each sequence's true last step.
     Deviations: the reset gate multiplies (W_hn h + b_hn), after the matrix, as in
     cuDNN and ``torch.nn.GRU`` (Cho et al. reset h before it); ``batch_first``
-    defaults to True.
+    defaults to True and ``forward(input, lengths=None, state=None)`` takes lengths
+    second.
 
     Example:
         >>> out, h = GRU(8, 16)(torch.randn(3, 5, 8))
