@@ -143,6 +143,20 @@ def test_loop_gradients_equal_torch(ours_cls, ref_cls, kw):
         _close(p.grad, rgrads[name].grad, tol=1e-4)
 
 
+def test_loop_weight_gradient_is_stateless_across_backward_calls():
+    """The one-product recurrent-weight gradient reads forward values only: repeatable."""
+    torch.manual_seed(13)
+    ours, ref = _pair(LSTM, nn.LSTM, {}, fused=False)
+    x = torch.randn(3, 6, 5, requires_grad=True)
+    out, _ = ours(x)
+    torch.autograd.grad(out.sum(), x, retain_graph=True)  # a pass that does not want W's gradient
+    (g1,) = torch.autograd.grad(out.sum(), ours.weight_hh_l0, retain_graph=True)
+    (g2,) = torch.autograd.grad(out.sum(), ours.weight_hh_l0)
+    (want,) = torch.autograd.grad(ref(x)[0].sum(), ref.weight_hh_l0)
+    _close(g1, want, 1e-4)
+    _close(g2, want, 1e-4)
+
+
 def test_dropout_between_layers_only_in_training():
     torch.manual_seed(0)
     lstm = LSTM(5, 6, 3, dropout=0.5)
