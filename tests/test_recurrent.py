@@ -430,6 +430,22 @@ def test_tbptt_same_values_truncated_gradient(name):
     _close(g_trunc[0, 6:], g_full[0, 6:])  # inside the chunk: same gradient
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["native", "loop"])
+def test_tbptt_packed_and_time_first_inputs(fused):
+    torch.manual_seed(14)
+    full = GRU(3, 4, 2, batch_first=False, fused=fused)
+    trunc = GRU(3, 4, 2, batch_first=False, fused=fused, tbptt=2)
+    trunc.load_state_dict(full.state_dict())
+    x = torch.randn(7, 4, 3)  # (T, B, F)
+    lengths = torch.tensor([7, 3, 5, 1])
+    _close(trunc(x)[0], full(x)[0])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    (a, sa), (b, sb) = full(packed), trunc(packed)
+    assert torch.equal(a.batch_sizes, b.batch_sizes)
+    _close(b.data, a.data)
+    _close(sb, sa)
+
+
 def test_stream_in_chunks_with_carried_state_equals_whole():
     torch.manual_seed(10)
     lstm = LSTM(3, 4, 2)

@@ -593,7 +593,7 @@ class LSTM(_RecurrentLayer):
     Deviations: ``batch_first`` defaults to True and ``forward(input, lengths=None,
     state=None)`` takes lengths second; the forget gate is present (the 1997 paper
     had none). Otherwise names and numbers are those of ``torch.nn.LSTM`` (gate
-    order i, f, g, o). With peepholes the time loop runs (about 3x the fused
+    order i, f, g, o). With peepholes the time loop runs (about 2x the fused
     kernel's time on CPU, see benchmarks/recurrent.py).
 
     Example:
