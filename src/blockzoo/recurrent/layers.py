@@ -319,7 +319,8 @@ class _RecurrentLayer(nn.Module):
                 hx = [torch.where(live[None, :, None], n, h) for n, h in zip(new, hx, strict=True)]
                 out = out * live[:, None, None].to(out.dtype)
             outs.append(out)
-            hx = [h.detach() for h in hx]
+            if s + k < t:  # cut the graph between chunks; the final state keeps its last chunk's
+                hx = [h.detach() for h in hx]
         out = torch.cat(outs, dim=1)  # (B, T, H)
         if packed is not None:
             return _repack(out, packed), hx
