@@ -290,6 +290,36 @@ def test_jordan_equals_reference(decay):
     _close(s, want_s, 1e-10)
 
 
+@pytest.mark.parametrize("name", ["peephole", "jordan"])
+def test_loop_parameter_gradients_equal_reference(name):
+    """Every parameter's gradient through our loop equals autograd through the reference."""
+    torch.manual_seed(15)
+    if name == "peephole":
+        layer = LSTM(3, 4, 2, bidirectional=True, peephole=True).double()
+        step = _ref_peephole_seq
+    else:
+        layer = JordanRNN(3, 4, 2, bidirectional=True, output_size=2, state_decay=0.3).double()
+
+        def step(p, xs, s):
+            return _ref_jordan_seq(p, xs, s, torch.tanh, torch.tanh, 0.3)
+
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    h0 = _rand_state(layer, 3, torch.float64)
+    w_out = torch.randn(3, 5, layer.num_directions * layer.out_size, dtype=torch.float64)
+
+    def loss(out, st):
+        parts = st if isinstance(st, list) else _states(st)
+        return (out * w_out).sum() + sum((s * s).sum() for s in parts)
+
+    loss(*layer(x, lengths, h0)).backward()
+    ours = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad()
+    loss(*_ref_layered(layer, step, x, lengths, h0)).backward()
+    for n, p in layer.named_parameters():
+        _close(ours[n], p.grad, 1e-10)
+
+
 def test_jordan_feeds_back_output_not_hidden():
     """Changing W_ho changes later hidden activity only through the fed-back output."""
     torch.manual_seed(4)

@@ -114,15 +114,15 @@ def jordan_step(
     act: nn.Module,
     out_act: nn.Module,
     decay: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Jordan step: hidden from input and state units, output, next state units."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Jordan step: returns the output y_t, the next state units and the hidden h_t."""
     # h_t = act(W_ih x_t + b_ih + W_sh s_t)
     h = act(torch.addmm(gx, s, w_sh_t))  # (B, H)
     # y_t = out_act(W_ho h_t + b_ho)
     y = out_act(F.linear(h, w_ho, b_ho))  # (B, O)
     # s_{t+1} = decay * s_t + y_t
     s_next = y + decay * s if decay else y
-    return y, s_next
+    return y, s_next, h
 
 
 # --------------------------------------------------------------------------- cells
@@ -566,8 +566,9 @@ class JordanCell(nn.Module):
             s = x.new_zeros(b, self.output_size)
         _check_h(s, "JordanCell", b, self.output_size, "s")
         gx = F.linear(x, self.weight_ih, self.bias_ih)  # (B, H)
-        return jordan_step(gx, s, self.weight_sh.t(), self.weight_ho, self.bias_ho,
-                           self.act, self.out_act, self.state_decay)
+        y, s_next, _ = jordan_step(gx, s, self.weight_sh.t(), self.weight_ho, self.bias_ho,
+                                   self.act, self.out_act, self.state_decay)
+        return y, s_next
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, {self.output_size}, "

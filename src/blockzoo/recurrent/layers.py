@@ -873,12 +873,23 @@ class JordanRNN(_RecurrentLayer):
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
         gx, w_t, prev, _ = _project(p, x, "weight_sh")  # T x (B, H)
         ms, w_ho, b_ho = _masks(mask, x.shape[1]), p["weight_ho"], p.get("bias_ho")  # T x (B, 1)
+        hid, zs = None, None
+        if prev is not None and w_ho.requires_grad:
+            # W_ho's gradient, like W_sh's, as one product over the recorded hidden states
+            hid = [None] * x.shape[1]
+            z = _DeferredWeightGrad.apply(w_ho, hid, (x.shape[0], x.shape[1], w_ho.shape[0]))  # (B, T, O)
+            zs, w_ho = list(z.unbind(1)), w_ho.detach()
         (s,) = state
         outs: list[torch.Tensor] = [s] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
+            b = b_ho
             if prev is not None:
                 prev[t] = s.detach()
-            y, s_next = jordan_step(gx[t], s, w_t, w_ho, b_ho, self.act, self.out_act, self.state_decay)
+            if zs is not None:
+                b = zs[t] if b_ho is None else zs[t] + b_ho
+            y, s_next, h = jordan_step(gx[t], s, w_t, w_ho, b, self.act, self.out_act, self.state_decay)
+            if hid is not None:
+                hid[t] = h.detach()
             outs[t] = y
             (s,) = _mask_step(ms[t], (s_next,), (s,))
         return _stack_out(outs, mask), (s,)
