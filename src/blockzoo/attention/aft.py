@@ -219,7 +219,9 @@ class AFTSimple(_AFTBase):
         torch.Size([2, 4096, 64])
     """
 
-    def __init__(self, dim: int, *, hidden_dim: int | None = None, device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self, dim: int, *, hidden_dim: int | None = None, device: Any = None, dtype: Any = None
+    ) -> None:
         super().__init__(dim, hidden_dim, dict(device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,8 @@ class EMSA(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **fk)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **fk)
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2, groups=dim, **fk)
+            self.sr = nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2,
+                                groups=dim, **fk)
             self.sr_norm = create_norm(norm_layer, dim, **fk)
         if num_heads > 1:
             self.transform = nn.Conv2d(num_heads, num_heads, 1, **fk)
@@ -108,7 +109,7 @@ class EMSA(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def _reduce(self, x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
-        b, n, c = x.shape
+        b, _, c = x.shape
         r = self.sr_ratio
         if hw is None:
             row = self.sr.weight[:, :, r // 2 : r // 2 + 1]  # (C, 1, 1, r+1): the central row

@@ -75,7 +75,7 @@ def edge_softmax_aggregate(
     Returns:
         out (B, h, N, d) and alpha (B, h, E).
     """
-    b, h, n, d = values.shape
+    b, h, n, _ = values.shape
     idx = tgt.expand(b, h, -1)  # (B, h, E)
     init = torch.full((b, h, n), float("-inf"), dtype=scores.dtype, device=scores.device)
     top = init.scatter_reduce(-1, idx, scores, reduce="amax", include_self=True).detach()  # (B, h, N)

@@ -106,7 +106,8 @@ class MUSEAttention(nn.Module):
         vc = v.transpose(1, 2).reshape(b, n, c).transpose(1, 2)  # (B, C, N)
         weights = self.alpha.softmax(0)
         # sum_i softmax(alpha)_i Pointwise_i(DepthwiseConv_i(V))
-        conv = sum(wi * pw(dw(vc)) for wi, dw, pw in zip(weights, self.depthwise, self.pointwise, strict=True))
+        branches = zip(weights, self.depthwise, self.pointwise, strict=True)
+        conv = sum(wi * pw(dw(vc)) for wi, dw, pw in branches)  # (B, C, N)
         return att + conv.transpose(1, 2)  # (B, N, C)
 
     def extra_repr(self) -> str:
