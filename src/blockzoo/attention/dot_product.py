@@ -84,6 +84,13 @@ def scaled_dot_product_attention(
         torch.Size([2, 4, 10, 8])
     """
     if not (reference or return_weights):
+        if is_causal and attn_mask is not None:  # SDPA takes one or the other: merge them
+            tril = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+            if attn_mask.dtype == torch.bool:
+                attn_mask = attn_mask & tril
+            else:
+                attn_mask = attn_mask.masked_fill(~tril, float("-inf"))
+            is_causal = False
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )

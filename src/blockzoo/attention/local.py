@@ -88,7 +88,7 @@ def local_window_attention(
     b = block_size or max(left, right, 16)
     nb = -(-n // b)
     pad = nb * b - n
-    qb = F.pad(q, (0, 0, 0, pad)).view(b_, h * nb, b, d)  # (B, h*nb, b, d)
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(b_, h * nb, b, d)  # (B, h*nb, b, d)
 
     def blocks(t: torch.Tensor) -> torch.Tensor:
         t = F.pad(t, (0, 0, left, pad + right))  # (B, h, nb*b + left + right, d)
