@@ -69,7 +69,8 @@ def local_window_attention(
 
     Queries are cut into blocks of ``b`` rows; block t attends to the keys
     ``t*b - left .. t*b + b - 1 + right`` (K = b + left + right of them) through one batched
-    ``F.scaled_dot_product_attention`` with a (b, K) band mask, so memory is
+    ``F.scaled_dot_product_attention`` with a (b, K) band mask (on CPU an explicit batched
+    softmax, which measured about 2x faster than SDPA's masked CPU path), so memory is
     O(N * (b + left + right)) rather than O(N^2). It equals full attention with
     ``band_mask(N, left, right)``.
 
@@ -87,18 +88,29 @@ def local_window_attention(
     b_, h, n, d = q.shape
     b = block_size or max(left, right, 16)
     nb = -(-n // b)
+    kk = b + left + right
     pad = nb * b - n
-    qb = F.pad(q, (0, 0, 0, pad)).reshape(b_, h * nb, b, d)  # (B, h*nb, b, d)
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(b_, h, nb, b, d)  # (B, h, nb, b, d)
 
     def blocks(t: torch.Tensor) -> torch.Tensor:
         t = F.pad(t, (0, 0, left, pad + right))  # (B, h, nb*b + left + right, d)
-        t = t.unfold(2, b + left + right, b)  # (B, h, nb, d, K)
-        return t.transpose(-1, -2).reshape(b_, h * nb, b + left + right, d)  # (B, h*nb, K, d)
+        return t.unfold(2, kk, b)  # (B, h, nb, d, K), a view
 
-    mask = _block_mask(n, b, left, right, q.device).repeat(h, 1, 1)  # (h*nb, b, K)
-    out = F.scaled_dot_product_attention(qb, blocks(k), blocks(v), attn_mask=mask,
-                                         dropout_p=dropout_p, scale=scale)  # (B, h*nb, b, d)
-    return out.view(b_, h, nb * b, d)[:, :, :n]  # (B, h, N, d)
+    mask = _block_mask(n, b, left, right, q.device)  # (nb, b, K)
+    kt, vb = blocks(k), blocks(v).transpose(-1, -2)  # (B, h, nb, d, K), (B, h, nb, K, d)
+    if q.device.type == "cpu":
+        # On CPU, SDPA with a mask takes its generic path, about 2x slower than this.
+        s = d**-0.5 if scale is None else scale
+        # softmax(q k^T * scale + band) v, per block
+        w = (qb @ kt).mul_(s).masked_fill_(~mask, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
+        w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+        out = w @ vb  # (B, h, nb, b, d)
+    else:
+        out = F.scaled_dot_product_attention(
+            qb.reshape(b_, h * nb, b, d), kt.transpose(-1, -2).reshape(b_, h * nb, kk, d),
+            vb.reshape(b_, h * nb, kk, d), attn_mask=mask.repeat(h, 1, 1), dropout_p=dropout_p, scale=scale,
+        )  # (B, h*nb, b, d)
+    return out.reshape(b_, h, nb * b, d)[:, :, :n]  # (B, h, N, d)
 
 
 @register(
