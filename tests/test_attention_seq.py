@@ -206,6 +206,17 @@ def test_mha_head_dim_and_errors() -> None:
         mha(torch.randn(2, 5, 8), attn_mask=torch.zeros(5, 4, dtype=torch.bool))
 
 
+def test_mha_self_attention_paths_agree_and_dropout_only_in_training() -> None:
+    mha = MultiHeadAttention(8, num_heads=2, dropout=0.5).double()
+    x = _rand(2, 5, 8)
+    mha.eval()
+    torch.testing.assert_close(mha(x, x, x), mha(x))  # fused and split projections
+    torch.testing.assert_close(mha(x), mha(x))
+    mha.train()
+    y = mha(x)
+    assert torch.isfinite(y).all() and not torch.allclose(y, mha.eval()(x))
+
+
 def test_mha_records_attention_on_explicit_path() -> None:
     mha = MultiHeadAttention(8, num_heads=2).eval()
     x = torch.randn(2, 5, 8)
@@ -292,14 +303,21 @@ def test_rope_is_a_rotation_that_depends_on_the_offset() -> None:
 
 
 def test_mha_with_rope_is_translation_invariant() -> None:
-    # With RoPE and no absolute position, self-attention scores depend on offsets only:
-    # a causal model sees the same thing in a window whichever absolute position it sits at.
+    # With RoPE, self-attention scores depend on offsets only: numbering the positions
+    # from 100 instead of 0 changes nothing.
     mha = MultiHeadAttention(8, num_heads=2, rope=True).double().eval()
     x = _rand(1, 6, 8)
     q, k, _ = mha.qkv(x).view(1, 6, 3, 2, 4).permute(2, 0, 3, 1, 4)
     a = mha.rope(q) @ mha.rope(k).transpose(-1, -2)
     b = mha.rope(q, offset=100) @ mha.rope(k, offset=100).transpose(-1, -2)
     torch.testing.assert_close(a, b)
+    # and the module is exactly: rotate q, k per head, then attention
+    v = mha.qkv(x).view(1, 6, 3, 2, 4)[:, :, 2].transpose(1, 2)
+    att = scaled_dot_product_attention(mha.rope(q), mha.rope(k), v, reference=True)
+    torch.testing.assert_close(mha(x), mha.out_proj(att.transpose(1, 2).reshape(1, 6, 8)))
+    plain = MultiHeadAttention(8, num_heads=2).double().eval()
+    plain.load_state_dict(mha.state_dict())
+    assert not torch.allclose(mha(x), plain(x))  # the rotation is not a no-op
 
 
 # --------------------------------------------------------------------------- local window

@@ -215,8 +215,9 @@ class MultiHeadAttention(nn.Module):
 
     Deviations:
         ``is_causal=True`` builds the causal mask itself (``nn.MultiheadAttention`` takes
-        it only as a hint beside an explicit ``attn_mask``). ``add_bias_kv`` and
-        ``add_zero_attn`` of ``nn.MultiheadAttention`` are not provided.
+        it only as a hint beside an explicit ``attn_mask``). In training with dropout the
+        returned weights are those before dropout (``nn.MultiheadAttention`` returns the
+        dropped ones). ``add_bias_kv`` and ``add_zero_attn`` are not provided.
 
     Example:
         >>> mha = MultiHeadAttention(64, num_heads=8)
@@ -309,11 +310,11 @@ class MultiHeadAttention(nn.Module):
         name = "MultiHeadAttention"
         dims = check_shape(query, "B L C", name=name, arg="query", C=self.dim)
         b, n = dims["B"], dims["L"]
-        self_attn = key is None and value is None
         if key is None:
             key = query
         if value is None:
             value = key
+        self_attn = key is query and value is query
         s = check_shape(key, "B S C", name=name, arg="key", B=b, C=self.kdim)["S"]
         check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)
         h, d = self.num_heads, self.head_dim
