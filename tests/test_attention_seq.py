@@ -635,6 +635,15 @@ def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
     with record_attention(r) as maps:
         r(_rand(2, 6 * 5, 8), hw=(6, 5))
     assert maps["attn_map"].shape == (2, 2, 30, 9)  # keys reduced to 3 x 3
+    # the multi-head interaction: 1x1 conv over heads, softmax, instance norm
+    x = _rand(2, 30, 8)
+    q = r.q(x).view(2, 30, 2, 4).transpose(1, 2)
+    kv = r.sr_norm(r.sr(x.transpose(1, 2).reshape(2, 8, 6, 5)).flatten(2).transpose(1, 2))
+    k, v = r.kv(kv).view(2, 9, 2, 2, 4).permute(2, 0, 3, 1, 4)
+    a = nn.functional.instance_norm(r.transform(q @ k.transpose(-1, -2) / 2).softmax(-1))
+    torch.testing.assert_close(r(x, hw=(6, 5)), r.proj((a @ v).transpose(1, 2).reshape(2, 30, 8)))
+    r.train()
+    assert torch.isfinite(r(_rand(1, 1, 8), hw=(1, 1))).all()
     with pytest.raises(blockzoo.ShapeError, match="hw"):
         r(_rand(2, 30, 8), hw=(4, 5))
     with pytest.raises(ValueError, match="even"):

@@ -49,7 +49,9 @@ class EMSA(nn.Module):
         y     = Concat_heads(A V) W^O
 
     The 1 x 1 convolution mixes the h attention maps ("multi-head interaction") and
-    instance normalisation (IN) re-balances them; both only when h > 1, as in ResT.
+    instance normalisation (IN, no affine, eps 1e-5, as ``nn.InstanceNorm2d``) re-balances
+    them; both only when h > 1, as in ResT. IN is written out so that a single-entry map
+    (N = M = 1) gives 0 in training too (``nn.InstanceNorm2d`` raises there).
 
     Args:
         dim: C, the token width.
@@ -104,7 +106,6 @@ class EMSA(nn.Module):
             self.sr_norm = create_norm(norm_layer, dim, **fk)
         if num_heads > 1:
             self.transform = nn.Conv2d(num_heads, num_heads, 1, **fk)
-            self.transform_norm = nn.InstanceNorm2d(num_heads)
         self.proj = nn.Linear(dim, dim, **fk)
         self.attn_map = AttentionMap("weights")
 
@@ -130,7 +131,11 @@ class EMSA(nn.Module):
         # Q K^T / sqrt(d)
         a = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # (B, h, N, M)
         if h > 1:
-            a = self.transform_norm(self.transform(a).softmax(dim=-1))  # (B, h, N, M)
+            a = self.transform(a).softmax(dim=-1)  # (B, h, N, M)
+            # IN: each head's map normalised over its N x M entries (no affine, eps 1e-5)
+            mean = a.mean(dim=(-2, -1), keepdim=True)
+            var = a.var(dim=(-2, -1), unbiased=False, keepdim=True)
+            a = (a - mean) / (var + 1e-5).sqrt()
         else:
             a = a.softmax(dim=-1)
         a = self.attn_map(a)
