@@ -102,9 +102,10 @@ class LinformerAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """E, F ~ N(0, 1 / n): each projected row, a sum over up to n tokens, keeps the scale of K, V."""
         for p in (self.e, self.f):
             if p is not None:
-                nn.init.normal_(p, std=1.0 / math.sqrt(self.proj_len))
+                nn.init.normal_(p, std=1.0 / math.sqrt(self.seq_len))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = check_shape(x, "B N C", name="LinformerAttention", C=self.dim).values()
