@@ -328,9 +328,10 @@ def test_mha_with_rope_is_translation_invariant() -> None:
 def test_local_window_equals_band_masked_full_attention(n: int, window, block) -> None:
     q, k, v = _rand(2, 3, n, 4), _rand(2, 3, n, 4), _rand(2, 3, n, 4)
     left, right = (window, window) if isinstance(window, int) else window
-    got = local_window_attention(q, k, v, window, block_size=block)
     want = scaled_dot_product_attention(q, k, v, band_mask(n, left, right), reference=True)
-    torch.testing.assert_close(got, want)
+    for use_sdpa in (False, True):  # explicit blocks (CPU default) and SDPA blocks (GPU default)
+        got = local_window_attention(q, k, v, window, block_size=block, use_sdpa=use_sdpa)
+        torch.testing.assert_close(got, want)
 
 
 def test_local_attention_module_equals_its_dense_band_path() -> None:
@@ -509,6 +510,15 @@ def test_orthogonal_features_are_orthogonal_within_blocks() -> None:
     w = random_features(12, 4, dtype=D64)
     block = w[:4] / w[:4].norm(dim=1, keepdim=True)
     torch.testing.assert_close(block @ block.T, torch.eye(4, dtype=D64))
+
+
+def test_causal_performer_ignores_the_future() -> None:
+    m = PerformerAttention(8, num_heads=2, num_features=16, causal=True).double().eval()
+    x = _rand(1, 9, 8)
+    y = x.clone()
+    y[:, 5:] = _rand(1, 4, 8)
+    torch.testing.assert_close(m(x)[:, :5], m(y)[:, :5])
+    assert not torch.allclose(m(x)[:, 5:], m(y)[:, 5:])
 
 
 def test_performer_module_uses_favor_and_redraws() -> None:
