@@ -20,6 +20,7 @@ from blockzoo.registry import (
     register,
     spec,
 )
+from blockzoo.rep.fuse import reparameterize
 
 __all__ = [
     "ShapeError",
@@ -36,5 +37,6 @@ __all__ = [
     "recurrent",
     "register",
     "rep",
+    "reparameterize",
     "spec",
 ]
