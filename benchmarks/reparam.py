@@ -50,7 +50,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--channels", type=int, default=64)
