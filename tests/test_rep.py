@@ -170,6 +170,14 @@ def test_idempotent_and_deploy_constructor(cls) -> None:
         assert torch.equal(fresh(x), y)
 
 
+@pytest.mark.parametrize("cls", BLOCKS, ids=lambda c: c.__name__)
+def test_deploy_form_exports(cls) -> None:
+    block = _build(cls, 8, 8, 2, 2, torch.float32).reparameterize()
+    x = torch.randn(2, 8, 7, 9)
+    program = torch.export.export(block, (x,), strict=False)
+    torch.testing.assert_close(program.module()(x), block(x))
+
+
 def test_keeps_dtype_and_training_flag() -> None:
     block = randomise_bn(DiverseBranchBlock(4, 8, groups=2)).to(torch.float64).train()
     block.reparameterize()

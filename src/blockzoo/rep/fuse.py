@@ -344,6 +344,10 @@ def reparameterize(model: nn.Module) -> nn.Module:
     module that has one — ours or a user's (duck typing). Idempotent. A user module
     whose own ``reparameterize`` calls this function on itself is not re-entered.
 
+    The fused form equals the *eval-mode* training form: BatchNorm is folded with its
+    running statistics, so call it on a trained model (in training mode the unfused
+    BNs would normalise with batch statistics instead).
+
     Example:
         >>> from blockzoo.rep import RepVGGBlock
         >>> net = nn.Sequential(RepVGGBlock(8), nn.Sequential(RepVGGBlock(8, 16, stride=2)))
