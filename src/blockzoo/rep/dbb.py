@@ -57,6 +57,9 @@ class BNAndPad(nn.Module):
         p = self.padding
         return F.pad(y - c, (p, p, p, p)) + c  # (B, C, H + 2p, W + 2p)
 
+    def extra_repr(self) -> str:
+        return f"padding={self.padding}"
+
 
 class _OneByOneThenKxK(nn.Module):
     """1x1 conv -> BN-and-pad -> k x k conv (no padding) -> BN, all grouped (DBB transform III)."""
