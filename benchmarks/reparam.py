@@ -8,7 +8,9 @@ running statistics, so the difference column is meaningful) and the same block a
 ``reparameterize()``, timed side by side in one run (median of ``--repeats`` after
 ``--warmup`` calls, forms interleaved so machine noise hits both alike; the
 speed-up is printed from the medians and, less sensitive to a busy machine, from
-the minima).
+the minima). "FLOP ratio" counts only convs and matmuls (torch's flop counter):
+where the speed-up exceeds it, the rest is the memory traffic of the BatchNorms,
+branch sums and pooling that the deploy form no longer has.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 import torch
 from torch import nn
 
+from blockzoo.bench.flops import count_flops
 from blockzoo.mlp import RepMLPBlock
 from blockzoo.rep import ACBlock, DiverseBranchBlock, MobileOneBlock, RepVGGBlock
 
@@ -75,7 +78,7 @@ def main() -> None:
     print(f"input (B, C, H, W) = {tuple(x.shape)} float32, eval, no_grad; "
           f"warm-up {args.warmup}, median of {args.repeats} repeats, forms interleaved")
     header = (f"{'block':<22} {'params train':>12} {'params deploy':>13} {'t train ms':>10} "
-              f"{'t deploy ms':>11} {'speed-up':>8} {'(min)':>6} {'max|diff|':>10}")
+              f"{'t deploy ms':>11} {'speed-up':>8} {'(min)':>6} {'FLOP ratio':>10} {'max|diff|':>10}")
     print(header)
     print("-" * len(header))
     for name, make in blocks.items():
@@ -100,8 +103,9 @@ def main() -> None:
         p_d = sum(p.numel() for p in deploy.parameters())
         mt, md = statistics.median(tt) * 1e3, statistics.median(td) * 1e3
         best = min(tt) / min(td)
+        flop_ratio = count_flops(train, (x,)) / count_flops(deploy, (x,))
         print(f"{name:<22} {p_t:>12,} {p_d:>13,} {mt:>10.2f} {md:>11.2f} {mt / md:>7.2f}x {best:>5.2f}x "
-              f"{diff:>10.2e}")
+              f"{flop_ratio:>9.2f}x {diff:>10.2e}")
 
 
 if __name__ == "__main__":
