@@ -350,3 +350,15 @@ def test_reparameterize_walks_any_model() -> None:
         assert torch.equal(net(x), after)
     with pytest.raises(TypeError):
         blockzoo.reparameterize("not a module")
+
+
+@pytest.mark.parametrize("name", ["repvgg", "acnet", "dbb", "mobileone", "repmlp"])
+def test_fused_weights_save_and_load_as_deploy_form(name, tmp_path) -> None:
+    block = randomise_bn(blockzoo.create(name)).eval()
+    blockzoo.reparameterize(block)
+    path = tmp_path / f"{name}.safetensors"
+    blockzoo.save(block, path)
+    again = blockzoo.load(path, deploy=True).eval()
+    x = blockzoo.spec(name).make_input(batch=2)
+    with torch.no_grad():
+        assert torch.equal(again(*x), block(*x))
