@@ -21,6 +21,7 @@ from blockzoo.registry import (
     register,
     spec,
 )
+from blockzoo.rep.fuse import reparameterize
 
 __all__ = [
     "ShapeError",
@@ -39,6 +40,7 @@ __all__ = [
     "recurrent",
     "register",
     "rep",
+    "reparameterize",
     "save",
     "spec",
 ]

@@ -1,0 +1,222 @@
+r"""MLP-Mixer block and ResMLP, which is the same block built with other parts.
+
+Papers: MLP-Mixer: An all-MLP Architecture for Vision (Tolstikhin, arXiv 2105.01601,
+2021); ResMLP: Feedforward networks for image classification with data-efficient
+training (Touvron, arXiv 2105.03404, 2021).
+
+Letters: B batch, N tokens, C channels (dim), D_S token-mixing hidden width,
+D_C channel-mixing hidden width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_norm
+from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.mlp.mlp import MLP
+from blockzoo.registry import Example, register, tokens
+
+__all__ = ["Affine", "MixerBlock", "ResMLPBlock", "check_tokens"]
+
+
+def check_tokens(x: torch.Tensor, name: str, num_tokens: int, dim: int) -> None:
+    """Check (B, N, C) with C = dim and N = num_tokens, naming ``num_tokens`` when N is wrong."""
+    dims = check_shape(x, "B N C", name=name, C=dim)
+    if dims["N"] != num_tokens:
+        raise ShapeError(
+            f"{name}: its token-mixing weights were built for num_tokens={num_tokens}; "
+            f"got input {tuple(x.shape)} with N={dims['N']}"
+        )
+
+
+class Affine(nn.Module):
+    r"""ResMLP's affine normalisation: a per-channel scale and shift, no statistics.
+
+    Touvron et al., "ResMLP", arXiv 2105.03404: ``Aff(x) = alpha * x + beta``.
+
+    Args:
+        dim: C, the size of the last dimension.
+
+    Shape:
+        - Input: (*, C); output: the same.
+    """
+
+    def __init__(self, dim: int, *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Aff(x) = alpha * x + beta
+        return self.alpha * x + self.beta
+
+    def extra_repr(self) -> str:
+        return f"{self.alpha.numel()}"
+
+
+def _example_cfg() -> dict[str, Any]:
+    return dict(dim=16, num_tokens=8)
+
+
+@register(
+    name="mixer",
+    family="mlp",
+    paper="MLP-Mixer: An all-MLP Architecture for Vision",
+    arxiv="2105.01601",
+    year=2021,
+    input="tokens",
+    example=Example(config=dict(_example_cfg(), token_hidden=8, channel_hidden=32), inputs=tokens(),
+                    size=(8,), sizes=((8,),), out_shape="same",
+                    tiny=dict(dim=4, token_hidden=3, channel_hidden=5)),
+)
+class MixerBlock(nn.Module):
+    r"""MLP-Mixer block: a token-mixing MLP across patches, then a channel-mixing MLP.
+
+    Tolstikhin et al., "MLP-Mixer: An all-MLP Architecture for Vision", arXiv 2105.01601.
+
+    Equation (X is N x C; MLPs act on the last dim; T transposes N and C)::
+
+        U = X + s_1 * T(MLP_tok(T(norm_1(X))))       MLP_tok: N -> D_S -> N
+        Y = U + s_2 * MLP_ch(norm_2(U))               MLP_ch:  C -> D_C -> C
+
+    s_1 = s_2 = 1 in the Mixer paper; with ``layer_scale`` they are learnable
+    per-channel vectors (ResMLP). ``token_hidden=()`` makes the token mixing one
+    linear map N -> N (ResMLP).
+
+    Args:
+        dim: C, channels per token.
+        num_tokens: N, fixed by the token-mixing weights (N x D_S); other N raise
+            ``ShapeError`` naming ``num_tokens``.
+        token_hidden: D_S, hidden width(s) of the token-mixing MLP (default C / 2;
+            ``()`` for a single linear map).
+        channel_hidden: D_C, hidden width of the channel-mixing MLP (default 4 C).
+        act_layer: the MLPs' activation (paper: GELU).
+        norm_layer: the pre-norm (paper: LayerNorm; ResMLP: ``Affine``).
+        layer_scale: initial value of s_1, s_2 (None: no layer-scale, the Mixer).
+        dropout: dropout after each MLP's hidden activation.
+
+    Shape:
+        - Input: (B, N, C), N = num_tokens, C = dim.
+        - Output: (B, N, C).
+
+    Deviations:
+        - No stochastic depth (a training-recipe choice, not part of the block).
+
+    Example:
+        >>> block = MixerBlock(64, 49)
+        >>> block(torch.randn(2, 49, 64)).shape
+        torch.Size([2, 49, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        *,
+        token_hidden: int | Sequence[int] | None = None,
+        channel_hidden: int | None = None,
+        act_layer: LayerSpec = "gelu",
+        norm_layer: LayerSpec = "layernorm",
+        layer_scale: float | None = None,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        require(dim > 0 and num_tokens > 0, f"{name}: dim={dim}, num_tokens={num_tokens} must be positive")
+        self.dim, self.num_tokens = dim, num_tokens
+        token_hidden = max(1, dim // 2) if token_hidden is None else token_hidden
+        self.channel_hidden = channel_hidden or 4 * dim
+        fk = dict(device=device, dtype=dtype)
+        self.norm1 = create_norm(norm_layer, dim, **fk)
+        self.token_mlp = MLP(num_tokens, token_hidden, num_tokens, act_layer=act_layer, dropout=dropout, **fk)
+        self.norm2 = create_norm(norm_layer, dim, **fk)
+        self.channel_mlp = MLP(dim, (self.channel_hidden,), dim, act_layer=act_layer, dropout=dropout, **fk)
+        self.layer_scale = layer_scale
+        if layer_scale is None:
+            self.register_parameter("scale1", None)
+            self.register_parameter("scale2", None)
+        else:
+            self.scale1 = nn.Parameter(torch.full((dim,), float(layer_scale), **fk))
+            self.scale2 = nn.Parameter(torch.full((dim,), float(layer_scale), **fk))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tokens(x, type(self).__name__, self.num_tokens, self.dim)
+        # T(MLP_tok(T(norm_1(X))))
+        t = self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)  # (B, N, C)
+        x = x + (t if self.scale1 is None else self.scale1 * t)
+        c = self.channel_mlp(self.norm2(x))  # (B, N, C)
+        return x + (c if self.scale2 is None else self.scale2 * c)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_tokens={self.num_tokens}, token_hidden={self.token_mlp.hidden_features}, "
+            f"channel_hidden={self.channel_hidden}, layer_scale={self.layer_scale}"
+        )
+
+
+@register(
+    name="resmlp",
+    family="mlp",
+    paper="ResMLP: Feedforward networks for image classification with data-efficient training",
+    arxiv="2105.03404",
+    year=2021,
+    input="tokens",
+    example=Example(config=dict(_example_cfg(), channel_hidden=32), inputs=tokens(),
+                    size=(8,), sizes=((8,),), out_shape="same", tiny=dict(dim=4, channel_hidden=5)),
+)
+class ResMLPBlock(MixerBlock):
+    r"""ResMLP block: a Mixer block with affine norms, linear token mixing and layer-scale.
+
+    Touvron et al., "ResMLP: Feedforward networks for image classification with
+    data-efficient training", arXiv 2105.03404. Built as ``MixerBlock(norm_layer=Affine,
+    token_hidden=(), layer_scale=...)``: only the arguments differ.
+
+    Equation (A is N x N, B: C -> D_C, C': D_C -> C; T transposes N and C)::
+
+        Z = X + s_1 * T(A T(Aff_1(X)) + a)
+        Y = Z + s_2 * C' GELU(B Aff_2(Z))
+        Aff(x) = alpha * x + beta
+
+    Args:
+        dim: C, channels per token.
+        num_tokens: N, fixed by A (N x N); other N raise ``ShapeError`` naming it.
+        channel_hidden: D_C (default 4 C).
+        act_layer: activation of the channel MLP (paper: GELU).
+        layer_scale: initial s_1, s_2 (paper: 0.1 for 12 blocks, 1e-5 for 24, 1e-6 deeper).
+        dropout: dropout after the channel MLP's activation.
+
+    Shape:
+        - Input: (B, N, C), N = num_tokens, C = dim.
+        - Output: (B, N, C).
+
+    Deviations:
+        - No stochastic depth (a training-recipe choice, not part of the block).
+
+    Example:
+        >>> block = ResMLPBlock(64, 49)
+        >>> block(torch.randn(2, 49, 64)).shape
+        torch.Size([2, 49, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        *,
+        channel_hidden: int | None = None,
+        act_layer: LayerSpec = "gelu",
+        layer_scale: float = 0.1,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(dim, num_tokens, token_hidden=(), channel_hidden=channel_hidden, act_layer=act_layer,
+                         norm_layer=Affine, layer_scale=layer_scale, dropout=dropout,
+                         device=device, dtype=dtype)

@@ -1,0 +1,163 @@
+r"""RepMLP: a partition-wise FC whose parallel conv branches are merged into the FC at deploy.
+
+Paper: RepMLP: Re-parameterizing Convolutions into Fully-connected Layers for Image
+Recognition (Ding, arXiv 2105.01883, 2021).
+
+Letters: B batch, C channels, H W spatial, h w partition size, P = (H / h)(W / w)
+partitions per image, g groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.registry import Example, images, register
+from blockzoo.rep.fuse import ConvBN, conv_as_fc
+
+__all__ = ["RepMLPBlock"]
+
+
+@register(
+    name="repmlp",
+    family="mlp",
+    paper="RepMLP: Re-parameterizing Convolutions into Fully-connected Layers for Image Recognition",
+    arxiv="2105.01883",
+    year=2021,
+    input="image",
+    example=Example(config=dict(channels=8, partition_size=4, groups=2), inputs=images(), size=(8, 8),
+                    sizes=((4, 12), (12, 8)), out_shape="same", tiny=dict(channels=2, groups=1)),
+)
+class RepMLPBlock(nn.Module):
+    r"""RepMLP block: global, partition and local perceptrons; the local convs fold into the FC.
+
+    Ding et al., "RepMLP: Re-parameterizing Convolutions into Fully-connected Layers
+    for Image Recognition", arXiv 2105.01883. The map is cut into P partitions of
+    h x w; each partition, flattened in (C, h, w) order, is one vector::
+
+        v_p   = FC_2(ReLU(FC_1(BN_g(avgpool_{h x w}(X)))))      global perceptron, per partition
+        F_p   = BN(FC_3 x_p)                                     partition perceptron, grouped FC
+        L_p   = sum_k BN_k(conv_k(x_p))                          local perceptron, 'same'-padded
+                                                                 inside the partition, groups g
+        Y_p   = F_p + L_p + v_p                                  v_p broadcast over h x w
+
+    Deploy form (``reparameterize()``): every conv on a fixed h x w patch is a linear
+    map of the patch, so BN and the conv branches fold into one grouped FC::
+
+        Y_p = FC'(x_p) + v_p,   FC' = fold(FC_3, BN) + sum_k fc(fold(conv_k, BN_k))
+
+    Args:
+        channels: C.
+        partition_size: h (or (h, w)); H and W must be multiples, others raise
+            ``ShapeError`` naming ``partition_size``.
+        groups: g, groups of FC_3 and of the local convs (dividing C).
+        kernel_sizes: the local perceptron's odd kernel sizes (paper: 1, 3, 5, 7 up to h).
+        reduction: FC_1's width is C / reduction.
+        deploy: build the fused form directly (to load fused weights).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, H a multiple of h, W of w.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        - The global perceptron's FCs act on the channels of each pooled partition
+          (1x1 convs), so the block does not fix the number of partitions; its output
+          is added to every pixel of its partition.
+
+    Example:
+        >>> block = RepMLPBlock(16, 4).eval()
+        >>> x = torch.randn(2, 16, 8, 12)
+        >>> torch.allclose(block(x), block.reparameterize()(x), atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self, channels: int, partition_size: int | tuple[int, int], *, groups: int = 1,
+        kernel_sizes: Sequence[int] = (1, 3), reduction: int = 4, deploy: bool = False,
+        device: Any = None, dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        h, w = (partition_size, partition_size) if isinstance(partition_size, int) else partition_size
+        require(h > 0 and w > 0, f"RepMLPBlock: partition_size={partition_size} must be positive")
+        require(channels % groups == 0, f"RepMLPBlock: groups={groups} must divide channels={channels}")
+        require(all(k % 2 == 1 and k <= max(h, w) for k in kernel_sizes),
+                f"RepMLPBlock: kernel_sizes={tuple(kernel_sizes)} must be odd and at most the partition size")
+        self.channels, self.h, self.w, self.groups = channels, h, w, groups
+        self.kernel_sizes = tuple(kernel_sizes)
+        fk = dict(device=device, dtype=dtype)
+        hidden = max(1, channels // reduction)
+        self.gp_bn = nn.BatchNorm2d(channels, **fk)
+        self.gp_fc1 = nn.Conv2d(channels, hidden, 1, **fk)
+        self.gp_fc2 = nn.Conv2d(hidden, channels, 1, **fk)
+        n = channels * h * w
+        self.fc: nn.Conv2d | None = None
+        if deploy:
+            self.fc = nn.Conv2d(n, n, 1, groups=groups, bias=True, **fk)
+            return
+        self.fc3 = nn.Conv2d(n, n, 1, groups=groups, bias=False, **fk)
+        self.fc3_bn = nn.BatchNorm2d(channels, **fk)
+        self.local = nn.ModuleDict({
+            f"conv{k}": ConvBN(channels, channels, k, padding=k // 2, groups=groups, **fk)
+            for k in kernel_sizes
+        })
+
+    @property
+    def deployed(self) -> bool:
+        """True once the conv branches are merged into the FC."""
+        return self.fc is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="RepMLPBlock", C=self.channels)
+        b, c, hh, ww = x.shape
+        h, w = self.h, self.w
+        if hh % h or ww % w:
+            raise ShapeError(f"RepMLPBlock: H={hh} and W={ww} must be multiples of "
+                             f"partition_size=({h}, {w}); got input {tuple(x.shape)}")
+        nh, nw = dims["H"] // h, dims["W"] // w
+        # v = FC_2(ReLU(FC_1(BN(avgpool(X)))))
+        v = self.gp_fc2(F.relu(self.gp_fc1(self.gp_bn(F.avg_pool2d(x, (h, w))))))  # (B, C, nh, nw)
+        v = v.permute(0, 2, 3, 1).reshape(b * nh * nw, c, 1, 1)  # (B P, C, 1, 1)
+        p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
+        p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
+        flat = p.reshape(b * nh * nw, c * h * w, 1, 1)  # (B P, C h w, 1, 1)
+        if self.fc is not None:
+            y = self.fc(flat).reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
+        else:
+            # F + L = BN(FC_3 x) + sum_k BN_k(conv_k(x))
+            y = self.fc3_bn(self.fc3(flat).reshape(b * nh * nw, c, h, w))  # (B P, C, h, w)
+            for branch in self.local.values():
+                y = y + branch(p)
+        y = y + v
+        return y.reshape(b, nh, nw, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)  # (B, C, H, W)
+
+    @torch.no_grad()
+    def reparameterize(self) -> RepMLPBlock:
+        """Merge BN and the local conv branches into the partition FC, in place; idempotent."""
+        if self.fc is not None:
+            return self
+        c, h, w, g = self.channels, self.h, self.w, self.groups
+        bn = self.fc3_bn
+        t = bn.weight / (bn.running_var + bn.eps).sqrt()
+        # fold BN (per channel, repeated over the h w positions of that channel) into FC_3
+        weight = self.fc3.weight[:, :, 0, 0] * t.repeat_interleave(h * w)[:, None]  # (C h w, C h w / g)
+        bias = (bn.bias - bn.running_mean * t).repeat_interleave(h * w)  # (C h w)
+        for branch in self.local.values():
+            kw, kb = branch.fused()
+            fw, fb = conv_as_fc(kw, kb, g, h, w)
+            weight, bias = weight + fw, bias + fb
+        fc = nn.Conv2d(c * h * w, c * h * w, 1, groups=g, bias=True, device=weight.device, dtype=weight.dtype)
+        fc.weight.copy_(weight[:, :, None, None])
+        fc.bias.copy_(bias)
+        fc.train(self.training)
+        del self.fc3, self.fc3_bn, self.local
+        self.fc = fc
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, partition_size=({self.h}, {self.w}), groups={self.groups}, "
+                f"kernel_sizes={self.kernel_sizes}, deployed={self.deployed}")

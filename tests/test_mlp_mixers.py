@@ -1,0 +1,226 @@
+"""The maths of the MLP mixers: each block against its paper's equation written out by hand,
+and the properties the papers state (what mixes with what, initial behaviour)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import blockzoo
+from blockzoo import ShapeError
+from blockzoo.attention.maps import record_attention
+from blockzoo.mlp import (
+    Affine,
+    GMLPBlock,
+    MixerBlock,
+    ResMLPBlock,
+    S2MLPBlock,
+    SparseMLP,
+    SpatialGatingUnit,
+    SpatialShift,
+    WeightedPermuteMLP,
+)
+
+f64 = torch.float64
+
+
+def _lin(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return x @ layer.weight.T + layer.bias
+
+
+def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    """The plain MLP's linear layers with exact GELU between them."""
+    lins = [m for m in mlp.layers if isinstance(m, nn.Linear)]
+    for lin in lins[:-1]:
+        x = F.gelu(_lin(lin, x))
+    return _lin(lins[-1], x)
+
+
+def test_mixer_block_equation() -> None:
+    torch.manual_seed(0)
+    blk = MixerBlock(6, 5, token_hidden=7, channel_hidden=9).double()
+    x = torch.randn(3, 5, 6, dtype=f64)
+    ln = lambda t, m: F.layer_norm(t, (6,), m.weight, m.bias, m.eps)  # noqa: E731
+    # U = X + T(MLP_tok(T(LN(X)))),  Y = U + MLP_ch(LN(U))
+    u = x + _mlp(blk.token_mlp, ln(x, blk.norm1).transpose(1, 2)).transpose(1, 2)
+    y = u + _mlp(blk.channel_mlp, ln(u, blk.norm2))
+    torch.testing.assert_close(blk(x), y)
+
+
+def test_mixer_token_mixing_mixes_tokens_channel_mixing_does_not() -> None:
+    """Token i's channel-MLP output depends on token j only through the token MLP."""
+    blk = MixerBlock(4, 6).double()
+    x = torch.randn(1, 6, 4, dtype=f64, requires_grad=True)
+    blk(x)[0, 0].sum().backward()
+    assert (x.grad[0, 1:].abs().sum(-1) > 0).all()  # other tokens reach token 0
+    with torch.no_grad():  # without token mixing, tokens are independent
+        for p in blk.token_mlp.parameters():
+            p.zero_()
+    x.grad = None
+    blk(x)[0, 0].sum().backward()
+    assert x.grad[0, 1:].abs().sum() == 0
+
+
+def test_resmlp_is_a_mixer_with_affine_linear_tokens_and_layer_scale() -> None:
+    torch.manual_seed(0)
+    blk = ResMLPBlock(6, 5, channel_hidden=8, layer_scale=0.3).double()
+    assert isinstance(blk, MixerBlock) and isinstance(blk.norm1, Affine)
+    assert [type(m) for m in blk.token_mlp.layers] == [nn.Linear]  # A: N -> N, no hidden layer
+    with torch.no_grad():
+        for p in (blk.norm1.alpha, blk.norm1.beta, blk.norm2.alpha, blk.norm2.beta, blk.scale1, blk.scale2):
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(2, 5, 6, dtype=f64)
+    aff = lambda t, m: m.alpha * t + m.beta  # noqa: E731
+    a = blk.token_mlp.layers[0]
+    # Z = X + s1 * T(A T(Aff(X)) + a),  Y = Z + s2 * C GELU(B Aff(Z))
+    z = x + blk.scale1 * _lin(a, aff(x, blk.norm1).transpose(1, 2)).transpose(1, 2)
+    y = z + blk.scale2 * _mlp(blk.channel_mlp, aff(z, blk.norm2))
+    torch.testing.assert_close(blk(x), y)
+    # layer-scale starts at its init value; Affine starts as the identity
+    fresh = ResMLPBlock(6, 5, layer_scale=0.1)
+    assert torch.all(fresh.scale1 == 0.1) and torch.all(fresh.norm1.alpha == 1)
+    assert torch.all(fresh.norm1.beta == 0)
+
+
+@pytest.mark.parametrize("cls", [MixerBlock, ResMLPBlock, GMLPBlock], ids=lambda c: c.__name__)
+def test_token_mixers_name_num_tokens(cls) -> None:
+    blk = cls(8, 6)
+    blk(torch.randn(2, 6, 8))
+    with pytest.raises(ShapeError, match="num_tokens=6"):
+        blk(torch.randn(2, 7, 8))
+    with pytest.raises(ShapeError, match=type(blk).__name__):
+        blk(torch.randn(2, 6, 9))
+
+
+def test_gmlp_equation_and_gate() -> None:
+    torch.manual_seed(0)
+    blk = GMLPBlock(4, 5, hidden=6).double()
+    sgu = blk.sgu
+    with torch.no_grad():
+        sgu.weight.normal_()
+        sgu.bias.normal_()
+    x = torch.randn(2, 5, 4, dtype=f64)
+    z = F.gelu(_lin(blk.proj_in, F.layer_norm(x, (4,), blk.norm.weight, blk.norm.bias)))
+    z1, z2 = z[..., :3], z[..., 3:]
+    # f(Z2) = W LN(Z2) + b over tokens;  s = Z1 * f(Z2);  Y = X + s V
+    f = sgu.weight @ F.layer_norm(z2, (3,), sgu.norm.weight, sgu.norm.bias) + sgu.bias[:, None]
+    torch.testing.assert_close(blk(x), x + _lin(blk.proj_out, z1 * f))
+    with record_attention(blk) as maps:
+        blk(x)
+    torch.testing.assert_close(maps["sgu.attn_map"], f)
+
+
+def test_sgu_starts_as_identity_on_first_half() -> None:
+    """Paper: W near zero and b = 1 make s(Z) ~ Z_1 at initialisation (a plain FFN)."""
+    sgu = SpatialGatingUnit(8, 10)
+    z = torch.randn(3, 10, 8)
+    assert (sgu(z) - z[..., :4]).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="even"):
+        SpatialGatingUnit(7, 10)
+
+
+def test_spatial_shift_by_hand() -> None:
+    x = torch.arange(2 * 8 * 3 * 4, dtype=f64).reshape(2, 8, 3, 4)
+    y = SpatialShift(8)(x)
+    # group 1 (ch 0-1) right: y[..., j] = x[..., j-1], column 0 kept
+    torch.testing.assert_close(y[:, :2, :, 1:], x[:, :2, :, :-1])
+    torch.testing.assert_close(y[:, :2, :, 0], x[:, :2, :, 0])
+    torch.testing.assert_close(y[:, 2:4, :, :-1], x[:, 2:4, :, 1:])  # left
+    torch.testing.assert_close(y[:, 2:4, :, -1], x[:, 2:4, :, -1])
+    torch.testing.assert_close(y[:, 4:6, 1:], x[:, 4:6, :-1])  # down
+    torch.testing.assert_close(y[:, 4:6, 0], x[:, 4:6, 0])
+    torch.testing.assert_close(y[:, 6:8, :-1], x[:, 6:8, 1:])  # up
+    torch.testing.assert_close(y[:, 6:8, -1], x[:, 6:8, -1])
+    assert sum(p.numel() for p in SpatialShift(8).parameters()) == 0
+
+
+def _receptive_field(block: nn.Module, c: int, h: int, w: int, i: int, j: int) -> torch.Tensor:
+    x = torch.randn(1, c, h, w, dtype=f64, requires_grad=True)
+    block.double()(x)[0, :, i, j].sum().backward()
+    return x.grad[0].abs().sum(0) > 0  # (H, W): which pixels reach output (i, j)
+
+
+def test_s2mlp_block_only_reads_its_plus_shaped_neighbourhood() -> None:
+    torch.manual_seed(0)
+    seen = _receptive_field(S2MLPBlock(8), 8, 6, 7, 2, 3)
+    want = torch.zeros(6, 7, dtype=torch.bool)
+    want[2, 3] = want[1, 3] = want[3, 3] = want[2, 2] = want[2, 4] = True
+    assert torch.equal(seen, want)
+
+
+def test_smlp_reads_only_its_row_and_column() -> None:
+    torch.manual_seed(0)
+    seen = _receptive_field(SparseMLP(4, 5, 6), 4, 5, 6, 1, 4)
+    want = torch.zeros(5, 6, dtype=torch.bool)
+    want[1, :] = True
+    want[:, 4] = True
+    assert torch.equal(seen, want)
+
+
+def test_smlp_equation() -> None:
+    torch.manual_seed(0)
+    blk = SparseMLP(3, 4, 5).double()
+    x = torch.randn(2, 3, 4, 5, dtype=f64)
+    x_h = torch.einsum("ik,bckj->bcij", blk.proj_h.weight, x) + blk.proj_h.bias[:, None]
+    x_w = torch.einsum("jk,bcik->bcij", blk.proj_w.weight, x) + blk.proj_w.bias
+    y = F.conv2d(torch.cat([x, x_h, x_w], 1), blk.fuse.weight, blk.fuse.bias)
+    torch.testing.assert_close(blk(x), y)
+    with pytest.raises(ShapeError, match="height=4, width=5"):
+        blk(torch.randn(1, 3, 5, 4, dtype=f64))
+
+
+@pytest.mark.parametrize("h,w,s", [(4, 4, 2), (3, 5, 4), (6, 2, 1)])
+def test_weighted_permute_mlp_equation(h, w, s) -> None:
+    torch.manual_seed(0)
+    c = 8
+    blk = WeightedPermuteMLP(c, h, w, segment_size=s).double()
+    x = torch.randn(2, c, h, w, dtype=f64)
+    g = c // s
+    xs = x.reshape(2, g, s, h, w)  # channel k = (segment, offset)
+    wh = blk.fc_h.weight.reshape(h, s, h, s)  # out (i, t), in (k, u)
+    ww = blk.fc_w.weight.reshape(w, s, w, s)
+    # X_H[b, (g, t), i, j] = sum_{k, u} W_H[(i, t), (k, u)] x[b, (g, u), k, j] + b_H[(i, t)]
+    xh = torch.einsum("itku,bgukj->bgtij", wh, xs) + blk.fc_h.bias.reshape(h, s).T[None, None, :, :, None]
+    xw = torch.einsum("jtku,bguik->bgtij", ww, xs) + blk.fc_w.bias.reshape(w, s).T[None, None, :, None, :]
+    xh, xw = xh.reshape(2, c, h, w), xw.reshape(2, c, h, w)
+    xc = torch.einsum("oc,bcij->boij", blk.fc_c.weight, x) + blk.fc_c.bias[:, None, None]
+    a = (xh + xw + xc).mean((2, 3))
+    r = _mlp(blk.reweight, a).reshape(2, 3, c).softmax(1)
+    mix = r[:, 0, :, None, None] * xh + r[:, 1, :, None, None] * xw + r[:, 2, :, None, None] * xc
+    y = torch.einsum("oc,bcij->boij", blk.proj.weight, mix) + blk.proj.bias[:, None, None]
+    with record_attention(blk) as maps:
+        out = blk(x)
+    torch.testing.assert_close(out, y)
+    torch.testing.assert_close(maps["attn_map"].sum(1), torch.ones(2, c, dtype=f64))
+
+
+def test_permute_mlp_arguments() -> None:
+    assert WeightedPermuteMLP(16, 8, 6).segment_size == 2  # the paper's C / H
+    with pytest.raises(ValueError, match="segment_size"):
+        WeightedPermuteMLP(12, 8, 8)
+    with pytest.raises(ShapeError, match="height=8, width=6"):
+        WeightedPermuteMLP(16, 8, 6)(torch.randn(1, 16, 6, 8))
+
+
+MODELS = ["mixer_tiny", "resmlp_tiny", "gmlp_tiny", "smlp_tiny", "permutator_tiny"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("image,patch,chans", [(8, 2, 1), (28, 4, 1), (28, 7, 1), (32, 4, 3)])
+def test_models_at_digit_mnist_and_cifar_sizes(name, image, patch, chans) -> None:
+    model = blockzoo.create_model(name, num_classes=10, in_chans=chans, image_size=image, patch_size=patch,
+                                  dim=16, depth=1)
+    assert model(torch.randn(2, chans, image, image)).shape == (2, 10)
+    with pytest.raises(ShapeError, match="image_size"):
+        model(torch.randn(2, chans, image + patch, image))
+    with pytest.raises(ShapeError, match=name):
+        model(torch.randn(2, chans + 1, image, image))
+
+
+def test_model_arguments() -> None:
+    with pytest.raises(ValueError, match="patch_size=3"):
+        blockzoo.create_model("mixer_tiny", image_size=8, patch_size=3)
+    m = blockzoo.create_model("mixer_tiny", num_classes=5, in_chans=2, image_size=(8, 12), patch_size=4,
+                              dim=8)
+    assert m(torch.randn(1, 2, 8, 12)).shape == (1, 5)
+    assert m.blocks[0].num_tokens == 6 and blockzoo.spec("mixer_tiny").output == "logits"
