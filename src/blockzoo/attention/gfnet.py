@@ -80,8 +80,11 @@ class GlobalFilter(nn.Module):
         self.attn_map = AttentionMap("filter")
 
     def filter_for(self, h: int, w: int) -> torch.Tensor:
-        """The complex filter (C, h, w // 2 + 1) for an input of size (h, w)."""
-        weight = self.weight
+        """The complex filter (C, h, w // 2 + 1) for an input of size (h, w).
+
+        Half-precision weights are promoted to float32 (complex32 FFTs are not supported).
+        """
+        weight = self.weight if self.weight.dtype in (torch.float32, torch.float64) else self.weight.float()
         if (h, w // 2 + 1) != (self.height, self.width // 2 + 1):
             if not self.resize:
                 raise ShapeError(
@@ -98,7 +101,7 @@ class GlobalFilter(nn.Module):
         h, w = dims["H"], dims["W"]
         in_dtype = x.dtype
         work = x if in_dtype in (torch.float32, torch.float64) else x.float()
-        k = self.attn_map(self.filter_for(h, w).to(torch.promote_types(work.dtype, torch.complex64)))
+        k = self.attn_map(self.filter_for(h, w))  # (C, H, W // 2 + 1) complex
         # X = FFT2(x); y = IFFT2(K * X)
         spec = torch.fft.rfft2(work, dim=(2, 3), norm="ortho")  # (B, C, H, W // 2 + 1)
         y = torch.fft.irfft2(spec * k, s=(h, w), dim=(2, 3), norm="ortho")  # (B, C, H, W)
