@@ -492,3 +492,19 @@ def test_every_image_attention_drop_in_keeps_shape_at_odd_sizes() -> None:
             y = block(x)
         if s.example.out_shape == "same":
             assert y.shape == x.shape, n
+
+
+def test_every_image_attention_block_exposes_its_maps_without_changing_output() -> None:
+    """Gates/weights pass through an AttentionMap; recording them (which may switch a fused
+    SDPA path to the explicit one) leaves the output unchanged."""
+    names = [n for n in blockzoo.list_blocks("attention") if blockzoo.spec(n).input == "image"]
+    for n in names:
+        s = blockzoo.spec(n)
+        block = s.build().double().eval()
+        (x,) = s.make_input(batch=2, size=(5, 7), dtype=torch.float64)
+        with torch.no_grad():
+            plain = block(x)
+            with record_attention(block) as maps:
+                recorded = block(x)
+        assert maps, f"{n}: no attention map was recorded"
+        torch.testing.assert_close(recorded, plain, msg=f"{n}: recording changed the output")
