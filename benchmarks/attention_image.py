@@ -7,7 +7,9 @@ not fit C (column "config"), and with ``height``/``width`` set to the input size
 constructor takes them (size-bound layers such as GFNet's global filter). Time is the
 median of ``--repeats`` forward+backward passes in train mode after ``--warmup``
 passes, with the input requiring grad (as inside a network), on one intra-op thread;
-the last column is each block's time over SE's (the worked example) from the same run.
+"ms min" is the fastest pass. The last column is each block's fastest pass over SE's
+(the worked example), the two timed alternately pass by pass so that both see the same
+load; on a shared, loaded machine the minimum is the steadier statistic.
 
     PYTHONPATH=src python benchmarks/attention_image.py                 # C=64, 32x32, batch 8
     PYTHONPATH=src python benchmarks/attention_image.py --format markdown
@@ -23,12 +25,17 @@ import inspect
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 import blockzoo
 from blockzoo.bench import count_flops, count_params
 from blockzoo.bench.report import FORMATS, render
+
+# The ratio column's reference: SE, the worked plug-in example, timed alternately with
+# each block so that both see the same load on a shared machine.
+REFERENCE = "se"
 
 
 def image_attention_blocks() -> list[str]:
@@ -66,21 +73,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def fwd_bwd_ms(block: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+def make_step(block: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         block.zero_grad(set_to_none=True)
         x.grad = None
-        out = block(x)
-        out.sum().backward()
+        block(x).sum().backward()
 
+    return step
+
+
+def time_interleaved(step: Callable[[], None], ref: Callable[[], None] | None, warmup: int,
+                     repeats: int) -> tuple[list[float], list[float]]:
+    """Times (s) of ``step`` and of ``ref`` run alternately, so both see the same machine load."""
     for _ in range(warmup):
         step()
-    times = []
+        if ref is not None:
+            ref()
+    times, ref_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        if ref is not None:
+            t0 = time.perf_counter()
+            ref()
+            ref_times.append(time.perf_counter() - t0)
+    return times, ref_times
 
 
 def main() -> None:
@@ -101,7 +119,13 @@ def main() -> None:
     print(f"machine: {cpu_name()} | {platform.system()} | "
           f"torch {torch.__version__} | threads {torch.get_num_threads()}")
     print(f"input: (B, C, H, W) = ({args.batch}, {args.channels}, {size[0]}, {size[1]}) float32, "
-          f"train mode, forward+backward, warm-up {args.warmup}, median of {args.repeats}")
+          f"train mode, forward+backward, warm-up {args.warmup}, {args.repeats} repeats, "
+          f"each alternated with {REFERENCE!r}")
+    x_ref = torch.randn(args.batch, args.channels, *size, requires_grad=True)
+    ref_step = None
+    if REFERENCE in blockzoo.list_blocks():
+        torch.manual_seed(0)
+        ref_step = make_step(build(REFERENCE, args.channels, size)[0].train(), x_ref)
     rows = []
     for name in names:
         row: dict[str, object] = {"block": name}
@@ -112,15 +136,17 @@ def main() -> None:
             row["params"] = count_params(block)
             row["MFLOPs fwd"] = count_flops(block.eval(), (x,)) / 1e6
             block.train()
-            row["fwd+bwd ms"] = fwd_bwd_ms(block, x.requires_grad_(), args.warmup, args.repeats)
+            times, ref_times = time_interleaved(make_step(block, x.requires_grad_()), ref_step,
+                                                args.warmup, args.repeats)
+            row["ms median"] = 1e3 * statistics.median(times)
+            row["ms min"] = 1e3 * min(times)
+            if ref_times:
+                row[f"min / {REFERENCE} min"] = min(times) / min(ref_times)
         except Exception as e:  # report, don't hide: the row says what failed
             row["note"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(row)
-    ref = next((r["fwd+bwd ms"] for r in rows if r["block"] == "se" and "fwd+bwd ms" in r), None)
-    for r in rows:
-        if ref and "fwd+bwd ms" in r:
-            r["time / se"] = r["fwd+bwd ms"] / ref
-    cols = ["block", "config", "params", "MFLOPs fwd", "fwd+bwd ms", "time / se", "note"]
+    cols = ["block", "config", "params", "MFLOPs fwd", "ms median", "ms min",
+            f"min / {REFERENCE} min", "note"]
     print(render(rows, args.format, cols))
 
 
