@@ -102,9 +102,9 @@ class SqueezeExcite(nn.Module):
 def eca_kernel_size(channels: int, *, gamma: float = 2.0, b: float = 1.0) -> int:
     """ECA's adaptive kernel size k = |log2(C)/gamma + b/gamma|_odd.
 
-    ``|t|_odd`` is the odd number nearest to ``t`` from above when ``int(t)`` is even,
-    as in the paper's reference setting: ``t = int(|(log2 C + b) / gamma|)``,
-    ``k = t`` if t is odd else ``t + 1``. C=64 gives 3, C=256 gives 5, C=512 gives 5.
+    ``|t|_odd`` is the odd number nearest to t, computed as in the paper's reference
+    setting: ``t = int(|(log2 C + b) / gamma|)``, ``k = t`` if t is odd else ``t + 1``
+    (a tie, t exactly even, goes up). C=64 gives 3, C=128 gives 5, C=2048 gives 7.
     """
     require(channels >= 1, f"eca_kernel_size: channels={channels} must be >= 1")
     t = int(abs((math.log2(channels) + b) / gamma))
