@@ -508,3 +508,30 @@ def test_every_image_attention_block_exposes_its_maps_without_changing_output() 
                 recorded = block(x)
         assert maps, f"{n}: no attention map was recorded"
         torch.testing.assert_close(recorded, plain, msg=f"{n}: recording changed the output")
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: SelectiveKernel(16, kernel_sizes=(3, 4)), "kernel_sizes"),
+        (lambda: SelectiveKernel(16, groups=3), "groups=3"),
+        (lambda: SpatialGroupEnhance(10, groups=4), "groups=4"),
+        (lambda: ContextualTransformer(12, num_heads=5), "num_heads=5"),
+        (lambda: CBAM(16, kernel_size=4), "kernel_size=4"),
+        (lambda: BAM(16, dilation=0), "dilation=0"),
+        (lambda: SimAM(4, lambda_=0.0), "lambda_"),
+        (lambda: ResidualAttentionHead(8, 3, temperatures=()), "temperatures"),
+        (lambda: GlobalFilter(4, 0, 8), "height=0"),
+        (lambda: DANet(8, reduction=0), "reduction=0"),
+    ],
+)
+def test_bad_constructor_arguments_name_the_offending_value(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("name", ["se", "eca", "cbam", "danet", "coord_attention", "simam", "csra"])
+def test_wrong_channels_raise_shape_error_naming_block(name: str) -> None:
+    block = blockzoo.create(name, channels=8)
+    with pytest.raises(ShapeError, match=r"C=8.*\(2, 9, 5, 5\)"):
+        block(torch.randn(2, 9, 5, 5))
