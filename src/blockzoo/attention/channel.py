@@ -1,12 +1,15 @@
 """Channel attention: gates that rescale each channel of a feature map.
 
-Papers: Squeeze-and-Excitation Networks (Hu, arXiv 1709.01507, 2017).
+Papers: Squeeze-and-Excitation Networks (Hu, arXiv 1709.01507, 2017);
+ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks
+(Wang, arXiv 1910.03151, 2020).
 
 Letters: B batch, C channels, H W spatial.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,7 +20,7 @@ from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
-__all__ = ["SqueezeExcite"]
+__all__ = ["EfficientChannelAttention", "SqueezeExcite", "eca_kernel_size"]
 
 
 @register(
@@ -94,3 +97,96 @@ class SqueezeExcite(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}"
+
+
+def eca_kernel_size(channels: int, *, gamma: float = 2.0, b: float = 1.0) -> int:
+    """ECA's adaptive kernel size k = |log2(C)/gamma + b/gamma|_odd.
+
+    ``|t|_odd`` is the odd number nearest to t, computed as in the paper's reference
+    setting: ``t = int(|(log2 C + b) / gamma|)``, ``k = t`` if t is odd else ``t + 1``
+    (a tie, t exactly even, goes up). C=64 gives 3, C=128 gives 5, C=2048 gives 7.
+    """
+    require(channels >= 1, f"eca_kernel_size: channels={channels} must be >= 1")
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+@register(
+    name="eca",
+    family="attention",
+    paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+    arxiv="1910.03151",
+    year=2020,
+    input="image",
+    example=Example(config=dict(channels=16), inputs=images(), size=(8, 8),
+                    out_shape="same", tiny=dict(channels=4, kernel_size=3)),
+)
+class EfficientChannelAttention(nn.Module):
+    r"""ECA: a channel gate from a 1-D convolution across pooled channels (no bottleneck).
+
+    Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
+    Networks", arXiv 1910.03151.
+
+    Equation::
+
+        z_c = 1/(H W) sum_{i,j} x_c(i, j)
+        s   = sigmoid(conv1d_k(z))          one shared k-tap kernel over the channel axis,
+                                            zero padding (k-1)/2, no bias
+        y_c = s_c * x_c
+        k   = |log2(C)/gamma + b/gamma|_odd   when kernel_size is not given
+
+    Args:
+        channels: C, the input channels.
+        kernel_size: k, the taps of the 1-D conv across channels (odd); default from
+            ``eca_kernel_size(channels, gamma=gamma, b=b)``.
+        gamma: gamma of the kernel-size formula (paper: 2); only used when
+            ``kernel_size`` is None.
+        b: b of the kernel-size formula (paper: 1); only used when ``kernel_size`` is None.
+        gate_layer: the gate nonlinearity (paper: sigmoid).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W); each channel scaled by its gate in (0, 1).
+
+    Example:
+        >>> eca = EfficientChannelAttention(64)
+        >>> eca.kernel_size, eca(torch.randn(2, 64, 7, 9)).shape
+        (3, torch.Size([2, 64, 7, 9]))
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int | None = None,
+        gamma: float = 2.0,
+        b: float = 1.0,
+        gate_layer: LayerSpec = "sigmoid",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(gamma > 0, f"EfficientChannelAttention: gamma={gamma} must be > 0")
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(channels, gamma=gamma, b=b)
+        require(
+            kernel_size >= 1 and kernel_size % 2 == 1,
+            f"EfficientChannelAttention: kernel_size={kernel_size} must be odd and >= 1",
+        )
+        self.channels = channels
+        self.kernel_size = kernel_size
+        fk = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, **fk)
+        self.gate = create_act(gate_layer, **fk)
+        self.attn_map = AttentionMap("channel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="EfficientChannelAttention", C=self.channels)
+        z = x.mean((2, 3)).unsqueeze(1)  # (B, 1, C)
+        # s = sigmoid(conv1d_k(z))
+        s = self.gate(self.conv(z))  # (B, 1, C)
+        s = self.attn_map(s.transpose(1, 2).unsqueeze(-1))  # (B, C, 1, 1)
+        return x * s
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}"

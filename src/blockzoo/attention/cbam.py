@@ -1,0 +1,144 @@
+"""CBAM: a channel gate then a spatial gate.
+
+Paper: CBAM: Convolutional Block Attention Module (Woo, arXiv 1807.06521, 2018).
+
+Letters: B batch, C channels, H W spatial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["CBAM", "CBAMChannelGate", "CBAMSpatialGate"]
+
+
+class CBAMChannelGate(nn.Module):
+    r"""CBAM's channel attention map M_c (B, C, 1, 1), in (0, 1).
+
+    Equation: M_c = sigmoid(MLP(AvgPool(x)) + MLP(MaxPool(x))), one MLP C -> C/r -> C
+    shared by both pooled descriptors.
+
+    Args:
+        channels: C.
+        reduction: r (paper: 16); hidden width max(1, C // r).
+        act_layer: hidden activation (paper: ReLU).
+
+    Shape:
+        - Input: (B, C, H, W); Output: the gate (B, C, 1, 1).
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 16, act_layer: LayerSpec = "relu",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(reduction >= 1, f"CBAM: reduction={reduction} must be >= 1")
+        fk = dict(device=device, dtype=dtype)
+        self.hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, self.hidden, 1, **fk),
+            create_act(act_layer, **fk),
+            nn.Conv2d(self.hidden, channels, 1, **fk),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        mx = x.amax((2, 3), keepdim=True)  # (B, C, 1, 1)
+        # M_c = sigmoid(MLP(avg) + MLP(max))
+        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+
+
+class CBAMSpatialGate(nn.Module):
+    r"""CBAM's spatial attention map M_s (B, 1, H, W), in (0, 1).
+
+    Equation: M_s = sigmoid(conv_{k x k}([mean_c(x); max_c(x)])), a 2 -> 1 conv, no bias.
+
+    Args:
+        kernel_size: k (paper: 7), odd.
+
+    Shape:
+        - Input: (B, C, H, W); Output: the gate (B, 1, H, W).
+    """
+
+    def __init__(self, *, kernel_size: int = 7, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(kernel_size % 2 == 1, f"CBAM: kernel_size={kernel_size} must be odd")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False,
+                              device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (B, 2, H, W)
+        # M_s = sigmoid(conv([avg; max]))
+        return torch.sigmoid(self.conv(pooled))
+
+
+@register(
+    name="cbam",
+    family="attention",
+    paper="CBAM: Convolutional Block Attention Module",
+    arxiv="1807.06521",
+    year=2018,
+    input="image",
+    example=Example(config=dict(channels=16, reduction=4), inputs=images(), size=(8, 8),
+                    out_shape="same", tiny=dict(channels=4, reduction=2, kernel_size=3)),
+)
+class CBAM(nn.Module):
+    r"""CBAM: refine a feature map by a channel gate, then a spatial gate.
+
+    Woo et al., "CBAM: Convolutional Block Attention Module", arXiv 1807.06521.
+
+    Equation::
+
+        M_c = sigmoid(MLP(AvgPool_hw(x)) + MLP(MaxPool_hw(x)))          (B, C, 1, 1)
+        x'  = M_c * x
+        M_s = sigmoid(conv_7x7([AvgPool_c(x'); MaxPool_c(x')]))         (B, 1, H, W)
+        y   = M_s * x'
+
+    Args:
+        channels: C, the input channels.
+        reduction: r of the shared channel MLP C -> C/r -> C (paper: 16).
+        kernel_size: the spatial conv's kernel (paper: 7).
+        act_layer: the MLP's hidden activation (paper: ReLU).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W) = x * M_c * M_s, both gates in (0, 1).
+
+    Example:
+        >>> cbam = CBAM(64)
+        >>> cbam(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduction: int = 16,
+        kernel_size: int = 7,
+        act_layer: LayerSpec = "relu",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.channel_gate = CBAMChannelGate(channels, reduction=reduction, act_layer=act_layer, **fk)
+        self.spatial_gate = CBAMSpatialGate(kernel_size=kernel_size, **fk)
+        self.channel_map = AttentionMap("channel")
+        self.spatial_map = AttentionMap("spatial")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="CBAM", C=self.channels)
+        x = x * self.channel_map(self.channel_gate(x))  # (B, C, H, W)
+        return x * self.spatial_map(self.spatial_gate(x))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, hidden={self.channel_gate.hidden}, kernel_size={self.kernel_size}"

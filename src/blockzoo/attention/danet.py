@@ -1,0 +1,173 @@
+"""DANet: position attention (over H W positions) and channel attention (over C), summed.
+
+Paper: Dual Attention Network for Scene Segmentation (Fu, arXiv 1809.02983, 2019).
+
+Letters: B batch, C channels, H W spatial, N = H W positions, c = the query/key width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["DANet", "DANetChannelAttention", "DANetPositionAttention"]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, amap: AttentionMap) -> torch.Tensor:
+    """softmax(q k^T) v without the 1/sqrt(d) scale (DANet's energies are unscaled).
+
+    q, k: (B, 1, L, c); v: (B, 1, L, e). SDPA normally; the explicit path while the
+    attention map is being recorded.
+    """
+    if amap.active:
+        w = amap(torch.softmax(q @ k.transpose(-2, -1), dim=-1))  # (B, 1, L, L)
+        return w @ v
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+
+class DANetPositionAttention(nn.Module):
+    r"""DANet's position attention module (PAM): every position attends to every position.
+
+    Equation, with B' = W_b x, C' = W_c x, D = W_d x (1x1 convs) flattened to N = H W::
+
+        s_ji = exp(B'_i . C'_j) / sum_i exp(B'_i . C'_j)        (N x N, softmax over i)
+        E_j  = alpha * sum_i s_ji D_i + x_j
+
+    Args:
+        channels: C.
+        reduction: B', C' have max(1, C // reduction) channels (paper: 8).
+        init_scale: the initial alpha (paper: 0, so the module starts as identity).
+
+    Shape:
+        - Input: (B, C, H, W), any H, W; Output: (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 8, init_scale: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(reduction >= 1, f"DANet: reduction={reduction} must be >= 1")
+        fk = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.qk_channels = max(1, channels // reduction)
+        self.query = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.key = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.value = nn.Conv2d(channels, channels, 1, **fk)
+        self.alpha = nn.Parameter(torch.full((), float(init_scale), **fk))
+        self.attn_map = AttentionMap("weights")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="DANetPositionAttention", C=self.channels)
+        b, h, w = dims["B"], dims["H"], dims["W"]
+        q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, c)
+        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, c)
+        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+        # E = alpha * softmax(C'^T B') D + x
+        out = _attend(q, k, v, self.attn_map)  # (B, 1, N, C)
+        out = out.squeeze(1).transpose(1, 2).reshape(b, self.channels, h, w)  # (B, C, H, W)
+        return self.alpha * out + x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, qk_channels={self.qk_channels}"
+
+
+class DANetChannelAttention(nn.Module):
+    r"""DANet's channel attention module (CAM): every channel attends to every channel.
+
+    Equation, with x flattened to (C, N), N = H W::
+
+        x_ji = exp(x_i . x_j) / sum_i exp(x_i . x_j)         (C x C, softmax over i)
+        E_j  = beta * sum_i x_ji x_i + x_j
+
+    Args:
+        channels: C.
+        init_scale: the initial beta (paper: 0).
+
+    Shape:
+        - Input: (B, C, H, W), any H, W (nothing depends on a fixed size); Output: same.
+    """
+
+    def __init__(self, channels: int, *, init_scale: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.channels = channels
+        self.beta = nn.Parameter(torch.full((), float(init_scale), device=device, dtype=dtype))
+        self.attn_map = AttentionMap("weights")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="DANetChannelAttention", C=self.channels)
+        a = x.flatten(2).unsqueeze(1)  # (B, 1, C, N)
+        # E = beta * softmax(A A^T) A + x
+        out = _attend(a, a, a, self.attn_map).squeeze(1)  # (B, C, N)
+        return self.beta * out.view_as(x) + x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+@register(
+    name="danet",
+    family="attention",
+    paper="Dual Attention Network for Scene Segmentation",
+    arxiv="1809.02983",
+    year=2019,
+    input="image",
+    example=Example(config=dict(channels=16, init_scale=0.5), inputs=images(), size=(8, 8),
+                    out_shape="same", tiny=dict(channels=4, reduction=2)),
+)
+class DANet(nn.Module):
+    r"""DANet dual attention: position attention + channel attention, summed.
+
+    Fu et al., "Dual Attention Network for Scene Segmentation", arXiv 1809.02983.
+
+    Equation (PAM and CAM as in ``DANetPositionAttention``/``DANetChannelAttention``)::
+
+        PAM: E_j = alpha * sum_i softmax_i(B'_i . C'_j) D_i + x_j      over N = H W positions
+        CAM: E_j = beta  * sum_i softmax_i(x_i . x_j)   x_i + x_j      over C channels
+        y    = PAM(x) + CAM(x)
+
+    Neither module has a size-dependent part: both work at any H, W, including sizes
+    never seen at construction.
+
+    Args:
+        channels: C, the input channels.
+        reduction: PAM's query/key width is max(1, C // reduction) (paper: 8).
+        init_scale: the initial alpha and beta (paper: 0, so both modules start as
+            identity and their convolutions receive no gradient at the first step).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        The segmentation head's 3x3 convolutions before and after each module belong
+        to the head, not to the attention, and are left out; the two modules' outputs
+        are summed as in the paper. Softmax energies are unscaled, as in the paper
+        (SDPA is called with ``scale=1``).
+
+    Example:
+        >>> da = DANet(64)
+        >>> da(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 8, init_scale: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.position = DANetPositionAttention(channels, reduction=reduction, init_scale=init_scale, **fk)
+        self.channel = DANetChannelAttention(channels, init_scale=init_scale, **fk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="DANet", C=self.channels)
+        return self.position(x) + self.channel(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"

@@ -1,0 +1,201 @@
+"""Polarized Self-Attention: a channel-only and a spatial-only branch, parallel or sequential.
+
+Paper: Polarized Self-Attention: Towards High-quality Pixel-wise Regression (Liu, arXiv
+2107.00782, 2021).
+
+Letters: B batch, C channels, H W spatial, N = H W.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape
+from blockzoo.registry import Example, images, register
+
+__all__ = [
+    "PolarizedChannel",
+    "PolarizedParallel",
+    "PolarizedSelfAttention",
+    "PolarizedSequential",
+    "PolarizedSpatial",
+]
+
+
+class PolarizedChannel(nn.Module):
+    r"""PSA's channel-only branch: A^ch (B, C, 1, 1) in (0, 1).
+
+    Equation::
+
+        A^ch(x) = sigmoid(LN(W_z( W_v(x) softmax_N(W_q(x)) )))
+                  W_v: 1x1 C -> C/2 reshaped (C/2, N); W_q: 1x1 C -> 1 reshaped (N, 1);
+                  W_z: 1x1 C/2 -> C; LN over the C channels
+
+    Args:
+        channels: C (at least 2).
+
+    Shape:
+        - Input: (B, C, H, W); Output: the gate (B, C, 1, 1).
+    """
+
+    def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        half = max(1, channels // 2)
+        self.wv = nn.Conv2d(channels, half, 1, **fk)
+        self.wq = nn.Conv2d(channels, 1, 1, **fk)
+        self.wz = nn.Conv2d(half, channels, 1, **fk)
+        self.norm = nn.LayerNorm(channels, **fk)
+        self.attn_map = AttentionMap("weights")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.wv(x).flatten(2)  # (B, C/2, N)
+        q = self.attn_map(self.wq(x).flatten(2).softmax(-1))  # (B, 1, N)
+        # W_v(x) softmax(W_q(x)): one attention-weighted pool over the N positions
+        pooled = (v @ q.transpose(1, 2)).unsqueeze(-1)  # (B, C/2, 1, 1)
+        z = self.wz(pooled).flatten(1)  # (B, C)
+        return torch.sigmoid(self.norm(z))[..., None, None]  # (B, C, 1, 1)
+
+
+class PolarizedSpatial(nn.Module):
+    r"""PSA's spatial-only branch: A^sp (B, 1, H, W) in (0, 1).
+
+    Equation::
+
+        A^sp(x) = sigmoid( softmax_C(GAP(W_q(x))) W_v(x) )
+                  W_q, W_v: 1x1 C -> C/2; GAP over H W gives (1, C/2); W_v reshaped (C/2, N)
+
+    Args:
+        channels: C (at least 2).
+
+    Shape:
+        - Input: (B, C, H, W); Output: the gate (B, 1, H, W).
+    """
+
+    def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        half = max(1, channels // 2)
+        self.wq = nn.Conv2d(channels, half, 1, **fk)
+        self.wv = nn.Conv2d(channels, half, 1, **fk)
+        self.attn_map = AttentionMap("weights")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.attn_map(self.wq(x).mean((2, 3)).softmax(-1)).unsqueeze(1)  # (B, 1, C/2)
+        v = self.wv(x)  # (B, C/2, H, W)
+        # softmax(GAP(W_q x)) W_v(x)
+        s = (q @ v.flatten(2)).view(v.shape[0], 1, *v.shape[2:])  # (B, 1, H, W)
+        return torch.sigmoid(s)
+
+
+class PolarizedSelfAttention(nn.Module):
+    r"""Polarized Self-Attention: channel-only and spatial-only gates, parallel or sequential.
+
+    Liu et al., "Polarized Self-Attention: Towards High-quality Pixel-wise Regression",
+    arXiv 2107.00782.
+
+    Equation (branches as in ``PolarizedChannel`` / ``PolarizedSpatial``)::
+
+        A^ch(x) = sigmoid(LN(W_z(W_v^ch(x) softmax_N(W_q^ch(x)))))          (B, C, 1, 1)
+        A^sp(x) = sigmoid(softmax_C(GAP(W_q^sp(x))) W_v^sp(x))              (B, 1, H, W)
+        parallel:   y = A^ch(x) * x + A^sp(x) * x
+        sequential: y = A^sp(z) * z,   z = A^ch(x) * x
+
+    Args:
+        channels: C, the input channels (at least 2; the branches' inner width is C // 2).
+        mode: ``"parallel"`` or ``"sequential"``.
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Example:
+        >>> psa = PolarizedSelfAttention(64, mode="sequential")
+        >>> psa(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, mode: str = "parallel", device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if mode not in ("parallel", "sequential"):
+            raise ValueError(f"PolarizedSelfAttention: mode={mode!r} must be 'parallel' or 'sequential'")
+        if channels < 2:
+            raise ValueError(f"PolarizedSelfAttention: channels={channels} must be >= 2")
+        fk = dict(device=device, dtype=dtype)
+        self.channels, self.mode = channels, mode
+        self.channel_branch = PolarizedChannel(channels, **fk)
+        self.spatial_branch = PolarizedSpatial(channels, **fk)
+        self.channel_map = AttentionMap("channel")
+        self.spatial_map = AttentionMap("spatial")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)
+        z = x * self.channel_map(self.channel_branch(x))  # (B, C, H, W)
+        if self.mode == "parallel":
+            # y = A^ch(x) x + A^sp(x) x
+            return z + x * self.spatial_map(self.spatial_branch(x))
+        # y = A^sp(z) z, z = A^ch(x) x
+        return z * self.spatial_map(self.spatial_branch(z))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, mode={self.mode!r}"
+
+
+_PAPER = dict(family="attention",
+              paper="Polarized Self-Attention: Towards High-quality Pixel-wise Regression",
+              arxiv="2107.00782", year=2021, input="image")
+
+
+@register(name="polarized_parallel", **_PAPER,
+          example=Example(config=dict(channels=16), inputs=images(), size=(8, 8), out_shape="same",
+                          tiny=dict(channels=4)))
+class PolarizedParallel(PolarizedSelfAttention):
+    r"""Polarized Self-Attention, parallel layout: y = A^ch(x) * x + A^sp(x) * x.
+
+    Liu et al., arXiv 2107.00782; the branches and their equations are in
+    ``PolarizedSelfAttention``.
+
+    Args:
+        channels: C, the input channels (at least 2).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Example:
+        >>> PolarizedParallel(64)(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(channels, mode="parallel", device=device, dtype=dtype)
+
+
+@register(name="polarized_sequential", **_PAPER,
+          example=Example(config=dict(channels=16), inputs=images(), size=(8, 8), out_shape="same",
+                          tiny=dict(channels=4)))
+class PolarizedSequential(PolarizedSelfAttention):
+    r"""Polarized Self-Attention, sequential layout: y = A^sp(z) * z, z = A^ch(x) * x.
+
+    Liu et al., arXiv 2107.00782; the branches and their equations are in
+    ``PolarizedSelfAttention``.
+
+    Args:
+        channels: C, the input channels (at least 2).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Example:
+        >>> PolarizedSequential(64)(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(channels, mode="sequential", device=device, dtype=dtype)

@@ -1,0 +1,117 @@
+"""Pyramid Split Attention: multi-scale grouped convs with SE weights softmaxed across scales.
+
+Paper: EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural
+Network (Zhang, arXiv 2105.14447, 2021).
+
+Letters: B batch, C channels, H W spatial, S scales (splits), c = C / S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["PyramidSplitAttention"]
+
+
+@register(
+    name="epsa",
+    family="attention",
+    paper="EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural Network",
+    arxiv="2105.14447",
+    year=2021,
+    input="image",
+    example=Example(config=dict(channels=16, groups=(1, 2, 2, 4), reduction=2), inputs=images(),
+                    size=(8, 8), out_shape="same",
+                    tiny=dict(channels=8, kernel_sizes=(3, 5), groups=(1, 2))),
+)
+class PyramidSplitAttention(nn.Module):
+    r"""PSA module: split channels, convolve each split at its own scale, softmax SE weights.
+
+    Zhang et al., "EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional
+    Neural Network", arXiv 2105.14447.
+
+    Equation, x split along channels into S parts x_i of c = C / S channels::
+
+        F_i   = conv_{k_i x k_i, groups G_i}(x_i)                   (SPC module)
+        Z_i   = sigmoid(W_2 relu(W_1 GAP(F_i)))                       (SE weight, c -> c/r -> c)
+        att_i = exp(Z_i) / sum_j exp(Z_j)                             (softmax across the S scales)
+        y     = cat_i(att_i * F_i)
+
+    Args:
+        channels: C, the input (and output) channels; a multiple of S.
+        kernel_sizes: k_i of the S scales (paper: (3, 5, 7, 9)), odd.
+        groups: G_i of the S convs (paper's code: (1, 4, 8, 16)); each divides C / S.
+        reduction: r of the SE weight module (paper: 16); hidden max(1, c // r).
+        act_layer: the SE hidden activation (paper: ReLU).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Example:
+        >>> psa = PyramidSplitAttention(64)
+        >>> psa(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_sizes: Sequence[int] = (3, 5, 7, 9),
+        groups: Sequence[int] = (1, 4, 8, 16),
+        reduction: int = 16,
+        act_layer: LayerSpec = "relu",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        kernel_sizes, groups = tuple(kernel_sizes), tuple(groups)
+        s = len(kernel_sizes)
+        require(s >= 1 and len(groups) == s,
+                f"PyramidSplitAttention: kernel_sizes={kernel_sizes} and groups={groups} differ in length")
+        require(channels % s == 0,
+                f"PyramidSplitAttention: channels={channels} must be a multiple of S={s} scales")
+        c = channels // s
+        require(all(c % g == 0 for g in groups),
+                f"PyramidSplitAttention: groups={groups} must each divide channels/S={c}")
+        require(all(k % 2 == 1 for k in kernel_sizes),
+                f"PyramidSplitAttention: kernel_sizes={kernel_sizes} must be odd")
+        require(reduction >= 1, f"PyramidSplitAttention: reduction={reduction} must be >= 1")
+        fk = dict(device=device, dtype=dtype)
+        self.channels, self.split = channels, c
+        self.kernel_sizes, self.groups = kernel_sizes, groups
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding=k // 2, groups=g, bias=False, **fk)
+            for k, g in zip(kernel_sizes, groups, strict=True)
+        )
+        hidden = max(1, c // reduction)
+        # One SE weight module shared by the S scales, as in the authors' release.
+        self.se = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, **fk), create_act(act_layer, **fk), nn.Conv2d(hidden, c, 1, **fk),
+            nn.Sigmoid(),
+        )
+        self.attn_map = AttentionMap("channel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="PyramidSplitAttention", C=self.channels)
+        b, h, w = dims["B"], dims["H"], dims["W"]
+        parts = x.split(self.split, dim=1)
+        f = torch.stack([conv(p) for conv, p in zip(self.convs, parts, strict=True)], 1)  # (B, S, c, H, W)
+        # Z_i = SE(F_i), one module for all scales
+        z = self.se(f.mean((3, 4)).flatten(0, 1)[..., None, None])  # (B S, c, 1, 1)
+        # att_i = softmax over the S scales of Z_i
+        att = self.attn_map(z.view(b, -1, self.split, 1, 1).softmax(1))  # (B, S, c, 1, 1)
+        return (att * f).reshape(b, self.channels, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_sizes={self.kernel_sizes}, groups={self.groups}"

@@ -1,0 +1,110 @@
+"""S² attention: the spatial-shift + split-attention mixer of S²-MLPv2.
+
+Paper: S²-MLPv2: Improved Spatial-Shift MLP Architecture for Vision (Yu, arXiv
+2108.01072, 2021).
+
+Letters: B batch, C channels, H W spatial, M = 3 branches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["S2Attention", "spatial_shift"]
+
+
+def _shift(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """Shift x by one along ``dim`` (step +1 or -1); the border keeps its own value."""
+    n = x.shape[dim]
+    if step > 0:
+        return torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+
+
+def spatial_shift(x: torch.Tensor, order: str = "hw") -> torch.Tensor:
+    """S²-MLP's shift: four channel quarters moved one step in four directions.
+
+    ``order="hw"`` shifts the quarters +H, -H, +W, -W (S²-MLPv2's first shift);
+    ``order="wh"`` shifts them +W, -W, +H, -H (its second shift). x is (B, C, H, W),
+    C a multiple of 4; borders keep their values.
+    """
+    dims = (2, 2, 3, 3) if order == "hw" else (3, 3, 2, 2)
+    parts = x.chunk(4, dim=1)
+    return torch.cat([_shift(p, d, s) for p, d, s in zip(parts, dims, (1, -1, 1, -1), strict=True)], 1)
+
+
+@register(
+    name="s2_attention",
+    family="attention",
+    paper="S2-MLPv2: Improved Spatial-Shift MLP Architecture for Vision",
+    arxiv="2108.01072",
+    year=2021,
+    input="image",
+    example=Example(config=dict(channels=16), inputs=images(), size=(8, 8),
+                    out_shape="same", tiny=dict(channels=4)),
+)
+class S2Attention(nn.Module):
+    r"""S² attention: expand, shift two copies in opposite patterns, split-attend, project.
+
+    Yu et al., "S²-MLPv2: Improved Spatial-Shift MLP Architecture for Vision",
+    arXiv 2108.01072.
+
+    Equation::
+
+        [x_1; x_2; x_3] = W_1 x                                  1x1 C -> 3C
+        x_1 <- shift_hw(x_1);  x_2 <- shift_wh(x_2)               (x_3 unshifted)
+        z   = GAP(x_1 + x_2 + x_3)                                (B, C)
+        a   = softmax over the 3 branches of W_b act(W_a z)       W_a: C -> C, W_b: C -> 3C, no bias
+        y   = W_2 (sum_k a_k x_k)                                 1x1 C -> C
+
+    Args:
+        channels: C, the input channels; a multiple of 4 (four shift directions).
+        act_layer: the split-attention MLP's activation (paper: GELU).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        The channel MLPs are written as 1x1 convolutions on (B, C, H, W), the same maps
+        as the paper's per-token linear layers.
+
+    Example:
+        >>> s2 = S2Attention(64)
+        >>> s2(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, act_layer: LayerSpec = "gelu",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(channels % 4 == 0, f"S2Attention: channels={channels} must be a multiple of 4")
+        fk = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.expand = nn.Conv2d(channels, 3 * channels, 1, **fk)
+        self.attn_fc1 = nn.Linear(channels, channels, bias=False, **fk)
+        self.act = create_act(act_layer, **fk)
+        self.attn_fc2 = nn.Linear(channels, 3 * channels, bias=False, **fk)
+        self.proj = nn.Conv2d(channels, channels, 1, **fk)
+        self.attn_map = AttentionMap("channel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="S2Attention", C=self.channels)
+        x1, x2, x3 = self.expand(x).chunk(3, dim=1)  # (B, C, H, W) each
+        u = torch.stack([spatial_shift(x1, "hw"), spatial_shift(x2, "wh"), x3], 1)  # (B, 3, C, H, W)
+        z = u.sum(1).mean((2, 3))  # (B, C)
+        # a = softmax_k(W_b act(W_a z))
+        a = self.attn_fc2(self.act(self.attn_fc1(z))).view(dims["B"], 3, self.channels)  # (B, 3, C)
+        a = self.attn_map(a.softmax(1)[..., None, None])  # (B, 3, C, 1, 1)
+        return self.proj((a * u).sum(1))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"

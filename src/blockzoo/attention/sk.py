@@ -1,0 +1,134 @@
+"""Selective Kernel attention: softmax attention across branches of different kernels.
+
+Paper: Selective Kernel Networks (Li, arXiv 1903.06586, 2019).
+
+Letters: B batch, C channels, H W spatial, M branches, d the fuse width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["SelectiveKernel"]
+
+
+@register(
+    name="sk",
+    family="attention",
+    paper="Selective Kernel Networks",
+    arxiv="1903.06586",
+    year=2019,
+    input="image",
+    example=Example(config=dict(channels=16, groups=4, reduction=4, min_hidden=4), inputs=images(),
+                    size=(8, 8), out_shape="same",
+                    tiny=dict(channels=4, groups=2, min_hidden=2)),
+)
+class SelectiveKernel(nn.Module):
+    r"""Selective Kernel (SK) unit: split into kernel branches, fuse, select by softmax.
+
+    Li et al., "Selective Kernel Networks", arXiv 1903.06586.
+
+    Equation, for M branches U_m = act(BN(conv_{k_m}(x))) (grouped convs)::
+
+        U   = sum_m U_m                                          (fuse)
+        s_c = 1/(H W) sum_{i,j} U_c(i, j)
+        z   = act(BN(W s))                  W: C -> d,  d = max(C / r, L)
+        a_m = exp(A_m z) / sum_m' exp(A_m' z)   per channel        A_m: d -> C  (select)
+        y   = sum_m a_m * U_m
+
+    A k x k branch is, as in the paper, a 3x3 conv with dilation (k - 1) / 2 when
+    ``dilate`` is True (5x5 -> 3x3 dilation 2), else a plain k x k conv.
+
+    Args:
+        channels: C, the input (and output) channels.
+        kernel_sizes: the k_m of the branches, odd (paper: (3, 5)).
+        groups: groups of each branch conv (paper: 32 in SKNet-50); must divide C.
+        reduction: r of d = max(C / r, L) (paper: 16).
+        min_hidden: L, the smallest fuse width d (paper: 32).
+        dilate: realise k x k as a dilated 3x3 (paper) or as a plain k x k conv.
+        act_layer: activation after each branch and in the fuse (paper: ReLU).
+        norm_layer: normalisation after each conv and the fuse (paper: BN).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        ``groups`` defaults to 1 rather than SKNet's 32 so that the block plugs in at
+        any channel count; pass ``groups=32`` for the paper's setting.
+
+    Example:
+        >>> sk = SelectiveKernel(64, groups=32)
+        >>> sk(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_sizes: Sequence[int] = (3, 5),
+        groups: int = 1,
+        reduction: int = 16,
+        min_hidden: int = 32,
+        dilate: bool = True,
+        act_layer: LayerSpec = "relu",
+        norm_layer: LayerSpec = "batchnorm2d",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        kernel_sizes = tuple(kernel_sizes)
+        require(len(kernel_sizes) >= 2, f"SelectiveKernel: kernel_sizes={kernel_sizes} needs >= 2 branches")
+        require(all(k >= 1 and k % 2 == 1 for k in kernel_sizes),
+                f"SelectiveKernel: kernel_sizes={kernel_sizes} must all be odd")
+        require(groups >= 1 and channels % groups == 0,
+                f"SelectiveKernel: groups={groups} must divide channels={channels}")
+        require(reduction >= 1, f"SelectiveKernel: reduction={reduction} must be >= 1")
+        fk = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.kernel_sizes = kernel_sizes
+        self.groups = groups
+        self.dilate = dilate
+        self.hidden = max(channels // reduction, min_hidden)
+        branches = []
+        for k in kernel_sizes:
+            if dilate and k > 3:
+                d = (k - 1) // 2  # a 3x3 with dilation d covers k x k
+                conv = nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=groups,
+                                 bias=False, **fk)
+            else:
+                conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=groups, bias=False, **fk)
+            branches.append(nn.Sequential(conv, create_norm(norm_layer, channels, **fk),
+                                          create_act(act_layer, **fk)))
+        self.branches = nn.ModuleList(branches)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels, self.hidden, 1, bias=False, **fk),
+            create_norm(norm_layer, self.hidden, **fk),
+            create_act(act_layer, **fk),
+        )
+        self.select = nn.Conv2d(self.hidden, channels * len(kernel_sizes), 1, **fk)
+        self.attn_map = AttentionMap("channel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="SelectiveKernel", C=self.channels)
+        u = torch.stack([branch(x) for branch in self.branches], 1)  # (B, M, C, H, W)
+        # s = GAP(sum_m U_m); z = act(BN(W s))
+        z = self.fuse(u.sum(1).mean((2, 3), keepdim=True))  # (B, d, 1, 1)
+        logits = self.select(z).view(dims["B"], len(self.branches), self.channels, 1, 1)  # (B, M, C, 1, 1)
+        # a_m = softmax over branches of A_m z
+        a = self.attn_map(logits.softmax(1))  # (B, M, C, 1, 1)
+        return (a * u).sum(1)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, kernel_sizes={self.kernel_sizes}, groups={self.groups}, "
+                f"hidden={self.hidden}, dilate={self.dilate}")

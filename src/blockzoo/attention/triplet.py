@@ -1,0 +1,105 @@
+"""Triplet Attention: three Z-pool + conv gates over the (C, W), (C, H) and (H, W) planes.
+
+Paper: Rotate to Attend: Convolutional Triplet Attention Module (Misra, arXiv
+2010.03045, 2021).
+
+Letters: B batch, C channels, H W spatial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_norm
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["TripletAttention"]
+
+
+class _ZPoolGate(nn.Module):
+    """sigmoid(BN(conv_{k x k}([max; mean]))) with the pool over ``dim`` of (B, C, H, W)."""
+
+    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerSpec, fk: dict[str, Any]) -> None:
+        super().__init__()
+        self.dim = dim
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False, **fk)
+        self.norm = create_norm(norm_layer, 1, **fk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Z-pool over one axis; the other two form the plane the conv slides over.
+        z = torch.stack([x.amax(self.dim), x.mean(self.dim)], 1)  # (B, 2, P, Q)
+        return torch.sigmoid(self.norm(self.conv(z))).squeeze(1).unsqueeze(self.dim)  # broadcast back to x
+
+
+@register(
+    name="triplet_attention",
+    family="attention",
+    paper="Rotate to Attend: Convolutional Triplet Attention Module",
+    arxiv="2010.03045",
+    year=2021,
+    input="image",
+    example=Example(config=dict(channels=16), inputs=images(), size=(8, 8),
+                    out_shape="same", tiny=dict(channels=4, kernel_size=3)),
+)
+class TripletAttention(nn.Module):
+    r"""Triplet Attention: average of three gates, each over a different pair of axes.
+
+    Misra et al., "Rotate to Attend: Convolutional Triplet Attention Module",
+    arXiv 2010.03045.
+
+    Equation, with Z-pool(x) over an axis = [max over it; mean over it] (2 maps)::
+
+        g_CW = sigmoid(BN(conv_k(Z-pool_H(x))))     (B, 1 -> C, 1, W)  interaction C-W
+        g_CH = sigmoid(BN(conv_k(Z-pool_W(x))))     (B, C, H, 1)       interaction C-H
+        g_HW = sigmoid(BN(conv_k(Z-pool_C(x))))     (B, 1, H, W)       spatial
+        y    = 1/3 (x * g_CW + x * g_CH + x * g_HW)
+
+    Args:
+        channels: C, the input channels.
+        kernel_size: k of the three 2 -> 1 convs (paper: 7), odd.
+        norm_layer: the norm after each conv (paper: BN).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        The paper rotates x so that each branch's conv slides over a (C, W) or (H, C)
+        plane, then rotates back; we pool along the axis instead and slide the conv over
+        the remaining two axes in their natural order. This is the same family of maps
+        (a rotation only flips/transposes the learned kernel) without moving x in memory.
+
+    Example:
+        >>> ta = TripletAttention(64)
+        >>> ta(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, kernel_size: int = 7, norm_layer: LayerSpec = "batchnorm2d",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(kernel_size % 2 == 1, f"TripletAttention: kernel_size={kernel_size} must be odd")
+        fk = dict(device=device, dtype=dtype)
+        self.channels, self.kernel_size = channels, kernel_size
+        self.gate_cw = _ZPoolGate(2, kernel_size, norm_layer, fk)
+        self.gate_ch = _ZPoolGate(3, kernel_size, norm_layer, fk)
+        self.gate_hw = _ZPoolGate(1, kernel_size, norm_layer, fk)
+        self.cw_map = AttentionMap("spatial")
+        self.ch_map = AttentionMap("spatial")
+        self.hw_map = AttentionMap("spatial")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="TripletAttention", C=self.channels)
+        g_cw = self.cw_map(self.gate_cw(x))  # (B, C, 1, W)
+        g_ch = self.ch_map(self.gate_ch(x))  # (B, C, H, 1)
+        g_hw = self.hw_map(self.gate_hw(x))  # (B, 1, H, W)
+        # y = 1/3 (x g_CW + x g_CH + x g_HW)
+        return x * (g_cw + g_ch + g_hw) / 3
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}"
