@@ -1,0 +1,258 @@
+"""Maths of the window / transformer-style image attention blocks.
+
+Each test checks a property the paper states or an equality with a reference
+written here with explicit loops / masks (the loops live in the tests, never in
+the blocks), on tiny float64 inputs.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blockzoo import ShapeError
+from blockzoo.attention.axial import AxialAttention
+from blockzoo.attention.coatnet import RelativeAttention2d
+from blockzoo.attention.criss_cross import CrissCrossAttention
+from blockzoo.attention.halo import HaloAttention
+from blockzoo.attention.maps import record_attention
+
+D = torch.float64
+
+
+def _img(c, h, w, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g, dtype=D)
+
+
+def _rand_params(m, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return m
+
+
+# --------------------------------------------------------------------------- criss-cross
+
+
+def test_criss_cross_reads_only_row_and_column():
+    m = _rand_params(CrissCrossAttention(8, reduction=2, gamma_init=1.0)).double().eval()
+    x = _img(8, 6, 7)
+    y = m(x)
+    i, j = 2, 3
+    for (pi, pj) in [(0, 0), (5, 6), (4, 1)]:  # neither in row 2 nor column 3
+        x2 = x.clone()
+        x2[:, :, pi, pj] += 5.0
+        assert torch.allclose(m(x2)[:, :, i, j], y[:, :, i, j], atol=1e-12)
+    # a pixel of the row and one of the column do change it
+    for (pi, pj) in [(i, 0), (5, j)]:
+        x2 = x.clone()
+        x2[:, :, pi, pj] += 5.0
+        assert not torch.allclose(m(x2)[:, :, i, j], y[:, :, i, j])
+
+
+def test_criss_cross_weights_sum_to_one_over_the_cross():
+    m = _rand_params(CrissCrossAttention(8, reduction=2, gamma_init=1.0)).double().eval()
+    x = _img(8, 5, 6)
+    with record_attention(m) as maps:
+        m(x)
+    a = maps["attn_map"]  # (B, H, W, H + W)
+    assert a.shape == (2, 5, 6, 11)
+    assert torch.allclose(a.sum(-1), torch.ones(2, 5, 6, dtype=D))
+    # the pixel's own column entry is masked: it is counted once, in the row part
+    ii = torch.arange(5)
+    assert (a[:, ii, :, ii] == 0).all()
+
+
+def test_criss_cross_recurrence_two_reaches_everything():
+    m = _rand_params(CrissCrossAttention(8, reduction=2, gamma_init=1.0, recurrence=2)).double().eval()
+    x = _img(8, 6, 7)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 5.0
+    assert not torch.allclose(m(x2)[:, :, 4, 5], m(x)[:, :, 4, 5])
+
+
+def test_criss_cross_reference_loop():
+    m = _rand_params(CrissCrossAttention(4, reduction=2, gamma_init=0.7)).double().eval()
+    x = _img(4, 3, 4, b=1)
+    q, k, v = m.query(x)[0], m.key(x)[0], m.value(x)[0]
+    H, W = 3, 4
+    ref = torch.empty_like(x[0])
+    for i in range(H):
+        for j in range(W):
+            cross = [(t, j) for t in range(H) if t != i] + [(i, t) for t in range(W)]
+            e = torch.stack([q[:, i, j] @ k[:, a, c] for a, c in cross])
+            a = e.softmax(0)
+            ref[:, i, j] = sum(a[n] * v[:, p, c] for n, (p, c) in enumerate(cross))
+    ref = m.gamma * ref + x[0]
+    assert torch.allclose(m(x)[0], ref, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- axial
+
+
+def test_axial_h_does_not_mix_columns():
+    m = _rand_params(AxialAttention(8, axis="h", num_heads=2)).double().eval()
+    x = _img(8, 6, 5)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, :, :, 2] += torch.randn(2, 8, 6, dtype=D)
+    y2 = m(x2)
+    others = [0, 1, 3, 4]
+    assert torch.allclose(y2[..., others], y[..., others], atol=1e-12)
+    assert not torch.allclose(y2[..., 2], y[..., 2])
+
+
+def test_axial_w_does_not_mix_rows():
+    m = _rand_params(AxialAttention(8, axis="w", num_heads=2)).double().eval()
+    x = _img(8, 6, 5)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, :, 3, :] += 1.0
+    y2 = m(x2)
+    others = [0, 1, 2, 4, 5]
+    assert torch.allclose(y2[:, :, others], y[:, :, others], atol=1e-12)
+
+
+def test_axial_h_equals_multihead_attention_per_column():
+    m = _rand_params(AxialAttention(8, axis="h", num_heads=2)).double().eval()
+    x = _img(8, 5, 3, b=1)
+    p = m.passes[0]
+    qkv = p.qkv(x)[0]  # (3*h*d, H, W)
+    ref = torch.empty(8, 5, 3, dtype=D)
+    for j in range(3):
+        col = qkv[:, :, j].T  # (H, 3*h*d)
+        q, k, v = col.view(5, 3, 2, 4).permute(1, 2, 0, 3)  # (h, H, d)
+        a = (q @ k.transpose(-1, -2) / 2.0).softmax(-1)
+        ref[:, :, j] = (a @ v).permute(0, 2, 1).reshape(8, 5)
+    ref = p.proj(ref[None])
+    assert torch.allclose(m(x), ref, atol=1e-10)
+
+
+def test_axial_both_reaches_everything_and_records_two_maps():
+    m = _rand_params(AxialAttention(8, num_heads=2)).double().eval()
+    x = _img(8, 5, 6)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 3.0
+    assert not torch.allclose(m(x2)[:, :, 4, 5], m(x)[:, :, 4, 5])
+    with record_attention(m) as maps:
+        y = m(x)
+    assert torch.allclose(y, m(x), atol=1e-12)  # explicit path == SDPA path
+    assert maps["passes.0.attn_map"].shape == (2, 2, 6, 5, 5)  # along H: (B, h, W, H, H)
+    assert maps["passes.1.attn_map"].shape == (2, 2, 5, 6, 6)
+
+
+# --------------------------------------------------------------------------- CoAtNet
+
+
+def test_coatnet_bias_depends_only_on_offset():
+    m = RelativeAttention2d(8, num_heads=2, max_size=(6, 7)).double()
+    _rand_params(m)
+    H, W = 5, 7
+    bias = m.relative_bias(H, W).view(2, H, W, H, W)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        ih, jh = torch.randint(0, H, (2,), generator=g).tolist()
+        iw, jw = torch.randint(0, W, (2,), generator=g).tolist()
+        # the same offset placed elsewhere in the image
+        th = torch.randint(-min(ih, jh), H - max(ih, jh), (1,), generator=g).item()
+        tw = torch.randint(-min(iw, jw), W - max(iw, jw), (1,), generator=g).item()
+        assert torch.equal(bias[:, ih, iw, jh, jw], bias[:, ih + th, iw + tw, jh + th, jw + tw])
+        assert torch.equal(bias[:, ih, iw, jh, jw], m.rel_table[:, ih - jh + 5, iw - jw + 6])
+
+
+def test_coatnet_bias_enters_the_logits():
+    m = _rand_params(RelativeAttention2d(8, num_heads=2, max_size=6)).double().eval()
+    x = _img(8, 4, 5)
+    with record_attention(m) as maps:
+        y = m(x)
+    B, h, d = 2, 2, 4
+    q, k, v = m.qkv(x).view(B, 3, h, d, 20).permute(1, 0, 2, 4, 3)
+    a = (q @ k.transpose(-1, -2) / math.sqrt(d) + m.relative_bias(4, 5)).softmax(-1)
+    assert torch.allclose(maps["attn_map"], a, atol=1e-12)
+    ref = m.proj((a @ v).transpose(-1, -2).reshape(B, 8, 4, 5))
+    assert torch.allclose(y, ref, atol=1e-10)
+    assert torch.allclose(m(x), y, atol=1e-10)  # SDPA path
+
+
+def test_coatnet_beyond_table_raises_and_resize_extends():
+    m = RelativeAttention2d(8, num_heads=2, max_size=(4, 5))
+    with pytest.raises(ShapeError, match="H <= 4, W <= 5"):
+        m(torch.randn(1, 8, 5, 5))
+    m.resize_table((6, 6))
+    assert m.rel_table.shape == (2, 11, 11)
+    assert m(torch.randn(1, 8, 5, 6)).shape == (1, 8, 5, 6)
+
+
+def test_coatnet_resize_keeps_table_when_same_size():
+    m = RelativeAttention2d(8, num_heads=2, max_size=4).double()
+    t = m.rel_table.detach().clone()
+    m.resize_table(4)
+    assert torch.allclose(m.rel_table, t, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- HaloNet
+
+
+def _halo_reference(m, x):
+    """Per-pixel loop: attend to the block's window pixels that lie inside the image."""
+    B, C, H, W = x.shape
+    b, s, h, d = m.block_size, m.halo_size, m.num_heads, m.head_dim
+    q = m.q(x).view(B, h, d, H, W)
+    k, v = m.kv(x).view(B, 2, h, d, H, W).unbind(1)
+    out = torch.empty(B, h, d, H, W, dtype=x.dtype)
+    for i in range(H):
+        for j in range(W):
+            bi, bj = i // b * b, j // b * b
+            keys = [(u, t) for u in range(bi - s, bi + b + s) for t in range(bj - s, bj + b + s)
+                    if 0 <= u < H and 0 <= t < W]
+            qi = q[:, :, :, i, j]  # (B, h, d)
+            logits = []
+            for (u, t) in keys:
+                r = m.rel_h[u - i + b + s - 1] + m.rel_w[t - j + b + s - 1]
+                logits.append(((qi * k[:, :, :, u, t]).sum(-1) + (qi * r).sum(-1)) / math.sqrt(d))
+            a = torch.stack(logits, -1).softmax(-1)  # (B, h, K)
+            vs = torch.stack([v[:, :, :, u, t] for (u, t) in keys], -1)  # (B, h, d, K)
+            out[:, :, :, i, j] = (vs * a[:, :, None]).sum(-1)
+    return m.proj(out.reshape(B, h * d, H, W))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 7), (3, 2)])
+def test_halo_equals_reference_loop(size):
+    m = _rand_params(HaloAttention(8, block_size=2, halo_size=1, num_heads=2)).double().eval()
+    x = _img(8, *size)
+    assert torch.allclose(m(x), _halo_reference(m, x), atol=1e-10)
+
+
+def _pad_extra(extra):
+    """A pad_to_multiple that adds ``extra`` more rows/columns than needed (forces the pad path)."""
+
+    def pad(x, mh, mw):
+        H, W = x.shape[-2:]
+        ph, pw = (-H) % mh + extra * mh, (-W) % mw + extra * mw
+        return F.pad(x, (0, pw, 0, ph)), ph, pw
+
+    return pad
+
+
+def test_halo_padding_path_equals_unpadded(monkeypatch):
+    import blockzoo.attention.halo as halo
+
+    m = _rand_params(HaloAttention(8, block_size=3, halo_size=1, num_heads=2)).double().eval()
+    x = _img(8, 6, 9)  # divides: no padding on the normal path
+    y = m(x)
+    monkeypatch.setattr(halo, "pad_to_multiple", _pad_extra(1))
+    assert torch.allclose(m(x), y, atol=1e-10)
+
+
+def test_halo_records_block_weights():
+    m = _rand_params(HaloAttention(8, block_size=2, halo_size=1, num_heads=2)).double().eval()
+    x = _img(8, 5, 4)
+    with record_attention(m) as maps:
+        y = m(x)
+    a = maps["attn_map"]  # (B, h, n, b*b, w*w)
+    assert a.shape == (2, 2, 6, 4, 16)
+    assert torch.allclose(a.sum(-1), torch.ones_like(a[..., 0]))
+    assert torch.allclose(y, m(x), atol=1e-10)
