@@ -17,6 +17,7 @@ from blockzoo.attention.coatnet import RelativeAttention2d
 from blockzoo.attention.criss_cross import CrissCrossAttention
 from blockzoo.attention.halo import HaloAttention
 from blockzoo.attention.maps import record_attention
+from blockzoo.attention.outlook import OutlookAttention
 
 D = torch.float64
 
@@ -198,7 +199,7 @@ def test_coatnet_resize_keeps_table_when_same_size():
 
 def _halo_reference(m, x):
     """Per-pixel loop: attend to the block's window pixels that lie inside the image."""
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     b, s, h, d = m.block_size, m.halo_size, m.num_heads, m.head_dim
     q = m.q(x).view(B, h, d, H, W)
     k, v = m.kv(x).view(B, 2, h, d, H, W).unbind(1)
@@ -256,3 +257,51 @@ def test_halo_records_block_weights():
     assert a.shape == (2, 2, 6, 4, 16)
     assert torch.allclose(a.sum(-1), torch.ones_like(a[..., 0]))
     assert torch.allclose(y, m(x), atol=1e-10)
+
+
+# --------------------------------------------------------------------------- Outlook (VOLO)
+
+
+def _outlook_reference(m, x):
+    """Loop over window centres: y[c + o_m] += sum_n A_c[m, n] v[c + o_n] (zero v outside)."""
+    B, C, H, W = x.shape
+    h, d, K, st = m.num_heads, m.head_dim, m.kernel_size, m.stride
+    p = K // 2
+    v = m.v(x).view(B, h, d, H, W)
+    xbar = F.avg_pool2d(x, st, st, ceil_mode=True) if st > 1 else x
+    logits = m.attn(xbar).view(B, h, K * K, K * K, *xbar.shape[-2:])
+    offs = [(a - p, b - p) for a in range(K) for b in range(K)]
+    y = torch.zeros(B, h, d, H, W, dtype=x.dtype)
+    for ci, i in enumerate(range(0, H, st)):
+        for cj, j in enumerate(range(0, W, st)):
+            a = (logits[..., ci, cj] / math.sqrt(d)).softmax(-1)  # (B, h, K*K, K*K)
+            vw = torch.stack([v[..., i + u, j + t] if 0 <= i + u < H and 0 <= j + t < W
+                              else torch.zeros(B, h, d, dtype=x.dtype) for u, t in offs], -2)
+            yw = a @ vw  # (B, h, K*K, d)
+            for mm, (u, t) in enumerate(offs):
+                if 0 <= i + u < H and 0 <= j + t < W:
+                    y[..., i + u, j + t] += yw[:, :, mm]
+    return m.proj(y.reshape(B, C, H, W))
+
+
+@pytest.mark.parametrize("kernel_size, stride, size", [(3, 1, (4, 5)), (3, 2, (5, 4)), (5, 2, (6, 7))])
+def test_outlook_equals_reference_loop(kernel_size, stride, size):
+    m = _rand_params(OutlookAttention(8, num_heads=2, kernel_size=kernel_size, stride=stride))
+    m = m.double().eval()
+    x = _img(8, *size)
+    assert torch.allclose(m(x), _outlook_reference(m, x), atol=1e-10)
+
+
+def test_outlook_weights_come_from_the_centre_only():
+    """A_c is a function of xbar_c alone: perturbing another pixel leaves A_c unchanged."""
+    m = _rand_params(OutlookAttention(8, num_heads=2)).double().eval()
+    x = _img(8, 5, 6)
+    with record_attention(m) as maps:
+        m(x)
+        a1 = maps["attn_map"].clone()
+        x2 = x.clone()
+        x2[:, :, 0, 0] += 1.0
+        m(x2)
+        a2 = maps["attn_map"]
+    assert torch.allclose(a1[:, :, 1:], a2[:, :, 1:])
+    assert not torch.allclose(a1[:, :, 0], a2[:, :, 0])
