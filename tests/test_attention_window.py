@@ -12,11 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from blockzoo import ShapeError
+from blockzoo.attention.acmix import ACmix
 from blockzoo.attention.axial import AxialAttention
 from blockzoo.attention.coatnet import RelativeAttention2d
 from blockzoo.attention.criss_cross import CrissCrossAttention
+from blockzoo.attention.crossformer import CrossScaleEmbedding, LongDistanceAttention, ShortDistanceAttention
+from blockzoo.attention.deformable import DeformableAttention
 from blockzoo.attention.halo import HaloAttention
 from blockzoo.attention.maps import record_attention
+from blockzoo.attention.moa import MultiResolutionOverlappedAttention
+from blockzoo.attention.mobilevit import MobileViTBlock
 from blockzoo.attention.outlook import OutlookAttention
 
 D = torch.float64
@@ -305,3 +310,243 @@ def test_outlook_weights_come_from_the_centre_only():
         a2 = maps["attn_map"]
     assert torch.allclose(a1[:, :, 1:], a2[:, :, 1:])
     assert not torch.allclose(a1[:, :, 0], a2[:, :, 0])
+
+
+# --------------------------------------------------------------------------- ACmix
+
+
+def test_acmix_attention_path_equals_window_loop():
+    m = _rand_params(ACmix(8, num_heads=2, kernel_att=3, kernel_conv=3)).double().eval()
+    with torch.no_grad():
+        m.alpha.fill_(1.0)
+        m.beta.fill_(0.0)
+    x = _img(8, 4, 5)
+    B, C, H, W = x.shape
+    h, d, K = 2, 4, 3
+    q, k, v = (f(x).view(B, h, d, H, W) for f in (m.q, m.k, m.v))
+    ref = torch.empty(B, h, d, H, W, dtype=D)
+    for i in range(H):
+        for j in range(W):
+            win = [(a * K + b, i + a - 1, j + b - 1) for a in range(K) for b in range(K)
+                   if 0 <= i + a - 1 < H and 0 <= j + b - 1 < W]
+            logits = torch.stack([(q[..., i, j] * k[..., u, t]).sum(-1) / math.sqrt(d) + m.rel_bias[:, o]
+                                  for o, u, t in win], -1)
+            a = logits.softmax(-1)  # (B, h, |win|)
+            ref[..., i, j] = sum(a[..., n, None] * v[..., u, t] for n, (_, u, t) in enumerate(win))
+    assert torch.allclose(m(x), ref.reshape(B, C, H, W), atol=1e-10)
+
+
+def test_acmix_conv_path_starts_as_sum_of_shifts():
+    m = ACmix(8, num_heads=2, kernel_att=3, kernel_conv=3).double().eval()
+    _rand_params(m.fc)
+    _rand_params(m.q, 2), _rand_params(m.k, 3), _rand_params(m.v, 4)
+    with torch.no_grad():
+        m.alpha.fill_(0.0)
+    x = _img(8, 4, 5)
+    B, C, H, W = x.shape
+    h, d, K = 2, 4, 3
+    qkv = torch.stack([m.q(x), m.k(x), m.v(x)], 1).view(B, 3 * h, d, H * W)
+    f = m.fc(qkv).view(B, K * K, d, H, W)  # f_m per feature index
+    ref = torch.zeros(B, C, H, W, dtype=D)
+    for c in range(C):
+        g = c // h  # the feature index this output channel's group reads
+        for mm in range(K * K):
+            du, dt = mm // K - 1, mm % K - 1
+            for i in range(H):
+                for j in range(W):
+                    if 0 <= i + du < H and 0 <= j + dt < W:
+                        ref[:, c, i, j] += f[:, mm, g, i + du, j + dt]
+    assert torch.allclose(m(x), ref, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- MobileViT
+
+
+def test_mobilevit_padding_path_equals_unpadded(monkeypatch):
+    import blockzoo.attention.mobilevit as mv
+
+    m = _rand_params(MobileViTBlock(8, dim=8, depth=2, num_heads=2, patch_size=2)).double().eval()
+    for size in [(6, 8), (7, 9)]:
+        x = _img(8, *size)
+        y = m(x)
+        with monkeypatch.context() as mp:
+            mp.setattr(mv, "pad_to_multiple", _pad_extra(1))
+            assert torch.allclose(m(x), y, atol=1e-10)
+
+
+def test_mobilevit_attends_across_patches_at_one_pixel_position():
+    """With a 1x1 local conv, pixel (i, j) reaches (i', j') only if they share the in-patch position."""
+    m = _rand_params(MobileViTBlock(8, dim=8, depth=1, num_heads=2, patch_size=2, kernel_size=1))
+    m = m.double().eval()
+    x = _img(8, 6, 6)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 3.0
+    y2 = m(x2)
+    assert not torch.allclose(y2[:, :, 4, 2], y[:, :, 4, 2])  # same in-patch position (0, 0)
+    assert torch.allclose(y2[:, :, 4, 3], y[:, :, 4, 3], atol=1e-12)  # position (0, 1)
+    assert torch.allclose(y2[:, :, 5, 5], y[:, :, 5, 5], atol=1e-12)  # position (1, 1)
+    with record_attention(m) as maps:
+        assert torch.allclose(m(x), y, atol=1e-10)
+    assert maps["layers.0.attn_map"].shape == (2, 4, 2, 9, 9)  # (B, P, h, N, N)
+
+
+# --------------------------------------------------------------------------- Deformable (DAT)
+
+
+def _zero_offsets(m):
+    with torch.no_grad():
+        m.offset[-1].weight.zero_()
+    return m
+
+
+def _mhsa_with_bias(m, x, keys, key_pos):
+    """Plain multi-head attention of every pixel over the given key map, DAT's bias included."""
+    B, C, H, W = x.shape
+    h, d = m.num_heads, m.head_dim
+    q = m.q(x).view(B, h, d, H * W).transpose(-1, -2)
+    k = m.k(keys).flatten(2).view(B, h, d, -1).transpose(-1, -2)
+    v = m.v(keys).flatten(2).view(B, h, d, -1).transpose(-1, -2)
+    qpos = torch.stack(torch.meshgrid(torch.arange(H, dtype=D), torch.arange(W, dtype=D),
+                                      indexing="ij"), -1).reshape(-1, 1, 2)
+    disp = qpos - key_pos.reshape(1, -1, 2)
+    bias = m.pos(disp.sign() * disp.abs().log1p()).permute(2, 0, 1)  # (h, N, M) (one group)
+    a = (q @ k.transpose(-1, -2) / math.sqrt(d) + bias).softmax(-1)
+    return m.proj((a @ v).transpose(-1, -2).reshape(B, C, H, W))
+
+
+def test_deformable_zero_offsets_stride1_is_full_attention():
+    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=1))).double()
+    m.eval()
+    x = _img(8, 4, 5)
+    pix = torch.stack(torch.meshgrid(torch.arange(4, dtype=D), torch.arange(5, dtype=D), indexing="ij"), -1)
+    assert torch.allclose(m(x), _mhsa_with_bias(m, x, x, pix), atol=1e-10)
+
+
+def test_deformable_zero_offsets_stride2_samples_cell_centres():
+    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=2))).double()
+    m.eval()
+    x = _img(8, 4, 6)
+    keys = F.avg_pool2d(x, 2)  # bilinear at the centre of each 2x2 cell
+    centres = torch.stack(torch.meshgrid(torch.arange(2, dtype=D) * 2 + 0.5,
+                                         torch.arange(3, dtype=D) * 2 + 0.5, indexing="ij"), -1)
+    assert torch.allclose(m(x), _mhsa_with_bias(m, x, keys, centres), atol=1e-10)
+
+
+def test_deformable_offsets_move_the_keys():
+    m = _rand_params(DeformableAttention(8, num_heads=2, num_groups=2, stride=2)).double().eval()
+    x = _img(8, 6, 6)
+    y = m(x)
+    _zero_offsets(m)
+    assert not torch.allclose(m(x), y)
+    with record_attention(m) as maps:
+        m(x)
+    assert maps["attn_map"].shape == (2, 2, 36, 9)  # (B, h, N, M)
+
+
+# --------------------------------------------------------------------------- CrossFormer
+
+
+def _group_reference(m, x, group_of, unit):
+    """Per-pixel loop: attend to the pixels of the same group, DPB on offsets / unit."""
+    B, C, H, W = x.shape
+    h, d = m.num_heads, m.head_dim
+    q, k, v = m.qkv(x).view(B, 3, h, d, H, W).unbind(1)
+    out = torch.empty(B, h, d, H, W, dtype=D)
+    pix = [(i, j) for i in range(H) for j in range(W)]
+    for (i, j) in pix:
+        keys = [(u, t) for (u, t) in pix if group_of(u, t) == group_of(i, j)]
+        logits = []
+        for (u, t) in keys:
+            off = torch.tensor([(i - u) / unit[0], (j - t) / unit[1]], dtype=D)
+            logits.append((q[..., i, j] * k[..., u, t]).sum(-1) / math.sqrt(d) + m.dpb.mlp(off))
+        a = torch.stack(logits, -1).softmax(-1)
+        out[..., i, j] = sum(a[..., n, None] * v[..., u, t] for n, (u, t) in enumerate(keys))
+    return m.proj(out.reshape(B, C, H, W))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])
+def test_crossformer_sda_equals_reference_loop(size):
+    m = _rand_params(ShortDistanceAttention(8, group_size=3, num_heads=2)).double().eval()
+    x = _img(8, *size)
+    ref = _group_reference(m, x, lambda u, t: (u // 3, t // 3), (1, 1))
+    assert torch.allclose(m(x), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])
+def test_crossformer_lda_equals_reference_loop(size):
+    m = _rand_params(LongDistanceAttention(8, interval=2, num_heads=2)).double().eval()
+    x = _img(8, *size)
+    ref = _group_reference(m, x, lambda u, t: (u % 2, t % 2), (2, 2))
+    assert torch.allclose(m(x), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls, arg", [(ShortDistanceAttention, "group_size"),
+                                      (LongDistanceAttention, "interval")])
+def test_crossformer_padding_path_equals_unpadded(monkeypatch, cls, arg):
+    import blockzoo.attention.crossformer as cf
+
+    m = _rand_params(cls(8, num_heads=2, **{arg: 3})).double().eval()
+    x = _img(8, 6, 9)
+    y = m(x)
+    monkeypatch.setattr(cf, "pad_to_multiple", _pad_extra(1))
+    assert torch.allclose(m(x), y, atol=1e-10)
+
+
+def test_crossformer_group_larger_than_image_shrinks():
+    m = _rand_params(ShortDistanceAttention(8, group_size=7, num_heads=2)).double().eval()
+    x = _img(8, 3, 5)  # one group: global attention over the image
+    ref = _group_reference(m, x, lambda u, t: 0, (1, 1))
+    assert torch.allclose(m(x), ref, atol=1e-10)
+
+
+def test_cross_scale_embedding_channels_and_centres():
+    cel = CrossScaleEmbedding(3, 64, kernel_sizes=(4, 8, 16, 32), stride=4, norm=False).double()
+    assert [c.out_channels for c in cel.convs] == [32, 16, 8, 8]
+    assert cel(_img(3, 30, 41)).shape == (2, 64, 7, 10)
+    # every kernel is centred on the same point: a symmetric input gives a symmetric output
+    sym = CrossScaleEmbedding(1, 8, kernel_sizes=(2, 4, 6), stride=2, norm=False).double()
+    with torch.no_grad():
+        for c in sym.convs:
+            c.weight.copy_((c.weight + c.weight.flip(-1, -2)) / 2)
+    x = _img(1, 8, 8, b=1)
+    x = x + x.flip(-1, -2)
+    y = sym(x)
+    assert torch.allclose(y, y.flip(-1, -2), atol=1e-12)
+    with pytest.raises(ValueError, match="even"):
+        CrossScaleEmbedding(3, 8, kernel_sizes=(3,), stride=2)
+
+
+# --------------------------------------------------------------------------- MOA
+
+
+def test_moa_equals_window_loop():
+    m = _rand_params(MultiResolutionOverlappedAttention(8, window_size=2, overlap=1, reduction=2,
+                                                        num_heads=2)).double().eval()
+    for size in [(4, 6), (5, 3)]:
+        x = _img(8, *size)
+        H, W = size
+        z = m.reduce(x)
+        Hp, Wp = -(-H // 2) * 2, -(-W // 2) * 2
+        zp = F.pad(z, (1, 1 + Wp - W, 1, 1 + Hp - H))  # overlap border + bottom/right padding
+        wins = [(a, b) for a in range(0, Hp, 2) for b in range(0, Wp, 2)]
+        qt = torch.stack([zp[:, :, a + 1:a + 3, b + 1:b + 3].flatten(1) for a, b in wins], 1)
+        kt = torch.stack([zp[:, :, a:a + 4, b:b + 4].flatten(1) for a, b in wins], 1)
+        B, n = x.shape[0], len(wins)
+        q = m.q(qt).view(B, n, 2, 4).transpose(1, 2)
+        k, v = m.kv(kt).view(B, n, 2, 2, 4).permute(2, 0, 3, 1, 4)
+        u = ((q @ k.transpose(-1, -2) / 2.0).softmax(-1) @ v).transpose(1, 2).reshape(B, n, 8)
+        u = m.unembed(u).view(B, n, 4, 2, 2)
+        y = torch.zeros(B, 4, Hp, Wp, dtype=D)
+        for idx, (a, b) in enumerate(wins):
+            y[:, :, a:a + 2, b:b + 2] = u[:, idx]
+        assert torch.allclose(m(x), m.expand(y[:, :, :H, :W]), atol=1e-10)
+
+
+def test_moa_is_global():
+    m = MultiResolutionOverlappedAttention(8, window_size=2, overlap=1, reduction=2, num_heads=2)
+    m = m.double().eval()
+    x = _img(8, 8, 8)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0
+    assert not torch.allclose(m(x2)[:, :, 7, 7], m(x)[:, :, 7, 7])
