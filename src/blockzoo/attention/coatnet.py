@@ -79,7 +79,7 @@ class RelativeAttention2d(nn.Module):
         *,
         num_heads: int = 1,
         head_dim: int | None = None,
-        max_size: int | tuple[int, int] = 16,
+        max_size: int | tuple[int, int] = 32,
         qkv_bias: bool = True,
         device: Any = None,
         dtype: Any = None,
