@@ -43,7 +43,17 @@ def attend(
     Shape: q (..., N, d), k (..., M, d), v (..., M, e) -> (..., N, e).
     """
     if not attn_map.active:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        if q.dim() == 4:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        # Other ranks go through a 4-D view (ONNX's attention takes only 4-D inputs):
+        # the leading dims merge into (L, h), h the last of them.
+        lead, (N, d), (M, e) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+        h = lead[-1] if lead else 1
+        out = F.scaled_dot_product_attention(
+            q.reshape(-1, h, N, d), k.reshape(-1, h, M, d), v.reshape(-1, h, M, e),
+            attn_mask=None if bias is None else _bias_4d(bias, lead, N, M), scale=scale,
+        )
+        return out.reshape(*lead, N, e)
     s = q.shape[-1] ** -0.5 if scale is None else scale
     # A = softmax(q k^T s + bias)
     logits = (q @ k.transpose(-2, -1)) * s  # (..., N, M)
@@ -69,3 +79,14 @@ def key_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive mask from a boolean ``valid`` (True = a real key): 0 there, -inf elsewhere."""
     zero = torch.zeros((), dtype=dtype, device=valid.device)
     return torch.where(valid, zero, torch.full_like(zero, float("-inf")))
+
+
+def _bias_4d(bias: torch.Tensor, lead: torch.Size, N: int, M: int) -> torch.Tensor:
+    """A bias broadcastable to (*lead, N, M) as a 4-D one broadcastable to (L, h, N, M).
+
+    Expands (copies) only when the bias varies along the merged leading dims.
+    """
+    b = bias.reshape((1,) * (len(lead) + 2 - bias.dim()) + tuple(bias.shape))
+    if all(s == 1 for s in b.shape[:-3]):
+        return b.reshape(1, b.shape[-3], b.shape[-2], b.shape[-1])
+    return b.expand(*lead, N, M).reshape(-1, lead[-1], N, M)
