@@ -400,8 +400,17 @@ def _zero_offsets(m):
     return m
 
 
-def _mhsa_with_bias(m, x, keys, key_pos):
-    """Plain multi-head attention of every pixel over the given key map, DAT's bias included."""
+def _linear_table(m, slopes):
+    """Fill the bias table with b_h(t) = sy_h t_y + sx_h t_x, exact under bilinear interpolation."""
+    R = m.pos_range
+    t = torch.arange(-R, R + 1, dtype=D)
+    with torch.no_grad():
+        m.rpe_table.copy_(slopes[:, 0, None, None] * t[:, None] + slopes[:, 1, None, None] * t[None, :])
+    return m
+
+
+def _mhsa_with_bias(m, x, keys, key_pos, slopes):
+    """Plain multi-head attention of every pixel over the given key map, with the linear bias."""
     B, C, H, W = x.shape
     h, d = m.num_heads, m.head_dim
     q = m.q(x).view(B, h, d, H * W).transpose(-1, -2)
@@ -409,28 +418,33 @@ def _mhsa_with_bias(m, x, keys, key_pos):
     v = m.v(keys).flatten(2).view(B, h, d, -1).transpose(-1, -2)
     qpos = torch.stack(torch.meshgrid(torch.arange(H, dtype=D), torch.arange(W, dtype=D),
                                       indexing="ij"), -1).reshape(-1, 1, 2)
-    disp = qpos - key_pos.reshape(1, -1, 2)
-    bias = m.pos(disp.sign() * disp.abs().log1p()).permute(2, 0, 1)  # (h, N, M) (one group)
+    disp = (qpos - key_pos.reshape(1, -1, 2)).clamp(-m.pos_range, m.pos_range)  # (N, M, 2)
+    bias = torch.einsum("nmc,hc->hnm", disp, slopes)
     a = (q @ k.transpose(-1, -2) / math.sqrt(d) + bias).softmax(-1)
     return m.proj((a @ v).transpose(-1, -2).reshape(B, C, H, W))
 
 
 def test_deformable_zero_offsets_stride1_is_full_attention():
-    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=1))).double()
-    m.eval()
-    x = _img(8, 4, 5)
-    pix = torch.stack(torch.meshgrid(torch.arange(4, dtype=D), torch.arange(5, dtype=D), indexing="ij"), -1)
-    assert torch.allclose(m(x), _mhsa_with_bias(m, x, x, pix), atol=1e-10)
+    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=1,
+                                                       pos_range=3))).double().eval()
+    slopes = torch.tensor([[0.3, -0.2], [-0.1, 0.25]], dtype=D)
+    _linear_table(m, slopes)
+    x = _img(8, 4, 6)  # displacements up to 5 > R = 3: the clamped edge applies
+    pix = torch.stack(torch.meshgrid(torch.arange(4, dtype=D), torch.arange(6, dtype=D), indexing="ij"), -1)
+    assert torch.allclose(m(x), _mhsa_with_bias(m, x, x, pix, slopes), atol=1e-10)
 
 
 def test_deformable_zero_offsets_stride2_samples_cell_centres():
-    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=2))).double()
-    m.eval()
+    m = _zero_offsets(_rand_params(DeformableAttention(8, num_heads=2, num_groups=1, stride=2,
+                                                       pos_range=8))).double().eval()
+    slopes = torch.tensor([[0.3, -0.2], [-0.1, 0.25]], dtype=D)
+    _linear_table(m, slopes)
     x = _img(8, 4, 6)
     keys = F.avg_pool2d(x, 2)  # bilinear at the centre of each 2x2 cell
     centres = torch.stack(torch.meshgrid(torch.arange(2, dtype=D) * 2 + 0.5,
                                          torch.arange(3, dtype=D) * 2 + 0.5, indexing="ij"), -1)
-    assert torch.allclose(m(x), _mhsa_with_bias(m, x, keys, centres), atol=1e-10)
+    # half-pixel displacements: exact only if the table is read at the right fractional index
+    assert torch.allclose(m(x), _mhsa_with_bias(m, x, keys, centres, slopes), atol=1e-10)
 
 
 def test_deformable_offsets_move_the_keys():

@@ -58,8 +58,9 @@ class DeformableAttention(nn.Module):
         y_i     = W_o sum_j softmax_j(q_i . k_j / sqrt(d) + B(pos_i - (p + dp)_j)) v_j
 
     theta_offset is a depthwise k x k conv with stride r, LayerNorm, GELU and a 1x1 conv
-    to 2 channels; B is the relative position bias, a function of the continuous
-    displacement between the query pixel and the sampled point.
+    to 2 channels; B is the relative position bias at the continuous displacement
+    between the query pixel and the sampled point, read from a learned table of
+    (2R + 1) x (2R + 1) entries per head by bilinear interpolation (as in DAT).
 
     Args:
         channels: C, input and output channels.
@@ -69,7 +70,8 @@ class DeformableAttention(nn.Module):
         offset_kernel_size: k, the offset network's depthwise kernel side (odd).
         offset_range: s, the largest offset in reference cells (DAT: 2).
         pos_bias: whether to add the relative position bias B.
-        pos_hidden: width of B's hidden layer.
+        pos_range: R, the displacement (pixels, per axis) the bias table covers; beyond
+            it the bias of the table's edge applies.
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W (the reference grid has
@@ -79,9 +81,9 @@ class DeformableAttention(nn.Module):
     Deviations:
         - Offsets are bounded in pixels (s * r), not as a fraction of the normalised
           grid, so that the bound does not depend on the input size.
-        - The position bias B is a small MLP of the signed-log displacement
-          (sign(t) log(1 + |t|), as in Swin-v2's continuous bias) instead of DAT's
-          bilinear lookup in a (2H - 1) x (2W - 1) table, which would fix the size.
+        - The bias table spans a fixed displacement range R and clamps beyond it,
+          where DAT sizes it (2H - 1) x (2W - 1) by the feature map, which would fix the
+          input size.
         - The block is the attention layer only (no norm, residual or MLP around it).
 
     Example:
@@ -100,7 +102,7 @@ class DeformableAttention(nn.Module):
         offset_kernel_size: int = 5,
         offset_range: float = 2.0,
         pos_bias: bool = True,
-        pos_hidden: int = 16,
+        pos_range: int = 16,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -113,6 +115,7 @@ class DeformableAttention(nn.Module):
         require(offset_kernel_size % 2 == 1,
                 f"DeformableAttention: offset_kernel_size={offset_kernel_size} must be odd")
         require(offset_range > 0, f"DeformableAttention: offset_range={offset_range} must be > 0")
+        require(pos_range >= 1, f"DeformableAttention: pos_range={pos_range} must be >= 1")
         self.channels, self.num_heads, self.num_groups = channels, num_heads, num_groups
         self.head_dim, self.group_channels = channels // num_heads, channels // num_groups
         self.stride, self.offset_range = stride, offset_range
@@ -128,12 +131,17 @@ class DeformableAttention(nn.Module):
             nn.GELU(),
             nn.Conv2d(gc, 2, 1, bias=False, **fk),
         )
-        self.pos = (
-            nn.Sequential(nn.Linear(2, pos_hidden, **fk), nn.ReLU(),
-                          nn.Linear(pos_hidden, num_heads // num_groups, **fk))
-            if pos_bias else None
-        )
+        self.pos_range = pos_range
+        if pos_bias:
+            self.rpe_table = nn.Parameter(torch.empty(num_heads, 2 * pos_range + 1, 2 * pos_range + 1, **fk))
+        else:
+            self.register_parameter("rpe_table", None)
         self.attn_map = AttentionMap("weights")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.rpe_table is not None:
+            nn.init.trunc_normal_(self.rpe_table, std=0.02)
 
     def reference_points(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Centres of the r x r cells in pixels, (Hk, Wk, 2) as (row, col), clamped to the image."""
@@ -163,14 +171,16 @@ class DeformableAttention(nn.Module):
         kh = self.k(xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
         vh = self.v(xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
         bias = None
-        if self.pos is not None:
+        if self.rpe_table is not None:
             ii = torch.arange(H, device=x.device, dtype=x.dtype)
             jj = torch.arange(W, device=x.device, dtype=x.dtype)
             qpos = torch.stack(torch.meshgrid(ii, jj, indexing="ij"), -1)  # (H, W, 2) query pixels
             disp = qpos.reshape(1, H * W, 1, 2) - pos.reshape(B * G, 1, M, 2)  # (B*G, N, M, 2)
-            disp = disp.sign() * disp.abs().log1p()
-            # B(pos_i - (p + dp)_j), one value per head of the group
-            bias = self.pos(disp).view(B, G, H * W, M, h // G).permute(0, 1, 4, 2, 3)  # (B, G, h/G, N, M)
+            # B(pos_i - (p + dp)_j): bilinear in the table; index R + t <-> grid t / R
+            table = self.rpe_table.view(1, G, h // G, *self.rpe_table.shape[-2:]).expand(B, -1, -1, -1, -1)
+            table = table.reshape(B * G, h // G, *self.rpe_table.shape[-2:])  # (B*G, h/G, 2R+1, 2R+1)
+            bias = F.grid_sample(table, (disp / self.pos_range).flip(-1), mode="bilinear",
+                                 padding_mode="border", align_corners=True)  # (B*G, h/G, N, M)
             bias = bias.reshape(B, h, H * W, M)
         # y = softmax(q k^T / sqrt(d) + B) v
         y = attend(qh, kh, vh, self.attn_map, bias=bias, scale=1.0 / math.sqrt(d))  # (B, h, N, d)
