@@ -564,3 +564,44 @@ def test_moa_is_global():
     x2 = x.clone()
     x2[:, :, 0, 0] += 1.0
     assert not torch.allclose(m(x2)[:, :, 7, 7], m(x)[:, :, 7, 7])
+
+
+# --------------------------------------------------------------------------- all of this file's blocks
+
+MAPPED = ["halo_attention", "outlook_attention", "coatnet_relative_attention", "acmix",
+          "deformable_attention", "crossformer_sda", "crossformer_lda", "moa_attention",
+          "criss_cross_attention", "axial_attention", "mobilevit_block"]
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_recording_path_equals_fast_path(name):
+    """While record_attention is on, blocks take the explicit softmax path: same output."""
+    import blockzoo
+
+    s = blockzoo.spec(name)
+    m = s.build().double().eval()
+    (x,) = s.make_input(batch=2, size=(7, 9), dtype=D)
+    y = m(x)
+    with record_attention(m) as maps:
+        y2 = m(x)
+    assert maps, f"{name} recorded no attention map"
+    assert torch.allclose(y, y2, atol=1e-10)
+    for a in maps.values():
+        assert torch.isfinite(a).all() and (a >= 0).all()
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: HaloAttention(8, num_heads=3), "num_heads=3 must divide channels=8"),
+    (lambda: OutlookAttention(8, kernel_size=4), "kernel_size=4 must be odd"),
+    (lambda: RelativeAttention2d(8, max_size=0), "max_size=0"),
+    (lambda: ACmix(8, num_heads=3), "num_heads=3 must divide channels=8"),
+    (lambda: DeformableAttention(8, num_heads=2, num_groups=4), "num_groups=4 must divide num_heads=2"),
+    (lambda: ShortDistanceAttention(8, group_size=0), "group_size=0"),
+    (lambda: MultiResolutionOverlappedAttention(8, reduction=16), "reduction=16"),
+    (lambda: CrissCrossAttention(8, recurrence=0), "recurrence=0"),
+    (lambda: AxialAttention(8, axis="c"), "axis='c'"),
+    (lambda: MobileViTBlock(8, dim=6, num_heads=4), "num_heads=4 must divide dim=6"),
+])
+def test_bad_constructor_arguments_name_the_values(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
