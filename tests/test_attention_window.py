@@ -529,6 +529,8 @@ def test_cross_scale_embedding_channels_and_centres():
     assert torch.allclose(y, y.flip(-1, -2), atol=1e-12)
     with pytest.raises(ValueError, match="even"):
         CrossScaleEmbedding(3, 8, kernel_sizes=(3,), stride=2)
+    with pytest.raises(ShapeError, match="H, W >= 4"):
+        cel(_img(3, 3, 8))
 
 
 # --------------------------------------------------------------------------- MOA

@@ -66,9 +66,9 @@ class DeformableAttention(nn.Module):
         channels: C, input and output channels.
         num_heads: h, attention heads.
         num_groups: G, offset groups (each samples its own points; must divide h).
-        stride: r, the reference grid's spacing (DAT: 1 to 8 by stage).
+        stride: r, the reference grid's spacing in pixels (M = ceil(H/r) ceil(W/r) keys).
         offset_kernel_size: k, the offset network's depthwise kernel side (odd).
-        offset_range: s, the largest offset in reference cells (DAT: 2).
+        offset_range: s, the largest offset, in reference cells (default 2).
         pos_bias: whether to add the relative position bias B.
         pos_range: R, the displacement (pixels, per axis) the bias table covers; beyond
             it the bias of the table's edge applies.

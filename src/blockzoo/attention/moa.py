@@ -57,7 +57,8 @@ class MultiResolutionOverlappedAttention(nn.Module):
         channels: C, input and output channels.
         window_size: w, the query patch (window) side (paper: the local transformer's window).
         overlap: o, how far each key/value patch extends beyond its window on every side.
-        reduction: C / C', the channel reduction before flattening patches (paper: 32).
+        reduction: C / C', the channel reduction before flattening patches (it keeps the
+            flattened patch tokens small; default 32).
         dim: D, the token width (default ``channels``).
         num_heads: h, attention heads (must divide D).
         qkv_bias: whether the token projections have biases.

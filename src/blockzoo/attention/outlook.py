@@ -52,7 +52,7 @@ class OutlookAttention(nn.Module):
         channels: C, input and output channels.
         num_heads: h, attention heads (``channels`` must be divisible by it).
         kernel_size: K, the (odd) window side.
-        stride: s, the spacing of window centres (VOLO: 1; 2 halves the attention cost).
+        stride: s, the spacing of window centres (default 1; 2 quarters the attention cost).
         qkv_bias: whether the value projection has a bias.
 
     Shape:
