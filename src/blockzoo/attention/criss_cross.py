@@ -1,0 +1,117 @@
+"""Criss-cross attention: each pixel attends to the pixels of its own row and column.
+
+Paper: CCNet: Criss-Cross Attention for Semantic Segmentation (Huang, Wang, Huang,
+Huang, Wei, Liu; arXiv 1811.11721, 2019).
+
+Letters: B batch, C channels, C' reduced channels, H W spatial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["CrissCrossAttention"]
+
+
+@register(
+    name="criss_cross_attention",
+    family="attention",
+    paper="CCNet: Criss-Cross Attention for Semantic Segmentation",
+    arxiv="1811.11721",
+    year=2019,
+    input="image",
+    example=Example(config=dict(channels=16, reduction=4, gamma_init=0.5), inputs=images(),
+                    size=(8, 8), out_shape="same",
+                    tiny=dict(channels=4, reduction=2, gamma_init=0.5)),
+)
+class CrissCrossAttention(nn.Module):
+    r"""Criss-cross attention: one softmax over the H + W - 1 pixels of a pixel's row and column.
+
+    Huang et al., "CCNet: Criss-Cross Attention for Semantic Segmentation", arXiv 1811.11721.
+
+    Equation, for pixel u = (i, j) and its criss-cross set Omega_u (column j, then row i,
+    the pixel itself counted once)::
+
+        Q = W_q x,  K = W_k x   (1x1 convs, C -> C'),   V = W_v x   (1x1 conv, C -> C)
+        d_{u,t} = Q_u . K_t                                t in Omega_u
+        A_u     = softmax_t(d_{u,t})                       (no 1/sqrt(C') scaling, as in CCNet)
+        y_u     = gamma * sum_t A_{u,t} V_t + x_u
+
+    With ``recurrence=R`` the module is applied R times with shared weights (the
+    paper's RCCA uses R = 2, which lets every pixel reach the whole image).
+
+    Args:
+        channels: C, input and output channels.
+        reduction: C' = channels // reduction, the query/key width (paper: 8).
+        recurrence: R, how many times the module is applied with shared weights.
+        gamma_init: initial value of the learned residual scale gamma (paper: 0).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        - ``recurrence`` defaults to 1 (the criss-cross module itself); set 2 for RCCA.
+
+    Example:
+        >>> cca = CrissCrossAttention(64, recurrence=2)
+        >>> cca(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduction: int = 8,
+        recurrence: int = 1,
+        gamma_init: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(reduction >= 1 and channels // reduction >= 1,
+                f"CrissCrossAttention: reduction={reduction} must be in [1, channels={channels}]")
+        require(recurrence >= 1, f"CrissCrossAttention: recurrence={recurrence} must be >= 1")
+        self.channels, self.recurrence = channels, recurrence
+        self.qk_channels = channels // reduction
+        fk = dict(device=device, dtype=dtype)
+        self.query = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.key = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.value = nn.Conv2d(channels, channels, 1, **fk)
+        self.gamma = nn.Parameter(torch.full((1,), float(gamma_init), **fk))
+        self.attn_map = AttentionMap("weights")
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
+        H = x.shape[2]
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        # d over the column: e_col[b, i, j, i'] = Q[:, i, j] . K[:, i', j]
+        e_col = torch.einsum("bcij,bckj->bijk", q, k)  # (B, H, W, H)
+        # the pixel itself belongs to the row part: drop it from the column part
+        eye = torch.eye(H, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H)
+        e_col = e_col.masked_fill(eye, float("-inf"))
+        # d over the row: e_row[b, i, j, j'] = Q[:, i, j] . K[:, i, j']
+        e_row = torch.einsum("bcij,bcik->bijk", q, k)  # (B, H, W, W)
+        # A_u = softmax over the H + W - 1 pixels of the cross
+        a = self.attn_map(torch.cat([e_col, e_row], dim=-1).softmax(dim=-1))  # (B, H, W, H+W)
+        a_col, a_row = a[..., :H], a[..., H:]
+        # y_u = sum_t A_{u,t} V_t, over the column and the row
+        y = torch.einsum("bijk,bckj->bcij", a_col, v) + torch.einsum("bijk,bcik->bcij", a_row, v)
+        return self.gamma * y + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="CrissCrossAttention", C=self.channels)
+        for _ in range(self.recurrence):
+            x = self._once(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, qk_channels={self.qk_channels}, "
+                f"recurrence={self.recurrence}")

@@ -1,0 +1,181 @@
+"""The MobileViT block: local convolution, global transformer over unfolded patches, fusion.
+
+Paper: MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer
+(Mehta, Rastegari; arXiv 2110.02178, 2021).
+
+Letters: B batch, C channels, H W spatial, D transformer width, p patch side,
+P = p*p pixels per patch, N number of patches, h heads, e head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["MobileViTBlock"]
+
+
+class _ConvNormAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int, act: LayerSpec, **fk: Any) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, k, padding=k // 2, bias=False, **fk),
+            nn.BatchNorm2d(cout, **fk),
+            create_act(act, **fk),
+        )
+
+
+class _TransformerLayer(nn.Module):
+    """Pre-norm transformer layer over (..., N, D) with an optional additive key mask."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, act: LayerSpec,
+                 norm: LayerSpec, **fk: Any) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.norm1 = create_norm(norm, dim, **fk)
+        self.qkv = nn.Linear(dim, 3 * dim, **fk)
+        self.proj = nn.Linear(dim, dim, **fk)
+        self.attn_map = AttentionMap("weights")
+        self.norm2 = create_norm(norm, dim, **fk)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden, **fk), create_act(act, **fk),
+                                 nn.Linear(hidden, dim, **fk))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        *lead, N, D = x.shape
+        h, e = self.num_heads, self.head_dim
+        qkv = self.qkv(self.norm1(x)).view(*lead, N, 3, h, e)
+        q, k, v = qkv.movedim(-3, 0).transpose(-3, -2)  # (..., h, N, e) each
+        # x = x + W_o softmax(q k^T / sqrt(e)) v
+        y = attend(q, k, v, self.attn_map, bias=mask, scale=1.0 / math.sqrt(e))  # (..., h, N, e)
+        x = x + self.proj(y.transpose(-3, -2).reshape(*lead, N, D))
+        # x = x + MLP(LN(x))
+        return x + self.mlp(self.norm2(x))
+
+
+@register(
+    name="mobilevit_block",
+    family="attention",
+    paper="MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer",
+    arxiv="2110.02178",
+    year=2021,
+    input="image",
+    example=Example(config=dict(channels=16, dim=16, depth=1, num_heads=2, patch_size=2),
+                    inputs=images(), size=(8, 8), out_shape="same",
+                    tiny=dict(channels=4, dim=4, num_heads=1)),
+)
+class MobileViTBlock(nn.Module):
+    r"""MobileViT block: convolutions for local structure, a transformer across patches for global.
+
+    Mehta & Rastegari, "MobileViT: Light-weight, General-purpose, and Mobile-friendly
+    Vision Transformer", arXiv 2110.02178.
+
+    Equation::
+
+        X_L = W_1x1( act(BN(conv_kxk(X))) )                    C -> D, local representation
+        X_U = unfold(X_L)                                      (P, N, D): pixel i of every p x p patch
+        X_G(i) = Transformer_L(X_U(i))                         attention across the N patches, i = 1..P
+        X_F = act(BN(W_1x1(fold(X_G))))                        D -> C
+        Y   = act(BN(conv_kxk([X ; X_F])))                     2C -> C, fusion
+
+    Each transformer layer is pre-norm: z = z + MHSA(LN(z)); z = z + MLP(LN(z)), and a
+    final LN follows the last one. Every pixel reaches the whole image: the conv sees
+    its k x k neighbourhood, and the transformer links the pixels at the same position
+    of all patches.
+
+    Args:
+        channels: C, input and output channels.
+        dim: D, the transformer width (default ``channels``).
+        depth: L, transformer layers.
+        num_heads: h, attention heads (``dim`` must be divisible by it).
+        patch_size: p, the patch side (paper: 2).
+        mlp_ratio: MLP hidden width as a multiple of D (paper: 2).
+        kernel_size: k, the local and fusion convolutions' side (paper: 3).
+        act_layer: activation of convs and MLP (paper: SiLU / swish).
+        norm_layer: the transformer's normalisation (paper: LayerNorm).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W: X_L is zero-padded at the
+          bottom/right to multiples of p, padded patches are masked out of the
+          attention, and the folded map is cropped back to H x W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        - Padding with masked keys for sizes that p does not divide (the reference code
+          resizes the map by bilinear interpolation instead, which mixes pixels).
+
+    Example:
+        >>> blk = MobileViTBlock(32, dim=48, depth=2, num_heads=4)
+        >>> blk(torch.randn(2, 32, 7, 9)).shape
+        torch.Size([2, 32, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        dim: int | None = None,
+        depth: int = 2,
+        num_heads: int = 4,
+        patch_size: int = 2,
+        mlp_ratio: float = 2.0,
+        kernel_size: int = 3,
+        act_layer: LayerSpec = "silu",
+        norm_layer: LayerSpec = "layernorm",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        dim = dim or channels
+        require(num_heads >= 1 and dim % num_heads == 0,
+                f"MobileViTBlock: num_heads={num_heads} must divide dim={dim}")
+        require(depth >= 1, f"MobileViTBlock: depth={depth} must be >= 1")
+        require(patch_size >= 1, f"MobileViTBlock: patch_size={patch_size} must be >= 1")
+        require(kernel_size % 2 == 1, f"MobileViTBlock: kernel_size={kernel_size} must be odd")
+        require(mlp_ratio > 0, f"MobileViTBlock: mlp_ratio={mlp_ratio} must be positive")
+        self.channels, self.dim, self.depth = channels, dim, depth
+        self.num_heads, self.patch_size = num_heads, patch_size
+        fk = dict(device=device, dtype=dtype)
+        self.local = nn.Sequential(_ConvNormAct(channels, channels, kernel_size, act_layer, **fk),
+                                   nn.Conv2d(channels, dim, 1, bias=False, **fk))
+        self.layers = nn.ModuleList(
+            _TransformerLayer(dim, num_heads, mlp_ratio, act_layer, norm_layer, **fk) for _ in range(depth)
+        )
+        self.norm = create_norm(norm_layer, dim, **fk)
+        self.proj = _ConvNormAct(dim, channels, 1, act_layer, **fk)
+        self.fuse = _ConvNormAct(2 * channels, channels, kernel_size, act_layer, **fk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="MobileViTBlock", C=self.channels)
+        B, H, W = dims["B"], dims["H"], dims["W"]
+        p, D = self.patch_size, self.dim
+        z, _, _ = pad_to_multiple(self.local(x), p, p)  # (B, D, Hp, Wp)
+        Hp, Wp = z.shape[-2:]
+        nh, nw = Hp // p, Wp // p
+        # unfold: pixel i of each patch forms one sequence of N = nh * nw tokens
+        z = z.view(B, D, nh, p, nw, p).permute(0, 3, 5, 2, 4, 1).reshape(B, p * p, nh * nw, D)  # (B, P, N, D)
+        mask = None
+        if Hp != H or Wp != W:
+            valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
+            valid[:H, :W] = True
+            valid = valid.view(nh, p, nw, p).permute(1, 3, 0, 2).reshape(p * p, 1, 1, nh * nw)  # (P, 1, 1, N)
+            mask = key_mask(valid, z.dtype)
+        for layer in self.layers:
+            z = layer(z, mask)
+        z = self.norm(z)
+        # fold back to the map
+        z = z.view(B, p, p, nh, nw, D).permute(0, 5, 3, 1, 4, 2).reshape(B, D, Hp, Wp)  # (B, D, Hp, Wp)
+        xf = self.proj(z[:, :, :H, :W])  # (B, C, H, W)
+        return self.fuse(torch.cat([x, xf], dim=1))
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, dim={self.dim}, depth={self.depth}, "
+                f"num_heads={self.num_heads}, patch_size={self.patch_size}")
