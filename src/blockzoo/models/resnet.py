@@ -141,8 +141,10 @@ class ResNet(nn.Module):
 
 
 def _example(**extra: Any) -> Example:
+    # 1000 classes: ``blockzoo info`` / ``list`` then show the paper's parameter
+    # counts; 16x16 images keep the conformance checks fast (the nets pool globally).
     return Example(
-        config=dict(num_classes=5, in_chans=3, **extra),
+        config=dict(num_classes=1000, in_chans=3, **extra),
         inputs=images("in_chans"),
         size=(16, 16),
         out_shape=logits_shape,
@@ -223,7 +225,7 @@ def resnet50(num_classes: int = 1000, in_chans: int = 3, **kw: Any) -> ResNet:
     input="image",
     output="logits",
     example=Example(
-        config=dict(num_classes=5, in_chans=3),
+        config=dict(num_classes=1000, in_chans=3),
         inputs=images("in_chans"),
         size=(16, 16),
         out_shape=logits_shape,
