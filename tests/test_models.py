@@ -1,0 +1,148 @@
+"""Whole image classifiers: the papers' sizes and costs, every input size, attention= inside."""
+
+import pytest
+import torch
+from torch import nn
+
+import blockzoo
+from blockzoo.attention.channel import SqueezeExcite
+from blockzoo.bench.flops import count_flops, count_params
+from blockzoo.cli import main as cli_main
+from blockzoo.conv import BasicBlock, Bottleneck
+from blockzoo.models import CifarCNN, ResNet
+
+IMAGE_MODELS = ["mlp_classifier", "lenet5", "cifar_cnn", "inception_net", "resnet18", "resnet34",
+                "resnet50", "resnext50", "convmixer"]
+
+
+def test_resnet18_matches_the_paper_params_and_flops() -> None:
+    """ResNet-18 at 224x224, 1000 classes: 11.69M parameters, 1.8 G multiply-adds (Table 1)."""
+    model = blockzoo.create_model("resnet18", num_classes=1000, in_chans=3).eval()
+    assert count_params(model) == 11_689_512
+    flops = count_flops(model, (torch.randn(1, 3, 224, 224),))
+    # torch's flop counter counts a multiply-add as 2 FLOPs: 1.8 G MACs = 3.6 GFLOPs
+    assert abs(flops - 3.6e9) / 3.6e9 < 0.02, flops
+
+
+@pytest.mark.parametrize("name, params", [
+    ("resnet34", 21_797_672),
+    ("resnet50", 25_557_032),
+    ("resnext50", 25_028_904),
+])
+def test_deeper_resnets_match_the_published_parameter_counts(name, params) -> None:
+    assert count_params(blockzoo.create_model(name, num_classes=1000, in_chans=3)) == params
+
+
+def test_info_reports_resnet18_parameters(capsys) -> None:
+    assert cli_main(["info", "resnet18"]) == 0
+    assert "11,689,512" in capsys.readouterr().out
+
+
+def test_list_family_model_shows_the_image_models(capsys) -> None:
+    assert cli_main(["list", "--family", "model"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in IMAGE_MODELS)
+
+
+SIZES = [(8, 8), (28, 28), (32, 32)]
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("size", SIZES)
+def test_models_work_at_digit_mnist_and_cifar_sizes(name, size) -> None:
+    kw = {"img_size": size} if name == "mlp_classifier" else {}
+    if name in ("inception_net", "resnet18", "resnet34", "resnet50", "resnext50"):
+        kw["width"] = {"inception_net": 0.125}.get(name, 8)
+    if name == "resnext50":
+        kw.update(cardinality=2, base_width=32)
+    if name == "convmixer":
+        kw.update(dim=16, depth=2, patch_size=2, kernel_size=5)
+    model = blockzoo.create_model(name, num_classes=7, in_chans=2, **kw).eval()
+    x = torch.randn(2, 2, *size)
+    if name == "lenet5" and min(size) < 9:
+        with pytest.raises(blockzoo.ShapeError, match=r"LeNet5.*H, W >= 9"):
+            model(x)
+        return
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 7) and torch.isfinite(y).all()
+    with pytest.raises(blockzoo.ShapeError):
+        model(torch.randn(2, 3, *size))  # wrong in_chans
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cifar_cnn", "lenet5", "inception_net", "convmixer"])
+def test_models_work_at_224(name) -> None:
+    kw = {"width": 8} if name == "resnet18" else {}
+    if name == "inception_net":
+        kw = {"width": 0.0625, "stem": "imagenet"}
+    if name == "convmixer":
+        kw = {"dim": 16, "depth": 1}
+    model = blockzoo.create_model(name, num_classes=4, in_chans=3, **kw).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 4)
+
+
+def test_convmixer_needs_one_patch() -> None:
+    model = blockzoo.create_model("convmixer", num_classes=3, in_chans=1, dim=8, depth=1, patch_size=7)
+    with pytest.raises(blockzoo.ShapeError, match=r"ConvMixer.*H, W >= 7"):
+        model(torch.randn(1, 1, 6, 20))
+
+
+def test_cifar_cnn_at_32x32_is_the_tutorial_network() -> None:
+    model = CifarCNN(3, 10).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 32, (5, 5)), (32, 32, (5, 5)), (32, 64, (5, 5))]
+    x = torch.randn(2, 3, 32, 32)
+    pre_head = model.features[:-1](x)
+    assert pre_head.shape == (2, 64, 4, 4)  # 32 -> 16 -> 8 -> 4: the adaptive pool is the identity
+    torch.testing.assert_close(model.features(x), pre_head)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1024, 64), (64, 10)]
+
+
+def test_lenet5_maps_are_the_papers_at_28x28() -> None:
+    model = blockzoo.create_model("lenet5", num_classes=10, in_chans=1)
+    x = torch.randn(1, 1, 28, 28)
+    feats = model.features[:-1](x)
+    assert feats.shape == (1, 16, 5, 5)  # 28 -> 28 -> 14 -> 10 -> 5
+    assert count_params(model) == 61_706  # LeNet-5 with full C3 connections and a linear output
+
+
+def test_resnet_stems() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    small = ResNet("basic", (1, 1, 1, 1), 10, 3, stem="cifar", width=8).eval()
+    big = ResNet("basic", (1, 1, 1, 1), 10, 3, stem="imagenet", width=8).eval()
+    assert small.forward_features(x).shape == (1, 64, 4, 4)  # / 8 over three strided stages
+    assert big.forward_features(x).shape == (1, 64, 1, 1)  # / 32
+
+
+def test_resnet_with_attention_puts_one_block_on_every_residual_branch() -> None:
+    plain = blockzoo.create_model("resnet18", num_classes=10)
+    se = blockzoo.create_model("resnet18", num_classes=10, attention="se")
+    blocks = [m for m in se.modules() if isinstance(m, BasicBlock)]
+    attns = [m for m in se.modules() if isinstance(m, SqueezeExcite)]
+    assert len(blocks) == 8 and all(isinstance(b.attn, SqueezeExcite) for b in blocks)
+    # SE with the class default r = 16 on each block's output channels
+    assert [a.channels for a in attns] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert count_params(se) - count_params(plain) == sum(count_params(a) for a in attns)
+    with torch.no_grad():
+        assert torch.isfinite(se.eval()(torch.randn(1, 3, 32, 32))).all()
+
+
+def test_resnet50_attention_and_zero_init() -> None:
+    model = blockzoo.create_model("resnet50", num_classes=10, width=8, attention="se",
+                                  attention_kwargs=dict(reduction=4), zero_init_residual=True)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and all(isinstance(b.attn, SqueezeExcite) for b in blocks)
+    assert all(not b.bn3.weight.any() for b in blocks)
+
+
+def test_model_argument_errors() -> None:
+    with pytest.raises(ValueError, match="stem="):
+        blockzoo.create_model("resnet18", stem="tiny")
+    with pytest.raises(ValueError, match="not a model"):
+        blockzoo.create_model("resnet_basic")
+    with pytest.raises(blockzoo.ShapeError, match="MLPClassifier"):
+        model = blockzoo.create_model("mlp_classifier", num_classes=3, in_chans=1, img_size=8)
+        model(torch.randn(1, 1, 9, 8))
