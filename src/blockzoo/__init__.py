@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from blockzoo import attention, conv, mlp, models, recurrent, rep
 from blockzoo.attach import attach
 from blockzoo.checks import ShapeError
+from blockzoo.io import load, load_weights, save
 from blockzoo.registry import (
     Spec,
     UnknownNameError,
@@ -33,10 +34,13 @@ __all__ = [
     "create",
     "create_model",
     "list_blocks",
+    "load",
+    "load_weights",
     "mlp",
     "models",
     "recurrent",
     "register",
     "rep",
+    "save",
     "spec",
 ]
