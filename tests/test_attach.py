@@ -186,3 +186,15 @@ def test_attach_infers_the_input_for_size_agnostic_models() -> None:
     net, where = blockzoo.attach(net, "se", after=nn.Conv2d, reduction=2)
     assert where == ["0", "2"] and net[0].attn.channels == 6 and net[2].attn.channels == 4
     assert net(torch.randn(3, 2, 9, 7)).shape == (3, 4, 1, 1)
+
+
+def test_readme_attach_example_runs() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "attach(" in c)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["where"] == ["1", "4"]
+    assert tuple(namespace["logits"].shape) == (2, 10)
