@@ -49,7 +49,7 @@ def check_min_size(x: torch.Tensor, minimum: int, name: str, why: str) -> None:
     input="image",
     output="logits",
     example=Example(
-        config=dict(in_chans=1, num_classes=10, img_size=(8, 8), hidden_features=(32,)),
+        config=dict(in_chans=1, num_classes=10, img_size=(8, 8)),
         inputs=images("in_chans"),
         size=(8, 8),
         sizes=(),
@@ -213,7 +213,7 @@ class LeNet5(nn.Module):
     input="image",
     output="logits",
     example=Example(
-        config=dict(in_chans=3, num_classes=10, widths=(8, 8, 16), hidden=16),
+        config=dict(in_chans=3, num_classes=10),
         inputs=images("in_chans"),
         size=(16, 16),
         out_shape=logits_shape,
@@ -317,7 +317,7 @@ _GOOGLENET = {
     input="image",
     output="logits",
     example=Example(
-        config=dict(in_chans=3, num_classes=10, width=0.125),
+        config=dict(in_chans=3, num_classes=10),
         inputs=images("in_chans"),
         size=(16, 16),
         out_shape=logits_shape,

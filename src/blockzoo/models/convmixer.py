@@ -30,11 +30,11 @@ __all__ = ["ConvMixer"]
     input="image",
     output="logits",
     example=Example(
-        config=dict(in_chans=3, num_classes=5, dim=16, depth=2, kernel_size=3, patch_size=2),
+        config=dict(in_chans=3, num_classes=10),
         inputs=images("in_chans"),
-        size=(8, 8),
+        size=(16, 16),
         out_shape=logits_shape,
-        tiny=dict(dim=4, depth=1, num_classes=3),
+        tiny=dict(dim=4, depth=1, kernel_size=3, num_classes=3),
     ),
 )
 class ConvMixer(nn.Module):
