@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 import blockzoo
+from blockzoo import data as datasets
+from blockzoo import train as engine
 from blockzoo.bench.flops import count_params
-from blockzoo.data import load_data
-from blockzoo.train import fit
 
 
 class UserCNN(nn.Module):
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         print(f"{block!r} is not registered in this install; using 'se'")
         block = "se"
     epochs, seeds = (1, 1) if args.quick else (args.epochs, args.seeds)
-    data = load_data("digits", quick=args.quick)
+    data = datasets.load_data("digits", quick=args.quick)
     acc: dict[str, list[float]] = {"plain": [], f"+{block}": []}
     for seed in range(seeds):
         torch.manual_seed(seed)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             print(f"attached {block} after {where}")
             print(f"params: plain {count_params(plain):,}, with {block} {count_params(attached):,}")
         for label, model in (("plain", plain), (f"+{block}", attached)):
-            res = fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, seed=seed, quiet=True,
+            res = engine.fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, seed=seed, quiet=True,
                       run_dir=args.out / f"{label.strip('+')}_seed{seed}")
             acc[label].append(res.test["acc"])
     for label, values in acc.items():

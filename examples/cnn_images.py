@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 import blockzoo
+from blockzoo import data as datasets
+from blockzoo import train as engine
 from blockzoo.bench.flops import count_params
-from blockzoo.data import load_data
-from blockzoo.train import fit
 
 
 def cifar_present(data_dir: Path) -> bool:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.data == "cifar10" and not cifar_present(args.data_dir):
         print(f"CIFAR-10 files not found under {args.data_dir / 'cifar10'}; using the bundled digits")
         args.data = "digits"
-    data = load_data(args.data, data_dir=args.data_dir, quick=args.quick)
+    data = datasets.load_data(args.data, data_dir=args.data_dir, quick=args.quick)
     epochs = 1 if args.quick else args.epochs
     c, h, w = data.shape
     models = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, kw in models.items():
         torch.manual_seed(0)
         model = blockzoo.create_model(name, num_classes=data.num_classes, in_chans=c, **kw)
-        res = fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, quiet=True,
+        res = engine.fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, quiet=True,
                   run_dir=args.out / name, output=blockzoo.spec(name).output)
         results[name] = res.test["acc"]
         print(f"{name:15s} params {count_params(model):8,d}   test acc {res.test['acc']:.3f}   "

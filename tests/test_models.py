@@ -146,3 +146,38 @@ def test_model_argument_errors() -> None:
     with pytest.raises(blockzoo.ShapeError, match="MLPClassifier"):
         model = blockzoo.create_model("mlp_classifier", num_classes=3, in_chans=1, img_size=8)
         model(torch.randn(1, 1, 9, 8))
+
+
+# --------------------------------------------------------------------------- the lessons
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["cnn_images", "attach_attention", "degradation"])
+def test_examples_run_quick(name, tmp_path) -> None:
+    import importlib
+
+    try:
+        engine = importlib.import_module("blockzoo.train")
+    except ImportError:
+        engine = None
+    if not hasattr(engine, "fit"):
+        pytest.skip("the training engine has not landed in this checkout")
+    out = _example(name).main(["--quick", "--out", str(tmp_path)])
+    assert out
+    if name == "degradation":
+        assert (tmp_path / "degradation.png").is_file()
+        assert all(v == v and v > 0 for v in out.values())  # finite training losses
+    elif name == "cnn_images":
+        assert set(out) >= {"cifar_cnn", "mlp_classifier"} and all(0 <= a <= 1 for a in out.values())
+    else:
+        assert len(out) == 2 and all(len(v) == 1 for v in out.values())
