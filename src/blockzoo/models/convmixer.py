@@ -30,7 +30,7 @@ __all__ = ["ConvMixer"]
     input="image",
     output="logits",
     example=Example(
-        config=dict(in_chans=3, num_classes=10),
+        config=dict(in_chans=3, num_classes=1000),
         inputs=images("in_chans"),
         size=(16, 16),
         out_shape=logits_shape,
