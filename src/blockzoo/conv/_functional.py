@@ -71,7 +71,7 @@ def make_attention(
     if isinstance(attention, str):
         s = spec(attention)
         require(
-            s.input == "image" and s.family in ("attention", "conv"),
+            s.input == "image" and s.family == "attention",
             f"attention={attention!r} is a {s.family} block on {s.input} inputs, "
             "not an image attention block",
         )
