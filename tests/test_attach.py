@@ -123,7 +123,8 @@ def test_nested_matches_and_factory_blocks() -> None:
 
 def test_attached_model_trains_and_copies() -> None:
     x = torch.randn(1, 3, 16, 16)
-    net, _ = blockzoo.attach(pretrained(), "se", after="layer*.*.bn2", example_input=x)
+    # reduction 2: with the default 16, an 8-channel SE has one hidden unit, which may start dead
+    net, _ = blockzoo.attach(pretrained(), "se", after="layer*.*.bn2", example_input=x, reduction=2)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, t = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
