@@ -65,6 +65,12 @@ class ResNet(nn.Module):
     Deviations:
         Bottleneck blocks stride on the 3x3 conv (ResNet v1.5); projection
         shortcuts only where the shape changes (the paper's option B).
+
+    Example:
+        >>> model = ResNet("basic", (2, 2, 2, 2), num_classes=10, in_chans=1, stem="cifar",
+        ...                attention="se")
+        >>> model(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(
