@@ -1,0 +1,146 @@
+"""EMSA: efficient multi-head self-attention of ResT.
+
+Paper: ResT: An Efficient Transformer for Visual Recognition (Zhang, arXiv
+2105.13677, 2021).
+
+Letters: B batch, N = H * W tokens, C model dim (= dim), h heads, d = C / h,
+r spatial reduction (= sr_ratio), M the reduced number of keys.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_norm
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.registry import Example, register, tokens
+
+__all__ = ["EMSA"]
+
+
+@register(
+    name="emsa",
+    family="attention",
+    paper="ResT: An Efficient Transformer for Visual Recognition",
+    arxiv="2105.13677",
+    year=2021,
+    input="tokens",
+    example=Example(config=dict(dim=16, num_heads=4, sr_ratio=2), inputs=tokens("dim"), size=(8,),
+                    out_shape="same", tiny=dict(dim=4, num_heads=2)),
+)
+class EMSA(nn.Module):
+    r"""Efficient multi-head self-attention: keys/values from a strided depthwise conv.
+
+    Zhang & Yang, "ResT: An Efficient Transformer for Visual Recognition",
+    arXiv 2105.13677, section 3.1, eq. (2).
+
+    Equation::
+
+        Q     = x W^Q                                           (B, h, N, d)
+        x'    = Norm(DWConv_{(r+1)x(r+1), stride r}(x as (B, C, H, W)))    (B, M, C)
+        K, V  = x' W^K, x' W^V                                  (B, h, M, d)
+        A     = IN(softmax(Conv_1x1(Q K^T / sqrt(d))))           conv/IN over the h heads
+        y     = Concat_heads(A V) W^O
+
+    The 1 x 1 convolution mixes the h attention maps ("multi-head interaction") and
+    instance normalisation (IN, no affine, eps 1e-5, as ``nn.InstanceNorm2d``) re-balances
+    them; both only when h > 1, as in ResT. IN is written out so that a single-entry map
+    (N = M = 1) gives 0 in training too (``nn.InstanceNorm2d`` raises there).
+
+    Args:
+        dim: C, the token width.
+        num_heads: h; must divide C.
+        sr_ratio: r, the spatial reduction of keys/values: 1 (none) or even, as in ResT
+            (8, 4, 2, 1); an even r gives M = (H - 1) // r + 1 rows for any H >= 1.
+        qkv_bias: biases on the q, k, v projections.
+        norm_layer: the normalisation after the reduction (LayerNorm).
+        dropout: dropout on the attention weights.
+
+    Shape:
+        - Input: (B, N, C), C = dim; ``forward(x, hw=(H, W))`` treats the tokens as an
+          H x W map (N = H * W, else ``ShapeError``). Without ``hw`` the tokens are a 1-D
+          sequence (any N).
+        - Output: (B, N, C).
+
+    Deviations:
+        Without ``hw`` the reduction is the 1-D version of the same conv: the central row
+        of the (r+1) x (r+1) kernel, stride r along the sequence (so M = ceil-ish N / r).
+        The paper only has images.
+
+    Example:
+        >>> emsa = EMSA(64, num_heads=8, sr_ratio=2)
+        >>> emsa(torch.randn(2, 7 * 9, 64), hw=(7, 9)).shape
+        torch.Size([2, 63, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        norm_layer: LayerSpec = "layernorm",
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(dim % num_heads == 0, f"EMSA: num_heads={num_heads} must divide dim={dim}")
+        require(sr_ratio == 1 or (sr_ratio > 1 and sr_ratio % 2 == 0),
+                f"EMSA: sr_ratio={sr_ratio} must be 1 or even (ResT uses 8, 4, 2, 1)")
+        self.dim, self.num_heads, self.head_dim, self.sr_ratio = dim, num_heads, dim // num_heads, sr_ratio
+        self.dropout = dropout
+        fk = dict(device=device, dtype=dtype)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **fk)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **fk)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2,
+                                groups=dim, **fk)
+            self.sr_norm = create_norm(norm_layer, dim, **fk)
+        if num_heads > 1:
+            self.transform = nn.Conv2d(num_heads, num_heads, 1, **fk)
+        self.proj = nn.Linear(dim, dim, **fk)
+        self.attn_map = AttentionMap("weights")
+
+    def _reduce(self, x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
+        b, _, c = x.shape
+        r = self.sr_ratio
+        if hw is None:
+            row = self.sr.weight[:, :, r // 2 : r // 2 + 1]  # (C, 1, 1, r+1): the central row
+            z = F.conv2d(x.transpose(1, 2)[:, :, None], row, self.sr.bias, stride=(1, r),
+                         padding=(0, r // 2), groups=c)  # (B, C, 1, M)
+        else:
+            z = self.sr(x.transpose(1, 2).reshape(b, c, *hw))  # (B, C, H/r, W/r)
+        return self.sr_norm(z.flatten(2).transpose(1, 2))  # (B, M, C)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        b, n, c = check_shape(x, "B N C", name="EMSA", C=self.dim).values()
+        if hw is not None and hw[0] * hw[1] != n:
+            raise ShapeError(f"EMSA: hw={tuple(hw)} does not match N={n} tokens")
+        h, d = self.num_heads, self.head_dim
+        q = self.q(x).view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
+        kv_in = self._reduce(x, hw) if self.sr_ratio > 1 else x  # (B, M, C)
+        k, v = self.kv(kv_in).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
+        # Q K^T / sqrt(d)
+        a = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # (B, h, N, M)
+        if h > 1:
+            a = self.transform(a).softmax(dim=-1)  # (B, h, N, M)
+            # IN: each head's map normalised over its N x M entries (no affine, eps 1e-5)
+            mean = a.mean(dim=(-2, -1), keepdim=True)
+            var = a.var(dim=(-2, -1), unbiased=False, keepdim=True)
+            a = (a - mean) / (var + 1e-5).sqrt()
+        else:
+            a = a.softmax(dim=-1)
+        a = self.attn_map(a)
+        a = F.dropout(a, self.dropout, self.training) if self.dropout > 0 else a
+        return self.proj((a @ v).transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}"

@@ -1,0 +1,128 @@
+"""Linear attention with the elu + 1 feature map ("Transformers are RNNs").
+
+Paper: Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention
+(Katharopoulos, arXiv 2006.16236, 2020).
+
+Letters: B batch, N tokens, C model dim (= dim), h heads, d head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, register, tokens
+
+__all__ = ["LinearAttention", "elu_feature_map", "linear_attention"]
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """phi(x) = elu(x) + 1, positive everywhere."""
+    return F.elu(x) + 1.0
+
+
+def linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
+    r"""Kernelised attention with already-mapped features, in linear time.
+
+    Equation (Katharopoulos et al., eq. (6) and, causal, eqs. (8)-(9))::
+
+        out_i = phi_q_i^T (sum_j phi_k_j v_j^T) / (phi_q_i^T sum_j phi_k_j + eps)
+
+    where the sums run over all j (non-causal) or j <= i (causal, by prefix sums).
+
+    Args:
+        q, k: positive features (B, h, N, m); v: (B, h, N, d).
+        causal: restrict each query to keys j <= i (prefix sums: O(N m d) memory).
+        eps: guard of the denominator.
+
+    Shape:
+        - Output: (B, h, N, d).
+    """
+    if not causal:
+        kv = k.transpose(-1, -2) @ v  # (B, h, m, d)
+        den = q @ k.sum(dim=-2, keepdim=True).transpose(-1, -2)  # (B, h, N, 1)
+        return (q @ kv) / (den + eps)  # (B, h, N, d)
+    kv = torch.einsum("bhnm,bhnd->bhnmd", k, v).cumsum(dim=2)  # (B, h, N, m, d)
+    num = torch.einsum("bhnm,bhnmd->bhnd", q, kv)  # (B, h, N, d)
+    den = (q * k.cumsum(dim=2)).sum(-1, keepdim=True)  # (B, h, N, 1)
+    return num / (den + eps)
+
+
+@register(
+    name="linear_attention",
+    family="attention",
+    paper="Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
+    arxiv="2006.16236",
+    year=2020,
+    input="tokens",
+    example=Example(config=dict(dim=16, num_heads=4), inputs=tokens("dim"), size=(8,),
+                    out_shape="same", tiny=dict(dim=4, num_heads=2)),
+)
+class LinearAttention(nn.Module):
+    r"""Multi-head linear attention: softmax replaced by the kernel phi(x) = elu(x) + 1.
+
+    Katharopoulos et al., "Transformers are RNNs", arXiv 2006.16236, eqs. (4)-(7).
+
+    Equation, per head::
+
+        V'_i = phi(Q_i)^T (sum_j phi(K_j) V_j^T) / (phi(Q_i)^T sum_j phi(K_j))
+        y    = Concat(heads) W^O,     Q, K, V = x W^Q, x W^K, x W^V
+
+    Cost O(N d^2) time and O(d^2) state per head: linear in N. With ``causal=True`` the
+    sums run over j <= i (the recurrent form of eq. (8)-(9)).
+
+    Args:
+        dim: C, the token width.
+        num_heads: h.
+        head_dim: d (default C // h).
+        qkv_bias: biases on the q, k, v projections.
+        causal: autoregressive masking via prefix sums (memory O(N d^2) in this
+            vectorised form).
+        eps: guard added to the denominator.
+
+    Shape:
+        - Input: (B, N, C), C = dim, any N.
+        - Output: (B, N, C).
+
+    Example:
+        >>> attn = LinearAttention(64, num_heads=4)
+        >>> attn(torch.randn(2, 4096, 64)).shape
+        torch.Size([2, 4096, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        causal: bool = False,
+        eps: float = 1e-6,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            require(dim % num_heads == 0, f"LinearAttention: num_heads={num_heads} must divide dim={dim}")
+            head_dim = dim // num_heads
+        self.dim, self.num_heads, self.head_dim, self.causal, self.eps = dim, num_heads, head_dim, causal, eps
+        fk = dict(device=device, dtype=dtype)
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(num_heads * head_dim, dim, **fk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = check_shape(x, "B N C", name="LinearAttention", C=self.dim).values()
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        out = linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=self.causal, eps=self.eps)
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, causal={self.causal}"

@@ -1,0 +1,211 @@
+"""Local-window (truncated, sliding-window) self-attention in O(N * w) memory.
+
+Papers: Longformer: The Long-Document Transformer (Beltagy, arXiv 2004.05150, 2020)
+— sliding-window attention; the same truncated self-attention is used for long
+speech sequences, e.g. Transformer-based Acoustic Modeling for Hybrid Speech
+Recognition (Wang, arXiv 1910.09799, 2019).
+
+Letters: B batch, N tokens, C model dim (= dim), h heads, d head dim, w window
+(one-sided), b block size, nb = ceil(N / b) blocks, K = b + w_left + w_right keys
+per block.
+
+Window convention: ``window=w`` means each token attends to the tokens at offsets
+-w .. +w (2w + 1 keys including itself). Longformer's "window size" is the whole
+width, 2w + 1 here. ``window=(left, right)`` gives an asymmetric window; ``(w, 0)``
+is causal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.attention.dot_product import scaled_dot_product_attention
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, register, tokens
+
+__all__ = ["LocalAttention", "band_mask", "local_window_attention"]
+
+
+def band_mask(length: int, left: int, right: int, *, device: Any = None) -> torch.Tensor:
+    """Boolean (N, N) mask, True where -left <= j - i <= right (SDPA convention)."""
+    i = torch.arange(length, device=device)
+    off = i[None, :] - i[:, None]  # (N, N): j - i
+    return (off >= -left) & (off <= right)
+
+
+def _block_mask(n: int, b: int, left: int, right: int, device: Any) -> torch.Tensor:
+    """(nb, b, K) mask of the blocked layout; padded queries may see padded keys."""
+    nb = -(-n // b)
+    r = torch.arange(b, device=device)[:, None]  # query row in block
+    c = torch.arange(b + left + right, device=device)[None, :]  # key column in block
+    band = (c - r >= 0) & (c - r <= left + right)  # (b, K)
+    start = torch.arange(nb, device=device)[:, None, None] * b
+    j = start + c - left  # (nb, 1, K) key position
+    i = start + r  # (nb, b, 1) query position
+    key_ok = (j >= 0) & (j < n)
+    return band & (key_ok | (i >= n))  # (nb, b, K)
+
+
+def local_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | tuple[int, int],
+    *,
+    block_size: int | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    use_sdpa: bool | None = None,
+) -> torch.Tensor:
+    r"""Softmax attention of each query to the keys within its window, blocked.
+
+    Equation, for query i::
+
+        out_i = sum_{j : -left <= j - i <= right} softmax_j(q_i . k_j * scale) v_j
+
+    Queries are cut into blocks of ``b`` rows; block t attends to the keys
+    ``t*b - left .. t*b + b - 1 + right`` (K = b + left + right of them) through one batched
+    ``F.scaled_dot_product_attention`` with a (b, K) band mask (on CPU an explicit batched
+    softmax, which measured about 2x faster than SDPA's masked CPU path), so memory is
+    O(N * (b + left + right)) rather than O(N^2). It equals full attention with
+    ``band_mask(N, left, right)``.
+
+    Args:
+        q, k, v: (B, h, N, d) queries, keys, values of the same length.
+        window: w (symmetric, offsets -w..w) or (left, right).
+        block_size: b, the query block (default max(left, right, 16)).
+        dropout_p: dropout on the attention weights.
+        scale: logit scale (default 1 / sqrt(d)).
+        use_sdpa: force the SDPA (True) or explicit (False) block computation; default:
+            explicit on CPU, SDPA elsewhere. Both give the same result.
+
+    Shape:
+        - q, k, v: (B, h, N, d); output (B, h, N, d).
+    """
+    left, right = (window, window) if isinstance(window, int) else window
+    b_, h, n, d = q.shape
+    b = block_size or max(left, right, 16)
+    nb = -(-n // b)
+    kk = b + left + right
+    pad = nb * b - n
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(b_, h, nb, b, d)  # (B, h, nb, b, d)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        t = F.pad(t, (0, 0, left, pad + right))  # (B, h, nb*b + left + right, d)
+        return t.unfold(2, kk, b)  # (B, h, nb, d, K), a view
+
+    mask = _block_mask(n, b, left, right, q.device)  # (nb, b, K)
+    kt, vb = blocks(k), blocks(v).transpose(-1, -2)  # (B, h, nb, d, K), (B, h, nb, K, d)
+    if not (q.device.type != "cpu" if use_sdpa is None else use_sdpa):
+        # On CPU, SDPA with a mask takes its generic path, about 2x slower than this.
+        s = d**-0.5 if scale is None else scale
+        # softmax(q k^T * scale + band) v, per block
+        w = (qb @ kt).mul_(s).masked_fill_(~mask, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
+        w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+        out = w @ vb  # (B, h, nb, b, d)
+    else:
+        out = F.scaled_dot_product_attention(
+            qb.reshape(b_, h * nb, b, d), kt.transpose(-1, -2).reshape(b_, h * nb, kk, d),
+            vb.reshape(b_, h * nb, kk, d), attn_mask=mask.repeat(h, 1, 1), dropout_p=dropout_p, scale=scale,
+        )  # (B, h*nb, b, d)
+    return out.reshape(b_, h, nb * b, d)[:, :, :n]  # (B, h, N, d)
+
+
+@register(
+    name="local_attention",
+    family="attention",
+    paper="Longformer: The Long-Document Transformer",
+    arxiv="2004.05150",
+    year=2020,
+    input="tokens",
+    example=Example(config=dict(dim=16, window=2, num_heads=4, block_size=3), inputs=tokens("dim"),
+                    size=(8,), out_shape="same", tiny=dict(dim=8, num_heads=2)),
+)
+class LocalAttention(nn.Module):
+    r"""Multi-head self-attention restricted to a sliding window of +-w tokens.
+
+    Longformer (Beltagy et al., arXiv 2004.05150), sliding-window attention without the
+    global tokens; the truncated self-attention of long-sequence speech models.
+
+    Equation, per head::
+
+        head_i = sum_{|j - i| <= w} softmax_j(q_i . k_j / sqrt(d)) v_j
+        y = Concat(heads) W^O,    q, k, v = x W^Q, x W^K, x W^V
+
+    Computed blockwise (``local_window_attention``): never an N x N matrix, memory
+    O(N * w). While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are
+    computed instead, for figures.
+
+    Args:
+        dim: C, the token width.
+        window: w (each token attends to offsets -w..w, i.e. 2w + 1 keys) or
+            (left, right); ``(w, 0)`` is causal. Longformer's window size = 2w + 1.
+        num_heads: h.
+        head_dim: d (default dim // num_heads).
+        qkv_bias: biases on the q, k, v projections.
+        dropout: dropout on the attention weights.
+        block_size: the query block of the blocked computation (default
+            max(w, 16)); it changes speed only, never the result.
+
+    Shape:
+        - Input: (B, N, C), C = dim, any N.
+        - Output: (B, N, C).
+
+    Deviations:
+        Longformer's global-attention tokens and dilation are not included.
+
+    Example:
+        >>> attn = LocalAttention(64, window=16, num_heads=4)
+        >>> attn(torch.randn(1, 4096, 64)).shape
+        torch.Size([1, 4096, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window: int | tuple[int, int],
+        num_heads: int = 8,
+        *,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        block_size: int | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        left, right = (window, window) if isinstance(window, int) else tuple(window)
+        require(left >= 0 and right >= 0, f"LocalAttention: window={window} must be >= 0")
+        if head_dim is None:
+            require(dim % num_heads == 0, f"LocalAttention: num_heads={num_heads} must divide dim={dim}")
+            head_dim = dim // num_heads
+        require(block_size is None or block_size > 0, f"LocalAttention: block_size={block_size} must be > 0")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
+        self.window = (left, right)
+        self.block_size = block_size
+        self.dropout = dropout
+        fk = dict(device=device, dtype=dtype)
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(num_heads * head_dim, dim, **fk)
+        self.attn_map = AttentionMap("weights")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = check_shape(x, "B N C", name="LocalAttention", C=self.dim).values()
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        p = self.dropout if self.training else 0.0
+        if self.attn_map.active:
+            mask = band_mask(n, *self.window, device=x.device)
+            out, w = scaled_dot_product_attention(q, k, v, mask, p, return_weights=True)
+            self.attn_map(w)  # (B, h, N, N)
+        else:
+            out = local_window_attention(q, k, v, self.window, block_size=self.block_size, dropout_p=p)
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -1,0 +1,128 @@
+"""The Transformer encoder block, pre-norm and post-norm, from ``MultiHeadAttention``.
+
+Papers: Attention Is All You Need (Vaswani, arXiv 1706.03762, 2017) — post-norm;
+On Layer Normalization in the Transformer Architecture (Xiong, arXiv 2002.04745,
+2020) — pre-norm, as used by ViT (Dosovitskiy, arXiv 2010.11929).
+
+Letters: B batch, N tokens, C model dim (= dim), F feed-forward width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.attention.dot_product import MultiHeadAttention
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, register, tokens
+
+__all__ = ["TransformerEncoderBlock"]
+
+
+@register(
+    name="transformer_encoder_block",
+    family="attention",
+    paper="Attention Is All You Need",
+    arxiv="1706.03762",
+    year=2017,
+    input="tokens",
+    example=Example(config=dict(dim=16, num_heads=4, mlp_ratio=2.0), inputs=tokens("dim"), size=(8,),
+                    out_shape="same", tiny=dict(dim=8, num_heads=2)),
+)
+class TransformerEncoderBlock(nn.Module):
+    r"""Transformer encoder layer: self-attention and a feed-forward net, each residual.
+
+    Vaswani et al., "Attention Is All You Need", arXiv 1706.03762 (post-norm); Xiong et
+    al., arXiv 2002.04745 (pre-norm).
+
+    Equation::
+
+        FFN(x) = W_2 dropout(act(W_1 x + b_1)) + b_2
+        pre-norm  (norm_first=True):   x = x + drop(MHA(LN_1(x)));  y = x + drop(FFN(LN_2(x)))
+        post-norm (norm_first=False):  x = LN_1(x + drop(MHA(x)));  y = LN_2(x + drop(FFN(x)))
+
+    With the same weights it equals ``nn.TransformerEncoderLayer(batch_first=True)`` of
+    the same ``norm_first`` and activation (tested).
+
+    Args:
+        dim: C, the token width.
+        num_heads: h of the attention.
+        mlp_ratio: F = int(C * mlp_ratio), the feed-forward hidden width (4 in the paper).
+        head_dim: per-head width (default C // h).
+        qkv_bias: biases on the q, k, v projections.
+        dropout: dropout on the residual branches and inside the FFN (0.1 in the paper).
+        attn_dropout: dropout on the attention weights.
+        act_layer: the FFN activation (ReLU in the paper, GELU in ViT).
+        norm_layer: the normalisation (LayerNorm).
+        norm_first: pre-norm (True) or post-norm (False, the original paper).
+        causal: default causal masking for every forward.
+
+    Shape:
+        - Input: (B, N, C), C = dim, any N; optional ``key_padding_mask`` (B, N) and
+          ``attn_mask`` (N, N) as in ``nn.MultiheadAttention`` (True = not allowed).
+        - Output: (B, N, C).
+
+    Example:
+        >>> block = TransformerEncoderBlock(64, num_heads=4)
+        >>> block(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        mlp_ratio: float = 4.0,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        act_layer: LayerSpec = "gelu",
+        norm_layer: LayerSpec = "layernorm",
+        norm_first: bool = True,
+        causal: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(mlp_ratio > 0, f"TransformerEncoderBlock: mlp_ratio={mlp_ratio} must be positive")
+        self.dim, self.norm_first = dim, norm_first
+        self.hidden = int(dim * mlp_ratio)
+        fk = dict(device=device, dtype=dtype)
+        self.attn = MultiHeadAttention(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias,
+                                       dropout=attn_dropout, causal=causal, **fk)
+        self.norm1 = create_norm(norm_layer, dim, **fk)
+        self.norm2 = create_norm(norm_layer, dim, **fk)
+        self.fc1 = nn.Linear(dim, self.hidden, **fk)
+        self.act = create_act(act_layer, **fk)
+        self.fc2 = nn.Linear(self.hidden, dim, **fk)
+        self.drop_ffn = nn.Dropout(dropout)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        # W_2 dropout(act(W_1 x + b_1)) + b_2
+        return self.fc2(self.drop_ffn(self.act(self.fc1(x))))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> torch.Tensor:
+        check_shape(x, "B N C", name="TransformerEncoderBlock", C=self.dim)
+        masks = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+        if self.norm_first:
+            x = x + self.drop1(self.attn(self.norm1(x), **masks))
+            return x + self.drop2(self._ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop1(self.attn(x, **masks)))
+        return self.norm2(x + self.drop2(self._ffn(x)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, hidden={self.hidden}, norm_first={self.norm_first}"
