@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import blockzoo
@@ -12,7 +13,7 @@ from blockzoo.conv import BasicBlock, Bottleneck
 from blockzoo.models import CifarCNN, ResNet
 
 IMAGE_MODELS = ["mlp_classifier", "lenet5", "cifar_cnn", "inception_net", "resnet18", "resnet34",
-                "resnet50", "resnext50", "convmixer"]
+                "resnet50", "resnext50", "convmixer", "vit_tiny"]
 
 
 def test_resnet18_matches_the_paper_params_and_flops() -> None:
@@ -57,6 +58,8 @@ def test_models_work_at_digit_mnist_and_cifar_sizes(name, size) -> None:
         kw.update(cardinality=2, base_width=32)
     if name == "convmixer":
         kw.update(dim=16, depth=2, patch_size=2, kernel_size=5)
+    if name == "vit_tiny":
+        kw.update(img_size=size, patch_size=4, dim=16, depth=1, num_heads=2)
     model = blockzoo.create_model(name, num_classes=7, in_chans=2, **kw).eval()
     x = torch.randn(2, 2, *size)
     if name == "lenet5" and min(size) < 9:
@@ -70,9 +73,12 @@ def test_models_work_at_digit_mnist_and_cifar_sizes(name, size) -> None:
         model(torch.randn(2, 3, *size))  # wrong in_chans
 
 
-@pytest.mark.parametrize("name", ["resnet18", "cifar_cnn", "lenet5", "inception_net", "convmixer"])
+@pytest.mark.parametrize("name", ["resnet18", "cifar_cnn", "lenet5", "inception_net", "convmixer",
+                                  "vit_tiny"])
 def test_models_work_at_224(name) -> None:
     kw = {"width": 8} if name == "resnet18" else {}
+    if name == "vit_tiny":
+        kw = {"depth": 1}
     if name == "inception_net":
         kw = {"width": 0.0625, "stem": "imagenet"}
     if name == "convmixer":
@@ -181,3 +187,46 @@ def test_examples_run_quick(name, tmp_path) -> None:
         assert set(out) >= {"cifar_cnn", "mlp_classifier"} and all(0 <= a <= 1 for a in out.values())
     else:
         assert len(out) == 2 and all(len(v) == 1 for v in out.values())
+
+
+# --------------------------------------------------------------------------- ViT
+
+
+@pytest.mark.parametrize("name, params", [
+    ("vit_tiny", 5_717_416), ("vit_small", 22_050_664), ("vit_base", 86_567_656),
+])
+def test_vit_parameter_counts_at_224(name, params) -> None:
+    """ViT-Ti/S/B at patch 16, 224x224, 1000 classes: the published 5.7M / 22.1M / 86.6M."""
+    assert count_params(blockzoo.create_model(name, num_classes=1000, in_chans=3)) == params
+
+
+def test_vit_forward_is_the_papers_equations() -> None:
+    from blockzoo.models.vit import VisionTransformer
+
+    model = VisionTransformer(2, 5, img_size=(8, 12), patch_size=4, dim=16, depth=2, num_heads=2).eval()
+    x = torch.randn(3, 2, 8, 12)
+    # z_0 = [x_class; E x_p^1..N] + E_pos: patches in row-major order, E a p x p stride-p conv
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4)  # (B, C, 2, 3, p, p)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(3, 6, -1)  # (B, N, C p p)
+    tokens = patches @ model.patch_embed.proj.weight.flatten(1).T + model.patch_embed.proj.bias
+    z = torch.cat([model.cls_token.expand(3, -1, -1), tokens], 1) + model.pos_embed
+    for block in model.blocks:
+        z = block(z)
+    want = model.head(model.norm(z[:, 0]))
+    torch.testing.assert_close(model(x), want)
+
+
+def test_vit_mean_pool_and_position_embedding_resize() -> None:
+    from blockzoo.models.vit import VisionTransformer
+
+    model = VisionTransformer(1, 4, img_size=8, patch_size=2, dim=8, depth=1, num_heads=2, pool="mean").eval()
+    assert model.cls_token is None and model.pos_embed.shape == (1, 16, 8)
+    assert model.position_embedding(4, 4) is model.pos_embed  # the learned grid: unchanged
+    resized = model.position_embedding(2, 3)
+    grid = model.pos_embed.reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(2, 3), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(resized, want)
+    x = torch.randn(2, 1, 4, 5)  # padded to 4 x 6: a 2 x 3 grid
+    z = model.forward_features(x)
+    assert z.shape == (2, 6, 8)
+    torch.testing.assert_close(model(x), model.head(model.norm(z.mean(1))))
