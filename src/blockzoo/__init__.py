@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 # Importing the rooms registers their blocks and models.
 from blockzoo import attention, conv, mlp, models, recurrent, rep
+from blockzoo.attach import attach
 from blockzoo.checks import ShapeError
 from blockzoo.io import load, load_weights, save
 from blockzoo.registry import (
@@ -28,6 +29,7 @@ __all__ = [
     "Spec",
     "UnknownNameError",
     "__version__",
+    "attach",
     "attention",
     "conv",
     "create",

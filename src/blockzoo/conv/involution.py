@@ -1,0 +1,131 @@
+"""Involution: a kernel generated at every position from that position's features.
+
+Paper: Involution: Inverting the Inherence of Convolution for Visual Recognition
+(Li et al., arXiv 2103.06255, 2021).
+
+Letters: B batch, C channels, G kernel groups, C/G channels per group, K kernel
+size, H W spatial, s stride, H' W' the output size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.act import LayerSpec
+from blockzoo.attention.maps import AttentionMap
+from blockzoo.checks import check_shape, require
+from blockzoo.conv.conv_bn_act import ConvBnAct
+from blockzoo.registry import Example, images, register
+
+__all__ = ["Involution"]
+
+
+@register(
+    name="involution",
+    family="conv",
+    paper="Involution: Inverting the Inherence of Convolution for Visual Recognition",
+    arxiv="2103.06255",
+    year=2021,
+    input="image",
+    example=Example(
+        config=dict(channels=16, kernel_size=3, group_channels=4, reduction=4),
+        inputs=images(),
+        size=(8, 8),
+        out_shape="same",
+        tiny=dict(channels=4, group_channels=2, reduction=2),
+    ),
+)
+class Involution(nn.Module):
+    r"""Involution: spatially specific, channel-shared kernels generated from the input.
+
+    Li et al., "Involution: Inverting the Inherence of Convolution", arXiv 2103.06255.
+
+    Equation, at output position (i, j), for channel c of group g = c // (C / G)::
+
+        H_{i,j}      = phi(X_{Psi_{i,j}})  = W_1 act(BN(W_0 pool_s(X)_{i,j}))       (K*K*G values)
+        Y_{i,j,c}    = sum_{(u,v) in K x K} H_{i,j, u, v, g} X_{i s + u - K//2, j s + v - K//2, c}
+
+    W_0: 1x1 conv C -> C/r, W_1: 1x1 conv C/r -> K K G. The kernel is generated
+    once per output position and shared by the C/G channels of each group — the
+    inverse of a convolution (shared over space, specific to channels).
+
+    Args:
+        channels: C, the input and output channels.
+        kernel_size: K, odd (paper: 7).
+        stride: s; the kernel generator reads the s x s average-pooled input.
+        group_channels: C/G, channels sharing one kernel (paper: 16); must divide C.
+        reduction: r, the bottleneck ratio of the kernel generator (paper: 4).
+        norm_layer, act_layer: inside the kernel generator (paper: BN, ReLU).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, ceil(H / s), ceil(W / s)).
+        - ``attn_map`` records the generated kernels (B, G K K, H', W').
+
+    Deviations:
+        The stride's average pool uses ``ceil_mode`` so that any H, W works (the
+        paper's pool needs H, W divisible by s); for divisible sizes it is the same.
+
+    Example:
+        >>> inv = Involution(32, 7, group_channels=16)
+        >>> inv(torch.randn(2, 32, 9, 10)).shape
+        torch.Size([2, 32, 9, 10])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 7,
+        *,
+        stride: int = 1,
+        group_channels: int = 16,
+        reduction: int = 4,
+        norm_layer: LayerSpec = "batchnorm",
+        act_layer: LayerSpec = "relu",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(channels % group_channels == 0,
+                f"Involution: group_channels={group_channels} must divide channels={channels}")
+        require(kernel_size % 2 == 1, f"Involution: kernel_size={kernel_size} must be odd")
+        require(reduction >= 1 and stride >= 1,
+                f"Involution: reduction={reduction} and stride={stride} must be >= 1")
+        self.channels, self.kernel_size, self.stride = channels, kernel_size, stride
+        self.group_channels = group_channels
+        self.groups = channels // group_channels
+        fk = dict(device=device, dtype=dtype)
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.reduce = ConvBnAct(channels, max(1, channels // reduction), 1,
+                                norm_layer=norm_layer, act_layer=act_layer, **fk)
+        self.span = nn.Conv2d(max(1, channels // reduction), kernel_size**2 * self.groups, 1, **fk)
+        self.attn_map = AttentionMap("kernel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = check_shape(x, "B C H W", name="Involution", C=self.channels)
+        b, k, g, s = dims["B"], self.kernel_size, self.groups, self.stride
+        # H_{i,j} = W_1 act(BN(W_0 pool(X)))
+        kernel = self.attn_map(self.span(self.reduce(self.pool(x))))  # (B, G K K, H', W')
+        h, w = kernel.shape[-2:]
+        kernel = kernel.reshape(b, g, k * k, 1, h, w)  # (B, G, K K, 1, H', W')
+        xp = F.pad(x, (k // 2,) * 4)  # (B, C, H + K - 1, W + K - 1)
+        xp = xp.reshape(b, g, self.group_channels, *xp.shape[-2:])  # (B, G, C/G, H + K - 1, W + K - 1)
+        # Y_{i,j,c} = sum_{u,v} H_{i,j,u,v,g} X_{i s + u - K//2, j s + v - K//2, c}: one
+        # multiply-add per kernel tap (u, v), each over all positions at once (an unfold
+        # to (B, C K K, H' W') was 12x slower on CPU and holds K K copies of the input).
+        out = None
+        for t in range(k * k):
+            u, v = divmod(t, k)
+            tap = xp[..., u : u + s * (h - 1) + 1 : s, v : v + s * (w - 1) + 1 : s]  # (B, G, C/G, H', W')
+            out = tap * kernel[:, :, t] if out is None else torch.addcmul(out, tap, kernel[:, :, t])
+        return out.reshape(b, self.channels, h, w)  # (B, C, H', W')
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"groups={self.groups}"
+        )

@@ -1,0 +1,214 @@
+"""Vision Transformer: image patches as tokens, a Transformer encoder, a linear head.
+
+Paper: An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale
+(Dosovitskiy et al., arXiv 2010.11929, 2020). Built from the attention room's
+``PatchEmbed`` and ``TransformerEncoderBlock`` (pre-norm, GELU, as in the paper).
+
+Letters: B batch, C input channels (in_chans), H W spatial, p patch size, D width
+(dim), N tokens, g_h g_w the token grid, K classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_norm
+from blockzoo.attention.patch_embed import PatchEmbed
+from blockzoo.attention.transformer import TransformerEncoderBlock
+from blockzoo.checks import check_shape, require
+from blockzoo.models.classic import logits_shape
+from blockzoo.registry import Example, images, register
+
+__all__ = ["VisionTransformer", "vit_base", "vit_small", "vit_tiny"]
+
+
+class VisionTransformer(nn.Module):
+    r"""ViT: patch embedding, position embedding, Transformer encoder blocks, pooled token, linear head.
+
+    Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv 2010.11929, Eq. (1)-(4).
+
+    Equation::
+
+        z_0 = [x_class; E x_p^1; ...; E x_p^N] + E_pos          (x_class only with pool="cls")
+        z_l = TransformerEncoderBlock(z_{l-1})                   l = 1..L  (pre-norm MSA and MLP)
+        y   = LN(z_L^0)        pool="cls": the class token
+        y   = LN(mean_n z_L^n) pool="mean": the mean of the patch tokens
+        logits = W y + b
+
+    E_pos is learned for the grid of ``img_size``; other sizes use it bicubically
+    resized to their grid (as the paper does when fine-tuning at a new resolution).
+
+    Args:
+        in_chans: C, the image channels.
+        num_classes: K.
+        img_size: the size E_pos is learned for (an int means square).
+        patch_size: p (the paper's 16 at 224x224; 2-4 for 28x28 / 32x32 images).
+        dim: D, the token width.
+        depth: L, the number of encoder blocks.
+        num_heads: heads of each block's attention.
+        mlp_ratio: the MLP width as a multiple of D (paper: 4).
+        pool: ``"cls"`` (the paper's class token) or ``"mean"`` (global average pooling).
+        dropout: dropout after the position embedding and in every block.
+        attn_dropout: dropout on the attention weights.
+        norm_layer: the norm (LayerNorm).
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, any H, W (bottom/right zero-padded to a
+          multiple of p).
+        - Output: (B, K) logits, K = num_classes.
+
+    Deviations:
+        Images whose sides are not multiples of p are zero-padded (the paper's sizes
+        always are); the head is one linear layer (the paper's fine-tuning head; its
+        pre-training head has a hidden layer).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        *,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        pool: str = "cls",
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        norm_layer: LayerSpec = "layernorm",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(pool in ("cls", "mean"), f"VisionTransformer: pool={pool!r} must be 'cls' or 'mean'")
+        require(depth >= 1, f"VisionTransformer: depth={depth} must be >= 1")
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.in_chans, self.num_classes, self.pool = in_chans, num_classes, pool
+        fk = dict(device=device, dtype=dtype)
+        self.patch_embed = PatchEmbed(in_chans, dim, patch_size, pad=True, **fk)
+        self.grid = self.patch_embed.grid(h, w)
+        n_extra = 1 if pool == "cls" else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **fk)) if pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_extra + self.grid[0] * self.grid[1], dim, **fk))
+        self.pos_drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*[
+            TransformerEncoderBlock(dim, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                                    attn_dropout=attn_dropout, act_layer="gelu", norm_layer=norm_layer,
+                                    norm_first=True, **fk)
+            for _ in range(depth)
+        ])
+        self.norm = create_norm(norm_layer, dim, **fk)
+        self.head = nn.Linear(dim, num_classes, **fk)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def position_embedding(self, gh: int, gw: int) -> torch.Tensor:
+        """E_pos for a (gh, gw) token grid: the learned one, resized when the grid differs."""
+        n_extra = 1 if self.cls_token is not None else 0
+        extra, grid = self.pos_embed[:, :n_extra], self.pos_embed[:, n_extra:]
+        if (gh, gw) == self.grid:
+            return self.pos_embed
+        d = grid.shape[-1]
+        grid = grid.reshape(1, *self.grid, d).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
+        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        return torch.cat([extra, grid.flatten(2).transpose(1, 2)], 1)  # (1, n_extra + gh gw, D)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output tokens (B, n_extra + N, D)."""
+        dims = check_shape(x, "B C H W", name="VisionTransformer", C=self.in_chans)
+        z = self.patch_embed(x)  # (B, N, D)
+        gh, gw = self.patch_embed.grid(dims["H"], dims["W"])
+        if self.cls_token is not None:
+            z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], 1)  # (B, 1 + N, D)
+        # z_0 = [x_class; E x_p] + E_pos
+        z = self.pos_drop(z + self.position_embedding(gh, gw))
+        return self.blocks(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.forward_features(x)
+        # y = LN(z_L^0) (class token) or LN(mean over patch tokens)
+        y = self.norm(z[:, 0] if self.pool == "cls" else z.mean(1))  # (B, D)
+        return self.head(y)  # (B, K)
+
+    def extra_repr(self) -> str:
+        return (f"in_chans={self.in_chans}, num_classes={self.num_classes}, grid={self.grid}, "
+                f"pool={self.pool!r}")
+
+
+_VIT = dict(family="model",
+            paper="An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+            arxiv="2010.11929", year=2020, input="image", output="logits")
+
+
+def _example(**tiny: Any) -> Example:
+    # Only arguments equal to the defaults: create_model() fills in the example config.
+    # At 16x16 with p = 16 the model sees one patch (+ the class token): cheap checks of
+    # the whole path, position-embedding resize included.
+    return Example(config=dict(in_chans=3, num_classes=1000), inputs=images("in_chans"), size=(16, 16),
+                   out_shape=logits_shape, tiny=dict(num_classes=3, **tiny))
+
+
+@register(name="vit_tiny", example=_example(depth=1), **_VIT)
+def vit_tiny(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTransformer:
+    """ViT-Ti/16: D = 192, 12 blocks, 3 heads; 5.7M parameters at 224x224 and 1000 classes.
+
+    Dosovitskiy et al., arXiv 2010.11929 (Ti: from DeiT, Touvron et al., arXiv 2012.12877).
+
+    Equation: see ``VisionTransformer``.
+
+    Args:
+        in_chans: C. num_classes: K.
+        **kw: ``VisionTransformer``'s keyword arguments (``img_size``, ``patch_size``,
+            ``pool``, ...).
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, any H, W.
+        - Output: (B, K) logits, K = num_classes.
+    """
+    return VisionTransformer(in_chans, num_classes, **{"dim": 192, "depth": 12, "num_heads": 3, **kw})
+
+
+@register(name="vit_small", example=_example(depth=1), **_VIT)
+def vit_small(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTransformer:
+    """ViT-S/16: D = 384, 12 blocks, 6 heads; 22.1M parameters at 224x224 and 1000 classes.
+
+    Dosovitskiy et al., arXiv 2010.11929 (S: from DeiT, Touvron et al., arXiv 2012.12877).
+
+    Equation: see ``VisionTransformer``.
+
+    Args:
+        in_chans: C. num_classes: K.
+        **kw: ``VisionTransformer``'s keyword arguments.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, any H, W.
+        - Output: (B, K) logits, K = num_classes.
+    """
+    return VisionTransformer(in_chans, num_classes, **{"dim": 384, "depth": 12, "num_heads": 6, **kw})
+
+
+@register(name="vit_base", example=_example(depth=1, dim=48, num_heads=4), **_VIT)
+def vit_base(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTransformer:
+    """ViT-B/16: D = 768, 12 blocks, 12 heads; 86.6M parameters at 224x224 and 1000 classes.
+
+    Dosovitskiy et al., arXiv 2010.11929, Table 1.
+
+    Equation: see ``VisionTransformer``.
+
+    Args:
+        in_chans: C. num_classes: K.
+        **kw: ``VisionTransformer``'s keyword arguments.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, any H, W.
+        - Output: (B, K) logits, K = num_classes.
+    """
+    return VisionTransformer(in_chans, num_classes, **{"dim": 768, "depth": 12, "num_heads": 12, **kw})
