@@ -124,9 +124,86 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def bench_text(result: Any, fmt: str) -> str:
+    """The bench report: machine and settings, the table, then the failures."""
+    import json
+
+    from blockzoo.bench.runner import BENCH_COLUMNS
+
+    if fmt == "json":
+        return json.dumps(dict(machine=result.machine, rows=result.rows, failures=result.failures), indent=2)
+    if fmt == "csv":
+        head = "\n".join(f"# {k}: {v}" for k, v in result.machine.items())
+        body = render(result.rows, "csv", BENCH_COLUMNS)
+        fails = "\n".join(f"# FAILED {f['name']}: {f['error']}" for f in result.failures)
+        return "\n".join(p for p in (head, body, fails) if p)
+    bullet = "- " if fmt == "markdown" else ""
+    head = "\n".join(f"{bullet}{k}: {v}" for k, v in result.machine.items())
+    parts = [head, render(result.rows, fmt, BENCH_COLUMNS) if result.rows else "(no block ran)"]
+    if result.failures:
+        title = "Failed:" if fmt == "table" else "**Failed:**"
+        parts.append(title + "\n" + "\n".join(f"{bullet or '  '}{f['name']}: {f['error']}"
+                                                for f in result.failures))
+    return "\n\n".join(parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from blockzoo.bench.runner import BenchSettings, run_bench
+
+    names = list(args.names) or list_blocks(family=args.family)
+    for n in names:
+        spec(n)  # unknown names fail here, with close matches
+    if args.family and args.names:
+        names = [n for n in names if spec(n).family == args.family]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: CUDA is not available in this PyTorch build/machine")
+    settings = BenchSettings(
+        batch=args.batch,
+        image_size=tuple(args.size) if args.size else None,
+        length=args.length,
+        device=args.device,
+        dtype=args.dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=torch.get_num_threads(),
+    )
+    result = run_bench(names, settings, progress=not args.no_progress)
+    print(bench_text(result, args.format))
+    if args.plot:
+        from blockzoo.bench.plot import plot_bench
+
+        if result.rows:
+            title = ", ".join(f"{k}={v}" for k, v in result.machine.items())
+            print(plot_bench(result.rows, args.plot, title=title))
+        else:
+            log.warning("no block ran: no plot written")
+    return 1 if result.failures and not result.rows else 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="params, FLOPs, latency, memory and efficiency of blocks")
+    p.add_argument("names", nargs="*", help="entries to measure (default: all, or --family)")
+    p.add_argument("--family", choices=FAMILIES, help="only this family")
+    p.add_argument("--batch", type=int, default=8)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size for image entries")
+    g.add_argument("--length", type=int, help="N for tokens/sequence/graph entries")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--plot", metavar="PATH", help="also write a PNG: time per block, FLOPs vs time")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_info]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_info, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
