@@ -201,9 +201,116 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+# --------------------------------------------------------------------------- plot, shapes
+
+
+def parse_input_shape(s: Spec, text: str | None) -> tuple[int, tuple[int, ...], dict[str, Any]]:
+    """``--input B,C,H,W`` (or B,N,C / B,T,F / B,F / B,T for ids) -> batch, size, config overrides."""
+    if not text:
+        return 1, tuple(s.example.size), {}
+    try:
+        dims = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--input {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+    feat = s.example.inputs.features
+    ids = feat == "vocab_size"
+    want = {"image": 4, "tokens": 3, "sequence": 2 if ids else 3, "graph": 3, "vector": 2}[s.input]
+    layout = {"image": "B,C,H,W", "tokens": "B,N,C", "sequence": "B,T" if ids else "B,T,F",
+              "graph": "B,N,C", "vector": "B,F"}[s.input]
+    if len(dims) != want or min(dims) < 1:
+        raise CliError(f"--input {text!r}: {s.name} takes {s.input} input, give {layout}")
+    batch = dims[0]
+    if s.input == "image":
+        size, c = (dims[2], dims[3]), dims[1]
+    elif s.input == "vector":
+        size, c = (), dims[1]
+    else:
+        size, c = (dims[1],), (None if ids else dims[2])
+    over = {feat: c} if isinstance(feat, str) and c is not None and feat in s.example.config else {}
+    return batch, size, over
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from blockzoo.viz.shapes import TABLE_COLUMNS, layer_table, plot_shapes, table_rows
+
+    s = spec(args.name)
+    batch, size, over = parse_input_shape(s, args.input)
+    model = s.build(**over).eval()
+    inputs = s.make_input(batch=batch, size=size, config=over)
+    rows = layer_table(model, inputs)
+    print(f"{s.name}: input {_shapes(inputs)}; FLOPs by torch's flop counter (2 per MAC)")
+    print(render(table_rows(rows), args.format, TABLE_COLUMNS))
+    if args.plot:
+        print(plot_shapes(rows, args.plot, title=f"{s.name}, input {_shapes(inputs)}", show=args.show))
+    return 0
+
+
+def _add_shapes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shapes", help="every layer's output shape, params and FLOPs for one forward")
+    p.add_argument("name", help="a registered block or model")
+    p.add_argument("--input", help="input shape, e.g. 1,3,224,224 (B,C,H,W) or 2,16,64 (B,N,C)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--plot", metavar="PATH", help="also draw FLOPs and params per layer as bars (PNG)")
+    p.add_argument("--show", action="store_true", help="open a window as well (needs a display)")
+    p.set_defaults(func=cmd_shapes)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from blockzoo import viz
+
+    if args.figure == "activations":
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        path = viz.plot_activations(names, args.out or "activations.png", show=args.show)
+    elif args.figure == "posenc":
+        path = viz.plot_posenc(args.kind, args.length, args.dim, args.out or f"posenc_{args.kind}.png",
+                               show=args.show)
+    else:
+        s = spec(args.name)
+        if s.family != "attention":
+            raise CliError(f"plot attention: {s.name} is a {s.family} entry, not an attention block")
+        size = tuple(args.size) if args.size else (args.length,) if args.length else None
+        model = s.build().eval()
+        if args.input == "digits":
+            from blockzoo.viz.attention import digit_input
+
+            inputs = digit_input(s, size=size, index=args.index)
+        else:
+            inputs = s.make_input(batch=1, size=size)
+        title = f"{s.name} ({s.paper}, {s.year}), input {_shapes(inputs)}, untrained weights"
+        path = viz.plot_attention(model, inputs, args.out or f"attention_{s.name}.png", title=title,
+                                  show=args.show)
+    print(path)
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures for learners (PNG): activations, attention, posenc")
+    fig = p.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+    a = fig.add_parser("activations", help="activations and their autograd derivatives")
+    a.add_argument("--names", default="relu,prelu,sigmoid,tanh,gelu,silu")
+    t = fig.add_parser("attention", help="attention weights/gates of a registered attention block")
+    t.add_argument("name")
+    t.add_argument("--input", choices=("example", "digits"), default="example",
+                   help="the registered example input (random) or a handwritten digit (image blocks)")
+    t.add_argument("--index", type=int, default=0, help="which digit (with --input digits)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--length", type=int)
+    e = fig.add_parser("posenc", help="positional encoding heatmap and dot product by offset")
+    e.add_argument("--kind", choices=("sinusoidal", "rope"), default="sinusoidal")
+    e.add_argument("--length", type=int, default=64)
+    e.add_argument("--dim", type=int, default=64)
+    for q in (a, t, e):
+        q.add_argument("--out", metavar="PATH", help="PNG path (default: <figure>.png here)")
+        q.add_argument("--show", action="store_true", help="open a window as well (needs a display)")
+    p.set_defaults(func=cmd_plot)
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_list, _add_info, _add_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_list, _add_info, _add_bench, _add_plot, _add_shapes,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
