@@ -31,6 +31,10 @@ lint: $(VENV)/.dev-installed
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# torch.compile with inductor over the whole registry (slow: not in CI).
+test-slow: $(VENV)/.dev-installed
+	BLOCKZOO_INDUCTOR_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_deploy.py -k inductor
+
 docs: $(VENV)/.dev-installed
 	$(PY) scripts/update_docs.py
 

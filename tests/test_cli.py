@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import blockzoo
 from blockzoo.cli import main
@@ -61,3 +62,31 @@ def test_python_m_and_version() -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+def test_export_onnx_from_checkpoint(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blockzoo.export import run_onnx
+
+    model = blockzoo.create("mlp", out_features=3)
+    ckpt = blockzoo.save(model, tmp_path / "mlp.safetensors")
+    out = tmp_path / "mlp.onnx"
+    assert main(["export", str(ckpt), "--out", str(out), "--batch", "4"]) == 0
+    assert "max |diff|" in capsys.readouterr().out
+    x = blockzoo.spec("mlp").make_input(batch=4)
+    (got,) = run_onnx(out, x)
+    torch.testing.assert_close(got, model(*x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_export_torch_program(tmp_path) -> None:
+    out = tmp_path / "se.pt2"
+    assert main(["export", "se", "--format", "torch-export", "--out", str(out), "--dynamic-batch"]) == 0
+    program = torch.export.load(str(out)).module()
+    ref = blockzoo.create("se")
+    ref.load_state_dict(program.state_dict())
+    x = torch.randn(3, 16, 8, 8)  # another batch than the export's example
+    torch.testing.assert_close(program(x), ref(x))
+
+
+def test_export_missing_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "runs/nope/best.safetensors", "--out", "x.onnx"]) == 2
+    assert "no checkpoint at runs/nope/best.safetensors" in capsys.readouterr().err

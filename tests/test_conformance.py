@@ -79,12 +79,6 @@ def test_bad_input(name: str) -> None:
     _run("bad_input", name)
 
 
-@pytest.mark.export
-@pytest.mark.parametrize("name", NAMES)
-def test_export(name: str) -> None:
-    _run("export", name)
-
-
 def test_exemptions_have_reasons() -> None:
     for category, entries in EXEMPT.items():
         for name, reason in entries.items():

@@ -20,3 +20,23 @@ def test_architecture_names_every_room() -> None:
     rooms += [p.name for p in pkg.glob("*.py") if p.name != "__main__.py"]
     missing = [r for r in rooms if r not in text]
     assert not missing, f"docs/architecture.md does not mention {missing}"
+
+
+def test_readme_quickstart_runs() -> None:
+    """The first Python block of the README runs as written (bar the commented error)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert tuple(namespace["y"].shape) == (4, 3)
+    err = re.search(r"# (blockzoo\.ShapeError: .*)", code).group(1)
+    import pytest
+    import torch
+
+    import blockzoo
+
+    with pytest.raises(blockzoo.ShapeError) as info:
+        blockzoo.create("mlp", in_features=8)(torch.randn(4, 9))
+    assert f"blockzoo.ShapeError: {info.value}" == err

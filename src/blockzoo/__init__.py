@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 # Importing the rooms registers their blocks and models.
 from blockzoo import attention, conv, mlp, models, recurrent, rep
 from blockzoo.checks import ShapeError
+from blockzoo.io import load, load_weights, save
 from blockzoo.registry import (
     Spec,
     UnknownNameError,
@@ -31,10 +32,13 @@ __all__ = [
     "create",
     "create_model",
     "list_blocks",
+    "load",
+    "load_weights",
     "mlp",
     "models",
     "recurrent",
     "register",
     "rep",
+    "save",
     "spec",
 ]

@@ -319,8 +319,15 @@ class Spec:
         return ""
 
     def build(self, **overrides: Any) -> nn.Module:
-        """Construct the entry with its example config updated by ``overrides``."""
-        return self.builder(**{**self.example.config, **overrides})
+        """Construct the entry with its example config updated by ``overrides``.
+
+        The module remembers how it was built (``ENTRY_ATTR``: name and config), so
+        ``blockzoo.save`` can store it and ``blockzoo.load`` rebuild it without user code.
+        """
+        config = {**self.example.config, **overrides}
+        module = self.builder(**config)
+        setattr(module, ENTRY_ATTR, (self.name, config))
+        return module
 
     def make_input(
         self,
@@ -340,6 +347,9 @@ class Spec:
 
 _REGISTRY: dict[str, Spec] = {}
 
+# The attribute under which a module built by ``create`` keeps (name, config).
+ENTRY_ATTR = "_blockzoo_entry"
+
 # Exemption categories an entry may claim, each with a reason.
 EXEMPT_CATEGORIES = (
     "batch_independence",
@@ -352,6 +362,8 @@ EXEMPT_CATEGORIES = (
     "bad_input",
     "onnx",
     "compile",
+    "fullgraph",
+    "dynamic_batch",
 )
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from blockzoo.checks import ShapeError
+from blockzoo.export import export_onnx, export_program, run_onnx
 from blockzoo.registry import Size, Spec
 
 __all__ = [
@@ -30,12 +31,16 @@ __all__ = [
     "ConformanceError",
     "check_bad_input",
     "check_batch_independence",
+    "check_compile",
     "check_determinism",
+    "check_dynamic_batch",
     "check_export",
     "check_float64",
     "check_forward",
+    "check_fullgraph",
     "check_grad",
     "check_gradcheck",
+    "check_onnx",
     "check_sizes",
     "run_all",
 ]
@@ -251,22 +256,106 @@ def check_bad_input(s: Spec) -> None:
         raise _fail(s, f"{label}: accepted the bad input {_shape_str(args)} without error")
 
 
+def _compare(s: Spec, want: Sequence[torch.Tensor], got: Sequence[torch.Tensor], what: str,
+             *, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    if len(want) != len(got):
+        raise _fail(s, f"{what} returned {len(got)} tensors, eager {len(want)}")
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        b = b.to(a.dtype) if a.dtype != b.dtype and a.is_floating_point() else b
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol):
+            diff = (a - b).abs().max().item() if a.shape == b.shape else f"shape {tuple(b.shape)}"
+            raise _fail(s, f"{what}: output {i} differs from eager (max |diff| {diff})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def check_export(s: Spec) -> None:
     """``torch.export.export`` captures the block and the program equals eager."""
     block = _build(s).eval()
     args = s.make_input(batch=2, seed=6)
     with torch.no_grad():
         want = _tensors(block(*args))
-    try:
-        program = torch.export.export(block, tuple(args), strict=False)
-        with torch.no_grad():
+        try:
+            program = export_program(block, args, dynamic_batch=False)
             got = _tensors(program.module()(*args))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise _fail(s, f"torch.export failed: {type(e).__name__}: {first}") from e
-    for a, b in zip(want, got, strict=True):
-        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
-            raise _fail(s, "exported program's output differs from eager")
+        except Exception as e:
+            raise _fail(s, f"torch.export failed: {_first_line(e)}") from e
+    _compare(s, want, got, "exported program")
+
+
+def check_dynamic_batch(s: Spec) -> None:
+    """Exported with a dynamic batch dimension, the program runs at other batch sizes."""
+    block = _build(s).eval()
+    batched = s.example.inputs.batched
+    with torch.no_grad():
+        try:
+            program = export_program(block, s.make_input(batch=2, seed=6), batched=batched).module()
+        except Exception as e:
+            raise _fail(s, f"torch.export with a dynamic batch failed: {_first_line(e)}") from e
+        for batch in (3, 1):
+            args = s.make_input(batch=batch, seed=7)
+            try:
+                got = _tensors(program(*args))
+            except Exception as e:
+                raise _fail(s, f"exported program at batch {batch} failed: {_first_line(e)}") from e
+            _compare(s, _tensors(block(*args)), got, f"dynamic-batch program at batch {batch}")
+
+
+def check_compile(s: Spec, *, backend: str = "aot_eager") -> None:
+    """``torch.compile`` (``fullgraph=True`` unless the entry lists its graph breaks) equals eager."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    block = _build(s).eval()
+    args = s.make_input(batch=2, seed=8)
+    fullgraph = "fullgraph" not in s.exempt
+    with torch.no_grad():
+        want = _tensors(block(*args))
+        try:
+            got = _tensors(torch.compile(block, backend=backend, fullgraph=fullgraph)(*args))
+        except Exception as e:
+            raise _fail(
+                s, f"torch.compile(backend={backend!r}, fullgraph={fullgraph}) failed: {_first_line(e)}"
+            ) from e
+        finally:
+            torch._dynamo.reset()
+    _compare(s, want, got, f"compiled ({backend})", rtol=1e-4, atol=1e-5)
+
+
+def check_fullgraph(s: Spec) -> None:
+    """The whole forward is one graph under ``torch.compile(fullgraph=True)``."""
+    check_compile(_without_exemption(s, "fullgraph"))
+
+
+def _without_exemption(s: Spec, category: str) -> Spec:
+    import dataclasses
+
+    return dataclasses.replace(s, exempt={k: v for k, v in s.exempt.items() if k != category})
+
+
+def check_onnx(s: Spec, *, rtol: float = 1e-3, atol: float = 1e-4) -> None:
+    """``torch.onnx.export`` works and onnxruntime reproduces eager within rtol 1e-3, atol 1e-4.
+
+    A re-parameterizable block is exported (and compared) in its deploy form.
+    """
+    import tempfile
+
+    block = _build(s).eval()
+    reparam = any(hasattr(m, "reparameterize") for m in block.modules())
+    args = s.make_input(batch=2, seed=9)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/{s.name}.onnx"
+        try:
+            export_onnx(block, args, path, reparameterize=reparam)
+            got = run_onnx(path, args)
+        except Exception as e:
+            raise _fail(s, f"ONNX export/run failed: {_first_line(e)}") from e
+    with torch.no_grad():
+        want = _tensors(block(*args))
+    _compare(s, want, got, "onnxruntime", rtol=rtol, atol=atol)
 
 
 CHECKS: dict[str, Callable[[Spec], None]] = {
@@ -278,12 +367,22 @@ CHECKS: dict[str, Callable[[Spec], None]] = {
     "float64": check_float64,
     "gradcheck": check_gradcheck,
     "bad_input": check_bad_input,
+}
+
+# The deployment paths: for these, an exemption is a claim that the path fails,
+# and the suite checks the claim (a fix or a regression both show up).
+DEPLOY_CHECKS: dict[str, Callable[[Spec], None]] = {
     "export": check_export,
+    "dynamic_batch": check_dynamic_batch,
+    "compile": check_compile,
+    "fullgraph": check_fullgraph,
+    "onnx": check_onnx,
 }
 
 
-def run_all(s: Spec) -> None:
-    """Run every check the entry is not exempt from."""
-    for category, check in CHECKS.items():
+def run_all(s: Spec, *, deploy: bool = False) -> None:
+    """Run every check the entry is not exempt from (and the deployment paths if asked)."""
+    checks = {**CHECKS, **(DEPLOY_CHECKS if deploy else {})}
+    for category, check in checks.items():
         if category not in s.exempt:
             check(s)

@@ -1,0 +1,121 @@
+"""Deployment paths: ``torch.export`` programs and ONNX files, checked against eager.
+
+Both go through PyTorch's own machinery: ``torch.export.export`` (non-strict
+tracing) with the batch dimension declared dynamic where the block allows, and
+``torch.onnx.export(..., dynamo=True)``, whose ONNX model ``run_onnx`` executes with
+onnxruntime (the ``export`` extra). A re-parameterizable model is exported in its
+deploy form when ``reparameterize=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["export_onnx", "export_program", "outputs", "run_onnx"]
+
+log = logging.getLogger(__name__)
+
+
+def outputs(out: Any) -> list[torch.Tensor]:
+    """The tensors of a (possibly nested) output, in pytree order."""
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _batch_shapes(args: Sequence[Any], batched: Sequence[int]) -> tuple[Any, ...]:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return tuple(
+        {0: batch} if (i in batched and isinstance(a, torch.Tensor)) else None
+        for i, a in enumerate(args)
+    )
+
+
+def export_program(
+    model: nn.Module,
+    args: Sequence[Any],
+    *,
+    dynamic_batch: bool = True,
+    batched: Sequence[int] = (0,),
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``model`` at ``args`` (eval mode, non-strict tracing).
+
+    With ``dynamic_batch`` the first dimension of the ``batched`` arguments is
+    declared dynamic, so the program runs at any batch size; trace it at batch >= 2
+    (PyTorch specializes sizes 0 and 1).
+    """
+    model = model.eval()
+    first = args[batched[0]] if batched and isinstance(args[batched[0]], torch.Tensor) else None
+    if dynamic_batch and first is not None and first.shape[0] < 2:
+        raise ValueError(f"export_program: trace a dynamic batch at batch >= 2, got {first.shape[0]}")
+    shapes = _batch_shapes(args, batched) if dynamic_batch else None
+    return torch.export.export(model, tuple(args), dynamic_shapes=shapes, strict=False)
+
+
+def _deploy_copy(model: nn.Module, reparameterize: bool) -> nn.Module:
+    model = copy.deepcopy(model).eval()
+    if reparameterize:
+        from blockzoo.rep.fuse import reparameterize as fuse
+
+        fuse(model)
+    return model
+
+
+def export_onnx(
+    model: nn.Module,
+    args: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    reparameterize: bool = False,
+    dynamic_batch: bool = False,
+    batched: Sequence[int] = (0,),
+) -> Path:
+    """Write ``model`` at ``args`` as an ONNX file (PyTorch's dynamo-based exporter)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _deploy_copy(model, reparameterize)
+    shapes = _batch_shapes(args, batched) if dynamic_batch else None
+    # The exporter and its optimizer log every pass and every torchvision op they
+    # cannot register at INFO/WARNING; that is noise for our users.
+    noisy = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # torch's own pytree deprecation noise, raised while the exporter copies specs.
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                model, tuple(args), dynamo=True, dynamic_shapes=shapes, verbose=False, report=False
+            )
+    finally:
+        for lg, level in zip(noisy, levels, strict=True):
+            lg.setLevel(level)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path))
+    return path
+
+
+def run_onnx(path: str | os.PathLike[str], args: Sequence[Any]) -> list[torch.Tensor]:
+    """Run an ONNX file with onnxruntime on CPU; returns its outputs as tensors."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("run_onnx needs onnxruntime: pip install 'blockzoo[export]'") from e
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=False)}
+    return [torch.from_numpy(o) for o in session.run(None, feed)]
