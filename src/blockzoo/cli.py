@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -306,6 +307,53 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+# --------------------------------------------------------------------------- arena
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    from blockzoo.bench.arena import SUMMARY_COLUMNS, ArenaSettings, plot_arena, run_arena, summarize
+
+    kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs)
+    if args.data:
+        for d in args.data.split(","):
+            kind, _, name = d.rpartition(":")
+            if kind not in ("", "image", "tokens"):
+                raise CliError(f"--data {d!r}: expected image:NAME or tokens:NAME")
+            kw["token_data" if kind == "tokens" else "image_data"] = name
+    for opt in ("epochs", "seeds"):
+        if getattr(args, opt) is not None:
+            kw[opt] = getattr(args, opt)
+    settings = ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
+    csv_path = args.csv or ("arena_quick.csv" if args.quick else "arena.csv")
+    rows = run_arena(settings, csv_path, progress=not args.no_progress)
+    summary = summarize(rows)
+    print(f"# results: {csv_path} ({len(rows)} runs); settings: "
+          + ", ".join(f"{k}={v}" for k, v in vars(settings).items() if k not in ("blocks",))
+          + f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s) per run")
+    print(render(summary, args.format, SUMMARY_COLUMNS))
+    failed = [r for r in summary if r.get("error")]
+    for r in failed:
+        print(f"FAILED {r['kind']} {r['block']}: {r['error']}")
+    print(plot_arena(summary, args.plot or Path(csv_path).with_suffix(".png")))
+    return 0
+
+
+def _add_arena(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
+    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
+                   "'none' is the backbone without attention")
+    p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick 3)")
+    p.add_argument("--seeds", type=int, help="seeds per block (default 3; --quick 2)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes of 1 thread)")
+    p.add_argument("--quick", action="store_true", help="small data, 3 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
+    p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_arena)
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -372,7 +420,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_list, _add_info, _add_export, _add_bench, _add_plot, _add_shapes,
+    _add_list, _add_info, _add_export, _add_bench, _add_arena, _add_plot, _add_shapes,
 ]
 
 
