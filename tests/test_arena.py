@@ -32,7 +32,7 @@ def _clear() -> None:
 
 
 def _settings(**kw) -> ArenaSettings:
-    return ArenaSettings(**{"blocks": ("se",), "seeds": 2, "epochs": 1, "quick": True, **kw})
+    return ArenaSettings(**{"blocks": ("se",), "seeds": 2, "epochs": 1, "small_data": True, **kw})
 
 
 def test_plan_has_baseline_and_seeds() -> None:

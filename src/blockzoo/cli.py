@@ -313,7 +313,8 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 def cmd_arena(args: argparse.Namespace) -> int:
     from blockzoo.bench.arena import SUMMARY_COLUMNS, ArenaSettings, plot_arena, run_arena, summarize
 
-    kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs)
+    kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
+                              small_data=args.small_data)
     if args.data:
         for d in args.data.split(","):
             kind, _, name = d.rpartition(":")
@@ -343,10 +344,11 @@ def _add_arena(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
                    "'none' is the backbone without attention")
     p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick 3)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 15; --quick 5)")
     p.add_argument("--seeds", type=int, help="seeds per block (default 3; --quick 2)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes of 1 thread)")
-    p.add_argument("--quick", action="store_true", help="small data, 3 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="5 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
     p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
     p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")
     p.add_argument("--format", choices=FORMATS, default="table")

@@ -12,7 +12,7 @@ Candidates are registry entries of family ``attention`` whose example keeps the
 input shape (``out_shape="same"``) and that expose an ``AttentionMap`` (so
 positional encodings such as RoPE, which mix nothing, are left out).
 
-Runs are resumable: each finished (kind, block, seed, data, epochs, quick)
+Runs are resumable: each finished (kind, block, seed, data, epochs, small_data)
 result is appended to a CSV as soon as it is done, and a later call skips the
 rows already there (failed runs are re-tried, and reported until they pass).
 
@@ -68,7 +68,7 @@ log = logging.getLogger("blockzoo.arena")
 BASELINE = "none"
 KINDS = ("image", "tokens")
 ARENA_COLUMNS = [
-    "kind", "block", "seed", "data", "epochs", "quick", "status", "test_acc", "params", "flops",
+    "kind", "block", "seed", "data", "epochs", "small_data", "status", "test_acc", "params", "flops",
     "train_s", "latency_ms", "error", "finished_at",
 ]
 
@@ -178,16 +178,17 @@ def _kind_of(block: str) -> str:
 class ArenaSettings:
     """The arena's budget and data: the same for every block.
 
-    ``quick`` uses each data set's small version, 3 epochs and 2 seeds unless set.
+    ``small_data`` uses each data set's small version (tests, smoke runs);
+    ``quick_settings()`` is the ``--quick`` budget: 5 epochs, 2 seeds, full data.
     """
 
     blocks: tuple[str, ...] = ()
     image_data: str = "digits"
     token_data: str = "mnist1d"
-    epochs: int = 10
+    epochs: int = 15
     seeds: int = 3
     jobs: int = 1
-    quick: bool = False
+    small_data: bool = False
     batch_size: int = 64
     lr: float = 3e-3
     width: int = 16
@@ -197,7 +198,7 @@ class ArenaSettings:
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> ArenaSettings:
-        return cls(**{"epochs": 3, "seeds": 2, "quick": True, **kw})
+        return cls(**{"epochs": 5, "seeds": 2, **kw})
 
     def data_for(self, kind: str) -> str:
         return self.image_data if kind == "image" else self.token_data
@@ -237,7 +238,8 @@ def train_one(kind: str, block: str, seed: int, settings: ArenaSettings) -> dict
     from blockzoo.data import load_data
     from blockzoo.train.loop import fit
 
-    data = load_data(settings.data_for(kind), seed=seed, quick=settings.quick, data_dir=settings.data_dir)
+    data = load_data(settings.data_for(kind), seed=seed, quick=settings.small_data,
+                     data_dir=settings.data_dir)
     data = data.view("image" if kind == "image" else "sequence")
     example = data.train.x[:2].float()
     torch.manual_seed(seed)
@@ -269,7 +271,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["seed"], r["epochs"] = int(r["seed"]), int(r["epochs"])
-        r["quick"] = r["quick"] == "True"
+        r["small_data"] = r["small_data"] == "True"
         for k in ("test_acc", "train_s", "latency_ms"):
             r[k] = float(r[k]) if r.get(k) else None
         for k in ("params", "flops"):
@@ -277,8 +279,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _key(kind: str, block: str, seed: int, data: str, epochs: int, quick: bool) -> tuple:
-    return (kind, block, int(seed), data, int(epochs), bool(quick))
+def _key(kind: str, block: str, seed: int, data: str, epochs: int, small_data: bool) -> tuple:
+    return (kind, block, int(seed), data, int(epochs), bool(small_data))
 
 
 def _append(path: Path, row: Mapping[str, Any]) -> None:
@@ -295,7 +297,7 @@ def _job(runner: Callable[..., dict[str, Any]], kind: str, block: str, seed: int
          settings: ArenaSettings) -> dict[str, Any]:
     torch.set_num_threads(1)
     row: dict[str, Any] = dict(kind=kind, block=block, seed=seed, data=settings.data_for(kind),
-                               epochs=settings.epochs, quick=settings.quick)
+                               epochs=settings.epochs, small_data=settings.small_data)
     try:
         row.update(runner(kind, block, seed, settings), status="ok", error="")
     except Exception as e:  # reported in the table and re-tried on the next call
@@ -337,10 +339,10 @@ def run_arena(
     from tqdm.auto import tqdm
 
     csv_path = Path(csv_path)
-    done = {_key(r["kind"], r["block"], r["seed"], r["data"], r["epochs"], r["quick"])
+    done = {_key(r["kind"], r["block"], r["seed"], r["data"], r["epochs"], r["small_data"])
             for r in read_results(csv_path) if r["status"] == "ok"}
     todo = [(k, b, s) for k, b, s in plan(settings)
-            if _key(k, b, s, settings.data_for(k), settings.epochs, settings.quick) not in done]
+            if _key(k, b, s, settings.data_for(k), settings.epochs, settings.small_data) not in done]
     log.info("arena: %d runs to do, %d already in %s", len(todo), len(done), csv_path)
     bar = tqdm(total=len(todo), desc="arena", unit="run", disable=not progress, leave=False)
     if settings.jobs <= 1:
@@ -364,11 +366,11 @@ def run_arena(
 
 def results_for(rows: Iterable[Mapping[str, Any]], settings: ArenaSettings) -> list[dict[str, Any]]:
     """The rows of ``settings``' plan (latest row per run)."""
-    wanted = {_key(k, b, s, settings.data_for(k), settings.epochs, settings.quick)
+    wanted = {_key(k, b, s, settings.data_for(k), settings.epochs, settings.small_data)
               for k, b, s in plan(settings)}
     latest: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = _key(r["kind"], r["block"], r["seed"], r["data"], r["epochs"], r["quick"])
+        key = _key(r["kind"], r["block"], r["seed"], r["data"], r["epochs"], r["small_data"])
         if key in wanted and (key not in latest or latest[key]["status"] != "ok"):
             latest[key] = dict(r)
     return list(latest.values())

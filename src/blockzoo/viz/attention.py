@@ -117,11 +117,9 @@ def digit_input(s: Any, *, size: Sequence[int] | None = None, index: int = 0) ->
     """
     if s.input != "image":
         raise ValueError(f"--input digits: {s.name} takes {s.input} input, not images")
-    try:
-        from blockzoo.data import load_digits  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise ValueError(f"--input digits needs blockzoo.data's bundled digits ({e})") from e
-    x = load_digits()[index][0].float()
+    from blockzoo.data import load_data
+
+    x = load_data("digits").test.x[index].float()
     x = x.reshape(1, 1, *x.shape[-2:])  # (1, 1, h, w)
     (example,) = s.make_input(batch=1, size=size)
     x = F.interpolate(x, size=tuple(example.shape[-2:]), mode="bilinear", align_corners=False)
