@@ -148,6 +148,16 @@ def test_family_filter_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) ->
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_threads_option_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert main(["bench", "mlp", "--threads", "2", "--repeats", "1", "--warmup", "0", "--no-progress",
+                     "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["machine"]["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bf16_runs() -> None:
     res = run_bench(["mlp"], BenchSettings(batch=2, dtype="bf16", warmup=0, repeats=1), progress=False)
     assert res.rows and res.machine["dtype"] == "bf16" and res.rows[0]["pct_peak"] > 0

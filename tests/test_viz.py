@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import blockzoo
+from blockzoo.attention.maps import AttentionMap
 from blockzoo.bench.flops import count_flops, count_params
 from blockzoo.cli import main
 from blockzoo.viz import activation_curves, attention_maps, layer_table, plot_activations
@@ -148,3 +149,18 @@ def test_shapes_input_option(tmp_path, capsys: pytest.CaptureFixture[str]) -> No
     assert "input (3, 8, 5, 7)" in out and "(3, 8, 1, 1)" in out and png.read_bytes()[:8] == PNG
     assert main(["shapes", "se", "--input", "3,8,5"]) == 2
     assert "give B,C,H,W" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [n for n in blockzoo.list_blocks(family="attention")
+                                  if blockzoo.spec(n).input == "tokens"] or ["none"])
+def test_token_attention_weights_are_distributions(name: str) -> None:
+    """Every token block's recorded softmax weights (kind "weights") sum to 1 over the keys."""
+    if name == "none":
+        pytest.skip("no token-attention block registered on this branch")
+    s = blockzoo.spec(name)
+    model = s.build().eval()
+    if not any(isinstance(m, AttentionMap) for m in model.modules()):
+        pytest.skip(f"{name} exposes no AttentionMap")
+    for kind, t in attention_maps(model, s.make_input(batch=2)).values():
+        if kind == "weights":
+            assert (t >= 0).all() and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-5)

@@ -196,6 +196,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG: time per block, FLOPs vs time")
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                   help=f"intra-op CPU threads (same as blockzoo --threads; default {DEFAULT_THREADS})")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
