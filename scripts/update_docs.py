@@ -1,14 +1,15 @@
 """Regenerate the generated parts of the docs from the registry.
 
-    python scripts/update_docs.py               # README catalogue + docs/catalogue.md
+    python scripts/update_docs.py               # README catalogue, docs/catalogue.md, figures
     python scripts/update_docs.py --check       # exit 1 if either is stale
     python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md (slow)
 
 The README table is ``blockzoo list --format markdown`` between the markers.
 ``docs/catalogue.md`` is the same table with FLOPs at each entry's example
-config (batch 1). ``docs/benchmarks.md`` holds ``blockzoo bench`` over every
-entry on CPU at fixed sizes and the arena's table and plot (when arena results
-exist); timings differ from run to run, so ``--check`` does not compare it.
+config (batch 1). ``docs/figures/`` holds the README's learner figures.
+``docs/benchmarks.md`` holds ``blockzoo bench`` over every entry on CPU at fixed
+sizes and the arena's table and plot (when arena results exist); timings differ
+from run to run, so ``--check`` does not compare it.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def benchmarks_page() -> str:
     return "\n".join(parts)
 
 
+def figures() -> list[Path]:
+    """The learner figures the README shows, in docs/figures/ (drawn by ``blockzoo plot``)."""
+    import importlib.util
+
+    from blockzoo.viz import plot_activations, plot_posenc
+
+    out = ROOT / "docs" / "figures"
+    paths = [plot_activations(path=out / "activations.png")]
+    if importlib.util.find_spec("blockzoo.attention.positional") is not None:
+        paths.append(plot_posenc("sinusoidal", 64, 64, out / "posenc_sinusoidal.png"))
+    return paths
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +136,7 @@ def main() -> int:
         return 0
     readme.write_text(new)
     CATALOGUE.write_text(page)
+    figures()
     if args.benchmarks:
         BENCHMARKS.write_text(benchmarks_page())
     return 0
