@@ -162,10 +162,14 @@ def table_rows(rows: Sequence[LayerRow]) -> list[dict[str, Any]]:
 
 def plot_shapes(rows: Sequence[LayerRow], path: str | Path = "shapes.png", *, title: str = "",
                 show: bool = False) -> Path:
-    """Bars of FLOPs and params per layer (call order, top to bottom); returns the PNG path."""
+    """Bars of FLOPs and params per layer (call order, top to bottom); returns the PNG path.
+
+    Layers with neither parameters nor counted FLOPs (activations, identities) are left out.
+    """
     from blockzoo.viz._figure import pyplot, save
 
     plt = pyplot(show)
+    rows = [r for r in rows if r.params or r.flops] or list(rows)
     labels = [f"{r.name} ({r.type})" for r in rows]
     y = list(range(len(rows)))
     fig, (a1, a2) = plt.subplots(1, 2, sharey=True, figsize=(12, max(3.0, 0.22 * len(rows) + 1.2)))
@@ -177,5 +181,5 @@ def plot_shapes(rows: Sequence[LayerRow], path: str | Path = "shapes.png", *, ti
     a1.invert_yaxis()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     return save(fig, path, show=show)
