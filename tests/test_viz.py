@@ -131,7 +131,7 @@ def test_layer_table_totals_equal_model_totals() -> None:
     assert sum(r.flops for r in rows) == count_flops(model, (x,))
 
 
-@pytest.mark.parametrize("name", ["se", "mlp", *(["resnet18"] if "resnet18" in blockzoo.list_blocks() else [])])
+@pytest.mark.parametrize("name", ["se", "mlp", *{"resnet18"} & set(blockzoo.list_blocks())])
 def test_shapes_totals_equal_info(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes", name, "--format", "csv"]) == 0
     total = capsys.readouterr().out.strip().splitlines()[-1].split(",")
