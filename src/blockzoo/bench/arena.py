@@ -9,7 +9,7 @@ inference latency, and a scatter plots accuracy against latency. A baseline
 row (``none``: the same backbone without attention) is trained alongside.
 
 Candidates are registry entries of family ``attention`` whose example keeps the
-input shape (``out_shape="same"``) and that expose an ``AttentionMap`` (so
+input shape (``out_shape="same"``); for tokens, only those that mix tokens (so
 positional encodings such as RoPE, which mix nothing, are left out).
 
 Runs are resumable: each finished (kind, block, seed, data, epochs, small_data)
@@ -44,7 +44,6 @@ import torch
 from torch import nn
 
 from blockzoo.act import create_act
-from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape
 from blockzoo.registry import list_blocks, spec
 
@@ -151,20 +150,34 @@ class ArenaTransformer(nn.Module):
 # --------------------------------------------------------------------------- candidates
 
 
-def _has_map(name: str) -> bool:
+def _mixes_tokens(name: str) -> bool:
+    """True when changing token 0 changes the block's output at some other token."""
+    s = spec(name)
     try:
-        model = spec(name).build()
-    except Exception:  # a block that cannot be built is still a candidate: its run reports why
+        torch.manual_seed(0)
+        block = s.build().eval()
+        (x,) = s.make_input(batch=1, size=(8,))
+        y = x.clone()
+        y[:, 0] += 1.0
+        with torch.no_grad():
+            return not torch.allclose(block(x)[:, 1:], block(y)[:, 1:])
+    except Exception:  # a block that cannot run here is still a candidate: its run reports why
         return True
-    return any(isinstance(m, AttentionMap) for m in model.modules())
 
 
 def arena_candidates(kind: str) -> list[str]:
-    """Attention entries for the ``image`` or ``tokens`` arena (shape-keeping, with an AttentionMap)."""
+    """Attention entries for the ``image`` or ``tokens`` arena.
+
+    Image: every shape-keeping (``out_shape="same"``) image entry of family attention.
+    Tokens: every shape-keeping tokens entry that mixes tokens (changing token 0 changes
+    another token's output), which leaves out positional encodings (RoPE, sinusoidal,
+    learned) that only add or rotate per position.
+    """
     if kind not in KINDS:
         raise ValueError(f"arena kind {kind!r} not in {KINDS}")
-    return [n for n in list_blocks(family="attention")
-            if spec(n).input == kind and spec(n).example.out_shape == "same" and _has_map(n)]
+    names = [n for n in list_blocks(family="attention")
+             if spec(n).input == kind and spec(n).example.out_shape == "same"]
+    return names if kind == "image" else [n for n in names if _mixes_tokens(n)]
 
 
 def _kind_of(block: str) -> str:
