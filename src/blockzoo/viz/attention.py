@@ -9,6 +9,8 @@ gets its figure for free.
 How each kind is drawn:
 
 - ``weights`` (B, h, N, M): one N x M heatmap per head (rows: queries, columns: keys);
+  for image blocks whose queries and keys are the H*W pixels, also the centre pixel's
+  row of head 0 as an H x W map over the image;
 - ``spatial`` (B, 1 or C, H, W): the gate overlaid on the input image;
 - ``channel`` (B, C, 1, 1) or (B, C): one bar per channel;
 - anything else: the first sample's map, squeezed to 2-D where it can be.
@@ -72,10 +74,17 @@ def plot_attention(
     x0 = inputs[0][0] if isinstance(inputs[0], torch.Tensor) else None
     image = x0 if x0 is not None and x0.dim() == 3 else None
     panels: list[tuple[str, str, torch.Tensor]] = []
+    if image is not None:
+        panels.append(("input (mean over channels)", "input", image.float().mean(0)))
     for name, (kind, t) in maps.items():
         t0 = t[0].detach().float().cpu()
         if kind == "weights" and t0.dim() == 3:
             panels += [(f"{name} head {h}", "weights", t0[h]) for h in range(min(max_heads, t0.shape[0]))]
+            if image is not None and t0.shape[-1] == t0.shape[-2] == image.shape[-2] * image.shape[-1]:
+                hh, ww = image.shape[-2:]
+                centre = (hh // 2) * ww + ww // 2
+                row = t0[0, centre].reshape(hh, ww)  # (H, W): where the centre pixel looks
+                panels.append((f"{name} head 0, query = centre pixel", "spatial", row))
         else:
             panels.append((name, kind, t0))
     cols = min(4, len(panels))
@@ -83,7 +92,11 @@ def plot_attention(
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
     for ax, (label, kind, t) in zip(axes.flat, panels, strict=False):
         squeezed = t.squeeze()
-        if kind == "weights" and t.dim() == 2:
+        if kind == "input":
+            ax.imshow(t.numpy(), cmap="gray")
+            ax.set_title(label, fontsize=8)
+            ax.axis("off")
+        elif kind == "weights" and t.dim() == 2:
             im = ax.imshow(t.numpy(), cmap="viridis", vmin=0)
             ax.set_xlabel("key")
             ax.set_ylabel("query")
@@ -113,7 +126,8 @@ def digit_input(s: Any, *, size: Sequence[int] | None = None, index: int = 0) ->
     """A handwritten digit from ``blockzoo.data``'s bundled digits as the input of image block ``s``.
 
     The grey image (1, 1, h, w) is resized to ``size`` (default: the block's example
-    size) and repeated over the block's input channels.
+    size), standardised and repeated over the block's input channels (so maps that
+    compare channels with each other, such as DANet's channel affinity, come out uniform).
     """
     if s.input != "image":
         raise ValueError(f"--input digits: {s.name} takes {s.input} input, not images")
