@@ -94,10 +94,21 @@ def benchmarks_page() -> str:
         "",
     ]
     arena_csv = ROOT / "docs" / "arena.csv"
-    if arena_csv.exists():
-        from blockzoo.bench.arena import arena_markdown
+    from blockzoo.bench.arena import ArenaSettings, arena_markdown, settings_text
 
-        parts += ["## blockzoo arena", "", arena_markdown(arena_csv, ROOT / "docs"), ""]
+    arena = ArenaSettings.quick_settings(jobs=2)
+    if arena_csv.exists():
+        parts += [
+            "## blockzoo arena",
+            "",
+            "`blockzoo arena --quick --jobs 2 --csv docs/arena.csv` (resumable: `make docs` trains only",
+            f"what the CSV lacks). Settings: {settings_text(arena)}. acc: test accuracy (%), mean ± std",
+            "over seeds; train_s: mean training time (two runs sharing the 2-core machine); latency_ms:",
+            "median eval forward of one test batch, measured after training, one model at a time.",
+            "",
+            arena_markdown(arena_csv, ROOT / "docs", arena),
+            "",
+        ]
     return "\n".join(parts)
 
 

@@ -9,6 +9,7 @@ from blockzoo.bench.arena import (
     ArenaSettings,
     ArenaTransformer,
     arena_candidates,
+    arena_latencies,
     arena_markdown,
     plan,
     read_results,
@@ -22,8 +23,11 @@ CALLS: list[tuple[str, str, int]] = []
 def fake_runner(kind: str, block: str, seed: int, settings: ArenaSettings) -> dict:
     CALLS.append((kind, block, seed))
     acc = {"none": 0.5, "se": 0.7}[block] + 0.1 * seed
-    return dict(test_acc=acc, params=100 if block == "none" else 150, flops=1000, train_s=1.0 + seed,
-                latency_ms=2.0 if block == "none" else 3.0)
+    return dict(test_acc=acc, params=100 if block == "none" else 150, flops=1000, train_s=1.0 + seed)
+
+
+def fake_latency(kind: str, block: str, settings: ArenaSettings) -> float:
+    return 2.0 if block == "none" else 3.0
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +59,15 @@ def test_finished_runs_are_not_rerun(tmp_path) -> None:
     CALLS.clear()
     run_arena(_settings(epochs=2), path, runner=fake_runner, progress=False)  # another budget: new runs
     assert len(CALLS) == 4 and len(read_results(path)) == 10
+
+
+def test_appends_keep_an_older_files_columns(tmp_path) -> None:
+    path = tmp_path / "arena.csv"
+    path.write_text("kind,block,seed,data,epochs,small_data,status,test_acc,params,flops,train_s,latency_ms,"
+                    "error,finished_at\nimage,none,0,digits,1,True,ok,0.5,100,1000,1.0,9.9,,t\n")
+    rows = run_arena(_settings(), path, runner=fake_runner, progress=False)
+    assert CALLS == [("image", "none", 1), ("image", "se", 0), ("image", "se", 1)] and len(rows) == 4
+    assert all(len(line.split(",")) == 14 for line in path.read_text().splitlines())
 
 
 def test_interrupted_arena_resumes_where_it_stopped(tmp_path) -> None:
@@ -95,14 +108,14 @@ def test_failures_are_reported_and_retried(tmp_path) -> None:
 def test_summary_mean_std_and_markdown(tmp_path) -> None:
     path = tmp_path / "arena.csv"
     rows = run_arena(_settings(seeds=3), path, runner=fake_runner, progress=False)
-    summary = {r["block"]: r for r in summarize(rows)}
+    summary = {r["block"]: r for r in summarize(rows, arena_latencies(rows, _settings(), fake_latency))}
     assert summary["se"]["acc_mean"] == pytest.approx(80.0)  # 70, 80, 90
     assert summary["se"]["acc_std"] == pytest.approx(10.0)
     assert summary["se"]["acc"] == "80.0 ± 10.0"
     assert summary["none"]["train_s"] == pytest.approx(2.0) and summary["se"]["latency_ms"] == 3.0
     assert [r["block"] for r in summarize(rows)] == ["none", "se"]  # baseline first
-    text = arena_markdown(path, tmp_path)
-    assert "| image | se | digits | 3 | 80.0 ± 10.0 | 150 |" in text
+    text = arena_markdown(path, tmp_path, _settings(seeds=3), fake_latency)
+    assert "| image | se | digits | 3 | 80.0 ± 10.0 | 150 | 1000 | 2 | 3 |" in text
     assert (tmp_path / "arena.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -313,7 +313,14 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_arena(args: argparse.Namespace) -> int:
-    from blockzoo.bench.arena import SUMMARY_COLUMNS, ArenaSettings, plot_arena, run_arena, summarize
+    from blockzoo.bench.arena import (
+        SUMMARY_COLUMNS,
+        ArenaSettings,
+        arena_latencies,
+        plot_arena,
+        run_arena,
+        summarize,
+    )
 
     kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
                               small_data=args.small_data)
@@ -329,10 +336,12 @@ def cmd_arena(args: argparse.Namespace) -> int:
     settings = ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
     csv_path = args.csv or ("arena_quick.csv" if args.quick else "arena.csv")
     rows = run_arena(settings, csv_path, progress=not args.no_progress)
-    summary = summarize(rows)
+    summary = summarize(rows, arena_latencies(rows, settings))
     print(f"# results: {csv_path} ({len(rows)} runs); settings: "
           + ", ".join(f"{k}={v}" for k, v in vars(settings).items() if k not in ("blocks",))
-          + f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s) per run")
+          + f"; torch {torch.__version__}, 1 thread per run; acc: test accuracy (%) mean ± std over "
+          "seeds; train_s: mean training time (with --jobs J, J runs shared the machine); latency_ms: "
+          f"median eval forward of one batch of {settings.batch_size}, measured after training, alone")
     print(render(summary, args.format, SUMMARY_COLUMNS))
     failed = [r for r in summary if r.get("error")]
     for r in failed:

@@ -53,8 +53,10 @@ __all__ = [
     "ArenaSettings",
     "ArenaTransformer",
     "arena_candidates",
+    "arena_latencies",
     "arena_markdown",
     "build_arena_model",
+    "measure_latency",
     "plot_arena",
     "read_results",
     "run_arena",
@@ -68,7 +70,7 @@ BASELINE = "none"
 KINDS = ("image", "tokens")
 ARENA_COLUMNS = [
     "kind", "block", "seed", "data", "epochs", "small_data", "status", "test_acc", "params", "flops",
-    "train_s", "latency_ms", "error", "finished_at",
+    "train_s", "error", "finished_at",
 ]
 
 
@@ -247,7 +249,6 @@ def build_arena_model(kind: str, block: str, in_chans: int, num_classes: int, se
 def train_one(kind: str, block: str, seed: int, settings: ArenaSettings) -> dict[str, Any]:
     """Train one (block, seed) with the arena's budget; returns its result row."""
     from blockzoo.bench.flops import count_flops, count_params
-    from blockzoo.bench.timing import time_call
     from blockzoo.data import load_data
     from blockzoo.train.loop import fit
 
@@ -260,16 +261,50 @@ def train_one(kind: str, block: str, seed: int, settings: ArenaSettings) -> dict
     result = fit(model, data, dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                                    seed=seed, quiet=True, device="cpu", plots=False))
     model = result.model.eval()
+    x = data.test.x[:1].float()
+    return dict(test_acc=float(result.test[result.metric]), params=count_params(model),
+                flops=count_flops(model, (x,)), train_s=float(result.seconds))
+
+
+def measure_latency(kind: str, block: str, settings: ArenaSettings, *, warmup: int = 5,
+                    repeats: int = 20) -> float:
+    """Median eval-forward time (ms) of the arena model on one batch of test inputs.
+
+    Measured in the calling process after training, one model at a time, so parallel
+    training jobs do not disturb it; the weights do not matter for the time, so the
+    model is freshly built.
+    """
+    from blockzoo.bench.timing import time_call
+    from blockzoo.data import load_data
+
+    data = load_data(settings.data_for(kind), seed=0, quick=settings.small_data, data_dir=settings.data_dir)
+    data = data.view("image" if kind == "image" else "sequence")
     x = data.test.x[: settings.batch_size].float()
+    torch.manual_seed(0)
+    model = build_arena_model(kind, block, data.in_chans, data.num_classes, settings, x[:2]).eval()
 
     def forward() -> None:
         with torch.no_grad():
             model(x)
 
-    lat = time_call(forward, warmup=2, repeats=10)
-    return dict(test_acc=float(result.test[result.metric]), params=count_params(model),
-                flops=count_flops(model, (x[:1],)), train_s=float(result.seconds),
-                latency_ms=lat.median_ms)
+    return time_call(forward, warmup=warmup, repeats=repeats).median_ms
+
+
+def arena_latencies(
+    rows: Iterable[Mapping[str, Any]],
+    settings: ArenaSettings,
+    measure: Callable[[str, str, ArenaSettings], float] = measure_latency,
+) -> dict[tuple[str, str], float]:
+    """``{(kind, block): latency ms}`` for every block with a finished run, measured now."""
+    out: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r["kind"], r["block"])
+        if r["status"] == "ok" and key not in out:
+            try:
+                out[key] = measure(r["kind"], r["block"], settings)
+            except Exception as e:  # trained fine but cannot be timed: leave the cell empty
+                log.warning("arena: latency of %s failed: %s", r["block"], e)
+    return out
 
 
 # --------------------------------------------------------------------------- CSV, resume
@@ -285,7 +320,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     for r in rows:
         r["seed"], r["epochs"] = int(r["seed"]), int(r["epochs"])
         r["small_data"] = r["small_data"] == "True"
-        for k in ("test_acc", "train_s", "latency_ms"):
+        for k in ("test_acc", "train_s"):
             r[k] = float(r[k]) if r.get(k) else None
         for k in ("params", "flops"):
             r[k] = int(r[k]) if r.get(k) else None
@@ -299,8 +334,12 @@ def _key(kind: str, block: str, seed: int, data: str, epochs: int, small_data: b
 def _append(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ARENA_COLUMNS
+    if not new:
+        with path.open(newline="") as f:
+            columns = next(csv.reader(f))  # keep an existing file's column order
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=ARENA_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
         if new:
             w.writeheader()
         w.writerow(row)
@@ -398,8 +437,13 @@ def _fmt_pm(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def summarize(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (kind, block): accuracy mean ± std over seeds, params, FLOPs, times, failures."""
+def summarize(rows: Iterable[Mapping[str, Any]],
+              latency: Mapping[tuple[str, str], float] | None = None) -> list[dict[str, Any]]:
+    """One row per (kind, block): accuracy mean ± std over seeds, params, FLOPs, times, failures.
+
+    ``latency`` (from ``arena_latencies``) fills the ``latency_ms`` column.
+    """
+    latency = latency or {}
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["kind"], r["block"]), []).append(r)
@@ -413,7 +457,7 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             row.update(acc=f"{mean:.1f} ± {std:.1f}", acc_mean=mean, acc_std=std,
                        params=ok[0]["params"], flops=ok[0]["flops"],
                        train_s=statistics.fmean(r["train_s"] for r in ok),
-                       latency_ms=statistics.median(r["latency_ms"] for r in ok))
+                       latency_ms=latency.get((kind, block)))
         if failed:
             row["error"] = failed[-1]["error"]
         out.append(row)
@@ -430,7 +474,7 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in summary if "acc_mean" in r]
+    ok = [r for r in summary if "acc_mean" in r and r.get("latency_ms") is not None]
     kinds = [k for k in KINDS if any(r["kind"] == k for r in ok)] or ["image"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
@@ -441,7 +485,8 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
                         color="black" if base else None, capsize=3)
             ax.annotate(r["block"], (r["latency_ms"], r["acc_mean"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
-        ax.set_xlabel("inference latency per batch (ms, median)")
+        ax.set_xlabel("inference latency of one batch (ms, median)")
+        ax.set_xscale("log")
         ax.set_ylabel("test accuracy (%), mean ± std over seeds")
         ax.set_title(f"{kind} attention on {rs[0]['data'] if rs else '-'}")
         ax.grid(alpha=0.3)
@@ -459,14 +504,16 @@ def settings_text(settings: ArenaSettings) -> str:
     return ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k not in ("blocks", "jobs"))
 
 
-def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSettings | None = None) -> str:
-    """The arena table (markdown) and plot (``arena.png`` in ``out_dir``) from a results CSV."""
+def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSettings,
+                   measure: Callable[[str, str, ArenaSettings], float] = measure_latency) -> str:
+    """The arena table (markdown) and plot (``arena.png`` in ``out_dir``) from a results CSV.
+
+    Latencies are measured now (``measure``), one block at a time.
+    """
     from blockzoo.bench.report import render
 
-    rows = read_results(csv_path)
-    if settings is not None:
-        rows = results_for(rows, settings)
-    summary = summarize(rows)
+    rows = results_for(read_results(csv_path), settings)
+    summary = summarize(rows, arena_latencies(rows, settings, measure))
     png = plot_arena(summary, Path(out_dir) / "arena.png")
     lines = [render(summary, "markdown", SUMMARY_COLUMNS)]
     fails = [r for r in summary if r.get("error")]
