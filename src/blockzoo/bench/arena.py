@@ -19,6 +19,9 @@ rows already there (failed runs are re-tried, and reported until they pass).
 Backbones (letters: B batch, C channels, H W spatial, T time steps, F features,
 D model width):
 
+Each block runs at its registered example config (the small settings ``blockzoo
+bench`` uses), its width set by the backbone.
+
 - ``ArenaConvNet``: conv3x3(C->w)-BN-ReLU stem; ``stage1`` conv3x3(w->w)-BN-ReLU;
   ``stage2`` conv3x3 stride 2 (w->2w)-BN-ReLU; global average pool; linear head.
   The attention block goes after ``stage1`` and ``stage2`` (``blockzoo.attach``).
@@ -222,27 +225,43 @@ class ArenaSettings:
 # --------------------------------------------------------------------------- one run
 
 
-def _block_factory(block: str) -> Callable[[int], nn.Module]:
+# Constructor arguments that fix a token block's largest sequence length.
+_LENGTH_KEYS = ("max_len", "seq_len", "max_seq_len", "num_tokens")
+
+
+def _block_config(block: str, length: int | None = None) -> dict[str, Any]:
+    """The block's registered example config without its input-width argument, and with
+    any maximum-length argument set to ``length``: the same small settings ``bench`` uses."""
     s = spec(block)
-
-    def make(d: int) -> nn.Module:
-        return s.build(dim=d) if "dim" in s.example.config else s.builder(d)
-
-    return make
+    cfg = {k: v for k, v in s.example.config.items() if k != s.example.inputs.features}
+    if length is not None:
+        cfg.update({k: max(length, int(cfg[k])) for k in _LENGTH_KEYS if k in cfg})
+    return cfg
 
 
 def build_arena_model(kind: str, block: str, in_chans: int, num_classes: int, settings: ArenaSettings,
                       example: torch.Tensor | None = None) -> nn.Module:
-    """The backbone of ``kind`` with ``block`` in it (``none``: without attention)."""
+    """The backbone of ``kind`` with ``block`` in it (``none``: without attention).
+
+    The block gets its registered example config (minus the width, which the backbone
+    sets); for tokens, maximum-length arguments are raised to the example's length.
+    """
     if kind == "image":
         net = ArenaConvNet(in_chans, num_classes, width=settings.width)
         if block != BASELINE:
             from blockzoo.attach import attach
 
             net, _ = attach(net, block, after=lambda name, _m: name in ("stage1", "stage2"),
-                            example_input=example)
+                            example_input=example, **_block_config(block))
         return net
-    mixer = None if block == BASELINE else _block_factory(block)
+    mixer = None
+    if block != BASELINE:
+        builder = spec(block).builder
+        cfg = _block_config(block, None if example is None else example.shape[1])
+
+        def mixer(d: int) -> nn.Module:
+            return builder(d, **cfg)
+
     return ArenaTransformer(in_chans, num_classes, mixer, dim=settings.dim, depth=settings.depth)
 
 
