@@ -2,7 +2,8 @@
 
     python scripts/update_docs.py               # README catalogue, docs/catalogue.md, figures
     python scripts/update_docs.py --check       # exit 1 if either is stale
-    python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md (slow)
+    python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md and train
+                                                # the arena runs docs/arena.csv lacks (slow)
 
 The README table is ``blockzoo list --format markdown`` between the markers.
 ``docs/catalogue.md`` is the same table with FLOPs at each entry's example
@@ -63,7 +64,7 @@ def catalogue_page() -> str:
     ])
 
 
-def benchmarks_page() -> str:
+def benchmarks_page(arena: bool = True) -> str:
     """docs/benchmarks.md: ``blockzoo bench`` over every entry on CPU, and the arena."""
     from blockzoo.bench.plot import plot_bench
     from blockzoo.bench.runner import BenchSettings, run_bench
@@ -96,17 +97,21 @@ def benchmarks_page() -> str:
     arena_csv = ROOT / "docs" / "arena.csv"
     from blockzoo.bench.arena import ArenaSettings, arena_markdown, settings_text
 
-    arena = ArenaSettings.quick_settings(jobs=2)
+    settings = ArenaSettings.quick_settings(jobs=2)
+    if arena:
+        from blockzoo.bench.arena import run_arena
+
+        run_arena(settings, arena_csv)  # resumable: trains only what the CSV lacks
     if arena_csv.exists():
         parts += [
             "## blockzoo arena",
             "",
             "`blockzoo arena --quick --jobs 2 --csv docs/arena.csv` (resumable: `make docs` trains only",
-            f"what the CSV lacks). Settings: {settings_text(arena)}. acc: test accuracy (%), mean ± std",
+            f"what the CSV lacks). Settings: {settings_text(settings)}. acc: test accuracy (%), mean ± std",
             "over seeds; train_s: mean training time (two runs sharing the 2-core machine); latency_ms:",
             "median eval forward of one test batch, measured after training, one model at a time.",
             "",
-            arena_markdown(arena_csv, ROOT / "docs", arena),
+            arena_markdown(arena_csv, ROOT / "docs", settings),
             "",
         ]
     return "\n".join(parts)
@@ -131,6 +136,8 @@ def main() -> int:
     )
     parser.add_argument("--check", action="store_true", help="only check, change nothing")
     parser.add_argument("--benchmarks", action="store_true", help="also re-measure docs/benchmarks.md")
+    parser.add_argument("--no-arena", action="store_true",
+                        help="with --benchmarks: train no arena runs, use docs/arena.csv as it is")
     args = parser.parse_args()
     torch.set_num_threads(1)
     readme = ROOT / "README.md"
@@ -149,7 +156,7 @@ def main() -> int:
     CATALOGUE.write_text(page)
     figures()
     if args.benchmarks:
-        BENCHMARKS.write_text(benchmarks_page())
+        BENCHMARKS.write_text(benchmarks_page(arena=not args.no_arena))
     return 0
 
 
