@@ -500,6 +500,8 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
         rs = [r for r in ok if r["kind"] == kind]
         for r in rs:
             base = r["block"] == BASELINE
+            if base:
+                ax.axhline(r["acc_mean"], color="black", lw=0.8, ls="--", label="backbone without attention")
             ax.errorbar(r["latency_ms"], r["acc_mean"], yerr=r["acc_std"], fmt="s" if base else "o",
                         color="black" if base else None, capsize=3)
             ax.annotate(r["block"], (r["latency_ms"], r["acc_mean"]), fontsize=7, xytext=(4, 3),
@@ -509,6 +511,8 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
         ax.set_ylabel("test accuracy (%), mean ± std over seeds")
         ax.set_title(f"{kind} attention on {rs[0]['data'] if rs else '-'}")
         ax.grid(alpha=0.3)
+        if any(r["block"] == BASELINE for r in rs):
+            ax.legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
