@@ -128,3 +128,20 @@ def test_backbones_any_size() -> None:
     base = ArenaTransformer(1, 10, None, dim=16)
     extra = sum(p.numel() for p in tr.parameters()) - sum(p.numel() for p in base.parameters())
     assert extra == 2 * (16 * 16 + 16)  # two Linear(16, 16) mixers
+
+
+def test_one_real_run_per_kind(tmp_path) -> None:
+    """One epoch on the small data sets through the real engine (skipped until it is merged)."""
+    pytest.importorskip("blockzoo.train.loop")
+    pytest.importorskip("blockzoo.data")
+    pytest.importorskip("blockzoo.attach")
+    from blockzoo.bench.arena import measure_latency, train_one
+
+    s = ArenaSettings(epochs=1, seeds=1, small_data=True)
+    blocks = [("image", "se"), *[("tokens", b) for b in arena_candidates("tokens")[:1]]]
+    for kind, block in blocks:
+        row = train_one(kind, block, 0, s)
+        base = train_one(kind, "none", 0, s)
+        assert 0.0 <= row["test_acc"] <= 1.0 and row["train_s"] > 0
+        assert row["params"] > base["params"] and row["flops"] >= base["flops"]
+        assert measure_latency(kind, block, s, warmup=0, repeats=1) > 0
