@@ -151,12 +151,22 @@ def test_shapes_input_option(tmp_path, capsys: pytest.CaptureFixture[str]) -> No
     assert "give B,C,H,W" in capsys.readouterr().err
 
 
+# Token blocks whose "weights" map is not a row-stochastic (B, h, N, M) tensor, and why.
+WEIGHTS_NOT_ROWS_OVER_KEYS = {
+    "emsa": "ResT applies instance normalisation to the softmax map (A = IN(softmax(...)))",
+    "separable_self_attention": "its map is the (B, N, 1) context scores, a softmax over N (dim 1)",
+}
+
+
 @pytest.mark.parametrize("name", [n for n in blockzoo.list_blocks(family="attention")
                                   if blockzoo.spec(n).input == "tokens"] or ["none"])
 def test_token_attention_weights_are_distributions(name: str) -> None:
-    """Every token block's recorded softmax weights (kind "weights") sum to 1 over the keys."""
+    """Every token block's recorded softmax weights (kind "weights") sum to 1 over the keys,
+    as ``AttentionMap`` documents, so the figures can draw them as distributions."""
     if name == "none":
         pytest.skip("no token-attention block registered on this branch")
+    if name in WEIGHTS_NOT_ROWS_OVER_KEYS:
+        pytest.skip(WEIGHTS_NOT_ROWS_OVER_KEYS[name])
     s = blockzoo.spec(name)
     model = s.build().eval()
     if not any(isinstance(m, AttentionMap) for m in model.modules()):
