@@ -25,11 +25,12 @@ def plot_bench(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: st
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.28 * len(rows) + 1.5)))
     y = range(len(rows))
     ax1.barh([i - 0.2 for i in y], [r["fwd_ms"] for r in rows], height=0.4,
-             xerr=[r["fwd_iqr_ms"] for r in rows], label="forward (eval)")
+             xerr=[r["fwd_iqr_ms"] / 2 for r in rows], label="forward (eval)")
     ax1.barh([i + 0.2 for i in y], [r["train_ms"] for r in rows], height=0.4,
-             xerr=[r["train_iqr_ms"] for r in rows], label="forward + backward")
+             xerr=[r["train_iqr_ms"] / 2 for r in rows], label="forward + backward")
     ax1.set_yticks(list(y), names, fontsize=8)
-    ax1.set_xlabel("median time per call (ms), bars = interquartile range")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("median time per call (ms, log scale); whiskers: ± half the interquartile range")
     ax1.legend(fontsize=8)
     ax1.set_title("time per block")
     ax2.scatter([max(r["flops"], 1) for r in rows], [r["fwd_ms"] for r in rows])
@@ -38,12 +39,14 @@ def plot_bench(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: st
                      xytext=(3, 2), textcoords="offset points")
     ax2.set_xscale("log")
     ax2.set_yscale("log")
-    ax2.set_xlabel("FLOPs per forward")
+    ax2.set_xlabel("FLOPs per forward (entries with 0 counted FLOPs drawn at 1)")
     ax2.set_ylabel("forward time (ms)")
     ax2.set_title("FLOPs vs time")
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, 150)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
