@@ -61,6 +61,14 @@ def test_cpu_peak_memory_sees_a_known_allocation() -> None:
 
     peak = peak_memory_bytes(f)
     assert 8 * 2**20 <= peak < 8 * 2**20 + 64 * 1024
+    # the fallback through the public trace export reads the same events
+    from torch.profiler import ProfilerActivity, profile
+
+    from blockzoo.bench.memory import _trace_totals
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        f()
+    assert max(_trace_totals(prof)) == peak
 
 
 def test_rows_and_fields_on_tiny_blocks() -> None:

@@ -29,17 +29,37 @@ def _walk(nodes: list) -> Iterator:
 
 
 def _cpu_peak(fn: Callable[[], object]) -> int:
-    from torch._C._profiler import _EventType
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    tree = prof.profiler.kineto_results.experimental_event_tree()
-    totals = [
-        n.extra_fields.total_allocated
-        for n in _walk(tree)
-        if n.tag == _EventType.Allocation and n.extra_fields.device.type == "cpu"
-    ]
+    try:  # the profiler's event tree: every allocation with its running total
+        from torch._C._profiler import _EventType
+
+        tree = prof.profiler.kineto_results.experimental_event_tree()
+        totals = [
+            n.extra_fields.total_allocated
+            for n in _walk(tree)
+            if n.tag == _EventType.Allocation and n.extra_fields.device.type == "cpu"
+        ]
+    except (ImportError, AttributeError):  # the same events, through the public trace export
+        totals = _trace_totals(prof)
     return max([0, *totals])
+
+
+def _trace_totals(prof: profile) -> list[int]:
+    import json
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    finally:
+        os.unlink(path)
+    return [int(e["args"]["Total Allocated"]) for e in events
+            if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
 
 
 def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int:
