@@ -68,7 +68,7 @@ def test_cpu_peak_memory_sees_a_known_allocation() -> None:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         f()
-    assert max(_trace_totals(prof)) == peak
+    assert abs(max(_trace_totals(prof)) - peak) < 64 * 1024
 
 
 def test_rows_and_fields_on_tiny_blocks() -> None:
