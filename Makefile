@@ -37,7 +37,7 @@ test-slow: $(VENV)/.dev-installed
 	BLOCKZOO_INDUCTOR_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_deploy.py -k inductor
 
 docs: $(VENV)/.dev-installed
-	$(PY) scripts/update_docs.py
+	$(PY) scripts/update_docs.py --benchmarks
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

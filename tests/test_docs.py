@@ -40,3 +40,18 @@ def test_readme_quickstart_runs() -> None:
     with pytest.raises(blockzoo.ShapeError) as info:
         blockzoo.create("mlp", in_features=8)(torch.randn(4, 9))
     assert f"blockzoo.ShapeError: {info.value}" == err
+
+
+def test_catalogue_page_is_fresh() -> None:
+    """docs/catalogue.md lists every registered entry with params and FLOPs, as generated."""
+    import importlib.util
+
+    import blockzoo
+
+    spec = importlib.util.spec_from_file_location("update_docs", ROOT / "scripts" / "update_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = (ROOT / "docs" / "catalogue.md").read_text()
+    assert text == mod.catalogue_page(), "docs/catalogue.md is stale: run `make docs`"
+    for name in blockzoo.list_blocks():
+        assert f"| {name} |" in text

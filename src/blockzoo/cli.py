@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,6 +123,248 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="paper, shapes, params and FLOPs of one entry")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def bench_text(result: Any, fmt: str) -> str:
+    """The bench report: machine and settings, the table, then the failures."""
+    import json
+
+    from blockzoo.bench.runner import BENCH_COLUMNS
+
+    if fmt == "json":
+        return json.dumps(dict(machine=result.machine, rows=result.rows, failures=result.failures), indent=2)
+    if fmt == "csv":
+        head = "\n".join(f"# {k}: {v}" for k, v in result.machine.items())
+        body = render(result.rows, "csv", BENCH_COLUMNS)
+        fails = "\n".join(f"# FAILED {f['name']}: {f['error']}" for f in result.failures)
+        return "\n".join(p for p in (head, body, fails) if p)
+    bullet = "- " if fmt == "markdown" else ""
+    head = "\n".join(f"{bullet}{k}: {v}" for k, v in result.machine.items())
+    parts = [head, render(result.rows, fmt, BENCH_COLUMNS) if result.rows else "(no block ran)"]
+    if result.failures:
+        title = "Failed:" if fmt == "table" else "**Failed:**"
+        parts.append(title + "\n" + "\n".join(f"{bullet or '  '}{f['name']}: {f['error']}"
+                                                for f in result.failures))
+    return "\n\n".join(parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from blockzoo.bench.runner import BenchSettings, run_bench
+
+    names = list(args.names) or list_blocks(family=args.family)
+    for n in names:
+        spec(n)  # unknown names fail here, with close matches
+    if args.family and args.names:
+        names = [n for n in names if spec(n).family == args.family]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: CUDA is not available in this PyTorch build/machine")
+    settings = BenchSettings(
+        batch=args.batch,
+        image_size=tuple(args.size) if args.size else None,
+        length=args.length,
+        device=args.device,
+        dtype=args.dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=torch.get_num_threads(),
+    )
+    result = run_bench(names, settings, progress=not args.no_progress)
+    print(bench_text(result, args.format))
+    if args.plot:
+        from blockzoo.bench.plot import plot_bench
+
+        if result.rows:
+            title = ", ".join(f"{k}={v}" for k, v in result.machine.items())
+            print(plot_bench(result.rows, args.plot, title=title))
+        else:
+            log.warning("no block ran: no plot written")
+    return 1 if result.failures and not result.rows else 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="params, FLOPs, latency, memory and efficiency of blocks")
+    p.add_argument("names", nargs="*", help="entries to measure (default: all, or --family)")
+    p.add_argument("--family", choices=FAMILIES, help="only this family")
+    p.add_argument("--batch", type=int, default=8)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size for image entries")
+    g.add_argument("--length", type=int, help="N for tokens/sequence/graph entries")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--plot", metavar="PATH", help="also write a PNG: time per block, FLOPs vs time")
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                   help=f"intra-op CPU threads (same as blockzoo --threads; default {DEFAULT_THREADS})")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+
+# --------------------------------------------------------------------------- plot, shapes
+
+
+def parse_input_shape(s: Spec, text: str | None) -> tuple[int, tuple[int, ...], dict[str, Any]]:
+    """``--input B,C,H,W`` (or B,N,C / B,T,F / B,F / B,T for ids) -> batch, size, config overrides."""
+    if not text:
+        return 1, tuple(s.example.size), {}
+    try:
+        dims = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--input {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+    feat = s.example.inputs.features
+    ids = feat == "vocab_size"
+    want = {"image": 4, "tokens": 3, "sequence": 2 if ids else 3, "graph": 3, "vector": 2}[s.input]
+    layout = {"image": "B,C,H,W", "tokens": "B,N,C", "sequence": "B,T" if ids else "B,T,F",
+              "graph": "B,N,C", "vector": "B,F"}[s.input]
+    if len(dims) != want or min(dims) < 1:
+        raise CliError(f"--input {text!r}: {s.name} takes {s.input} input, give {layout}")
+    batch = dims[0]
+    if s.input == "image":
+        size, c = (dims[2], dims[3]), dims[1]
+    elif s.input == "vector":
+        size, c = (), dims[1]
+    else:
+        size, c = (dims[1],), (None if ids else dims[2])
+    over = {feat: c} if isinstance(feat, str) and c is not None and feat in s.example.config else {}
+    return batch, size, over
+
+
+def cmd_shapes(args: argparse.Namespace) -> int:
+    from blockzoo.viz.shapes import TABLE_COLUMNS, layer_table, plot_shapes, table_rows
+
+    s = spec(args.name)
+    batch, size, over = parse_input_shape(s, args.input)
+    model = s.build(**over).eval()
+    inputs = s.make_input(batch=batch, size=size, config=over)
+    rows = layer_table(model, inputs)
+    print(f"{s.name}: input {_shapes(inputs)}; FLOPs by torch's flop counter (2 per MAC)")
+    print(render(table_rows(rows), args.format, TABLE_COLUMNS))
+    if args.plot:
+        print(plot_shapes(rows, args.plot, title=f"{s.name}, input {_shapes(inputs)}", show=args.show))
+    return 0
+
+
+def _add_shapes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shapes", help="every layer's output shape, params and FLOPs for one forward")
+    p.add_argument("name", help="a registered block or model")
+    p.add_argument("--input", help="input shape, e.g. 1,3,224,224 (B,C,H,W) or 2,16,64 (B,N,C)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--plot", metavar="PATH", help="also draw FLOPs and params per layer as bars (PNG)")
+    p.add_argument("--show", action="store_true", help="open a window as well (needs a display)")
+    p.set_defaults(func=cmd_shapes)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from blockzoo import viz
+
+    if args.figure == "activations":
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        path = viz.plot_activations(names, args.out or "activations.png", show=args.show)
+    elif args.figure == "posenc":
+        path = viz.plot_posenc(args.kind, args.length, args.dim, args.out or f"posenc_{args.kind}.png",
+                               show=args.show)
+    else:
+        s = spec(args.name)
+        if s.family != "attention":
+            raise CliError(f"plot attention: {s.name} is a {s.family} entry, not an attention block")
+        size = tuple(args.size) if args.size else (args.length,) if args.length else None
+        model = s.build().eval()
+        if args.input == "digits":
+            from blockzoo.viz.attention import digit_input
+
+            inputs = digit_input(s, size=size, index=args.index)
+        else:
+            inputs = s.make_input(batch=1, size=size)
+        title = f"{s.name} ({s.paper}, {s.year}), input {_shapes(inputs)}, untrained weights"
+        path = viz.plot_attention(model, inputs, args.out or f"attention_{s.name}.png", title=title,
+                                  show=args.show)
+    print(path)
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures for learners (PNG): activations, attention, posenc")
+    fig = p.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+    a = fig.add_parser("activations", help="activations and their autograd derivatives")
+    a.add_argument("--names", default="relu,prelu,sigmoid,tanh,gelu,silu")
+    t = fig.add_parser("attention", help="attention weights/gates of a registered attention block")
+    t.add_argument("name")
+    t.add_argument("--input", choices=("example", "digits"), default="example",
+                   help="the registered example input (random) or a handwritten digit (image blocks)")
+    t.add_argument("--index", type=int, default=0, help="which digit (with --input digits)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--length", type=int)
+    e = fig.add_parser("posenc", help="positional encoding heatmap and dot product by offset")
+    e.add_argument("--kind", choices=("sinusoidal", "rope"), default="sinusoidal")
+    e.add_argument("--length", type=int, default=64)
+    e.add_argument("--dim", type=int, default=64)
+    for q in (a, t, e):
+        q.add_argument("--out", metavar="PATH", help="PNG path (default: <figure>.png here)")
+        q.add_argument("--show", action="store_true", help="open a window as well (needs a display)")
+    p.set_defaults(func=cmd_plot)
+
+
+# --------------------------------------------------------------------------- arena
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    from blockzoo.bench.arena import (
+        SUMMARY_COLUMNS,
+        ArenaSettings,
+        arena_latencies,
+        plot_arena,
+        run_arena,
+        summarize,
+    )
+
+    kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
+                              small_data=args.small_data)
+    if args.data:
+        for d in args.data.split(","):
+            kind, _, name = d.rpartition(":")
+            if kind not in ("", "image", "tokens"):
+                raise CliError(f"--data {d!r}: expected image:NAME or tokens:NAME")
+            kw["token_data" if kind == "tokens" else "image_data"] = name
+    for opt in ("epochs", "seeds"):
+        if getattr(args, opt) is not None:
+            kw[opt] = getattr(args, opt)
+    settings = ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
+    csv_path = args.csv or ("arena_quick.csv" if args.quick else "arena.csv")
+    rows = run_arena(settings, csv_path, progress=not args.no_progress)
+    summary = summarize(rows, arena_latencies(rows, settings))
+    print(f"# results: {csv_path} ({len(rows)} runs); settings: "
+          + ", ".join(f"{k}={v}" for k, v in vars(settings).items() if k not in ("blocks",))
+          + f"; torch {torch.__version__}, 1 thread per run; acc: test accuracy (%) mean ± std over "
+          "seeds; train_s: mean training time (with --jobs J, J runs shared the machine); latency_ms: "
+          f"median eval forward of one batch of {settings.batch_size}, measured after training, alone")
+    print(render(summary, args.format, SUMMARY_COLUMNS))
+    failed = [r for r in summary if r.get("error")]
+    for r in failed:
+        print(f"FAILED {r['kind']} {r['block']}: {r['error']}")
+    print(plot_arena(summary, args.plot or Path(csv_path).with_suffix(".png")))
+    return 0
+
+
+def _add_arena(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
+    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
+                   "'none' is the backbone without attention")
+    p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 15; --quick 5)")
+    p.add_argument("--seeds", type=int, help="seeds per block (default 3; --quick 2)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes of 1 thread)")
+    p.add_argument("--quick", action="store_true", help="5 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
+    p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
+    p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_arena)
 
 
 # --------------------------------------------------------------------------- export
@@ -393,6 +636,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_list, _add_info, _add_export, _add_train, _add_eval, _add_predict, _add_data,
+    _add_bench, _add_arena, _add_plot, _add_shapes,
 ]
 
 
