@@ -149,15 +149,34 @@ def check_batch_independence(s: Spec, *, batch: int = 3) -> None:
 
 
 def check_grad(s: Spec, *, allow_zero: bool = False) -> None:
-    """Training mode: every parameter gets a finite, not identically zero, gradient."""
+    """Training mode: every parameter gets a finite, not identically zero, gradient.
+
+    A parameter-free block (SimAM, positional encodings) must instead pass a finite,
+    non-zero gradient back to its floating-point inputs.
+    """
     block = _build(s).train()
     args = s.make_input(batch=3, seed=2)
+    parameter_free = not any(p.requires_grad for p in block.parameters())
+    if parameter_free:
+        args = tuple(
+            a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args
+        )
     outs = _float_tensors(block(*args))
+    if parameter_free:
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        if not leaves or not any(o.requires_grad for o in outs):
+            raise _fail(s, "has no parameters and its output does not depend differentiably on its input")
     g = torch.Generator().manual_seed(3)
     # A random projection of the output: a plain sum can hide parameters whose
     # gradient cancels (e.g. anything before a softmax summed over its axis).
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
     loss.backward()
+    if parameter_free:
+        for i, a in enumerate(leaves):
+            if a.grad is None or not torch.isfinite(a.grad).all() or not a.grad.any():
+                raise _fail(s, f"input {i} received no finite, non-zero gradient")
+        return
     missing = [n for n, p in block.named_parameters() if p.requires_grad and p.grad is None]
     if missing:
         raise _fail(s, f"parameters received no gradient: {missing}")

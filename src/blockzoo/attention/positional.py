@@ -54,8 +54,6 @@ def sinusoidal_table(
     input="tokens",
     example=Example(config=dict(dim=16), inputs=tokens("dim"), size=(8,), out_shape="same",
                     tiny=dict(dim=6)),
-    exempt={"grad": "parameter-free: there is no parameter to receive a gradient; "
-                    "gradcheck checks the input gradient"},
 )
 class SinusoidalPositionalEncoding(nn.Module):
     r"""Fixed sinusoidal positional encoding added to the tokens; any length.
@@ -195,8 +193,6 @@ def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     input="tokens",
     example=Example(config=dict(dim=16), inputs=tokens("dim"), size=(8,), out_shape="same",
                     tiny=dict(dim=4)),
-    exempt={"grad": "parameter-free: there is no parameter to receive a gradient; "
-                    "gradcheck checks the input gradient"},
 )
 class RotaryEmbedding(nn.Module):
     r"""Rotary position embedding: rotate feature pairs by position-dependent angles.

@@ -27,8 +27,6 @@ __all__ = ["SimAM"]
     input="image",
     example=Example(config=dict(channels=16), inputs=images(), size=(8, 8),
                     out_shape="same", tiny=dict(channels=4)),
-    exempt={"grad": "SimAM has no parameters (its point), so there is no parameter gradient "
-                    "to check; gradcheck still checks its input gradient"},
 )
 class SimAM(nn.Module):
     r"""SimAM: weigh each neuron by sigmoid of its inverse minimal energy; no parameters.
