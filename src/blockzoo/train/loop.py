@@ -29,6 +29,7 @@ from torch import nn
 
 from blockzoo.data.base import Data, TensorData, TensorLoader
 from blockzoo.train import ddp, runlog
+from blockzoo.io import save as save_weights
 from blockzoo.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
@@ -380,6 +381,9 @@ def fit(
                 ck = load_checkpoint(best_pt)
                 ck["test"] = test
                 save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
+            # The deployable weights: safetensors with the registry name and config,
+            # so blockzoo.load / blockzoo export rebuild the model with no user code.
+            save_weights(getattr(model, "module", model), run_dir / "model.safetensors")
             if cfg.plots and history:
                 title = f"{meta.get('model', type(model).__name__)} on {data.name}"
                 runlog.plot_curves(run_dir, history, "acc" if obj.task != "regression" else "mse", title)
