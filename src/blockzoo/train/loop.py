@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from blockzoo.data.base import Data, TensorData, TensorLoader
-from blockzoo.train import ddp, runlog
 from blockzoo.io import save as save_weights
+from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
