@@ -27,7 +27,7 @@ from torch import nn
 
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.recurrent.encoders import TokenEmbedding
-from blockzoo.recurrent.layers import GRU, LSTM, ElmanRNN, JordanRNN
+from blockzoo.recurrent.layers import GRU, LENGTHS_GRAPH_BREAK, LSTM, ElmanRNN, JordanRNN
 from blockzoo.registry import Example, register, sequence
 
 __all__ = [
@@ -276,6 +276,7 @@ def _entry(name: str, cls: type, cell: str, paper: str, arxiv: str, year: int, w
         output="logits",
         example=Example(config=_CLS_EXAMPLE, inputs=sequence("input_size", lengths=True), size=(8,),
                         out_shape=out, tiny=dict(input_size=3, hidden_size=4, num_layers=1)),
+        exempt=LENGTHS_GRAPH_BREAK,
     )(build)
 
 

@@ -450,6 +450,14 @@ def _masks(mask: torch.Tensor | None, t: int) -> list[torch.Tensor | None]:
     return [None] * t if mask is None else list(mask[..., None].unbind(1))  # T x (B, 1)
 
 
+
+# Variable-length batches: validating the lengths and packing them read the lengths'
+# values on the host, which torch.compile cannot trace into one graph.
+LENGTHS_GRAPH_BREAK = {
+    "fullgraph": "graph breaks where the lengths are validated and packed: both read the "
+                 "lengths' values (data-dependent), so torch.compile runs with fullgraph=False"
+}
+
 @register(
     name="elman_rnn",
     family="recurrent",
@@ -465,6 +473,7 @@ def _masks(mask: torch.Tensor | None, t: int) -> list[torch.Tensor | None]:
         tiny=dict(input_size=3, hidden_size=4),
     ),
     out_batch_dims=_state_dims(1),
+    exempt=LENGTHS_GRAPH_BREAK,
 )
 class ElmanRNN(_RecurrentLayer):
     r"""Elman network: stacked simple recurrent layers, optionally bidirectional.
@@ -553,6 +562,7 @@ class ElmanRNN(_RecurrentLayer):
         tiny=dict(input_size=3, hidden_size=4),
     ),
     out_batch_dims=_state_dims(2),
+    exempt=LENGTHS_GRAPH_BREAK,
 )
 class LSTM(_RecurrentLayer):
     r"""LSTM layers, stacked and optionally bidirectional, with optional peepholes.
@@ -654,6 +664,7 @@ class LSTM(_RecurrentLayer):
         tiny=dict(input_size=3, hidden_size=4),
     ),
     out_batch_dims=_state_dims(2),
+    exempt=LENGTHS_GRAPH_BREAK,
 )
 def peephole_lstm(input_size: int, hidden_size: int, num_layers: int = 1, **kwargs: Any) -> LSTM:
     r"""Peephole LSTM layers: ``LSTM(..., peephole=True)``, the gates see the cell state.
@@ -700,6 +711,7 @@ def peephole_lstm(input_size: int, hidden_size: int, num_layers: int = 1, **kwar
         tiny=dict(input_size=3, hidden_size=4),
     ),
     out_batch_dims=_state_dims(1),
+    exempt=LENGTHS_GRAPH_BREAK,
 )
 class GRU(_RecurrentLayer):
     r"""GRU layers, stacked and optionally bidirectional.
@@ -779,6 +791,7 @@ class GRU(_RecurrentLayer):
         tiny=dict(input_size=3, hidden_size=4, output_size=2),
     ),
     out_batch_dims=_state_dims(1),
+    exempt=LENGTHS_GRAPH_BREAK,
 )
 class JordanRNN(_RecurrentLayer):
     r"""Jordan network layers: each layer feeds its previous *output* back.
