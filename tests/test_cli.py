@@ -90,3 +90,17 @@ def test_export_torch_program(tmp_path) -> None:
 def test_export_missing_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "runs/nope/best.safetensors", "--out", "x.onnx"]) == 2
     assert "no checkpoint at runs/nope/best.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_info_resnet18_at_224_matches_paper_and_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    """ResNet-18 at 224x224, 1000 classes: 11.69M params, 1.8 G MACs (paper), and the
+    same totals as `blockzoo shapes`."""
+    assert main(["info", "resnet18", "--size", "224", "224"]) == 0
+    out = capsys.readouterr().out
+    assert "params:  11,689,512" in out
+    flops = int(out.split("FLOPs:")[1].split()[0].replace(",", ""))
+    assert abs(flops / 2 - 1.8e9) / 1.8e9 < 0.02
+    assert main(["shapes", "resnet18", "--input", "1,3,224,224"]) == 0
+    total = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("TOTAL")).split()
+    assert total[1:] == ["11689512", str(flops)]

@@ -89,10 +89,10 @@ def _shapes(obj: Any) -> str:
     return ", ".join(str(s) for s in shapes)
 
 
-def info_text(s: Spec) -> str:
-    """The ``info`` page of one entry."""
+def info_text(s: Spec, size: tuple[int, ...] | None = None, batch: int = 1) -> str:
+    """The ``info`` page of one entry, measured at ``size`` (default: the example's)."""
     model = s.build().eval()
-    inputs = s.make_input(batch=1)
+    inputs = s.make_input(batch=batch, size=size)
     with torch.no_grad():
         out = model(*inputs)
     flops = count_flops(model, inputs)
@@ -107,7 +107,8 @@ def info_text(s: Spec) -> str:
         f"  input:   {_shapes(inputs)}",
         f"  output:  {_shapes(out)}",
         f"  params:  {count_params(model):,}",
-        f"  FLOPs:   {flops:,} per forward at batch 1 (torch flop counter; 2 per MAC)",
+        f"  FLOPs:   {flops:,} per forward at batch {batch} (torch flop counter; 2 per MAC)"
+        f" = {flops / 1e9:.3g} GFLOPs",
     ]
     if s.exempt:
         lines.append("  exempt:  " + "; ".join(f"{k}: {v}" for k, v in s.exempt.items()))
@@ -115,13 +116,17 @@ def info_text(s: Spec) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(info_text(spec(args.name)))
+    size = tuple(args.size) if args.size else None
+    print(info_text(spec(args.name), size=size, batch=args.batch))
     return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="paper, shapes, params and FLOPs of one entry")
     p.add_argument("name")
+    p.add_argument("--size", type=int, nargs="+",
+                   help="measure at this size: H W for images, N or T for tokens/sequences")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the measured input")
     p.set_defaults(func=cmd_info)
 
 
