@@ -124,7 +124,7 @@ class _WordEncoder(nn.Module):
         return word.lower() if self.lowercase else word
 
     def _features(self, word: str) -> list[int]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _features (word -> feature ids)")
 
     def forward(
         self, sentences: Sequence[Sequence[str]], *, device: Any = None, dtype: Any = None

@@ -137,7 +137,7 @@ class _RecurrentLayer(nn.Module):
         self, p: dict[str, torch.Tensor], x: torch.Tensor, state: tuple[torch.Tensor, ...],
         mask: torch.Tensor | None, reverse: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _scan (one direction of one layer)")
 
     # -- parameters ------------------------------------------------------------------
     def reset_parameters(self) -> None:
