@@ -18,6 +18,7 @@ from blockzoo.train import fit
 
 QUICK = "--quick" in sys.argv or os.environ.get("BLOCKZOO_QUICK") == "1"
 torch.set_num_threads(1)
+torch.manual_seed(0)  # the same weights every run: the lesson (and its test) is reproducible
 
 data = load_data("bow_en_es", quick=QUICK)
 model = blockzoo.create_model("bow_classifier", in_chans=data.in_chans, num_classes=2)

@@ -16,6 +16,7 @@ from blockzoo.train import fit
 
 QUICK = "--quick" in sys.argv or os.environ.get("BLOCKZOO_QUICK") == "1"
 torch.set_num_threads(1)
+torch.manual_seed(0)  # the same weights every run: the lesson (and its test) is reproducible
 
 data = load_data("line", quick=QUICK)  # x in [-1, 1], y = 2x + 1 + noise
 model = nn.Linear(1, 1)  # y_hat = w x + b

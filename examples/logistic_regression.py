@@ -16,6 +16,7 @@ from blockzoo.train import fit
 
 QUICK = "--quick" in sys.argv or os.environ.get("BLOCKZOO_QUICK") == "1"
 torch.set_num_threads(1)
+torch.manual_seed(0)  # the same weights every run: the lesson (and its test) is reproducible
 
 data = load_data("blobs", quick=QUICK)  # centres (-1,-1) and (1,1)
 model = blockzoo.create_model("logistic_regression", in_chans=2, num_classes=1)

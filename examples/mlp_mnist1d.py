@@ -17,6 +17,7 @@ from blockzoo.train import fit
 
 QUICK = "--quick" in sys.argv or os.environ.get("BLOCKZOO_QUICK") == "1"
 torch.set_num_threads(1)
+torch.manual_seed(0)  # the same weights every run: the lesson (and its test) is reproducible
 
 data = load_data("mnist1d", quick=QUICK).view("vector")  # (B, 40)
 model = blockzoo.create("mlp", in_features=40, hidden_features=(100, 100), out_features=10)
