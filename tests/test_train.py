@@ -4,6 +4,7 @@ DDP equal to one process, config errors as one line, the run directory, eval and
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,31 @@ def test_non_finite_loss_names_the_step() -> None:
     with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 1\).*--lr"):
         fit(nn.Linear(1, 1), data, output="regression", optimizer="sgd", lr=1e12, momentum=0.0,
             schedule="constant", warmup=0, batch_size=4, epochs=3, **FAST)
+
+
+@pytest.mark.parametrize("read_every", [1, 4])
+def test_deferred_loss_reads_same_sums_and_step(read_every: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read_every 4 is the accelerator path (losses read in groups, no sync per step), run on
+    # the CPU: the epoch sums equal the per-step reads', and a non-finite loss names its step.
+    from blockzoo.train import loop
+
+    data = load_data("line", quick=True)
+    kw = dict(output="regression", optimizer="sgd", momentum=0.0, schedule="constant", warmup=0,
+              batch_size=4, **FAST)
+    torch.manual_seed(0)
+    ref = fit(nn.Linear(1, 1), data, epochs=2, lr=0.01, **kw).history
+    monkeypatch.setattr(loop, "_read_every", lambda device: read_every)
+    torch.manual_seed(0)
+    got = fit(nn.Linear(1, 1), data, epochs=2, lr=0.01, **kw).history
+    assert [r["train_loss"] for r in got] == [r["train_loss"] for r in ref]
+    steps = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        with pytest.raises(NonFiniteLossError, match=r"at step (\d+) ") as err:
+            fit(nn.Linear(1, 1), data, epochs=3, lr=1e12, **kw)
+        steps.append(int(re.search(r"at step (\d+) ", str(err.value)).group(1)))
+        monkeypatch.setattr(loop, "_read_every", lambda device: 1)
+    assert steps[0] == steps[1] > 1
 
 
 def test_full_batch_and_pure_sgd() -> None:

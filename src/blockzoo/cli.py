@@ -527,9 +527,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 TRAIN_OPTIONS = (
     "model", "model_args", "data", "data_dir", "val_fraction", "quick", "epochs", "steps", "batch_size",
-    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup", "step_size", "gamma",
-    "clip_grad", "seed", "name", "runs_dir", "resume", "quiet", "grad_stats", "device", "amp", "compile",
-    "channels_last", "stop_after", "plots",
+    "eval_batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup",
+    "step_size", "gamma", "clip_grad", "seed", "name", "runs_dir", "resume", "quiet", "grad_stats",
+    "device", "amp", "compile", "channels_last", "stop_after", "plots",
 )
 
 
@@ -555,6 +555,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--epochs", type=int, help=f"epochs (default {d.epochs})")
     a("--steps", type=int, help="total optimisation steps (overrides --epochs)")
     a("--batch-size", type=_batch_size, help=f"N, or 'full' for full-batch descent (default {d.batch_size})")
+    a("--eval-batch-size", type=_batch_size,
+      help="batch size of validation/test passes, or 'full' (default twice --batch-size)")
     a("--optimizer", help=f"sgd, adam, adamw, rmsprop (default {d.optimizer})")
     a("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
     a("--momentum", type=float, help=f"sgd/rmsprop momentum (default {d.momentum})")

@@ -31,6 +31,10 @@ class TrainConfig:
         steps: total optimisation steps (overrides ``epochs``).
         batch_size: global batch size; ``None`` is the whole split (full-batch gradient
             descent), 1 is pure stochastic gradient descent.
+        eval_batch_size: batch size of the validation and test passes; default twice
+            ``batch_size`` (no activations are kept for a backward pass), the whole
+            split under full-batch descent. On the CPU moderate batches are faster
+            than one huge one (the activations stay in cache).
         optimizer: sgd, adam, adamw or rmsprop.
         lr: peak learning rate.
         momentum, nesterov: for sgd (momentum also for rmsprop).
@@ -64,6 +68,7 @@ class TrainConfig:
     epochs: int = 25
     steps: int | None = None
     batch_size: int | None = 64
+    eval_batch_size: int | None = None
     optimizer: str = "adamw"
     lr: float = 3e-3
     momentum: float = 0.9
@@ -94,12 +99,21 @@ class TrainConfig:
             raise ValueError(f"steps={self.steps} must be >= 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1 (or None for full batch)")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size={self.eval_batch_size} must be >= 1 (or None)")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp={self.amp!r} must be bf16, fp16 or None")
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
+
+    @property
+    def eval_batch(self) -> int | None:
+        """The evaluation batch size in effect (``None``: the whole split)."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return None if self.batch_size is None else 2 * self.batch_size
 
     @property
     def run_name(self) -> str:

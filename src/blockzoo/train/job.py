@@ -178,7 +178,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = 
     obj = objective(data.task, ck["output"], data.num_classes)
     dev = resolve_device(device)
     model.to(dev)
-    res = evaluate(model, getattr(data, split), obj, device=dev)
+    res = evaluate(model, getattr(data, split), obj, batch_size=cfg.eval_batch, device=dev)
     return {"split": split, **res, "data": data.name, "model": ck["meta"]["model"],
             "epoch": ck["epoch"], "step": ck["step"], "stored_test": ck.get("test")}
 

@@ -93,7 +93,7 @@ def evaluate(
     split: TensorData,
     obj: Objective,
     *,
-    batch_size: int = 1000,
+    batch_size: int | None = 256,
     device: torch.device | str = "cpu",
     dist: ddp.Dist | None = None,
     amp: str | None = None,
@@ -122,6 +122,11 @@ def evaluate(
     if obj.task != "regression":
         res["acc"] = sums[1].item() / n
     return res
+
+
+def _read_every(device: torch.device) -> int:
+    """Steps between host reads of the training loss: 1 on the CPU, 16 where a read syncs."""
+    return 1 if device.type == "cpu" else 16
 
 
 def _grad_norms(model: nn.Module, names: list[str]) -> torch.Tensor:
@@ -188,15 +193,43 @@ def fit(
     step, history, grad_history = 0, [], []
     best_val: float | None = None
     best_epoch = 0
-    # This epoch's training loss sum, correct count and sample count, kept on the device
-    # (no sync per step) and stored in checkpoints, so a resumed epoch sums the same way.
-    run_loss = torch.zeros((), dtype=torch.float64, device=device)
-    run_correct = torch.zeros((), dtype=torch.float64, device=device)
-    run_count = 0
+    # This epoch's training loss sum, correct count and sample count: host floats added
+    # in step order and stored in checkpoints, so a resumed epoch sums the same way. On
+    # the CPU each step's loss is read at once (about a microsecond), so a non-finite
+    # loss stops the run before its backward; on an accelerator each read is a sync that
+    # would stall the kernel queue, so finished steps' values wait in `pending` as
+    # tensors and are read every `read_every` steps.
+    run_loss, run_correct, run_count = 0.0, 0.0, 0
+    read_every = _read_every(device)
+    pending: list[tuple[Any, Any, int]] = []  # per finished step: (mean loss, right, samples)
+    lr: float | None = None
 
     def sums_now() -> torch.Tensor:
-        return torch.stack([run_loss.cpu(), run_correct.cpu(),
-                            torch.tensor(float(run_count), dtype=torch.float64)])
+        return torch.tensor([run_loss, run_correct, float(run_count)], dtype=torch.float64)
+
+    def check_finite(value: float, at_step: int) -> None:
+        if not math.isfinite(value):
+            where = f"last good checkpoint: {last_pt}" if last_pt and last_pt.exists() else (
+                "no checkpoint written yet")
+            raise NonFiniteLossError(
+                f"loss is {value} at step {at_step} (epoch {(at_step - 1) // per_epoch + 1}); "
+                f"{where}; try a lower --lr (now {cfg.lr:g}) or --clip-grad")
+
+    def read_pending() -> None:
+        """Add the finished steps in ``pending`` to the epoch's sums (in step order)."""
+        nonlocal run_loss, run_correct, run_count
+        if not pending:
+            return
+        losses, rights = [p[0] for p in pending], [p[1] for p in pending]
+        if isinstance(losses[0], torch.Tensor):  # one sync for all of them
+            losses, rights = torch.stack(losses).tolist(), torch.stack(rights).tolist()
+        first = step - len(pending) + 1  # the 1-based step of pending[0]
+        for i, (v, r, (_, _, n)) in enumerate(zip(losses, rights, pending, strict=True)):
+            check_finite(v, first + i)
+            run_loss += v * n
+            run_correct += r
+            run_count += n
+        pending.clear()
 
     grad_sum = torch.zeros(len(grad_names))
     last_pt = run_dir / "last.pt" if run_dir else None
@@ -209,8 +242,7 @@ def fit(
         opt.load_state_dict(ck["optimizer"])
         step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
-        run_loss.fill_(ck["partial"][0].item())
-        run_correct.fill_(ck["partial"][1].item())
+        run_loss, run_correct = ck["partial"][0].item(), ck["partial"][1].item()
         run_count = int(ck["partial"][2].item())
         grad_sum = ck["grad_sum"].float()
         torch.set_rng_state(ck["rng"].cpu())
@@ -271,22 +303,30 @@ def fit(
             for x, y, n_global in loader.batches(start=step - epoch * per_epoch):
                 if step >= total:
                     break
-                x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-                lr = cfg.lr * lr_factor(cfg.schedule, step, total, warmup=cfg.warmup,
-                                        step_size=cfg.step_size, gamma=cfg.gamma)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                # forward, loss (sum / global batch: exact under DDP), backward, step
+                if x.device != device or cfg.channels_last:
+                    x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+                new_lr = cfg.lr * lr_factor(cfg.schedule, step, total, warmup=cfg.warmup,
+                                            step_size=cfg.step_size, gamma=cfg.gamma)
+                if new_lr != lr:
+                    lr = new_lr
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                # forward, loss (this rank's mean, times its share of the global batch:
+                # exact under DDP, where gradients are averaged over ranks), backward, step
                 with _autocast(device, cfg.amp):
                     out = model_outputs(net(x))
-                loss_sum = obj.loss_sum(out, y)
-                loss = loss_sum * (dist.world_size / n_global)
-                if not torch.isfinite(loss_sum):
-                    where = f"last good checkpoint: {last_pt}" if last_pt and last_pt.exists() else (
-                        "no checkpoint written yet")
-                    raise NonFiniteLossError(
-                        f"loss is {loss_sum.item()} at step {step + 1} (epoch {epoch + 1}); {where}; "
-                        f"try a lower --lr (now {cfg.lr:g}) or --clip-grad")
+                loss = obj.loss(out, y)
+                with torch.no_grad():
+                    right = obj.correct(out, y)
+                if read_every == 1:
+                    value = loss.item()
+                    check_finite(value, step + 1)
+                    stat = (value, right.item(), len(x))
+                else:
+                    stat = (loss.detach(), right, len(x))
+                scale = len(x) * dist.world_size / n_global
+                if scale != 1.0:
+                    loss = loss * scale
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -303,16 +343,16 @@ def fit(
                 else:
                     opt.step()
                 step += 1
-                with torch.no_grad():
-                    run_loss += loss_sum.detach()
-                    run_correct += obj.correct(out, y)
-                run_count += len(x)
+                pending.append(stat)
+                if len(pending) >= read_every:
+                    read_pending()
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == total:
-                        live = {"loss": f"{run_loss.item() / max(1, run_count):.4f}"}
+                        read_pending()
+                        live = {"loss": f"{run_loss / max(1, run_count):.4f}"}
                         if obj.task != "regression":
-                            live["acc"] = f"{run_correct.item() / max(1, run_count):.3f}"
+                            live["acc"] = f"{run_correct / max(1, run_count):.3f}"
                         bar.set_postfix(epoch=epoch + 1, **live)
                 if _stop(cfg, step, total) and step % per_epoch:
                     stopped = True
@@ -320,10 +360,11 @@ def fit(
             if stopped:
                 break
             # ------------------------------------------------ end of epoch: evaluate, keep best
+            read_pending()
             sums = ddp.all_reduce_sum(sums_now().to(device), dist).cpu()
             train = {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item()}
-            val = evaluate(model, data.val, obj, device=device, dist=dist, amp=cfg.amp,
-                           channels_last=cfg.channels_last)
+            val = evaluate(model, data.val, obj, batch_size=cfg.eval_batch, device=device, dist=dist,
+                           amp=cfg.amp, channels_last=cfg.channels_last)
             row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train["loss"],
                    "val_loss": val["loss"]}
             if obj.task != "regression":
@@ -334,9 +375,7 @@ def fit(
                 grad_history.append({n: (g / per_epoch).item() for n, g in zip(grad_names, grad_sum,
                                                                                strict=True)})
                 grad_sum.zero_()
-            run_loss.zero_()
-            run_correct.zero_()
-            run_count = 0
+            run_loss, run_correct, run_count = 0.0, 0.0, 0
             score = val["acc"] if obj.task != "regression" else -val["loss"]
             improved = best_val is None or score > best_val
             if improved:
@@ -362,6 +401,8 @@ def fit(
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
+    if stopped or interrupted:
+        read_pending()  # the finished steps' sums belong in the checkpoint
     if (stopped or interrupted) and last_pt is not None:
         checkpoint(last_pt, step // per_epoch)
         if main:
@@ -374,8 +415,8 @@ def fit(
         ddp.barrier(dist)  # rank 0 has written best.pt
         if best_pt is not None and best_pt.exists():
             model.load_state_dict(load_checkpoint(best_pt, map_location=device)["model"])
-        test = evaluate(model, data.test, obj, device=device, dist=dist, amp=cfg.amp,
-                        channels_last=cfg.channels_last)
+        test = evaluate(model, data.test, obj, batch_size=cfg.eval_batch, device=device, dist=dist,
+                        amp=cfg.amp, channels_last=cfg.channels_last)
         if run_dir is not None and main:
             if best_pt is not None and best_pt.exists():
                 ck = load_checkpoint(best_pt)

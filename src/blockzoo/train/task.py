@@ -9,8 +9,9 @@
 Per-step targets (y (B, T), output (B, T, K), e.g. copy memory) take the mean over
 the T steps of each sample, and accuracy counts each sample's fraction of right steps.
 
-Every loss is returned as a *sum* over the batch, so the engine can divide by the
-global batch size (exact under DDP, where a rank holds part of each batch).
+``loss`` is the batch mean the training step backpropagates (scaled by the rank's
+share of the global batch under DDP, so the gradients sum to the global mean);
+``loss_sum`` is the sum over the batch that evaluation adds up across batches and ranks.
 """
 
 from __future__ import annotations
@@ -33,19 +34,35 @@ class Objective:
     output: str
     num_outputs: int  # the model's output width K
 
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss averaged over the batch (per-sample loss averaged over targets): ``loss_sum / B``.
+
+        One reduction inside the loss kernel, the form the training step backpropagates.
+        """
+        return self._loss(out, y, "mean")
+
     def loss_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss summed over the batch (per-sample loss averaged over targets)."""
+        return self._loss(out, y, "sum")
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         out = out.float()
+        # per sample: the mean over its targets; "mean" also averages over the batch
+        per = 1 if reduction == "mean" else out[0].numel()  # targets per sample (sum only)
         if self.task == "regression":
-            return F.mse_loss(out, y.reshape(out.shape), reduction="sum") / out[0].numel()
-        if self.task == "binary" and self.output != "log_probs":
-            return F.binary_cross_entropy_with_logits(out, y.reshape(out.shape), reduction="sum")
-        steps = out[0].numel() // out.shape[-1]  # T for per-step targets (B, T), else 1
-        target = y.reshape(-1).long()
-        out = out.reshape(-1, out.shape[-1])  # (B*T, K)
-        if self.output == "log_probs":
-            return F.nll_loss(out, target, reduction="sum") / steps
-        return F.cross_entropy(out, target, reduction="sum") / steps
+            loss = F.mse_loss(out, y.reshape(out.shape), reduction=reduction)
+        elif self.task == "binary" and self.output != "log_probs":
+            loss = F.binary_cross_entropy_with_logits(out, y.reshape(out.shape), reduction=reduction)
+        elif out.dim() == 2 and y.dim() == 1 and y.dtype == torch.long:  # (B, K) scores, (B,) labels
+            fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
+            return fn(out, y, reduction=reduction)
+        else:
+            per = 1 if reduction == "mean" else out[0].numel() // out.shape[-1]  # T for (B, T) targets
+            target = y.reshape(-1).long()
+            out = out.reshape(-1, out.shape[-1])  # (B*T, K)
+            fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
+            loss = fn(out, target, reduction=reduction)
+        return loss / per if per != 1 else loss
 
     def correct(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Right predictions in the batch (per-step targets: each sample's right fraction)."""
@@ -53,6 +70,8 @@ class Objective:
             return torch.zeros((), device=out.device)
         if self.task == "binary" and self.output != "log_probs":
             return ((out.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
+        if out.dim() == 2 and y.dim() == 1:  # (B, K) scores, (B,) labels: the common case
+            return (out.argmax(1) == y).sum()
         hit = out.argmax(-1) == y.reshape(out.shape[:-1]).long()  # (B,) or (B, T)
         return hit.reshape(len(hit), -1).float().mean(1).sum()
 
