@@ -105,6 +105,26 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
 
 
+def test_checkpoint_writer_background_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the state is taken when save() is called, whatever happens to the tensors after
+    writer = ckpt_mod.CheckpointWriter()
+    w = torch.ones(3)
+    writer.save(tmp_path / "last.pt", {"step": 1, "w": w}, link=tmp_path / "best.pt")
+    w.zero_()
+    writer.wait()
+    for name in ("last.pt", "best.pt"):
+        assert torch.equal(load_checkpoint(tmp_path / name)["w"], torch.ones(3))
+    # a failed write in the thread is raised by wait(); the previous file stays whole
+    monkeypatch.setattr(ckpt_mod.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    writer.save(tmp_path / "last.pt", {"step": 2, "w": w})
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
+
+
 class _Payload:
     def __reduce__(self):
         return (os.getcwd, ())

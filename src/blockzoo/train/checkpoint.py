@@ -5,6 +5,8 @@ model and optimizer state, the step, the RNG state, the history, the config), so
 it loads with ``torch.load(..., weights_only=True)``: no arbitrary object is ever
 unpickled. Writes are atomic: a temporary file in the same folder, then
 ``os.replace``, so a run killed mid-write leaves the previous checkpoint intact.
+The training loop writes through ``CheckpointWriter``, which serialises at once
+and leaves the disk write and ``fsync`` to a background thread.
 
 ``save_checkpoint`` / ``load_checkpoint`` are the only functions that touch the
 file format; switching the weights to another format (safetensors) changes only
@@ -13,27 +15,39 @@ this module.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "copy_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "CheckpointWriter", "copy_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "blockzoo-checkpoint-1"
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
+    return _write_atomic(Path(path), _serialize(ckpt))
+
+
+def _serialize(ckpt: dict[str, Any]) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **ckpt}, buf)
+    return buf
+
+
+def _write_atomic(path: Path, buf: io.BytesIO, link: Path | None = None) -> Path:
+    """Bytes to a temp file, flushed to disk, renamed over ``path``; then ``link`` made a copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **ckpt}, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,7 +55,51 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if link is not None:
+        copy_checkpoint(path, link)
     return path
+
+
+class CheckpointWriter:
+    """Atomic checkpoint writes that overlap training: the file I/O runs in a thread.
+
+    ``save`` serialises the checkpoint at once, in the caller's thread (so it holds
+    the state of that moment, whatever training does next), then writes, flushes to
+    disk (``fsync``, the slow part) and renames in a background thread. One write is
+    in flight at a time; ``wait`` blocks until it is on disk and re-raises its error.
+    Call ``wait`` before reading a checkpoint back and before the run ends.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | Path, ckpt: dict[str, Any], *, link: str | Path | None = None) -> None:
+        """Write ``ckpt`` to ``path`` (and then make ``link`` a copy of it) in the background."""
+        buf = _serialize(ckpt)
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._run, args=(Path(path), buf, None if link is None else Path(link)),
+            name="blockzoo-checkpoint", daemon=False)
+        self._thread.start()
+
+    def _run(self, path: Path, buf: io.BytesIO, link: Path | None) -> None:
+        try:
+            _write_atomic(path, buf, link)
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self, *, raise_error: bool = True) -> None:
+        """Block until the last write is on disk; raise the error it met, if any.
+
+        ``raise_error=False`` (while another exception unwinds) drops that error.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        err, self._error = self._error, None
+        if err is not None and raise_error:
+            raise err
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch import nn
 from blockzoo.data.base import Data, TensorData, TensorLoader
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
-from blockzoo.train.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from blockzoo.train.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
 from blockzoo.train.task import Objective, model_outputs, objective
@@ -209,6 +209,7 @@ def fit(
 
     def check_finite(value: float, at_step: int) -> None:
         if not math.isfinite(value):
+            writer.wait(raise_error=False)  # the checkpoint in flight, if any, is the last good one
             where = f"last good checkpoint: {last_pt}" if last_pt and last_pt.exists() else (
                 "no checkpoint written yet")
             raise NonFiniteLossError(
@@ -266,7 +267,10 @@ def fit(
     if run_dir is not None and main:
         runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **_jsonable(meta)})
 
-    def checkpoint(path: Path, epoch: int) -> None:
+    writer = CheckpointWriter()  # serialises now, writes and fsyncs while training goes on
+
+    def checkpoint(path: Path, epoch: int, link: Path | None = None) -> None:
+        """Save the run's state to ``path`` (then make ``link`` a copy of it), in the background."""
         if not main:
             return
         ck = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
@@ -277,7 +281,7 @@ def fit(
                   num_classes=data.num_classes, in_chans=data.in_chans)
         if device.type == "cuda":
             ck["cuda_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(path, ck)
+        writer.save(path, ck, link=link)
 
     show_bar = main and not cfg.quiet and sys.stderr.isatty()
     bar = None
@@ -381,9 +385,8 @@ def fit(
             if improved:
                 best_val, best_epoch = score, epoch + 1
             if last_pt is not None and main:
-                checkpoint(last_pt, epoch + 1)
-                if improved:  # best.pt: this epoch's last.pt, linked rather than written twice
-                    copy_checkpoint(last_pt, best_pt)
+                # best.pt: this epoch's last.pt, linked rather than written twice
+                checkpoint(last_pt, epoch + 1, link=best_pt if improved else None)
             if run_dir is not None and main:
                 runlog.write_metrics(run_dir, history)
             if main and not cfg.quiet:
@@ -397,14 +400,19 @@ def fit(
                 break
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:
+        writer.wait(raise_error=False)  # leave the files whole before the error propagates
+        raise
     finally:
         if bar is not None:
             bar.close()
+    writer.wait()
     seconds = time.perf_counter() - t0
     if stopped or interrupted:
         read_pending()  # the finished steps' sums belong in the checkpoint
     if (stopped or interrupted) and last_pt is not None:
         checkpoint(last_pt, step // per_epoch)
+        writer.wait()
         if main:
             log.warning("%s at step %d; saved %s (continue with --resume)",
                         "interrupted" if interrupted else "stopped", step, last_pt)
