@@ -42,6 +42,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.recurrent.cells import elman_step, gru_step, jordan_step, lstm_step
+from blockzoo.recurrent.scan import jordan_scan, jordan_scan_applies, lstm_scan, scan_applies
 from blockzoo.registry import Example, register, sequence
 
 __all__ = ["GRU", "LSTM", "ElmanRNN", "JordanRNN", "detach_state", "peephole_lstm"]
@@ -446,6 +447,10 @@ def _project(
     return list(gx.unbind(1)), w.t(), prev, zs
 
 
+def _sum_bias(b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> torch.Tensor | None:
+    return b_ih if b_ih is None or b_hh is None else b_ih + b_hh
+
+
 def _masks(mask: torch.Tensor | None, t: int) -> list[torch.Tensor | None]:
     return [None] * t if mask is None else list(mask[..., None].unbind(1))  # T x (B, 1)
 
@@ -633,6 +638,10 @@ class LSTM(_RecurrentLayer):
         return [*shapes, ("weight_peep", (3, self.hidden_size))] if self.peephole else shapes
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
+        if scan_applies(x):
+            b = _sum_bias(p.get("bias_ih"), p.get("bias_hh"))
+            gx = F.linear(x.transpose(0, 1), p["weight_ih"], b)  # (T, B, 4H), time-major
+            return lstm_scan(gx, *state, p["weight_hh"], p.get("weight_peep"), mask, reverse)
         gx, w_t, prev, _ = _project(p, x, "weight_hh")  # T x (B, 4H)
         ms, peep = _masks(mask, x.shape[1]), p.get("weight_peep")  # T x (B, 1)
         h, c = state
@@ -884,6 +893,11 @@ class JordanRNN(_RecurrentLayer):
                     nn.init.uniform_(p[b], -k, k)
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
+        if scan_applies(x) and jordan_scan_applies(self.act, self.out_act):
+            gx = F.linear(x.transpose(0, 1), p["weight_ih"], p.get("bias_ih"))  # (T, B, H), time-major
+            out, s = jordan_scan(gx, *state, p["weight_sh"], p["weight_ho"], p.get("bias_ho"), mask, reverse,
+                                 self.state_decay, self.act, self.out_act)
+            return out, (s,)
         gx, w_t, prev, _ = _project(p, x, "weight_sh")  # T x (B, H)
         ms, w_ho, b_ho = _masks(mask, x.shape[1]), p["weight_ho"], p.get("bias_ho")  # T x (B, 1)
         hid, zs = None, None
