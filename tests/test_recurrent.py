@@ -11,6 +11,7 @@
   equals autograd through the step equations, gradient by gradient, in float64.
 """
 
+import contextlib
 import importlib.util
 import math
 from pathlib import Path
@@ -447,6 +448,27 @@ def test_scan_repeated_backward_with_retained_graph():
         g2 = torch.autograd.grad(out.sum(), [x, *layer.parameters()])
         for a, b in zip(g1, g2, strict=True):
             assert torch.equal(a, b)
+
+
+def test_scan_frozen_weights_get_no_gradient_others_unchanged():
+    """Weights that need no gradient get none; the others equal the autograd loop's."""
+    torch.manual_seed(22)
+    for layer in (LSTM(3, 4, peephole=True).double(), JordanRNN(3, 4, output_size=2).double()):
+        for n, p in layer.named_parameters():
+            p.requires_grad_(n.split("_l")[0] not in ("weight_hh", "weight_peep", "weight_ho", "bias_ho"))
+        x = torch.randn(2, 5, 3, dtype=torch.float64)
+        grads = []
+        for ctx in (contextlib.nullcontext(), autograd_loop()):
+            layer.zero_grad()
+            with ctx:
+                out, _ = layer(x, torch.tensor([5, 3]))
+            out.sum().backward()
+            grads.append({n: p.grad for n, p in layer.named_parameters()})
+        for n, p in layer.named_parameters():
+            if p.requires_grad:
+                _close(grads[0][n], grads[1][n], 1e-10)
+            else:
+                assert grads[0][n] is None
 
 
 def test_jordan_falls_back_to_autograd_loop_where_the_scan_cannot():
