@@ -618,12 +618,13 @@ class LSTM(_RecurrentLayer):
     state=None)`` takes lengths second; the forget gate is present (the 1997 paper
     had none). Otherwise names and numbers are those of ``torch.nn.LSTM`` (gate
     order i, f, g, o). With peepholes the scan of ``scan.py`` runs: forward +
-    backward 1.83x the time of ``nn.LSTM`` (which has no peepholes) at B=32, T=128,
-    H=256 on one CPU thread, against 2.03x for the step-by-step autograd loop
-    (benchmarks/recurrent.py). The rest of the gap is matrix products: the same
-    flops, but ``nn.LSTM`` runs oneDNN's RNN kernel while the scan calls ``mm``
-    (MKL), which on the AMD CPU measured took 1.8x (one step's product) to 2.8x
-    (all steps' products) the time of the same fp32 product through oneDNN.
+    backward 1.8-1.95x the time of ``nn.LSTM`` (which has no peepholes) at B=32,
+    T=128, H=256 on one CPU thread, against 2.0-2.1x for the step-by-step autograd
+    loop (three runs of benchmarks/recurrent.py on a shared machine). The rest of
+    the gap is matrix products: the same flops, but ``nn.LSTM`` runs oneDNN's RNN
+    kernel while the scan calls ``mm`` (MKL), which on the AMD CPU measured took
+    1.8x (one step's product) to 2.8x (all steps' products) the time of the same
+    fp32 product through oneDNN.
 
     Example:
         >>> lstm = LSTM(8, 16, 2, bidirectional=True)
@@ -854,9 +855,9 @@ class JordanRNN(_RecurrentLayer):
 
     Deviations: no fused kernel exists, so the scan of ``scan.py`` runs (input
     projections of all steps precomputed, back-propagation through time derived by
-    hand): forward + backward 1.41x the time of ``nn.RNN`` (one product per step to
-    Jordan's two) at B=32, T=128, H=O=256 on one CPU thread, against 1.54x for the
-    step-by-step autograd loop (benchmarks/recurrent.py). That holds for act and
+    hand): forward + backward 1.33-1.43x the time of ``nn.RNN`` (one product per
+    step to Jordan's two) at B=32, T=128, H=O=256 on one CPU thread, against
+    1.52-1.56x for the step-by-step autograd loop (benchmarks/recurrent.py). That holds for act and
     out_act among tanh, sigmoid, relu, identity and the registry's parameter-free
     elementwise activations; any other (PReLU, a custom module) runs the step of
     ``cells.py`` under autograd. Jordan's plan units are ordinary inputs.

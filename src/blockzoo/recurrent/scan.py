@@ -22,10 +22,12 @@ does the whole scan instead:
   W_ih x + b (computed time-major by the caller with ``F.linear``) returned as one
   (T, B, G) tensor, so W_ih and the biases get theirs from ``F.linear``'s backward.
 
-Measured at B=32, T=128, H=256 on one CPU thread (benchmarks/recurrent.py):
-forward + backward 1.83x ``nn.LSTM`` for the peephole LSTM (2.03x with the
-autograd loop) and 1.41x ``nn.RNN`` for Jordan (1.54x). What is left is mostly
-matrix products, which the scan leaves to ``mm`` as the autograd loop did. Choices
+Measured at B=32, T=128, H=256 on one CPU thread (benchmarks/recurrent.py, three
+runs on a shared machine): forward + backward 1.8-1.95x ``nn.LSTM`` for the
+peephole LSTM (2.0-2.1x with the autograd loop) and 1.33-1.43x ``nn.RNN`` for
+Jordan (1.52-1.56x). What is left is mostly matrix products, which the scan
+leaves to ``mm`` as the autograd loop did (peephole LSTM: timed alone, its
+products add up to ~130 ms of the scan's ~140 ms in a quiet run). Choices
 made by measurement: the pointwise factors of the backward are computed per step
 (cache-hot (B, H) tensors) rather than for all steps at once (several (T, B, H)
 passes through memory, slower); tanh is computed as 2 sigmoid(2x) - 1 on CPU
