@@ -857,10 +857,11 @@ class JordanRNN(_RecurrentLayer):
     projections of all steps precomputed, back-propagation through time derived by
     hand): forward + backward 1.33-1.43x the time of ``nn.RNN`` (one product per
     step to Jordan's two) at B=32, T=128, H=O=256 on one CPU thread, against
-    1.52-1.56x for the step-by-step autograd loop (benchmarks/recurrent.py). That holds for act and
-    out_act among tanh, sigmoid, relu, identity and the registry's parameter-free
-    elementwise activations; any other (PReLU, a custom module) runs the step of
-    ``cells.py`` under autograd. Jordan's plan units are ordinary inputs.
+    1.52-1.56x for the step-by-step autograd loop (benchmarks/recurrent.py). That
+    holds for act and out_act among tanh, sigmoid, relu, identity and the
+    registry's parameter-free elementwise activations; any other (PReLU, a custom
+    module) runs the step of ``cells.py`` under autograd. Jordan's plan units are
+    ordinary inputs.
 
     Example:
         >>> out, s = JordanRNN(8, 16, output_size=4)(torch.randn(3, 5, 8))
