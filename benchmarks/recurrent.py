@@ -10,14 +10,18 @@ and prints the median of each and their ratio (ours / torch; 1.00 = as fast).
 
 Rows: the native configs (Elman, LSTM, GRU: the fused kernel, expected ~1.0),
 lengths (padded + lengths vs nn.LSTM on a PackedSequence, packing timed in both),
-the time loop for the same LSTM maths (fused=False: the cost of the loop), and
-the configs with no fused kernel (peephole LSTM, Jordan) against the nearest
-torch module (nn.LSTM, nn.RNN), which computes less.
+the time loop for the same LSTM maths (fused=False: the cost of the loop; the LSTM
+runs the hand-derived scan of recurrent/scan.py, the GRU its autograd loop), and
+the configs with no fused kernel (peephole LSTM, Jordan: the scan) against the
+nearest torch module (nn.LSTM, nn.RNN), which computes less. The "(autograd loop)"
+rows run the same layers inside ``scan.autograd_loop()``: the time loop recorded
+by autograd step by step, as before the scans (and as under torch.compile/export).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -29,6 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from blockzoo.bench.report import render
 from blockzoo.recurrent import GRU, LSTM, ElmanRNN, JordanRNN
+from blockzoo.recurrent.scan import autograd_loop
 
 
 def _sync(device: str) -> None:
@@ -46,12 +51,13 @@ def _fwd_bwd(run: Callable[[], torch.Tensor], device: str) -> float:
 
 
 def _case(ours: nn.Module, ref: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None,
-          copy: bool) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+          copy: bool, loop: bool) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
     if copy:
         ref.load_state_dict(ours.state_dict())
 
     def run_ours() -> torch.Tensor:
-        return ours(x, lengths)[0]
+        with autograd_loop() if loop else contextlib.nullcontext():
+            return ours(x, lengths)[0]
 
     def run_ref() -> torch.Tensor:
         if lengths is None:
@@ -95,15 +101,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ("lstm loop (fused=False)", "nn.LSTM", LSTM(h, h, fused=False, **fk), nn.LSTM(h, h, **bt), None,
          True),
         ("gru loop (fused=False)", "nn.GRU", GRU(h, h, fused=False, **fk), nn.GRU(h, h, **bt), None, True),
-        ("peephole lstm (loop)", "nn.LSTM", LSTM(h, h, peephole=True, **fk), nn.LSTM(h, h, **bt), None,
+        ("peephole lstm (scan)", "nn.LSTM", LSTM(h, h, peephole=True, **fk), nn.LSTM(h, h, **bt), None,
          False),
         ("peephole lstm + lengths", "nn.LSTM packed", LSTM(h, h, peephole=True, **fk), nn.LSTM(h, h, **bt),
          lengths, False),
-        ("jordan (loop)", "nn.RNN", JordanRNN(h, h, **fk), nn.RNN(h, h, **bt), None, False),
+        ("jordan (scan)", "nn.RNN", JordanRNN(h, h, **fk), nn.RNN(h, h, **bt), None, False),
     ]
+    # the same three through the step-by-step autograd loop
+    loops = [(f"{name.split(' (')[0]} (autograd loop)", *rest) for name, *rest in cases[-3:]]
     rows = []
-    for name, ref_name, ours, ref, lens, copy in cases:
-        run_ours, run_ref = _case(ours, ref, x, lens, copy)
+    for name, ref_name, ours, ref, lens, copy in cases + loops:
+        run_ours, run_ref = _case(ours, ref, x, lens, copy, loop=name.endswith("(autograd loop)"))
         for _ in range(args.warmup):
             _fwd_bwd(run_ours, dev)
             _fwd_bwd(run_ref, dev)

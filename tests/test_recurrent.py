@@ -7,8 +7,11 @@
   equations (float64), one sequence at a time at its true length.
 - Padding never changes results; gradient flows through time; gradcheck in float64;
   truncated BPTT cuts exactly the gradient it should and nothing else.
+- The hand-derived back-propagation of scan.py (peephole LSTM, LSTM loop, Jordan)
+  equals autograd through the step equations, gradient by gradient, in float64.
 """
 
+import contextlib
 import importlib.util
 import math
 from pathlib import Path
@@ -36,6 +39,7 @@ from blockzoo.recurrent import (
     detach_state,
     letter_trigrams,
 )
+from blockzoo.recurrent.scan import autograd_loop, jordan_scan, jordan_scan_applies, lstm_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = torch.tensor([7, 3, 5, 1])
@@ -318,6 +322,173 @@ def test_loop_parameter_gradients_equal_reference(name):
     loss(*_ref_layered(layer, step, x, lengths, h0)).backward()
     for n, p in layer.named_parameters():
         _close(ours[n], p.grad, 1e-10)
+
+
+# --------------------------------------------------------------------------- hand-derived BPTT (scan.py)
+
+# (layer factory, whether the run uses lengths); every config runs on the scans of scan.py
+SCAN_CASES = {
+    "peephole_bidir_lengths": (lambda: LSTM(3, 4, 2, bidirectional=True, peephole=True), True),
+    "peephole_no_bias": (lambda: LSTM(3, 4, 2, peephole=True, bias=False), False),
+    "peephole_time_first": (lambda: LSTM(3, 4, 1, peephole=True, batch_first=False, bidirectional=True),
+                            True),
+    "lstm_loop_lengths": (lambda: LSTM(3, 4, 2, bidirectional=True, fused=False), True),
+    "jordan_decay_lengths": (lambda: JordanRNN(3, 4, 2, bidirectional=True, output_size=2, state_decay=0.3),
+                             True),
+    "jordan_sigmoid_relu_no_bias": (lambda: JordanRNN(3, 4, 2, output_size=3, act_layer="sigmoid",
+                                                      out_act_layer="relu", bias=False), True),
+    "jordan_gelu_identity": (lambda: JordanRNN(3, 4, 2, bidirectional=True, output_size=2, act_layer="gelu",
+                                               out_act_layer="identity", state_decay=0.5), True),
+    "jordan_relu_tanh": (lambda: JordanRNN(3, 4, 1, output_size=2, act_layer="relu", state_decay=0.2), False),
+}
+
+
+def _graph_names(t):
+    """Names of the autograd nodes behind t."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def _all_grads(layer, x, lengths, state, weights):
+    """Output, final state and the gradient of a loss on both w.r.t. input, state and every parameter."""
+    layer.zero_grad()
+    x = x.clone().requires_grad_()
+    parts = [s.clone().requires_grad_() for s in _states(state)]
+    out, st = layer(x, lengths, parts[0] if len(parts) == 1 else tuple(parts))
+    finals = _states(st)
+    loss = (out * weights).sum() + sum((f * torch.randn_like(f, dtype=f.dtype).abs()).sum() for f in finals)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    grads["input"] = x.grad
+    grads.update({f"state{j}": p.grad for j, p in enumerate(parts)})
+    return out, finals, grads, _graph_names(out)
+
+
+@pytest.mark.parametrize("case", list(SCAN_CASES))
+def test_scan_gradients_equal_autograd_loop(case):
+    """The hand-derived backward equals autograd through the step equations, every gradient, to 1e-10."""
+    make, use_lengths = SCAN_CASES[case]
+    torch.manual_seed(16)
+    layer = make().double()
+    lengths = torch.tensor([5, 2, 4]) if use_lengths else None
+    x = torch.randn(3, 5, 3, dtype=torch.float64) * 2
+    if not layer.batch_first:
+        x = x.transpose(0, 1).contiguous()  # (T, B, F)
+    state = _rand_state(layer, 3, torch.float64)
+    w_out = torch.randn(*x.shape[:2], layer.num_directions * layer.out_size, dtype=torch.float64)
+    torch.manual_seed(17)
+    out, finals, grads, names = _all_grads(layer, x, lengths, state, w_out)
+    torch.manual_seed(17)
+    with autograd_loop():
+        ref_out, ref_finals, ref_grads, ref_names = _all_grads(layer, x, lengths, state, w_out)
+    scan_node = "_JordanScanBackward" if isinstance(layer, JordanRNN) else "_LSTMScanBackward"
+    assert scan_node in names and scan_node not in ref_names  # two different backward passes compared
+    _close(out, ref_out, 1e-10)
+    for a, b in zip(finals, ref_finals, strict=True):
+        _close(a, b, 1e-10)
+    assert set(grads) == set(ref_grads)
+    for n in grads:
+        assert ref_grads[n].abs().sum() > 0, n  # every gradient is exercised
+        _close(grads[n], ref_grads[n], 1e-10)
+    # without gradients the same loop runs without saving: the same numbers
+    with torch.no_grad():
+        again, st = layer(x, lengths, state)
+    _close(again, out, 1e-12)
+    for a, b in zip(_states(st), finals, strict=True):
+        _close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("peephole", [True, False], ids=["peephole", "plain"])
+def test_lstm_scan_gradcheck(reverse, peephole):
+    torch.manual_seed(18)
+    t, b, h = 4, 3, 2
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)  # lengths 4, 2, 3
+    args = [torch.randn(t, b, 4 * h), torch.randn(b, h), torch.randn(b, h), torch.randn(4 * h, h)]
+    args = [a.double().requires_grad_() for a in args]
+    peep = torch.randn(3, h, dtype=torch.float64, requires_grad=True) if peephole else None
+
+    def f(gx, h0, c0, w_hh, *rest):
+        out, (hn, cn) = lstm_scan(gx, h0, c0, w_hh, rest[0] if rest else None, mask, reverse)
+        return out, hn, cn
+
+    assert torch.autograd.gradcheck(f, (*args, *([peep] if peephole else [])))
+
+
+@pytest.mark.parametrize("acts", [("tanh", "tanh"), ("sigmoid", "identity"), ("silu", "softplus")])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_jordan_scan_gradcheck(acts, reverse):
+    torch.manual_seed(19)
+    t, b, h, o = 4, 3, 3, 2
+    act, out_act = (blockzoo.act.create_act(a) for a in acts)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    args = [torch.randn(t, b, h), torch.randn(b, o), torch.randn(h, o), torch.randn(o, h), torch.randn(o)]
+    args = [a.double().requires_grad_() for a in args]
+
+    def f(gx, s0, w_sh, w_ho, b_ho):
+        return jordan_scan(gx, s0, w_sh, w_ho, b_ho, mask, reverse, 0.4, act, out_act)
+
+    assert torch.autograd.gradcheck(f, tuple(args))
+
+
+def test_scan_repeated_backward_with_retained_graph():
+    """The backward reads the saved buffers without changing them: a second backward agrees."""
+    torch.manual_seed(20)
+    for layer in (LSTM(3, 4, peephole=True), JordanRNN(3, 4, output_size=2, state_decay=0.5)):
+        x = torch.randn(2, 6, 3, requires_grad=True)
+        out, _ = layer(x, torch.tensor([6, 4]))
+        g1 = torch.autograd.grad(out.sum(), [x, *layer.parameters()], retain_graph=True)
+        g2 = torch.autograd.grad(out.sum(), [x, *layer.parameters()])
+        for a, b in zip(g1, g2, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_scan_frozen_weights_get_no_gradient_others_unchanged():
+    """Weights that need no gradient get none; the others equal the autograd loop's."""
+    torch.manual_seed(22)
+    for layer in (LSTM(3, 4, peephole=True).double(), JordanRNN(3, 4, output_size=2).double()):
+        for n, p in layer.named_parameters():
+            p.requires_grad_(n.split("_l")[0] not in ("weight_hh", "weight_peep", "weight_ho", "bias_ho"))
+        x = torch.randn(2, 5, 3, dtype=torch.float64)
+        grads = []
+        for ctx in (contextlib.nullcontext(), autograd_loop()):
+            layer.zero_grad()
+            with ctx:
+                out, _ = layer(x, torch.tensor([5, 3]))
+            out.sum().backward()
+            grads.append({n: p.grad for n, p in layer.named_parameters()})
+        for n, p in layer.named_parameters():
+            if p.requires_grad:
+                _close(grads[0][n], grads[1][n], 1e-10)
+            else:
+                assert grads[0][n] is None
+
+
+def test_jordan_falls_back_to_autograd_loop_where_the_scan_cannot():
+    """PReLU (a parameter of its own) has no derivative in scan.py; autocast runs bf16 products."""
+    torch.manual_seed(21)
+    prelu = JordanRNN(3, 4, output_size=2, act_layer="prelu")
+    assert not jordan_scan_applies(prelu.act, prelu.out_act)
+    out, _ = prelu(torch.randn(2, 5, 3), torch.tensor([5, 3]))
+    assert "_JordanScanBackward" not in _graph_names(out)
+    out.sum().backward()
+    assert prelu.act.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="jordan_scan"):
+        jordan_scan(torch.randn(5, 2, 4), torch.zeros(2, 2), prelu.weight_sh_l0, prelu.weight_ho_l0, None,
+                    None, False, 0.0, prelu.act, prelu.out_act)
+    peep = LSTM(3, 4, peephole=True)
+    x = torch.randn(2, 5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = peep(x)
+    assert "_LSTMScanBackward" not in _graph_names(low)
+    _close(low.float(), peep(x)[0], 2e-2)
 
 
 def test_jordan_feeds_back_output_not_hidden():

@@ -18,11 +18,18 @@ Two implementations compute the same maths:
   ``nn.GRU``'s layout and names (``weight_ih_l0``, ..., ``_reverse``) and
   ``torch.rnn_tanh``/``torch.lstm``/``torch.gru`` is called, exactly as those modules
   do; padded batches with lengths are packed first.
-- loop: peephole LSTM and Jordan (and, under ``torch.export`` with lengths, every
-  layer, since packing has data-dependent shapes): the input projection
-  ``W_ih x_t + b`` of all steps is one matrix product, then a loop over time runs
-  the step of ``cells.py``; lengths are honoured by masking, so a sequence's state
-  stops at its own last step (forward) or starts there (reverse direction).
+- loop: peephole LSTM and Jordan (and, with ``fused=False`` or under ``torch.export``
+  with lengths, every layer, since packing has data-dependent shapes): the input
+  projection ``W_ih x_t + b`` of all steps is one matrix product, then a loop over
+  time; lengths are honoured by masking, so a sequence's state stops at its own
+  last step (forward) or starts there (reverse direction). For the LSTM (peepholes
+  or not) and Jordan, in eager mode, the loop is a scan of ``scan.py``: one autograd
+  Function per layer and direction, its backward back-propagation through time
+  derived by hand from the equations (no per-step autograd nodes). Elsewhere (the
+  Elman and GRU loops; any loop under ``torch.compile``/``torch.export`` tracing or
+  autocast; Jordan with an activation ``scan.py`` cannot differentiate, such as
+  PReLU) the step of ``cells.py`` runs under autograd, the recurrent weight's
+  gradient deferred to one product over all steps (``_DeferredWeightGrad``).
 
 Letters: B batch, T time steps, F input features, H hidden size, L layers,
 D directions (2 when bidirectional), O Jordan output size, N packed steps.
@@ -42,6 +49,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.recurrent.cells import elman_step, gru_step, jordan_step, lstm_step
+from blockzoo.recurrent.scan import jordan_scan, jordan_scan_applies, lstm_scan, scan_applies
 from blockzoo.registry import Example, register, sequence
 
 __all__ = ["GRU", "LSTM", "ElmanRNN", "JordanRNN", "detach_state", "peephole_lstm"]
@@ -446,6 +454,10 @@ def _project(
     return list(gx.unbind(1)), w.t(), prev, zs
 
 
+def _sum_bias(b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> torch.Tensor | None:
+    return b_ih if b_ih is None or b_hh is None else b_ih + b_hh
+
+
 def _masks(mask: torch.Tensor | None, t: int) -> list[torch.Tensor | None]:
     return [None] * t if mask is None else list(mask[..., None].unbind(1))  # T x (B, 1)
 
@@ -584,7 +596,8 @@ class LSTM(_RecurrentLayer):
         hidden_size: H, hidden (and cell) units per direction.
         num_layers: L, stacked layers.
         peephole: the diagonal peephole weights ``weight_peep_l{k}`` (3, H) =
-            (w_ci, w_cf, w_co); computed by the time loop (no fused kernel has them).
+            (w_ci, w_cf, w_co); computed by the scan of ``scan.py`` (no fused
+            kernel has them).
         bias: whether the biases exist.
         batch_first: input/output (B, T, F) if True (default), (T, B, F) if False.
         dropout: dropout on each layer's output except the last (training only).
@@ -604,8 +617,14 @@ class LSTM(_RecurrentLayer):
     Deviations: ``batch_first`` defaults to True and ``forward(input, lengths=None,
     state=None)`` takes lengths second; the forget gate is present (the 1997 paper
     had none). Otherwise names and numbers are those of ``torch.nn.LSTM`` (gate
-    order i, f, g, o). With peepholes the time loop runs (about 2x the fused
-    kernel's time on CPU, see benchmarks/recurrent.py).
+    order i, f, g, o). With peepholes the scan of ``scan.py`` runs: forward +
+    backward 1.8-1.95x the time of ``nn.LSTM`` (which has no peepholes) at B=32,
+    T=128, H=256 on one CPU thread, against 2.0-2.1x for the step-by-step autograd
+    loop (three runs of benchmarks/recurrent.py on a shared machine). The rest of
+    the gap is matrix products: the same flops, but ``nn.LSTM`` runs oneDNN's RNN
+    kernel while the scan calls ``mm`` (MKL), which on the AMD CPU measured took
+    1.8x (one step's product) to 2.8x (all steps' products) the time of the same
+    fp32 product through oneDNN.
 
     Example:
         >>> lstm = LSTM(8, 16, 2, bidirectional=True)
@@ -633,6 +652,10 @@ class LSTM(_RecurrentLayer):
         return [*shapes, ("weight_peep", (3, self.hidden_size))] if self.peephole else shapes
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
+        if scan_applies(x):
+            b = _sum_bias(p.get("bias_ih"), p.get("bias_hh"))
+            gx = F.linear(x.transpose(0, 1), p["weight_ih"], b)  # (T, B, 4H), time-major
+            return lstm_scan(gx, *state, p["weight_hh"], p.get("weight_peep"), mask, reverse)
         gx, w_t, prev, _ = _project(p, x, "weight_hh")  # T x (B, 4H)
         ms, peep = _masks(mask, x.shape[1]), p.get("weight_peep")  # T x (B, 1)
         h, c = state
@@ -830,8 +853,15 @@ class JordanRNN(_RecurrentLayer):
         - Output: (B, T, D*O) (zeros after each sequence's end) and the final state
           (L*D, B, O).
 
-    Deviations: no fused kernel exists, so a time loop runs (input projections of
-    all steps precomputed); Jordan's plan units are ordinary inputs.
+    Deviations: no fused kernel exists, so the scan of ``scan.py`` runs (input
+    projections of all steps precomputed, back-propagation through time derived by
+    hand): forward + backward 1.33-1.43x the time of ``nn.RNN`` (one product per
+    step to Jordan's two) at B=32, T=128, H=O=256 on one CPU thread, against
+    1.52-1.56x for the step-by-step autograd loop (benchmarks/recurrent.py). That
+    holds for act and out_act among tanh, sigmoid, relu, identity and the
+    registry's parameter-free elementwise activations; any other (PReLU, a custom
+    module) runs the step of ``cells.py`` under autograd. Jordan's plan units are
+    ordinary inputs.
 
     Example:
         >>> out, s = JordanRNN(8, 16, output_size=4)(torch.randn(3, 5, 8))
@@ -884,6 +914,11 @@ class JordanRNN(_RecurrentLayer):
                     nn.init.uniform_(p[b], -k, k)
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
+        if scan_applies(x) and jordan_scan_applies(self.act, self.out_act):
+            gx = F.linear(x.transpose(0, 1), p["weight_ih"], p.get("bias_ih"))  # (T, B, H), time-major
+            out, s = jordan_scan(gx, *state, p["weight_sh"], p["weight_ho"], p.get("bias_ho"), mask, reverse,
+                                 self.state_decay, self.act, self.out_act)
+            return out, (s,)
         gx, w_t, prev, _ = _project(p, x, "weight_sh")  # T x (B, H)
         ms, w_ho, b_ho = _masks(mask, x.shape[1]), p["weight_ho"], p.get("bias_ho")  # T x (B, 1)
         hid, zs = None, None
