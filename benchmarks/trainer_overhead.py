@@ -5,12 +5,14 @@ optimizer (AdamW) and seed. The hand-written loop is the tutorials' four steps a
 nothing else: shuffle, index a batch, forward, loss, backward, step. The engine adds
 its schedule and metric sums (row 2, validation cut to one sample), the end-of-epoch
 validation pass over 400 samples (row 3) and writing metrics.csv and the last/best
-checkpoints (row 4). Runs alternate (hand, engine,
-hand, ...) so that load from other processes hits both alike; medians of wall and of
-process CPU time are reported, and the ratio of the fastest runs (noise only ever
-adds time, so the minimum is the least disturbed estimate of each loop's cost).
+checkpoints (row 4). Each repeat runs the hand-written loop, the three engine
+variants, then the hand-written loop again, and each engine time is divided by the
+mean of those two hand-written times: on a shared machine whose speed drifts from
+second to second, these paired ratios stay steady where ratios of separate medians
+do not. The median paired ratio (and its quartiles) is reported, for wall and for
+process CPU time.
 
-    python benchmarks/trainer_overhead.py [--epochs 3] [--repeats 5] [--threads 1]
+    python benchmarks/trainer_overhead.py [--epochs 3] [--repeats 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def engine(data, epochs: int, batch: int, seed: int, run_dir: str | None) -> tup
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -78,32 +80,46 @@ def main() -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     print(f"model mnist1d_cnn, data mnist1d train {tuple(data.train.x.shape)}, batch {args.batch}, "
-          f"AdamW; warm-up 1 epoch each; {args.repeats} repeats x {args.epochs} epochs, medians")
+          f"AdamW; warm-up 1 epoch each; {args.repeats} repeats x {args.epochs} epochs")
     hand_loop(data, 1, args.batch, 0)
     engine(data, 1, args.batch, 0, None)
     # the same data with a 1-sample validation split: the engine's per-step cost alone
     no_val = replace(data, val=TensorData(data.val.x[:1], data.val.y[:1]))
-    times: dict[str, list[tuple[float, float]]] = {"hand": [], "engine-val": [], "engine": [],
-                                                   "engine+files": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            times["hand"].append(hand_loop(data, args.epochs, args.batch, r))
-            times["engine-val"].append(engine(no_val, args.epochs, args.batch, r, None))
-            times["engine"].append(engine(data, args.epochs, args.batch, r, None))
-            times["engine+files"].append(engine(data, args.epochs, args.batch, r, f"{tmp}/run{r}"))
-    base = {stat: {i: stat(t[i] for t in times["hand"]) for i in (0, 1)} for stat in (min, statistics.median)}
-    print(f"\n{'loop':<42} {'wall s/ep':>9} {'ratio':>6} {'min ratio':>9} {'CPU s/ep':>9} {'ratio':>6}")
-    labels = {"hand": "hand-written (4 steps)",
-              "engine-val": "blockzoo fit (validation on 1 sample)",
+    labels = {"engine-val": "blockzoo fit (validation on 1 sample)",
               "engine": "blockzoo fit (+ validation, 400 samples)",
               "engine+files": "blockzoo fit (+ metrics.csv, checkpoints)"}
-    for k, v in times.items():
-        w, c = statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)
-        w_min = min(t[0] for t in v)
-        med = base[statistics.median]
-        print(f"{labels[k]:<42} {w:9.3f} {w / med[0]:6.3f} {w_min / base[min][0]:9.3f} {c:9.3f} "
-              f"{c / med[1]:6.3f}")
-    print("(ratio: medians; min ratio: fastest run over fastest run, the least disturbed estimate)")
+    hand: list[tuple[float, float]] = []
+    ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            # each repeat: hand, the three engine runs, hand again; each engine run is
+            # compared with the mean of the two hand runs around it (paired ratios)
+            before = hand_loop(data, args.epochs, args.batch, r)
+            runs = {"engine-val": engine(no_val, args.epochs, args.batch, r, None),
+                    "engine": engine(data, args.epochs, args.batch, r, None),
+                    "engine+files": engine(data, args.epochs, args.batch, r, f"{tmp}/run{r}")}
+            after = hand_loop(data, args.epochs, args.batch, r)
+            ref = [(before[i] + after[i]) / 2 for i in (0, 1)]
+            hand += [before, after]
+            for k, t in runs.items():
+                times[k].append(t)
+                ratios[k].append((t[0] / ref[0], t[1] / ref[1]))
+
+    def q(v: list[float], f: float) -> float:
+        return statistics.quantiles(v, n=4)[int(f * 4) - 1] if len(v) > 1 else v[0]
+
+    print(f"\n{'loop':<42} {'wall s/ep':>9} {'ratio':>6} {'IQR':>13} {'CPU s/ep':>9} {'ratio':>6}")
+    print(f"{'hand-written (4 steps)':<42} {statistics.median(t[0] for t in hand):9.3f} {1:6.3f} {'':>13} "
+          f"{statistics.median(t[1] for t in hand):9.3f} {1:6.3f}")
+    for k, label in labels.items():
+        w = [r[0] for r in ratios[k]]
+        c = [r[1] for r in ratios[k]]
+        print(f"{label:<42} {statistics.median(t[0] for t in times[k]):9.3f} {statistics.median(w):6.3f} "
+              f"{q(w, 0.25):6.3f}-{q(w, 0.75):6.3f} {statistics.median(t[1] for t in times[k]):9.3f} "
+              f"{statistics.median(c):6.3f}")
+    print("(ratio: median over repeats of engine / mean of the hand runs just before and after it;"
+          " IQR: its quartiles)")
     print("(CPU = process time: less disturbed than wall time when other jobs share the cores)")
 
 
