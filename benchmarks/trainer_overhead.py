@@ -3,11 +3,12 @@
 Same model (the MNIST-1D CNN), data (MNIST-1D, 3600 training signals), batch size,
 optimizer (AdamW) and seed. The hand-written loop is the tutorials' four steps and
 nothing else: shuffle, index a batch, forward, loss, backward, step. The engine adds
-its schedule and metric sums (row 2, validation cut to one sample), the end-of-epoch
-validation pass over 400 samples (row 3) and writing metrics.csv and the last/best
-checkpoints (row 4). Each repeat runs the hand-written loop, the three engine
-variants, then the hand-written loop again, and each engine time is divided by the
-mean of those two hand-written times: on a shared machine whose speed drifts from
+its schedule and metric sums (validation cut to one sample), the end-of-epoch
+validation pass over 400 samples (compare with the hand-written loop that runs
+the same pass) and writing metrics.csv and the last/best checkpoints.
+Each repeat runs the hand-written loops, the three engine variants, then the
+hand-written loops again, and each time is divided by the mean of the two
+hand-written times around it: on a shared machine whose speed drifts from
 second to second, these paired ratios stay steady where ratios of separate medians
 do not. The median paired ratio (and its quartiles) is reported, for wall and for
 process CPU time.
@@ -32,7 +33,7 @@ from blockzoo.data import TensorData, load_data
 from blockzoo.train import evaluate, fit, load_checkpoint, objective
 
 
-def hand_loop(data, epochs: int, batch: int, seed: int) -> tuple[float, float]:
+def hand_loop(data, epochs: int, batch: int, seed: int, validate: bool = False) -> tuple[float, float]:
     torch.manual_seed(seed)
     model = blockzoo.create_model("mnist1d_cnn", num_classes=10, in_chans=1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
@@ -47,6 +48,16 @@ def hand_loop(data, epochs: int, batch: int, seed: int) -> tuple[float, float]:
             opt.zero_grad()
             loss.backward()  # backward
             opt.step()  # step
+        if validate:  # the same pass the engine runs each epoch: loss and accuracy on val
+            model.eval()
+            with torch.no_grad():
+                loss_sum, right = 0.0, 0
+                for i in range(0, len(data.val), 2 * batch):
+                    out = model(data.val.x[i:i + 2 * batch])
+                    yv = data.val.y[i:i + 2 * batch]
+                    loss_sum += F.cross_entropy(out, yv, reduction="sum").item()
+                    right += int((out.argmax(1) == yv).sum())
+            model.train()
     return (time.perf_counter() - t0) / epochs, (time.process_time() - c0) / epochs
 
 
@@ -88,38 +99,51 @@ def main() -> None:
     labels = {"engine-val": "blockzoo fit (validation on 1 sample)",
               "engine": "blockzoo fit (+ validation, 400 samples)",
               "engine+files": "blockzoo fit (+ metrics.csv, checkpoints)"}
-    hand: list[tuple[float, float]] = []
-    ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
+    hand: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in [*labels, "hand+val"]}
+    vs_val: dict[str, list[float]] = {"engine": [], "engine+files": []}
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in labels}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            # each repeat: hand, the three engine runs, hand again; each engine run is
-            # compared with the mean of the two hand runs around it (paired ratios)
-            before = hand_loop(data, args.epochs, args.batch, r)
+            # each repeat: the hand-written loop without and with validation, the three
+            # engine runs, the two hand-written runs again; each run is compared with the
+            # mean of the hand-written runs just around it (paired ratios)
+            before = [hand_loop(data, args.epochs, args.batch, r, v) for v in (False, True)]
             runs = {"engine-val": engine(no_val, args.epochs, args.batch, r, None),
                     "engine": engine(data, args.epochs, args.batch, r, None),
                     "engine+files": engine(data, args.epochs, args.batch, r, f"{tmp}/run{r}")}
-            after = hand_loop(data, args.epochs, args.batch, r)
-            ref = [(before[i] + after[i]) / 2 for i in (0, 1)]
-            hand += [before, after]
+            after = [hand_loop(data, args.epochs, args.batch, r, v) for v in (False, True)]
+            ref = [[(before[v][i] + after[v][i]) / 2 for i in (0, 1)] for v in (0, 1)]
+            for v in (0, 1):
+                hand[bool(v)] += [before[v], after[v]]
+            ratios["hand+val"].append((ref[1][0] / ref[0][0], ref[1][1] / ref[0][1]))
             for k, t in runs.items():
                 times[k].append(t)
-                ratios[k].append((t[0] / ref[0], t[1] / ref[1]))
+                ratios[k].append((t[0] / ref[0][0], t[1] / ref[0][1]))
+                if k in vs_val:
+                    vs_val[k].append(t[0] / ref[1][0])
 
     def q(v: list[float], f: float) -> float:
         return statistics.quantiles(v, n=4)[int(f * 4) - 1] if len(v) > 1 else v[0]
 
-    print(f"\n{'loop':<42} {'wall s/ep':>9} {'ratio':>6} {'IQR':>13} {'CPU s/ep':>9} {'ratio':>6}")
-    print(f"{'hand-written (4 steps)':<42} {statistics.median(t[0] for t in hand):9.3f} {1:6.3f} {'':>13} "
-          f"{statistics.median(t[1] for t in hand):9.3f} {1:6.3f}")
+    def row(label: str, ts: list[tuple[float, float]], rs: list[tuple[float, float]] | None,
+            rv: list[float] | None = None) -> None:
+        w = [r[0] for r in rs] if rs else [1.0]
+        c = [r[1] for r in rs] if rs else [1.0]
+        iqr = f"{q(w, 0.25):6.3f}-{q(w, 0.75):6.3f}" if rs else ""
+        print(f"{label:<42} {statistics.median(t[0] for t in ts):9.3f} {statistics.median(w):6.3f} "
+              f"{iqr:>13} {statistics.median(t[1] for t in ts):9.3f} {statistics.median(c):6.3f} "
+              f"{f'{statistics.median(rv):8.3f}' if rv else ''}")
+
+    print(f"\n{'loop':<42} {'wall s/ep':>9} {'ratio':>6} {'IQR':>13} {'CPU s/ep':>9} {'ratio':>6} "
+          f"{'vs hand+val':>8}")
+    row("hand-written (4 steps)", hand[False], None)
+    row("hand-written + validation (400 samples)", hand[True], ratios["hand+val"])
     for k, label in labels.items():
-        w = [r[0] for r in ratios[k]]
-        c = [r[1] for r in ratios[k]]
-        print(f"{label:<42} {statistics.median(t[0] for t in times[k]):9.3f} {statistics.median(w):6.3f} "
-              f"{q(w, 0.25):6.3f}-{q(w, 0.75):6.3f} {statistics.median(t[1] for t in times[k]):9.3f} "
-              f"{statistics.median(c):6.3f}")
-    print("(ratio: median over repeats of engine / mean of the hand runs just before and after it;"
-          " IQR: its quartiles)")
+        row(label, times[k], ratios[k], vs_val.get(k))
+    print("(ratio: median over repeats of each run / the mean of the hand-written runs just before and"
+          " after it; IQR: its quartiles; vs hand+val: wall ratio to the hand-written loop that also"
+          " validates)")
     print("(CPU = process time: less disturbed than wall time when other jobs share the cores)")
 
 
