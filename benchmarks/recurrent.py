@@ -15,7 +15,8 @@ runs the hand-derived scan of recurrent/scan.py, the GRU its autograd loop), and
 the configs with no fused kernel (peephole LSTM, Jordan: the scan) against the
 nearest torch module (nn.LSTM, nn.RNN), which computes less. The "(autograd loop)"
 rows run the same layers inside ``scan.autograd_loop()``: the time loop recorded
-by autograd step by step, as before the scans (and as under torch.compile/export).
+by autograd step by step, as before the scans (and as under torch.compile/export);
+the last three rows time the scan against that loop on the same layer directly.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def _fwd_bwd(run: Callable[[], torch.Tensor], device: str) -> float:
     return time.perf_counter() - t0
 
 
+class _AutogradLoop(nn.Module):
+    """The same layer run through the step-by-step autograd loop (the reference of the scan)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):  # type: ignore[no-untyped-def]
+        with autograd_loop():
+            return self.layer(x, lengths)
+
+
 def _case(ours: nn.Module, ref: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None,
           copy: bool, loop: bool) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
     if copy:
@@ -60,6 +73,8 @@ def _case(ours: nn.Module, ref: nn.Module, x: torch.Tensor, lengths: torch.Tenso
             return ours(x, lengths)[0]
 
     def run_ref() -> torch.Tensor:
+        if isinstance(ref, _AutogradLoop):
+            return ref(x, lengths)[0]
         if lengths is None:
             return ref(x)[0]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -109,8 +124,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     # the same three through the step-by-step autograd loop
     loops = [(f"{name.split(' (')[0]} (autograd loop)", *rest) for name, *rest in cases[-3:]]
+    # and the scan against that loop on the same layer, timed side by side
+    direct = [(name, "autograd loop", ours, _AutogradLoop(ours), lens, False)
+              for name, _, ours, _, lens, _ in cases[-3:]]
     rows = []
-    for name, ref_name, ours, ref, lens, copy in cases + loops:
+    for name, ref_name, ours, ref, lens, copy in cases + loops + direct:
         run_ours, run_ref = _case(ours, ref, x, lens, copy, loop=name.endswith("(autograd loop)"))
         for _ in range(args.warmup):
             _fwd_bwd(run_ours, dev)
