@@ -620,11 +620,12 @@ class LSTM(_RecurrentLayer):
     order i, f, g, o). With peepholes the scan of ``scan.py`` runs: forward +
     backward 1.8-1.95x the time of ``nn.LSTM`` (which has no peepholes) at B=32,
     T=128, H=256 on one CPU thread, against 2.0-2.1x for the step-by-step autograd
-    loop (three runs of benchmarks/recurrent.py on a shared machine). The rest of
-    the gap is matrix products: the same flops, but ``nn.LSTM`` runs oneDNN's RNN
-    kernel while the scan calls ``mm`` (MKL), which on the AMD CPU measured took
-    1.8x (one step's product) to 2.8x (all steps' products) the time of the same
-    fp32 product through oneDNN.
+    loop (runs of benchmarks/recurrent.py on a shared machine; timed side by side
+    on the same layer, the scan takes 0.89-0.92x the autograd loop's time). The
+    rest of the gap is matrix products: the same flops, but ``nn.LSTM`` runs
+    oneDNN's RNN kernel while the scan calls ``mm`` (MKL), which on the AMD CPU
+    measured took about 1.45x (one step's product) to 2x (all steps' products) the
+    time of the same fp32 product through oneDNN.
 
     Example:
         >>> lstm = LSTM(8, 16, 2, bidirectional=True)
