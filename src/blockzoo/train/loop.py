@@ -319,7 +319,9 @@ def fit(
                 # exact under DDP, where gradients are averaged over ranks), backward, step
                 with _autocast(device, cfg.amp):
                     out = model_outputs(net(x))
-                loss = obj.loss(out, y)
+                # (a rank's share of a last global batch smaller than the world is empty: its
+                # loss is the empty sum, 0, still in the graph for DDP's gradient all-reduce)
+                loss = obj.loss(out, y) if len(x) else obj.loss_sum(out, y)
                 with torch.no_grad():
                     right = obj.correct(out, y)
                 if read_every == 1:

@@ -16,6 +16,7 @@ share of the global batch under DDP, so the gradients sum to the global mean);
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +49,7 @@ class Objective:
     def _loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         out = out.float()
         # per sample: the mean over its targets; "mean" also averages over the batch
-        per = 1 if reduction == "mean" else out[0].numel()  # targets per sample (sum only)
+        per = 1 if reduction == "mean" else math.prod(out.shape[1:])  # targets per sample (sum only)
         if self.task == "regression":
             loss = F.mse_loss(out, y.reshape(out.shape), reduction=reduction)
         elif self.task == "binary" and self.output != "log_probs":
@@ -57,7 +58,7 @@ class Objective:
             fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
             return fn(out, y, reduction=reduction)
         else:
-            per = 1 if reduction == "mean" else out[0].numel() // out.shape[-1]  # T for (B, T) targets
+            per = 1 if reduction == "mean" else math.prod(out.shape[1:-1])  # T for (B, T) targets
             target = y.reshape(-1).long()
             out = out.reshape(-1, out.shape[-1])  # (B*T, K)
             fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
