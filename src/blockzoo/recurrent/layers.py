@@ -437,9 +437,7 @@ def _project(
     Returns:
         (step inputs, W_rec transposed, prev or None, per-step zeros or None).
     """
-    b = p.get("bias_ih")
-    if fold_hh and b is not None and "bias_hh" in p:
-        b = b + p["bias_hh"]
+    b = _sum_bias(p.get("bias_ih"), p.get("bias_hh")) if fold_hh else p.get("bias_ih")
     gx = F.linear(x, p["weight_ih"], b)  # (B, T, G*H)
     w = p[rec]
     prev, zs = None, None

@@ -47,23 +47,22 @@ class Objective:
         return self._loss(out, y, "sum")
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+        # Per sample the loss is the mean over its targets, so a "sum" divides by the
+        # targets per sample ("mean" already averages over every target of the batch).
         out = out.float()
-        # per sample: the mean over its targets; "mean" also averages over the batch
-        per = 1 if reduction == "mean" else math.prod(out.shape[1:])  # targets per sample (sum only)
         if self.task == "regression":
             loss = F.mse_loss(out, y.reshape(out.shape), reduction=reduction)
+            per = math.prod(out.shape[1:])  # values per sample
         elif self.task == "binary" and self.output != "log_probs":
             loss = F.binary_cross_entropy_with_logits(out, y.reshape(out.shape), reduction=reduction)
-        elif out.dim() == 2 and y.dim() == 1 and y.dtype == torch.long:  # (B, K) scores, (B,) labels
-            fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
-            return fn(out, y, reduction=reduction)
+            per = math.prod(out.shape[1:])
         else:
-            per = 1 if reduction == "mean" else math.prod(out.shape[1:-1])  # T for (B, T) targets
-            target = y.reshape(-1).long()
-            out = out.reshape(-1, out.shape[-1])  # (B*T, K)
             fn = F.nll_loss if self.output == "log_probs" else F.cross_entropy
-            loss = fn(out, target, reduction=reduction)
-        return loss / per if per != 1 else loss
+            if out.dim() == 2 and y.dim() == 1 and y.dtype == torch.long:  # (B, K), (B,): as they are
+                return fn(out, y, reduction=reduction)
+            loss = fn(out.reshape(-1, out.shape[-1]), y.reshape(-1).long(), reduction=reduction)  # (B*T, K)
+            per = math.prod(out.shape[1:-1])  # T for per-step targets (B, T)
+        return loss / per if reduction == "sum" and per != 1 else loss
 
     def correct(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Right predictions in the batch (per-step targets: each sample's right fraction)."""
