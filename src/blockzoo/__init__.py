@@ -6,10 +6,9 @@
     torch.Size([4, 2])
 """
 
-__version__ = "0.1.0"
-
 # Importing the rooms registers their blocks and models.
 from blockzoo import attention, conv, mlp, models, recurrent, rep
+from blockzoo._version import __version__
 from blockzoo.attach import attach
 from blockzoo.checks import ShapeError
 from blockzoo.io import load, load_weights, save

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo.checks import ConfigError
 from blockzoo.registry import list_blocks, spec, unknown_name
 
 __all__ = ["Attached", "attach"]
@@ -81,7 +82,7 @@ def _matcher(after: Selector) -> Callable[[str, nn.Module], bool]:
         return lambda name, m: isinstance(m, after)
     if callable(after):
         return lambda name, m: bool(after(name, m))
-    raise ValueError(
+    raise ConfigError(
         f"attach: after={after!r} must be a module class, a glob over qualified names "
         "(e.g. 'layer*.*.bn2') or a predicate (name, module) -> bool"
     )
@@ -96,7 +97,7 @@ def _block_factory(block: BlockSpec, kwargs: Mapping[str, Any]) -> Callable[[int
         return lambda c: builder(c, **kwargs)
     if callable(block):
         return lambda c: block(c, **kwargs)
-    raise ValueError(f"attach: block={block!r} must be a registered name or a factory taking channels")
+    raise ConfigError(f"attach: block={block!r} must be a registered name or a factory taking channels")
 
 
 def _first_input_channels(model: nn.Module) -> int | None:
@@ -151,14 +152,14 @@ def attach(
         ['layer1.0.bn2', 'layer1.1.bn2']
     """
     if after is None:
-        raise ValueError("attach: give after= (a module class, a glob like 'layer*.*.bn2', or a predicate)")
+        raise ConfigError("attach: give after= (a module class, a glob like 'layer*.*.bn2', or a predicate)")
     match = _matcher(after)
     make = _block_factory(block, block_kwargs)
     named = dict(model.named_modules())
     targets = [n for n, m in named.items() if match(n, m)]
     if not targets:
         sample = ", ".join(list(n for n in named if n)[:8])
-        raise ValueError(
+        raise ConfigError(
             f"attach: after={after!r} matches no submodule of {type(model).__name__} "
             f"(qualified names look like: {sample}, ...)"
         )
@@ -177,7 +178,7 @@ def attach(
         if c is None:
             for h in handles:
                 h.remove()
-            raise ValueError(f"attach: {type(model).__name__} has no Conv2d; pass example_input=")
+            raise ConfigError(f"attach: {type(model).__name__} has no Conv2d; pass example_input=")
         example_input = torch.randn(2, c, 32, 32, device=None if param is None else param.device,
                                     dtype=None if param is None else param.dtype)
     was_training = model.training
@@ -194,12 +195,12 @@ def attach(
     for n in targets:
         seen = shapes[n]
         if not seen:
-            raise ValueError(f"attach: {n!r} matches but the forward never calls it")
+            raise ConfigError(f"attach: {n!r} matches but the forward never calls it")
         if any(len(s) != 4 for s in seen):
-            raise ValueError(f"attach: {n!r} outputs {seen[0]}, not an image (B, C, H, W)")
+            raise ConfigError(f"attach: {n!r} outputs {seen[0]}, not an image (B, C, H, W)")
         cs = {s[1] for s in seen}
         if len(cs) > 1:
-            raise ValueError(f"attach: {n!r} is called with different channel counts {sorted(cs)}")
+            raise ConfigError(f"attach: {n!r} is called with different channel counts {sorted(cs)}")
         channels[n] = cs.pop()
 
     # Deepest first, with parents resolved from the original names.

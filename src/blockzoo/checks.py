@@ -3,6 +3,12 @@
 A message always names the block, what it expected and what it got, e.g.
 ``"CBAM: expected input (B, C=64, H, W), got (8, 32, 7, 7)"``. Checks run before
 any arithmetic, so a wrong tensor never surfaces as an opaque matmul error.
+
+The errors a user's input can cause all derive from ``BlockzooError``: a tensor
+(``ShapeError``), an option or argument (``ConfigError``), a file that is not what
+it claims to be (``FileFormatError``), a data set (``DataError``). Each is also a
+``ValueError``. The CLI prints exactly these as one line; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,11 +17,30 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ShapeError", "check_divisible", "check_shape", "require"]
+__all__ = [
+    "BlockzooError", "ConfigError", "DataError", "FileFormatError", "ShapeError", "check_divisible",
+    "check_shape", "require",
+]
 
 
-class ShapeError(ValueError):
+class BlockzooError(Exception):
+    """Base of the errors caused by a user's input, never by a bug in blockzoo."""
+
+
+class ShapeError(BlockzooError, ValueError):
     """A tensor had the wrong rank, size or dtype for the block it was given to."""
+
+
+class ConfigError(BlockzooError, ValueError):
+    """An option or constructor argument out of range, of the wrong type, or not fitting the data."""
+
+
+class DataError(BlockzooError, ValueError):
+    """A data set or input file whose contents cannot be used (bad cells, labels, shapes)."""
+
+
+class FileFormatError(BlockzooError, ValueError):
+    """A checkpoint, weights or input file that is truncated, corrupted, hostile or for another model."""
 
 
 def _format(letters: Sequence[str], fixed: dict[str, int]) -> str:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 import blockzoo
 from blockzoo.bench.flops import count_flops, count_params
 from blockzoo.bench.report import FORMATS, render
+from blockzoo.checks import BlockzooError
 from blockzoo.registry import FAMILIES, Spec, list_blocks, spec
 
 log = logging.getLogger("blockzoo")
@@ -29,6 +31,28 @@ DEFAULT_THREADS = 1
 
 class CliError(Exception):
     """A user error found by the CLI itself (printed as one line, exit code 2)."""
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
+def _nonneg_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
+    return n
 
 
 # --------------------------------------------------------------------------- list
@@ -124,9 +148,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="paper, shapes, params and FLOPs of one entry")
     p.add_argument("name")
-    p.add_argument("--size", type=int, nargs="+",
+    p.add_argument("--size", type=_positive_int, nargs="+",
                    help="measure at this size: H W for images, N or T for tokens/sequences")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the measured input")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the measured input")
     p.set_defaults(func=cmd_info)
 
 
@@ -193,18 +217,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="params, FLOPs, latency, memory and efficiency of blocks")
     p.add_argument("names", nargs="*", help="entries to measure (default: all, or --family)")
     p.add_argument("--family", choices=FAMILIES, help="only this family")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=_positive_int, default=8)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size for image entries")
-    g.add_argument("--length", type=int, help="N for tokens/sequence/graph entries")
+    g.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                   help="image size for image entries")
+    g.add_argument("--length", type=_positive_int, help="N for tokens/sequence/graph entries")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG: time per block, FLOPs vs time")
-    p.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--threads", type=_positive_int, default=argparse.SUPPRESS,
                    help=f"intra-op CPU threads (same as blockzoo --threads; default {DEFAULT_THREADS})")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    p.add_argument("--repeats", type=_positive_int, default=10, help="timed runs per measurement")
+    p.add_argument("--warmup", type=_nonneg_int, default=3, help="untimed runs before timing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
@@ -300,14 +325,14 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     t.add_argument("name")
     t.add_argument("--input", choices=("example", "digits"), default="example",
                    help="the registered example input (random) or a handwritten digit (image blocks)")
-    t.add_argument("--index", type=int, default=0, help="which digit (with --input digits)")
+    t.add_argument("--index", type=_nonneg_int, default=0, help="which digit (with --input digits)")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    g.add_argument("--length", type=int)
+    g.add_argument("--size", type=_positive_int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--length", type=_positive_int)
     e = fig.add_parser("posenc", help="positional encoding heatmap and dot product by offset")
     e.add_argument("--kind", choices=("sinusoidal", "rope"), default="sinusoidal")
-    e.add_argument("--length", type=int, default=64)
-    e.add_argument("--dim", type=int, default=64)
+    e.add_argument("--length", type=_positive_int, default=64)
+    e.add_argument("--dim", type=_positive_int, default=64)
     for q in (a, t, e):
         q.add_argument("--out", metavar="PATH", help="PNG path (default: <figure>.png here)")
         q.add_argument("--show", action="store_true", help="open a window as well (needs a display)")
@@ -360,9 +385,9 @@ def _add_arena(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
                    "'none' is the backbone without attention")
     p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 15; --quick 5)")
-    p.add_argument("--seeds", type=int, help="seeds per block (default 3; --quick 2)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes of 1 thread)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs per run (default 15; --quick 5)")
+    p.add_argument("--seeds", type=_positive_int, help="seeds per block (default 3; --quick 2)")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel (processes of 1 thread)")
     p.add_argument("--quick", action="store_true", help="5 epochs, 2 seeds: minutes on 2 cores")
     p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
     p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
@@ -429,8 +454,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output path (.onnx or .pt2)")
     p.add_argument("--reparameterize", action="store_true",
                    help="fuse re-parameterizable blocks into their deploy form first")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the example input")
-    p.add_argument("--size", type=int, nargs="+", help="H W (images) or length N/T of the input")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the example input")
+    p.add_argument("--size", type=_positive_int, nargs="+", help="H W (images) or length N/T of the input")
     p.add_argument("--dynamic-batch", action="store_true", help="declare the batch dimension dynamic")
     p.set_defaults(func=cmd_export)
 
@@ -528,7 +553,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = (
     "model", "model_args", "data", "data_dir", "val_fraction", "quick", "epochs", "steps", "batch_size",
     "eval_batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup",
-    "step_size", "gamma", "clip_grad", "seed", "name", "runs_dir", "resume", "quiet", "grad_stats",
+    "step_size", "gamma", "clip_grad", "seed", "name", "runs_dir", "resume", "overwrite", "quiet",
+    "grad_stats",
     "device", "amp", "compile", "channels_last", "stop_after", "plots",
 )
 
@@ -552,8 +578,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--data-dir", help=f"folder of file-backed data sets (default {d.data_dir})")
     a("--val-fraction", type=float, help=f"training share held out for validation (default {d.val_fraction})")
     a("--quick", action="store_true", help="the data set's small version")
-    a("--epochs", type=int, help=f"epochs (default {d.epochs})")
-    a("--steps", type=int, help="total optimisation steps (overrides --epochs)")
+    a("--epochs", type=_positive_int, help=f"epochs (default {d.epochs})")
+    a("--steps", type=_positive_int, help="total optimisation steps (overrides --epochs)")
     a("--batch-size", type=_batch_size, help=f"N, or 'full' for full-batch descent (default {d.batch_size})")
     a("--eval-batch-size", type=_batch_size,
       help="batch size of validation/test passes, or 'full' (default twice --batch-size)")
@@ -564,28 +590,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay})")
     a("--schedule", help=f"constant, step, cosine, linear (default {d.schedule})")
     a("--warmup", type=float, help=f"linear warm-up: fraction of steps (<1) or steps (default {d.warmup})")
-    a("--step-size", type=int, help="step decay period in steps (default a third of the run)")
+    a("--step-size", type=_positive_int, help="step decay period in steps (default a third of the run)")
     a("--gamma", type=float, help=f"step decay factor (default {d.gamma})")
     a("--clip-grad", type=float, help="clip the gradient norm to this value")
     a("--seed", type=int, help=f"seed for everything (default {d.seed})")
     a("--name", help="run name: runs/<name>/ (default <model>_<data>)")
     a("--runs-dir", help=f"parent of run directories (default {d.runs_dir})")
     a("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    a("--overwrite", action="store_true",
+      help="replace an existing run of this name (kept whole until the new run has a checkpoint)")
     a("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     a("--grad-stats", action="store_true", help="per-layer gradient norms each epoch -> grad_flow.png")
     a("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
     a("--amp", choices=("bf16", "fp16"), help="mixed precision (autocast)")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--channels-last", action="store_true", help="channels-last memory format (conv nets)")
-    a("--stop-after", type=int, help="stop after N steps, saving last.pt (as if killed)")
+    a("--stop-after", type=_positive_int, help="stop after N steps, saving last.pt (as if killed)")
     a("--no-plots", dest="plots", action="store_false", help="skip curves.png / grad_flow.png")
     p.set_defaults(func=cmd_train)
+
+
+def _add_user_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="MODULE:CALLABLE", default=None,
+                   help="for a run of your own model: the same MODULE:CALLABLE it was trained with "
+                   "(a checkpoint never causes an import by itself)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from blockzoo.train import evaluate_checkpoint
 
-    res = evaluate_checkpoint(args.checkpoint, args.split, device=args.device, data_dir=args.data_dir)
+    res = evaluate_checkpoint(args.checkpoint, args.split, device=args.device, data_dir=args.data_dir,
+                              builder=args.model)
     rows = [dict(item=k, value=(_pct(v) if k == "acc" else f"{v:.6g}") if isinstance(v, float) else v)
             for k, v in res.items() if k != "stored_test"]
     print(render(rows, "table", ["item", "value"]))
@@ -598,13 +633,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="override the run's data folder")
+    _add_user_model(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from blockzoo.train import predict
 
-    rows = predict(args.checkpoint, args.input)
+    rows = predict(args.checkpoint, args.input, builder=args.model)
     text = render(rows, args.format, list(rows[0]) if rows else ["index", "prediction"])
     if args.output:
         from pathlib import Path
@@ -621,6 +657,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="one sample per row (flattened is fine)")
     p.add_argument("--format", choices=FORMATS, default="csv")
     p.add_argument("--output", help="write here instead of stdout")
+    _add_user_model(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -647,29 +684,61 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _UsageError(CliError):
+    """A command line argparse rejects; ``main`` prints it as one line."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: error: {message} (see {prog} --help)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to find the usage, no usage block."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise _UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blockzoo",
         description="Verified, shape-agnostic, measured neural-network building blocks.",
     )
     parser.add_argument("--version", action="version", version=f"blockzoo {blockzoo.__version__}")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_THREADS,
         help=f"intra-op CPU threads (default {DEFAULT_THREADS}: fastest for small models here)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
 
 
+# What a user's input can cause, printed as one line (exit 2); anything else is a bug and
+# keeps its traceback. OSError: the disk or the file system (full, read-only, missing).
+USER_ERRORS = (CliError, BlockzooError, OSError)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version: argparse printed and asked to exit
+        return e.code if isinstance(e.code, int) else 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
@@ -678,15 +747,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.threads < 1:
-        print(f"blockzoo: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
     torch.set_num_threads(args.threads)
     try:
-        return int(args.func(args) or 0)
-    except (CliError, ValueError, KeyError, FileNotFoundError, NotADirectoryError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"blockzoo: error: {msg}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try
+        return code
+    except BrokenPipeError:
+        # the reader went away (`blockzoo list | head -3`): stop quietly, as head expects
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        print(f"blockzoo: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("blockzoo: interrupted", file=sys.stderr)

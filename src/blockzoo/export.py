@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["export_onnx", "export_program", "outputs", "run_onnx"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def export_program(
     model = model.eval()
     first = args[batched[0]] if batched and isinstance(args[batched[0]], torch.Tensor) else None
     if dynamic_batch and first is not None and first.shape[0] < 2:
-        raise ValueError(f"export_program: trace a dynamic batch at batch >= 2, got {first.shape[0]}")
+        raise ConfigError(f"export_program: trace a dynamic batch at batch >= 2, got {first.shape[0]}")
     shapes = _batch_shapes(args, batched) if dynamic_batch else None
     return torch.export.export(model, tuple(args), dynamic_shapes=shapes, strict=False)
 

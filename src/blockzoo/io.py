@@ -7,6 +7,12 @@ the metadata, the registry name and constructor config the model was built with
 user code. Loading refuses a file whose tensor names or shapes do not match the
 model, listing what differs.
 
+A file is data: its metadata can select a registered entry and that entry's
+constructor arguments, nothing else (no import, no call of anything else). Before a
+model is built from metadata, it is built on the meta device (no memory) and its
+tensor names and shapes are compared with the file's, so metadata naming huge sizes
+is refused before anything is allocated (``build_checked``). See docs/security.md.
+
     >>> model = blockzoo.create("mlp", in_features=8, out_features=2)
     >>> blockzoo.save(model, "mlp.safetensors")
     >>> same = blockzoo.load("mlp.safetensors")
@@ -14,22 +20,26 @@ model, listing what differs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.modules import module as _module
 
-import blockzoo
+from blockzoo._version import __version__
+from blockzoo.checks import BlockzooError, ConfigError, FileFormatError
 from blockzoo.registry import ENTRY_ATTR, spec
 
-__all__ = ["load", "load_weights", "read_metadata", "save"]
+__all__ = ["build_checked", "load", "load_weights", "mismatch", "read_metadata", "save"]
 
 _NAME, _CONFIG, _VERSION, _ALIASES = (
     "blockzoo.name",
@@ -46,7 +56,7 @@ def _jsonable(config: Mapping[str, Any], name: str) -> str:
     try:
         return json.dumps(clean, sort_keys=True)
     except TypeError as e:
-        raise ValueError(
+        raise ConfigError(
             f"save: the config of {name!r} is not JSON data ({e}); pass config= with plain "
             "values (names instead of classes, e.g. act_layer='gelu')"
         ) from None
@@ -92,7 +102,7 @@ def save(
     recorded = getattr(model, ENTRY_ATTR, None)
     name = name or (recorded[0] if recorded else None)
     config = config if config is not None else (recorded[1] if recorded else None)
-    meta = {_VERSION: blockzoo.__version__, **dict(metadata or {})}
+    meta = {_VERSION: __version__, **dict(metadata or {})}
     if name is not None:
         meta[_NAME] = name
         meta[_CONFIG] = _jsonable(config or {}, name)
@@ -111,35 +121,77 @@ def save(
     return path
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata of a saved file: name, config (parsed), version and the rest."""
-    path = Path(path)
+@contextlib.contextmanager
+def _open(path: Path, device: str | torch.device = "cpu") -> Iterator[Any]:
+    """``safe_open`` with a file that is not safetensors (truncated, empty, text) named as such."""
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    out: dict[str, Any] = dict(meta)
-    if _CONFIG in meta:
-        out[_CONFIG] = json.loads(meta[_CONFIG])
+    try:
+        f = safe_open(str(path), framework="pt", device=str(device))
+    except SafetensorError as e:
+        raise FileFormatError(f"{path} is not a readable safetensors file ({e})") from None
+    with f:
+        yield f
+
+
+def _meta_table(path: Path, f: Any) -> dict[str, Any]:
+    """The file's metadata with our JSON fields parsed and their types checked."""
+    out: dict[str, Any] = dict(f.metadata() or {})
+    for key, kind in ((_CONFIG, dict), (_ALIASES, dict)):
+        if key in out:
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError as e:
+                raise FileFormatError(f"{path}: metadata {key!r} is not JSON ({e})") from None
+            if not isinstance(out[key], kind):
+                raise FileFormatError(f"{path}: metadata {key!r} must be a JSON object, got "
+                                      f"{type(out[key]).__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in out.get(_ALIASES, {}).items()):
+        raise FileFormatError(f"{path}: metadata {_ALIASES!r} must map names to names")
     return out
 
 
-def _read_tensors(path: Path, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for alias, key in json.loads(meta.get(_ALIASES, "{}")).items():
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a saved file: name, config (parsed), version and the rest."""
+    path = Path(path)
+    with _open(path) as f:
+        return _meta_table(path, f)
+
+
+def _read_tensors(path: Path, device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    with _open(path, device) as f:
+        meta = _meta_table(path, f)
+        try:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as e:
+            raise FileFormatError(f"{path}: a tensor cannot be read ({e})") from None
+    for alias, key in meta.get(_ALIASES, {}).items():
+        if key not in tensors:
+            raise FileFormatError(f"{path}: alias {alias!r} names {key!r}, which the file does not hold")
         tensors[alias] = tensors[key]
     return tensors, meta
 
 
-def _mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> str | None:
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
+def _read_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Tensor names and shapes from the file's header (no tensor data is read)."""
+    with _open(path) as f:
+        meta = _meta_table(path, f)
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for alias, key in meta.get(_ALIASES, {}).items():
+        if key not in shapes:
+            raise FileFormatError(f"{path}: alias {alias!r} names {key!r}, which the file does not hold")
+        shapes[alias] = shapes[key]
+    return shapes, meta
+
+
+def mismatch(want: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]],
+             what: str) -> str | None:
+    """What differs between a model's tensor shapes (``want``) and a file's (``got``), or None."""
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     shapes = [
-        f"{k}: file {got[k]} vs model {want[k]}" for k in sorted(set(want) & set(got)) if got[k] != want[k]
+        f"{k}: file {tuple(got[k])} vs model {tuple(want[k])}"
+        for k in sorted(set(want) & set(got)) if tuple(got[k]) != tuple(want[k])
     ]
     if not (missing or unexpected or shapes):
         return None
@@ -154,7 +206,75 @@ def _mismatch(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path)
         parts.append(f"not in the model: {few(unexpected)}")
     if shapes:
         parts.append(f"shape mismatch: {few(shapes)}")
-    return f"{path} does not fit {type(model).__name__}: " + "; ".join(parts)
+    return f"{what}: " + "; ".join(parts)
+
+
+def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def _size_guard(max_elements: int, max_modules: int, what: str) -> Iterator[None]:
+    """Stop a model's construction once it holds more parameters or modules than allowed.
+
+    Metadata that names a depth of a billion layers would otherwise keep the meta-device
+    build busy for hours; this aborts it at the first registration past the bound.
+    """
+    count = {"elements": 0, "modules": 0}
+
+    def on_param(module: nn.Module, name: str, param: Any) -> None:
+        if param is not None:
+            count["elements"] += param.numel()
+            if count["elements"] > max_elements:
+                raise FileFormatError(f"{what}: its config builds more parameters than the file holds "
+                                      f"({max_elements:,} elements at most)")
+
+    def on_module(module: nn.Module, name: str, sub: Any) -> None:
+        count["modules"] += 1
+        if count["modules"] > max_modules:
+            raise FileFormatError(f"{what}: its config builds more than {max_modules:,} modules "
+                                  "for the tensors the file holds")
+
+    handles = [_module.register_module_parameter_registration_hook(on_param),
+               _module.register_module_module_registration_hook(on_module)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+                  source: str | os.PathLike[str]) -> nn.Module:
+    """Build registered entry ``name`` from a file's ``config`` only if it fits the file's ``shapes``.
+
+    The entry is first built on the meta device (no memory is allocated), under a
+    guard that stops the build once it holds more parameter elements than the file
+    stores; its state dict's names and shapes are then compared with ``shapes``. Only
+    a model that fits exactly is built for real. ``name`` must be registered and
+    ``config`` is passed as keyword arguments to its constructor: nothing else runs.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        FileFormatError: the config does not fit the constructor or the tensors.
+    """
+    s = spec(name)
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise FileFormatError(f"{source}: the stored config of {name!r} is not a mapping of argument names")
+    what = f"{source} ({name})"
+    numel = sum(math.prod(v) for v in shapes.values())
+    try:
+        with _size_guard(2 * numel + 4096, 8 * len(shapes) + 1024, what), torch.device("meta"):
+            probe = s.build(**config)
+    except BlockzooError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(f"{what}: the stored config {dict(config)} does not fit the constructor "
+                              f"({e})") from None
+    problem = mismatch(_state_shapes(probe), shapes, f"{what} does not fit the model its metadata names")
+    if problem:
+        raise FileFormatError(problem)
+    return s.build(**config)
 
 
 def load_weights(
@@ -162,12 +282,11 @@ def load_weights(
 ) -> nn.Module:
     """Load a safetensors file into an existing ``model``; names and shapes must match."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
     tensors, _ = _read_tensors(path, device)
-    problem = _mismatch(model, tensors, path)
+    problem = mismatch(_state_shapes(model), {k: tuple(v.shape) for k, v in tensors.items()},
+                       f"{path} does not fit {type(model).__name__}")
     if problem:
-        raise ValueError(problem)
+        raise FileFormatError(problem)
     float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         # Keep the stored precision (a model saved in float64 loads in float64).
@@ -179,13 +298,17 @@ def load_weights(
 def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
     """Rebuild a registered model from a file written by ``save`` and load its weights.
 
-    ``overrides`` change constructor arguments (they must keep the weights' shapes).
+    The metadata selects a registered entry and its constructor arguments; the model
+    is built only after its tensor shapes are checked against the file's
+    (``build_checked``). ``overrides`` change constructor arguments (they must keep
+    the weights' shapes).
     """
-    meta = read_metadata(path)
+    path = Path(path)
+    shapes, meta = _read_shapes(path)
     if _NAME not in meta:
-        raise ValueError(
+        raise FileFormatError(
             f"{path} stores no registry name: it was saved from a model not built by "
-            "blockzoo.create; build the model yourself and use blockzoo.load_weights"
+            "blockzoo.create; build the model yourself and use blockzoo.load_weights(model, path)"
         )
-    model = spec(meta[_NAME]).build(**{**meta.get(_CONFIG, {}), **overrides})
+    model = build_checked(meta[_NAME], {**meta.get(_CONFIG, {}), **overrides}, shapes, path)
     return load_weights(model, path, device=device).to(device)

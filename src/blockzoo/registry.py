@@ -25,6 +25,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from blockzoo.checks import BlockzooError, ConfigError
+
 __all__ = [
     "FAMILIES",
     "INPUT_KINDS",
@@ -62,7 +64,7 @@ DEFAULT_SIZES: dict[str, tuple[Size, ...]] = {
 }
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(BlockzooError, KeyError, ValueError):
     """A name (block, model, data set, optimizer, ...) that is not registered.
 
     Both a ``KeyError`` (lookup failed) and a ``ValueError`` (bad argument), with a
@@ -478,10 +480,16 @@ def create_model(
     it is passed as the model's ``in_chans``, ``in_features``, ``input_size`` or
     ``vocab_size`` argument, whichever the model has.
     """
+    return spec(name).build(**model_kwargs(name, num_classes, in_chans, **kw))
+
+
+def model_kwargs(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 **kw: Any) -> dict[str, Any]:
+    """The constructor arguments ``create_model`` passes to registered model ``name``."""
     s = spec(name)
     if s.family != "model":
         models = list_blocks(family="model")
-        raise ValueError(
+        raise ConfigError(
             f"create_model: {name!r} is a {s.family} block, not a model "
             f"(models: {', '.join(models[:8])}{', ...' if len(models) > 8 else ''}); "
             f"use blockzoo.create({name!r})"
@@ -490,7 +498,7 @@ def create_model(
         kw["num_classes"] = num_classes
     if in_chans is not None:
         kw[_input_arg(s.builder)] = in_chans
-    return s.build(**kw)
+    return kw
 
 
 # What ``in_chans`` is called by models of each input kind, in order of preference.

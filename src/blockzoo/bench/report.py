@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["FORMATS", "render"]
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -24,7 +26,7 @@ def render(
 ) -> str:
     """Render ``rows`` (dicts sharing keys) in ``fmt``: table, markdown, csv or json."""
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} not in {FORMATS}")
+        raise ConfigError(f"format {fmt!r} not in {FORMATS}")
     cols = list(columns or (rows[0].keys() if rows else []))
     if fmt == "json":
         return json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=2)

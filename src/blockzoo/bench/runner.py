@@ -37,6 +37,7 @@ from blockzoo.bench.flops import count_flops, count_params
 from blockzoo.bench.memory import peak_memory_bytes
 from blockzoo.bench.peak import matmul_peak
 from blockzoo.bench.timing import time_call
+from blockzoo.checks import ConfigError
 from blockzoo.registry import Size, Spec, spec
 
 __all__ = [
@@ -73,11 +74,11 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not in {sorted(DTYPES)}")
+            raise ConfigError(f"dtype {self.dtype!r} not in {sorted(DTYPES)}")
         if self.batch < 1:
-            raise ValueError(f"batch={self.batch} must be >= 1")
+            raise ConfigError(f"batch={self.batch} must be >= 1")
         if self.repeats < 1 or self.warmup < 0:
-            raise ValueError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
+            raise ConfigError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["Timing", "time_call"]
 
 
@@ -55,7 +57,7 @@ def time_call(
     Raises ``ValueError`` for ``repeats < 1`` or ``warmup < 0``.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"time_call: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+        raise ConfigError(f"time_call: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
     for _ in range(warmup):
         fn()
     if _is_cuda(device):

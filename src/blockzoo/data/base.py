@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from blockzoo.checks import ConfigError
 from blockzoo.registry import unknown_name
 
 __all__ = [
@@ -121,12 +122,12 @@ class Data:
         if kind == self.input:
             return self
         if self.ids:
-            raise ValueError(
+            raise ConfigError(
                 f"data {self.name!r} holds integer token ids (sequence input); "
                 f"a {kind} model cannot take them"
             )
         if (self.input, kind) not in _VIEWS:
-            raise ValueError(
+            raise ConfigError(
                 f"data {self.name!r} is {self.input} {self.shape}; it has no {kind} view "
                 f"(models for it take input: {', '.join(self.kinds())})"
             )
@@ -172,7 +173,7 @@ def view_tensor(x: torch.Tensor, from_kind: str, to_kind: str) -> torch.Tensor:
     try:
         return _VIEWS[(from_kind, to_kind)](x)
     except KeyError:
-        raise ValueError(f"no view of {from_kind} inputs as {to_kind}") from None
+        raise ConfigError(f"no view of {from_kind} inputs as {to_kind}") from None
 
 
 def split_train_val(
@@ -180,7 +181,7 @@ def split_train_val(
 ) -> tuple[TensorData, TensorData]:
     """Split off a random ``val_fraction`` of (x, y) as validation, deterministically."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
+        raise ConfigError(f"val_fraction={val_fraction} must be in (0, 1)")
     n = len(x)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(n * val_fraction))
@@ -320,7 +321,7 @@ class TensorLoader:
         self.data = data
         self.batch_size = batch_size or len(data)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blockzoo.checks import FileFormatError
 from blockzoo.data.base import Data, TensorData, register_dataset, split_train_val, standardize, subsample
 
 __all__ = ["read_cifar_batch", "read_idx", "write_cifar_batch", "write_idx"]
@@ -69,13 +70,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (magic {raw[:4].hex()})")
+        raise FileFormatError(f"{path}: not an IDX file (magic {raw[:4].hex()})")
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     n = int(np.prod(dims))
     if len(raw) != 4 + 4 * ndim + n * dtype.itemsize:
-        raise ValueError(f"{path}: size {len(raw)} does not match the header dims {tuple(dims)}")
+        raise FileFormatError(f"{path}: size {len(raw)} does not match the header dims {tuple(dims)}")
     return np.frombuffer(raw, dtype=dtype, count=n, offset=4 + 4 * ndim).reshape(tuple(dims))
 
 
@@ -155,7 +156,7 @@ def _fetch(name: str, root: Path, files: list[str]) -> None:
         got = _md5(Path(tmp))
         if got != src["md5"][fname]:
             os.unlink(tmp)
-            raise ValueError(f"{name}: {fname} has MD5 {got}, expected {src['md5'][fname]}")
+            raise FileFormatError(f"{name}: {fname} has MD5 {got}, expected {src['md5'][fname]}")
         os.replace(tmp, target)
         log.info("downloaded %s (%d bytes, MD5 ok)", target, len(blob))
 

@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import shutil
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT", "CheckpointWriter", "copy_checkpoint", "load_checkpoint", "save_checkpoint"]
+from blockzoo.checks import FileFormatError
+
+__all__ = [
+    "FORMAT", "CheckpointWriter", "check_run_checkpoint", "copy_checkpoint", "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "blockzoo-checkpoint-1"
 
@@ -102,14 +109,55 @@ class CheckpointWriter:
             raise err
 
 
+# The entries every checkpoint holds, with their types: checked on load, so a file
+# that is a plain dict but not ours is refused by name instead of failing later.
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "step": int, "epoch": int, "history": list,
+    "best_val": (float, int, type(None)), "best_epoch": int, "config": dict, "meta": dict,
+    "rng": torch.Tensor, "partial": torch.Tensor, "grad_sum": torch.Tensor,
+}
+
+
+def _detail(e: BaseException) -> str:
+    """The exception's first sentence, short, after its type: what a user can act on."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0][:120]
+    return f"{type(e).__name__}: {text}" if text and text != type(e).__name__ else type(e).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a clear error if it is not one of ours."""
+    """Read a checkpoint with ``weights_only=True``; a ``FileFormatError`` naming the file if it is
+    not a whole blockzoo checkpoint (empty, truncated, corrupted, pickled objects, another layout)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False: the one thing never to do with such a file
+        raise FileFormatError(
+            f"{path}: refused: it holds pickled objects that are not tensors or plain data "
+            f"(blockzoo reads checkpoints with weights_only=True and never runs code from a file): "
+            f"{_detail(e)}") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError, UnicodeDecodeError,
+            zipfile.BadZipFile, AttributeError, TypeError, MemoryError, OverflowError) as e:
+        if isinstance(e, OSError) and not isinstance(e, (zipfile.BadZipFile,)) and e.errno is not None:
+            raise  # the disk, not the file's contents
+        raise FileFormatError(f"{path} is not a readable checkpoint (empty, truncated or corrupted: "
+                              f"{_detail(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a blockzoo checkpoint (format {FORMAT!r})")
+        raise FileFormatError(f"{path} is not a blockzoo checkpoint (format {FORMAT!r})")
+    return ckpt
+
+
+def check_run_checkpoint(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Check that a checkpoint holds a training run's entries with their types (``fit`` writes them)."""
+    for key, kind in _FIELDS.items():
+        if not isinstance(ckpt.get(key), kind) or (isinstance(ckpt.get(key), bool) and kind is int):
+            raise FileFormatError(f"{path}: checkpoint entry {key!r} is missing or not "
+                                  f"{getattr(kind, '__name__', kind)}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise FileFormatError(f"{path}: checkpoint entry 'model' must map parameter names to tensors")
     return ckpt
 
 

@@ -48,6 +48,9 @@ class TrainConfig:
         name: run name (``runs/<name>/``); default ``<model>_<data>``.
         runs_dir: parent of run directories.
         resume: continue from ``runs/<name>/last.pt``.
+        overwrite: replace an existing run of the same name (it stays whole until the
+            new run has written its first checkpoint); without it, or ``resume``, an
+            existing run folder is refused.
         quiet: no progress bar and no per-epoch lines.
         grad_stats: log per-layer gradient norms each epoch (``grad_flow.png``).
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
@@ -83,6 +86,7 @@ class TrainConfig:
     name: str | None = None
     runs_dir: str = "runs"
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     grad_stats: bool = False
     device: str = "auto"

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from blockzoo.checks import ShapeError
+from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
-from blockzoo.registry import _input_arg, create_model, spec
-from blockzoo.train.checkpoint import load_checkpoint
+from blockzoo.io import build_checked, mismatch
+from blockzoo.registry import _input_arg, create_model, model_kwargs, spec
+from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.loop import FitResult, evaluate, fit, resolve_device
 from blockzoo.train.task import model_outputs, objective
@@ -30,13 +31,22 @@ from blockzoo.train.task import model_outputs, objective
 __all__ = ["evaluate_checkpoint", "predict", "prepare", "train"]
 
 
+def is_import_target(name: str) -> bool:
+    """``module:callable`` or ``path/to/file.py:callable``: a user's own model, not a registry name."""
+    return ":" in name
+
+
 def _callable_model(target: str) -> tuple[Callable[..., nn.Module], str, str | None]:
-    """``module:callable`` -> (builder, output kind, input kind or None)."""
+    """``module:callable`` -> (builder, output kind, input kind or None).
+
+    Imports user code: called only with a target the user named (command line or
+    Python), never with one read from a file.
+    """
     mod_name, _, attr = target.partition(":")
     try:
         fn = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"model {target!r}: cannot import {attr!r} from {mod_name!r} ({e})") from None
+        raise ConfigError(f"model {target!r}: cannot import {attr!r} from {mod_name!r} ({e})") from None
     return fn, getattr(fn, "output", "logits"), getattr(fn, "input", None)
 
 
@@ -47,7 +57,7 @@ _SIZE_ARGS = {"image": ("image_size", "img_size"), "sequence": ("seq_len", "max_
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:
-    return _callable_model(name)[0] if ":" in name else spec(name).builder
+    return _callable_model(name)[0] if is_import_target(name) else spec(name).builder
 
 
 def _size_args(builder: Callable[..., nn.Module], data: Data) -> dict[str, Any]:
@@ -61,11 +71,9 @@ def _size_args(builder: Callable[..., nn.Module], data: Data) -> dict[str, Any]:
     return {a: size for a in _SIZE_ARGS.get(data.input, ()) if a in params}
 
 
-def build_model(meta: Mapping[str, Any]) -> nn.Module:
-    """Construct the model described by ``meta`` (name, args, outputs, in_chans, ids)."""
-    name, args = meta["model"], dict(meta.get("model_args", {}))
-    k, c = meta["num_outputs"], meta["in_chans"]
-    fn = _builder(name)
+def _model_kwargs(fn: Callable[..., nn.Module], meta: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """Constructor arguments from ``meta`` and the input width to pass as ``in_chans`` (or None)."""
+    args, c = dict(meta.get("model_args", {})), meta["in_chans"]
     params = inspect.signature(fn).parameters
     if meta.get("ids") and "vocab_size" in params:
         # token ids: the vocabulary is the input size; a model that also takes real
@@ -74,25 +82,71 @@ def build_model(meta: Mapping[str, Any]) -> nn.Module:
         arg = _input_arg(fn)
         if arg != "vocab_size" and arg in params:
             args.setdefault(arg, None)
-        c_arg: dict[str, Any] = {}
+        return args, None
+    return args, c
+
+
+def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Module] | None = None,
+                shapes: Mapping[str, tuple[int, ...]] | None = None, source: str = "model") -> nn.Module:
+    """Construct the model described by ``meta`` (name, args, outputs, in_chans, ids).
+
+    A registered name is built from its registry entry; with ``shapes`` (a file's
+    tensor shapes, when ``meta`` comes from a file) only after the config is checked
+    against them on the meta device. A user's model (``module:callable``) is built
+    only from ``builder``, which the user gives: a file's metadata never causes an
+    import. ``builder`` may be the same target string or the callable itself.
+    """
+    name = meta["model"]
+    if not isinstance(name, str):
+        raise FileFormatError(f"{source}: the stored model name must be a string, got {type(name).__name__}")
+    if not is_import_target(name):
+        if builder is not None and builder != name:
+            raise ConfigError(f"{source} holds a {name!r} model; you asked for {builder!r}")
+        args, c = _model_kwargs(spec(name).builder, meta)
+        try:
+            kwargs = model_kwargs(name, meta["num_outputs"], c, **args)
+            if shapes is not None:
+                return build_checked(name, kwargs, shapes, source)
+            return spec(name).build(**kwargs)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, BlockzooError) and not isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
+    if builder is None:
+        raise ConfigError(
+            f"{source} was trained with your own model {name!r}; blockzoo never imports code named by "
+            f"a file: pass the builder yourself (blockzoo ... --model {name}, or builder= in Python)")
+    if isinstance(builder, str):
+        if builder != name:
+            raise ConfigError(f"{source} was trained with model {name!r}; you passed --model {builder!r}")
+        fn = _callable_model(builder)[0]
     else:
-        c_arg = {"in_chans": c}
+        fn = builder
+    args, c = _model_kwargs(fn, meta)
+    params = inspect.signature(fn).parameters
+    if "num_classes" in params:
+        args.setdefault("num_classes", meta["num_outputs"])
+    arg = _input_arg(fn)
+    if arg in params and c is not None:
+        args.setdefault(arg, c)
     try:
-        if ":" in name:
-            if "num_classes" in params:
-                args.setdefault("num_classes", k)
-            arg = _input_arg(fn)
-            if arg in params and c_arg:
-                args.setdefault(arg, c)
-            return fn(**args)
-        return create_model(name, num_classes=k, **c_arg, **args)
+        model = fn(**args)
     except TypeError as e:
-        raise ValueError(f"model {name!r}: bad arguments ({e})") from None
+        raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
+    if shapes is not None:
+        problem = mismatch(_state_shapes(model), shapes, f"{source} does not fit the model {name!r} builds")
+        if problem:
+            raise FileFormatError(problem)
+    return model
+
+
+def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
     """Load the data, build the model and check they fit; one clear error if not."""
-    if ":" in cfg.model:
+    if is_import_target(cfg.model):
         _, output, kind = _callable_model(cfg.model)
         wants_ids = None
     else:
@@ -111,11 +165,11 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
     try:
         data = native.view(kind)
     except ValueError as e:
-        raise ValueError(f"model {cfg.model!r} takes {kind} input, which data {cfg.data!r} cannot give: "
+        raise ConfigError(f"model {cfg.model!r} takes {kind} input, which data {cfg.data!r} cannot give: "
                          f"{e}") from None
     if wants_ids is not None and wants_ids != data.ids:
         has = "integer token ids" if data.ids else "real-valued features"
-        raise ValueError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
+        raise ConfigError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
                          f" but data {cfg.data!r} holds {has}")
     obj = objective(data.task, output, data.num_classes)
     model_args = {**_size_args(_builder(cfg.model), data), **cfg.model_args}
@@ -124,7 +178,7 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
                 native_input=native.input, native_shape=list(native.shape),
                 classes=list(native.classes) if native.classes else None, task=data.task)
     torch.manual_seed(cfg.seed)
-    model = build_model(meta)
+    model = build_model(meta, builder=cfg.model if is_import_target(cfg.model) else None)
     _dry_run(model, data, obj.num_outputs, cfg)
     return model, data, meta
 
@@ -139,14 +193,14 @@ def _dry_run(model: nn.Module, data: Data, k: int, cfg: TrainConfig) -> None:
             out = model_outputs(model(x))
     except (ShapeError, RuntimeError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model {cfg.model!r} does not fit data {cfg.data!r} "
+        raise ConfigError(f"model {cfg.model!r} does not fit data {cfg.data!r} "
                          f"(input {tuple(x.shape)}): {first}") from None
     finally:
         model.train(was)
     steps = tuple(data.val.y.shape[1:]) if data.task == "classification" else ()
     want = (len(x), *steps, k)  # per-step targets (B, T) need scores (B, T, K)
     if tuple(out.shape) != want:
-        raise ValueError(f"model {cfg.model!r} gives output {tuple(out.shape)} for input {tuple(x.shape)}; "
+        raise ConfigError(f"model {cfg.model!r} gives output {tuple(out.shape)} for input {tuple(x.shape)}; "
                          f"data {cfg.data!r} ({data.task}) needs {want}")
 
 
@@ -158,77 +212,168 @@ def train(cfg: TrainConfig | Mapping[str, Any]) -> FitResult:
     return fit(model, data, cfg, output=meta["output"], run_dir=run_dir, meta=meta)
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
-    ck = load_checkpoint(path)
-    model = build_model(ck["meta"])
+def load_trained(path: str | Path, *, builder: str | Callable[..., nn.Module] | None = None,
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The model stored in a checkpoint, in eval mode, and the checkpoint dict.
+
+    ``builder``: the user's own model (``module:callable`` or the callable) when the run
+    trained one; never taken from the file.
+    """
+    ck = check_run_checkpoint(load_checkpoint(path), path)
+    meta = ck["meta"]
+    for key, kind in (("model", str), ("num_outputs", int), ("in_chans", int), ("input", str),
+                      ("native_input", str), ("native_shape", list), ("task", str)):
+        if not isinstance(meta.get(key), kind):
+            raise FileFormatError(f"{path}: checkpoint meta {key!r} is missing or not {kind.__name__}")
+    if not isinstance(meta.get("model_args", {}), dict):
+        raise FileFormatError(f"{path}: checkpoint meta 'model_args' must be a mapping")
+    shapes = {k: tuple(v.shape) for k, v in ck["model"].items()}
+    model = build_model(meta, builder=builder, shapes=shapes, source=str(path))
     model.load_state_dict(ck["model"])
     return model.eval(), ck
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = "auto",
-                        data_dir: str | None = None) -> dict[str, Any]:
-    """Rebuild the run's data and model from a checkpoint and measure ``split``."""
+                        data_dir: str | None = None,
+                        builder: str | Callable[..., nn.Module] | None = None) -> dict[str, Any]:
+    """Rebuild the run's data and model from a checkpoint and measure ``split``.
+
+    The data must still give samples of the shape (and classes) stored at training
+    time: a CSV that has since lost a column is refused, not silently mis-read.
+    """
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split {split!r} must be train, val or test")
-    model, ck = load_trained(path)
-    cfg = TrainConfig.from_dict(ck["config"])
-    data = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                     data_dir=data_dir or cfg.data_dir, quick=cfg.quick).view(ck["meta"]["input"])
+        raise ConfigError(f"split {split!r} must be train, val or test")
+    model, ck = load_trained(path, builder=builder)
+    meta = ck["meta"]
+    try:
+        cfg = TrainConfig.from_dict(ck["config"])
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(f"{path}: the stored training config is not valid ({e})") from None
+    native = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                       data_dir=data_dir or cfg.data_dir, quick=cfg.quick)
+    if list(native.shape) != list(meta["native_shape"]) or native.num_classes != ck.get("num_classes"):
+        raise DataError(
+            f"data {cfg.data!r} now gives samples of shape {tuple(native.shape)} with "
+            f"{native.num_classes} outputs; {path} was trained on {tuple(meta['native_shape'])} with "
+            f"{ck.get('num_classes')}: the data changed since training")
+    data = native.view(meta["input"])
     obj = objective(data.task, ck["output"], data.num_classes)
     dev = resolve_device(device)
     model.to(dev)
     res = evaluate(model, getattr(data, split), obj, batch_size=cfg.eval_batch, device=dev)
-    return {"split": split, **res, "data": data.name, "model": ck["meta"]["model"],
+    return {"split": split, **res, "data": data.name, "model": meta["model"],
             "epoch": ck["epoch"], "step": ck["step"], "stored_test": ck.get("test")}
 
 
-def _read_inputs(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"no input file {str(path)!r}")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return f["x"] if "x" in f.files else f[f.files[0]]
-    if path.suffix in (".csv", ".txt"):
-        text = path.read_text().strip().splitlines()
-        rows = [r for r in text if r.strip()]
+def _csv_rows(path: Path) -> np.ndarray:
+    """A CSV of numbers, one sample per row (a header line is skipped); errors name row and column."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = [(i, r) for i, r in enumerate(csv.reader(f), 1) if r and any(c.strip() for c in r)]
+    if rows:
         try:
-            float(rows[0].split(",")[0])
+            [float(c) for c in rows[0][1]]
         except ValueError:
             rows = rows[1:]  # header
-        return np.asarray([[float(v) for v in r.split(",")] for r in rows], dtype=np.float32)
-    raise ValueError(f"input file {path}: use .npy, .npz or .csv (one sample per row)")
+    if not rows:
+        raise DataError(f"input file {path} holds no data rows (one sample per row)")
+    width = len(rows[0][1])
+    for line, r in rows:
+        if len(r) != width:
+            raise DataError(f"input file {path}, row {line}: {len(r)} values, the first data row has {width}")
+    try:
+        return np.asarray([r for _, r in rows], dtype=np.float32)
+    except ValueError:
+        for line, r in rows:
+            for col, c in enumerate(r, 1):
+                try:
+                    float(c)
+                except ValueError:
+                    raise DataError(f"input file {path}, row {line}, column {col}: {c!r} "
+                                    "is not a number") from None
+        raise
 
 
-def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray) -> list[dict[str, Any]]:
-    """Run a trained checkpoint on new inputs (the data set's native layout, one per row).
+def _read_inputs(path: Path) -> tuple[np.ndarray, bool]:
+    """The file's array and whether it is one sample per row (CSV) rather than batch-first."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no input file {str(path)!r}")
+    if path.suffix in (".csv", ".txt"):
+        return _csv_rows(path), True
+    if path.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"input file {path}: use .npy, .npz or .csv (one sample per row)")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), False
+        with np.load(path, allow_pickle=False) as f:
+            if not f.files:
+                raise DataError(f"input file {path} holds no arrays")
+            return f["x"] if "x" in f.files else f[f.files[0]], False
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, BlockzooError) or (isinstance(e, OSError) and e.errno is not None):
+            raise
+        raise FileFormatError(f"input file {path} is not a readable NumPy file ({e})") from None
 
-    Inputs are in the data set's own scale before standardisation (e.g. pixels in
-    [0, 1] for MNIST, raw feature values for a CSV) and may be flattened per sample;
-    the training statistics stored in the checkpoint are applied here. Returns one dict per sample: prediction
-    (class name or value) and confidence.
-    """
-    model, ck = load_trained(checkpoint)
-    meta = ck["meta"]
-    arr = _read_inputs(Path(inputs)) if not isinstance(inputs, np.ndarray) else inputs
-    shape = tuple(meta["native_shape"])
+
+def _as_samples(arr: np.ndarray, shape: tuple[int, ...], rows: bool, source: str) -> torch.Tensor:
+    """A batch (N, *shape): rows are flattened samples; an array is batch-first unless it is one sample."""
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{source}: expected numbers, got an array of {arr.dtype}")
     x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
-    if x.dim() == len(shape):  # one sample without a batch dim
-        x = x.unsqueeze(0)
-    if tuple(x.shape[1:]) != shape:
-        if x[0].numel() != int(np.prod(shape)):
-            raise ValueError(f"inputs of shape {tuple(x.shape)} do not match the model's samples {shape}")
-        x = x.reshape(len(x), *shape)
+    n = int(np.prod(shape))
+    if rows:
+        if x.shape[1] != n:
+            raise DataError(f"{source}: rows of {x.shape[1]} values; the model's samples are {shape}, "
+                            f"{n} values per row")
+        return x.reshape(len(x), *shape)
+    if tuple(x.shape) == shape or (x.dim() == 1 and x.numel() == n):
+        return x.reshape(1, *shape)
+    if x.dim() >= 2 and len(x) and x[0].numel() == n:
+        return x.reshape(len(x), *shape)
+    raise DataError(f"{source}: inputs of shape {tuple(x.shape)} are neither one sample {shape} nor a batch "
+                    f"(N, {', '.join(map(str, shape))}) of them (flattened per sample is fine)")
+
+
+def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
+            builder: str | Callable[..., nn.Module] | None = None) -> list[dict[str, Any]]:
+    """Run a trained checkpoint on new inputs (the data set's native layout).
+
+    A CSV holds one sample per row (flattened); a ``.npy``/``.npz`` array (or an array
+    given in Python) is a batch along its first axis, unless its shape is one sample's.
+    Inputs are in the data set's own scale before standardisation (e.g. pixels in
+    [0, 1] for MNIST, raw feature values for a CSV); the training statistics stored in
+    the checkpoint are applied here. Returns one dict per sample: prediction (class
+    name or value) and confidence.
+    """
+    model, ck = load_trained(checkpoint, builder=builder)
+    meta = ck["meta"]
+    if isinstance(inputs, np.ndarray):
+        arr, rows, source = inputs, False, "inputs"
+    else:
+        arr, rows = _read_inputs(Path(inputs))
+        source = f"input file {inputs}"
+    shape = tuple(meta["native_shape"])
+    x = _as_samples(arr, shape, rows, source)
+    if len(x) == 0:
+        raise DataError(f"{source} holds no samples")
     stats = ck.get("data_stats") or {}
     if "mean" in stats:
-        x = (x - stats["mean"]) / stats["std"]
+        mean, std = stats["mean"], stats.get("std")
+        if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+            raise FileFormatError(f"{checkpoint}: data_stats mean/std must be tensors")
+        try:
+            x = (x - mean) / std
+        except RuntimeError:
+            raise FileFormatError(f"{checkpoint}: data_stats of shape {tuple(mean.shape)} do not fit "
+                                  f"samples {shape}") from None
     x = view_tensor(x, meta["native_input"], meta["input"])
     obj = objective(meta["task"], ck["output"], ck["num_classes"])
     with torch.no_grad():
         pred, conf = obj.predict(model_outputs(model(x)))
     classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) < ck["num_classes"]):
+        raise FileFormatError(f"{checkpoint}: meta 'classes' must list {ck['num_classes']} class names")
     out = []
     for i in range(len(x)):
         if obj.task == "regression":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -27,12 +28,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo.checks import ConfigError, FileFormatError
 from blockzoo.data.base import Data, TensorData, TensorLoader
+from blockzoo.io import mismatch
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
-from blockzoo.train.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
+from blockzoo.train.checkpoint import (
+    CheckpointWriter,
+    check_run_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from blockzoo.train.config import TrainConfig
-from blockzoo.train.optim import build_optimizer, check_schedule, lr_factor
+from blockzoo.train.optim import build_optimizer, check_optimizer, check_schedule, lr_factor
 from blockzoo.train.task import Objective, model_outputs, objective
 
 __all__ = ["FitResult", "NonFiniteLossError", "evaluate", "fit", "resolve_device"]
@@ -65,11 +73,16 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``, ...; a clear error for the rest."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or another torch device"
+                          ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
     return dev
 
 
@@ -169,8 +182,31 @@ def fit(
     else:
         cfg = TrainConfig.from_dict({**dict(config or {}), **overrides})
     check_schedule(cfg.schedule)
+    check_optimizer(cfg.optimizer, cfg.nesterov)
+    if run_dir is None:
+        return _fit(model, data, cfg, output, None, meta)
+    # the run folder: locked for this run; an existing run is replaced only by --overwrite,
+    # and only once the new run has a checkpoint
+    folder = runlog.RunFolder(run_dir, resume=cfg.resume, overwrite=cfg.overwrite,
+                              main=int(os.environ.get("RANK", "0")) == 0)
+    with folder:
+        try:
+            result = _fit(model, data, cfg, output, folder.work, meta)
+        except NonFiniteLossError as e:
+            folder.finish()
+            raise NonFiniteLossError(folder.final(str(e))) from None
+        except BaseException:
+            folder.finish()
+            raise
+        folder.finish()
+    result.run_dir = folder.path
+    return result
+
+
+def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: Path | None,
+         meta: Mapping[str, Any] | None) -> FitResult:
+    """``fit`` after the config is settled and the run folder claimed."""
     obj = objective(data.task, output, data.num_classes)
-    run_dir = Path(run_dir) if run_dir is not None else None
 
     # ------------------------------------------------------------------ setup
     device = resolve_device(cfg.device)
@@ -238,9 +274,14 @@ def fit(
     if cfg.resume:
         if last_pt is None or not last_pt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_pt}")
-        ck = load_checkpoint(last_pt, map_location=device)
+        ck = check_run_checkpoint(load_checkpoint(last_pt, map_location=device), last_pt)
+        _check_resume(ck, cfg, model, last_pt)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise FileFormatError(f"--resume: the optimizer state in {last_pt} does not fit --optimizer "
+                                  f"{cfg.optimizer} ({e})") from None
         step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
         run_loss, run_correct = ck["partial"][0].item(), ck["partial"][1].item()
@@ -260,10 +301,6 @@ def fit(
         net = torch.compile(net)
 
     meta = dict(meta or {})
-    if run_dir is not None and main and not cfg.resume:
-        # a fresh run: no checkpoint or figure of an earlier run under this name survives
-        for stale in ("last.pt", "best.pt", "metrics.csv", "grad_stats.csv", "curves.png", "grad_flow.png"):
-            (run_dir / stale).unlink(missing_ok=True)
     if run_dir is not None and main:
         runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **_jsonable(meta)})
 
@@ -446,6 +483,20 @@ def fit(
                      steps=step, seconds=seconds, metric=data.metric, run_dir=run_dir,
                      stopped=stopped, interrupted=interrupted, grad_history=grad_history,
                      data_name=data.name, baselines=dict(data.baselines))
+
+
+def _check_resume(ck: Mapping[str, Any], cfg: TrainConfig, model: nn.Module, path: Path) -> None:
+    """Refuse a checkpoint of another model, optimizer or data before loading anything from it."""
+    stored = ck["config"]
+    for key in ("model", "data", "optimizer"):
+        if stored.get(key) != getattr(cfg, key):
+            raise ConfigError(f"--resume: {path} was trained with --{key} {stored.get(key)}; this run asks "
+                              f"for --{key} {getattr(cfg, key)} (use --name for a new run)")
+    problem = mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                       {k: tuple(v.shape) for k, v in ck["model"].items()},
+                       f"--resume: {path} does not fit this run's model")
+    if problem:
+        raise FileFormatError(problem)
 
 
 def _stop(cfg: TrainConfig, step: int, total: int) -> bool:

@@ -20,9 +20,10 @@ from collections.abc import Iterable
 
 import torch
 
+from blockzoo.checks import ConfigError
 from blockzoo.registry import unknown_name
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "lr_factor"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "check_optimizer", "check_schedule", "lr_factor"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "linear")
@@ -42,7 +43,7 @@ def build_optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
                                weight_decay=weight_decay)
     if nesterov:
-        raise ValueError(f"nesterov applies to sgd only, not {name}")
+        raise ConfigError(f"nesterov applies to sgd only, not {name}")
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -50,6 +51,14 @@ def build_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise unknown_name("optimizer", name, OPTIMIZERS)
+
+
+def check_optimizer(name: str, nesterov: bool = False) -> None:
+    """The errors ``build_optimizer`` would raise, before anything is built or written."""
+    if name not in OPTIMIZERS:
+        raise unknown_name("optimizer", name, OPTIMIZERS)
+    if nesterov and name != "sgd":
+        raise ConfigError(f"nesterov applies to sgd only, not {name}")
 
 
 def check_schedule(name: str) -> None:

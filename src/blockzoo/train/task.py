@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["Objective", "model_outputs", "objective"]
 
 OUTPUT_KINDS = ("logits", "log_probs", "regression")
@@ -96,13 +98,13 @@ def objective(task: str, output: str, num_classes: int) -> Objective:
     """
     output = "logits" if output == "tensor" else output
     if output not in OUTPUT_KINDS:
-        raise ValueError(f"model output kind {output!r} not in {OUTPUT_KINDS}")
+        raise ConfigError(f"model output kind {output!r} not in {OUTPUT_KINDS}")
     if task == "regression":
         if output == "log_probs":
-            raise ValueError("a model that outputs log-probabilities cannot fit a regression task")
+            raise ConfigError("a model that outputs log-probabilities cannot fit a regression task")
         return Objective(task, "regression", num_classes)
     if output == "regression":
-        raise ValueError(f"a regression model cannot fit a {task} task (it outputs no class scores)")
+        raise ConfigError(f"a regression model cannot fit a {task} task (it outputs no class scores)")
     if task == "binary":
         return Objective(task, output, 2 if output == "log_probs" else 1)
     return Objective(task, output, num_classes)
@@ -114,4 +116,4 @@ def model_outputs(out: object) -> torch.Tensor:
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise ValueError(f"the model returned {type(out).__name__}, not a tensor of scores")
+    raise ConfigError(f"the model returned {type(out).__name__}, not a tensor of scores")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap, record_attention
+from blockzoo.checks import ConfigError
 
 __all__ = ["attention_maps", "plot_attention"]
 
@@ -130,7 +131,7 @@ def digit_input(s: Any, *, size: Sequence[int] | None = None, index: int = 0) ->
     compare channels with each other, such as DANet's channel affinity, come out uniform).
     """
     if s.input != "image":
-        raise ValueError(f"--input digits: {s.name} takes {s.input} input, not images")
+        raise ConfigError(f"--input digits: {s.name} takes {s.input} input, not images")
     from blockzoo.data import load_data
 
     x = load_data("digits").test.x[index].float()

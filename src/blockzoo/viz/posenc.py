@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["KINDS", "encoding_table", "offset_dot_products", "plot_posenc"]
 
 KINDS = ("sinusoidal", "rope")
@@ -32,13 +34,13 @@ def encoding_table(kind: str, length: int, dim: int) -> torch.Tensor:
     from blockzoo.attention import positional
 
     if kind not in KINDS:
-        raise ValueError(f"posenc kind {kind!r} not in {KINDS}")
+        raise ConfigError(f"posenc kind {kind!r} not in {KINDS}")
     if length < 1 or dim < 2:
-        raise ValueError(f"posenc: length={length} must be >= 1 and dim={dim} >= 2")
+        raise ConfigError(f"posenc: length={length} must be >= 1 and dim={dim} >= 2")
     if kind == "sinusoidal":
         return positional.sinusoidal_table(length, dim, dtype=torch.float64)
     if dim % 2:
-        raise ValueError(f"posenc rope: dim={dim} must be even")
+        raise ConfigError(f"posenc rope: dim={dim} must be even")
     rope = positional.RotaryEmbedding(dim)
     return rope(torch.ones(1, length, dim, dtype=torch.float64))[0]  # (N, D)
 
@@ -52,7 +54,7 @@ def offset_dot_products(
         anchors = sorted({0, length // 4, length // 2})
     bad = [m for m in anchors if not 0 <= m < length]
     if bad:
-        raise ValueError(f"posenc: anchors {bad} outside positions 0..{length - 1}")
+        raise ConfigError(f"posenc: anchors {bad} outside positions 0..{length - 1}")
     n = torch.arange(length)
     return {m: (n - m, table @ table[m]) for m in anchors}
 
