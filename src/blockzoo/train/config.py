@@ -7,11 +7,16 @@ CNN on the bundled MNIST-1D data, AdamW with a linear warm-up and cosine decay.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from blockzoo.registry import unknown_name
+from blockzoo.train.optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig"]
 
@@ -20,12 +25,15 @@ __all__ = ["TrainConfig"]
 class TrainConfig:
     """Everything a run needs; ``config.json`` in the run directory is this, as JSON.
 
+    Every option is checked at construction (type and range), so a nonsense value fails
+    in one line before any data is loaded or memory allocated.
+
     Args:
         model: a registered model name or ``module:callable``.
         model_args: extra keyword arguments for the model's constructor.
         data: a registered data set or ``csv:PATH``.
         data_dir: where file-backed data sets are looked for / downloaded.
-        val_fraction: training share held out for validation (where no split exists).
+        val_fraction: training share held out for validation (where no split exists), in (0, 1).
         quick: the data set's small version (tests, examples).
         epochs: passes over the training split (ignored when ``steps`` is set).
         steps: total optimisation steps (overrides ``epochs``).
@@ -37,14 +45,15 @@ class TrainConfig:
             than one huge one (the activations stay in cache).
         optimizer: sgd, adam, adamw or rmsprop.
         lr: peak learning rate.
-        momentum, nesterov: for sgd (momentum also for rmsprop).
+        momentum, nesterov: for sgd (momentum also for rmsprop); momentum in [0, 1).
         weight_decay: L2 penalty (sgd, adam, rmsprop) or decoupled decay (adamw).
         schedule: constant, step, cosine or linear (decay to 0).
         warmup: linear warm-up length: a fraction of all steps (< 1) or a step count.
         step_size, gamma: step decay multiplies the rate by ``gamma`` every ``step_size``
             steps (default: a third of the run).
         clip_grad: clip the global gradient norm to this value.
-        seed: seeds the model's initialisation, the data order, dropout and splits.
+        seed: seeds the model's initialisation, the data order, dropout and splits;
+            0 to 2**32 - 1.
         name: run name (``runs/<name>/``); default ``<model>_<data>``.
         runs_dir: parent of run directories.
         resume: continue from ``runs/<name>/last.pt``.
@@ -97,20 +106,58 @@ class TrainConfig:
     plots: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs} must be >= 1")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps} must be >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1 (or None for full batch)")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size={self.eval_batch_size} must be >= 1 (or None)")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
+        """Refuse a nonsense option before anything is loaded or allocated.
+
+        One ``ValueError`` line names the option, its value and what is allowed. Numpy
+        scalars are turned into Python numbers so that ``config.json`` can hold them.
+        """
+        for name in ("model", "data", "data_dir", "optimizer", "schedule", "runs_dir", "device"):
+            _check_str(self, name)
+        _check_str(self, "name", none="for <model>_<data>")
+        for name in ("quick", "nesterov", "resume", "quiet", "grad_stats", "compile", "channels_last",
+                     "plots"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if not isinstance(self.model_args, dict) or not all(isinstance(k, str) for k in self.model_args):
+            raise ValueError(f"model_args={self.model_args!r} must be a dict with str keys")
+
+        _check_int(self, "epochs", 1)
+        _check_int(self, "steps", 1, none="to train for epochs")
+        _check_int(self, "batch_size", 1, none="for full batch")
+        _check_int(self, "eval_batch_size", 1, none="for twice batch_size")
+        _check_int(self, "step_size", 1, none="for a third of the run")
+        _check_int(self, "stop_after", 1, none="to run to the end")
+        # Negative seeds are aliases (torch wraps -1 to 2**64 - 1) and the loader seeds epoch
+        # e with seed * 100_003 + e, which torch refuses past 2**64 - 1: one portable range.
+        _check_int(self, "seed", 0, high=_MAX_SEED)
+
+        _check_real(self, "val_fraction", "in (0, 1)", lambda v: 0 < v < 1)  # split_train_val's range
+        _check_real(self, "lr", "> 0", lambda v: v > 0)
+        # torch takes any momentum >= 0, but at m = 1 the velocity never forgets a gradient
+        # (SGD on x**2 / 2 swings at its starting amplitude for ever) and at m > 1 it diverges.
+        _check_real(self, "momentum", "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_real(self, "weight_decay", ">= 0", lambda v: v >= 0)
+        _check_real(self, "warmup", ">= 0: a fraction of the steps (< 1) or a whole step count",
+                    lambda v: v >= 0 and (v < 1 or v == int(v)))
+        _check_real(self, "gamma", "> 0", lambda v: v > 0)
+        _check_real(self, "clip_grad", "> 0", lambda v: v > 0, none="for no clipping")
+
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule not in SCHEDULES:
+            raise unknown_name("schedule", self.schedule, SCHEDULES)
+        if self.nesterov and self.optimizer != "sgd":
+            raise ValueError(f"nesterov applies to sgd only, not {self.optimizer}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError(f"nesterov=True needs momentum > 0, got momentum={self.momentum}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp={self.amp!r} must be bf16, fp16 or None")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be >= 0")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or another "
+                                 "torch device string") from None
 
     @property
     def eval_batch(self) -> int | None:
@@ -136,3 +183,44 @@ class TrainConfig:
             if k not in known:
                 raise unknown_name("training option", k, known)
         return cls(**dict(d))
+
+
+_MAX_SEED = 2**32 - 1
+
+
+def _none_note(none: str | None) -> str:
+    return f" (or None {none})" if none else ""
+
+
+def _check_str(cfg: TrainConfig, name: str, *, none: str | None = None) -> None:
+    value = getattr(cfg, name)
+    if not (isinstance(value, str) or (value is None and none)):
+        raise ValueError(f"{name}={value!r} must be a str{_none_note(none)}")
+
+
+def _check_int(cfg: TrainConfig, name: str, low: int, *, high: int | None = None,
+               none: str | None = None) -> None:
+    """An int (not a bool, not a float) in [low, high], or None where ``none`` says what it means."""
+    value = getattr(cfg, name)
+    if value is None and none:
+        return
+    allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} must be an int {allowed}{_none_note(none)}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
+    setattr(cfg, name, int(value))
+
+
+def _check_real(cfg: TrainConfig, name: str, allowed: str, ok: Callable[[float], bool], *,
+                none: str | None = None) -> None:
+    """A finite real number (int or float, not a bool) for which ``ok`` holds, or None where allowed."""
+    value = getattr(cfg, name)
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number {allowed}{_none_note(none)}")
+    if not ok(value):
+        raise ValueError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
+    if type(value) not in (int, float):
+        setattr(cfg, name, float(value))
