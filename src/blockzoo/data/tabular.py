@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blockzoo.checks import DataError
 from blockzoo.data.base import Data, TensorData, split_train_val, standardize
 
 __all__ = ["load_csv"]
@@ -64,10 +65,10 @@ def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
         header = lines.pop(0)[1]  # a first row with a word in it is a header
     rows = [r for _, r in lines]
     if len(rows) < 4:
-        raise ValueError(f"csv data {path}: needs at least 4 numeric rows, got {len(rows)}")
+        raise DataError(f"csv data {path}: needs at least 4 numeric rows, got {len(rows)}")
     widths = {len(r) for r in rows}
     if len(widths) != 1 or widths.pop() < 2:
-        raise ValueError(f"csv data {path}: rows must all have the same number (>= 2) of columns")
+        raise DataError(f"csv data {path}: rows must all have the same number (>= 2) of columns")
     if header is not None and len(header) != len(rows[0]):
         header = None  # its names do not line up with the columns: errors give numbers only
     table = _parse(path, rows, [n for n, _ in lines], header)
@@ -78,7 +79,7 @@ def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
     if len(values) == 1:
         name = repr(header[-1].strip()) if header else f"column {table.shape[1]}"
         why = "a classifier needs at least two" if integral else "there is nothing to learn"
-        raise ValueError(f"csv data {path}: the label column (last, {name}) holds one value "
+        raise DataError(f"csv data {path}: the label column (last, {name}) holds one value "
                          f"({_label_name(values[0])}) for every row; {why}")
     if integral and len(values) == 2:
         task, k = "binary", 1
@@ -112,7 +113,7 @@ def _is_finite(cell: str) -> bool:
 
 
 def _parse(path: Path, rows: list[list[str]], line_nums: list[int], header: list[str] | None) -> np.ndarray:
-    """The cells as float64, or a ValueError naming the first cell that is not a finite number."""
+    """The cells as float64, or a DataError naming the first cell that is not a finite number."""
     try:
         table = np.asarray(rows, dtype=np.float64)
     except ValueError:  # some cell is no number at all: only now look cell by cell
@@ -124,5 +125,5 @@ def _parse(path: Path, rows: list[list[str]], line_nums: list[int], header: list
         i, j = bad[0].tolist()
     cell = rows[i][j].strip()
     what = "is empty" if not cell else f"holds {cell!r}"
-    raise ValueError(f"csv data {path}: row {line_nums[i]}, {_column(j, header)} {what}; "
+    raise DataError(f"csv data {path}: row {line_nums[i]}, {_column(j, header)} {what}; "
                      "every cell must be a finite number")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from blockzoo.checks import ConfigError
 from blockzoo.registry import unknown_name
 from blockzoo.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -108,7 +109,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Refuse a nonsense option before anything is loaded or allocated.
 
-        One ``ValueError`` line names the option, its value and what is allowed. Numpy
+        One ``ConfigError`` (a ``ValueError``) line names the option, its value and what is allowed. Numpy
         scalars are turned into Python numbers so that ``config.json`` can hold them.
         """
         for name in ("model", "data", "data_dir", "optimizer", "schedule", "runs_dir", "device"):
@@ -117,9 +118,9 @@ class TrainConfig:
         for name in ("quick", "nesterov", "resume", "quiet", "grad_stats", "compile", "channels_last",
                      "plots"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
         if not isinstance(self.model_args, dict) or not all(isinstance(k, str) for k in self.model_args):
-            raise ValueError(f"model_args={self.model_args!r} must be a dict with str keys")
+            raise ConfigError(f"model_args={self.model_args!r} must be a dict with str keys")
 
         _check_int(self, "epochs", 1)
         _check_int(self, "steps", 1, none="to train for epochs")
@@ -147,16 +148,16 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise unknown_name("schedule", self.schedule, SCHEDULES)
         if self.nesterov and self.optimizer != "sgd":
-            raise ValueError(f"nesterov applies to sgd only, not {self.optimizer}")
+            raise ConfigError(f"nesterov applies to sgd only, not {self.optimizer}")
         if self.nesterov and self.momentum == 0:
-            raise ValueError(f"nesterov=True needs momentum > 0, got momentum={self.momentum}")
+            raise ConfigError(f"nesterov=True needs momentum > 0, got momentum={self.momentum}")
         if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp={self.amp!r} must be bf16, fp16 or None")
+            raise ConfigError(f"amp={self.amp!r} must be bf16, fp16 or None")
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except RuntimeError:
-                raise ValueError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or another "
+                raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or another "
                                  "torch device string") from None
 
     @property
@@ -195,7 +196,7 @@ def _none_note(none: str | None) -> str:
 def _check_str(cfg: TrainConfig, name: str, *, none: str | None = None) -> None:
     value = getattr(cfg, name)
     if not (isinstance(value, str) or (value is None and none)):
-        raise ValueError(f"{name}={value!r} must be a str{_none_note(none)}")
+        raise ConfigError(f"{name}={value!r} must be a str{_none_note(none)}")
 
 
 def _check_int(cfg: TrainConfig, name: str, low: int, *, high: int | None = None,
@@ -206,9 +207,9 @@ def _check_int(cfg: TrainConfig, name: str, low: int, *, high: int | None = None
         return
     allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={value!r} must be an int {allowed}{_none_note(none)}")
+        raise ConfigError(f"{name}={value!r} must be an int {allowed}{_none_note(none)}")
     if value < low or (high is not None and value > high):
-        raise ValueError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
+        raise ConfigError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
     setattr(cfg, name, int(value))
 
 
@@ -219,8 +220,8 @@ def _check_real(cfg: TrainConfig, name: str, allowed: str, ok: Callable[[float],
     if value is None and none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number {allowed}{_none_note(none)}")
+        raise ConfigError(f"{name}={value!r} must be a finite number {allowed}{_none_note(none)}")
     if not ok(value):
-        raise ValueError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
+        raise ConfigError(f"{name}={value!r} must be {allowed}{_none_note(none)}")
     if type(value) not in (int, float):
         setattr(cfg, name, float(value))
