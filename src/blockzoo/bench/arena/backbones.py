@@ -3,8 +3,9 @@
 Letters: B batch, C channels, H W spatial, T time steps, F features, D model width,
 K classes, w conv width.
 
-- ``ArenaConvNet``: conv3x3(C->w)-BN-ReLU stem; ``stage1`` conv3x3(w->w)-BN-ReLU;
-  ``stage2`` conv3x3 stride 2 (w->2w)-BN-ReLU; global average pool; linear head.
+- ``ArenaConvNet``: three ``blockzoo.conv.ConvBnAct`` units, conv3x3(C->w)-BN-ReLU
+  stem, ``stage1`` conv3x3(w->w)-BN-ReLU and ``stage2`` conv3x3 stride 2
+  (w->2w)-BN-ReLU; global average pool; linear head.
   The attention block goes after ``stage1`` and ``stage2`` (``blockzoo.attach``).
 - ``ArenaTransformer``: conv1d(F->D, kernel 5) stem (gives tokens their local
   order; no absolute position table, so no size is fixed); ``depth`` pre-norm
@@ -21,13 +22,9 @@ from torch import nn
 
 from blockzoo.act import create_act
 from blockzoo.checks import check_shape
+from blockzoo.conv import ConvBnAct
 
 __all__ = ["ArenaConvNet", "ArenaTransformer"]
-
-
-def _conv_bn_act(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), create_act("relu"))
 
 
 class ArenaConvNet(nn.Module):
@@ -45,9 +42,9 @@ class ArenaConvNet(nn.Module):
     def __init__(self, in_chans: int, num_classes: int, *, width: int = 16) -> None:
         super().__init__()
         self.in_chans = in_chans
-        self.stem = _conv_bn_act(in_chans, width)
-        self.stage1 = _conv_bn_act(width, width)
-        self.stage2 = _conv_bn_act(width, 2 * width, stride=2)
+        self.stem = ConvBnAct(in_chans, width, 3)
+        self.stage1 = ConvBnAct(width, width, 3)
+        self.stage2 = ConvBnAct(width, 2 * width, 3, stride=2)
         self.head = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
