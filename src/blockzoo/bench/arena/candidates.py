@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from blockzoo.bench.arena.settings import BASELINE, KINDS, ArenaSettings
+from blockzoo.checks import ConfigError
 from blockzoo.registry import list_blocks, spec
 
 __all__ = ["arena_candidates", "kind_of", "plan"]
@@ -34,7 +35,7 @@ def arena_candidates(kind: str) -> list[str]:
     learned) that only add or rotate per position.
     """
     if kind not in KINDS:
-        raise ValueError(f"arena kind {kind!r} not in {KINDS}")
+        raise ConfigError(f"arena kind {kind!r} not in {KINDS}")
     names = [n for n in list_blocks(family="attention")
              if spec(n).input == kind and spec(n).example.out_shape == "same"]
     return names if kind == "image" else [n for n in names if _mixes_tokens(n)]
@@ -57,7 +58,7 @@ def plan(settings: ArenaSettings) -> list[tuple[str, str, int]]:
     kinds_used = sorted({kind_of(b) for b in blocks if b != BASELINE} or set(KINDS))
     bad = [b for b in blocks if b != BASELINE and kind_of(b) not in KINDS]
     if bad:
-        raise ValueError(f"arena: {bad} take neither image nor tokens input")
+        raise ConfigError(f"arena: {bad} take neither image nor tokens input")
     runs = [(k, BASELINE, s) for k in kinds_used for s in range(settings.seeds)]
     runs += [(kind_of(b), b, s) for b in blocks if b != BASELINE for s in range(settings.seeds)]
     return runs
