@@ -21,6 +21,7 @@ import pickle
 import shutil
 import tempfile
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a damaged file; the outcome is what counts
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message suggests weights_only=False: the one thing never to do with such a file
         raise FileFormatError(

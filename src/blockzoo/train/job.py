@@ -283,7 +283,7 @@ def _csv_rows(path: Path) -> np.ndarray:
         if len(r) != width:
             raise DataError(f"input file {path}, row {line}: {len(r)} values, the first data row has {width}")
     try:
-        return np.asarray([r for _, r in rows], dtype=np.float32)
+        table = np.asarray([r for _, r in rows], dtype=np.float64)
     except ValueError:
         for line, r in rows:
             for col, c in enumerate(r, 1):
@@ -293,6 +293,12 @@ def _csv_rows(path: Path) -> np.ndarray:
                     raise DataError(f"input file {path}, row {line}, column {col}: {c!r} "
                                     "is not a number") from None
         raise
+    bad = ~np.isfinite(table) | (np.abs(table) > np.finfo(np.float32).max)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataError(f"input file {path}, row {rows[i][0]}, column {j + 1}: {rows[i][1][j]!r} is not a "
+                        "finite float32 number")
+    return table.astype(np.float32)
 
 
 def _read_inputs(path: Path) -> tuple[np.ndarray, bool]:
@@ -320,7 +326,11 @@ def _as_samples(arr: np.ndarray, shape: tuple[int, ...], rows: bool, source: str
     """A batch (N, *shape): rows are flattened samples; an array is batch-first unless it is one sample."""
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{source}: expected numbers, got an array of {arr.dtype}")
-    x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    with np.errstate(over="ignore"):
+        x = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+    if not torch.isfinite(x).all():
+        where = tuple(int(v) for v in torch.nonzero(~torch.isfinite(x))[0])
+        raise DataError(f"{source}: a value at index {where} is not a finite float32 number")
     n = int(np.prod(shape))
     if rows:
         if x.shape[1] != n:
