@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from blockzoo.bench.flops import count_flops
-from blockzoo.bench.report import render
-from blockzoo.cli import CATALOGUE_COLUMNS, catalogue_markdown, catalogue_rows
+from blockzoo.bench.report import CATALOGUE_COLUMNS, catalogue_markdown, catalogue_rows, render
 from blockzoo.registry import list_blocks, spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ BENCH_ARGS = dict(batch=8, image_size=(32, 32), length=64, warmup=3, repeats=10)
 def updated_readme(text: str) -> str:
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{catalogue_markdown()}\n{END}{tail}"
+    return f"{head}{START}\n{catalogue_markdown(list_blocks())}\n{END}{tail}"
 
 
 def catalogue_page() -> str:
@@ -67,8 +66,8 @@ def catalogue_page() -> str:
 def benchmarks_page(arena: bool = True) -> str:
     """docs/benchmarks.md: ``blockzoo bench`` over every entry on CPU, and the arena."""
     from blockzoo.bench.plot import plot_bench
+    from blockzoo.bench.report import bench_text
     from blockzoo.bench.runner import BenchSettings, run_bench
-    from blockzoo.cli import bench_text
 
     torch.set_num_threads(1)
     settings = BenchSettings(threads=1, **BENCH_ARGS)

@@ -131,7 +131,7 @@ def test_numpy_numbers_become_python_numbers() -> None:
     [
         (["--clip-grad", "-1"], "clip_grad=-1.0 must be > 0 (or None for no clipping)"),
         (["--gamma", "-1"], "gamma=-1.0 must be > 0"),
-        (["--stop-after", "-1"], "--stop-after: expected an integer >= 1, got -1"),
+        (["--stop-after", "-1"], "stop_after=-1 must be >= 1"),
         (["--lr", "nan"], "lr=nan must be a finite number > 0"),
         (["--device", "bogus"], "device='bogus': expected auto, cpu, cuda, cuda:N"),
         (["--seed", "-3"], "seed=-3 must be in [0, 4294967295]"),

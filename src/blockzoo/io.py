@@ -39,7 +39,7 @@ from blockzoo._version import __version__
 from blockzoo.checks import BlockzooError, ConfigError, FileFormatError
 from blockzoo.registry import ENTRY_ATTR, spec
 
-__all__ = ["build_checked", "load", "load_weights", "mismatch", "read_metadata", "save"]
+__all__ = ["NAME_KEY", "build_checked", "load", "load_weights", "mismatch", "read_metadata", "save"]
 
 _NAME, _CONFIG, _VERSION, _ALIASES = (
     "blockzoo.name",
@@ -47,6 +47,8 @@ _NAME, _CONFIG, _VERSION, _ALIASES = (
     "blockzoo.version",
     "blockzoo.aliases",
 )
+NAME_KEY = _NAME  # the metadata key that names the registered entry
+
 # Constructor arguments that say where a model lives, not what it is.
 _PLACEMENT = ("device", "dtype")
 

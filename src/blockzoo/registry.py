@@ -110,6 +110,18 @@ class InputMaker:
     build: Callable[[int, Size, int, torch.Generator, torch.dtype], Args]
     bad_inputs: Callable[[int, Size, int, torch.Generator, torch.dtype], list[tuple[str, Args]]]
     batched: tuple[int, ...] = (0,)
+    layout: str = "B,C,H,W"  # the first argument's dimensions, as a user writes its shape
+
+    def parse(self, dims: Sequence[int]) -> tuple[int, Size, int | None]:
+        """A shape in ``layout`` (``2,3,32,48``) -> (batch, size, features or None for ids)."""
+        letters = self.layout.split(",")
+        if len(dims) != len(letters) or min(dims, default=0) < 1:
+            raise ConfigError(f"{self.kind} input: give {self.layout} with positive sizes, got "
+                              f"{','.join(map(str, dims))}")
+        named = dict(zip(letters, dims, strict=True))
+        batch = named.pop("B")
+        feat = next((named.pop(k) for k in ("C", "F") if k in named), None)
+        return batch, tuple(named.values()), feat
 
     def __call__(
         self,
@@ -170,7 +182,7 @@ def tokens(dim: int | str = "dim") -> InputMaker:
             ("dim + 1", (_randn(g, dt, b, size[0], c + 1),)),
         ]
 
-    return InputMaker("tokens", dim, build, bad)
+    return InputMaker("tokens", dim, build, bad, layout="B,N,C")
 
 
 def sequence(input_size: int | str = "input_size", *, lengths: bool = False) -> InputMaker:
@@ -198,7 +210,8 @@ def sequence(input_size: int | str = "input_size", *, lengths: bool = False) -> 
             ("features + 1", (_randn(g, dt, b, t, f + 1), *extra)),
         ]
 
-    return InputMaker("sequence", input_size, build, bad, batched=(0, 1) if lengths else (0,))
+    return InputMaker("sequence", input_size, build, bad, batched=(0, 1) if lengths else (0,),
+                      layout="B,T,F")
 
 
 def token_ids(vocab_size: int | str = "vocab_size") -> InputMaker:
@@ -213,7 +226,7 @@ def token_ids(vocab_size: int | str = "vocab_size") -> InputMaker:
             ("floating-point ids", (_randn(g, dt, b, size[0]),)),
         ]
 
-    return InputMaker("sequence", vocab_size, build, bad)
+    return InputMaker("sequence", vocab_size, build, bad, layout="B,T")
 
 
 def vectors(in_features: int | str = "in_features", *, nonnegative: bool = False) -> InputMaker:
@@ -229,7 +242,7 @@ def vectors(in_features: int | str = "in_features", *, nonnegative: bool = False
             ("features + 1", (_randn(g, dt, b, f + 1),)),
         ]
 
-    return InputMaker("vector", in_features, build, bad)
+    return InputMaker("vector", in_features, build, bad, layout="B,F")
 
 
 def graph(dim: int | str = "dim", *, edge_prob: float = 0.35) -> InputMaker:
@@ -254,7 +267,7 @@ def graph(dim: int | str = "dim", *, edge_prob: float = 0.35) -> InputMaker:
             ("adjacency (N+1, N+1)", (_randn(g, dt, b, n, c), torch.ones(n + 1, n + 1).bool())),
         ]
 
-    return InputMaker("graph", dim, build, bad)
+    return InputMaker("graph", dim, build, bad, layout="B,N,C")
 
 
 # --------------------------------------------------------------------------- specs

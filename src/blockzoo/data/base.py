@@ -228,20 +228,24 @@ class DatasetEntry:
     task: str
     about: str
     source: str = "generated"  # bundled, generated or file
+    reference: str = ""  # where the data set's published baselines come from
 
 
 _DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(
-    name: str, *, input: str, task: str, about: str, source: str = "generated"
+    name: str, *, input: str, task: str, about: str, source: str = "generated", reference: str = ""
 ) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
-    """Register a loader ``fn(*, seed, val_fraction, data_dir, quick) -> Data`` under ``name``."""
+    """Register a loader ``fn(*, seed, val_fraction, data_dir, quick) -> Data`` under ``name``.
+
+    ``reference`` cites where the loader's ``Data.baselines`` were published.
+    """
 
     def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
         if name in _DATASETS:
             raise ValueError(f"register_dataset: {name!r} is already registered")
-        _DATASETS[name] = DatasetEntry(name, fn, input, task, about, source)
+        _DATASETS[name] = DatasetEntry(name, fn, input, task, about, source, reference)
         return fn
 
     return deco

@@ -52,6 +52,7 @@ def load_mnist1d_arrays() -> dict[str, np.ndarray]:
     task="classification",
     about="MNIST-1D (Greydanus & Kobak 2020): 10 digits as 1-D signals of length 40; bundled",
     source="bundled",
+    reference="Greydanus & Kobak, MNIST-1D, arXiv 2011.14439, Table 1",
 )
 def mnist1d(*, seed: int = 0, val_fraction: float = 0.1, data_dir: Path | None = None,
             quick: bool = False) -> Data:

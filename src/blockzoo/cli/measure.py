@@ -1,0 +1,131 @@
+"""``blockzoo bench`` and ``arena``: measured cost and trained accuracy of blocks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blockzoo.bench.report import FORMATS, bench_text, render
+from blockzoo.cli.common import DEFAULT_THREADS, CliError, nonneg_int, positive_int
+from blockzoo.registry import FAMILIES, list_blocks, spec
+
+__all__ = ["add_arena", "add_bench"]
+
+log = logging.getLogger("blockzoo")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from blockzoo.bench.runner import BenchSettings, run_bench
+
+    names = list(args.names) or list_blocks(family=args.family)
+    for n in names:
+        spec(n)  # unknown names fail here, with close matches
+    if args.family and args.names:
+        names = [n for n in names if spec(n).family == args.family]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: CUDA is not available in this PyTorch build/machine")
+    settings = BenchSettings(
+        batch=args.batch,
+        image_size=tuple(args.size) if args.size else None,
+        length=args.length,
+        device=args.device,
+        dtype=args.dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=torch.get_num_threads(),
+    )
+    result = run_bench(names, settings, progress=not args.no_progress)
+    print(bench_text(result, args.format))
+    if args.plot:
+        from blockzoo.bench.plot import plot_bench
+
+        if result.rows:
+            title = ", ".join(f"{k}={v}" for k, v in result.machine.items())
+            print(plot_bench(result.rows, args.plot, title=title))
+        else:
+            log.warning("no block ran: no plot written")
+    return 1 if result.failures and not result.rows else 0
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="params, FLOPs, latency, memory and efficiency of blocks")
+    p.add_argument("names", nargs="*", help="entries to measure (default: all, or --family)")
+    p.add_argument("--family", choices=FAMILIES, help="only this family")
+    p.add_argument("--batch", type=positive_int, default=8)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
+                   help="image size for image entries")
+    g.add_argument("--length", type=positive_int, help="N for tokens/sequence/graph entries")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--plot", metavar="PATH", help="also write a PNG: time per block, FLOPs vs time")
+    p.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS,
+                   help=f"intra-op CPU threads (same as blockzoo --threads; default {DEFAULT_THREADS})")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per measurement")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs before timing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    from blockzoo.bench.arena import (
+        SUMMARY_COLUMNS,
+        ArenaSettings,
+        arena_latencies,
+        plot_arena,
+        run_arena,
+        summarize,
+    )
+
+    kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
+                              small_data=args.small_data)
+    if args.data:
+        for d in args.data.split(","):
+            kind, _, name = d.rpartition(":")
+            if kind not in ("", "image", "tokens"):
+                raise CliError(f"--data {d!r}: expected image:NAME or tokens:NAME")
+            kw["token_data" if kind == "tokens" else "image_data"] = name
+    for opt in ("epochs", "seeds"):
+        if getattr(args, opt) is not None:
+            kw[opt] = getattr(args, opt)
+    settings = ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
+    csv_path = args.csv or ("arena_quick.csv" if args.quick else "arena.csv")
+    rows = run_arena(settings, csv_path, progress=not args.no_progress)
+    summary = summarize(rows, arena_latencies(rows, settings))
+    print(f"# results: {csv_path} ({len(rows)} runs); settings: "
+          + ", ".join(f"{k}={v}" for k, v in vars(settings).items() if k not in ("blocks",))
+          + f"; torch {torch.__version__}, 1 thread per run; acc: test accuracy (%) mean ± std over "
+          "seeds; train_s: mean training time (with --jobs J, J runs shared the machine); latency_ms: "
+          f"median eval forward of one batch of {settings.batch_size}, measured after training, alone")
+    print(render(summary, args.format, SUMMARY_COLUMNS))
+    failed = [r for r in summary if r.get("error")]
+    for r in failed:
+        print(f"FAILED {r['kind']} {r['block']}: {r['error']}")
+    print(plot_arena(summary, args.plot or Path(csv_path).with_suffix(".png")))
+    return 0
+
+
+def add_arena(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
+    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
+                   "'none' is the backbone without attention")
+    p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 15; --quick 5)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per block (default 3; --quick 2)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel (processes of 1 thread)")
+    p.add_argument("--quick", action="store_true", help="5 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
+    p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
+    p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_arena)
+
+
