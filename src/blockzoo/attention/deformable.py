@@ -85,6 +85,8 @@ class DeformableAttention(nn.Module):
           where DAT sizes it (2H - 1) x (2W - 1) by the feature map, which would fix the
           input size.
         - The block is the attention layer only (no norm, residual or MLP around it).
+        - W_k has no bias (DAT's proj_k has one): it adds q_i . b / sqrt(d) to the logit
+          of every sampled key j alike, which softmax_j cancels, so it cannot change the output.
 
     Example:
         >>> attn = DeformableAttention(32, num_heads=4, num_groups=2, stride=2)
@@ -122,7 +124,7 @@ class DeformableAttention(nn.Module):
         fk = dict(device=device, dtype=dtype)
         gc = self.group_channels
         self.q = nn.Conv2d(channels, channels, 1, **fk)
-        self.k = nn.Conv2d(channels, channels, 1, **fk)
+        self.k = nn.Conv2d(channels, channels, 1, bias=False, **fk)  # softmax_j cancels a bias
         self.v = nn.Conv2d(channels, channels, 1, **fk)
         self.proj = nn.Conv2d(channels, channels, 1, **fk)
         self.offset = nn.Sequential(
