@@ -609,7 +609,7 @@ def test_bad_constructor_arguments_name_the_values(build, match):
         build()
 
 
-# Biases that the attention softmax cancels exactly are not parameters.
+# Biases that the attention softmax (or a later BatchNorm) cancels exactly are not parameters.
 NO_OP_BIASES = [
     (lambda: CrissCrossAttention(8, reduction=2), ["key.bias"], ["key.weight", "query.bias", "value.bias"]),
     (lambda: ShortDistanceAttention(8, group_size=2, num_heads=2), ["dpb.mlp.6.bias"],
@@ -617,6 +617,7 @@ NO_OP_BIASES = [
     (lambda: LongDistanceAttention(8, interval=2, num_heads=2), ["dpb.mlp.6.bias"],
      ["dpb.mlp.6.weight", "dpb.mlp.3.bias"]),
     (lambda: DeformableAttention(8, num_heads=2), ["k.bias"], ["k.weight", "q.bias", "v.bias"]),
+    (lambda: MobileViTBlock(8, num_heads=2), ["norm.bias"], ["norm.weight", "layers.0.norm1.bias"]),
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.act import LayerSpec, create_act, create_norm, without_bias
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -111,6 +111,10 @@ class MobileViTBlock(nn.Module):
     Deviations:
         - Padding with masked keys for sizes that p does not divide (the reference code
           resizes the map by bilinear interpolation instead, which mixes pixels).
+        - The final LN has no shift (the reference code's has one): it adds the same
+          vector to every token, which after folding is a per-channel constant that the
+          1x1 conv keeps constant and the BN after it subtracts, so it could never
+          change the output.
 
     Example:
         >>> blk = MobileViTBlock(32, dim=48, depth=2, num_heads=4)
@@ -149,7 +153,7 @@ class MobileViTBlock(nn.Module):
         self.layers = nn.ModuleList(
             _TransformerLayer(dim, num_heads, mlp_ratio, act_layer, norm_layer, **fk) for _ in range(depth)
         )
-        self.norm = create_norm(norm_layer, dim, **fk)
+        self.norm = without_bias(create_norm(norm_layer, dim, **fk))  # proj's BN cancels its shift
         self.proj = _ConvNormAct(dim, channels, 1, act_layer, **fk)
         self.fuse = _ConvNormAct(2 * channels, channels, kernel_size, act_layer, **fk)
 
