@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["CrossScaleEmbedding", "DynamicPositionBias", "LongDistanceAttention",
@@ -165,10 +165,9 @@ class _GroupAttention(nn.Module):
     def __init__(self, channels: int, size: int | tuple[int, int], num_heads: int, qkv_bias: bool,
                  pos_bias: bool, what: str, device: Any, dtype: Any) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"{self.name}: num_heads={num_heads} must divide channels={channels}")
+        head_dim = require_divides(self.name, "num_heads", num_heads, "channels", channels)
         self.size = pair(size, what, self.name)
-        self.channels, self.num_heads, self.head_dim = channels, num_heads, channels // num_heads
+        self.channels, self.num_heads, self.head_dim = channels, num_heads, head_dim
         fk = dict(device=device, dtype=dtype)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=qkv_bias, **fk)
         self.proj = nn.Conv2d(channels, channels, 1, **fk)

@@ -19,7 +19,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["DeformableAttention"]
@@ -109,17 +109,15 @@ class DeformableAttention(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"DeformableAttention: num_heads={num_heads} must divide channels={channels}")
-        require(num_groups >= 1 and num_heads % num_groups == 0,
-                f"DeformableAttention: num_groups={num_groups} must divide num_heads={num_heads}")
+        head_dim = require_divides("DeformableAttention", "num_heads", num_heads, "channels", channels)
+        require_divides("DeformableAttention", "num_groups", num_groups, "num_heads", num_heads)
         require(stride >= 1, f"DeformableAttention: stride={stride} must be >= 1")
         require(offset_kernel_size % 2 == 1,
                 f"DeformableAttention: offset_kernel_size={offset_kernel_size} must be odd")
         require(offset_range > 0, f"DeformableAttention: offset_range={offset_range} must be > 0")
         require(pos_range >= 1, f"DeformableAttention: pos_range={pos_range} must be >= 1")
         self.channels, self.num_heads, self.num_groups = channels, num_heads, num_groups
-        self.head_dim, self.group_channels = channels // num_heads, channels // num_groups
+        self.head_dim, self.group_channels = head_dim, channels // num_groups
         self.stride, self.offset_range = stride, offset_range
         fk = dict(device=device, dtype=dtype)
         gc = self.group_channels

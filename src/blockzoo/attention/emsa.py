@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["EMSA"]
@@ -103,10 +103,10 @@ class EMSA(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(dim % num_heads == 0, f"EMSA: num_heads={num_heads} must divide dim={dim}")
+        head_dim = require_divides("EMSA", "num_heads", num_heads, "dim", dim)
         require(sr_ratio == 1 or (sr_ratio > 1 and sr_ratio % 2 == 0),
                 f"EMSA: sr_ratio={sr_ratio} must be 1 or even (ResT uses 8, 4, 2, 1)")
-        self.dim, self.num_heads, self.head_dim, self.sr_ratio = dim, num_heads, dim // num_heads, sr_ratio
+        self.dim, self.num_heads, self.head_dim, self.sr_ratio = dim, num_heads, head_dim, sr_ratio
         self.dropout = dropout
         fk = dict(device=device, dtype=dtype)
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **fk)

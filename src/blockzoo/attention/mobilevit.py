@@ -18,7 +18,7 @@ from torch import nn
 from blockzoo.act import LayerSpec, create_act, create_norm, without_bias
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["MobileViTBlock"]
@@ -139,8 +139,7 @@ class MobileViTBlock(nn.Module):
     ) -> None:
         super().__init__()
         dim = dim or channels
-        require(num_heads >= 1 and dim % num_heads == 0,
-                f"MobileViTBlock: num_heads={num_heads} must divide dim={dim}")
+        require_divides("MobileViTBlock", "num_heads", num_heads, "dim", dim)
         require(depth >= 1, f"MobileViTBlock: depth={depth} must be >= 1")
         require(patch_size >= 1, f"MobileViTBlock: patch_size={patch_size} must be >= 1")
         require(kernel_size % 2 == 1, f"MobileViTBlock: kernel_size={kernel_size} must be odd")
