@@ -549,3 +549,28 @@ def test_wrong_channels_raise_shape_error_naming_block(name: str) -> None:
     block = blockzoo.create(name, channels=8)
     with pytest.raises(ShapeError, match=r"C=8.*\(2, 9, 5, 5\)"):
         block(torch.randn(2, 9, 5, 5))
+
+
+# Biases that a later layer cancels exactly are not parameters (their gradient would be 0):
+# before a softmax over the axis they are constant on, or before a BatchNorm.
+NO_OP_BIASES = [
+    (lambda: PolarizedSelfAttention(8), ["channel_branch.wq.bias"],
+     ["channel_branch.wq.weight", "spatial_branch.wq.bias"]),
+    (lambda: DANet(8), ["position.key.bias"], ["position.key.weight", "position.query.bias"]),
+    (lambda: DoubleAttention(8), ["theta.bias"], ["theta.weight", "phi.bias", "rho.bias"]),
+    (lambda: BAM(8, reduction=2),
+     ["channel_branch.2.bias", "spatial_branch.0.bias", "spatial_branch.3.bias",
+      "spatial_branch.6.bias", "spatial_branch.9.bias"],
+     ["channel_branch.0.bias", "channel_branch.3.bias", "spatial_branch.1.bias"]),
+    (lambda: BAM(8, reduction=2, norm_layer=None), [],
+     ["channel_branch.2.bias", "spatial_branch.0.bias", "spatial_branch.9.bias"]),
+    (lambda: CoordinateAttention(8), ["conv1.bias"], ["conv1.weight", "norm.bias", "conv_h.bias"]),
+    (lambda: CoordinateAttention(8, norm_layer=None), [], ["conv1.bias"]),
+]
+
+
+@pytest.mark.parametrize(("make", "gone", "kept"), NO_OP_BIASES)
+def test_cancelled_biases_are_not_parameters(make, gone, kept) -> None:
+    keys = set(make().state_dict())
+    assert not keys & set(gone)
+    assert set(kept) <= keys

@@ -660,6 +660,31 @@ def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
         EMSA(8, sr_ratio=3)
 
 
+def test_emsa_has_no_bias_that_cannot_change_its_output() -> None:
+    # h > 1: IN makes every row of A sum to 0, so a shift of V (W^V's bias, the norm's
+    # shift) adds sum_m A[n, m] b = 0; a shift of K and the 1x1 conv's bias are
+    # constant over the keys, which the softmax cancels.
+    m = EMSA(8, num_heads=2, sr_ratio=2).double()
+    keys = set(m.state_dict())
+    assert not keys & {"kv.bias", "sr_norm.bias", "transform.bias"}
+    assert {"q.bias", "kv.weight", "sr_norm.weight", "sr.bias", "transform.weight", "proj.bias"} <= keys
+    with record_attention(m) as maps:
+        m(_rand(2, 6 * 5, 8), hw=(6, 5))
+    torch.testing.assert_close(maps["attn_map"].sum(-1), torch.zeros(2, 2, 30, dtype=D64))
+    # h = 1: no IN, rows sum to 1, and the value bias is a real one
+    one = EMSA(8, num_heads=1, sr_ratio=2)
+    assert {"kv.bias", "sr_norm.bias"} <= set(one.state_dict())
+    assert "kv.bias" not in EMSA(8, num_heads=1, qkv_bias=False).state_dict()
+
+
+def test_separable_attention_scores_have_no_bias() -> None:
+    # W_I maps each token to one score; a bias adds the same number to all N of them
+    keys = set(SeparableSelfAttention(8).state_dict())
+    assert "to_i.bias" not in keys
+    assert {"to_i.weight", "to_k.bias", "to_v.bias", "proj.bias"} <= keys
+    assert not any(k.endswith("bias") for k in SeparableSelfAttention(8, bias=False).state_dict())
+
+
 def test_muse_is_attention_plus_weighted_convs() -> None:
     m = MUSEAttention(8, num_heads=2, kernel_sizes=(1, 3)).double().eval()
     with torch.no_grad():

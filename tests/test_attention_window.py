@@ -607,3 +607,22 @@ def test_recording_path_equals_fast_path(name):
 def test_bad_constructor_arguments_name_the_values(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+# Biases that the attention softmax (or a later BatchNorm) cancels exactly are not parameters.
+NO_OP_BIASES = [
+    (lambda: CrissCrossAttention(8, reduction=2), ["key.bias"], ["key.weight", "query.bias", "value.bias"]),
+    (lambda: ShortDistanceAttention(8, group_size=2, num_heads=2), ["dpb.mlp.6.bias"],
+     ["dpb.mlp.6.weight", "dpb.mlp.3.bias"]),
+    (lambda: LongDistanceAttention(8, interval=2, num_heads=2), ["dpb.mlp.6.bias"],
+     ["dpb.mlp.6.weight", "dpb.mlp.3.bias"]),
+    (lambda: DeformableAttention(8, num_heads=2), ["k.bias"], ["k.weight", "q.bias", "v.bias"]),
+    (lambda: MobileViTBlock(8, num_heads=2), ["norm.bias"], ["norm.weight", "layers.0.norm1.bias"]),
+]
+
+
+@pytest.mark.parametrize(("make", "gone", "kept"), NO_OP_BIASES)
+def test_cancelled_biases_are_not_parameters(make, gone, kept) -> None:
+    keys = set(make().state_dict())
+    assert not keys & set(gone)
+    assert set(kept) <= keys

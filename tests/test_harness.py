@@ -89,11 +89,44 @@ class NaNForOddSizes(_Base):
         return x * self.scale[:, None, None] / float(w % 2 == 0)
 
 
-def _register(cls: type[nn.Module]) -> str:
+class DeadSoftmaxBias(_Base):
+    """Attention pooling whose scoring conv has a bias: one number added to all H W
+    logits of the softmax, which cancels it (exact gradient 0, float32 noise ~1e-7)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.score = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        w = self.score(x).flatten(2).softmax(-1)  # (B, 1, N)
+        pooled = (x.flatten(2) * w).sum(-1)  # (B, C)
+        return x * self.scale[:, None, None] + pooled[:, :, None, None]
+
+
+class TinyGradient(_Base):
+    """The same pooling, but its logit shift is tilted by 1e-6 of each position's mean:
+    the softmax cancels all of it but the tilt, so its gradient is ~1e-7 of the others
+    (the size of float32 rounding noise) and not zero."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.score = nn.Conv2d(channels, 1, 1, bias=False)
+        self.shift = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        logits = self.score(x) + self.shift * (1 + 1e-6 * x.mean(1, keepdim=True))  # (B, 1, H, W)
+        w = logits.flatten(2).softmax(-1)  # (B, 1, N)
+        pooled = (x.flatten(2) * w).sum(-1)  # (B, C)
+        return x * self.scale[:, None, None] + pooled[:, :, None, None]
+
+
+def _register(cls: type[nn.Module], channels: int = 4, size: tuple[int, int] = (8, 8)) -> str:
     name = f"toy_{cls.__name__.lower()}"
     register(
         name=name, family="attention", paper="toy", arxiv="", year=2000, input="image",
-        example=Example(config=dict(channels=4), inputs=images("channels"), size=(8, 8),
+        example=Example(config=dict(channels=channels), inputs=images("channels"), size=size,
                         out_shape="same"),
     )(cls)
     return name
@@ -103,8 +136,8 @@ def _register(cls: type[nn.Module]) -> str:
 def toy() -> Iterator[object]:
     names: list[str] = []
 
-    def reg(cls: type[nn.Module]) -> blockzoo.Spec:
-        names.append(_register(cls))
+    def reg(cls: type[nn.Module], **example: object) -> blockzoo.Spec:
+        names.append(_register(cls, **example))
         return blockzoo.spec(names[-1])
 
     yield reg
@@ -117,6 +150,7 @@ def toy() -> Iterator[object]:
     [
         (HardCodedSize, testing.check_sizes, r"size \(7, 9\)"),
         (UnusedParameter, testing.check_grad, "forgotten"),
+        (DeadSoftmaxBias, testing.check_grad, r"identically zero for \['score.bias'\]"),
         (MixesBatch, testing.check_batch_independence, "changes with the rest of the batch"),
         (BareAssert, testing.check_bad_input, "instead of ShapeError"),
         (NondeterministicEval, testing.check_determinism, "differ"),
@@ -167,3 +201,36 @@ def test_wrong_output_shape_is_reported(toy) -> None:
 
     with pytest.raises(testing.ConformanceError, match="expected output shape"):
         testing.check_forward(toy(Shrinks))
+
+
+# Channels and sizes from one channel up; the decision must not depend on them. (With one
+# pixel, the softmax has one entry and the score conv is rightly dead too.)
+GRAD_EXAMPLES = [dict(channels=1, size=(2, 3)), dict(channels=4, size=(8, 8)),
+                 dict(channels=3, size=(7, 9)), dict(channels=32, size=(16, 15))]
+
+
+@pytest.mark.parametrize("example", GRAD_EXAMPLES, ids=lambda e: f"c{e['channels']}-{e['size']}")
+def test_dead_parameter_is_caught_with_room_to_spare(toy, example) -> None:
+    # Float64 leaves the dead bias about 1e-16 of the median gradient: it is found even
+    # with a tolerance 100x tighter than the harness's, so rounding cannot decide it.
+    s = toy(DeadSoftmaxBias, **example)
+    assert testing.zero_grad_parameters(s) == ["score.bias"]
+    assert testing.zero_grad_parameters(s, rtol=testing.ZERO_GRAD_RTOL / 100) == ["score.bias"]
+    with pytest.raises(testing.ConformanceError, match=r"identically zero for \['score.bias'\]"):
+        testing.check_grad(s)
+    testing.check_grad(s, allow_zero=True)
+
+
+@pytest.mark.parametrize("example", GRAD_EXAMPLES, ids=lambda e: f"c{e['channels']}-{e['size']}")
+def test_tiny_but_true_gradient_is_not_flagged(toy, example) -> None:
+    s = toy(TinyGradient, **example)
+    # the premise: shift's true gradient is tiny next to the others, yet not zero
+    torch.manual_seed(0)
+    block = s.build().double()
+    (x,) = s.make_input(batch=3, seed=2, dtype=torch.float64)
+    (block(x) * torch.randn(x.shape, dtype=torch.float64)).sum().backward()
+    ratio = block.shift.grad.abs().item() / block.score.weight.grad.abs().max().item()
+    assert 1e-9 < ratio < 1e-5
+    # ...and it stays clear of the tolerance even when that is made 100x looser
+    assert testing.zero_grad_parameters(s, rtol=testing.ZERO_GRAD_RTOL * 100) == []
+    testing.check_grad(s)

@@ -61,6 +61,28 @@ def test_mixer_token_mixing_mixes_tokens_channel_mixing_does_not() -> None:
     assert x.grad[0, 1:].abs().sum() == 0
 
 
+def test_token_bias_is_cancelled_by_a_layernorm_so_mixer_tiny_has_none() -> None:
+    # MLP_tok's output bias adds b_n to every channel of token n; LayerNorm over the
+    # channels (what every later reader in a Mixer stack is) removes it exactly.
+    torch.manual_seed(0)
+    blk = MixerBlock(6, 5).double()
+    x = torch.randn(3, 5, 6, dtype=f64)
+    bias = blk.token_mlp.layers[-1].bias
+    with torch.no_grad():
+        bias.normal_()
+        y = blk(x)
+        bias.zero_()
+        y0 = blk(x)
+    assert not torch.allclose(y, y0)  # a lone block's output keeps it
+    torch.testing.assert_close(F.layer_norm(y, (6,)), F.layer_norm(y0, (6,)))
+    assert "token_mlp.layers.4.bias" not in MixerBlock(6, 5, token_bias=False).state_dict()
+    keys = set(blockzoo.create("mixer_tiny").state_dict())
+    assert not any(k.startswith("blocks.") and k.endswith("token_mlp.layers.4.bias") for k in keys)
+    assert {"blocks.0.token_mlp.layers.0.bias", "blocks.0.channel_mlp.layers.4.bias"} <= keys
+    # ResMLP's layer-scale and Affine do not cancel it: resmlp_tiny keeps it
+    assert "blocks.0.token_mlp.layers.0.bias" in blockzoo.create("resmlp_tiny").state_dict()
+
+
 def test_resmlp_is_a_mixer_with_affine_linear_tokens_and_layer_scale() -> None:
     torch.manual_seed(0)
     blk = ResMLPBlock(6, 5, channel_hidden=8, layer_scale=0.3).double()

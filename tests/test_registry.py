@@ -1,11 +1,13 @@
 """The registry: lookup, errors with close matches, duplicates, create/create_model."""
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
 import blockzoo
-from blockzoo.checks import check_shape
+from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, images, register, unregister, vectors
 
 
@@ -95,6 +97,30 @@ def test_register_returns_the_class_unchanged() -> None:
     finally:
         unregister("toy_identity")
     assert "toy_identity" not in blockzoo.list_blocks()
+
+
+def test_require_divides_returns_the_quotient_or_names_both_values() -> None:
+    assert require_divides("MultiHeadAttention", "num_heads", 8, "dim", 64) == 8
+    with pytest.raises(ValueError) as info:
+        require_divides("MultiHeadAttention", "num_heads", 6, "dim", 64)
+    assert str(info.value) == "MultiHeadAttention: num_heads=6 must divide dim=64"
+    with pytest.raises(ValueError, match=r"^X: num_heads=0 must divide dim=64 \(or give head_dim\)$"):
+        require_divides("X", "num_heads", 0, "dim", 64, hint="(or give head_dim)")  # not ZeroDivisionError
+    with pytest.raises(ValueError, match="num_heads=-8 must divide"):
+        require_divides("X", "num_heads", -8, "dim", 64)
+
+
+HEADED = [n for n in blockzoo.list_blocks() if blockzoo.spec(n).family == "attention"
+          and "num_heads" in inspect.signature(blockzoo.spec(n).builder).parameters]
+
+
+@pytest.mark.parametrize("name", HEADED)
+def test_heads_that_do_not_divide_the_width_are_refused_by_name(name: str) -> None:
+    s = blockzoo.spec(name)
+    with pytest.raises(ValueError, match=r"num_heads=7 must divide \w+=\d+"):
+        s.build(num_heads=7)
+    with pytest.raises(ValueError, match="num_heads=0"):
+        s.build(num_heads=0)
 
 
 def test_check_shape_messages() -> None:

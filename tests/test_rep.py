@@ -45,7 +45,8 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(torch.randn(n, generator=g))
                 m.running_var.copy_(torch.rand(n, generator=g) * 3 + 0.2)
                 m.weight.copy_(torch.randn(n, generator=g))
-                m.bias.copy_(torch.randn(n, generator=g))
+                if m.bias is not None:  # DBB's first sequential BNs have no shift
+                    m.bias.copy_(torch.randn(n, generator=g))
     return model
 
 
@@ -248,6 +249,20 @@ def test_bn_and_pad_pads_with_bn_of_zero() -> None:
     mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
     c = layer.bn.bias - mean * layer.bn.weight / (var + layer.bn.eps).sqrt()
     torch.testing.assert_close(y[0, :, 0, 0], c)
+
+
+def test_dbb_first_sequential_bns_have_no_shift() -> None:
+    # Padded with BN(0), beta is constant over the map; the k x k conv (or the average
+    # pool) keeps it constant per channel and the second BN subtracts it: not a parameter.
+    keys = set(DiverseBranchBlock(4, 8, groups=2).state_dict())
+    for branch in ("conv_1x1_kxk", "conv_1x1_avg"):
+        assert f"branches.{branch}.bn1.bn.bias" not in keys
+        assert {f"branches.{branch}.bn1.bn.weight", f"branches.{branch}.bn2.bias"} <= keys
+    # without beta, the padding is BN(0) = -mu gamma / sqrt(var + eps)
+    layer = randomise_bn(BNAndPad(3, 1, bias=False).double()).eval()
+    bn = layer.bn
+    y = layer(torch.randn(1, 3, 4, 4, dtype=torch.float64))
+    torch.testing.assert_close(y[0, :, 0, 0], -bn.running_mean * bn.weight / (bn.running_var + bn.eps).sqrt())
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])

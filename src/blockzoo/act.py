@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.registry import unknown_name
 
-__all__ = ["ACTIVATIONS", "NORMS", "LayerSpec", "create_act", "create_norm"]
+__all__ = ["ACTIVATIONS", "NORMS", "LayerSpec", "create_act", "create_norm", "without_bias"]
 
 LayerSpec = str | type[nn.Module] | Callable[..., nn.Module] | None
 
@@ -108,3 +108,16 @@ def create_norm(
             raise unknown_name("norm layer", norm, sorted(NORMS))
         norm = NORMS[key]
     return norm(dim, device=device, dtype=dtype, **kwargs)
+
+
+def without_bias(layer: nn.Module) -> nn.Module:
+    """``layer`` with its additive ``bias`` removed (set to ``None``, as ``bias=False`` does).
+
+    For a norm or linear layer whose shift a later layer cancels exactly (a LayerNorm
+    shift that a BatchNorm after a 1x1 conv subtracts again): such a parameter cannot
+    change the output, so it is not kept. torch's linear, conv and norm layers all
+    accept ``bias=None`` in their forward. A layer without a bias is returned as is.
+    """
+    if isinstance(getattr(layer, "bias", None), nn.Parameter):
+        layer.register_parameter("bias", None)
+    return layer

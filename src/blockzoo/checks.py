@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "BlockzooError", "ConfigError", "DataError", "FileFormatError", "ShapeError", "check_divisible",
-    "check_shape", "require",
+    "check_shape", "require", "require_divides",
 ]
 
 
@@ -106,3 +106,16 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` holds (constructor arguments)."""
     if not condition:
         raise ValueError(message)
+
+
+def require_divides(name: str, what: str, value: int, of: str, total: int, *, hint: str = "") -> int:
+    """Return ``total // value``; raise ``ValueError`` unless ``value`` >= 1 divides ``total``.
+
+    For constructor arguments such as the number of heads, whose quotient is the head
+    width: ``require_divides("MultiHeadAttention", "num_heads", 6, "dim", 64)`` raises
+    ``"MultiHeadAttention: num_heads=6 must divide dim=64"``; with 8 heads it returns 8.
+    ``hint`` ends the message (``"(or give head_dim)"``).
+    """
+    if value < 1 or total % value:
+        raise ValueError(f"{name}: {what}={value} must divide {of}={total}" + (f" {hint}" if hint else ""))
+    return total // value

@@ -17,7 +17,7 @@ from torch import nn
 
 from blockzoo.attention._attend import key_mask
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ACmix"]
@@ -90,8 +90,7 @@ class ACmix(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"ACmix: num_heads={num_heads} must divide channels={channels}")
+        require_divides("ACmix", "num_heads", num_heads, "channels", channels)
         for name, k in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
             require(k >= 1 and k % 2 == 1, f"ACmix: {name}={k} must be odd and positive")
         self.channels, self.num_heads, self.head_dim = channels, num_heads, channels // num_heads

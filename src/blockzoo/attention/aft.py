@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["AFTConv", "AFTFull", "AFTLocal", "AFTSimple", "aft_weighted_average"]
@@ -286,8 +286,7 @@ class AFTConv(_AFTBase):
         fk = dict(device=device, dtype=dtype)
         super().__init__(dim, hidden_dim, fk)
         require(kernel_size > 0 and kernel_size % 2 == 1, f"AFTConv: kernel_size={kernel_size} must be odd")
-        require(self.hidden_dim % num_heads == 0,
-                f"AFTConv: num_heads={num_heads} must divide hidden_dim={self.hidden_dim}")
+        require_divides("AFTConv", "num_heads", num_heads, "hidden_dim", self.hidden_dim)
         self.kernel_size, self.num_heads = kernel_size, num_heads
         self.pos_bias = nn.Parameter(torch.zeros(num_heads, kernel_size, **fk))
         nn.init.normal_(self.pos_bias, std=0.02)

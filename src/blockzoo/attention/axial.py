@@ -15,7 +15,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["AxialAttention"]
@@ -112,10 +112,8 @@ class AxialAttention(nn.Module):
         require(axis in _AXES, f"AxialAttention: axis={axis!r} must be one of {_AXES}")
         require(num_heads >= 1, f"AxialAttention: num_heads={num_heads} must be >= 1")
         if head_dim is None:
-            require(channels % num_heads == 0,
-                    f"AxialAttention: num_heads={num_heads} must divide channels={channels} "
-                    "(or give head_dim)")
-            head_dim = channels // num_heads
+            head_dim = require_divides("AxialAttention", "num_heads", num_heads, "channels", channels,
+                                       hint="(or give head_dim)")
         self.channels, self.axis, self.num_heads, self.head_dim = channels, axis, num_heads, head_dim
         fk = dict(device=device, dtype=dtype)
         axes = ("h", "w") if axis == "both" else (axis,)

@@ -49,11 +49,17 @@ class BAM(nn.Module):
         reduction: r of both branches (paper: 16); width max(1, C // r).
         dilation: d of the two 3x3 convs (paper: 4).
         act_layer: activation inside the branches (paper: ReLU).
-        norm_layer: the branches' normalisation (paper: BN).
+        norm_layer: the branches' normalisation (paper: BN); ``None`` for none.
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
+
+    Deviations:
+        A conv followed by the norm has no bias (the official code's have one): BN
+        subtracts each channel's mean, which removes a per-channel bias exactly, so
+        that bias could never change the output. With ``norm_layer=None`` the convs
+        keep their biases (the ``ConvBnAct`` rule).
 
     Example:
         >>> bam = BAM(64)
@@ -79,18 +85,19 @@ class BAM(nn.Module):
         self.channels = channels
         self.dilation = dilation
         self.hidden = hidden = max(1, channels // reduction)
+        bias = norm_layer is None  # the norm after a conv cancels its bias
         self.channel_branch = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, **fk),
             create_act(act_layer, **fk),
-            nn.Conv2d(hidden, channels, 1, **fk),
+            nn.Conv2d(hidden, channels, 1, bias=bias, **fk),
             create_norm(norm_layer, channels, **fk),
         )
-        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1, **fk),
+        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1, bias=bias, **fk),
                                    create_norm(norm_layer, hidden, **fk), create_act(act_layer, **fk)]
         for _ in range(2):
-            layers += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation, **fk),
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation, bias=bias, **fk),
                        create_norm(norm_layer, hidden, **fk), create_act(act_layer, **fk)]
-        layers += [nn.Conv2d(hidden, 1, 1, **fk), create_norm(norm_layer, 1, **fk)]
+        layers += [nn.Conv2d(hidden, 1, 1, bias=bias, **fk), create_norm(norm_layer, 1, **fk)]
         self.spatial_branch = nn.Sequential(*layers)
         self.attn_map = AttentionMap("channel_spatial")
 

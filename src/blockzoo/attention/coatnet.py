@@ -17,7 +17,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend, pair
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["RelativeAttention2d"]
@@ -87,9 +87,7 @@ class RelativeAttention2d(nn.Module):
         super().__init__()
         require(num_heads >= 1, f"RelativeAttention2d: num_heads={num_heads} must be >= 1")
         if head_dim is None:
-            require(channels % num_heads == 0,
-                    f"RelativeAttention2d: num_heads={num_heads} must divide channels={channels}")
-            head_dim = channels // num_heads
+            head_dim = require_divides("RelativeAttention2d", "num_heads", num_heads, "channels", channels)
         self.channels, self.num_heads, self.head_dim = channels, num_heads, head_dim
         self.max_size = pair(max_size, "max_size", "RelativeAttention2d")
         fk = dict(device=device, dtype=dtype)

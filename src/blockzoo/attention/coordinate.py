@@ -51,11 +51,16 @@ class CoordinateAttention(nn.Module):
         reduction: r; c = max(min_hidden, C // r) (paper: r = 32, min_hidden = 8).
         min_hidden: the smallest bottleneck width.
         act_layer: the bottleneck activation (paper's code: hard-swish).
-        norm_layer: the bottleneck normalisation (paper: BN).
+        norm_layer: the bottleneck normalisation (paper: BN); ``None`` for none.
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W) = x * g^h * g^w, gates in (0, 1).
+
+    Deviations:
+        F_1 has no bias when a norm follows (the official code's has one): BN subtracts
+        each channel's mean, which removes a per-channel bias exactly, so that bias
+        could never change the output.
 
     Example:
         >>> ca = CoordinateAttention(64)
@@ -71,7 +76,7 @@ class CoordinateAttention(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.channels = channels
         self.hidden = max(min_hidden, channels // reduction)
-        self.conv1 = nn.Conv2d(channels, self.hidden, 1, **fk)
+        self.conv1 = nn.Conv2d(channels, self.hidden, 1, bias=norm_layer is None, **fk)  # BN cancels a bias
         self.norm = create_norm(norm_layer, self.hidden, **fk)
         self.act = create_act(act_layer, **fk)
         self.conv_h = nn.Conv2d(self.hidden, channels, 1, **fk)

@@ -16,7 +16,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ContextualTransformer"]
@@ -90,10 +90,8 @@ class ContextualTransformer(nn.Module):
     ) -> None:
         super().__init__()
         require(kernel_size % 2 == 1, f"ContextualTransformer: kernel_size={kernel_size} must be odd")
-        require(channels % key_groups == 0,
-                f"ContextualTransformer: key_groups={key_groups} must divide channels={channels}")
-        require(channels % num_heads == 0,
-                f"ContextualTransformer: num_heads={num_heads} must divide channels={channels}")
+        require_divides("ContextualTransformer", "key_groups", key_groups, "channels", channels)
+        require_divides("ContextualTransformer", "num_heads", num_heads, "channels", channels)
         require(reduction >= 1, f"ContextualTransformer: reduction={reduction} must be >= 1")
         fk = dict(device=device, dtype=dtype)
         self.channels, self.kernel_size, self.num_heads = channels, kernel_size, num_heads

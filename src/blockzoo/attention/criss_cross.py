@@ -59,6 +59,8 @@ class CrissCrossAttention(nn.Module):
 
     Deviations:
         - ``recurrence`` defaults to 1 (the criss-cross module itself); set 2 for RCCA.
+        - W_k has no bias (CCNet's key conv has one): it adds Q_u . b_k to d_{u,t} for
+          every t in Omega_u alike, which softmax_t cancels, so it cannot change the output.
 
     Example:
         >>> cca = CrissCrossAttention(64, recurrence=2)
@@ -84,7 +86,7 @@ class CrissCrossAttention(nn.Module):
         self.qk_channels = channels // reduction
         fk = dict(device=device, dtype=dtype)
         self.query = nn.Conv2d(channels, self.qk_channels, 1, **fk)
-        self.key = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.key = nn.Conv2d(channels, self.qk_channels, 1, bias=False, **fk)  # softmax_t cancels a bias
         self.value = nn.Conv2d(channels, channels, 1, **fk)
         self.gamma = nn.Parameter(torch.full((1,), float(gamma_init), **fk))
         self.attn_map = AttentionMap("weights")

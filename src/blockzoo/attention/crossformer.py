@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["CrossScaleEmbedding", "DynamicPositionBias", "LongDistanceAttention",
@@ -121,8 +121,12 @@ class CrossScaleEmbedding(nn.Module):
 class DynamicPositionBias(nn.Module):
     r"""CrossFormer's DPB: an MLP from a relative offset (dy, dx) to one bias per head.
 
-    Equation: B(dy, dx) = Linear(ReLU(LN(Linear(ReLU(LN(Linear((dy, dx))))))))  -> h values.
+    Equation: B(dy, dx) = W_3 ReLU(LN(Linear(ReLU(LN(Linear((dy, dx)))))))  -> h values.
     Being a function of the offset (not a table), it serves groups of any size.
+
+    The last map W_3 has no bias (CrossFormer's has one): its bias would add one number
+    per head to every entry of that head's bias, the same for all keys, which the
+    attention softmax cancels, so it could never change the output.
 
     Args:
         num_heads: h, outputs per offset.
@@ -137,7 +141,7 @@ class DynamicPositionBias(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(2, hidden, **fk), nn.LayerNorm(hidden, **fk), nn.ReLU(),
             nn.Linear(hidden, hidden, **fk), nn.LayerNorm(hidden, **fk), nn.ReLU(),
-            nn.Linear(hidden, num_heads, **fk),
+            nn.Linear(hidden, num_heads, bias=False, **fk),  # the softmax cancels a per-head bias
         )
 
     def forward(self, gh: int, gw: int) -> torch.Tensor:
@@ -161,10 +165,9 @@ class _GroupAttention(nn.Module):
     def __init__(self, channels: int, size: int | tuple[int, int], num_heads: int, qkv_bias: bool,
                  pos_bias: bool, what: str, device: Any, dtype: Any) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"{self.name}: num_heads={num_heads} must divide channels={channels}")
+        head_dim = require_divides(self.name, "num_heads", num_heads, "channels", channels)
         self.size = pair(size, what, self.name)
-        self.channels, self.num_heads, self.head_dim = channels, num_heads, channels // num_heads
+        self.channels, self.num_heads, self.head_dim = channels, num_heads, head_dim
         fk = dict(device=device, dtype=dtype)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=qkv_bias, **fk)
         self.proj = nn.Conv2d(channels, channels, 1, **fk)
@@ -240,6 +243,8 @@ class ShortDistanceAttention(_GroupAttention):
 
     Deviations:
         - The block is the attention sublayer only (no norm, residual or MLP around it).
+        - DPB's last linear map has no bias (CrossFormer's has one): one number per head
+          for every key alike, the softmax cancels it (see ``DynamicPositionBias``).
 
     Example:
         >>> sda = ShortDistanceAttention(32, group_size=4, num_heads=4)
@@ -286,6 +291,8 @@ class LongDistanceAttention(_GroupAttention):
 
     Deviations:
         - The block is the attention sublayer only (no norm, residual or MLP around it).
+        - DPB's last linear map has no bias (CrossFormer's has one): one number per head
+          for every key alike, the softmax cancels it (see ``DynamicPositionBias``).
 
     Example:
         >>> lda = LongDistanceAttention(32, interval=4, num_heads=4)

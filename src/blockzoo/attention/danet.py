@@ -47,6 +47,11 @@ class DANetPositionAttention(nn.Module):
 
     Shape:
         - Input: (B, C, H, W), any H, W; Output: (B, C, H, W).
+
+    Deviations:
+        The key conv (``key``: W_b, B'_i for the attended position i) has no bias
+        (DANet's has one): a bias b would add b . C'_j to the logit of every i alike,
+        which the softmax over i cancels, so it could never change the output.
     """
 
     def __init__(self, channels: int, *, reduction: int = 8, init_scale: float = 0.0,
@@ -57,7 +62,7 @@ class DANetPositionAttention(nn.Module):
         self.channels = channels
         self.qk_channels = max(1, channels // reduction)
         self.query = nn.Conv2d(channels, self.qk_channels, 1, **fk)
-        self.key = nn.Conv2d(channels, self.qk_channels, 1, **fk)
+        self.key = nn.Conv2d(channels, self.qk_channels, 1, bias=False, **fk)  # the softmax cancels a bias
         self.value = nn.Conv2d(channels, channels, 1, **fk)
         self.alpha = nn.Parameter(torch.full((), float(init_scale), **fk))
         self.attn_map = AttentionMap("weights")
@@ -149,7 +154,8 @@ class DANet(nn.Module):
         The segmentation head's 3x3 convolutions before and after each module belong
         to the head, not to the attention, and are left out; the two modules' outputs
         are summed as in the paper. Softmax energies are unscaled, as in the paper
-        (SDPA is called with ``scale=1``).
+        (SDPA is called with ``scale=1``). PAM's key conv has no bias: the softmax over
+        the keys cancels it (see ``DANetPositionAttention``).
 
     Example:
         >>> da = DANet(64)

@@ -19,7 +19,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["DeformableAttention"]
@@ -85,6 +85,8 @@ class DeformableAttention(nn.Module):
           where DAT sizes it (2H - 1) x (2W - 1) by the feature map, which would fix the
           input size.
         - The block is the attention layer only (no norm, residual or MLP around it).
+        - W_k has no bias (DAT's proj_k has one): it adds q_i . b / sqrt(d) to the logit
+          of every sampled key j alike, which softmax_j cancels, so it cannot change the output.
 
     Example:
         >>> attn = DeformableAttention(32, num_heads=4, num_groups=2, stride=2)
@@ -107,22 +109,20 @@ class DeformableAttention(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"DeformableAttention: num_heads={num_heads} must divide channels={channels}")
-        require(num_groups >= 1 and num_heads % num_groups == 0,
-                f"DeformableAttention: num_groups={num_groups} must divide num_heads={num_heads}")
+        head_dim = require_divides("DeformableAttention", "num_heads", num_heads, "channels", channels)
+        require_divides("DeformableAttention", "num_groups", num_groups, "num_heads", num_heads)
         require(stride >= 1, f"DeformableAttention: stride={stride} must be >= 1")
         require(offset_kernel_size % 2 == 1,
                 f"DeformableAttention: offset_kernel_size={offset_kernel_size} must be odd")
         require(offset_range > 0, f"DeformableAttention: offset_range={offset_range} must be > 0")
         require(pos_range >= 1, f"DeformableAttention: pos_range={pos_range} must be >= 1")
         self.channels, self.num_heads, self.num_groups = channels, num_heads, num_groups
-        self.head_dim, self.group_channels = channels // num_heads, channels // num_groups
+        self.head_dim, self.group_channels = head_dim, channels // num_groups
         self.stride, self.offset_range = stride, offset_range
         fk = dict(device=device, dtype=dtype)
         gc = self.group_channels
         self.q = nn.Conv2d(channels, channels, 1, **fk)
-        self.k = nn.Conv2d(channels, channels, 1, **fk)
+        self.k = nn.Conv2d(channels, channels, 1, bias=False, **fk)  # softmax_j cancels a bias
         self.v = nn.Conv2d(channels, channels, 1, **fk)
         self.proj = nn.Conv2d(channels, channels, 1, **fk)
         self.offset = nn.Sequential(

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["MultiHeadAttention", "causal_mask", "merge_masks", "scaled_dot_product_attention"]
@@ -251,9 +251,8 @@ class MultiHeadAttention(nn.Module):
         require(dim > 0 and num_heads > 0, f"MultiHeadAttention: dim={dim}, num_heads={num_heads} "
                 "must be positive")
         if head_dim is None:
-            require(dim % num_heads == 0,
-                    f"MultiHeadAttention: num_heads={num_heads} must divide dim={dim} (or give head_dim)")
-            head_dim = dim // num_heads
+            head_dim = require_divides("MultiHeadAttention", "num_heads", num_heads, "dim", dim,
+                                       hint="(or give head_dim)")
         require(head_dim > 0, f"MultiHeadAttention: head_dim={head_dim} must be positive")
         require(0.0 <= dropout < 1.0 and 0.0 <= proj_dropout < 1.0,
                 f"MultiHeadAttention: dropout={dropout}, proj_dropout={proj_dropout} must be in [0, 1)")

@@ -56,7 +56,9 @@ class DoubleAttention(nn.Module):
 
     Deviations:
         The defaults c_m = C and c_n = C / 4 are our choice; the paper sets m and n
-        per stage.
+        per stage. theta has no bias (public A2-Net implementations give it one): row k
+        of Bm gets b_k at every position, which softmax_N over that row cancels, so the
+        bias cannot change the output (rho's bias stays: softmax_n runs across channels).
 
     Example:
         >>> a2 = DoubleAttention(64)
@@ -75,7 +77,7 @@ class DoubleAttention(nn.Module):
                 f"DoubleAttention: c_m={self.c_m} and c_n={self.c_n} must be >= 1")
         self.residual = residual
         self.phi = nn.Conv2d(channels, self.c_m, 1, **fk)
-        self.theta = nn.Conv2d(channels, self.c_n, 1, **fk)
+        self.theta = nn.Conv2d(channels, self.c_n, 1, bias=False, **fk)  # softmax_N cancels a bias
         self.rho = nn.Conv2d(channels, self.c_n, 1, **fk)
         self.proj = nn.Conv2d(self.c_m, channels, 1, **fk)
         self.gather_map = AttentionMap("weights")

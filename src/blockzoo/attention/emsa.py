@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.act import LayerSpec, create_norm
+from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["EMSA"]
@@ -58,7 +58,7 @@ class EMSA(nn.Module):
         num_heads: h; must divide C.
         sr_ratio: r, the spatial reduction of keys/values: 1 (none) or even, as in ResT
             (8, 4, 2, 1); an even r gives M = (H - 1) // r + 1 rows for any H >= 1.
-        qkv_bias: biases on the q, k, v projections.
+        qkv_bias: a bias on W^Q, and on W^K, W^V when h = 1 (see Deviations).
         norm_layer: the normalisation after the reduction (LayerNorm).
         dropout: dropout on the attention weights.
 
@@ -72,6 +72,17 @@ class EMSA(nn.Module):
         Without ``hw`` the reduction is the 1-D version of the same conv: the central row
         of the (r+1) x (r+1) kernel, stride r along the sequence (so M = ceil-ish N / r).
         The paper only has images.
+
+        Biases of the official code that cannot change the output (gradient exactly 0)
+        are left out. The 1 x 1 conv's bias adds one number per head to all M logits of
+        a row, which the softmax over M cancels. W^K's bias adds q_n . b_k to every key
+        of row n alike (cancelled the same way, for any h). With h > 1 every row of IN's
+        output sums to 0 (softmax rows sum to 1, so each head's N x M map has mean exactly
+        1/M, which IN subtracts), so W^V's bias adds sum_m A[n, m] b_v = 0 as well: with
+        h > 1, W^K and W^V have no bias, nor has the norm after the reduction, whose
+        shift reaches K and V only as such constant vectors. (Attention dropout in
+        training would turn them into zero-mean noise, no more.) With h = 1 there is no
+        IN, the value bias matters and ``qkv_bias`` keeps the (fused) K, V bias.
 
     Example:
         >>> emsa = EMSA(64, num_heads=8, sr_ratio=2)
@@ -92,20 +103,23 @@ class EMSA(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(dim % num_heads == 0, f"EMSA: num_heads={num_heads} must divide dim={dim}")
+        head_dim = require_divides("EMSA", "num_heads", num_heads, "dim", dim)
         require(sr_ratio == 1 or (sr_ratio > 1 and sr_ratio % 2 == 0),
                 f"EMSA: sr_ratio={sr_ratio} must be 1 or even (ResT uses 8, 4, 2, 1)")
-        self.dim, self.num_heads, self.head_dim, self.sr_ratio = dim, num_heads, dim // num_heads, sr_ratio
+        self.dim, self.num_heads, self.head_dim, self.sr_ratio = dim, num_heads, head_dim, sr_ratio
         self.dropout = dropout
         fk = dict(device=device, dtype=dtype)
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **fk)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **fk)
+        # h > 1: IN makes A's rows sum to 0, cancelling any shift of V (or K) (Deviations)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias and num_heads == 1, **fk)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio + 1, stride=sr_ratio, padding=sr_ratio // 2,
                                 groups=dim, **fk)
             self.sr_norm = create_norm(norm_layer, dim, **fk)
+            if num_heads > 1:
+                without_bias(self.sr_norm)
         if num_heads > 1:
-            self.transform = nn.Conv2d(num_heads, num_heads, 1, **fk)
+            self.transform = nn.Conv2d(num_heads, num_heads, 1, bias=False, **fk)  # softmax cancels a bias
         self.proj = nn.Linear(dim, dim, **fk)
         self.attn_map = AttentionMap("weights")
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require_divides
 from blockzoo.registry import Example, graph, register
 
 __all__ = ["GraphAttention", "GraphDotProductAttention", "edge_softmax_aggregate"]
@@ -162,9 +162,8 @@ class GraphAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None:
-            require(not concat or dim % num_heads == 0,
-                    f"GraphAttention: num_heads={num_heads} must divide dim={dim} (or give head_dim)")
-            head_dim = dim // num_heads if concat else dim
+            head_dim = require_divides("GraphAttention", "num_heads", num_heads, "dim", dim,
+                                       hint="(or give head_dim)") if concat else dim
         self.dim, self.num_heads, self.head_dim, self.concat = dim, num_heads, head_dim, concat
         self.negative_slope, self.dropout, self.add_self_loops = negative_slope, dropout, add_self_loops
         self.dim_out = num_heads * head_dim if concat else head_dim
@@ -276,9 +275,7 @@ class GraphDotProductAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None:
-            require(dim % num_heads == 0,
-                    f"GraphDotProductAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("GraphDotProductAttention", "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.dropout, self.add_self_loops = dropout, add_self_loops
         fk = dict(device=device, dtype=dtype)

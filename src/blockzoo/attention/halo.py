@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["HaloAttention"]
@@ -93,9 +93,7 @@ class HaloAttention(nn.Module):
         require(halo_size >= 0, f"HaloAttention: halo_size={halo_size} must be >= 0")
         require(num_heads >= 1, f"HaloAttention: num_heads={num_heads} must be >= 1")
         if head_dim is None:
-            require(channels % num_heads == 0,
-                    f"HaloAttention: num_heads={num_heads} must divide channels={channels}")
-            head_dim = channels // num_heads
+            head_dim = require_divides("HaloAttention", "num_heads", num_heads, "channels", channels)
         self.channels, self.block_size, self.halo_size = channels, block_size, halo_size
         self.num_heads, self.head_dim = num_heads, head_dim
         self.win = block_size + 2 * halo_size

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["LinearAttention", "elu_feature_map", "linear_attention"]
@@ -110,8 +110,7 @@ class LinearAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None:
-            require(dim % num_heads == 0, f"LinearAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("LinearAttention", "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads, self.head_dim, self.causal, self.eps = dim, num_heads, head_dim, causal, eps
         fk = dict(device=device, dtype=dtype)
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **fk)

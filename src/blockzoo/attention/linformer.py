@@ -16,7 +16,7 @@ from torch import nn
 
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["LinformerAttention"]
@@ -89,8 +89,7 @@ class LinformerAttention(nn.Module):
         require(seq_len > 0 and proj_len > 0,
                 f"LinformerAttention: seq_len={seq_len}, proj_len={proj_len} must be positive")
         if head_dim is None:
-            require(dim % num_heads == 0, f"LinformerAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("LinformerAttention", "num_heads", num_heads, "dim", dim)
         self.dim, self.seq_len, self.num_heads, self.head_dim = dim, seq_len, num_heads, head_dim
         self.proj_len, self.share_kv, self.dropout = proj_len, share_kv, dropout
         fk = dict(device=device, dtype=dtype)

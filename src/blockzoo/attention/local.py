@@ -25,7 +25,7 @@ from torch import nn
 
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["LocalAttention", "band_mask", "local_window_attention"]
@@ -182,8 +182,7 @@ class LocalAttention(nn.Module):
         left, right = (window, window) if isinstance(window, int) else tuple(window)
         require(left >= 0 and right >= 0, f"LocalAttention: window={window} must be >= 0")
         if head_dim is None:
-            require(dim % num_heads == 0, f"LocalAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("LocalAttention", "num_heads", num_heads, "dim", dim)
         require(block_size is None or block_size > 0, f"LocalAttention: block_size={block_size} must be > 0")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
         self.window = (left, right)

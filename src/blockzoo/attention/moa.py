@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.attention._attend import attend, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["MultiResolutionOverlappedAttention"]
@@ -100,7 +100,7 @@ class MultiResolutionOverlappedAttention(nn.Module):
         require(overlap >= 0, f"MOA: overlap={overlap} must be >= 0")
         require(reduction >= 1 and channels // reduction >= 1,
                 f"MOA: reduction={reduction} must be in [1, channels={channels}]")
-        require(num_heads >= 1 and dim % num_heads == 0, f"MOA: num_heads={num_heads} must divide dim={dim}")
+        require_divides("MOA", "num_heads", num_heads, "dim", dim)
         self.channels, self.window_size, self.overlap = channels, window_size, overlap
         self.reduced, self.dim, self.num_heads = channels // reduction, dim, num_heads
         fk = dict(device=device, dtype=dtype)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.act import LayerSpec, create_act, create_norm, without_bias
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["MobileViTBlock"]
@@ -111,6 +111,10 @@ class MobileViTBlock(nn.Module):
     Deviations:
         - Padding with masked keys for sizes that p does not divide (the reference code
           resizes the map by bilinear interpolation instead, which mixes pixels).
+        - The final LN has no shift (the reference code's has one): it adds the same
+          vector to every token, which after folding is a per-channel constant that the
+          1x1 conv keeps constant and the BN after it subtracts, so it could never
+          change the output.
 
     Example:
         >>> blk = MobileViTBlock(32, dim=48, depth=2, num_heads=4)
@@ -135,8 +139,7 @@ class MobileViTBlock(nn.Module):
     ) -> None:
         super().__init__()
         dim = dim or channels
-        require(num_heads >= 1 and dim % num_heads == 0,
-                f"MobileViTBlock: num_heads={num_heads} must divide dim={dim}")
+        require_divides("MobileViTBlock", "num_heads", num_heads, "dim", dim)
         require(depth >= 1, f"MobileViTBlock: depth={depth} must be >= 1")
         require(patch_size >= 1, f"MobileViTBlock: patch_size={patch_size} must be >= 1")
         require(kernel_size % 2 == 1, f"MobileViTBlock: kernel_size={kernel_size} must be odd")
@@ -149,7 +152,7 @@ class MobileViTBlock(nn.Module):
         self.layers = nn.ModuleList(
             _TransformerLayer(dim, num_heads, mlp_ratio, act_layer, norm_layer, **fk) for _ in range(depth)
         )
-        self.norm = create_norm(norm_layer, dim, **fk)
+        self.norm = without_bias(create_norm(norm_layer, dim, **fk))  # proj's BN cancels its shift
         self.proj = _ConvNormAct(dim, channels, 1, act_layer, **fk)
         self.fuse = _ConvNormAct(2 * channels, channels, kernel_size, act_layer, **fk)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["MUSEAttention"]
@@ -79,7 +79,7 @@ class MUSEAttention(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(dim % num_heads == 0, f"MUSEAttention: num_heads={num_heads} must divide dim={dim}")
+        require_divides("MUSEAttention", "num_heads", num_heads, "dim", dim)
         ks = tuple(kernel_sizes)
         require(len(ks) > 0 and all(k > 0 and k % 2 for k in ks),
                 f"MUSEAttention: kernel_sizes={ks} must be positive odd numbers")

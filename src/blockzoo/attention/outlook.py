@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["OutlookAttention"]
@@ -81,8 +81,7 @@ class OutlookAttention(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        require(num_heads >= 1 and channels % num_heads == 0,
-                f"OutlookAttention: num_heads={num_heads} must divide channels={channels}")
+        require_divides("OutlookAttention", "num_heads", num_heads, "channels", channels)
         require(kernel_size >= 1 and kernel_size % 2 == 1,
                 f"OutlookAttention: kernel_size={kernel_size} must be odd and positive")
         require(stride >= 1, f"OutlookAttention: stride={stride} must be >= 1")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from blockzoo.attention.linear_attention import linear_attention
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["PerformerAttention", "favor_attention", "positive_random_features", "random_features"]
@@ -138,8 +138,7 @@ class PerformerAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None:
-            require(dim % num_heads == 0, f"PerformerAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("PerformerAttention", "num_heads", num_heads, "dim", dim)
         m = num_features or max(head_dim, math.ceil(head_dim * math.log(max(head_dim, 2))))
         require(m > 0, f"PerformerAttention: num_features={num_features} must be positive")
         self.dim, self.num_heads, self.head_dim, self.num_features = dim, num_heads, head_dim, m

@@ -40,6 +40,11 @@ class PolarizedChannel(nn.Module):
 
     Shape:
         - Input: (B, C, H, W); Output: the gate (B, C, 1, 1).
+
+    Deviations:
+        W_q has no bias (the official code's has one): its one output channel is a
+        single number added to all N logits of softmax_N, which that softmax cancels,
+        so the bias can never change the output (its gradient is exactly 0).
     """
 
     def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
@@ -47,7 +52,7 @@ class PolarizedChannel(nn.Module):
         fk = dict(device=device, dtype=dtype)
         half = max(1, channels // 2)
         self.wv = nn.Conv2d(channels, half, 1, **fk)
-        self.wq = nn.Conv2d(channels, 1, 1, **fk)
+        self.wq = nn.Conv2d(channels, 1, 1, bias=False, **fk)  # a bias is cancelled by softmax_N
         self.wz = nn.Conv2d(half, channels, 1, **fk)
         self.norm = nn.LayerNorm(channels, **fk)
         self.attn_map = AttentionMap("weights")
@@ -113,6 +118,10 @@ class PolarizedSelfAttention(nn.Module):
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
 
+    Deviations:
+        W_q^ch has no bias (the official code's has one): one number added to all N
+        logits of softmax_N, it is cancelled by that softmax and cannot change the output.
+
     Example:
         >>> psa = PolarizedSelfAttention(64, mode="sequential")
         >>> psa(torch.randn(2, 64, 7, 9)).shape
@@ -167,6 +176,9 @@ class PolarizedParallel(PolarizedSelfAttention):
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
 
+    Deviations:
+        W_q^ch has no bias, as in ``PolarizedSelfAttention`` (softmax_N cancels it).
+
     Example:
         >>> PolarizedParallel(64)(torch.randn(2, 64, 7, 9)).shape
         torch.Size([2, 64, 7, 9])
@@ -191,6 +203,9 @@ class PolarizedSequential(PolarizedSelfAttention):
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
+
+    Deviations:
+        W_q^ch has no bias, as in ``PolarizedSelfAttention`` (softmax_N cancels it).
 
     Example:
         >>> PolarizedSequential(64)(torch.randn(2, 64, 7, 9)).shape

@@ -47,7 +47,7 @@ class SeparableSelfAttention(nn.Module):
 
     Args:
         dim: C, the token width.
-        bias: biases of the four projections.
+        bias: biases of W_K, W_V and W_O (W_I never has one, see Deviations).
         dropout: dropout on the context scores.
 
     Shape:
@@ -57,6 +57,8 @@ class SeparableSelfAttention(nn.Module):
     Deviations:
         MobileViTv2 applies it to unfolded image patches (B, P, N, C); here the block takes
         a token sequence (B, N, C); the patch axis is a batch axis in the paper anyway.
+        W_I has no bias (the official fused projection has one for it): a single number
+        added to all N scores, which the softmax over N cancels.
 
     Example:
         >>> attn = SeparableSelfAttention(64)
@@ -70,7 +72,7 @@ class SeparableSelfAttention(nn.Module):
         super().__init__()
         self.dim, self.dropout = dim, dropout
         fk = dict(device=device, dtype=dtype)
-        self.to_i = nn.Linear(dim, 1, bias=bias, **fk)
+        self.to_i = nn.Linear(dim, 1, bias=False, **fk)  # the softmax over N cancels a bias
         self.to_k = nn.Linear(dim, dim, bias=bias, **fk)
         self.to_v = nn.Linear(dim, dim, bias=bias, **fk)
         self.proj = nn.Linear(dim, dim, bias=bias, **fk)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["SpatialGroupEnhance"]
@@ -66,8 +66,7 @@ class SpatialGroupEnhance(nn.Module):
     def __init__(self, channels: int, *, groups: int = 64, eps: float = 1e-5,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        require(groups >= 1 and channels % groups == 0,
-                f"SpatialGroupEnhance: groups={groups} must divide channels={channels}")
+        require_divides("SpatialGroupEnhance", "groups", groups, "channels", channels)
         fk = dict(device=device, dtype=dtype)
         self.channels, self.groups, self.eps = channels, groups, eps
         self.weight = nn.Parameter(torch.zeros(1, groups, 1, 1, 1, **fk))

@@ -16,7 +16,7 @@ from torch import nn
 
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["SimplifiedSelfAttention"]
@@ -62,7 +62,7 @@ class SimplifiedSelfAttention(nn.Module):
         self, dim: int, num_heads: int = 8, *, dropout: float = 0.0, device: Any = None, dtype: Any = None
     ) -> None:
         super().__init__()
-        require(dim % num_heads == 0, f"SimplifiedSelfAttention: num_heads={num_heads} must divide dim={dim}")
+        require_divides("SimplifiedSelfAttention", "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads, self.dropout = dim, num_heads, dropout
         self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
         self.attn_map = AttentionMap("weights")

@@ -15,7 +15,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["SelectiveKernel"]
@@ -91,8 +91,7 @@ class SelectiveKernel(nn.Module):
         require(len(kernel_sizes) >= 2, f"SelectiveKernel: kernel_sizes={kernel_sizes} needs >= 2 branches")
         require(all(k >= 1 and k % 2 == 1 for k in kernel_sizes),
                 f"SelectiveKernel: kernel_sizes={kernel_sizes} must all be odd")
-        require(groups >= 1 and channels % groups == 0,
-                f"SelectiveKernel: groups={groups} must divide channels={channels}")
+        require_divides("SelectiveKernel", "groups", groups, "channels", channels)
         require(reduction >= 1, f"SelectiveKernel: reduction={reduction} must be >= 1")
         fk = dict(device=device, dtype=dtype)
         self.channels = channels

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["UFOAttention", "xnorm"]
@@ -83,8 +83,7 @@ class UFOAttention(nn.Module):
     ) -> None:
         super().__init__()
         if head_dim is None:
-            require(dim % num_heads == 0, f"UFOAttention: num_heads={num_heads} must divide dim={dim}")
-            head_dim = dim // num_heads
+            head_dim = require_divides("UFOAttention", "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads, self.head_dim, self.eps = dim, num_heads, head_dim, eps
         fk = dict(device=device, dtype=dtype)
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **fk)

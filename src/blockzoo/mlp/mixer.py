@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.act import LayerSpec, create_norm
+from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
 from blockzoo.registry import Example, register, tokens
@@ -99,6 +99,10 @@ class MixerBlock(nn.Module):
         norm_layer: the pre-norm (paper: LayerNorm; ResMLP: ``Affine``).
         layer_scale: initial value of s_1, s_2 (None: no layer-scale, the Mixer).
         dropout: dropout after each MLP's hidden activation.
+        token_bias: whether MLP_tok's output layer has its bias, b in R^N: one number
+            per token, the same for every channel. A LayerNorm over the channels removes
+            exactly such a shift, so in a stack of Mixer blocks under a final LayerNorm
+            (``mixer_tiny``) it can never change the output and is built off.
 
     Shape:
         - Input: (B, N, C), N = num_tokens, C = dim.
@@ -124,6 +128,7 @@ class MixerBlock(nn.Module):
         norm_layer: LayerSpec = "layernorm",
         layer_scale: float | None = None,
         dropout: float = 0.0,
+        token_bias: bool = True,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -136,6 +141,8 @@ class MixerBlock(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.norm1 = create_norm(norm_layer, dim, **fk)
         self.token_mlp = MLP(num_tokens, token_hidden, num_tokens, act_layer=act_layer, dropout=dropout, **fk)
+        if not token_bias:
+            without_bias(self.token_mlp.layers[-1])
         self.norm2 = create_norm(norm_layer, dim, **fk)
         self.channel_mlp = MLP(dim, (self.channel_hidden,), dim, act_layer=act_layer, dropout=dropout, **fk)
         self.layer_scale = layer_scale

@@ -153,7 +153,8 @@ def mixer_tiny(
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
-        return MixerBlock(d, gh * gw, **fk)
+        # every reader of the token stream is a LayerNorm over D: it cancels MLP_tok's bias
+        return MixerBlock(d, gh * gw, token_bias=False, **fk)
 
     return PatchMLPClassifier("mixer_tiny", num_classes, in_chans=in_chans, image_size=image_size,
                               patch_size=patch_size, dim=dim, depth=depth, block=block, tokens=True,
@@ -271,3 +272,10 @@ def permutator_tiny(
 
 for _f in (mixer_tiny, resmlp_tiny, gmlp_tiny, smlp_tiny, permutator_tiny):
     _f.__doc__ = (_f.__doc__ or "") + _MODEL_ARGS
+mixer_tiny.__doc__ += """
+    Deviations:
+        The token-mixing MLPs' output layers have no bias (the official Mixer's have):
+        it adds one number per token to all D channels, and every later reader of the
+        token stream (the next LayerNorms and the final one) subtracts each token's mean
+        over D, so it could never change the output. A lone ``MixerBlock`` keeps it.
+"""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.act import LayerSpec
+from blockzoo.act import LayerSpec, without_bias
 from blockzoo.checks import require
 from blockzoo.registry import Example, images, register
 from blockzoo.rep.fuse import ConvBN, Kernel, RepConv, avg_kernel, fuse_bn, identity_kernel, merge_1x1_kxk
@@ -33,15 +33,19 @@ class BNAndPad(nn.Module):
 
     Args:
         channels: C; padding: p on every side.
+        bias: whether the BN has its shift beta (``False``: beta = 0, no parameter).
 
     Shape:
         - Input: (B, C, H, W); output: (B, C, H + 2p, W + 2p).
     """
 
-    def __init__(self, channels: int, padding: int, *, device: Any = None, dtype: Any = None) -> None:
+    def __init__(self, channels: int, padding: int, *, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
         self.padding = padding
         self.bn = nn.BatchNorm2d(channels, device=device, dtype=dtype)
+        if not bias:
+            without_bias(self.bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(x)
@@ -53,7 +57,8 @@ class BNAndPad(nn.Module):
         else:
             mean, var = bn.running_mean, bn.running_var
         # c = BN(0) = beta - mu gamma / sqrt(var + eps)
-        c = (bn.bias - mean * bn.weight / (var + bn.eps).sqrt()).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+        c = -mean * bn.weight / (var + bn.eps).sqrt()
+        c = (c if bn.bias is None else bn.bias + c).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
         p = self.padding
         return F.pad(y - c, (p, p, p, p)) + c  # (B, C, H + 2p, W + 2p)
 
@@ -68,7 +73,7 @@ class _OneByOneThenKxK(nn.Module):
         super().__init__()
         self.groups = groups
         self.conv1 = nn.Conv2d(c, m, 1, groups=groups, bias=False, **fk)
-        self.bn1 = BNAndPad(m, (k - 1) // 2, **fk)
+        self.bn1 = BNAndPad(m, (k - 1) // 2, bias=False, **fk)  # bn2 cancels its shift
         self.conv2 = nn.Conv2d(m, o, k, stride=stride, groups=groups, bias=False, **fk)
         self.bn2 = nn.BatchNorm2d(o, **fk)
         if m == c:  # the paper initialises the 1x1 as the identity
@@ -91,7 +96,7 @@ class _OneByOneThenAvg(nn.Module):
         super().__init__()
         self.groups, self.k = groups, k
         self.conv1 = nn.Conv2d(c, o, 1, groups=groups, bias=False, **fk)
-        self.bn1 = BNAndPad(o, (k - 1) // 2, **fk)
+        self.bn1 = BNAndPad(o, (k - 1) // 2, bias=False, **fk)  # bn2 cancels its shift
         self.pool = nn.AvgPool2d(k, stride=stride, padding=0)
         self.bn2 = nn.BatchNorm2d(o, **fk)
 
@@ -154,6 +159,10 @@ class DiverseBranchBlock(RepConv):
         - In training, the padding value of ``BNAndPad`` uses the batch statistics the
           BN normalises with (eval: running ones), so the training-time branch is also
           a convolution of x; exactness of the fusion (eval) is unaffected.
+        - The first BN of the two sequential branches has no shift beta (the official
+          code's has one): padded with BN(0), beta is a constant over the whole map, which
+          the k x k conv (or average pool) keeps constant per channel and the second BN
+          subtracts, so it could never change the output.
 
     Example:
         >>> block = DiverseBranchBlock(16, 32, stride=2).eval()
