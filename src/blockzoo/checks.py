@@ -103,13 +103,13 @@ def check_divisible(size: int, by: int, *, name: str, what: str) -> None:
 
 
 def require(condition: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition`` holds (constructor arguments)."""
+    """Raise ``ConfigError(message)`` (a ``ValueError``) unless ``condition`` holds (constructor arguments)."""
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def require_divides(name: str, what: str, value: int, of: str, total: int, *, hint: str = "") -> int:
-    """Return ``total // value``; raise ``ValueError`` unless ``value`` >= 1 divides ``total``.
+    """Return ``total // value``; raise ``ConfigError`` unless ``value`` >= 1 divides ``total``.
 
     For constructor arguments such as the number of heads, whose quotient is the head
     width: ``require_divides("MultiHeadAttention", "num_heads", 6, "dim", 64)`` raises
@@ -117,5 +117,5 @@ def require_divides(name: str, what: str, value: int, of: str, total: int, *, hi
     ``hint`` ends the message (``"(or give head_dim)"``).
     """
     if value < 1 or total % value:
-        raise ValueError(f"{name}: {what}={value} must divide {of}={total}" + (f" {hint}" if hint else ""))
+        raise ConfigError(f"{name}: {what}={value} must divide {of}={total}" + (f" {hint}" if hint else ""))
     return total // value
