@@ -103,7 +103,7 @@ def check_divisible(size: int, by: int, *, name: str, what: str) -> None:
 
 
 def require(condition: bool, message: str) -> None:
-    """Raise ``ConfigError(message)`` (a ``ValueError``) unless ``condition`` holds (constructor arguments)."""
+    """Raise ``ConfigError(message)`` (a ``ValueError``) unless ``condition`` holds (constructor args)."""
     if not condition:
         raise ConfigError(message)
 
