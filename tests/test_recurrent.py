@@ -690,6 +690,19 @@ def test_bad_arguments_and_inputs():
         lstm(x, state=torch.zeros(2, 2, 4))  # an LSTM's state is (h, c)
 
 
+@pytest.mark.parametrize("name", ["elman_rnn", "lstm", "peephole_lstm", "gru", "jordan_rnn"])
+def test_out_size_is_not_an_argument(name):
+    """``out_size`` was accepted and crashed in the first forward; only Jordan has an output size
+    (``output_size``), so every layer refuses ``out_size`` at construction."""
+    with pytest.raises(TypeError, match="out_size"):
+        blockzoo.create(name, out_size=7)
+    with pytest.raises(TypeError, match="hiden_size"):
+        blockzoo.create(name, hiden_size=7)  # any unknown argument, not only this one
+    jordan = JordanRNN(3, 4, output_size=2)
+    out, s = jordan(torch.randn(2, 5, 3))
+    assert jordan.out_size == 2 and out.shape == (2, 5, 2) and s.shape == (1, 2, 2)
+
+
 # --------------------------------------------------------------------------- encoders
 
 

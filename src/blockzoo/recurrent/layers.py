@@ -91,7 +91,6 @@ class _RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         tbptt: int | None = None,
         fused: bool | None = None,
-        out_size: int | None = None,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -116,7 +115,7 @@ class _RecurrentLayer(nn.Module):
         self.bidirectional = bidirectional
         self.tbptt = tbptt
         self.fused = native_ok if fused is None else fused
-        self.out_size = out_size or hidden_size  # per direction: H, or O for Jordan
+        self.out_size = self._output_features()  # per direction: H, or O for Jordan
         self.num_directions = 2 if bidirectional else 1
         fk = dict(device=device, dtype=dtype)
         self._names: list[list[str]] = []
@@ -134,6 +133,10 @@ class _RecurrentLayer(nn.Module):
         self.reset_parameters()
 
     # -- per-mode facts, overridden ------------------------------------------------
+    def _output_features(self) -> int:
+        """Features per step and direction of the output and the state: H (Jordan: O)."""
+        return self.hidden_size
+
     def _native_ok(self) -> bool:
         return self.mode in ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
@@ -888,11 +891,13 @@ class JordanRNN(_RecurrentLayer):
         require(not kwargs.get("fused"), "JordanRNN: fused=True but no fused kernel computes it")
         self.state_decay = float(state_decay)
         self.output_size = output_size or hidden_size
-        super().__init__(input_size, hidden_size, num_layers, out_size=self.output_size,
-                         device=device, dtype=dtype, **kwargs)
+        super().__init__(input_size, hidden_size, num_layers, device=device, dtype=dtype, **kwargs)
         fk = dict(device=device, dtype=dtype)
         self.act = create_act(act_layer, **fk)
         self.out_act = create_act(out_act_layer, **fk)
+
+    def _output_features(self) -> int:
+        return self.output_size
 
     def _native_ok(self) -> bool:
         return False
