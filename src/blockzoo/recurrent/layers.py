@@ -28,8 +28,7 @@ Two implementations compute the same maths:
   derived by hand from the equations (no per-step autograd nodes). Elsewhere (the
   Elman and GRU loops; any loop under ``torch.compile``/``torch.export`` tracing or
   autocast; Jordan with an activation ``scan.py`` cannot differentiate, such as
-  PReLU) the step of ``cells.py`` runs under autograd, the recurrent weight's
-  gradient deferred to one product over all steps (``_DeferredWeightGrad``).
+  PReLU) the step of ``cells.py`` runs under plain autograd.
 
 Letters: B batch, T time steps, F input features, H hidden size, L layers,
 D directions (2 when bidirectional), O Jordan output size, N packed steps.
@@ -43,7 +42,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from blockzoo.act import LayerSpec, create_act
@@ -402,57 +400,14 @@ def _stack_out(outs: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Ten
     return out if mask is None else out * mask[..., None].to(out.dtype)
 
 
-class _DeferredWeightGrad(torch.autograd.Function):
-    """Zeros (B, T, G) whose backward gives a recurrent weight its gradient in one product.
+def _project(p: dict[str, torch.Tensor], x: torch.Tensor, *, fold_hh: bool = True) -> list[torch.Tensor]:
+    """Step inputs W_ih x_t + b_ih (+ b_hh when ``fold_hh``), one matrix product for all steps.
 
-    The time loop multiplies the state by a *detached* W (so each step's backward
-    only computes dL/dh, one small product) and adds these zeros to the step's
-    pre-activations; their gradient dL/dpre (B, T, G) then yields
-    dL/dW = sum_t dL/dpre_t^T h_{t-1} as a single (G, B*T) @ (B*T, H) product over
-    the previous states the loop recorded in ``prev`` during the forward (the
-    same sum autograd would form step by step, without T small products).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, w: torch.Tensor, prev: list, shape: tuple[int, int, int]) -> torch.Tensor:
-        ctx.prev = prev
-        return w.new_zeros(shape)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        h_prev = torch.stack(ctx.prev, dim=1)  # (B, T, H)
-        return grad.flatten(0, 1).t() @ h_prev.flatten(0, 1), None, None  # (G, H)
-
-
-def _project(
-    p: dict[str, torch.Tensor], x: torch.Tensor, rec: str, *, fold_hh: bool = True, fold_rec: bool = True
-) -> tuple[list[torch.Tensor], torch.Tensor, list | None, list[torch.Tensor] | None]:
-    """Step inputs W_ih x_t + b_ih (+ b_hh), the recurrent weight to use, and its bookkeeping.
-
-    One matrix product for all steps, ``unbind`` into T tensors (B, G*H) (not
-    ``gx[:, t]``, whose backward writes T full-size zero tensors). When the
-    recurrent weight ``p[rec]`` needs a gradient it is returned detached, with
-    ``prev`` (the loop stores each step's previous state there) and the zeros of
-    ``_DeferredWeightGrad`` folded into the step inputs (``fold_rec``) or returned
-    per step (for the GRU, whose recurrent product is not simply added).
-
-    Returns:
-        (step inputs, W_rec transposed, prev or None, per-step zeros or None).
+    ``unbind`` into T tensors (B, G*H) (not ``gx[:, t]``, whose backward writes T
+    full-size zero tensors).
     """
     b = _sum_bias(p.get("bias_ih"), p.get("bias_hh")) if fold_hh else p.get("bias_ih")
-    gx = F.linear(x, p["weight_ih"], b)  # (B, T, G*H)
-    w = p[rec]
-    prev, zs = None, None
-    if torch.is_grad_enabled() and w.requires_grad and not _exporting():
-        prev = [None] * x.shape[1]
-        z = _DeferredWeightGrad.apply(w, prev, (x.shape[0], x.shape[1], w.shape[0]))  # (B, T, G*H) zeros
-        w = w.detach()
-        if fold_rec:
-            gx = gx + z
-        else:
-            zs = list(z.unbind(1))
-    return list(gx.unbind(1)), w.t(), prev, zs
+    return list(F.linear(x, p["weight_ih"], b).unbind(1))  # T x (B, G*H)
 
 
 def _sum_bias(b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> torch.Tensor | None:
@@ -544,13 +499,11 @@ class ElmanRNN(_RecurrentLayer):
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
-        gx, w_t, prev, _ = _project(p, x, "weight_hh")  # T x (B, H)
+        gx, w_t = _project(p, x), p["weight_hh"].t()  # T x (B, H)
         ms, relu = _masks(mask, x.shape[1]), self.mode == "rnn_relu"  # T x (B, 1)
         (h,) = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            if prev is not None:
-                prev[t] = h.detach()
             new = elman_step(gx[t], h, w_t, None, relu)
             outs[t] = new
             (h,) = _mask_step(ms[t], (new,), (h,))
@@ -658,13 +611,11 @@ class LSTM(_RecurrentLayer):
             b = _sum_bias(p.get("bias_ih"), p.get("bias_hh"))
             gx = F.linear(x.transpose(0, 1), p["weight_ih"], b)  # (T, B, 4H), time-major
             return lstm_scan(gx, *state, p["weight_hh"], p.get("weight_peep"), mask, reverse)
-        gx, w_t, prev, _ = _project(p, x, "weight_hh")  # T x (B, 4H)
+        gx, w_t = _project(p, x), p["weight_hh"].t()  # T x (B, 4H)
         ms, peep = _masks(mask, x.shape[1]), p.get("weight_peep")  # T x (B, 1)
         h, c = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            if prev is not None:
-                prev[t] = h.detach()
             new = lstm_step(gx[t], h, c, w_t, None, peep)
             outs[t] = new[0]
             h, c = _mask_step(ms[t], new, (h, c))
@@ -786,16 +737,12 @@ class GRU(_RecurrentLayer):
 
     def _scan(self, p, x, state, mask, reverse):  # type: ignore[no-untyped-def]
         # b_hn sits inside r * (W_hn h + b_hn): b_hh is not folded into the projection
-        gx, w_t, prev, zs = _project(p, x, "weight_hh", fold_hh=False, fold_rec=False)  # T x (B, 3H)
+        gx, w_t = _project(p, x, fold_hh=False), p["weight_hh"].t()  # T x (B, 3H)
         ms, b_hh = _masks(mask, x.shape[1]), p.get("bias_hh")  # T x (B, 1)
         (h,) = state
         outs: list[torch.Tensor] = [h] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            b = b_hh
-            if prev is not None and zs is not None:
-                prev[t] = h.detach()
-                b = zs[t] if b_hh is None else zs[t] + b_hh
-            new = gru_step(gx[t], h, w_t, b)
+            new = gru_step(gx[t], h, w_t, b_hh)
             outs[t] = new
             (h,) = _mask_step(ms[t], (new,), (h,))
         return _stack_out(outs, mask), (h,)
@@ -923,25 +870,12 @@ class JordanRNN(_RecurrentLayer):
             out, s = jordan_scan(gx, *state, p["weight_sh"], p["weight_ho"], p.get("bias_ho"), mask, reverse,
                                  self.state_decay, self.act, self.out_act)
             return out, (s,)
-        gx, w_t, prev, _ = _project(p, x, "weight_sh")  # T x (B, H)
+        gx, w_t = _project(p, x), p["weight_sh"].t()  # T x (B, H)
         ms, w_ho, b_ho = _masks(mask, x.shape[1]), p["weight_ho"], p.get("bias_ho")  # T x (B, 1)
-        hid, zs = None, None
-        if prev is not None and w_ho.requires_grad:
-            # W_ho's gradient, like W_sh's, as one product over the recorded hidden states
-            hid = [None] * x.shape[1]
-            z = _DeferredWeightGrad.apply(w_ho, hid, (x.shape[0], x.shape[1], w_ho.shape[0]))  # (B, T, O)
-            zs, w_ho = list(z.unbind(1)), w_ho.detach()
         (s,) = state
         outs: list[torch.Tensor] = [s] * x.shape[1]
         for t in _time_order(x.shape[1], reverse):
-            b = b_ho
-            if prev is not None:
-                prev[t] = s.detach()
-            if zs is not None:
-                b = zs[t] if b_ho is None else zs[t] + b_ho
-            y, s_next, h = jordan_step(gx[t], s, w_t, w_ho, b, self.act, self.out_act, self.state_decay)
-            if hid is not None:
-                hid[t] = h.detach()
+            y, s_next, _ = jordan_step(gx[t], s, w_t, w_ho, b_ho, self.act, self.out_act, self.state_decay)
             outs[t] = y
             (s,) = _mask_step(ms[t], (s_next,), (s,))
         return _stack_out(outs, mask), (s,)
