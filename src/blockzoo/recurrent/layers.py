@@ -571,15 +571,10 @@ class LSTM(_RecurrentLayer):
     Deviations: ``batch_first`` defaults to True and ``forward(input, lengths=None,
     state=None)`` takes lengths second; the forget gate is present (the 1997 paper
     had none). Otherwise names and numbers are those of ``torch.nn.LSTM`` (gate
-    order i, f, g, o). With peepholes the scan of ``scan.py`` runs: forward +
-    backward 1.8-1.95x the time of ``nn.LSTM`` (which has no peepholes) at B=32,
-    T=128, H=256 on one CPU thread, against 2.0-2.1x for the step-by-step autograd
-    loop (runs of benchmarks/recurrent.py on a shared machine; timed side by side
-    on the same layer, the scan takes 0.89-0.92x the autograd loop's time). The
-    rest of the gap is matrix products: the same flops, but ``nn.LSTM`` runs
-    oneDNN's RNN kernel while the scan calls ``mm`` (MKL), which on the AMD CPU
-    measured took about 1.45x (one step's product) to 2x (all steps' products) the
-    time of the same fp32 product through oneDNN.
+    order i, f, g, o). With peepholes the scan of ``scan.py`` runs; it stays slower
+    than ``nn.LSTM`` mostly because its matrix products go one by one through
+    ``mm`` rather than through a fused RNN kernel (benchmarks/recurrent.py; numbers
+    in docs/benchmarks.md).
 
     Example:
         >>> lstm = LSTM(8, 16, 2, bidirectional=True)
@@ -804,10 +799,7 @@ class JordanRNN(_RecurrentLayer):
 
     Deviations: no fused kernel exists, so the scan of ``scan.py`` runs (input
     projections of all steps precomputed, back-propagation through time derived by
-    hand): forward + backward 1.33-1.43x the time of ``nn.RNN`` (one product per
-    step to Jordan's two) at B=32, T=128, H=O=256 on one CPU thread, against
-    1.52-1.56x for the step-by-step autograd loop (benchmarks/recurrent.py). That
-    holds for act and out_act among tanh, sigmoid, relu, identity and the
+    hand) when act and out_act are among tanh, sigmoid, relu, identity and the
     registry's parameter-free elementwise activations; any other (PReLU, a custom
     module) runs the step of ``cells.py`` under autograd. Jordan's plan units are
     ordinary inputs.
