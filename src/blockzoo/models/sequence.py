@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.recurrent import GRU, LSTM, ElmanRNN, JordanRNN
+from blockzoo.recurrent.base import LENGTHS_GRAPH_BREAK
 from blockzoo.recurrent.encoders import TokenEmbedding
-from blockzoo.recurrent.layers import GRU, LENGTHS_GRAPH_BREAK, LSTM, ElmanRNN, JordanRNN
 from blockzoo.registry import Example, register, sequence
 
 __all__ = [

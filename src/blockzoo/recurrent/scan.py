@@ -34,8 +34,8 @@ no faster than the in-place eager ops and costs seconds to compile.
 Double backward is not supported (``once_differentiable``). The layers use these
 scans in eager mode; under ``torch.compile``/``torch.export`` tracing, under
 autocast, inside ``autograd_loop()`` or (Jordan) with an activation whose
-derivative is not known here (``jordan_scan_applies``), they run the step of
-``cells.py`` under autograd.
+derivative is not known here (``jordan_scan_applies``), they run the autograd
+time loop of ``loop.py``.
 
 Letters: B batch, T time steps, H hidden size, O Jordan output size, G = 4H
 (LSTM gates i, f, g, o) or H (Jordan). State buffers are (T+1, B, .) in time
