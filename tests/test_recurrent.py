@@ -759,6 +759,18 @@ def test_classifier_token_ids_padding_invariant_and_create_model():
     assert tagger(torch.randn(2, 6, 3), torch.tensor([6, 2])).shape == (2, 6, 5)
 
 
+def test_sequence_models_default_directions_and_override():
+    """One constructor: the classifier defaults to one direction, the tagger to two."""
+    from blockzoo.models.sequence import RNNClassifier, RNNTagger
+
+    assert RNNClassifier(3, 2, hidden_size=4).rnn.num_directions == 1
+    assert RNNTagger(3, 2, hidden_size=4).rnn.num_directions == 2
+    assert RNNClassifier(3, 2, hidden_size=4, bidirectional=True).rnn.num_directions == 2
+    assert RNNTagger(3, 2, hidden_size=4, bidirectional=False).rnn.num_directions == 1
+    with pytest.raises(TypeError, match="hiden_size"):
+        RNNTagger(3, 2, hiden_size=4)
+
+
 def test_classifier_uses_final_state_at_true_last_step():
     torch.manual_seed(12)
     model = blockzoo.create_model("rnn_classifier", num_classes=2, in_chans=3).eval()
