@@ -16,7 +16,10 @@ the configs with no fused kernel (peephole LSTM, Jordan: the scan) against the
 nearest torch module (nn.LSTM, nn.RNN), which computes less. The "(autograd loop)"
 rows run the same layers inside ``scan.autograd_loop()``: the time loop recorded
 by autograd step by step, as before the scans (and as under torch.compile/export);
-the last three rows time the scan against that loop on the same layer directly.
+the next three rows time the scan against that loop on the same layer directly.
+The last row times the scan's CPU tanh (``_tanh_``: 2 sigmoid(2x) - 1 in place)
+against ``Tensor.tanh_`` on one step's (B, H) tensor (a refill copy in both).
+Results and older measurements: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from blockzoo.bench.report import render
 from blockzoo.recurrent import GRU, LSTM, ElmanRNN, JordanRNN
-from blockzoo.recurrent.scan import autograd_loop
+from blockzoo.recurrent.scan import _tanh_, autograd_loop
 
 
 def _sync(device: str) -> None:
@@ -81,6 +84,33 @@ def _case(ours: nn.Module, ref: nn.Module, x: torch.Tensor, lengths: torch.Tenso
         return pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=x.shape[1])[0]
 
     return run_ours, run_ref
+
+
+def _tanh_row(b: int, h: int, dev: str, warmup: int, repeats: int, calls: int = 200) -> dict:
+    """The scan's in-place tanh against ``tanh_`` on (B, H), alternating, median per call."""
+    src = torch.randn(b, h, device=dev)
+    buf = torch.empty_like(src)
+
+    def per_call(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(buf.copy_(src))
+        _sync(dev)
+        return (time.perf_counter() - t0) / calls
+
+    def ref(x: torch.Tensor) -> torch.Tensor:
+        return x.tanh_()
+
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(warmup + repeats):
+        a, r = per_call(_tanh_), per_call(ref)
+        if i >= warmup:
+            times[0].append(a)
+            times[1].append(r)
+    mo, mr = statistics.median(times[0]), statistics.median(times[1])
+    return {"ours": f"_tanh_ ({b}, {h}), no grad", "ms": round(mo * 1e3, 4), "torch": "tanh_",
+            "torch ms": round(mr * 1e3, 4), "ratio": round(mo / mr, 2)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -140,6 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
         rows.append({"ours": name, "ms": round(mo * 1e3, 2), "torch": ref_name,
                      "torch ms": round(mr * 1e3, 2), "ratio": round(mo / mr, 2)})
+    rows.append(_tanh_row(b, h, dev, args.warmup, args.repeats))
     machine = torch.cuda.get_device_name() if dev.startswith("cuda") else (platform.processor() or
                                                                            platform.machine())
     print(f"recurrent forward+backward, fp32, B={b}, T={t}, input={h}, hidden={h}; device {dev} ({machine}); "

@@ -10,12 +10,14 @@ The README table is ``blockzoo list --format markdown`` between the markers.
 config (batch 1). ``docs/figures/`` holds the README's learner figures.
 ``docs/benchmarks.md`` holds ``blockzoo bench`` over every entry on CPU at fixed
 sizes and the arena's table and plot (when arena results exist); timings differ
-from run to run, so ``--check`` does not compare it.
+from run to run, so ``--check`` does not compare it. Its other sections (numbers
+from the ``benchmarks/`` scripts, written by hand) are kept as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -61,6 +63,13 @@ def catalogue_page() -> str:
         render(rows, "markdown", [*CATALOGUE_COLUMNS, "flops"]),
         "",
     ])
+
+
+def kept_sections(text: str) -> list[str]:
+    """The ``## `` sections of docs/benchmarks.md that are not generated here, as they are."""
+    sections = re.split(r"(?m)^(?=## )", text)[1:]
+    generated = ("## blockzoo bench\n", "## blockzoo arena\n")
+    return [s.rstrip("\n") + "\n" for s in sections if not s.startswith(generated)]
 
 
 def benchmarks_page(arena: bool = True) -> str:
@@ -119,6 +128,8 @@ def benchmarks_page(arena: bool = True) -> str:
             arena_markdown(arena_csv, ROOT / "docs", settings),
             "",
         ]
+    if BENCHMARKS.exists():
+        parts += kept_sections(BENCHMARKS.read_text())
     return "\n".join(parts)
 
 

@@ -690,6 +690,19 @@ def test_bad_arguments_and_inputs():
         lstm(x, state=torch.zeros(2, 2, 4))  # an LSTM's state is (h, c)
 
 
+@pytest.mark.parametrize("name", ["elman_rnn", "lstm", "peephole_lstm", "gru", "jordan_rnn"])
+def test_out_size_is_not_an_argument(name):
+    """``out_size`` was accepted and crashed in the first forward; only Jordan has an output size
+    (``output_size``), so every layer refuses ``out_size`` at construction."""
+    with pytest.raises(TypeError, match="out_size"):
+        blockzoo.create(name, out_size=7)
+    with pytest.raises(TypeError, match="hiden_size"):
+        blockzoo.create(name, hiden_size=7)  # any unknown argument, not only this one
+    jordan = JordanRNN(3, 4, output_size=2)
+    out, s = jordan(torch.randn(2, 5, 3))
+    assert jordan.out_size == 2 and out.shape == (2, 5, 2) and s.shape == (1, 2, 2)
+
+
 # --------------------------------------------------------------------------- encoders
 
 
@@ -744,6 +757,18 @@ def test_classifier_token_ids_padding_invariant_and_create_model():
     assert m.input_size == 7 and m(torch.randn(2, 4, 7)).shape == (2, 1)
     tagger = blockzoo.create_model("lstm_tagger", num_classes=5, in_chans=3)
     assert tagger(torch.randn(2, 6, 3), torch.tensor([6, 2])).shape == (2, 6, 5)
+
+
+def test_sequence_models_default_directions_and_override():
+    """One constructor: the classifier defaults to one direction, the tagger to two."""
+    from blockzoo.models.sequence import RNNClassifier, RNNTagger
+
+    assert RNNClassifier(3, 2, hidden_size=4).rnn.num_directions == 1
+    assert RNNTagger(3, 2, hidden_size=4).rnn.num_directions == 2
+    assert RNNClassifier(3, 2, hidden_size=4, bidirectional=True).rnn.num_directions == 2
+    assert RNNTagger(3, 2, hidden_size=4, bidirectional=False).rnn.num_directions == 1
+    with pytest.raises(TypeError, match="hiden_size"):
+        RNNTagger(3, 2, hiden_size=4)
 
 
 def test_classifier_uses_final_state_at_true_last_step():

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.recurrent import GRU, LSTM, ElmanRNN, JordanRNN
+from blockzoo.recurrent.base import LENGTHS_GRAPH_BREAK
 from blockzoo.recurrent.encoders import TokenEmbedding
-from blockzoo.recurrent.layers import GRU, LENGTHS_GRAPH_BREAK, LSTM, ElmanRNN, JordanRNN
 from blockzoo.registry import Example, register, sequence
 
 __all__ = [
@@ -52,23 +53,29 @@ CELLS: dict[str, Callable[..., nn.Module]] = {
 
 
 class _SequenceModel(nn.Module):
-    """Input front end (features or embedded ids) and the recurrent stack."""
+    """Input front end (features or embedded ids), the recurrent stack and a linear head.
+
+    The two models differ only in what the head reads (final state or every step)
+    and in their default ``bidirectional``.
+    """
+
+    default_bidirectional = False  # what ``bidirectional=None`` means for this model
 
     def __init__(
         self,
-        input_size: int | None,
-        num_classes: int,
+        input_size: int | None = None,
+        num_classes: int = 2,
         *,
-        vocab_size: int | None,
-        embed_dim: int,
-        padding_idx: int | None,
-        cell: str,
-        hidden_size: int,
-        num_layers: int,
-        bidirectional: bool,
-        dropout: float,
-        device: Any,
-        dtype: Any,
+        vocab_size: int | None = None,
+        embed_dim: int = 32,
+        padding_idx: int | None = 0,
+        cell: str = "lstm",
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool | None = None,
+        dropout: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -77,6 +84,8 @@ class _SequenceModel(nn.Module):
                 f"and vocab_size={vocab_size} (token ids)")
         require(num_classes >= 1, f"{name}: num_classes={num_classes} must be >= 1")
         require(cell in CELLS, f"{name}: cell={cell!r} not in {sorted(CELLS)}")
+        if bidirectional is None:
+            bidirectional = self.default_bidirectional
         fk = dict(device=device, dtype=dtype)
         self.input_size, self.vocab_size, self.num_classes, self.cell = (
             input_size, vocab_size, num_classes, cell)
@@ -143,7 +152,8 @@ class RNNClassifier(_SequenceModel):
         padding_idx: the padding id; lengths are counted from it when not given.
         cell: ``"lstm"``, ``"peephole_lstm"``, ``"gru"``, ``"rnn"``, ``"rnn_relu"``
             or ``"jordan"``.
-        hidden_size: H per direction; num_layers: L; bidirectional: D = 2.
+        hidden_size: H per direction; num_layers: L; bidirectional: D = 2 (None, the
+            default: one direction).
         dropout: between recurrent layers and before the head.
 
     Shape:
@@ -156,27 +166,6 @@ class RNNClassifier(_SequenceModel):
         >>> model(torch.randn(2, 9, 6), torch.tensor([9, 4])).shape
         torch.Size([2, 3])
     """
-
-    def __init__(
-        self,
-        input_size: int | None = None,
-        num_classes: int = 2,
-        *,
-        vocab_size: int | None = None,
-        embed_dim: int = 32,
-        padding_idx: int | None = 0,
-        cell: str = "lstm",
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__(input_size, num_classes, vocab_size=vocab_size, embed_dim=embed_dim,
-                         padding_idx=padding_idx, cell=cell, hidden_size=hidden_size,
-                         num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
-                         device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         _, state, _ = self._encode(x, lengths)
@@ -205,7 +194,8 @@ class RNNTagger(_SequenceModel):
         padding_idx: the padding id; lengths are counted from it when not given.
         cell: ``"lstm"``, ``"peephole_lstm"``, ``"gru"``, ``"rnn"``, ``"rnn_relu"``
             or ``"jordan"``.
-        hidden_size: H per direction; num_layers: L; bidirectional: D = 2 (default).
+        hidden_size: H per direction; num_layers: L; bidirectional: D = 2 (None, the
+            default: both directions).
         dropout: between recurrent layers and before the head.
 
     Shape:
@@ -220,26 +210,7 @@ class RNNTagger(_SequenceModel):
         torch.Size([1, 4, 5])
     """
 
-    def __init__(
-        self,
-        input_size: int | None = None,
-        num_classes: int = 2,
-        *,
-        vocab_size: int | None = None,
-        embed_dim: int = 32,
-        padding_idx: int | None = 0,
-        cell: str = "lstm",
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        bidirectional: bool = True,
-        dropout: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__(input_size, num_classes, vocab_size=vocab_size, embed_dim=embed_dim,
-                         padding_idx=padding_idx, cell=cell, hidden_size=hidden_size,
-                         num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
-                         device=device, dtype=dtype)
+    default_bidirectional = True
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         out, _, _ = self._encode(x, lengths)  # (B, T, D*H)

@@ -22,25 +22,20 @@ does the whole scan instead:
   W_ih x + b (computed time-major by the caller with ``F.linear``) returned as one
   (T, B, G) tensor, so W_ih and the biases get theirs from ``F.linear``'s backward.
 
-Measured at B=32, T=128, H=256 on one CPU thread (benchmarks/recurrent.py, three
-runs on a shared machine): forward + backward 1.8-1.95x ``nn.LSTM`` for the
-peephole LSTM (2.0-2.1x with the autograd loop) and 1.33-1.43x ``nn.RNN`` for
-Jordan (1.52-1.56x); timed side by side on the same layer, the scan takes
-0.89-0.92x the autograd loop's time. What is left is mostly matrix products, which the scan
-leaves to ``mm`` as the autograd loop did (peephole LSTM: timed alone, its
-products add up to ~130 ms of the scan's ~140 ms in a quiet run). Choices
-made by measurement: the pointwise factors of the backward are computed per step
-(cache-hot (B, H) tensors) rather than for all steps at once (several (T, B, H)
-passes through memory, slower); tanh is computed as 2 sigmoid(2x) - 1 on CPU
-(``_tanh_``); ``torch.compile`` of a step's pointwise maths into one kernel was
-not adopted: ~3-5 s to compile, and a call of the compiled step (47.5 us) was no
-faster than the in-place eager ops (43.3 us), a compiled call alone costing ~14 us.
+What is left of the gap to PyTorch's fused kernels is mostly the matrix
+products, which the scan leaves to ``mm`` as the autograd loop did. Choices made
+by measurement (benchmarks/recurrent.py; the numbers are in docs/benchmarks.md):
+the pointwise factors of the backward are computed per step (cache-hot (B, H)
+tensors) rather than for all steps at once (several (T, B, H) passes through
+memory); tanh is computed as 2 sigmoid(2x) - 1 on CPU (``_tanh_``); a step's
+pointwise maths is not compiled with ``torch.compile``, whose compiled call was
+no faster than the in-place eager ops and costs seconds to compile.
 
 Double backward is not supported (``once_differentiable``). The layers use these
 scans in eager mode; under ``torch.compile``/``torch.export`` tracing, under
 autocast, inside ``autograd_loop()`` or (Jordan) with an activation whose
-derivative is not known here (``jordan_scan_applies``), they run the step of
-``cells.py`` under autograd.
+derivative is not known here (``jordan_scan_applies``), they run the autograd
+time loop of ``loop.py``.
 
 Letters: B batch, T time steps, H hidden size, O Jordan output size, G = 4H
 (LSTM gates i, f, g, o) or H (Jordan). State buffers are (T+1, B, .) in time
@@ -120,8 +115,8 @@ def _wants_grad(*ts: torch.Tensor | None) -> bool:
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
     """tanh in place; on CPU as 2 sigma(2x) - 1, the same function (absolute error a few ulp).
 
-    Measured on this torch build's CPU kernels: tanh ~18 us on (32, 256) floats, sigmoid
-    ~2.5 us, so the four ops take ~7 us.
+    On CPU torch's sigmoid kernel was measured faster than its tanh (the ``_tanh_``
+    row of benchmarks/recurrent.py).
     """
     if x.device.type != "cpu":
         return x.tanh_()
