@@ -18,7 +18,7 @@ import blockzoo
 from blockzoo.checks import FileFormatError, ShapeError, check_shape
 from blockzoo.cli import main
 from blockzoo.data import load_data
-from blockzoo.registry import Example, UnknownNameError, images, register, sequence, unregister
+from blockzoo.registry import Example, UnknownNameError, images, register, sequence, spec, unregister
 from blockzoo.train import (
     NonFiniteLossError,
     TrainConfig,
@@ -493,9 +493,11 @@ def test_compiled_model_trains_like_eager() -> None:
 
 
 def test_image_size_argument_filled_from_the_data(tmp_path: Path) -> None:
+    # the registration declares which argument fixes the input size (size_arg)
     @register(name="tmp_patch_net", family="model", paper="-", arxiv="-", year=2000, input="image",
               output="logits", example=Example(config=dict(in_chans=1, num_classes=2, image_size=4),
-                                               inputs=images("in_chans"), size=(4, 4)))
+                                               inputs=images("in_chans"), size=(4, 4)),
+              size_arg="image_size")
     class PatchNet(nn.Module):
         def __init__(self, num_classes: int = 2, *, in_chans: int = 1, image_size: int = 4) -> None:
             super().__init__()
@@ -518,9 +520,11 @@ def test_image_size_argument_filled_from_the_data(tmp_path: Path) -> None:
 def test_model_taking_features_or_token_ids(tmp_path: Path) -> None:
     pytest.importorskip("blockzoo.data.sequence_tasks")
 
+    # the registration declares the argument that takes a vocabulary (ids_arg)
     @register(name="tmp_dual_tagger", family="model", paper="-", arxiv="-", year=2000, input="sequence",
               output="logits", example=Example(config=dict(input_size=3, num_classes=2),
-                                               inputs=sequence("input_size"), size=(5,)))
+                                               inputs=sequence("input_size"), size=(5,)),
+              ids_arg="vocab_size")
     class Dual(nn.Module):
         def __init__(self, input_size: int | None = None, num_classes: int = 2, *,
                      vocab_size: int | None = None) -> None:
@@ -538,3 +542,16 @@ def test_model_taking_features_or_token_ids(tmp_path: Path) -> None:
         assert res.model.vocab_size == 10 and isinstance(res.model.inp, nn.Embedding)
     finally:
         unregister("tmp_dual_tagger")
+
+
+def test_register_refuses_a_convention_argument_the_builder_lacks() -> None:
+    class Net(nn.Module):
+        def __init__(self, in_chans: int = 1, num_classes: int = 2) -> None:
+            super().__init__()
+
+    with pytest.raises(ValueError, match="takes no argument 'image_size'"):
+        register(name="tmp_no_size", family="model", paper="-", arxiv="-", year=2000, input="image",
+                 output="logits", example=Example(config=dict(in_chans=1), inputs=images("in_chans"),
+                                                  size=(4, 4)), size_arg="image_size")(Net)
+    with pytest.raises(UnknownNameError):
+        spec("tmp_no_size")

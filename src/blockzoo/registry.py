@@ -5,10 +5,9 @@ conformance tests, ``blockzoo list``/``info``, the README catalogue, the
 benchmarks and the arena read this table; none of them knows a block by name.
 
 An entry's ``example`` holds a small constructor config and an *input maker*
-(``images``, ``tokens``, ``sequence``, ``vectors``, ``token_ids``, ``graph``)
-that builds a valid input for any batch size and size, so generic code can
-build and feed any entry. Input makers read their feature count from the
-config (``images("channels")``), so the same maker serves any config.
+(``inputs.py``: ``images``, ``tokens``, ``sequence``, ``vectors``, ``token_ids``,
+``graph``, re-exported here) that builds a valid input for any batch size and
+size, so generic code can build and feed any entry.
 
 Letters: B batch, C channels, H W spatial, N tokens, T time steps, F features.
 """
@@ -26,6 +25,19 @@ import torch
 from torch import nn
 
 from blockzoo.checks import BlockzooError, ConfigError
+from blockzoo.inputs import (
+    INPUT_KINDS,
+    Args,
+    InputKind,
+    InputMaker,
+    Size,
+    graph,
+    images,
+    sequence,
+    token_ids,
+    tokens,
+    vectors,
+)
 
 __all__ = [
     "FAMILIES",
@@ -48,10 +60,6 @@ __all__ = [
 ]
 
 FAMILIES = ("attention", "mlp", "rep", "conv", "recurrent", "model")
-INPUT_KINDS = ("image", "tokens", "sequence", "graph", "vector")
-InputKind = Literal["image", "tokens", "sequence", "graph", "vector"]
-Size = tuple[int, ...]
-Args = tuple[Any, ...]
 
 # The sizes the conformance suite tries besides the example's, per input kind:
 # non-square, odd, and different from anything an example is built with.
@@ -82,192 +90,6 @@ def unknown_name(kind: str, name: str, known: Sequence[str]) -> UnknownNameError
         close = [k for k in known if name.lower() in k.lower()][:5]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return UnknownNameError(f"unknown {kind} {name!r}{hint} (known: {len(known)})")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def _features(features: int | str, config: Mapping[str, Any]) -> int:
-    if isinstance(features, int):
-        return features
-    if features not in config:
-        raise KeyError(f"input maker reads config[{features!r}], which the config lacks")
-    return int(config[features])
-
-
-@dataclass(frozen=True)
-class InputMaker:
-    """Makes valid (and deliberately invalid) inputs for one input kind.
-
-    ``maker(batch, size, config)`` returns the tuple of positional arguments for
-    ``forward``. ``bad(batch, size, config)`` returns ``(label, args)`` pairs that a
-    block must reject with ``ShapeError``. ``batched`` names the arguments whose
-    first dimension is the batch.
-    """
-
-    kind: InputKind
-    features: int | str
-    build: Callable[[int, Size, int, torch.Generator, torch.dtype], Args]
-    bad_inputs: Callable[[int, Size, int, torch.Generator, torch.dtype], list[tuple[str, Args]]]
-    batched: tuple[int, ...] = (0,)
-    layout: str = "B,C,H,W"  # the first argument's dimensions, as a user writes its shape
-
-    def parse(self, dims: Sequence[int]) -> tuple[int, Size, int | None]:
-        """A shape in ``layout`` (``2,3,32,48``) -> (batch, size, features or None for ids)."""
-        letters = self.layout.split(",")
-        if len(dims) != len(letters) or min(dims, default=0) < 1:
-            raise ConfigError(f"{self.kind} input: give {self.layout} with positive sizes, got "
-                              f"{','.join(map(str, dims))}")
-        named = dict(zip(letters, dims, strict=True))
-        batch = named.pop("B")
-        feat = next((named.pop(k) for k in ("C", "F") if k in named), None)
-        return batch, tuple(named.values()), feat
-
-    def __call__(
-        self,
-        batch: int,
-        size: Size,
-        config: Mapping[str, Any],
-        *,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> Args:
-        g = torch.Generator().manual_seed(seed)
-        args = self.build(batch, tuple(size), _features(self.features, config), g, dtype)
-        return _to(args, device)
-
-    def bad(
-        self, batch: int, size: Size, config: Mapping[str, Any], *, seed: int = 0
-    ) -> list[tuple[str, Args]]:
-        g = torch.Generator().manual_seed(seed)
-        f = _features(self.features, config)
-        return self.bad_inputs(batch, tuple(size), f, g, torch.float32)
-
-
-def _to(args: Args, device: torch.device | str | None) -> Args:
-    if device is None:
-        return args
-    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-
-
-def _randn(g: torch.Generator, dtype: torch.dtype, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=g, dtype=dtype)
-
-
-def images(channels: int | str = "channels") -> InputMaker:
-    """Images (B, C, H, W); ``size`` is (H, W)."""
-
-    def build(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        return (_randn(g, dt, b, c, *size),)
-
-    def bad(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype):
-        return [
-            ("rank 3 (no batch dim)", (_randn(g, dt, c, *size),)),
-            ("channels + 1", (_randn(g, dt, b, c + 1, *size),)),
-        ]
-
-    return InputMaker("image", channels, build, bad)
-
-
-def tokens(dim: int | str = "dim") -> InputMaker:
-    """Token sequences (B, N, C); ``size`` is (N,)."""
-
-    def build(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        return (_randn(g, dt, b, size[0], c),)
-
-    def bad(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype):
-        return [
-            ("rank 2 (no batch dim)", (_randn(g, dt, size[0], c),)),
-            ("dim + 1", (_randn(g, dt, b, size[0], c + 1),)),
-        ]
-
-    return InputMaker("tokens", dim, build, bad, layout="B,N,C")
-
-
-def sequence(input_size: int | str = "input_size", *, lengths: bool = False) -> InputMaker:
-    """Feature sequences (B, T, F), optionally with per-sample ``lengths`` (B,).
-
-    With ``lengths=True`` the batch holds sequences of different lengths, the
-    longest exactly T, padded with zeros after each one's end.
-    """
-
-    def build(b: int, size: Size, f: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        t = size[0]
-        x = _randn(g, dt, b, t, f)
-        if not lengths:
-            return (x,)
-        lens = torch.randint(1, t + 1, (b,), generator=g)
-        lens[0] = t
-        mask = torch.arange(t)[None, :] < lens[:, None]
-        return (x * mask[..., None].to(dt), lens)
-
-    def bad(b: int, size: Size, f: int, g: torch.Generator, dt: torch.dtype):
-        t = size[0]
-        extra = (torch.full((b,), t),) if lengths else ()
-        return [
-            ("rank 2 (no feature dim)", (_randn(g, dt, b, t), *extra)),
-            ("features + 1", (_randn(g, dt, b, t, f + 1), *extra)),
-        ]
-
-    return InputMaker("sequence", input_size, build, bad, batched=(0, 1) if lengths else (0,),
-                      layout="B,T,F")
-
-
-def token_ids(vocab_size: int | str = "vocab_size") -> InputMaker:
-    """Integer token ids (B, T) in [1, vocab_size); ``size`` is (T,). Id 0 is left for padding."""
-
-    def build(b: int, size: Size, v: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        return (torch.randint(1, v, (b, size[0]), generator=g),)
-
-    def bad(b: int, size: Size, v: int, g: torch.Generator, dt: torch.dtype):
-        return [
-            ("rank 1 (no batch dim)", (torch.randint(1, v, (size[0],), generator=g),)),
-            ("floating-point ids", (_randn(g, dt, b, size[0]),)),
-        ]
-
-    return InputMaker("sequence", vocab_size, build, bad, layout="B,T")
-
-
-def vectors(in_features: int | str = "in_features", *, nonnegative: bool = False) -> InputMaker:
-    """Feature vectors (B, F); ``size`` is (). ``nonnegative`` gives counts (bag of words)."""
-
-    def build(b: int, size: Size, f: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        x = _randn(g, dt, b, f)
-        return (x.abs().round() if nonnegative else x,)
-
-    def bad(b: int, size: Size, f: int, g: torch.Generator, dt: torch.dtype):
-        return [
-            ("rank 1 (no batch dim)", (_randn(g, dt, f),)),
-            ("features + 1", (_randn(g, dt, b, f + 1),)),
-        ]
-
-    return InputMaker("vector", in_features, build, bad, layout="B,F")
-
-
-def graph(dim: int | str = "dim", *, edge_prob: float = 0.35) -> InputMaker:
-    """Node features (B, N, C) and a boolean adjacency (N, N) shared by the batch.
-
-    ``adjacency[i, j]`` is True when node i receives a message from node j. ``size``
-    is (N,). The last node is left without neighbours, to exercise that path.
-    """
-
-    def build(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype) -> Args:
-        n = size[0]
-        adj = torch.rand(n, n, generator=g) < edge_prob
-        adj[-1] = False
-        return (_randn(g, dt, b, n, c), adj)
-
-    def bad(b: int, size: Size, c: int, g: torch.Generator, dt: torch.dtype):
-        n = size[0]
-        adj = torch.ones(n, n, dtype=torch.bool)
-        return [
-            ("rank 2 (no batch dim)", (_randn(g, dt, n, c), adj)),
-            ("dim + 1", (_randn(g, dt, b, n, c + 1), adj)),
-            ("adjacency (N+1, N+1)", (_randn(g, dt, b, n, c), torch.ones(n + 1, n + 1).bool())),
-        ]
-
-    return InputMaker("graph", dim, build, bad, layout="B,N,C")
 
 
 # --------------------------------------------------------------------------- specs
@@ -317,6 +139,14 @@ class Spec:
     output: str = "tensor"
     exempt: Mapping[str, str] = field(default_factory=dict)
     out_batch_dims: tuple[int, ...] | None = None
+    size_arg: str | None = None
+    ids_arg: str | None = None
+
+    @property
+    def width_arg(self) -> str | None:
+        """The constructor argument that takes the input's channels or features (or vocabulary)."""
+        f = self.example.inputs.features
+        return f if isinstance(f, str) else None
 
     @property
     def summary(self) -> str:
@@ -394,6 +224,8 @@ def register(
     output: str = "tensor",
     exempt: Mapping[str, str] | None = None,
     out_batch_dims: tuple[int, ...] | None = None,
+    size_arg: str | None = None,
+    ids_arg: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a block or model class (or factory) under ``name``.
 
@@ -408,6 +240,12 @@ def register(
         exempt: conformance categories the entry cannot meet, each with its reason.
         out_batch_dims: batch dim of each flattened output (default 0 for all),
             e.g. ``(0, 1)`` for ``(output (B, T, H), state (L, B, H))``.
+        size_arg: the constructor argument that fixes the input's spatial size or length
+            (``image_size``, ``seq_len``, ``max_len``, ``num_tokens``): ``blockzoo train``
+            and the arena set it from the data. The argument that takes the input's
+            width is the example input maker's ``features`` (``Spec.width_arg``).
+        ids_arg: for a model that can embed integer token ids beside taking real
+            features, the argument that takes the vocabulary size (``vocab_size``).
     """
     if family not in FAMILIES:
         raise ValueError(f"register({name!r}): family {family!r} not in {FAMILIES}")
@@ -442,7 +280,15 @@ def register(
             output=output,
             exempt=dict(exempt or {}),
             out_batch_dims=out_batch_dims,
+            size_arg=size_arg,
+            ids_arg=ids_arg,
         )
+        params = inspect.signature(builder).parameters
+        open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        for arg in (size_arg, ids_arg, _REGISTRY[name].width_arg):
+            if arg is not None and arg not in params and not open_kw:
+                del _REGISTRY[name]
+                raise ValueError(f"register({name!r}): {builder.__qualname__} takes no argument {arg!r}")
         return builder
 
     return deco
@@ -510,37 +356,7 @@ def model_kwargs(name: str, num_classes: int | None = None, in_chans: int | None
     if num_classes is not None:
         kw["num_classes"] = num_classes
     if in_chans is not None:
-        kw[_input_arg(s.builder)] = in_chans
+        if s.width_arg is None:
+            raise ConfigError(f"create_model: {name!r} has a fixed input width; in_chans cannot be set")
+        kw[s.width_arg] = in_chans
     return kw
-
-
-# What ``in_chans`` is called by models of each input kind, in order of preference.
-_INPUT_ARGS = ("in_chans", "in_features", "input_size", "vocab_size")
-
-
-def _input_arg(builder: Callable[..., nn.Module]) -> str:
-    """The constructor argument that takes the input's channels/features."""
-    params = inspect.signature(builder).parameters
-    return next((k for k in _INPUT_ARGS if k in params), "in_chans")
-
-
-def import_room(package: str, path: Sequence[str], namespace: dict[str, Any]) -> list[str]:
-    """Import every module of a block room and re-export each module's ``__all__``.
-
-    Called from a room's ``__init__.py``; importing the modules registers their
-    entries, so adding a block means adding its file: nothing else learns its name.
-    Returns the re-exported names (the room's ``__all__``).
-    """
-    import importlib
-    import pkgutil
-
-    exported: list[str] = []
-    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{package}.{info.name}")
-        namespace[info.name] = module
-        for attr in getattr(module, "__all__", ()):
-            namespace[attr] = getattr(module, attr)
-            exported.append(attr)
-    return sorted(exported)

@@ -64,6 +64,7 @@ class _AFTBase(nn.Module):
     input="tokens",
     example=Example(config=dict(dim=16, max_len=16), inputs=tokens("dim"), size=(8,),
                     out_shape="same", tiny=dict(dim=4, max_len=12)),
+    size_arg="max_len",
 )
 class AFTFull(_AFTBase):
     r"""AFT-full: gated weighted average of values with a learned pairwise position bias.
@@ -129,6 +130,7 @@ class AFTFull(_AFTBase):
     input="tokens",
     example=Example(config=dict(dim=16, max_len=16, window=3), inputs=tokens("dim"), size=(8,),
                     out_shape="same", tiny=dict(dim=4, max_len=12)),
+    size_arg="max_len",
 )
 class AFTLocal(AFTFull):
     r"""AFT-local: AFT-full with the position bias kept only within a local window.

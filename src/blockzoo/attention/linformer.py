@@ -31,6 +31,7 @@ __all__ = ["LinformerAttention"]
     input="tokens",
     example=Example(config=dict(dim=16, seq_len=16, num_heads=4, proj_len=4), inputs=tokens("dim"),
                     size=(8,), out_shape="same", tiny=dict(dim=4, num_heads=2, seq_len=12, proj_len=3)),
+    size_arg="seq_len",
 )
 class LinformerAttention(nn.Module):
     r"""Multi-head attention over keys and values compressed along the sequence to k rows.

@@ -113,6 +113,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     input="tokens",
     example=Example(config=dict(dim=16, max_len=16), inputs=tokens("dim"), size=(8,),
                     out_shape="same", tiny=dict(dim=4, max_len=12)),
+    size_arg="max_len",
 )
 class LearnedPositionalEmbedding(nn.Module):
     r"""Learned absolute position embedding added to the tokens, up to ``max_len``.

@@ -76,6 +76,7 @@ class SpatialGatingUnit(nn.Module):
     input="tokens",
     example=Example(config=dict(dim=16, num_tokens=8, hidden=32), inputs=tokens(), size=(8,), sizes=((8,),),
                     out_shape="same", tiny=dict(dim=4, hidden=6)),
+    size_arg="num_tokens",
 )
 class GMLPBlock(nn.Module):
     r"""gMLP block: channel projection, spatial gating unit across tokens, projection back, residual.

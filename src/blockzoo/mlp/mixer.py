@@ -73,6 +73,7 @@ def _example_cfg() -> dict[str, Any]:
     example=Example(config=dict(_example_cfg(), token_hidden=8, channel_hidden=32), inputs=tokens(),
                     size=(8,), sizes=((8,),), out_shape="same",
                     tiny=dict(dim=4, token_hidden=3, channel_hidden=5)),
+    size_arg="num_tokens",
 )
 class MixerBlock(nn.Module):
     r"""MLP-Mixer block: a token-mixing MLP across patches, then a channel-mixing MLP.
@@ -177,6 +178,7 @@ class MixerBlock(nn.Module):
     input="tokens",
     example=Example(config=dict(_example_cfg(), channel_hidden=32), inputs=tokens(),
                     size=(8,), sizes=((8,),), out_shape="same", tiny=dict(dim=4, channel_hidden=5)),
+    size_arg="num_tokens",
 )
 class ResMLPBlock(MixerBlock):
     r"""ResMLP block: a Mixer block with affine norms, linear token mixing and layer-scale.

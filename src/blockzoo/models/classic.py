@@ -56,6 +56,7 @@ def check_min_size(x: torch.Tensor, minimum: int, name: str, why: str) -> None:
         out_shape=logits_shape,
         tiny=dict(hidden_features=(4,), num_classes=3),
     ),
+    size_arg="img_size",
 )
 class MLPClassifier(nn.Module):
     r"""MLP classifier on images: flatten the pixels, then a multi-layer perceptron.

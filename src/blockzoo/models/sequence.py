@@ -247,7 +247,7 @@ def _entry(name: str, cls: type, cell: str, paper: str, arxiv: str, year: int, w
         output="logits",
         example=Example(config=_CLS_EXAMPLE, inputs=sequence("input_size", lengths=True), size=(8,),
                         out_shape=out, tiny=dict(input_size=3, hidden_size=4, num_layers=1)),
-        exempt=LENGTHS_GRAPH_BREAK,
+        exempt=LENGTHS_GRAPH_BREAK, ids_arg="vocab_size",
     )(build)
 
 

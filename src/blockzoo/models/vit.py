@@ -143,7 +143,7 @@ class VisionTransformer(nn.Module):
                 f"pool={self.pool!r}")
 
 
-_VIT = dict(family="model",
+_VIT = dict(family="model", size_arg="img_size",
             paper="An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
             arxiv="2010.11929", year=2020, input="image", output="logits")
 

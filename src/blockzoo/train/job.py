@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
 from blockzoo.io import build_checked, mismatch
-from blockzoo.registry import _input_arg, create_model, model_kwargs, spec
+from blockzoo.registry import model_kwargs, spec
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.loop import FitResult, evaluate, fit, resolve_device
@@ -50,40 +51,57 @@ def _callable_model(target: str) -> tuple[Callable[..., nn.Module], str, str | N
     return fn, getattr(fn, "output", "logits"), getattr(fn, "input", None)
 
 
-# Constructor arguments that fix the input size, filled from the data when the user does
-# not give them (a patch-based image model accepts only the size it was built for).
-_SIZE_ARGS = {"image": ("image_size", "img_size"), "sequence": ("seq_len", "max_len"),
-              "tokens": ("seq_len", "num_tokens", "max_len")}
+@dataclass(frozen=True)
+class _Conventions:
+    """Which constructor arguments take the data's facts: width, size, vocabulary, classes."""
+
+    width_arg: str | None
+    size_arg: str | None
+    ids_arg: str | None
+    num_classes: bool
 
 
-def _builder(name: str) -> Callable[..., nn.Module]:
-    return _callable_model(name)[0] if is_import_target(name) else spec(name).builder
+# A user's own builder has no registry entry: its arguments are found by name, as the
+# README states (in_chans / in_features / input_size / vocab_size, num_classes,
+# image_size / img_size / seq_len / max_len).
+_USER_WIDTH_ARGS = ("in_chans", "in_features", "input_size", "vocab_size")
+_USER_SIZE_ARGS = ("image_size", "img_size", "seq_len", "max_len")
 
 
-def _size_args(builder: Callable[..., nn.Module], data: Data) -> dict[str, Any]:
-    params = inspect.signature(builder).parameters
+def _conventions(name: str, fn: Callable[..., nn.Module] | None = None) -> _Conventions:
+    """The registry's declaration for a registered model; the naming convention for a user's."""
+    if not is_import_target(name):
+        s = spec(name)
+        return _Conventions(s.width_arg, s.size_arg, s.ids_arg, True)
+    params = inspect.signature(fn).parameters if fn is not None else {}
+    width = next((a for a in _USER_WIDTH_ARGS if a in params), None)
+    return _Conventions(width, next((a for a in _USER_SIZE_ARGS if a in params), None),
+                        "vocab_size" if "vocab_size" in params and width != "vocab_size" else None,
+                        "num_classes" in params)
+
+
+def _size_args(conv: _Conventions, data: Data) -> dict[str, Any]:
+    """The size argument set from the data (a patch-based model accepts only its own size)."""
     shape = data.shape
-    size: Any = None
-    if data.input == "image":
-        size = shape[1] if shape[1] == shape[2] else (shape[1], shape[2])
-    elif data.input in ("sequence", "tokens"):
-        size = shape[0]
-    return {a: size for a in _SIZE_ARGS.get(data.input, ()) if a in params}
+    if conv.size_arg is None or data.input not in ("image", "sequence", "tokens"):
+        return {}
+    size = shape[0] if data.input != "image" else (shape[1] if shape[1] == shape[2] else (shape[1], shape[2]))
+    return {conv.size_arg: size}
 
 
-def _model_kwargs(fn: Callable[..., nn.Module], meta: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """Constructor arguments from ``meta`` and the input width to pass as ``in_chans`` (or None)."""
+def _model_kwargs(conv: _Conventions, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments: the stored ``model_args`` with the data's width and classes."""
     args, c = dict(meta.get("model_args", {})), meta["in_chans"]
-    params = inspect.signature(fn).parameters
-    if meta.get("ids") and "vocab_size" in params:
-        # token ids: the vocabulary is the input size; a model that also takes real
-        # features (input_size=...) is told it gets none
-        args.setdefault("vocab_size", c)
-        arg = _input_arg(fn)
-        if arg != "vocab_size" and arg in params:
-            args.setdefault(arg, None)
-        return args, None
-    return args, c
+    if meta.get("ids") and conv.ids_arg:
+        # token ids: the vocabulary is the input size; the real-feature width is None
+        args.setdefault(conv.ids_arg, c)
+        if conv.width_arg:
+            args.setdefault(conv.width_arg, None)
+    elif conv.width_arg:
+        args[conv.width_arg] = c
+    if conv.num_classes:
+        args["num_classes"] = meta["num_outputs"]
+    return args
 
 
 def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Module] | None = None,
@@ -102,15 +120,12 @@ def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Modu
     if not is_import_target(name):
         if builder is not None and builder != name:
             raise ConfigError(f"{source} holds a {name!r} model; you asked for {builder!r}")
-        args, c = _model_kwargs(spec(name).builder, meta)
+        kwargs = _model_kwargs(_conventions(name), meta)
         try:
-            kwargs = model_kwargs(name, meta["num_outputs"], c, **args)
             if shapes is not None:
                 return build_checked(name, kwargs, shapes, source)
             return spec(name).build(**kwargs)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, BlockzooError) and not isinstance(e, ConfigError):
-                raise
+        except TypeError as e:
             raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
     if builder is None:
         raise ConfigError(
@@ -122,15 +137,8 @@ def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Modu
         fn = _callable_model(builder)[0]
     else:
         fn = builder
-    args, c = _model_kwargs(fn, meta)
-    params = inspect.signature(fn).parameters
-    if "num_classes" in params:
-        args.setdefault("num_classes", meta["num_outputs"])
-    arg = _input_arg(fn)
-    if arg in params and c is not None:
-        args.setdefault(arg, c)
     try:
-        model = fn(**args)
+        model = fn(**_model_kwargs(_conventions(name, fn), meta))
     except TypeError as e:
         raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
     if shapes is not None:
@@ -147,18 +155,16 @@ def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
     """Load the data, build the model and check they fit; one clear error if not."""
     if is_import_target(cfg.model):
-        _, output, kind = _callable_model(cfg.model)
-        wants_ids = None
+        fn, output, kind = _callable_model(cfg.model)
+        conv, wants_ids = _conventions(cfg.model, fn), None
     else:
         s = spec(cfg.model)  # unknown names list close matches
         if s.family != "model":
-            create_model(cfg.model)  # raises the "is a <family> block, not a model" error
-        output, kind = s.output, s.input
-        params = inspect.signature(s.builder).parameters
-        # a sequence model embeds ids if its input is vocab_size, or may (vocab_size
-        # beside input_size: either); None = either
-        wants_ids = None if "vocab_size" in params and _input_arg(s.builder) != "vocab_size" else (
-            kind == "sequence" and _input_arg(s.builder) == "vocab_size")
+            model_kwargs(cfg.model)  # raises the "is a <family> block, not a model" error
+        output, kind, conv = s.output, s.input, _conventions(cfg.model)
+        # a sequence model embeds ids if its width is a vocabulary, or may (ids_arg beside
+        # a feature width: either); None = either
+        wants_ids = None if conv.ids_arg else (kind == "sequence" and conv.width_arg == "vocab_size")
     native = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
                        quick=cfg.quick)
     kind = kind or native.input
@@ -172,7 +178,7 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
         raise ConfigError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
                          f" but data {cfg.data!r} holds {has}")
     obj = objective(data.task, output, data.num_classes)
-    model_args = {**_size_args(_builder(cfg.model), data), **cfg.model_args}
+    model_args = {**_size_args(conv, data), **cfg.model_args}
     meta = dict(model=cfg.model, model_args=model_args, output=obj.output, ids=data.ids,
                 num_outputs=obj.num_outputs, in_chans=data.in_chans, input=data.input,
                 native_input=native.input, native_shape=list(native.shape),
