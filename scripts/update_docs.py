@@ -1,6 +1,7 @@
 """Regenerate the generated parts of the docs from the registry.
 
-    python scripts/update_docs.py               # README catalogue, docs/catalogue.md, figures
+    python scripts/update_docs.py               # README catalogue, docs/catalogue.md, figures,
+                                                # the rooms' re-export lists (scripts/rooms.py)
     python scripts/update_docs.py --check       # exit 1 if either is stale
     python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md and train
                                                 # the arena runs docs/arena.csv lacks (slow)
@@ -26,6 +27,9 @@ import torch
 from blockzoo.bench.flops import count_flops
 from blockzoo.bench.report import CATALOGUE_COLUMNS, catalogue_markdown, catalogue_rows, render
 from blockzoo.registry import list_blocks, spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rooms import stale_rooms, write_rooms
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
@@ -162,7 +166,7 @@ def main() -> int:
     if args.check:
         stale = [p for p, fresh in ((readme, old == new),
                                     (CATALOGUE, CATALOGUE.exists() and CATALOGUE.read_text() == page))
-                 if not fresh]
+                 if not fresh] + stale_rooms()
         if stale:
             names = " and ".join(str(p.relative_to(ROOT)) for p in stale)
             print(f"{names} stale: run `make docs`", file=sys.stderr)
@@ -170,6 +174,7 @@ def main() -> int:
         return 0
     readme.write_text(new)
     CATALOGUE.write_text(page)
+    write_rooms()
     figures()
     if args.benchmarks:
         BENCHMARKS.write_text(benchmarks_page(arena=not args.no_arena))
