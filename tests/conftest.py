@@ -7,8 +7,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-# On a shared 2-core machine small models ran 7-60x slower with 2 intra-op
-# threads than with 1, and gave different results for the same seed.
+# One thread: small models run fastest so on a few shared cores, and the same seed
+# gives the same numbers (benchmarks/threads.py measures it).
 torch.set_num_threads(1)
 
 

@@ -1,6 +1,6 @@
 """Shared helpers of the window / transformer-style image attention files.
 
-Private (the leading underscore keeps ``import_room`` from re-exporting it): the
+Private (the leading underscore keeps the room's generated re-export list from naming it): the
 softmax-attention core with its explicit path for ``record_attention``, padding
 to a multiple, and the 2-tuple argument helper.
 

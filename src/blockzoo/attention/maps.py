@@ -21,6 +21,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from blockzoo.checks import ConfigError
+
 __all__ = ["AttentionMap", "record_attention"]
 
 
@@ -62,7 +64,7 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """
     found = {n: m for n, m in model.named_modules() if isinstance(m, AttentionMap)}
     if not found:
-        raise ValueError(f"{type(model).__name__} has no AttentionMap: it exposes no attention")
+        raise ConfigError(f"{type(model).__name__} has no AttentionMap: it exposes no attention")
     maps: dict[str, torch.Tensor] = {}
     handles = []
     for name, m in found.items():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
-from blockzoo.checks import check_shape
+from blockzoo.checks import ConfigError, check_shape
 from blockzoo.registry import Example, images, register
 
 __all__ = [
@@ -132,9 +132,9 @@ class PolarizedSelfAttention(nn.Module):
                  dtype: Any = None) -> None:
         super().__init__()
         if mode not in ("parallel", "sequential"):
-            raise ValueError(f"PolarizedSelfAttention: mode={mode!r} must be 'parallel' or 'sequential'")
+            raise ConfigError(f"PolarizedSelfAttention: mode={mode!r} must be 'parallel' or 'sequential'")
         if channels < 2:
-            raise ValueError(f"PolarizedSelfAttention: channels={channels} must be >= 2")
+            raise ConfigError(f"PolarizedSelfAttention: channels={channels} must be >= 2")
         fk = dict(device=device, dtype=dtype)
         self.channels, self.mode = channels, mode
         self.channel_branch = PolarizedChannel(channels, **fk)

@@ -5,7 +5,6 @@ Letters: B batch, C input channels, O output channels, g groups, k kernel size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -84,13 +83,6 @@ def _accepted(builder: Any, fk: dict[str, Any]) -> dict[str, Any]:
 
     params = inspect.signature(builder).parameters
     return {k: v for k, v in fk.items() if k in params}
-
-
-def pair_list(values: int | Sequence[int], n: int, what: str) -> list[int]:
-    """Broadcast an int to ``n`` values or check a sequence has ``n``."""
-    out = [values] * n if isinstance(values, int) else list(values)
-    require(len(out) == n, f"{what}={values!r} must have {n} values")
-    return out
 
 
 def raise_small(name: str, x: torch.Tensor, minimum: int) -> None:

@@ -29,9 +29,11 @@ __all__ = [
     "DatasetEntry",
     "TensorData",
     "TensorLoader",
+    "dataset_entry",
     "list_datasets",
     "load_data",
     "register_dataset",
+    "register_file_loader",
     "split_train_val",
     "standardize",
     "subsample",
@@ -251,6 +253,23 @@ def register_dataset(
     return deco
 
 
+# Loaders of a user's own files, by the prefix of ``--data PREFIX:PATH`` (``csv``): each
+# module registers its own, so this one imports none of them.
+_FILE_LOADERS: dict[str, Callable[..., Data]] = {}
+
+
+def register_file_loader(prefix: str) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    """Register ``fn(path, *, seed, val_fraction) -> Data`` for ``--data PREFIX:PATH``."""
+
+    def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
+        if prefix in _FILE_LOADERS:
+            raise ValueError(f"register_file_loader: {prefix!r} is already registered")
+        _FILE_LOADERS[prefix] = fn
+        return fn
+
+    return deco
+
+
 def list_datasets() -> list[str]:
     """Registered data set names, sorted (plus ``csv:PATH`` for any CSV file)."""
     return sorted(_DATASETS)
@@ -281,10 +300,9 @@ def load_data(
         data_dir: where file-backed data sets live (default ``./data``).
         quick: a small version (for tests and ``--quick`` examples).
     """
-    if name.startswith("csv:"):
-        from blockzoo.data.tabular import load_csv
-
-        return load_csv(name[4:], seed=seed, val_fraction=val_fraction)
+    prefix, sep, path = name.partition(":")
+    if sep and prefix in _FILE_LOADERS:
+        return _FILE_LOADERS[prefix](path, seed=seed, val_fraction=val_fraction)
     entry = dataset_entry(name)
     return entry.loader(seed=seed, val_fraction=val_fraction,
                         data_dir=Path(data_dir or "data"), quick=quick)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from blockzoo.checks import DataError
-from blockzoo.data.base import Data, TensorData, split_train_val, standardize
+from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val, standardize
 
 __all__ = ["load_csv"]
 
@@ -40,6 +40,7 @@ def _column(j: int, header: list[str] | None) -> str:
     return f"column {j + 1}" + (f" ({header[j].strip()!r})" if header else "")
 
 
+@register_file_loader("csv")
 def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
              test_fraction: float = 0.2) -> Data:
     """Load a numeric CSV; the last column is the label.

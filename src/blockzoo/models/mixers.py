@@ -125,7 +125,21 @@ def _example() -> Example:
     )
 
 
-_MODEL_ARGS = r"""
+
+
+
+@register(name="mixer_tiny", family="model", paper="MLP-Mixer: An all-MLP Architecture for Vision",
+          arxiv="2105.01601", year=2021, input="image", output="logits", example=_example(),
+          size_arg="image_size")
+def mixer_tiny(
+    num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
+    dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
+) -> PatchMLPClassifier:
+    """A small MLP-Mixer: patch embedding, Mixer blocks (D_S = D/2, D_C = 4D), LayerNorm, head.
+
+    Tolstikhin et al., "MLP-Mixer: An all-MLP Architecture for Vision", arXiv 2105.01601.
+    Equation: ``y = head(mean_N(LN(Mixer^depth(PatchEmbed(x)))))``.
+
     Args:
         num_classes: K.
         in_chans: C, input channels.
@@ -137,19 +151,12 @@ _MODEL_ARGS = r"""
     Shape:
         - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
         - Output: (B, K) logits, K = num_classes.
-"""
 
-
-@register(name="mixer_tiny", family="model", paper="MLP-Mixer: An all-MLP Architecture for Vision",
-          arxiv="2105.01601", year=2021, input="image", output="logits", example=_example())
-def mixer_tiny(
-    num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
-    dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
-) -> PatchMLPClassifier:
-    """A small MLP-Mixer: patch embedding, Mixer blocks (D_S = D/2, D_C = 4D), LayerNorm, head.
-
-    Tolstikhin et al., "MLP-Mixer: An all-MLP Architecture for Vision", arXiv 2105.01601.
-    Equation: ``y = head(mean_N(LN(Mixer^depth(PatchEmbed(x)))))``.
+    Deviations:
+        The token-mixing MLPs' output layers have no bias (the official Mixer's have):
+        it adds one number per token to all D channels, and every later reader of the
+        token stream (the next LayerNorms and the final one) subtracts each token's mean
+        over D, so it could never change the output. A lone ``MixerBlock`` keeps it.
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
@@ -163,7 +170,8 @@ def mixer_tiny(
 
 @register(name="resmlp_tiny", family="model",
           paper="ResMLP: Feedforward networks for image classification with data-efficient training",
-          arxiv="2105.03404", year=2021, input="image", output="logits", example=_example())
+          arxiv="2105.03404", year=2021, input="image", output="logits", example=_example(),
+          size_arg="image_size")
 def resmlp_tiny(
     num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
     dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
@@ -172,6 +180,18 @@ def resmlp_tiny(
 
     Touvron et al., "ResMLP", arXiv 2105.03404.
     Equation: ``y = head(mean_N(Aff(ResMLP^depth(PatchEmbed(x)))))``.
+
+    Args:
+        num_classes: K.
+        in_chans: C, input channels.
+        image_size: H (or (H, W)); the only input size accepted (``ShapeError`` otherwise).
+        patch_size: p, dividing H and W (8x8 digits: 2; 28x28: 4 or 7; 32x32: 4).
+        dim: D, channels per token.
+        depth: number of blocks.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
+        - Output: (B, K) logits, K = num_classes.
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
@@ -183,7 +203,8 @@ def resmlp_tiny(
 
 
 @register(name="gmlp_tiny", family="model", paper="Pay Attention to MLPs", arxiv="2105.08050", year=2021,
-          input="image", output="logits", example=_example())
+          input="image", output="logits", example=_example(),
+          size_arg="image_size")
 def gmlp_tiny(
     num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
     dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
@@ -192,6 +213,18 @@ def gmlp_tiny(
 
     Liu et al., "Pay Attention to MLPs", arXiv 2105.08050.
     Equation: ``y = head(mean_N(LN(gMLP^depth(PatchEmbed(x)))))``.
+
+    Args:
+        num_classes: K.
+        in_chans: C, input channels.
+        image_size: H (or (H, W)); the only input size accepted (``ShapeError`` otherwise).
+        patch_size: p, dividing H and W (8x8 digits: 2; 28x28: 4 or 7; 32x32: 4).
+        dim: D, channels per token.
+        depth: number of blocks.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
+        - Output: (B, K) logits, K = num_classes.
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
@@ -227,7 +260,8 @@ class _Residual(nn.Module):
 
 @register(name="smlp_tiny", family="model",
           paper="Sparse MLP for Image Recognition: Is Self-Attention Really Necessary?",
-          arxiv="2109.05422", year=2021, input="image", output="logits", example=_example())
+          arxiv="2109.05422", year=2021, input="image", output="logits", example=_example(),
+          size_arg="image_size")
 def smlp_tiny(
     num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
     dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
@@ -237,6 +271,18 @@ def smlp_tiny(
     Tang et al., "Sparse MLP for Image Recognition", arXiv 2109.05422 (one stage, no
     depthwise-conv token mixer: only the sparse MLP mixes tokens).
     Equation: ``y = head(mean_N(LN(Block^depth(PatchEmbed(x)))))``.
+
+    Args:
+        num_classes: K.
+        in_chans: C, input channels.
+        image_size: H (or (H, W)); the only input size accepted (``ShapeError`` otherwise).
+        patch_size: p, dividing H and W (8x8 digits: 2; 28x28: 4 or 7; 32x32: 4).
+        dim: D, channels per token.
+        depth: number of blocks.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
+        - Output: (B, K) logits, K = num_classes.
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
@@ -249,7 +295,8 @@ def smlp_tiny(
 
 @register(name="permutator_tiny", family="model",
           paper="Vision Permutator: A Permutable MLP-Like Architecture for Visual Recognition",
-          arxiv="2106.12368", year=2021, input="image", output="logits", example=_example())
+          arxiv="2106.12368", year=2021, input="image", output="logits", example=_example(),
+          size_arg="image_size")
 def permutator_tiny(
     num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
     dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
@@ -259,6 +306,18 @@ def permutator_tiny(
     Hou et al., "Vision Permutator", arXiv 2106.12368 (segment size D / h, the paper's
     choice, when the grid height h divides D; otherwise gcd(D, floor(D / h))).
     Equation: ``y = head(mean_N(LN(Permutator^depth(PatchEmbed(x)))))``.
+
+    Args:
+        num_classes: K.
+        in_chans: C, input channels.
+        image_size: H (or (H, W)); the only input size accepted (``ShapeError`` otherwise).
+        patch_size: p, dividing H and W (8x8 digits: 2; 28x28: 4 or 7; 32x32: 4).
+        dim: D, channels per token.
+        depth: number of blocks.
+
+    Shape:
+        - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
+        - Output: (B, K) logits, K = num_classes.
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
@@ -269,13 +328,3 @@ def permutator_tiny(
                               patch_size=patch_size, dim=dim, depth=depth, block=block, tokens=False,
                               device=device, dtype=dtype)
 
-
-for _f in (mixer_tiny, resmlp_tiny, gmlp_tiny, smlp_tiny, permutator_tiny):
-    _f.__doc__ = (_f.__doc__ or "") + _MODEL_ARGS
-mixer_tiny.__doc__ += """
-    Deviations:
-        The token-mixing MLPs' output layers have no bias (the official Mixer's have):
-        it adds one number per token to all D channels, and every later reader of the
-        token stream (the next LayerNorms and the final one) subtracts each token's mean
-        over D, so it could never change the output. A lone ``MixerBlock`` keeps it.
-"""

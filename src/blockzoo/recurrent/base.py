@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import ConfigError, ShapeError, check_shape, require
 
 __all__ = ["detach_state"]
 
@@ -239,7 +239,7 @@ class RNNBase(nn.Module):
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             if lengths is not None:
-                raise ValueError(f"{name}: lengths must be None for a PackedSequence input")
+                raise ConfigError(f"{name}: lengths must be None for a PackedSequence input")
             check_shape(input.data, "N F", name=name, F=self.input_size)
             batch = int(input.batch_sizes[0])
             ref = input.data

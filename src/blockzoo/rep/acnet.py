@@ -15,8 +15,7 @@ from torch import nn
 from blockzoo.act import LayerSpec
 from blockzoo.checks import require
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import ConvBN, RepConv
-from blockzoo.rep.repvgg import _out_shape
+from blockzoo.rep.fuse import ConvBN, RepConv, rep_out_shape
 
 __all__ = ["ACBlock"]
 
@@ -28,7 +27,7 @@ __all__ = ["ACBlock"]
     arxiv="1908.03930",
     year=2019,
     input="image",
-    example=Example(config=dict(channels=8), inputs=images(), size=(8, 8), out_shape=_out_shape,
+    example=Example(config=dict(channels=8), inputs=images(), size=(8, 8), out_shape=rep_out_shape,
                     tiny=dict(channels=2)),
 )
 class ACBlock(RepConv):

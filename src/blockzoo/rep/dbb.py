@@ -18,8 +18,16 @@ from torch import nn
 from blockzoo.act import LayerSpec, without_bias
 from blockzoo.checks import require
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import ConvBN, Kernel, RepConv, avg_kernel, fuse_bn, identity_kernel, merge_1x1_kxk
-from blockzoo.rep.repvgg import _out_shape
+from blockzoo.rep.fuse import (
+    ConvBN,
+    Kernel,
+    RepConv,
+    avg_kernel,
+    fuse_bn,
+    identity_kernel,
+    merge_1x1_kxk,
+    rep_out_shape,
+)
 
 __all__ = ["BNAndPad", "DiverseBranchBlock"]
 
@@ -119,7 +127,7 @@ class _OneByOneThenAvg(nn.Module):
     year=2021,
     input="image",
     example=Example(config=dict(channels=8, dim_out=12, groups=2), inputs=images(), size=(8, 8),
-                    out_shape=_out_shape, tiny=dict(channels=2, dim_out=2, groups=1)),
+                    out_shape=rep_out_shape, tiny=dict(channels=2, dim_out=2, groups=1)),
 )
 class DiverseBranchBlock(RepConv):
     r"""Diverse Branch Block: an Inception-like four-branch unit that deploys as one k x k conv.

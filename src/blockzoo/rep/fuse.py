@@ -47,8 +47,15 @@ __all__ = [
     "identity_kernel",
     "merge_1x1_kxk",
     "pad_kernel",
+    "rep_out_shape",
     "reparameterize",
 ]
+
+
+def rep_out_shape(shape: Any, cfg: Any) -> tuple[int, ...]:
+    """Output shape rule of a re-param block: (B, dim_out or C, ceil(H / stride), ceil(W / stride))."""
+    s = cfg.get("stride", 1)
+    return (shape[0], cfg.get("dim_out") or shape[1], (shape[2] - 1) // s + 1, (shape[3] - 1) // s + 1)
 
 Kernel = tuple[torch.Tensor, torch.Tensor]
 

@@ -14,8 +14,7 @@ from torch import nn
 from blockzoo.act import LayerSpec
 from blockzoo.checks import require
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import BNIdentity, ConvBN, RepConv
-from blockzoo.rep.repvgg import _out_shape
+from blockzoo.rep.fuse import BNIdentity, ConvBN, RepConv, rep_out_shape
 
 __all__ = ["MobileOneBlock"]
 
@@ -28,7 +27,7 @@ __all__ = ["MobileOneBlock"]
     year=2022,
     input="image",
     example=Example(config=dict(channels=8, groups=8, num_branches=2), inputs=images(), size=(8, 8),
-                    out_shape=_out_shape, tiny=dict(channels=2, groups=2)),
+                    out_shape=rep_out_shape, tiny=dict(channels=2, groups=2)),
 )
 class MobileOneBlock(RepConv):
     r"""MobileOne block: ``num_branches`` parallel k x k conv-BN, a 1x1 conv-BN and identity-BN.

@@ -13,14 +13,9 @@ from torch import nn
 
 from blockzoo.act import LayerSpec
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import BNIdentity, ConvBN, RepConv
+from blockzoo.rep.fuse import BNIdentity, ConvBN, RepConv, rep_out_shape
 
 __all__ = ["RepVGGBlock"]
-
-
-def _out_shape(shape: Any, cfg: Any) -> tuple[int, ...]:
-    s = cfg.get("stride", 1)
-    return (shape[0], cfg.get("dim_out") or shape[1], (shape[2] - 1) // s + 1, (shape[3] - 1) // s + 1)
 
 
 @register(
@@ -30,7 +25,7 @@ def _out_shape(shape: Any, cfg: Any) -> tuple[int, ...]:
     arxiv="2101.03697",
     year=2021,
     input="image",
-    example=Example(config=dict(channels=8), inputs=images(), size=(8, 8), out_shape=_out_shape,
+    example=Example(config=dict(channels=8), inputs=images(), size=(8, 8), out_shape=rep_out_shape,
                     tiny=dict(channels=2)),
 )
 class RepVGGBlock(RepConv):
