@@ -59,7 +59,7 @@ def build(name: str, channels: int, size: tuple[int, int]) -> tuple[torch.nn.Mod
     try:
         return s.builder(**{**required, **over}), "defaults"
     except ValueError:
-        return s.build(**over), "example"
+        return s.build_example(**over), "example"
 
 
 def cpu_name() -> str:

@@ -47,7 +47,7 @@ def main() -> None:
     for name in MODELS:
         s = spec(name)
         torch.manual_seed(0)
-        model = s.build().train()
+        model = s.build_example().train()
         opt = torch.optim.AdamW(model.parameters())
         x = s.make_input(batch=8 * 2)
         for _ in range(args.warmup):

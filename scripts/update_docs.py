@@ -53,7 +53,7 @@ def catalogue_page() -> str:
     for row in rows:
         s = spec(row["name"])
         torch.manual_seed(0)
-        row["flops"] = count_flops(s.build().eval(), s.make_input(batch=1))
+        row["flops"] = count_flops(s.build_example().eval(), s.make_input(batch=1))
     families = sorted({r["family"] for r in rows})
     counts = ", ".join(f"{f}: {sum(r['family'] == f for r in rows)}" for f in families)
     return "\n".join([

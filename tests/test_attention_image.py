@@ -488,7 +488,7 @@ def test_every_image_attention_drop_in_keeps_shape_at_odd_sizes() -> None:
         s = blockzoo.spec(n)
         if s.example.out_shape != "same":
             continue  # heads and embeddings (csra, crossformer_cel) change the shape by design
-        block = s.build().eval()
+        block = s.build_example().eval()
         # odd, non-square, and within every block's documented limits (coatnet's
         # relative-bias table covers up to 12 x 12 at its example config)
         (x,) = s.make_input(batch=1, size=(3, 11))
@@ -514,7 +514,7 @@ def test_every_image_attention_block_exposes_its_maps_without_changing_output() 
         if n in NO_ATTENTION_MAP:
             continue
         s = blockzoo.spec(n)
-        block = s.build().double().eval()
+        block = s.build_example().double().eval()
         (x,) = s.make_input(batch=2, size=(5, 7), dtype=torch.float64)
         with torch.no_grad():
             plain = block(x)
@@ -546,7 +546,7 @@ def test_bad_constructor_arguments_name_the_offending_value(make, match: str) ->
 
 @pytest.mark.parametrize("name", ["se", "eca", "cbam", "danet", "coord_attention", "simam", "csra"])
 def test_wrong_channels_raise_shape_error_naming_block(name: str) -> None:
-    block = blockzoo.create(name, channels=8)
+    block = blockzoo.create(name, channels=8, **({"num_classes": 5} if name == "csra" else {}))
     with pytest.raises(ShapeError, match=r"C=8.*\(2, 9, 5, 5\)"):
         block(torch.randn(2, 9, 5, 5))
 

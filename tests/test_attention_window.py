@@ -581,7 +581,7 @@ def test_recording_path_equals_fast_path(name):
     import blockzoo
 
     s = blockzoo.spec(name)
-    m = s.build().double().eval()
+    m = s.build_example().double().eval()
     (x,) = s.make_input(batch=2, size=(7, 9), dtype=D)
     y = m(x)
     with record_attention(m) as maps:

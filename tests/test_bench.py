@@ -78,7 +78,7 @@ def test_rows_and_fields_on_tiny_blocks() -> None:
     for r in res.rows:
         assert list(r) == BENCH_COLUMNS
         s = blockzoo.spec(r["name"])
-        model = s.build()
+        model = s.build_example()
         assert r["params"] == count_params(model)
         assert r["flops"] == count_flops(model.eval(), s.make_input(batch=2))
         assert r["fwd_ms"] > 0 and r["train_ms"] > 0 and r["fwd_iqr_ms"] >= 0

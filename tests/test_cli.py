@@ -67,7 +67,7 @@ def test_python_m_and_version() -> None:
 def test_export_onnx_from_checkpoint(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from blockzoo.export import run_onnx
 
-    model = blockzoo.create("mlp", out_features=3)
+    model = blockzoo.create("mlp", in_features=12, out_features=3)
     ckpt = blockzoo.save(model, tmp_path / "mlp.safetensors")
     out = tmp_path / "mlp.onnx"
     assert main(["export", str(ckpt), "--out", str(out), "--batch", "4"]) == 0
@@ -81,7 +81,7 @@ def test_export_torch_program(tmp_path) -> None:
     out = tmp_path / "se.pt2"
     assert main(["export", "se", "--format", "torch-export", "--out", str(out), "--dynamic-batch"]) == 0
     program = torch.export.load(str(out)).module()
-    ref = blockzoo.create("se")
+    ref = blockzoo.spec("se").build_example()  # what `export se` builds
     ref.load_state_dict(program.state_dict())
     x = torch.randn(3, 16, 8, 8)  # another batch than the export's example
     torch.testing.assert_close(program(x), ref(x))

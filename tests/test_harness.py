@@ -226,7 +226,7 @@ def test_tiny_but_true_gradient_is_not_flagged(toy, example) -> None:
     s = toy(TinyGradient, **example)
     # the premise: shift's true gradient is tiny next to the others, yet not zero
     torch.manual_seed(0)
-    block = s.build().double()
+    block = s.build_example().double()
     (x,) = s.make_input(batch=3, seed=2, dtype=torch.float64)
     (block(x) * torch.randn(x.shape, dtype=torch.float64)).sum().backward()
     ratio = block.shift.grad.abs().item() / block.score.weight.grad.abs().max().item()

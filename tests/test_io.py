@@ -24,23 +24,25 @@ def test_save_load_rebuilds_without_user_code(tmp_path) -> None:
 
 
 def test_file_holds_only_tensors_and_metadata(tmp_path) -> None:
-    path = blockzoo.save(blockzoo.create("se"), tmp_path / "se.safetensors")
+    path = blockzoo.save(blockzoo.create("se", channels=16, reduction=4), tmp_path / "se.safetensors")
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
         meta = f.metadata()
-    assert keys == set(blockzoo.create("se").state_dict())
-    assert json.loads(meta["blockzoo.config"]) == {"channels": 16, "reduction": 4}
+    assert keys == set(blockzoo.create("se", channels=16).state_dict())
+    assert json.loads(meta["blockzoo.config"]) == {"channels": 16, "reduction": 4}  # what the user gave
 
 
 def test_load_refuses_wrong_names_and_shapes(tmp_path) -> None:
-    path = blockzoo.save(blockzoo.create("mlp", out_features=5), tmp_path / "a.safetensors")
+    path = blockzoo.save(blockzoo.create("mlp", in_features=12, hidden_features=(16, 16), out_features=5),
+                         tmp_path / "a.safetensors")
     want = r"shape mismatch: layers\.8\.bias: file \(5,\) vs model \(4,\), layers\.8\.weight: file \(5, 16\)"
     with pytest.raises(ValueError, match=want):
-        blockzoo.load_weights(blockzoo.create("mlp", out_features=4), path)
+        narrow = blockzoo.create("mlp", in_features=12, hidden_features=(16, 16), out_features=4)
+        blockzoo.load_weights(narrow, path)
     with pytest.raises(ValueError, match="missing from the file"):
-        blockzoo.load_weights(blockzoo.create("mlp", hidden_features=(16, 16, 16)), path)
+        blockzoo.load_weights(blockzoo.create("mlp", in_features=12, hidden_features=(16, 16, 16)), path)
     with pytest.raises(ValueError, match="not in the model"):
-        blockzoo.load_weights(blockzoo.create("mlp", hidden_features=(16,)), path)
+        blockzoo.load_weights(blockzoo.create("mlp", in_features=12, hidden_features=(16,)), path)
 
 
 def test_tied_weights_survive(tmp_path) -> None:
@@ -63,7 +65,7 @@ def test_tied_weights_survive(tmp_path) -> None:
 
 def test_write_is_atomic(tmp_path, monkeypatch) -> None:
     path = tmp_path / "w.safetensors"
-    model = blockzoo.create("mlp")
+    model = blockzoo.create("mlp", in_features=12)
     blockzoo.save(model, path)
     before = path.read_bytes()
 
@@ -74,13 +76,13 @@ def test_write_is_atomic(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(io, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
-        blockzoo.save(blockzoo.create("mlp", out_features=2), path)
+        blockzoo.save(blockzoo.create("mlp", in_features=12, out_features=2), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
 
 def test_config_must_be_plain_data(tmp_path) -> None:
-    model = blockzoo.create("mlp", act_layer=nn.GELU)
+    model = blockzoo.create("mlp", in_features=12, act_layer=nn.GELU)
     with pytest.raises(ValueError, match="not JSON data"):
         blockzoo.save(model, tmp_path / "x.safetensors")
     blockzoo.save(model, tmp_path / "x.safetensors", config={"act_layer": "gelu"})
@@ -92,12 +94,12 @@ def test_missing_file(tmp_path) -> None:
 
 
 def test_placement_args_not_stored(tmp_path) -> None:
-    model = blockzoo.create("mlp", dtype=torch.float64)
+    model = blockzoo.create("mlp", in_features=12, dtype=torch.float64)
     meta = io.read_metadata(blockzoo.save(model, tmp_path / "d.safetensors"))
     assert "dtype" not in meta["blockzoo.config"]
 
 
 def test_precision_is_kept(tmp_path) -> None:
-    model = blockzoo.create("mlp", dtype=torch.float64)
+    model = blockzoo.create("mlp", in_features=12, dtype=torch.float64)
     again = blockzoo.load(blockzoo.save(model, tmp_path / "d.safetensors"))
     assert next(again.parameters()).dtype == torch.float64

@@ -94,4 +94,4 @@ def test_create_act_and_norm() -> None:
 
 
 def test_registered_mlp_is_the_class() -> None:
-    assert isinstance(blockzoo.create("mlp"), MLP)
+    assert isinstance(blockzoo.create("mlp", in_features=12), MLP)

@@ -695,9 +695,9 @@ def test_out_size_is_not_an_argument(name):
     """``out_size`` was accepted and crashed in the first forward; only Jordan has an output size
     (``output_size``), so every layer refuses ``out_size`` at construction."""
     with pytest.raises(TypeError, match="out_size"):
-        blockzoo.create(name, out_size=7)
+        blockzoo.create(name, input_size=3, hidden_size=4, out_size=7)
     with pytest.raises(TypeError, match="hiden_size"):
-        blockzoo.create(name, hiden_size=7)  # any unknown argument, not only this one
+        blockzoo.create(name, input_size=3, hidden_size=4, hiden_size=7)  # any unknown argument
     jordan = JordanRNN(3, 4, output_size=2)
     out, s = jordan(torch.randn(2, 5, 3))
     assert jordan.out_size == 2 and out.shape == (2, 5, 2) and s.shape == (1, 2, 2)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import blockzoo
+from blockzoo.attention import CBAM
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, images, register, unregister, vectors
 
@@ -49,9 +50,42 @@ def test_list_filters() -> None:
         blockzoo.list_blocks(family="attn")
 
 
-def test_create_merges_example_config() -> None:
-    m = blockzoo.create("mlp", out_features=7)
-    assert m(torch.randn(2, 12)).shape == (2, 7)
+def test_create_passes_exactly_what_the_user_gave() -> None:
+    # the class's own defaults, not the tiny example config (which had out_features=5)
+    m = blockzoo.create("mlp", in_features=8)
+    assert m(torch.randn(2, 8)).shape == (2, 8)
+    hidden = blockzoo.create("cbam", channels=64).channel_gate.hidden
+    assert hidden == CBAM(64).channel_gate.hidden == 64 // 16  # the paper's reduction 16
+    lstm = blockzoo.create("lstm", input_size=1, hidden_size=32)
+    assert (lstm.num_layers, lstm.bidirectional) == (1, False)  # torch's nn.LSTM defaults
+    with pytest.raises(ValueError, match=r"^cbam: missing required argument 'channels' "
+                                         r"\(example: blockzoo.create\('cbam', channels=\d+\)\)$"):
+        blockzoo.create("cbam")
+    with pytest.raises(ValueError, match="missing required arguments 'input_size', 'hidden_size'"):
+        blockzoo.create("lstm")
+    with pytest.raises(TypeError, match="cbam: unexpected argument 'reductoin'"):
+        blockzoo.create("cbam", channels=8, reductoin=4)
+
+
+@pytest.mark.parametrize("name", blockzoo.list_blocks())
+def test_create_with_the_required_arguments_equals_the_class(name: str) -> None:
+    s = blockzoo.spec(name)
+    # the required arguments and the input width, at a paper-like width: the class defaults
+    # are the papers' (SGE's 64 groups, SA's 64, MoA's reduction 32 need 256 channels)
+    keys = {*s.missing_args({}), *([s.width_arg] if s.width_arg in s.example.config else [])}
+    required = {k: 256 if k in ("channels", "dim", "dim_out") else s.example.config[k] for k in keys}
+    with torch.device("meta"):  # paper-sized defaults (ViT-B: 86M parameters) cost no memory here
+        ours, theirs = blockzoo.create(name, **required), s.builder(**required)
+    assert repr(ours) == repr(theirs)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    if s.input == "image" and s.family != "model" and s.width_arg == "channels" and name != "csra":
+        # attach() builds the block create() builds (csra is a head, not a drop-in)
+        c = required.get("channels", s.example.config["channels"])
+        net = nn.Sequential(nn.Conv2d(3, c, 3, padding=1))
+        extra = {k: v for k, v in required.items() if k != "channels"}
+        x = torch.randn(2, 3, *s.example.size)
+        attached, _ = blockzoo.attach(net, name, after=nn.Conv2d, example_input=x, **extra)
+        assert repr(attached[0].attn) == repr(blockzoo.create(name, channels=c, **extra))
 
 
 def test_create_model_sets_head_and_input() -> None:
@@ -93,7 +127,7 @@ def test_register_returns_the_class_unchanged() -> None:
         out = register(name="toy_identity", family="conv", paper="p", arxiv="", year=1,
                        input="image", example=Example(config=dict(channels=3), inputs=images()))(Toy)
         assert out is Toy
-        assert isinstance(blockzoo.create("toy_identity"), Toy)
+        assert isinstance(blockzoo.create("toy_identity", channels=3), Toy)
     finally:
         unregister("toy_identity")
     assert "toy_identity" not in blockzoo.list_blocks()
@@ -118,9 +152,9 @@ HEADED = [n for n in blockzoo.list_blocks() if blockzoo.spec(n).family == "atten
 def test_heads_that_do_not_divide_the_width_are_refused_by_name(name: str) -> None:
     s = blockzoo.spec(name)
     with pytest.raises(ValueError, match=r"num_heads=7 must divide \w+=\d+"):
-        s.build(num_heads=7)
+        s.build_example(num_heads=7)
     with pytest.raises(ValueError, match="num_heads=0"):
-        s.build(num_heads=0)
+        s.build_example(num_heads=0)
 
 
 def test_check_shape_messages() -> None:

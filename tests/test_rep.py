@@ -369,7 +369,7 @@ def test_reparameterize_walks_any_model() -> None:
 
 @pytest.mark.parametrize("name", ["repvgg", "acnet", "dbb", "mobileone", "repmlp"])
 def test_fused_weights_save_and_load_as_deploy_form(name, tmp_path) -> None:
-    block = randomise_bn(blockzoo.create(name)).eval()
+    block = randomise_bn(blockzoo.spec(name).build_example()).eval()
     blockzoo.reparameterize(block)
     path = tmp_path / f"{name}.safetensors"
     blockzoo.save(block, path)

@@ -48,7 +48,7 @@ def test_activation_figure(tmp_path, capsys: pytest.CaptureFixture[str]) -> None
 
 def test_attention_maps_read_through_the_hook(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     s = blockzoo.spec("se")
-    block = s.build().eval()
+    block = s.build_example().eval()
     (x,) = s.make_input(batch=2)
     maps = attention_maps(block, (x,))
     (kind, gate), = maps.values()
@@ -168,7 +168,7 @@ def test_token_attention_weights_are_distributions(name: str) -> None:
     if name in WEIGHTS_NOT_ROWS_OVER_KEYS:
         pytest.skip(WEIGHTS_NOT_ROWS_OVER_KEYS[name])
     s = blockzoo.spec(name)
-    model = s.build().eval()
+    model = s.build_example().eval()
     if not any(isinstance(m, AttentionMap) for m in model.modules()):
         pytest.skip(f"{name} exposes no AttentionMap")
     for kind, t in attention_maps(model, s.make_input(batch=2)).values():

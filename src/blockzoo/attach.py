@@ -93,8 +93,8 @@ def _block_factory(block: BlockSpec, kwargs: Mapping[str, Any]) -> Callable[[int
         images = [n for n in list_blocks() if spec(n).input == "image" and spec(n).family != "model"]
         if block not in images:
             raise unknown_name("image block for attach", block, images)
-        builder = spec(block).builder
-        return lambda c: builder(c, **kwargs)
+        s = spec(block)  # what create(block, channels=c, **kwargs) builds
+        return lambda c: s.build(**{s.width_arg or "channels": c}, **kwargs)
     if callable(block):
         return lambda c: block(c, **kwargs)
     raise ConfigError(f"attach: block={block!r} must be a registered name or a factory taking channels")
@@ -105,6 +105,49 @@ def _first_input_channels(model: nn.Module) -> int | None:
         if isinstance(m, nn.Conv2d):
             return m.in_channels
     return None
+
+
+def _channels_at(model: nn.Module, named: dict[str, nn.Module], targets: list[str],
+                 example_input: torch.Tensor | None) -> dict[str, int]:
+    """Dry run: the channel count of every target's output, each call checked (B, C, H, W)."""
+    shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in targets}
+    handles = []
+    for n in targets:
+        def hook(_m: nn.Module, _inp: Any, out: Any, n: str = n) -> None:
+            shapes[n].append(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
+
+        handles.append(named[n].register_forward_hook(hook))
+    param = next(model.parameters(), None)
+    if example_input is None:
+        c = _first_input_channels(model)
+        if c is None:
+            for h in handles:
+                h.remove()
+            raise ConfigError(f"attach: {type(model).__name__} has no Conv2d; pass example_input=")
+        example_input = torch.randn(2, c, 32, 32, device=None if param is None else param.device,
+                                    dtype=None if param is None else param.dtype)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    channels: dict[str, int] = {}
+    for n in targets:
+        seen = shapes[n]
+        if not seen:
+            raise ConfigError(f"attach: {n!r} matches but the forward never calls it")
+        if any(len(s) != 4 for s in seen):
+            raise ConfigError(f"attach: {n!r} outputs {seen[0]}, not an image (B, C, H, W)")
+        cs = {s[1] for s in seen}
+        if len(cs) > 1:
+            raise ConfigError(f"attach: {n!r} is called with different channel counts {sorted(cs)}")
+        channels[n] = cs.pop()
+    return channels
 
 
 def attach(
@@ -164,46 +207,9 @@ def attach(
             f"(qualified names look like: {sample}, ...)"
         )
 
-    # Dry run: record the output shape of every call of every target.
-    shapes: dict[str, list[tuple[int, ...]]] = {n: [] for n in targets}
-    handles = []
-    for n in targets:
-        def hook(_m: nn.Module, _inp: Any, out: Any, n: str = n) -> None:
-            shapes[n].append(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
-
-        handles.append(named[n].register_forward_hook(hook))
-    param = next(model.parameters(), None)
-    if example_input is None:
-        c = _first_input_channels(model)
-        if c is None:
-            for h in handles:
-                h.remove()
-            raise ConfigError(f"attach: {type(model).__name__} has no Conv2d; pass example_input=")
-        example_input = torch.randn(2, c, 32, 32, device=None if param is None else param.device,
-                                    dtype=None if param is None else param.dtype)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-    channels: dict[str, int] = {}
-    for n in targets:
-        seen = shapes[n]
-        if not seen:
-            raise ConfigError(f"attach: {n!r} matches but the forward never calls it")
-        if any(len(s) != 4 for s in seen):
-            raise ConfigError(f"attach: {n!r} outputs {seen[0]}, not an image (B, C, H, W)")
-        cs = {s[1] for s in seen}
-        if len(cs) > 1:
-            raise ConfigError(f"attach: {n!r} is called with different channel counts {sorted(cs)}")
-        channels[n] = cs.pop()
-
+    channels = _channels_at(model, named, targets, example_input)
     # Deepest first, with parents resolved from the original names.
+    param = next(model.parameters(), None)
     root: nn.Module = model
     for n in sorted(targets, key=lambda s: s.count(".") if s else -1, reverse=True):
         original = named[n]

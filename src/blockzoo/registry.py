@@ -163,16 +163,43 @@ class Spec:
             return f"https://arxiv.org/abs/{a}"
         return ""
 
-    def build(self, **overrides: Any) -> nn.Module:
-        """Construct the entry with its example config updated by ``overrides``.
+    def build(self, **kwargs: Any) -> nn.Module:
+        """Construct the entry with exactly ``kwargs``, like calling its class: every
+        argument not given is the constructor's own default, which is the paper's.
 
-        The module remembers how it was built (``ENTRY_ATTR``: name and config), so
+        The module remembers how it was built (``ENTRY_ATTR``: name and arguments), so
         ``blockzoo.save`` can store it and ``blockzoo.load`` rebuild it without user code.
+
+        Raises:
+            ConfigError: a required argument is missing (all of them are named, with
+                the example's values as a hint).
         """
-        config = {**self.example.config, **overrides}
-        module = self.builder(**config)
-        setattr(module, ENTRY_ATTR, (self.name, config))
+        params = inspect.signature(self.builder).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            unknown = [k for k in kwargs if k not in params]
+            if unknown:
+                raise TypeError(f"{self.name}: unexpected argument{'s' if len(unknown) > 1 else ''} "
+                                f"{', '.join(repr(k) for k in unknown)} (it takes: {', '.join(params)})")
+        missing = self.missing_args(kwargs)
+        if missing:
+            hint = ", ".join(f"{k}={self.example.config[k]!r}" for k in missing if k in self.example.config)
+            raise ConfigError(f"{self.name}: missing required argument{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(repr(k) for k in missing)} (example: blockzoo.create("
+                              f"{self.name!r}{', ' + hint if hint else ''}))")
+        module = self.builder(**kwargs)
+        setattr(module, ENTRY_ATTR, (self.name, dict(kwargs)))
         return module
+
+    def build_example(self, **overrides: Any) -> nn.Module:
+        """The entry at its registered example config (small: for tests, ``info``, ``bench``
+        and the arena), updated by ``overrides``."""
+        return self.build(**{**self.example.config, **overrides})
+
+    def missing_args(self, given: Mapping[str, Any]) -> list[str]:
+        """The constructor's required arguments (no default) that ``given`` lacks."""
+        params = inspect.signature(self.builder).parameters.values()
+        return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in given
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
     def make_input(
         self,
@@ -319,15 +346,17 @@ def list_blocks(family: str | None = None, pattern: str | None = None) -> list[s
     )
 
 
-def create(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered entry; arguments not given come from its example config.
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered entry with exactly ``kwargs``, as ``Class(**kwargs)`` would: every
+    argument not given is the class's own (paper) default; a missing required argument
+    is named. ``spec(name).build_example()`` builds the small example config instead.
 
     Example:
         >>> block = create("mlp", in_features=8, hidden_features=(16,), out_features=3)
         >>> block(torch.randn(4, 8)).shape
         torch.Size([4, 3])
     """
-    return spec(name).build(**overrides)
+    return spec(name).build(**kwargs)
 
 
 def create_model(

@@ -67,7 +67,7 @@ def _float_tensors(out: Any) -> list[torch.Tensor]:
 
 def _build(s: Spec, seed: int = 0, **overrides: Any) -> nn.Module:
     torch.manual_seed(seed)
-    return s.build(**overrides)
+    return s.build_example(**overrides)
 
 
 def _expected_shape(s: Spec, args: Sequence[Any], config: dict[str, Any]) -> tuple[int, ...] | None:

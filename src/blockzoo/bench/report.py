@@ -69,7 +69,7 @@ def catalogue_rows(names: Sequence[str]) -> list[dict[str, Any]]:
         s = spec(name)
         link = f"[{s.arxiv}]({s.url})" if s.url else s.arxiv
         rows.append(dict(name=s.name, family=s.family, paper=s.paper, year=s.year, arxiv=link,
-                         input=s.input, params=count_params(s.build())))
+                         input=s.input, params=count_params(s.build_example())))
     return rows
 
 
@@ -91,7 +91,7 @@ def entry_info(s: Spec, size: tuple[int, ...] | None = None, batch: int = 1) -> 
     """The ``blockzoo info`` page of one entry, measured at ``size`` (default: the example's)."""
     from blockzoo.bench.flops import count_flops, count_params
 
-    model = s.build().eval()
+    model = s.build_example().eval()
     inputs = s.make_input(batch=batch, size=size)
     with torch.no_grad():
         out = model(*inputs)

@@ -138,7 +138,7 @@ def bench_entry(name: str, settings: BenchSettings, peak_gflops: float | None = 
     s = spec(name)
     dev, dt = torch.device(settings.device), settings.torch_dtype
     torch.manual_seed(0)
-    model = s.build().to(device=dev, dtype=dt)
+    model = s.build_example().to(device=dev, dtype=dt)
     args = s.make_input(batch=settings.batch, size=settings.size_for(s), dtype=dt, device=dev)
 
     model.eval()

@@ -69,7 +69,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
     s = spec(args.name)
     batch, size, over = parse_input_shape(s, args.input)
-    model = s.build(**over).eval()
+    model = s.build_example(**over).eval()
     inputs = s.make_input(batch=batch, size=size, config=over)
     rows = layer_table(model, inputs)
     print(f"{s.name}: input {shapes_text(inputs)}; FLOPs by torch's flop counter (2 per MAC)")
@@ -103,7 +103,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if s.family != "attention":
             raise CliError(f"plot attention: {s.name} is a {s.family} entry, not an attention block")
         size = tuple(args.size) if args.size else (args.length,) if args.length else None
-        model = s.build().eval()
+        model = s.build_example().eval()
         if args.input == "digits":
             from blockzoo.viz.attention import digit_input
 

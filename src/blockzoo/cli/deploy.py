@@ -23,7 +23,7 @@ def _model_for_export(target: str) -> tuple[torch.nn.Module, Spec]:
     if Path(target).suffix in (".safetensors", ".pt") or "/" in target:
         raise FileNotFoundError(f"no checkpoint at {target}")
     s = spec(target)
-    return s.build(), s
+    return s.build_example(), s
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ def _mixes_tokens(name: str) -> bool:
     s = spec(name)
     try:
         torch.manual_seed(0)
-        block = s.build().eval()
+        block = s.build_example().eval()
         (x,) = s.make_input(batch=1, size=(8,))
         y = x.clone()
         y[:, 0] += 1.0
