@@ -186,6 +186,9 @@ def test_checkpoint_entries_round_trip_through_the_run_state(tmp_path: Path) -> 
     for k, v in again.items():
         assert torch.equal(v, ck[k]) if isinstance(v, torch.Tensor) else v == ck[k], k
     assert again["partial"].dtype == torch.float64 and again["grad_sum"].dtype == torch.float32
+    state.pending.append((0.5, 1.0, 8))  # a step not yet in the sums would be lost on resume
+    with pytest.raises(RuntimeError, match="read_pending first"):
+        state.to_checkpoint(1)
 
 
 def test_same_seed_same_metrics_other_seed_not() -> None:

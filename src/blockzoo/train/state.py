@@ -120,10 +120,12 @@ class RunState:
         return False
 
     def to_checkpoint(self, epoch: int) -> dict[str, Any]:
-        """The checkpoint entries of this state; ``epoch`` (the epochs begun or done) labels it.
+        """The checkpoint entries of this state; ``epoch`` (the epochs finished) labels it.
 
-        Read the pending steps first: only the sums are saved.
+        Only the sums are saved, so the pending steps must have been read (``read_pending``).
         """
+        if self.pending:
+            raise RuntimeError(f"{len(self.pending)} finished steps not yet in the sums: read_pending first")
         return dict(step=self.step, epoch=epoch, history=self.history, grad_history=self.grad_history,
                     best_val=self.best_val, best_epoch=self.best_epoch, partial=self.partial(),
                     grad_sum=self.grad_sum.clone())
