@@ -168,6 +168,29 @@ def test_resume_equals_uninterrupted(tmp_path: Path, stop: int) -> None:
     assert full.test == resumed.test
 
 
+def test_checkpoint_entries_round_trip_through_the_run_state(tmp_path: Path) -> None:
+    # the entries a run's checkpoint holds (older checkpoints must keep loading), and the
+    # run state reads back from them exactly what it wrote
+    from blockzoo.train.state import RunState
+
+    data = load_data("blobs", quick=True)
+    fit(nn.Linear(2, 1), data, epochs=2, batch_size=8, run_dir=tmp_path, stop_after=11, grad_stats=True,
+        **FAST)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert set(ck) == {"format", "model", "optimizer", "step", "epoch", "history", "grad_history",
+                       "best_val", "best_epoch", "partial", "grad_sum", "rng", "config", "meta",
+                       "data_stats", "task", "output", "num_classes", "in_chans"}
+    assert ck["step"] == 11 and ck["epoch"] == 1 and ck["partial"][2].item() > 0  # mid-epoch sums
+    state = RunState.from_checkpoint(ck)
+    again = state.to_checkpoint(ck["epoch"])
+    for k, v in again.items():
+        assert torch.equal(v, ck[k]) if isinstance(v, torch.Tensor) else v == ck[k], k
+    assert again["partial"].dtype == torch.float64 and again["grad_sum"].dtype == torch.float32
+    state.pending.append((0.5, 1.0, 8))  # a step not yet in the sums would be lost on resume
+    with pytest.raises(RuntimeError, match="read_pending first"):
+        state.to_checkpoint(1)
+
+
 def test_same_seed_same_metrics_other_seed_not() -> None:
     data = load_data("blobs", quick=True)
 
@@ -444,6 +467,40 @@ def test_progress_off_without_tty_and_epoch_lines_logged(
     with caplog.at_level("INFO", logger="blockzoo"):
         fit(nn.Linear(2, 1), data, epochs=2, batch_size=8, quiet=True, plots=False)
     assert not caplog.records
+
+
+def test_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the console hook's bar: one update per step, the running loss/acc every 10 steps and at
+    # the end, the epoch lines written through the bar, closed when the loop ends
+    import tqdm
+
+    calls: list[tuple] = []
+
+    class FakeBar:
+        def __init__(self, **kw) -> None:
+            calls.append(("init", kw["total"], kw["initial"]))
+
+        def update(self, n: int) -> None:
+            calls.append(("update", n))
+
+        def set_postfix(self, **kw) -> None:
+            calls.append(("postfix", kw["epoch"], sorted(kw)))
+
+        def write(self, msg: str) -> None:
+            calls.append(("write", msg.split("  ")[0]))
+
+        def close(self) -> None:
+            calls.append(("close",))
+
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    data = load_data("blobs", quick=True)  # 58 training samples: 15 steps per epoch
+    fit(nn.Linear(2, 1), data, epochs=2, batch_size=4, plots=False)
+    assert calls[0] == ("init", 30, 0) and calls[-1] == ("close",)
+    assert sum(c[0] == "update" for c in calls) == 30
+    assert [c[1] for c in calls if c[0] == "postfix"] == [1, 2, 2]  # steps 10, 20, 30
+    assert all(c[2] == ["acc", "epoch", "loss"] for c in calls if c[0] == "postfix")
+    assert [c[1] for c in calls if c[0] == "write"] == ["epoch 1/2", "epoch 2/2"]
 
 
 def test_bf16_autocast_and_channels_last_run() -> None:

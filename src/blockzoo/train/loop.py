@@ -6,6 +6,12 @@ gradient clipping, evaluation every epoch, the best checkpoint kept, atomic
 checkpoints and exact resume, a progress bar, per-layer gradient norms, mixed
 precision, ``torch.compile`` and DDP.
 
+``fit`` claims the run folder; ``_setup`` builds the ``Run`` (what training uses)
+and the ``RunState`` (what it changes, new or resumed: ``state.py``); ``_train`` is
+the loop — ``train_step`` per batch, ``end_epoch`` per epoch (validation, best,
+checkpoint), the hooks (``hooks.py``: metrics.csv, the console) after each — and
+``evaluate_best`` tests the best weights and writes the run's outputs.
+
 Resume is exact: the data order of epoch e depends only on (seed, e), the
 schedule only on the step, and the checkpoint holds the model, the optimizer, the
 RNG state and the partial epoch's sums — so a run stopped after k steps and
@@ -28,19 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.checks import ConfigError, FileFormatError
+from blockzoo.checks import ConfigError
 from blockzoo.data.base import Data, TensorData, TensorLoader
-from blockzoo.io import mismatch
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
-from blockzoo.train.checkpoint import (
-    CheckpointWriter,
-    check_run_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
+from blockzoo.train.hooks import Console, Hook, MetricsFile
 from blockzoo.train.optim import build_optimizer, check_optimizer, check_schedule, lr_factor
+from blockzoo.train.state import Diverged, Run, RunState, finite, jsonable, resume_run, save_run
 from blockzoo.train.task import Objective, model_outputs, objective
 
 __all__ = ["FitResult", "NonFiniteLossError", "evaluate", "fit", "resolve_device"]
@@ -142,6 +144,12 @@ def _read_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
+def _evaluate(run: Run, split: TensorData) -> dict[str, float]:
+    cfg = run.cfg
+    return evaluate(run.model, split, run.obj, batch_size=cfg.eval_batch, device=run.device, dist=run.dist,
+                    amp=cfg.amp, channels_last=cfg.channels_last)
+
+
 def _grad_norms(model: nn.Module, names: list[str]) -> torch.Tensor:
     params = dict(model.named_parameters())
     grads = [params[n].grad for n in names]
@@ -205,13 +213,27 @@ def fit(
 
 def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: Path | None,
          meta: Mapping[str, Any] | None) -> FitResult:
-    """``fit`` after the config is settled and the run folder claimed."""
-    obj = objective(data.task, output, data.num_classes)
+    """``fit`` after the config is settled and the run folder claimed: setup, loop, test."""
+    run, state = _setup(model, data, cfg, output, run_dir, meta)
+    try:
+        stopped, interrupted, seconds = _train(run, state)
+    except Diverged as e:
+        raise _non_finite(run, e) from None
+    test = {} if stopped or interrupted else evaluate_best(run, state)
+    best_val = state.best_val
+    return FitResult(model=model, history=state.history, test=test, best_epoch=state.best_epoch,
+                     best_val=best_val if run.obj.task != "regression" or best_val is None else -best_val,
+                     steps=state.step, seconds=seconds, metric=data.metric, run_dir=run_dir,
+                     stopped=stopped, interrupted=interrupted, grad_history=state.grad_history,
+                     data_name=data.name, baselines=dict(data.baselines))
 
-    # ------------------------------------------------------------------ setup
+
+def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: Path | None,
+           meta: Mapping[str, Any] | None) -> tuple[Run, RunState]:
+    """Everything before the first step: device, DDP, optimizer, loader, the (resumed) state, hooks."""
+    obj = objective(data.task, output, data.num_classes)
     device = resolve_device(cfg.device)
     dist = ddp.setup(device)
-    main = dist.main
     torch.manual_seed(cfg.seed)
     model.to(device)
     if cfg.channels_last:
@@ -222,299 +244,204 @@ def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: P
     loader = TensorLoader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
                           rank=dist.rank, world_size=dist.world_size)
     per_epoch = len(loader)
-    total = cfg.steps or cfg.epochs * per_epoch
-    epochs = math.ceil(total / per_epoch)
-    grad_names = [n for n, p in model.named_parameters() if p.requires_grad]
-
-    step, history, grad_history = 0, [], []
-    best_val: float | None = None
-    best_epoch = 0
-    # This epoch's training loss sum, correct count and sample count: host floats added
-    # in step order and stored in checkpoints, so a resumed epoch sums the same way. On
-    # the CPU each step's loss is read at once (about a microsecond), so a non-finite
-    # loss stops the run before its backward; on an accelerator each read is a sync that
-    # would stall the kernel queue, so finished steps' values wait in `pending` as
-    # tensors and are read every `read_every` steps.
-    run_loss, run_correct, run_count = 0.0, 0.0, 0
-    read_every = _read_every(device)
-    pending: list[tuple[Any, Any, int]] = []  # per finished step: (mean loss, right, samples)
-    lr: float | None = None
-
-    def sums_now() -> torch.Tensor:
-        return torch.tensor([run_loss, run_correct, float(run_count)], dtype=torch.float64)
-
-    def check_finite(value: float, at_step: int) -> None:
-        if not math.isfinite(value):
-            writer.wait(raise_error=False)  # the checkpoint in flight, if any, is the last good one
-            where = f"last good checkpoint: {last_pt}" if last_pt and last_pt.exists() else (
-                "no checkpoint written yet")
-            raise NonFiniteLossError(
-                f"loss is {value} at step {at_step} (epoch {(at_step - 1) // per_epoch + 1}); "
-                f"{where}; try a lower --lr (now {cfg.lr:g}) or --clip-grad")
-
-    def read_pending() -> None:
-        """Add the finished steps in ``pending`` to the epoch's sums (in step order)."""
-        nonlocal run_loss, run_correct, run_count
-        if not pending:
-            return
-        losses, rights = [p[0] for p in pending], [p[1] for p in pending]
-        if isinstance(losses[0], torch.Tensor):  # one sync for all of them
-            losses, rights = torch.stack(losses).tolist(), torch.stack(rights).tolist()
-        first = step - len(pending) + 1  # the 1-based step of pending[0]
-        for i, (v, r, (_, _, n)) in enumerate(zip(losses, rights, pending, strict=True)):
-            check_finite(v, first + i)
-            run_loss += v * n
-            run_correct += r
-            run_count += n
-        pending.clear()
-
-    grad_sum = torch.zeros(len(grad_names))
-    last_pt = run_dir / "last.pt" if run_dir else None
-    best_pt = run_dir / "best.pt" if run_dir else None
-    if cfg.resume:
-        if last_pt is None or not last_pt.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_pt}")
-        ck = check_run_checkpoint(load_checkpoint(last_pt, map_location=device), last_pt)
-        _check_resume(ck, cfg, model, last_pt)
-        model.load_state_dict(ck["model"])
-        try:
-            opt.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise FileFormatError(f"--resume: the optimizer state in {last_pt} does not fit --optimizer "
-                                  f"{cfg.optimizer} ({e})") from None
-        step, history, grad_history = ck["step"], list(ck["history"]), list(ck.get("grad_history", []))
-        best_val, best_epoch = ck["best_val"], ck["best_epoch"]
-        run_loss, run_correct = ck["partial"][0].item(), ck["partial"][1].item()
-        run_count = int(ck["partial"][2].item())
-        grad_sum = ck["grad_sum"].float()
-        torch.set_rng_state(ck["rng"].cpu())
-        if device.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
-        if main:
-            log.info("resumed from %s at step %d", last_pt, step)
-
-    net: nn.Module = model
+    run = Run(cfg=cfg, data=data, obj=obj, model=model, net=model, opt=opt, scaler=scaler, loader=loader,
+              device=device, dist=dist, total=cfg.steps or cfg.epochs * per_epoch, per_epoch=per_epoch,
+              grad_names=[n for n, p in model.named_parameters() if p.requires_grad],
+              run_dir=run_dir, meta=dict(meta or {}), read_every=_read_every(device))
+    # resume before DDP wraps the model: DDP starts every rank from rank 0's weights
+    state = resume_run(run) if cfg.resume else RunState(grad_sum=torch.zeros(len(run.grad_names)))
     if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(
+        run.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        net = torch.compile(net)
-
-    meta = dict(meta or {})
-    if run_dir is not None and main:
-        runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **_jsonable(meta)})
-
-    writer = CheckpointWriter()  # serialises now, writes and fsyncs while training goes on
-
-    def checkpoint(path: Path, epoch: int, link: Path | None = None) -> None:
-        """Save the run's state to ``path`` (then make ``link`` a copy of it), in the background."""
-        if not main:
-            return
-        ck = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
-                  history=history, grad_history=grad_history, best_val=best_val,
-                  best_epoch=best_epoch, partial=sums_now(), grad_sum=grad_sum.clone(),
-                  rng=torch.get_rng_state(), config=cfg.to_dict(), meta=_jsonable(meta),
-                  data_stats=dict(data.stats), task=data.task, output=obj.output,
-                  num_classes=data.num_classes, in_chans=data.in_chans)
-        if device.type == "cuda":
-            ck["cuda_rng"] = torch.cuda.get_rng_state(device)
-        writer.save(path, ck, link=link)
-
-    show_bar = main and not cfg.quiet and sys.stderr.isatty()
-    bar = None
-    if show_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
-    if main and not cfg.quiet:
+        run.net = torch.compile(run.net)
+    if run_dir is not None and run.main:
+        runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **jsonable(run.meta)})
+    epochs = math.ceil(run.total / per_epoch)
+    run.hooks = _hooks(run, epochs)
+    for hook in run.hooks:
+        hook.on_start(state)
+    if run.main and not cfg.quiet:
         n_params = sum(p.numel() for p in model.parameters())
         log.info("training %s params on %s: %d epochs x %d steps, %s on %s%s", f"{n_params:,}",
                  data.describe(), epochs, per_epoch, cfg.optimizer, device,
                  f", {dist.world_size} processes" if dist.enabled else "")
+    return run, state
 
-    # ------------------------------------------------------------------ loop
+
+def _hooks(run: Run, epochs: int) -> list[Hook]:
+    """Rank 0's loggers, called in this order: ``metrics.csv``, then the console."""
+    if not run.main:
+        return []
+    hooks: list[Hook] = []
+    if run.run_dir is not None:
+        hooks.append(MetricsFile(run.run_dir))
+    if not run.cfg.quiet:
+        hooks.append(Console(total=run.total, epochs=epochs, per_epoch=run.per_epoch,
+                             classify=run.obj.task != "regression", bar=sys.stderr.isatty()))
+    return hooks
+
+
+def _train(run: Run, state: RunState) -> tuple[bool, bool, float]:
+    """The loop: epochs of ``train_step``, each closed by ``end_epoch``, until the last step,
+    ``stop_after`` or Ctrl-C; a stopped or interrupted run then saves ``last.pt``.
+
+    Returns:
+        ``(stopped, interrupted, seconds)``: seconds from the first step to the loop's end.
+    """
+    cfg, total, per_epoch = run.cfg, run.total, run.per_epoch
     t0 = time.perf_counter()
     stopped = interrupted = False
     try:
-        while step < total:
-            epoch = step // per_epoch
-            loader.set_epoch(epoch)
-            model.train()
-
-            for x, y, n_global in loader.batches(start=step - epoch * per_epoch):
-                if step >= total:
+        while state.step < total and not stopped:
+            epoch = state.step // per_epoch
+            run.loader.set_epoch(epoch)
+            run.model.train()
+            for x, y, n_global in run.loader.batches(start=state.step - epoch * per_epoch):
+                if state.step >= total:
                     break
-                if x.device != device or cfg.channels_last:
-                    x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-                new_lr = cfg.lr * lr_factor(cfg.schedule, step, total, warmup=cfg.warmup,
-                                            step_size=cfg.step_size, gamma=cfg.gamma)
-                if new_lr != lr:
-                    lr = new_lr
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                # forward, loss (this rank's mean, times its share of the global batch:
-                # exact under DDP, where gradients are averaged over ranks), backward, step
-                with _autocast(device, cfg.amp):
-                    out = model_outputs(net(x))
-                # (a rank's share of a last global batch smaller than the world is empty: its
-                # loss is the empty sum, 0, still in the graph for DDP's gradient all-reduce)
-                loss = obj.loss(out, y) if len(x) else obj.loss_sum(out, y)
-                with torch.no_grad():
-                    right = obj.correct(out, y)
-                if read_every == 1:
-                    value = loss.item()
-                    check_finite(value, step + 1)
-                    stat = (value, right.item(), len(x))
-                else:
-                    stat = (loss.detach(), right, len(x))
-                scale = len(x) * dist.world_size / n_global
-                if scale != 1.0:
-                    loss = loss * scale
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                else:
-                    loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                if cfg.grad_stats:
-                    grad_sum += _grad_norms(model, grad_names).cpu()
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                step += 1
-                pending.append(stat)
-                if len(pending) >= read_every:
-                    read_pending()
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0 or step == total:
-                        read_pending()
-                        live = {"loss": f"{run_loss / max(1, run_count):.4f}"}
-                        if obj.task != "regression":
-                            live["acc"] = f"{run_correct / max(1, run_count):.3f}"
-                        bar.set_postfix(epoch=epoch + 1, **live)
-                if _stop(cfg, step, total) and step % per_epoch:
-                    stopped = True
+                train_step(run, state, x, y, n_global)
+                for hook in run.hooks:
+                    hook.on_step(state)
+                if _stop(cfg, state.step, total) and state.step % per_epoch:
+                    stopped = True  # mid-epoch: no evaluation, as if the run were killed here
                     break
-            if stopped:
-                break
-            # ------------------------------------------------ end of epoch: evaluate, keep best
-            read_pending()
-            sums = ddp.all_reduce_sum(sums_now().to(device), dist).cpu()
-            train = {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item()}
-            val = evaluate(model, data.val, obj, batch_size=cfg.eval_batch, device=device, dist=dist,
-                           amp=cfg.amp, channels_last=cfg.channels_last)
-            row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train["loss"],
-                   "val_loss": val["loss"]}
-            if obj.task != "regression":
-                row.update(train_acc=train["acc"], val_acc=val["acc"])
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(row)
-            if cfg.grad_stats:
-                grad_history.append({n: (g / per_epoch).item() for n, g in zip(grad_names, grad_sum,
-                                                                               strict=True)})
-                grad_sum.zero_()
-            run_loss, run_correct, run_count = 0.0, 0.0, 0
-            score = val["acc"] if obj.task != "regression" else -val["loss"]
-            improved = best_val is None or score > best_val
-            if improved:
-                best_val, best_epoch = score, epoch + 1
-            if last_pt is not None and main:
-                # best.pt: this epoch's last.pt, linked rather than written twice
-                checkpoint(last_pt, epoch + 1, link=best_pt if improved else None)
-            if run_dir is not None and main:
-                runlog.write_metrics(run_dir, history)
-            if main and not cfg.quiet:
-                msg = (f"epoch {epoch + 1}/{epochs}  train loss {train['loss']:.4f}  "
-                       f"val loss {val['loss']:.4f}")
-                if obj.task != "regression":
-                    msg += f"  val acc {val['acc']:.4f}"
-                (bar.write if bar is not None else log.info)(msg)
-            if _stop(cfg, step, total):
-                stopped = True
-                break
+            if not stopped:
+                end_epoch(run, state, epoch, t0)
+                stopped = _stop(cfg, state.step, total)
     except KeyboardInterrupt:
         interrupted = True
     except BaseException:
-        writer.wait(raise_error=False)  # leave the files whole before the error propagates
+        run.writer.wait(raise_error=False)  # leave the files whole before the error propagates
         raise
     finally:
-        if bar is not None:
-            bar.close()
-    writer.wait()
+        for hook in run.hooks:
+            hook.close()
+    run.writer.wait()
     seconds = time.perf_counter() - t0
     if stopped or interrupted:
-        read_pending()  # the finished steps' sums belong in the checkpoint
-    if (stopped or interrupted) and last_pt is not None:
-        checkpoint(last_pt, step // per_epoch)
-        writer.wait()
-        if main:
+        state.read_pending()  # the finished steps' sums belong in the checkpoint
+    if (stopped or interrupted) and run.last_pt is not None:
+        save_run(run, state, run.last_pt, state.step // per_epoch)
+        run.writer.wait()
+        if run.main:
             log.warning("%s at step %d; saved %s (continue with --resume)",
-                        "interrupted" if interrupted else "stopped", step, last_pt)
-
-    # ------------------------------------------------------------------ test the best weights
-    test: dict[str, float] = {}
-    if not (stopped or interrupted):
-        ddp.barrier(dist)  # rank 0 has written best.pt
-        if best_pt is not None and best_pt.exists():
-            model.load_state_dict(load_checkpoint(best_pt, map_location=device)["model"])
-        test = evaluate(model, data.test, obj, batch_size=cfg.eval_batch, device=device, dist=dist,
-                        amp=cfg.amp, channels_last=cfg.channels_last)
-        if run_dir is not None and main:
-            if best_pt is not None and best_pt.exists():
-                ck = load_checkpoint(best_pt)
-                ck["test"] = test
-                save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
-            # The deployable weights: safetensors with the registry name and config,
-            # so blockzoo.load / blockzoo export rebuild the model with no user code.
-            save_weights(getattr(model, "module", model), run_dir / "model.safetensors")
-            if cfg.plots and history:
-                title = f"{meta.get('model', type(model).__name__)} on {data.name}"
-                runlog.plot_curves(run_dir, history, "acc" if obj.task != "regression" else "mse", title)
-                if grad_history:
-                    runlog.write_grad_stats(run_dir, grad_history)
-                    runlog.plot_grad_flow(run_dir, grad_history, f"gradient flow: {title}")
-    return FitResult(model=model, history=history, test=test, best_epoch=best_epoch,
-                     best_val=best_val if obj.task != "regression" or best_val is None else -best_val,
-                     steps=step, seconds=seconds, metric=data.metric, run_dir=run_dir,
-                     stopped=stopped, interrupted=interrupted, grad_history=grad_history,
-                     data_name=data.name, baselines=dict(data.baselines))
+                        "interrupted" if interrupted else "stopped", state.step, run.last_pt)
+    return stopped, interrupted, seconds
 
 
-def _check_resume(ck: Mapping[str, Any], cfg: TrainConfig, model: nn.Module, path: Path) -> None:
-    """Refuse a checkpoint of another model, optimizer or data before loading anything from it."""
-    stored = ck["config"]
-    for key in ("model", "data", "optimizer"):
-        if stored.get(key) != getattr(cfg, key):
-            raise ConfigError(f"--resume: {path} was trained with --{key} {stored.get(key)}; this run asks "
-                              f"for --{key} {getattr(cfg, key)} (use --name for a new run)")
-    problem = mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
-                       {k: tuple(v.shape) for k, v in ck["model"].items()},
-                       f"--resume: {path} does not fit this run's model")
-    if problem:
-        raise FileFormatError(problem)
+def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor, n_global: int) -> None:
+    """One optimizer step on this rank's share ``x, y`` of a global batch of ``n_global`` samples."""
+    cfg, device, opt, obj = run.cfg, run.device, run.opt, run.obj
+    if x.device != device or cfg.channels_last:
+        x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+    lr = cfg.lr * lr_factor(cfg.schedule, state.step, run.total, warmup=cfg.warmup,
+                            step_size=cfg.step_size, gamma=cfg.gamma)
+    if lr != state.lr:
+        state.lr = lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+    # forward, loss (this rank's mean, times its share of the global batch: exact under
+    # DDP, where gradients are averaged over ranks), backward, step
+    with _autocast(device, cfg.amp):
+        out = model_outputs(run.net(x))
+    # (a rank's share of a last global batch smaller than the world is empty: its loss is
+    # the empty sum, 0, still in the graph for DDP's gradient all-reduce)
+    loss = obj.loss(out, y) if len(x) else obj.loss_sum(out, y)
+    with torch.no_grad():
+        right = obj.correct(out, y)
+    if run.read_every == 1:  # read now: a non-finite loss stops the run before its backward
+        stat = (finite(loss.item(), state.step + 1), right.item(), len(x))
+    else:
+        stat = (loss.detach(), right, len(x))
+    scale = len(x) * run.dist.world_size / n_global
+    if scale != 1.0:
+        loss = loss * scale
+    opt.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if cfg.clip_grad:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+    if cfg.grad_stats:
+        state.grad_sum += _grad_norms(run.model, run.grad_names).cpu()
+    if run.scaler is not None:
+        run.scaler.step(opt)
+        run.scaler.update()
+    else:
+        opt.step()
+    state.step += 1
+    state.pending.append(stat)
+    if len(state.pending) >= run.read_every:
+        state.read_pending()
+
+
+def end_epoch(run: Run, state: RunState, epoch: int, t0: float) -> None:
+    """Close the 0-based ``epoch``: its row (train sums over ranks, validation), the best so far,
+    ``last.pt`` (``best.pt`` a copy of it if it is the best), then the hooks."""
+    state.read_pending()
+    sums = ddp.all_reduce_sum(state.partial().to(run.device), run.dist).cpu()
+    train = {"loss": sums[0].item() / sums[2].item(), "acc": sums[1].item() / sums[2].item()}
+    val = _evaluate(run, run.data.val)
+    row = {"epoch": epoch + 1, "step": state.step, "lr": state.lr, "train_loss": train["loss"],
+           "val_loss": val["loss"]}
+    classify = run.obj.task != "regression"
+    if classify:
+        row.update(train_acc=train["acc"], val_acc=val["acc"])
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    state.history.append(row)
+    if run.cfg.grad_stats:
+        state.grad_history.append({n: (g / run.per_epoch).item()
+                                   for n, g in zip(run.grad_names, state.grad_sum, strict=True)})
+        state.grad_sum.zero_()
+    state.reset_sums()
+    improved = state.keep_best(val["acc"] if classify else -val["loss"], epoch + 1)
+    if run.last_pt is not None and run.main:
+        # best.pt: this epoch's last.pt, linked rather than written twice
+        save_run(run, state, run.last_pt, epoch + 1, link=run.best_pt if improved else None)
+    for hook in run.hooks:
+        hook.on_epoch(state)
+
+
+def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
+    """Test the best-on-validation weights (``best.pt``), then write the run's outputs: the
+    test metrics into ``best.pt``, the deployable ``model.safetensors``, the figures."""
+    best_pt, run_dir = run.best_pt, run.run_dir
+    ddp.barrier(run.dist)  # rank 0 has written best.pt
+    if best_pt is not None and best_pt.exists():
+        run.model.load_state_dict(load_checkpoint(best_pt, map_location=run.device)["model"])
+    test = _evaluate(run, run.data.test)
+    if run_dir is None or not run.main:
+        return test
+    if best_pt is not None and best_pt.exists():
+        ck = load_checkpoint(best_pt)
+        ck["test"] = test
+        save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
+    # The deployable weights: safetensors with the registry name and config,
+    # so blockzoo.load / blockzoo export rebuild the model with no user code.
+    save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors")
+    if run.cfg.plots and state.history:
+        title = f"{run.meta.get('model', type(run.model).__name__)} on {run.data.name}"
+        metric = "acc" if run.obj.task != "regression" else "mse"
+        runlog.plot_curves(run_dir, state.history, metric, title)
+        if state.grad_history:
+            runlog.write_grad_stats(run_dir, state.grad_history)
+            runlog.plot_grad_flow(run_dir, state.grad_history, f"gradient flow: {title}")
+    return test
+
+
+def _non_finite(run: Run, e: Diverged) -> NonFiniteLossError:
+    """The error a user sees for a diverged loss: its step and epoch, the last good checkpoint."""
+    run.writer.wait(raise_error=False)  # the checkpoint in flight, if any, is the last good one
+    last = run.last_pt
+    where = f"last good checkpoint: {last}" if last and last.exists() else "no checkpoint written yet"
+    return NonFiniteLossError(
+        f"loss is {e.value} at step {e.step} (epoch {(e.step - 1) // run.per_epoch + 1}); "
+        f"{where}; try a lower --lr (now {run.cfg.lr:g}) or --clip-grad")
 
 
 def _stop(cfg: TrainConfig, step: int, total: int) -> bool:
     """``stop_after`` reached (as if the run were killed there), before the natural end."""
     return cfg.stop_after is not None and cfg.stop_after <= step < total
-
-
-def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep only values a weights-only checkpoint and JSON can both hold."""
-    ok = (str, int, float, bool, type(None))
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, ok):
-            return v
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        if isinstance(v, Mapping):
-            return {str(k): conv(x) for k, x in v.items()}
-        return str(v)
-
-    return {str(k): conv(v) for k, v in d.items()}
