@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"stopped after {result.steps} steps; saved {result.run_dir}/last.pt")
         return 0
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone reports
-        print(train_report(result, cfg.model))
+        print(train_report(result, result.model_name or str(cfg.model)))
     return 0
 
 

@@ -47,6 +47,9 @@ from blockzoo.models.sequence import (
     lstm_tagger,
     rnn_classifier,
 )
+from blockzoo.models.tabular import (
+    tabular_mlp,
+)
 from blockzoo.models.vit import (
     VisionTransformer,
     vit_base,
@@ -83,6 +86,7 @@ __all__ = [
     "resnext50",
     "rnn_classifier",
     "smlp_tiny",
+    "tabular_mlp",
     "vit_base",
     "vit_small",
     "vit_tiny",

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +23,9 @@ from blockzoo.train.optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig"]
 
+# A run folder name: one path component, no hidden or parent folder.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
 
 @dataclass
 class TrainConfig:
@@ -30,7 +35,10 @@ class TrainConfig:
     in one line before any data is loaded or memory allocated.
 
     Args:
-        model: a registered model name or ``module:callable``.
+        model: a registered model name or ``module:callable`` (your own builder, importable
+            from the working directory); None picks one that fits the data's input kind
+            (MNIST-1D: the MNIST-1D CNN; vectors: tabular_mlp; images: cifar_cnn;
+            sequences and token ids: a GRU classifier or tagger) and says which.
         model_args: extra keyword arguments for the model's constructor.
         data: a registered data set or ``csv:PATH``.
         data_dir: where file-backed data sets are looked for / downloaded.
@@ -72,7 +80,7 @@ class TrainConfig:
         plots: draw ``curves.png`` (and ``grad_flow.png``).
     """
 
-    model: str = "mnist1d_cnn"
+    model: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     data: str = "mnist1d"
     data_dir: str = "data"
@@ -112,9 +120,13 @@ class TrainConfig:
         One ``ConfigError`` (a ``ValueError``) line names the option, its value and what is allowed. Numpy
         scalars are turned into Python numbers so that ``config.json`` can hold them.
         """
-        for name in ("model", "data", "data_dir", "optimizer", "schedule", "runs_dir", "device"):
+        for name in ("data", "data_dir", "optimizer", "schedule", "runs_dir", "device"):
             _check_str(self, name)
+        _check_str(self, "model", none="to choose from the data")
         _check_str(self, "name", none="for <model>_<data>")
+        if self.name is not None and not _SAFE_NAME.fullmatch(self.name):
+            raise ConfigError(f"name={self.name!r} must be a folder name of letters, digits, '_', '-' and "
+                              "'.' (not starting with '.'), e.g. mlp_iris")
         for name in ("quick", "nesterov", "resume", "quiet", "grad_stats", "compile", "channels_last",
                      "plots"):
             if not isinstance(getattr(self, name), bool):
@@ -169,9 +181,13 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
+        """``name``, or ``<model>_<data>`` made a safe folder name (``csv:data/iris.csv``: ``csv_iris``)."""
         if self.name:
             return self.name
-        return f"{self.model}_{self.data}".replace(":", "_").replace("/", "_")
+        prefix, sep, path = self.data.partition(":")
+        data = f"{prefix}_{Path(path).stem}" if sep else self.data
+        model = (self.model or "auto").rpartition(":")[2]  # a user's builder: its callable's name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}_{data}").lstrip(".") or "run"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

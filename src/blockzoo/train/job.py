@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from blockzoo.train.config import TrainConfig
 from blockzoo.train.loop import FitResult, evaluate, fit, resolve_device
 from blockzoo.train.task import model_outputs, objective
 
-__all__ = ["evaluate_checkpoint", "predict", "prepare", "train"]
+__all__ = ["choose_model", "evaluate_checkpoint", "predict", "prepare", "train"]
+
+log = logging.getLogger("blockzoo.train")
 
 
 def is_import_target(name: str) -> bool:
@@ -152,8 +155,15 @@ def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
-    """Load the data, build the model and check they fit; one clear error if not."""
+def _load(cfg: TrainConfig) -> Data:
+    return load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
+                     quick=cfg.quick)
+
+
+def prepare(cfg: TrainConfig, native: Data | None = None) -> tuple[nn.Module, Data, dict[str, Any]]:
+    """Load the data (unless given), build the model and check they fit; one clear error if not."""
+    if cfg.model is None:
+        raise ConfigError("prepare: no model named (blockzoo.train.train chooses one from the data)")
     if is_import_target(cfg.model):
         fn, output, kind = _callable_model(cfg.model)
         conv, wants_ids = _conventions(cfg.model, fn), None
@@ -165,8 +175,7 @@ def prepare(cfg: TrainConfig) -> tuple[nn.Module, Data, dict[str, Any]]:
         # a sequence model embeds ids if its width is a vocabulary, or may (ids_arg beside
         # a feature width: either); None = either
         wants_ids = None if conv.ids_arg else (kind == "sequence" and conv.width_arg == "vocab_size")
-    native = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
-                       quick=cfg.quick)
+    native = native or _load(cfg)
     kind = kind or native.input
     try:
         data = native.view(kind)
@@ -210,10 +219,33 @@ def _dry_run(model: nn.Module, data: Data, k: int, cfg: TrainConfig) -> None:
                          f"data {cfg.data!r} ({data.task}) needs {want}")
 
 
+def choose_model(native: Data) -> tuple[str, str]:
+    """The registered model ``blockzoo train`` uses for ``native`` when none is named, and why."""
+    if native.name == "mnist1d":
+        return "mnist1d_cnn", "blockzoo's default for MNIST-1D"
+    per_step = native.task == "classification" and native.train.y.dim() > 1
+    if native.ids or native.input in ("sequence", "tokens"):
+        kind = "tagger" if per_step else "classifier"
+        what = "token ids" if native.ids else f"{native.input}s of features"
+        return f"gru_{kind}", f"{what}: a GRU {kind}"
+    if native.input == "image":
+        return "cifar_cnn", "images: the three-conv CIFAR CNN (any image size)"
+    return "tabular_mlp", "feature vectors: an MLP with two hidden layers of 64"
+
+
 def train(cfg: TrainConfig | Mapping[str, Any]) -> FitResult:
-    """``blockzoo train``: prepare, then ``fit`` into ``runs/<name>/``."""
+    """``blockzoo train``: prepare, then ``fit`` into ``runs/<name>/``.
+
+    With no model named, one that fits the data's input kind is chosen and logged.
+    """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    model, data, meta = prepare(cfg)
+    native = None
+    if cfg.model is None:
+        native = _load(cfg)
+        name, why = choose_model(native)
+        log.info("model: %s (%s); name another with --model", name, why)
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name})
+    model, data, meta = prepare(cfg, native=native)
     run_dir = Path(cfg.runs_dir) / cfg.run_name
     return fit(model, data, cfg, output=meta["output"], run_dir=run_dir, meta=meta)
 

@@ -72,6 +72,7 @@ class FitResult:
     grad_history: list[dict[str, float]] = field(default_factory=list)
     data_name: str = ""
     baselines: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""  # the registered name or import target it was built from, if known
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,7 +226,8 @@ def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: P
                      best_val=best_val if run.obj.task != "regression" or best_val is None else -best_val,
                      steps=state.step, seconds=seconds, metric=data.metric, run_dir=run_dir,
                      stopped=stopped, interrupted=interrupted, grad_history=state.grad_history,
-                     data_name=data.name, baselines=dict(data.baselines))
+                     data_name=data.name, baselines=dict(data.baselines),
+                     model_name=str((meta or {}).get("model") or cfg.model or ""))
 
 
 def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: Path | None,
