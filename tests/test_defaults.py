@@ -60,3 +60,60 @@ def test_global_options_after_the_subcommand(capsys: pytest.CaptureFixture[str])
     assert main(["--threads", "1", "info", "mlp"]) == 0
     assert main(["list", "--threads", "0"]) == 2
     assert "--threads: expected an integer >= 1" in capsys.readouterr().err
+
+
+USER_NET = """from torch import nn
+
+
+def build(input_size=1, num_classes=10, width=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(40 * input_size, width), nn.ReLU(),
+                         nn.Linear(width, num_classes))
+"""
+
+
+def test_users_own_model_from_a_file_path_end_to_end(tmp_path: Path) -> None:
+    import torch
+
+    import blockzoo
+    from blockzoo.checks import FileFormatError
+
+    net = tmp_path / "user_net.py"
+    net.write_text(USER_NET)
+    target = f"{net}:build"
+    runs = tmp_path / "runs"
+    assert main(["train", "--model", target, "--model-arg", "width=8", "--quick", "--epochs", "1",
+                 "--quiet", "--no-plots", "--runs-dir", str(runs), "--name", "u"]) == 0
+    weights = runs / "u" / "model.safetensors"
+    # the weights file records the builder and its arguments, but never imports it by itself
+    with pytest.raises(FileFormatError, match=r"your own model .*user_net.py:build.*builder="):
+        blockzoo.load(weights)
+    with pytest.raises(ConfigError, match="you passed 'other:build'"):
+        blockzoo.load(weights, builder="other:build")
+    model = blockzoo.load(weights, builder=target)
+    assert model[1].out_features == 8  # width=8, as trained
+    x = torch.randn(3, 40, 1)
+    ck = torch.load(runs / "u" / "best.pt", weights_only=True)
+    model.eval()
+    again = blockzoo.train.job.load_trained(runs / "u" / "best.pt", builder=target)[0]
+    assert torch.equal(model(x), again(x))
+    assert ck["meta"]["model"] == target
+    # export: the same builder named again
+    out = tmp_path / "u.onnx"
+    assert main(["export", str(weights), "--model", target, "--out", str(out), "--batch", "2"]) == 0
+    assert out.stat().st_size > 0
+    rows = blockzoo.train.predict(runs / "u" / "best.pt", x.numpy(), builder=target)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+
+
+def test_save_of_an_unregistered_model_says_how_to_load_it(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    import blockzoo
+
+    with pytest.warns(UserWarning, match=r"weights only; load them with blockzoo.load_weights\(Linear"):
+        path = blockzoo.save(nn.Linear(3, 2), tmp_path / "lin.safetensors")
+    with pytest.raises(ValueError, match=r"use blockzoo\.load_weights"):
+        blockzoo.load(path)
+    lin = blockzoo.load_weights(nn.Linear(3, 2), path)
+    assert lin.weight.shape == torch.Size([2, 3])

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,10 @@ from blockzoo._version import __version__
 from blockzoo.checks import BlockzooError, ConfigError, FileFormatError
 from blockzoo.registry import ENTRY_ATTR, spec
 
-__all__ = ["NAME_KEY", "build_checked", "load", "load_weights", "mismatch", "read_metadata", "save"]
+__all__ = [
+    "BUILDER_ARGS_KEY", "BUILDER_ATTR", "BUILDER_KEY", "NAME_KEY", "SAMPLE_SHAPE_KEY", "build_checked",
+    "import_target", "load", "load_weights", "mismatch", "read_metadata", "save",
+]
 
 _NAME, _CONFIG, _VERSION, _ALIASES = (
     "blockzoo.name",
@@ -48,6 +52,11 @@ _NAME, _CONFIG, _VERSION, _ALIASES = (
     "blockzoo.aliases",
 )
 NAME_KEY = _NAME  # the metadata key that names the registered entry
+BUILDER_ATTR = "_blockzoo_builder"  # on a user's model: (import target, arguments) it was built with
+# A user's own model: the import target and arguments it was built with, and one sample's
+# shape. Recorded so that a mismatch is refused; never imported from the file.
+BUILDER_KEY, BUILDER_ARGS_KEY, SAMPLE_SHAPE_KEY = (
+    "blockzoo.builder", "blockzoo.builder_args", "blockzoo.sample_shape")
 
 # Constructor arguments that say where a model lives, not what it is.
 _PLACEMENT = ("device", "dtype")
@@ -103,11 +112,20 @@ def save(
     path = Path(path)
     recorded = getattr(model, ENTRY_ATTR, None)
     name = name or (recorded[0] if recorded else None)
+    user = getattr(model, BUILDER_ATTR, None)
+    if name is None and user is not None:  # a user's own model, as blockzoo train built it
+        metadata = {BUILDER_KEY: user[0], BUILDER_ARGS_KEY: json.dumps(user[1], sort_keys=True, default=repr),
+                    **dict(metadata or {})}
     config = config if config is not None else (recorded[1] if recorded else None)
     meta = {_VERSION: __version__, **dict(metadata or {})}
     if name is not None:
         meta[_NAME] = name
         meta[_CONFIG] = _jsonable(config or {}, name)
+    elif BUILDER_KEY not in meta:
+        cls = type(model).__name__
+        warnings.warn(f"blockzoo.save: {cls} is not a registered blockzoo entry, so {path} holds its weights "
+                      f"only; load them with blockzoo.load_weights({cls}(...), {str(path)!r}) or "
+                      "blockzoo.load(path, builder=<your builder>)", stacklevel=2)
     tensors, aliases = _dedupe(model.state_dict())
     if aliases:
         meta[_ALIASES] = json.dumps(aliases, sort_keys=True)
@@ -297,20 +315,78 @@ def load_weights(
     return model
 
 
-def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
-    """Rebuild a registered model from a file written by ``save`` and load its weights.
+def import_target(target: str) -> Any:
+    """The callable ``module:callable`` (or ``path/to/file.py:callable``) names.
 
-    The metadata selects a registered entry and its constructor arguments; the model
-    is built only after its tensor shapes are checked against the file's
+    Imports user code: call it only with a target the user named (command line or
+    Python), never with one read from a file.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    mod_name, sep, attr = target.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(f"model {target!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE")
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            spec_ = importlib.util.spec_from_file_location(file.stem, file)
+            if spec_ is None or spec_.loader is None or not file.is_file():
+                raise ImportError(f"no Python file {mod_name}")
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[file.stem] = module
+            spec_.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"model {target!r}: cannot import {attr!r} from {mod_name!r} ({e})") from None
+
+
+def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", builder: Any = None,
+         **overrides: Any) -> nn.Module:
+    """Rebuild a model from a file written by ``save`` and load its weights.
+
+    A registered model: the metadata selects the entry and its constructor arguments;
+    the model is built only after its tensor shapes are checked against the file's
     (``build_checked``). ``overrides`` change constructor arguments (they must keep
     the weights' shapes).
+
+    A user's own model (trained with ``--model pkg.module:build``): pass ``builder``,
+    the same ``"pkg.module:build"`` (refused if the file records another) or the
+    callable itself; it is called with the recorded arguments (and ``overrides``). The
+    file alone never causes an import.
     """
     path = Path(path)
     shapes, meta = _read_shapes(path)
-    if _NAME not in meta:
+    if _NAME in meta:
+        if builder is not None:
+            raise ConfigError(f"{path} holds the registered model {meta[_NAME]!r}; it needs no builder")
+        model = build_checked(meta[_NAME], {**meta.get(_CONFIG, {}), **overrides}, shapes, path)
+        return load_weights(model, path, device=device).to(device)
+    recorded = meta.get(BUILDER_KEY)
+    if builder is None:
+        if recorded:
+            raise FileFormatError(
+                f"{path} holds the weights of your own model {recorded!r}; blockzoo never imports code "
+                f"named by a file: blockzoo.load(path, builder={recorded!r}) (or blockzoo export --model "
+                f"{recorded})")
         raise FileFormatError(
-            f"{path} stores no registry name: it was saved from a model not built by "
-            "blockzoo.create; build the model yourself and use blockzoo.load_weights(model, path)"
-        )
-    model = build_checked(meta[_NAME], {**meta.get(_CONFIG, {}), **overrides}, shapes, path)
+            f"{path} stores no registry name: it was saved from a model not built by blockzoo.create; "
+            "build the model yourself and use blockzoo.load_weights(model, path), or pass builder=")
+    if isinstance(builder, str):
+        if recorded and builder != recorded:
+            raise ConfigError(f"{path} was saved from model {recorded!r}; you passed {builder!r}")
+        builder = import_target(builder)
+    try:
+        args = json.loads(meta.get(BUILDER_ARGS_KEY, "{}"))
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path}: metadata {BUILDER_ARGS_KEY!r} is not JSON ({e})") from None
+    if not isinstance(args, dict):
+        raise FileFormatError(f"{path}: metadata {BUILDER_ARGS_KEY!r} must be a JSON object")
+    try:
+        model = builder(**{**args, **overrides})
+    except TypeError as e:
+        raise ConfigError(f"{path}: the builder does not take the recorded arguments {args} ({e})") from None
     return load_weights(model, path, device=device).to(device)

@@ -3,44 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from blockzoo.bench.report import shapes_text
-from blockzoo.cli.common import positive_int
-from blockzoo.io import NAME_KEY, load, read_metadata
-from blockzoo.registry import ENTRY_ATTR, Spec, spec
+from blockzoo.cli.common import CliError, positive_int
+from blockzoo.io import NAME_KEY, SAMPLE_SHAPE_KEY, load, read_metadata
+from blockzoo.registry import ENTRY_ATTR, spec
 
 __all__ = ["add_export"]
 
 
-def _model_for_export(target: str) -> tuple[torch.nn.Module, Spec]:
-    """A registry name, or a weights file written by ``blockzoo.save``."""
+def _model_and_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[Any, ...], tuple[int, ...]]:
+    """The model to export, an example input and which of its arguments are batched.
+
+    ``target`` is a registry name (its example config) or a weights file written by
+    ``blockzoo.save`` / ``blockzoo train``: a registered model is rebuilt from the file;
+    a user's own model from ``--model``, the builder the user names.
+    """
+    # A dynamic batch must be traced at batch >= 2 (torch specializes sizes 0 and 1).
+    batch = max(args.batch, 2) if args.dynamic_batch else args.batch
+    size = tuple(args.size) if args.size else None
+    target = args.target
     if Path(target).is_file():
-        model = load(target)  # refuses a file without a registry name, saying what to do instead
-        return model, spec(read_metadata(target)[NAME_KEY])
-    if Path(target).suffix in (".safetensors", ".pt") or "/" in target:
-        raise FileNotFoundError(f"no checkpoint at {target}")
-    s = spec(target)
-    return s.build_example(), s
+        meta = read_metadata(target)
+        model = load(target, builder=args.model)  # a file without a name says what to pass
+        if NAME_KEY not in meta:
+            if SAMPLE_SHAPE_KEY not in meta or size:
+                raise CliError(f"{target}: the input shape of your own model is not recorded (or --size "
+                               "was given); export it from Python with blockzoo.export.export_onnx")
+            shape = [int(v) for v in json.loads(meta[SAMPLE_SHAPE_KEY])]
+            return model, (torch.randn(batch, *shape),), (0,)
+        s = spec(meta[NAME_KEY])
+    else:
+        if Path(target).suffix in (".safetensors", ".pt") or "/" in target:
+            raise FileNotFoundError(f"no checkpoint at {target}")
+        s = spec(target)
+        model = s.build_example()
+    cfg = getattr(model, ENTRY_ATTR, (None, {}))[1]
+    return model, s.make_input(batch=batch, size=size, config=cfg), s.example.inputs.batched
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from blockzoo.export import export_onnx, export_program, outputs, run_onnx
 
-    model, s = _model_for_export(args.target)
+    model, inputs, batched = _model_and_inputs(args)
     model.eval()
-    cfg = getattr(model, ENTRY_ATTR, (None, {}))[1]
-    size = tuple(args.size) if args.size else None
-    # A dynamic batch must be traced at batch >= 2 (torch specializes sizes 0 and 1).
-    batch = max(args.batch, 2) if args.dynamic_batch else args.batch
-    inputs = s.make_input(batch=batch, size=size, config=cfg)
     with torch.no_grad():
         want = outputs(model(*inputs))
     if args.format == "onnx":
         path = export_onnx(model, inputs, args.out, reparameterize=args.reparameterize,
-                           dynamic_batch=args.dynamic_batch, batched=s.example.inputs.batched)
+                           dynamic_batch=args.dynamic_batch, batched=batched)
         got = run_onnx(path, inputs)
         diff = max((a - b).abs().max().item() for a, b in zip(want, got, strict=True))
         print(f"wrote {path} (onnxruntime vs eager: max |diff| {diff:.2e} on input {shapes_text(inputs)})")
@@ -50,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             reparameterize(model)
         program = export_program(model, inputs, dynamic_batch=args.dynamic_batch,
-                                 batched=s.example.inputs.batched)
+                                 batched=batched)
         torch.export.save(program, args.out)
         print(f"wrote {args.out} (torch.export program; load with torch.export.load)")
     return 0
@@ -66,6 +82,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of the example input")
     p.add_argument("--size", type=positive_int, nargs="+", help="H W (images) or length N/T of the input")
     p.add_argument("--dynamic-batch", action="store_true", help="declare the batch dimension dynamic")
+    p.add_argument("--model", metavar="MODULE:CALLABLE", default=None,
+                   help="for weights of your own model: the builder it was trained with (a file never "
+                   "causes an import by itself)")
     p.set_defaults(func=cmd_export)
 
 

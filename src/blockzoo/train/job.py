@@ -9,7 +9,6 @@ shape fit the data, and that its output fits the task — each failure is one
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from torch import nn
 
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
-from blockzoo.io import build_checked, mismatch
+from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch
 from blockzoo.registry import model_kwargs, spec
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
@@ -41,16 +40,12 @@ def is_import_target(name: str) -> bool:
 
 
 def _callable_model(target: str) -> tuple[Callable[..., nn.Module], str, str | None]:
-    """``module:callable`` -> (builder, output kind, input kind or None).
+    """``module:callable`` or ``path/to/file.py:callable`` -> (builder, output kind, input kind or None).
 
     Imports user code: called only with a target the user named (command line or
     Python), never with one read from a file.
     """
-    mod_name, _, attr = target.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"model {target!r}: cannot import {attr!r} from {mod_name!r} ({e})") from None
+    fn = import_target(target)
     return fn, getattr(fn, "output", "logits"), getattr(fn, "input", None)
 
 
@@ -140,10 +135,12 @@ def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Modu
         fn = _callable_model(builder)[0]
     else:
         fn = builder
+    kwargs = _model_kwargs(_conventions(name, fn), meta)
     try:
-        model = fn(**_model_kwargs(_conventions(name, fn), meta))
+        model = fn(**kwargs)
     except TypeError as e:
         raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
+    setattr(model, BUILDER_ATTR, (name, kwargs))  # recorded by blockzoo.save, never imported from
     if shapes is not None:
         problem = mismatch(_state_shapes(model), shapes, f"{source} does not fit the model {name!r} builds")
         if problem:

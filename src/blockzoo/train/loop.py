@@ -21,6 +21,7 @@ resumed ends with the same weights, bit for bit, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from torch import nn
 
 from blockzoo.checks import ConfigError
 from blockzoo.data.base import Data, TensorData, TensorLoader
+from blockzoo.io import SAMPLE_SHAPE_KEY
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
@@ -423,7 +425,8 @@ def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
         save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
     # The deployable weights: safetensors with the registry name and config,
     # so blockzoo.load / blockzoo export rebuild the model with no user code.
-    save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors")
+    save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors",
+                 metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape))})
     if run.cfg.plots and state.history:
         title = f"{run.meta.get('model', type(run.model).__name__)} on {run.data.name}"
         metric = "acc" if run.obj.task != "regression" else "mse"
