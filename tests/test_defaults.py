@@ -117,3 +117,75 @@ def test_save_of_an_unregistered_model_says_how_to_load_it(tmp_path: Path) -> No
         blockzoo.load(path)
     lin = blockzoo.load_weights(nn.Linear(3, 2), path)
     assert lin.weight.shape == torch.Size([2, 3])
+
+
+def test_accuracy_ties_are_broken_by_the_lower_val_loss() -> None:
+    import torch
+
+    from blockzoo.train.state import RunState
+
+    state = RunState(grad_sum=torch.zeros(0))
+    for epoch, (acc, loss) in enumerate([(0.5, 1.0), (0.9, 0.8), (0.9, 0.6), (0.9, 0.7)], 1):
+        state.history.append({"epoch": epoch, "val_acc": acc, "val_loss": loss})
+        state.keep_best(acc, epoch, tie_loss=loss)
+    assert (state.best_val, state.best_epoch) == (0.9, 3)
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_acc", None])
+def test_monitor_picks_the_best_epoch_by_its_metric(tmp_path: Path, monitor: str | None) -> None:
+    from blockzoo.train import train
+
+    cfg = dict(data="mnist1d", quick=True, epochs=4, quiet=True, plots=False, runs_dir=str(tmp_path),
+               name="m", lr=0.05)
+    res = train({**cfg, "monitor": monitor})
+    hist = res.history
+    if monitor == "val_loss":
+        want = min(range(len(hist)), key=lambda i: hist[i]["val_loss"]) + 1
+    else:  # by accuracy, ties to the lower loss (the first such epoch if both tie)
+        want = min(range(len(hist)), key=lambda i: (-hist[i]["val_acc"], hist[i]["val_loss"], i)) + 1
+    assert res.best_epoch == want and res.monitor == (monitor or "val_acc")
+
+
+def test_monitor_val_acc_on_regression_is_refused(tmp_path: Path) -> None:
+    from blockzoo.train import train
+
+    with pytest.raises(ConfigError, match="regression run has no accuracy"):
+        train(dict(data="line", model="tabular_mlp", quick=True, epochs=1, quiet=True, plots=False,
+                   runs_dir=str(tmp_path), monitor="val_acc"))
+
+
+def test_config_json_replays_a_run_and_flags_override_it(tmp_path: Path) -> None:
+    from blockzoo.train import train
+
+    train(dict(data="blobs", quick=True, epochs=2, quiet=True, plots=False, runs_dir=str(tmp_path),
+                       name="a", seed=3, lr=0.01))
+    config = tmp_path / "a" / "config.json"
+    assert main(["train", "--config", str(config), "--name", "b", "--quiet", "--no-plots"]) == 0
+    replay = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (replay["model"], replay["seed"], replay["lr"], replay["epochs"]) == ("tabular_mlp", 3, 0.01, 2)
+    # the same run again: the same weights, bit for bit
+    again = torch_load_weights(tmp_path / "b" / "last.pt")
+    assert all((again[k] == v).all() for k, v in torch_load_weights(tmp_path / "a" / "last.pt").items())
+    # a flag on the command line wins over the file
+    assert main(["train", "--config", str(config), "--name", "c", "--epochs", "1", "--quiet", "--no-plots"]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["epochs"] == 1
+
+
+def torch_load_weights(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_config_file_naming_a_users_model_is_refused(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": "os:system", "model_args": {"command": "touch pwned"}}))
+    assert main(["train", "--config", str(cfg), "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "names your own model 'os:system'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists() and not any(p.is_dir() for p in tmp_path.iterdir())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -58,7 +58,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         opts["model_args"] = dict(opts["model_args"])
     if opts.get("quiet"):
         logging.getLogger("blockzoo").setLevel(logging.WARNING)
-    cfg = TrainConfig.from_dict(opts)
+    config_file = getattr(args, "config_file", None)
+    cfg = TrainConfig.from_file(config_file, opts) if config_file else TrainConfig.from_dict(opts)
     try:
         result = train(cfg)
     except NonFiniteLossError as e:
@@ -123,6 +124,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         note = f" (default {default})" if default not in (None, False, True) else ""
         text = helps[f.name].replace("``", "").rstrip(".")
         p.add_argument(*flags, dest=f.name, help=text + note, **kw)
+    p.add_argument("--config", dest="config_file", metavar="PATH",
+                   help="options from a file: a run's config.json replays that run (JSON or TOML); "
+                   "options given here override it")
     p.set_defaults(func=cmd_train)
 
 

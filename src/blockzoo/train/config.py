@@ -7,6 +7,7 @@ CNN on the bundled MNIST-1D data, AdamW with a linear warm-up and cosine decay.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import re
@@ -65,6 +66,9 @@ class TrainConfig:
             0 to 2**32 - 1.
         name: run name (``runs/<name>/``); default ``<model>_<data>``.
         runs_dir: parent of run directories.
+        monitor: the validation metric that picks best.pt (and the weights tested):
+            ``val_acc`` (ties broken by the lower val loss) or ``val_loss``; None is
+            val_acc for classification, val_loss for regression.
         resume: continue from ``runs/<name>/last.pt``.
         overwrite: replace an existing run of the same name (it stays whole until the
             new run has written its first checkpoint); without it, or ``resume``, an
@@ -103,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     name: str | None = None
     runs_dir: str = "runs"
+    monitor: str | None = None
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -165,6 +170,8 @@ class TrainConfig:
             raise ConfigError(f"nesterov=True needs momentum > 0, got momentum={self.momentum}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ConfigError(f"amp={self.amp!r} must be bf16, fp16 or None")
+        if self.monitor not in (None, "val_acc", "val_loss"):
+            raise ConfigError(f"monitor={self.monitor!r} must be val_acc, val_loss or None (by the task)")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -201,6 +208,45 @@ class TrainConfig:
                 raise unknown_name("training option", k, known)
         return cls(**dict(d))
 
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """A config file with ``overrides`` (the command line's options) on top.
+
+        JSON (a run's ``config.json`` replays that run; the run-record entries beside the
+        options are skipped) or TOML (``[train]`` table or top level). The file is data:
+        a model it names as ``module:callable`` is refused unless the command line names
+        the same one, since rebuilding it would import code.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file {str(path)!r}")
+        try:
+            if path.suffix == ".toml":
+                try:
+                    import tomllib
+                except ImportError:  # Python 3.10
+                    raise ConfigError(f"config file {path}: TOML needs Python 3.11+; use JSON") from None
+                raw: Any = tomllib.loads(path.read_text())
+                raw = raw.get("train", raw)
+            else:
+                raw = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise ConfigError(f"config file {path}: not valid {kind} ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected an object of options, got {type(raw).__name__}")
+        options = {k: v for k, v in raw.items() if k not in RUN_RECORD_KEYS}
+        given = dict(overrides or {})
+        model = options.get("model")
+        if isinstance(model, str) and ":" in model and "model" not in given:
+            raise ConfigError(f"config file {path} names your own model {model!r}; blockzoo never imports "
+                              f"code named by a file: pass --model {model} yourself")
+        return cls.from_dict({**options, **given})
+
+
+# What a run's config.json holds beside the options: the run's record, skipped on replay.
+RUN_RECORD_KEYS = ("data_info", "output", "ids", "num_outputs", "in_chans", "input", "native_input",
+                   "native_shape", "classes", "task")
 
 _MAX_SEED = 2**32 - 1
 

@@ -75,6 +75,7 @@ class FitResult:
     data_name: str = ""
     baselines: dict[str, float] = field(default_factory=dict)
     model_name: str = ""  # the registered name or import target it was built from, if known
+    monitor: str = "val_acc"  # what best_val and best_epoch are by
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,17 +226,19 @@ def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: P
     test = {} if stopped or interrupted else evaluate_best(run, state)
     best_val = state.best_val
     return FitResult(model=model, history=state.history, test=test, best_epoch=state.best_epoch,
-                     best_val=best_val if run.obj.task != "regression" or best_val is None else -best_val,
+                     best_val=best_val if run.monitor == "val_acc" or best_val is None else -best_val,
                      steps=state.step, seconds=seconds, metric=data.metric, run_dir=run_dir,
                      stopped=stopped, interrupted=interrupted, grad_history=state.grad_history,
                      data_name=data.name, baselines=dict(data.baselines),
-                     model_name=str((meta or {}).get("model") or cfg.model or ""))
+                     model_name=str((meta or {}).get("model") or cfg.model or ""), monitor=run.monitor)
 
 
 def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: Path | None,
            meta: Mapping[str, Any] | None) -> tuple[Run, RunState]:
     """Everything before the first step: device, DDP, optimizer, loader, the (resumed) state, hooks."""
     obj = objective(data.task, output, data.num_classes)
+    if cfg.monitor == "val_acc" and obj.task == "regression":
+        raise ConfigError("monitor='val_acc': a regression run has no accuracy; use val_loss")
     device = resolve_device(cfg.device)
     dist = ddp.setup(device)
     torch.manual_seed(cfg.seed)
@@ -401,7 +404,10 @@ def end_epoch(run: Run, state: RunState, epoch: int, t0: float) -> None:
                                    for n, g in zip(run.grad_names, state.grad_sum, strict=True)})
         state.grad_sum.zero_()
     state.reset_sums()
-    improved = state.keep_best(val["acc"] if classify else -val["loss"], epoch + 1)
+    if run.monitor == "val_acc":
+        improved = state.keep_best(val["acc"], epoch + 1, tie_loss=val["loss"])
+    else:
+        improved = state.keep_best(-val["loss"], epoch + 1)
     if run.last_pt is not None and run.main:
         # best.pt: this epoch's last.pt, linked rather than written twice
         save_run(run, state, run.last_pt, epoch + 1, link=run.best_pt if improved else None)

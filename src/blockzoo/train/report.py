@@ -24,14 +24,17 @@ def train_report(result: FitResult, model: str) -> str:
     test = result.test.get("acc" if metric == "acc" else "loss", float("nan"))
     fmt = _pct if metric == "acc" else (lambda v: f"{v:.4g}")
     label = {"acc": "accuracy", "mse": "MSE"}.get(metric, "loss")
-    best = result.best_val if result.best_val is not None else float("nan")
-    if metric == "loss" and result.best_epoch:
-        best = result.history[result.best_epoch - 1]["val_loss"]
+    best = "(no epoch finished)"
+    if result.best_epoch:
+        row = result.history[result.best_epoch - 1]
+        parts = ([f"val accuracy {_pct(row['val_acc'])}"] if "val_acc" in row else [])
+        best = f"epoch {result.best_epoch} by {result.monitor}: " + ", ".join(
+            [*parts, f"val loss {row['val_loss']:.4g}"])
     rows = [
         dict(item="model", value=model),
         dict(item="data", value=result.data_name),
         dict(item="epochs / steps", value=f"{len(result.history)} / {result.steps}"),
-        dict(item=f"best val {label}", value=f"{fmt(best)} (epoch {result.best_epoch})"),
+        dict(item="best (tested)", value=best),
         dict(item=f"test {label}", value=fmt(test)),
         dict(item="training time", value=f"{result.seconds:.1f} s"),
         dict(item="run directory", value=str(result.run_dir)),

@@ -112,12 +112,16 @@ class RunState:
         """Start a new epoch's sums."""
         self.loss_sum, self.correct, self.count = 0.0, 0.0, 0
 
-    def keep_best(self, score: float, epoch: int) -> bool:
-        """Record ``score`` of the 1-based ``epoch`` if it beats the best so far; True if it did."""
-        if self.best_val is None or score > self.best_val:
+    def keep_best(self, score: float, epoch: int, *, tie_loss: float | None = None) -> bool:
+        """Record ``score`` (higher is better) of the 1-based ``epoch`` if it beats the best so
+        far; with ``tie_loss``, an equal score with a lower val loss than the best epoch's
+        (read from ``history``) beats it too. True if it did."""
+        better = self.best_val is None or score > self.best_val
+        if not better and tie_loss is not None and score == self.best_val and self.best_epoch:
+            better = tie_loss < self.history[self.best_epoch - 1]["val_loss"]
+        if better:
             self.best_val, self.best_epoch = score, epoch
-            return True
-        return False
+        return better
 
     def to_checkpoint(self, epoch: int) -> dict[str, Any]:
         """The checkpoint entries of this state; ``epoch`` (the epochs finished) labels it.
@@ -166,6 +170,11 @@ class Run:
     @property
     def main(self) -> bool:
         return self.dist.main
+
+    @property
+    def monitor(self) -> str:
+        """What picks the best epoch: ``--monitor``, else val_acc (classification) or val_loss."""
+        return self.cfg.monitor or ("val_loss" if self.obj.task == "regression" else "val_acc")
 
     @property
     def last_pt(self) -> Path | None:
