@@ -167,7 +167,8 @@ def test_config_json_replays_a_run_and_flags_override_it(tmp_path: Path) -> None
     again = torch_load_weights(tmp_path / "b" / "last.pt")
     assert all((again[k] == v).all() for k, v in torch_load_weights(tmp_path / "a" / "last.pt").items())
     # a flag on the command line wins over the file
-    assert main(["train", "--config", str(config), "--name", "c", "--epochs", "1", "--quiet", "--no-plots"]) == 0
+    assert main(["train", "--config", str(config), "--name", "c", "--epochs", "1", "--quiet",
+                 "--no-plots"]) == 0
     assert json.loads((tmp_path / "c" / "config.json").read_text())["epochs"] == 1
 
 
