@@ -55,3 +55,26 @@ def test_catalogue_page_is_fresh() -> None:
     assert text == mod.catalogue_page(), "docs/catalogue.md is stale: run `make docs`"
     for name in blockzoo.list_blocks():
         assert f"| {name} |" in text
+
+
+def test_readme_own_network_block_runs(tmp_path, monkeypatch) -> None:
+    """The "Your own network" Python block runs as written: fit, layer table, ONNX equal to eager."""
+    import re
+
+    import pytest
+    import torch
+
+    pytest.importorskip("onnxruntime")
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Your own network", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert 0.0 <= namespace["result"].test["acc"] <= 1.0
+    net, x = namespace["net"], namespace["x"]
+    with torch.no_grad():
+        want = net(x)
+    assert torch.allclose(torch.as_tensor(namespace["onnx_logits"]), want, atol=1e-5)
+    assert (tmp_path / "my_net.onnx").exists()
