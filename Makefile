@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: run test lint docs test-slow clean
+.PHONY: run test lint docs test-slow test-cuda clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: lint
 # torch.compile with inductor over the whole registry (slow: not in CI).
 test-slow: $(VENV)/.dev-installed
 	BLOCKZOO_INDUCTOR_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_deploy.py -k inductor
+
+# On a CUDA machine: the registry, training, DDP and benchmarks on the GPU (scripts/gpu_check.sh).
+test-cuda: $(VENV)/.dev-installed
+	bash scripts/gpu_check.sh
 
 docs: $(VENV)/.dev-installed
 	$(PY) scripts/update_docs.py --benchmarks

@@ -34,13 +34,28 @@ class Dist:
         return self.rank == 0
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This process's device: under torchrun, ``cuda`` means GPU ``LOCAL_RANK`` (modulo the count)."""
+    if device.type != "cuda" or device.index is not None or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count()))
+
+
 def setup(device: torch.device) -> Dist:
-    """Join the process group when launched by torchrun with more than one process."""
+    """Join the process group when launched by torchrun with more than one process.
+
+    NCCL when every process on this node has a GPU of its own; gloo otherwise (CPU, or
+    several processes sharing one GPU, which NCCL refuses).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        own_gpu = device.type == "cuda" and torch.cuda.device_count() >= local
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if own_gpu else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

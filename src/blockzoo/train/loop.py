@@ -239,7 +239,7 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     obj = objective(data.task, output, data.num_classes)
     if cfg.monitor == "val_acc" and obj.task == "regression":
         raise ConfigError("monitor='val_acc': a regression run has no accuracy; use val_loss")
-    device = resolve_device(cfg.device)
+    device = ddp.rank_device(resolve_device(cfg.device))
     dist = ddp.setup(device)
     torch.manual_seed(cfg.seed)
     model.to(device)
