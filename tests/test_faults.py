@@ -163,10 +163,10 @@ def test_checkpoint_with_huge_model_args_is_refused(trained: Path, tmp_path: Pat
 
 def _corrupt_variants(good: bytes) -> dict[str, bytes]:
     return {"empty": b"", "1KB": good[:1024], "truncated": good[: len(good) // 2],
-            "text": b"this is not a checkpoint\n" * 4}
+            "text": b"this is not a checkpoint\n" * 4, "30KB": good[:30000]}
 
 
-@pytest.mark.parametrize("variant", ["empty", "1KB", "truncated", "text"])
+@pytest.mark.parametrize("variant", ["empty", "1KB", "truncated", "text", "30KB"])
 def test_broken_checkpoint_is_one_line(trained: Path, tmp_path: Path, variant: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / f"{variant}.pt"
@@ -416,7 +416,7 @@ def test_full_disk_or_read_only_folder_is_one_line_and_keeps_the_checkpoint(
 
 # --------------------------------------------------------------------------- fuzzed files
 
-_FUZZ = settings(max_examples=25, deadline=None,
+_FUZZ = settings(max_examples=50, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -132,6 +132,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    with open(path, "rb"):  # a file we may not read fails here, as the OSError it is
+        pass
     try:
         with warnings.catch_warnings():  # torch's notes on a damaged file; the outcome is what counts
             warnings.simplefilter("ignore")
@@ -144,8 +146,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{_detail(e)}") from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError, UnicodeDecodeError,
             zipfile.BadZipFile, AttributeError, TypeError, MemoryError, OverflowError) as e:
-        if isinstance(e, OSError) and not isinstance(e, (zipfile.BadZipFile,)) and e.errno is not None:
-            raise  # the disk, not the file's contents
         raise FileFormatError(f"{path} is not a readable checkpoint (empty, truncated or corrupted: "
                               f"{_detail(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
