@@ -377,3 +377,18 @@ def test_fused_weights_save_and_load_as_deploy_form(name, tmp_path) -> None:
     x = blockzoo.spec(name).make_input(batch=2)
     with torch.no_grad():
         assert torch.equal(again(*x), block(*x))
+
+
+@pytest.mark.parametrize("name", ["repvgg", "acnet", "dbb", "mobileone", "repmlp"])
+def test_reparameterized_block_saves_and_loads(name: str, tmp_path) -> None:
+    # save must record the deploy form, so load rebuilds the fused module the weights fit
+    s = blockzoo.spec(name)
+    block = randomise_bn(s.build()).double().eval()
+    x = s.make_input(batch=2, dtype=torch.float64)
+    expected = block(*x)
+    blockzoo.reparameterize(block)
+    path = blockzoo.save(block, tmp_path / f"{name}.safetensors")
+    loaded = blockzoo.load(path).double().eval()
+    assert loaded.deployed
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules()) or name == "repmlp"
+    torch.testing.assert_close(loaded(*x), expected, rtol=1e-10, atol=1e-10)  # float64

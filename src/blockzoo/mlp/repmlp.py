@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import ConvBN, conv_as_fc
+from blockzoo.rep.fuse import ConvBN, conv_as_fc, mark_deployed
 
 __all__ = ["RepMLPBlock"]
 
@@ -156,6 +156,7 @@ class RepMLPBlock(nn.Module):
         fc.train(self.training)
         del self.fc3, self.fc3_bn, self.local
         self.fc = fc
+        mark_deployed(self)
         return self
 
     def extra_repr(self) -> str:
