@@ -169,3 +169,28 @@ def test_threads_option_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bf16_runs() -> None:
     res = run_bench(["mlp"], BenchSettings(batch=2, dtype="bf16", warmup=0, repeats=1), progress=False)
     assert res.rows and res.machine["dtype"] == "bf16" and res.rows[0]["pct_peak"] > 0
+
+
+def test_bench_at_a_user_config(capsys: pytest.CaptureFixture[str]) -> None:
+    # dim=24 with 3 heads (d = 8): input (2, 8, 24); FLOPs q,k,v + out projections + attention
+    b, n, c = 2, 8, 24
+    args = ["bench", "multi_head_attention", "--config", "dim=24,num_heads=3,qkv_bias=False", "--batch", "2",
+            "--repeats", "1", "--warmup", "0", "--no-progress", "--format", "json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    (row,) = data["rows"]
+    assert data["machine"]["config"] == "dim=24, num_heads=3, qkv_bias=False"
+    assert row["input"] == f"{b}x{n}x{c}"
+    assert row["params"] == 3 * c * c + c * c + c  # no q, k, v biases; the output bias
+    assert row["flops"] == 2 * b * n * c * 4 * c + 4 * b * n * n * c
+
+
+def test_bench_config_values_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from blockzoo.cli.common import config_pairs
+
+    assert config_pairs("dim=16, window=(2, 1),act_layer=gelu,x=1.5") == dict(
+        dim=16, window=(2, 1), act_layer="gelu", x=1.5)
+    args = ["bench", "multi_head_attention", "--repeats", "1", "--warmup", "0", "--no-progress"]
+    assert main([*args, "--config", "dim=16,heads=4"]) == 2
+    assert "multi_head_attention takes no heads" in capsys.readouterr().err
+    assert main([*args, "--config", "16"]) == 2

@@ -234,3 +234,30 @@ def test_tiny_but_true_gradient_is_not_flagged(toy, example) -> None:
     # ...and it stays clear of the tolerance even when that is made 100x looser
     assert testing.zero_grad_parameters(s, rtol=testing.ZERO_GRAD_RTOL * 100) == []
     testing.check_grad(s)
+
+
+def test_stride_ignored_by_the_shape_rule_is_reported(toy) -> None:
+    class Strided(nn.Module):
+        """Downsamples by its stride, registered with a rule that keeps the size.
+
+        Args:
+            channels: C.
+            stride: s.
+
+        Shape:
+            - Input: (B, C, H, W); output (B, C, ceil(H / s), ceil(W / s)).
+        """
+
+        def __init__(self, channels: int, *, stride: int = 1) -> None:
+            super().__init__()
+            self.channels = channels
+            self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            check_shape(x, "B C H W", name="Strided", C=self.channels)
+            return self.conv(x)
+
+    s = toy(Strided)  # the example builds stride 1, where "same" holds
+    testing.check_forward(s)
+    with pytest.raises(testing.ConformanceError, match=r"stride=2: expected output shape"):
+        testing.check_sizes(s)

@@ -300,6 +300,26 @@ def test_repmlp_fusion_is_exact(groups, partition, kernels, dtype) -> None:
     assert block.fc is fc
 
 
+@pytest.mark.parametrize("groups,reduction", [(1, 4), (2, 2)])
+def test_repmlp_folds_the_global_perceptron_bn(groups, reduction) -> None:
+    # BN_g with random statistics and affine parameters folds into FC_1: the deploy form
+    # equals the eval-mode train form in float64 to 1e-12 (relative and absolute), and it
+    # holds no BatchNorm at all
+    torch.manual_seed(0)
+    block = randomise_bn(RepMLPBlock(8, 4, groups=groups, reduction=reduction), seed=3).double().eval()
+    x = torch.randn(3, 8, 8, 12, dtype=torch.float64)
+    with torch.no_grad():
+        before = block(x)
+        block.reparameterize()
+        after = block(x)
+    torch.testing.assert_close(after, before, rtol=1e-12, atol=1e-12)
+    assert block.gp_bn is None
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
+    # built with deploy=True, the block has the same parameters as the fused one
+    fresh = RepMLPBlock(8, 4, groups=groups, reduction=reduction, deploy=True).double()
+    assert fresh.state_dict().keys() == block.state_dict().keys()
+
+
 def test_repmlp_rejects_sizes_off_the_partition_grid() -> None:
     with pytest.raises(ShapeError, match="partition_size"):
         RepMLPBlock(4, 4)(torch.randn(1, 4, 8, 6))
@@ -377,3 +397,18 @@ def test_fused_weights_save_and_load_as_deploy_form(name, tmp_path) -> None:
     x = blockzoo.spec(name).make_input(batch=2)
     with torch.no_grad():
         assert torch.equal(again(*x), block(*x))
+
+
+@pytest.mark.parametrize("name", ["repvgg", "acnet", "dbb", "mobileone", "repmlp"])
+def test_reparameterized_block_saves_and_loads(name: str, tmp_path) -> None:
+    # save must record the deploy form, so load rebuilds the fused module the weights fit
+    s = blockzoo.spec(name)
+    block = randomise_bn(s.build_example()).double().eval()
+    x = s.make_input(batch=2, dtype=torch.float64)
+    expected = block(*x)
+    blockzoo.reparameterize(block)
+    path = blockzoo.save(block, tmp_path / f"{name}.safetensors")
+    loaded = blockzoo.load(path).double().eval()
+    assert loaded.deployed
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    torch.testing.assert_close(loaded(*x), expected, rtol=1e-10, atol=1e-10)  # float64

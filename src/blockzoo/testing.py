@@ -15,6 +15,7 @@ its reason, and the test suite skips it there (and only there).
 from __future__ import annotations
 
 import copy
+import inspect
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,7 +81,8 @@ def _expected_shape(s: Spec, args: Sequence[Any], config: dict[str, Any]) -> tup
     return tuple(rule(in_shape, config))
 
 
-def _check_output(s: Spec, out: Any, args: Sequence[Any], batch: int, where: str) -> None:
+def _check_output(s: Spec, out: Any, args: Sequence[Any], batch: int, where: str,
+                  config: dict[str, Any] | None = None) -> None:
     tensors = _float_tensors(out)
     if not tensors:
         raise _fail(s, f"{where}: the output holds no floating-point tensor")
@@ -91,7 +93,7 @@ def _check_output(s: Spec, out: Any, args: Sequence[Any], batch: int, where: str
     for t, d in zip(tensors, dims, strict=False):
         if t.dim() <= d or t.shape[d] != batch:
             raise _fail(s, f"{where}: output {tuple(t.shape)} lacks batch {batch} at dim {d}")
-    want = _expected_shape(s, args, dict(s.example.config))
+    want = _expected_shape(s, args, dict(s.example.config) if config is None else config)
     if want is not None and tuple(tensors[0].shape) != want:
         raise _fail(s, f"{where}: expected output shape {want}, got {tuple(tensors[0].shape)}")
 
@@ -109,22 +111,34 @@ def _shape_str(args: Sequence[Any]) -> str:
     return ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
 
 
+def _stride_overrides(s: Spec) -> list[dict[str, Any]]:
+    """The example's config, then stride 2 if the constructor takes a stride (and the
+    example does not already use 2)."""
+    takes = "stride" in inspect.signature(s.builder).parameters
+    return [{}, {"stride": 2}] if takes and s.example.config.get("stride") != 2 else [{}]
+
+
 def check_sizes(s: Spec) -> None:
-    """Batch 1 and 3 at the example size and at every other test size (non-square, odd)."""
-    block = _build(s).eval()
+    """Batch 1 and 3 at the example size and at every other test size (non-square, odd);
+    an entry that takes a ``stride`` is also tried at stride 2, and its output shape rule
+    must predict the strided output."""
     sizes: list[Size] = [s.example.size, *s.example.test_sizes()]
-    for batch in (1, 3):
-        for size in sizes:
-            args = s.make_input(batch=batch, size=size, seed=batch)
-            try:
-                with torch.no_grad():
-                    out = block(*args)
-            except Exception as e:
-                raise _fail(
-                    s, f"batch {batch}, size {size} ({_shape_str(args)}) failed: "
-                    f"{type(e).__name__}: {e}"
-                ) from e
-            _check_output(s, out, args, batch, f"batch {batch}, size {size}")
+    for over in _stride_overrides(s):
+        block = _build(s, **over).eval()
+        config = {**s.example.config, **over}
+        tag = "".join(f", {k}={v}" for k, v in over.items())
+        for batch in (1, 3):
+            for size in sizes:
+                args = s.make_input(batch=batch, size=size, seed=batch)
+                try:
+                    with torch.no_grad():
+                        out = block(*args)
+                except Exception as e:
+                    raise _fail(
+                        s, f"batch {batch}, size {size}{tag} ({_shape_str(args)}) failed: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
+                _check_output(s, out, args, batch, f"batch {batch}, size {size}{tag}", config)
 
 
 def _slice_args(s: Spec, args: Sequence[Any], i: int) -> tuple[Any, ...]:

@@ -89,13 +89,14 @@ def shapes_text(obj: Any) -> str:
 
 def entry_info(s: Spec, size: tuple[int, ...] | None = None, batch: int = 1) -> str:
     """The ``blockzoo info`` page of one entry, measured at ``size`` (default: the example's)."""
-    from blockzoo.bench.flops import count_flops, count_params
+    from blockzoo.bench.flops import count_params, flop_report
 
     model = s.build_example().eval()
     inputs = s.make_input(batch=batch, size=size)
     with torch.no_grad():
         out = model(*inputs)
-    flops = count_flops(model, inputs)
+    report = flop_report(model, inputs)
+    flops = report.flops
     cfg = ", ".join(f"{k}={v!r}" for k, v in s.example.config.items())
     lines = [
         f"{s.name}  ({s.family}, input: {s.input})",
@@ -110,6 +111,9 @@ def entry_info(s: Spec, size: tuple[int, ...] | None = None, batch: int = 1) -> 
         f"  FLOPs:   {flops:,} per forward at batch {batch} (torch flop counter; 2 per MAC)"
         f" = {flops / 1e9:.3g} GFLOPs",
     ]
+    if report.uncounted:
+        lines.append("  uncounted ops: " + ", ".join(report.uncounted)
+                     + " (no FLOP formula: the count above leaves them out)")
     if s.exempt:
         lines.append("  exempt:  " + "; ".join(f"{k}: {v}" for k, v in s.exempt.items()))
     return "\n".join(lines)

@@ -1,16 +1,16 @@
 """Measure registered entries: params, FLOPs, latency, throughput, memory, efficiency.
 
 ``run_bench(names, settings)`` builds each entry at its registered example
-config, feeds it its example input (or the sizes given in ``BenchSettings``)
-and returns one row per entry. An entry that fails to build or run at the
-requested size becomes a row in ``BenchResult.failures`` with its error: it is
-never silently dropped.
+config (updated by ``BenchSettings.config``), feeds it its example input (or the
+sizes given in ``BenchSettings``) and returns one row per entry. An entry that
+fails to build or run at the requested size becomes a row in
+``BenchResult.failures`` with its error: it is never silently dropped.
 
 What each column means (one forward is ``model(*inputs)``):
 
 - ``params``: parameter count; ``flops``: FLOPs of one forward
-  (``torch.utils.flop_counter.FlopCounterMode``, 2 per multiply-accumulate;
-  elementwise ops are not counted).
+  (``blockzoo.bench.flops``: torch's ``FlopCounterMode`` with SDPA on every backend,
+  2 per multiply-accumulate; elementwise ops are not counted).
 - ``fwd_ms`` / ``fwd_iqr_ms``: median and interquartile range of the forward
   latency in eval mode under ``torch.no_grad``; ``train_ms`` / ``train_iqr_ms``:
   the same for forward + backward in train mode (loss: sum of the outputs).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,14 +56,17 @@ BENCH_COLUMNS = [
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What to measure at: batch, sizes, device, dtype, warm-up and repeats.
+    """What to measure at: batch, config, sizes, device, dtype, warm-up and repeats.
 
-    ``image_size`` (H, W) replaces the example size of image entries, ``length``
-    (N) that of tokens, sequence and graph entries; entries of other kinds keep
-    their example size.
+    ``config`` holds constructor arguments that update each entry's example config
+    (``dim=512, num_heads=8``); the input is made for that config. ``image_size``
+    (H, W) replaces the example size of image entries, ``length`` (N) that of
+    tokens, sequence and graph entries; entries of other kinds keep their example
+    size.
     """
 
     batch: int = 8
+    config: Mapping[str, Any] = field(default_factory=dict)
     image_size: tuple[int, int] | None = None
     length: int | None = None
     device: str = "cpu"
@@ -114,6 +117,7 @@ def machine_info(settings: BenchSettings, peak_gflops: float | None = None) -> d
         platform=platform.platform(terse=True),
         threads=settings.threads,
         batch=settings.batch,
+        config=", ".join(f"{k}={v!r}" for k, v in settings.config.items()) or "example",
         image_size="example" if settings.image_size is None else "x".join(map(str, settings.image_size)),
         length="example" if settings.length is None else settings.length,
         dtype=settings.dtype,
@@ -138,8 +142,9 @@ def bench_entry(name: str, settings: BenchSettings, peak_gflops: float | None = 
     s = spec(name)
     dev, dt = torch.device(settings.device), settings.torch_dtype
     torch.manual_seed(0)
-    model = s.build_example().to(device=dev, dtype=dt)
-    args = s.make_input(batch=settings.batch, size=settings.size_for(s), dtype=dt, device=dev)
+    model = s.build_example(**settings.config).to(device=dev, dtype=dt)
+    args = s.make_input(batch=settings.batch, size=settings.size_for(s), config=settings.config,
+                        dtype=dt, device=dev)
 
     model.eval()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,23 @@ from typing import Any
 import torch
 
 from blockzoo.bench.report import FORMATS, bench_text, render
-from blockzoo.cli.common import DEFAULT_THREADS, CliError, nonneg_int, positive_int
+from blockzoo.cli.common import DEFAULT_THREADS, CliError, config_pairs, nonneg_int, positive_int
 from blockzoo.registry import FAMILIES, list_blocks, spec
 
 __all__ = ["add_arena", "add_bench"]
 
 log = logging.getLogger("blockzoo")
+
+
+def _check_config(name: str, config: dict[str, Any]) -> None:
+    """Every --config key must be an argument of the entry's constructor (unless it takes **kw)."""
+    params = inspect.signature(spec(name).builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        accepted = ", ".join(k for k in params if k not in ("device", "dtype"))
+        raise CliError(f"--config: {name} takes no {', '.join(unknown)} (it takes {accepted})")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -28,8 +40,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         names = [n for n in names if spec(n).family == args.family]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError("--device cuda: CUDA is not available in this PyTorch build/machine")
+    config = {k: v for pairs in args.config or () for k, v in pairs.items()}
+    for n in names:
+        _check_config(n, config)
     settings = BenchSettings(
         batch=args.batch,
+        config=config,
         image_size=tuple(args.size) if args.size else None,
         length=args.length,
         device=args.device,
@@ -60,6 +76,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="image size for image entries")
     g.add_argument("--length", type=positive_int, help="N for tokens/sequence/graph entries")
+    p.add_argument("--config", type=config_pairs, action="append", metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="constructor arguments over the example config (e.g. dim=512,num_heads=8); "
+                   "the input follows them (its width from the config)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--format", choices=FORMATS, default="table")

@@ -20,6 +20,21 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return dilation * (kernel_size - 1) // 2
 
 
+def conv_out_shape(shape: Any, cfg: Any) -> tuple[int, ...]:
+    """Output shape rule of a conv block from its config, for ``Example(out_shape=...)``:
+    (B, dim_out or C, H', W') with ``H' = floor((H + 2 p - d (k - 1) - 1) / s) + 1``, where
+    k = kernel_size, s = stride, d = dilation and p = padding (default ``same_padding``);
+    the constructors' defaults k = 3, s = 1, d = 1 apply where the config gives none."""
+    k, s, d = cfg.get("kernel_size", 3), cfg.get("stride", 1), cfg.get("dilation", 1)
+    p = cfg.get("padding")
+    p = same_padding(k, d) if p is None else p
+
+    def out(n: int) -> int:
+        return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+    return (shape[0], cfg.get("dim_out") or shape[1], out(shape[2]), out(shape[3]))
+
+
 def per_sample_conv(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -16,7 +16,13 @@ from torch import nn
 
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
-from blockzoo.conv._functional import init_kernel_bank, per_sample_conv, raise_small, same_padding
+from blockzoo.conv._functional import (
+    conv_out_shape,
+    init_kernel_bank,
+    per_sample_conv,
+    raise_small,
+    same_padding,
+)
 from blockzoo.registry import Example, images, register
 
 __all__ = ["CondConv"]
@@ -33,7 +39,7 @@ __all__ = ["CondConv"]
         config=dict(channels=8, dim_out=16, kernel_size=3, num_experts=4),
         inputs=images(),
         size=(8, 8),
-        out_shape=lambda s, c: (s[0], c["dim_out"], s[2], s[3]),
+        out_shape=conv_out_shape,
         tiny=dict(channels=3, dim_out=4, num_experts=2),
     ),
 )

@@ -15,7 +15,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
-from blockzoo.conv._functional import raise_small, same_padding
+from blockzoo.conv._functional import conv_out_shape, raise_small, same_padding
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ConvBnAct"]
@@ -32,7 +32,7 @@ __all__ = ["ConvBnAct"]
         config=dict(channels=8, dim_out=16, kernel_size=3),
         inputs=images(),
         size=(8, 8),
-        out_shape=lambda s, c: (s[0], c["dim_out"], s[2], s[3]),
+        out_shape=conv_out_shape,
         tiny=dict(channels=3, dim_out=4),
     ),
 )

@@ -15,6 +15,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape
+from blockzoo.conv._functional import conv_out_shape
 from blockzoo.conv.conv_bn_act import ConvBnAct
 from blockzoo.registry import Example, images, register
 
@@ -32,7 +33,7 @@ __all__ = ["DepthwiseSeparableConv"]
         config=dict(channels=8, dim_out=16, kernel_size=3),
         inputs=images(),
         size=(8, 8),
-        out_shape=lambda s, c: (s[0], c["dim_out"], s[2], s[3]),
+        out_shape=conv_out_shape,
         tiny=dict(channels=3, dim_out=4),
     ),
 )

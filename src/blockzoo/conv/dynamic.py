@@ -17,7 +17,13 @@ from torch import nn
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
-from blockzoo.conv._functional import init_kernel_bank, per_sample_conv, raise_small, same_padding
+from blockzoo.conv._functional import (
+    conv_out_shape,
+    init_kernel_bank,
+    per_sample_conv,
+    raise_small,
+    same_padding,
+)
 from blockzoo.registry import Example, images, register
 
 __all__ = ["DynamicConv"]
@@ -34,7 +40,7 @@ __all__ = ["DynamicConv"]
         config=dict(channels=8, dim_out=16, kernel_size=3, num_kernels=4),
         inputs=images(),
         size=(8, 8),
-        out_shape=lambda s, c: (s[0], c["dim_out"], s[2], s[3]),
+        out_shape=conv_out_shape,
         tiny=dict(channels=3, dim_out=4, num_kernels=2, temperature=1.0),
     ),
 )

@@ -18,6 +18,7 @@ from torch import nn
 from blockzoo.act import LayerSpec
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
+from blockzoo.conv._functional import conv_out_shape
 from blockzoo.conv.conv_bn_act import ConvBnAct
 from blockzoo.registry import Example, images, register
 
@@ -35,7 +36,8 @@ __all__ = ["Involution"]
         config=dict(channels=16, kernel_size=3, group_channels=4, reduction=4),
         inputs=images(),
         size=(8, 8),
-        out_shape="same",
+        # odd k, padding k // 2, taps every s-th position: H' = ceil(H / s), as a conv's
+        out_shape=conv_out_shape,
         tiny=dict(channels=4, group_channels=2, reduction=2),
     ),
 )

@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, images, register
-from blockzoo.rep.fuse import ConvBN, conv_as_fc
+from blockzoo.rep.fuse import ConvBN, conv_as_fc, mark_deployed
 
 __all__ = ["RepMLPBlock"]
 
@@ -47,9 +47,11 @@ class RepMLPBlock(nn.Module):
         Y_p   = F_p + L_p + v_p                                  v_p broadcast over h x w
 
     Deploy form (``reparameterize()``): every conv on a fixed h x w patch is a linear
-    map of the patch, so BN and the conv branches fold into one grouped FC::
+    map of the patch, so BN and the conv branches fold into one grouped FC, and BN_g
+    (eval mode: a per-channel affine map) folds into FC_1::
 
         Y_p = FC'(x_p) + v_p,   FC' = fold(FC_3, BN) + sum_k fc(fold(conv_k, BN_k))
+        v_p = FC_2(ReLU(FC_1'(avgpool(X)))),   FC_1' = fold(BN_g, FC_1)
 
     Args:
         channels: C.
@@ -91,7 +93,8 @@ class RepMLPBlock(nn.Module):
         self.kernel_sizes = tuple(kernel_sizes)
         fk = dict(device=device, dtype=dtype)
         hidden = max(1, channels // reduction)
-        self.gp_bn = nn.BatchNorm2d(channels, **fk)
+        # the deploy form has BN_g folded into FC_1
+        self.gp_bn: nn.BatchNorm2d | None = None if deploy else nn.BatchNorm2d(channels, **fk)
         self.gp_fc1 = nn.Conv2d(channels, hidden, 1, **fk)
         self.gp_fc2 = nn.Conv2d(hidden, channels, 1, **fk)
         n = channels * h * w
@@ -120,7 +123,10 @@ class RepMLPBlock(nn.Module):
                              f"partition_size=({h}, {w}); got input {tuple(x.shape)}")
         nh, nw = dims["H"] // h, dims["W"] // w
         # v = FC_2(ReLU(FC_1(BN(avgpool(X)))))
-        v = self.gp_fc2(F.relu(self.gp_fc1(self.gp_bn(F.avg_pool2d(x, (h, w))))))  # (B, C, nh, nw)
+        pooled = F.avg_pool2d(x, (h, w))  # (B, C, nh, nw)
+        if self.gp_bn is not None:
+            pooled = self.gp_bn(pooled)
+        v = self.gp_fc2(F.relu(self.gp_fc1(pooled)))  # (B, C, nh, nw)
         v = v.permute(0, 2, 3, 1).reshape(b * nh * nw, c, 1, 1)  # (B P, C, 1, 1)
         p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
         p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
@@ -137,10 +143,18 @@ class RepMLPBlock(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> RepMLPBlock:
-        """Merge BN and the local conv branches into the partition FC, in place; idempotent."""
+        """Merge BN and the local conv branches into the partition FC and BN_g into FC_1, in
+        place; idempotent; keeps device and dtype. No BatchNorm remains."""
         if self.fc is not None:
             return self
         c, h, w, g = self.channels, self.h, self.w, self.groups
+        # FC_1(BN_g(p)) = W (t p + beta - mu t) + b = (W diag(t)) p + (W (beta - mu t) + b)
+        gbn, fc1 = self.gp_bn, self.gp_fc1
+        tg = gbn.weight / (gbn.running_var + gbn.eps).sqrt()  # (C)
+        shift = gbn.bias - gbn.running_mean * tg  # (C)
+        fc1.bias.add_(fc1.weight[:, :, 0, 0] @ shift)
+        fc1.weight.mul_(tg[None, :, None, None])
+        self.gp_bn = None
         bn = self.fc3_bn
         t = bn.weight / (bn.running_var + bn.eps).sqrt()
         # fold BN (per channel, repeated over the h w positions of that channel) into FC_3
@@ -156,6 +170,7 @@ class RepMLPBlock(nn.Module):
         fc.train(self.training)
         del self.fc3, self.fc3_bn, self.local
         self.fc = fc
+        mark_deployed(self)
         return self
 
     def extra_repr(self) -> str:

@@ -36,6 +36,7 @@ from torch import nn
 
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.checks import check_shape, require
+from blockzoo.registry import ENTRY_ATTR
 
 __all__ = [
     "BNIdentity",
@@ -45,6 +46,7 @@ __all__ = [
     "conv_as_fc",
     "fuse_bn",
     "identity_kernel",
+    "mark_deployed",
     "merge_1x1_kxk",
     "pad_kernel",
     "rep_out_shape",
@@ -56,6 +58,16 @@ def rep_out_shape(shape: Any, cfg: Any) -> tuple[int, ...]:
     """Output shape rule of a re-param block: (B, dim_out or C, ceil(H / stride), ceil(W / stride))."""
     s = cfg.get("stride", 1)
     return (shape[0], cfg.get("dim_out") or shape[1], (shape[2] - 1) // s + 1, (shape[3] - 1) // s + 1)
+
+def mark_deployed(module: nn.Module) -> None:
+    """After an in-place fusion: the recorded build config (``ENTRY_ATTR``, kept by
+    ``Spec.build``) becomes the deploy form, ``deploy=True``, so that ``blockzoo.save``
+    stores, and ``blockzoo.load`` rebuilds, the fused module the weights belong to."""
+    entry = getattr(module, ENTRY_ATTR, None)
+    if entry is not None:
+        name, config = entry
+        setattr(module, ENTRY_ATTR, (name, {**config, "deploy": True}))
+
 
 Kernel = tuple[torch.Tensor, torch.Tensor]
 
@@ -319,6 +331,7 @@ class RepConv(nn.Module):
         conv.train(self.training)
         del self.branches
         self.conv = conv
+        mark_deployed(self)
         return self
 
     def extra_repr(self) -> str:

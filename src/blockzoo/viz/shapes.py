@@ -2,7 +2,8 @@
 
 ``layer_table(model, inputs)`` runs one forward with a forward hook on every
 module (input and output shapes, in call order) inside PyTorch's
-``FlopCounterMode`` (FLOPs per module, 2 per multiply-accumulate). Each row is
+``FlopCounterMode`` with blockzoo's extra formulas (``bench.flops.flop_counter``:
+FLOPs per module, 2 per multiply-accumulate, SDPA on every backend). Each row is
 one module that computes or owns something *itself*: every leaf module, plus any
 container that owns parameters directly (a class token) or runs FLOP-counted ops
 in its own forward (an SDPA call). A row's params are the module's own
@@ -23,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
+
+from blockzoo.bench.flops import flop_counter
 
 __all__ = ["LayerRow", "conv_arithmetic", "layer_table", "plot_shapes", "table_rows"]
 
@@ -110,7 +112,7 @@ def layer_table(model: nn.Module, inputs: Sequence[Any]) -> list[LayerRow]:
     for m in names:
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(hook))
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     try:
         with torch.no_grad(), counter:
             model(*inputs)
