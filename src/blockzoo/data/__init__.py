@@ -36,6 +36,15 @@ from blockzoo.data.files import (
     write_cifar_batch,
     write_idx,
 )
+from blockzoo.data.folder import (
+    IMAGE_SUFFIXES,
+    MEMORY_LIMIT,
+    FolderOptions,
+    image_files,
+    load_folder,
+    parse_folder_spec,
+    read_images,
+)
 from blockzoo.data.generated import (
     BOW_WORDS,
     bag_of_words,
@@ -52,10 +61,13 @@ from blockzoo.data.tabular import (
 
 __all__ = [
     "BOW_WORDS",
+    "IMAGE_SUFFIXES",
+    "MEMORY_LIMIT",
     "MNIST1D_BASELINES",
     "TASKS",
     "Data",
     "DatasetEntry",
+    "FolderOptions",
     "TensorData",
     "TensorLoader",
     "adding_problem",
@@ -64,13 +76,17 @@ __all__ = [
     "copy_memory",
     "copy_memory_baseline",
     "dataset_entry",
+    "image_files",
     "list_datasets",
     "load_csv",
     "load_data",
     "load_digits_arrays",
+    "load_folder",
     "load_mnist1d_arrays",
+    "parse_folder_spec",
     "read_cifar_batch",
     "read_idx",
+    "read_images",
     "register_dataset",
     "register_file_loader",
     "split_train_val",
