@@ -1,6 +1,6 @@
 """Image folders (``--data folder:PATH``): generated PNG/JPEG shapes are read, split,
-standardised on the training split, augmented at decode time, and trained on well above
-chance."""
+standardised on the training split, augmented at decode time, trained on well above
+chance, and predicted on from image files with class names."""
 
 import logging
 from pathlib import Path
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from blockzoo.checks import ConfigError, DataError
+from blockzoo.cli import main
 from blockzoo.data import folder, load_data
 from blockzoo.registry import UnknownNameError
-from blockzoo.train import evaluate_checkpoint, train
+from blockzoo.train import evaluate_checkpoint, predict, train
 
 CLASSES = ("disc", "hbar", "vbar")  # sorted: the class order
 
@@ -50,7 +51,7 @@ def make_folder(root: Path, per_class: int, *, seed: int = 0, gray: bool | None 
     return root
 
 
-def test_trains_on_shape_images_well_above_chance(tmp_path: Path,
+def test_trains_on_shape_images_well_above_chance(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     root = make_folder(tmp_path / "shapes", 40)
     (root / "disc" / "notes.txt").write_text("not an image")
@@ -68,6 +69,29 @@ def test_trains_on_shape_images_well_above_chance(tmp_path: Path,
     assert data.classes == CLASSES and data.shape == (3, 16, 16)
     # eval rebuilds the same data from the stored data string (options included)
     assert evaluate_checkpoint(tmp_path / "img" / "best.pt")["acc"] == pytest.approx(res.test["acc"])
+    # predict on image files: a folder of them, and one file; answers are class names
+    new = make_folder(tmp_path / "new", 6, seed=1)
+    rows = predict(tmp_path / "img" / "best.pt", new)
+    assert len(rows) == 18 and {r["prediction"] for r in rows} <= set(CLASSES)
+    truth = [Path(r["file"]).parts[0] for r in rows]
+    assert np.mean([r["prediction"] == t for r, t in zip(rows, truth, strict=True)]) >= 0.8
+    # the same decoding and the stored training statistics as the data set's test split
+    files = sorted((new / "disc").iterdir())
+    x = (folder.read_images(files, (3, 16, 16)) - data.stats["mean"]) / data.stats["std"]
+    with torch.no_grad():
+        want = [CLASSES[i] for i in res.model(x).argmax(-1).tolist()]
+    one = [predict(tmp_path / "img" / "best.pt", f)[0]["prediction"] for f in files]
+    assert one == want
+    assert main(["predict", "--checkpoint", str(tmp_path / "img" / "best.pt"), "--input",
+                 str(files[0])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "index,file,prediction,confidence" and out[1].split(",")[2] == want[0]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="holds no images"):
+        predict(tmp_path / "img" / "best.pt", tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        predict(tmp_path / "img" / "best.pt", tmp_path / "missing.png")
 
 
 def test_split_folders_classes_stats_and_augmentation(tmp_path: Path) -> None:

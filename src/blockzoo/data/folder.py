@@ -44,7 +44,7 @@ from blockzoo.checks import ConfigError, DataError
 from blockzoo.data.base import Data, TensorData, register_file_loader
 from blockzoo.registry import unknown_name
 
-__all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "load_folder",
+__all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "image_inputs", "load_folder",
            "parse_folder_spec", "read_images"]
 
 log = logging.getLogger(__name__)
@@ -360,3 +360,17 @@ def _decode_split(items: list[tuple[Path, int]], size: tuple[int, int], channels
     x = torch.stack([v[0] for v in views] + [v[k] for k in range(1, augment + 1) for v in views])
     return TensorData(x, labels.repeat(augment + 1))
 
+
+def image_inputs(path: Path) -> list[tuple[str, Path]] | None:
+    """The images ``predict --input`` names: (name, file) for one image or a folder of them
+    (named relative to it, sorted); ``None`` when ``path`` is no image and no folder."""
+    if not (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES):
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"no input image {str(path)!r}")
+    if not path.is_dir():
+        return [(str(path), path)]
+    files = image_files(path)
+    if not files:
+        raise DataError(f"input folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(f.relative_to(path).as_posix(), f) for f in files]
