@@ -159,3 +159,19 @@ def test_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "one" / "empty").mkdir()
     with pytest.raises(DataError, match="'empty' holds no images"):
         load_data(f"folder:{tmp_path / 'one'}")
+
+
+@pytest.mark.filterwarnings("error")
+def test_image_modes_decode_to_pixels_in_unit_range(tmp_path: Path) -> None:
+    """16-bit grayscale is scaled by 65535, palette/alpha images lose alpha; no warnings."""
+    ramp = np.tile(np.linspace(0, 65535, 16), (16, 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.fromarray(np.full((16, 16, 3), 51, np.uint8)).convert("P").save(tmp_path / "p.png", transparency=0)
+    Image.fromarray(np.full((16, 16, 2), 102, np.uint8), "LA").save(tmp_path / "la.png")
+    Image.fromarray(np.full((16, 16, 4), 153, np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    files = [tmp_path / f for f in ("g16.png", "p.png", "la.png", "rgba.png")]
+    for c in (1, 3):
+        x = folder.read_images(files, (c, 16, 16))
+        assert x.shape == (4, c, 16, 16)
+        assert x[0].amin() == 0 and abs(x[0].amax() - 1) < 1e-5  # the full 16-bit range
+        assert torch.allclose(x[1:], torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1, 1).expand(3, c, 16, 16))

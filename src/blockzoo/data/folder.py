@@ -253,7 +253,7 @@ def _random_box(w: int, h: int, size: tuple[int, int], rng: np.random.Generator
 
 def _to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
     """(C, H, W) float32 in [0, 1]."""
-    arr = np.asarray(im, dtype=np.float32)
+    arr = np.array(im, dtype=np.float32)  # a copy: torch takes only writable arrays
     if im.mode != "F":
         arr = arr / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
