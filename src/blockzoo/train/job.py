@@ -386,19 +386,30 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
 
     A CSV holds one sample per row (flattened); a ``.npy``/``.npz`` array (or an array
     given in Python) is a batch along its first axis, unless its shape is one sample's.
+    An image file (``.png``, ``.jpg``, ...) or a folder of them (an image model) is
+    decoded as the training images were (scaled, centre-cropped, in [0, 1]); each row
+    then names its ``file``.
     Inputs are in the data set's own scale before standardisation (e.g. pixels in
     [0, 1] for MNIST, raw feature values for a CSV); the training statistics stored in
     the checkpoint are applied here. Returns one dict per sample: prediction (class
     name or value) and confidence.
     """
+    from blockzoo.data.folder import image_inputs, read_images  # only here: job.py's imports are shared
+
     model, ck = load_trained(checkpoint, builder=builder)
     meta = ck["meta"]
+    shape = tuple(meta["native_shape"])
+    files = None if isinstance(inputs, np.ndarray) else image_inputs(Path(inputs))
     if isinstance(inputs, np.ndarray):
         arr, rows, source = inputs, False, "inputs"
+    elif files is not None:
+        if meta["native_input"] != "image":
+            raise ConfigError(f"{inputs} holds images; {checkpoint} was trained on "
+                              f"{meta['native_input']} data")
+        arr, rows, source = read_images([f for _, f in files], shape).numpy(), False, f"images {inputs}"
     else:
         arr, rows = _read_inputs(Path(inputs))
         source = f"input file {inputs}"
-    shape = tuple(meta["native_shape"])
     x = _as_samples(arr, shape, rows, source)
     if len(x) == 0:
         raise DataError(f"{source} holds no samples")
@@ -421,11 +432,12 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
         raise FileFormatError(f"{checkpoint}: meta 'classes' must list {ck['num_classes']} class names")
     out = []
     for i in range(len(x)):
+        named = {"file": files[i][0]} if files is not None else {}
         if obj.task == "regression":
             value: Any = [round(v, 6) for v in pred[i].tolist()]
-            out.append({"index": i, "prediction": value[0] if len(value) == 1 else value})
+            out.append({"index": i, **named, "prediction": value[0] if len(value) == 1 else value})
         else:
             c = int(pred[i])
-            out.append({"index": i, "prediction": classes[c] if classes else c,
+            out.append({"index": i, **named, "prediction": classes[c] if classes else c,
                         "confidence": round(float(conf[i]), 4)})
     return out

@@ -1,0 +1,376 @@
+"""Images from a folder of class folders: ``--data folder:PATH[?size=HxW&augment=none|K]``.
+
+The layout other libraries' image-folder readers know::
+
+    PATH/circle/001.png  PATH/square/a.jpg  ...          one sub-folder per class
+    PATH/train/circle/...  PATH/val/...  PATH/test/...   or split folders (val/, test/ optional)
+
+Classes are the sorted names of the class folders (of ``train/`` in the split layout).
+Without ``test/``, a fixed share of the training images is held out as test (the same
+images whatever the run's seed); without ``val/``, a seeded share of the rest is
+validation. Images (PNG, JPEG, BMP, GIF, WebP; grayscale or colour, any size) are
+decoded with Pillow, scaled to cover ``size`` and centre-cropped, as pixels in [0, 1]:
+one channel if every training image is grayscale, else RGB. Files that are not images
+are skipped and counted; an image that cannot be decoded is a ``DataError`` naming it.
+
+The whole set is decoded once and kept as tensors (the engine's fast path). Training
+augmentation is done at decode time: ``augment=K`` (default 1) adds K copies of every
+training image, each a random resized crop (60-100% of the area, aspect 3/4-4/3)
+flipped left-right with probability 1/2, seeded by the run's seed and the image's
+index. Inputs are standardised per channel with the training split's mean and std,
+which the checkpoint keeps for ``predict``. Sets whose decoded tensors would exceed
+``MEMORY_LIMIT`` are refused: streaming them through a DataLoader is not implemented.
+
+Letters: N images, C channels (1 grayscale, 3 RGB), H W spatial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from blockzoo.checks import ConfigError, DataError
+from blockzoo.data.base import Data, TensorData, register_file_loader
+from blockzoo.registry import unknown_name
+
+__all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "image_inputs", "load_folder",
+           "parse_folder_spec", "read_images"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # the only decoders Pillow may pick
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_SPLITS = ("train", "val", "test")
+MEMORY_LIMIT = 4 * 2**30  # bytes of decoded float32 tensors held in memory
+_MAX_SIDE = 4096
+_MAX_AUGMENT = 16
+_CROP_AREA = (0.6, 1.0)  # random resized crop: share of the image's area
+_CROP_RATIO = (3 / 4, 4 / 3)  # ... and aspect ratio relative to the output's
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """The options after ``?`` in ``folder:PATH?size=32x32&augment=none``.
+
+    Attributes:
+        size: (H, W) every image is scaled and centre-cropped to; ``None``: the size all
+            images share (an error if they differ).
+        augment: augmented copies of each training image (0 = ``none``).
+    """
+
+    size: tuple[int, int] | None = None
+    augment: int = 1
+
+
+def _parse_size(v: str) -> tuple[int, int]:
+    parts = v.lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or not all(1 <= s <= _MAX_SIDE for s in hw):
+        raise ConfigError(f"folder data: size={v!r} must be HxW (or one side N) with sides in 1..{_MAX_SIDE}")
+    return hw[0], hw[1]
+
+
+def _parse_augment(v: str) -> int:
+    if v.lower() == "none":
+        return 0
+    try:
+        k = int(v)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= _MAX_AUGMENT:
+        raise ConfigError(f"folder data: augment={v!r} must be 'none' or a number of copies "
+                          f"0..{_MAX_AUGMENT}")
+    return k
+
+
+_OPTIONS = {"size": _parse_size, "augment": _parse_augment}
+
+
+def parse_folder_spec(spec: str) -> tuple[Path, FolderOptions]:
+    """``PATH?key=value&...`` (what follows ``folder:``) -> (folder, options)."""
+    path, sep, query = spec.rpartition("?")
+    if not sep:
+        return Path(spec), FolderOptions()
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ConfigError(f"folder data: options {query!r} must be key=value pairs joined by '&' "
+                          "(folder:PATH?size=32x32&augment=none)") from None
+    opts: dict[str, object] = {}
+    for key, value in pairs:
+        if key not in _OPTIONS:
+            raise unknown_name("folder data option", key, list(_OPTIONS))
+        opts[key] = _OPTIONS[key](value)
+    return Path(path), FolderOptions(**opts)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+def image_files(folder: Path, skipped: Counter[str] | None = None) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted); others are counted in ``skipped``."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            out.append(p)
+        elif skipped is not None:
+            skipped[p.suffix.lower() or p.name] += 1
+    return out
+
+
+def _class_files(folder: Path, skipped: Counter[str]) -> dict[str, list[Path]]:
+    """Class name -> its image files, for every sub-folder of ``folder``; loose files are skipped."""
+    classes = {}
+    for d in sorted(folder.iterdir()):
+        if d.is_dir():
+            classes[d.name] = image_files(d, skipped)
+        elif d.is_file():
+            skipped[d.suffix.lower() or d.name] += 1
+    return classes
+
+
+def _scan(root: Path, skipped: Counter[str]) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """(sorted class names, split -> [(file, class index)]) for the splits the folder has."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder data: no such folder {str(root)!r}")
+    subdirs = {d.name for d in root.iterdir() if d.is_dir()}
+    if "train" in subdirs:
+        extra = sorted(subdirs - set(_SPLITS))
+        if extra:
+            raise DataError(f"folder data {root}: has train/ (split layout) and also {', '.join(extra)}/; "
+                            "put class folders inside train/, val/ and test/ only")
+        splits = {s: _class_files(root / s, skipped) for s in _SPLITS if s in subdirs}
+    else:
+        splits = {"train": _class_files(root, skipped)}
+    classes = sorted(splits["train"])
+    if len(classes) < 2:
+        raise DataError(f"folder data {root}: needs at least two class folders, found "
+                        f"{len(classes)} ({', '.join(classes) or 'none'})")
+    for name in classes:
+        if not splits["train"][name]:
+            raise DataError(f"folder data {root}: class folder {name!r} holds no images "
+                            f"({', '.join(IMAGE_SUFFIXES)})")
+    out = {}
+    for split, by_class in splits.items():
+        unknown = sorted(set(by_class) - set(classes))
+        if unknown:
+            raise DataError(f"folder data {root}: {split}/ has class folders {unknown} that train/ lacks")
+        out[split] = [(f, classes.index(c)) for c in classes for f in by_class.get(c, [])]
+        if not out[split]:
+            raise DataError(f"folder data {root}: {split}/ holds no images")
+    return classes, out
+
+
+def _split(items: list[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
+    """(rest, held out): a seeded random ``fraction`` of ``items`` held out (at least one)."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"val/test fraction {fraction} must be in (0, 1)")
+    if len(items) < 3:
+        raise DataError(f"folder data: {len(items)} images are too few to split off validation and test")
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n = max(1, round(len(items) * fraction))
+    return [items[i] for i in perm[n:]], [items[i] for i in perm[:n]]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _open(path: Path) -> Image.Image:
+    """The decoded image, or a DataError naming the file (missing or unreadable files: OSError)."""
+    try:
+        im = Image.open(path, formats=_FORMATS)
+        im.load()
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            Image.DecompressionBombError) as e:
+        raise DataError(f"image {path} cannot be decoded ({e})") from None
+    return im
+
+
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
+    """(mode, (H, W)) from the file's header only."""
+    try:
+        with Image.open(path, formats=_FORMATS) as im:
+            return im.mode, (im.height, im.width)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            Image.DecompressionBombError) as e:
+        raise DataError(f"image {path} cannot be decoded ({e})") from None
+
+
+def _convert(im: Image.Image, channels: int) -> Image.Image:
+    """L or RGB for 8-bit images; F in [0, 1] for 16-bit and float grayscale."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        scale = 1.0 if im.mode == "F" else 1 / 65535
+        return im.convert("F").point(lambda v: v * scale)  # 16-bit grayscale -> [0, 1]
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")  # a palette's transparency, then drop alpha below
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _centre_box(w: int, h: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The largest centred box of the output's aspect: scaling it to ``size`` covers it exactly."""
+    out_h, out_w = size
+    cw, ch = min(w, h * out_w / out_h), min(h, w * out_h / out_w)
+    left, top = (w - cw) / 2, (h - ch) / 2
+    return left, top, left + cw, top + ch
+
+
+def _random_box(w: int, h: int, size: tuple[int, int], rng: np.random.Generator
+                ) -> tuple[float, float, float, float]:
+    """A random resized crop's box: 60-100% of the area, aspect within 3/4-4/3 of the output's."""
+    aspect = size[1] / size[0]
+    for _ in range(10):
+        area = w * h * rng.uniform(*_CROP_AREA)
+        r = aspect * math.exp(rng.uniform(math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])))
+        cw, ch = math.sqrt(area * r), math.sqrt(area / r)
+        if cw <= w and ch <= h:
+            left, top = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+            return left, top, left + cw, top + ch
+    return _centre_box(w, h, size)
+
+
+def _to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
+    """(C, H, W) float32 in [0, 1]."""
+    arr = np.array(im, dtype=np.float32)  # a copy: torch takes only writable arrays
+    if im.mode != "F":
+        arr = arr / 255.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+    if arr.shape[0] != channels:
+        arr = np.repeat(arr, channels, axis=0)  # 16-bit grayscale in an RGB set
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _decode(path: Path, size: tuple[int, int], channels: int,
+            rngs: Sequence[np.random.Generator] = ()) -> list[torch.Tensor]:
+    """The centre view of one image, then one augmented view per generator."""
+    im = _convert(_open(path), channels)
+    target = (size[1], size[0])  # Pillow sizes are (W, H)
+    views = [_to_tensor(im.resize(target, Image.Resampling.BILINEAR, box=_centre_box(*im.size, size)),
+                        channels)]
+    for rng in rngs:
+        aug = im.resize(target, Image.Resampling.BILINEAR, box=_random_box(*im.size, size, rng))
+        if rng.random() < 0.5:
+            aug = aug.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        views.append(_to_tensor(aug, channels))
+    return views
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))  # Pillow decodes and resizes outside the GIL
+
+
+def read_images(paths: Sequence[Path], shape: Sequence[int]) -> torch.Tensor:
+    """Images decoded as a model trained on ``shape`` (C, H, W) saw them: (N, C, H, W) in [0, 1]."""
+    c, h, w = (int(s) for s in shape)
+    if c not in (1, 3):
+        raise DataError(f"images have 1 (grayscale) or 3 (RGB) channels; the model takes {c}")
+    with ThreadPoolExecutor(_workers()) as pool:
+        views = list(pool.map(lambda p: _decode(p, (h, w), c)[0], paths))
+    return torch.stack(views) if views else torch.zeros(0, c, h, w)
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+@register_file_loader("folder")
+def load_folder(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
+                test_fraction: float = 0.2) -> Data:
+    """Load ``PATH[?size=HxW&augment=none|K]``: a folder of class folders (see the module doc)."""
+    root, opts = parse_folder_spec(str(spec))
+    skipped: Counter[str] = Counter()
+    classes, splits = _scan(root, skipped)
+    if skipped:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(skipped.items()))
+        log.warning("folder data %s: skipped %d files that are not images (%s)",
+                    root, sum(skipped.values()), kinds)
+    if "test" not in splits:
+        # a fixed seed: the test images do not change with the run's seed
+        splits["train"], splits["test"] = _split(splits["train"], test_fraction, len(splits["train"]))
+    if "val" not in splits:
+        splits["train"], splits["val"] = _split(splits["train"], val_fraction, seed)
+    heads = {p: _header(p) for s in _SPLITS for p, _ in splits[s]}
+    channels = 1 if all(heads[p][0] in _GRAY_MODES for p, _ in splits["train"]) else 3
+    size = opts.size or _common_size(root, heads)
+    n = sum(len(v) for v in splits.values()) + opts.augment * len(splits["train"])
+    nbytes = n * channels * size[0] * size[1] * 4
+    if nbytes > MEMORY_LIMIT:
+        raise DataError(
+            f"folder data {root}: {n} images of {channels}x{size[0]}x{size[1]} take "
+            f"{nbytes / 2**30:.1f} GiB as tensors, over the in-memory limit of "
+            f"{MEMORY_LIMIT / 2**30:.0f} GiB; "
+            "streaming larger sets through a DataLoader is not implemented yet: choose a smaller "
+            "size=HxW or fewer augmented copies (augment=none)")
+    log.info("folder data %s: %d images (%d augmented) decoded once into memory as tensors "
+             "(%.1f MiB, %dx%dx%d), the engine's fast path", root, n,
+             opts.augment * len(splits["train"]), nbytes / 2**20, channels, *size)
+    tensors = {s: _decode_split(splits[s], size, channels, opts.augment if s == "train" else 0, seed)
+               for s in _SPLITS}
+    # per-channel mean and std of the training images themselves (not their augmented
+    # copies), so the statistics predict applies do not depend on the seed or augment
+    clean = tensors["train"].x[:len(splits["train"])]
+    mean = clean.mean((0, 2, 3)).view(-1, 1, 1)
+    std = clean.std((0, 2, 3)).clamp_min(1e-8).view(-1, 1, 1)
+    split_data = {s: TensorData((t.x - mean) / std, t.y) for s, t in tensors.items()}
+    return Data(f"folder:{spec}", **split_data, input="image", task="classification",
+                num_classes=len(classes), in_chans=channels, classes=tuple(classes),
+                stats={"mean": mean, "std": std}, about=f"images from {root}")
+
+
+def _common_size(root: Path, heads: dict[Path, tuple[str, tuple[int, int]]]) -> tuple[int, int]:
+    sizes = {hw: p for p, (_, hw) in heads.items()}
+    if len(sizes) == 1:
+        return next(iter(sizes))
+    (a, pa), (b, pb) = list(sizes.items())[:2]
+    raise DataError(f"folder data {root}: images differ in size ({a[0]}x{a[1]} {pa}, {b[0]}x{b[1]} {pb}); "
+                    f"choose one: folder:{root}?size=HxW")
+
+
+def _decode_split(items: list[tuple[Path, int]], size: tuple[int, int], channels: int, augment: int,
+                  seed: int) -> TensorData:
+    """Every image's centre view, then (training) ``augment`` random views of each, as tensors."""
+    def one(i: int) -> list[torch.Tensor]:
+        rngs = [np.random.default_rng([seed, i, k]) for k in range(augment)]
+        return _decode(items[i][0], size, channels, rngs)
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        views = list(pool.map(one, range(len(items))))
+    labels = torch.tensor([c for _, c in items], dtype=torch.int64)
+    x = torch.stack([v[0] for v in views] + [v[k] for k in range(1, augment + 1) for v in views])
+    return TensorData(x, labels.repeat(augment + 1))
+
+
+def image_inputs(path: Path) -> list[tuple[str, Path]] | None:
+    """The images ``predict --input`` names: (name, file) for one image or a folder of them
+    (named relative to it, sorted); ``None`` when ``path`` is no image and no folder."""
+    if not (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES):
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"no input image {str(path)!r}")
+    if not path.is_dir():
+        return [(str(path), path)]
+    files = image_files(path)
+    if not files:
+        raise DataError(f"input folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(f.relative_to(path).as_posix(), f) for f in files]
