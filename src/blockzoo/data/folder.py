@@ -141,7 +141,9 @@ def _class_files(folder: Path, skipped: Counter[str]) -> dict[str, list[Path]]:
     """Class name -> its image files, for every sub-folder of ``folder``; loose files are skipped."""
     classes = {}
     for d in sorted(folder.iterdir()):
-        if d.is_dir():
+        if d.is_dir() and d.name.startswith("."):  # .ipynb_checkpoints, .git: not a class
+            skipped[d.name + "/"] += 1
+        elif d.is_dir():
             classes[d.name] = image_files(d, skipped)
         elif d.is_file():
             skipped[d.suffix.lower() or d.name] += 1
@@ -152,7 +154,7 @@ def _scan(root: Path, skipped: Counter[str]) -> tuple[list[str], dict[str, list[
     """(sorted class names, split -> [(file, class index)]) for the splits the folder has."""
     if not root.is_dir():
         raise FileNotFoundError(f"folder data: no such folder {str(root)!r}")
-    subdirs = {d.name for d in root.iterdir() if d.is_dir()}
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
     if "train" in subdirs:
         extra = sorted(subdirs - set(_SPLITS))
         if extra:

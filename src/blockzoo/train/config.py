@@ -41,7 +41,8 @@ class TrainConfig:
             (MNIST-1D: the MNIST-1D CNN; vectors: tabular_mlp; images: cifar_cnn;
             sequences and token ids: a GRU classifier or tagger) and says which.
         model_args: extra keyword arguments for the model's constructor.
-        data: a registered data set or ``csv:PATH``.
+        data: a registered data set, ``csv:PATH`` (a table) or ``folder:PATH`` (a folder of
+            class folders of images; ``folder:PATH?size=HxW&augment=none``).
         data_dir: where file-backed data sets are looked for / downloaded.
         val_fraction: training share held out for validation (where no split exists), in (0, 1).
         quick: the data set's small version (tests, examples).
