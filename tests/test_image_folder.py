@@ -175,3 +175,11 @@ def test_image_modes_decode_to_pixels_in_unit_range(tmp_path: Path) -> None:
         assert x.shape == (4, c, 16, 16)
         assert x[0].amin() == 0 and abs(x[0].amax() - 1) < 1e-5  # the full 16-bit range
         assert torch.allclose(x[1:], torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1, 1).expand(3, c, 16, 16))
+
+
+def test_hidden_folders_are_not_classes(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "h", 4, sizes=(14,))
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (14, 14)).save(root / ".ipynb_checkpoints" / "x.png")
+    d = load_data(f"folder:{root}?augment=none")
+    assert list(d.classes) == sorted(CLASSES)
