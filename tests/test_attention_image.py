@@ -574,3 +574,12 @@ def test_cancelled_biases_are_not_parameters(make, gone, kept) -> None:
     keys = set(make().state_dict())
     assert not keys & set(gone)
     assert set(kept) <= keys
+
+
+def test_sk_default_groups_are_the_papers() -> None:
+    # Li et al., Table 1: SKNet-50's SK[M=2, G=32, r=16] with L = 32
+    sk = blockzoo.create("sk", channels=64)
+    assert [b[0].groups for b in sk.branches] == [32, 32]
+    assert sk.fuse[0].out_channels == 32  # d = max(C / r, L) = max(4, 32)
+    with pytest.raises(ValueError, match="groups=32"):
+        blockzoo.create("sk", channels=48)

@@ -250,7 +250,7 @@ def test_sinusoidal_matches_the_paper_formula() -> None:
             angle = pos / 10000 ** (2 * i / d)
             assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-12)
             assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-12)
-    pe = SinusoidalPositionalEncoding(d)
+    pe = SinusoidalPositionalEncoding(d).eval()  # the default dropout 0.1 is off in eval
     x = _rand(2, n, d)
     torch.testing.assert_close(pe(x), x + table)
     # any length: a long input's first rows equal the short table
@@ -258,6 +258,15 @@ def test_sinusoidal_matches_the_paper_formula() -> None:
     torch.testing.assert_close(long[0, :n], table)
     odd = sinusoidal_table(3, 5, dtype=D64)
     torch.testing.assert_close(odd[:, 4], torch.arange(3, dtype=D64).div(10000 ** (4 / 5)).sin())
+
+
+def test_sinusoidal_default_dropout_is_the_papers() -> None:
+    # Vaswani et al. Sec. 5.4: dropout P_drop = 0.1 on the sums of embeddings and encodings
+    pe = blockzoo.create("sinusoidal_pe", dim=8)
+    assert pe.drop.p == 0.1
+    x = torch.ones(4, 50, 8)
+    assert (pe.train()(x) == 0).any()  # training drops
+    torch.testing.assert_close(pe.eval()(x), x + sinusoidal_table(50, 8))
 
 
 def test_learned_pe_uses_first_rows_and_rejects_long_inputs() -> None:
@@ -442,6 +451,27 @@ def test_graph_inputs_are_checked() -> None:
 
 
 # --------------------------------------------------------------------------- encoder, patches
+
+
+def test_encoder_block_defaults_are_the_papers() -> None:
+    # Vaswani et al.: post-norm LayerNorm(x + Sublayer(x)) (Sec. 3.1), ReLU FFN of width
+    # 4 d_model (Sec. 3.3), residual dropout 0.1 (Sec. 5.4); also nn.TransformerEncoderLayer's.
+    ours = blockzoo.create("transformer_encoder_block", dim=16, num_heads=4)
+    assert ours.norm_first is False
+    assert isinstance(ours.act, nn.ReLU)
+    assert ours.hidden == 64
+    assert ours.drop1.p == ours.drop2.p == ours.drop_ffn.p == 0.1
+    ref = nn.TransformerEncoderLayer(16, 4, dim_feedforward=64, batch_first=True).eval()
+    ours.eval()
+    with torch.no_grad():
+        ours.attn.qkv.weight.copy_(ref.self_attn.in_proj_weight)
+        ours.attn.qkv.bias.copy_(ref.self_attn.in_proj_bias)
+        ours.attn.out_proj.load_state_dict(ref.self_attn.out_proj.state_dict())
+        for a, b in ((ours.fc1, ref.linear1), (ours.fc2, ref.linear2), (ours.norm1, ref.norm1),
+                     (ours.norm2, ref.norm2)):
+            a.load_state_dict(b.state_dict())
+        x = torch.randn(2, 7, 16)
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])

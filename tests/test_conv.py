@@ -320,3 +320,11 @@ def test_convmixer_block_equations(k) -> None:
     z = bn_eval(F.gelu(dw), block.bn1) + x
     y = bn_eval(F.gelu(F.conv2d(z, block.pw.weight, block.pw.bias)), block.bn2)
     torch.testing.assert_close(block(x), y)
+
+
+def test_mbconv_default_expansion_is_the_papers() -> None:
+    # EfficientNet-B0 (Tan & Le, Table 1): MBConv6 in every stage but the first
+    m = blockzoo.create("mbconv", channels=16)
+    assert m.expand_ratio == 6
+    assert m.expand.conv.out_channels == 96
+    assert m.se.fc1.out_channels == 4  # SE width: se_ratio 0.25 of the block's input C

@@ -74,20 +74,21 @@ class SinusoidalPositionalEncoding(nn.Module):
         base: 10000 in the paper.
         scale: multiplies the input first (the paper scales embeddings by sqrt(C);
             default 1).
-        dropout: dropout after the sum (the paper uses 0.1).
+        dropout: dropout after the sum (paper: P_drop = 0.1 on the sums of embeddings
+            and encodings, Sec. 5.4; was 0 until issue 15).
 
     Shape:
         - Input: (B, N, C), C = dim, any N.
         - Output: (B, N, C).
 
     Example:
-        >>> pe = SinusoidalPositionalEncoding(16)
+        >>> pe = SinusoidalPositionalEncoding(16).eval()
         >>> pe(torch.zeros(1, 3, 16))[0, 0, :4]
         tensor([0., 1., 0., 1.])
     """
 
     def __init__(
-        self, dim: int, *, base: float = 10000.0, scale: float = 1.0, dropout: float = 0.0
+        self, dim: int, *, base: float = 10000.0, scale: float = 1.0, dropout: float = 0.1
     ) -> None:
         super().__init__()
         require(dim > 0, f"SinusoidalPositionalEncoding: dim={dim} must be positive")

@@ -51,7 +51,8 @@ class SelectiveKernel(nn.Module):
     Args:
         channels: C, the input (and output) channels.
         kernel_sizes: the k_m of the branches, odd (paper: (3, 5)).
-        groups: groups of each branch conv (paper: 32 in SKNet-50); must divide C.
+        groups: G, groups of each branch conv (paper: 32, SK[M=2, G=32, r=16] of
+            SKNet-50, Table 1); must divide C. Was 1 until issue 15.
         reduction: r of d = max(C / r, L) (paper: 16).
         min_hidden: L, the smallest fuse width d (paper: 32).
         dilate: realise k x k as a dilated 3x3 (paper) or as a plain k x k conv.
@@ -62,12 +63,8 @@ class SelectiveKernel(nn.Module):
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
 
-    Deviations:
-        ``groups`` defaults to 1 rather than SKNet's 32 so that the block plugs in at
-        any channel count; pass ``groups=32`` for the paper's setting.
-
     Example:
-        >>> sk = SelectiveKernel(64, groups=32)
+        >>> sk = SelectiveKernel(64)
         >>> sk(torch.randn(2, 64, 7, 9)).shape
         torch.Size([2, 64, 7, 9])
     """
@@ -77,7 +74,7 @@ class SelectiveKernel(nn.Module):
         channels: int,
         *,
         kernel_sizes: Sequence[int] = (3, 5),
-        groups: int = 1,
+        groups: int = 32,
         reduction: int = 16,
         min_hidden: int = 32,
         dilate: bool = True,

@@ -53,11 +53,17 @@ class TransformerEncoderBlock(nn.Module):
         mlp_ratio: F = int(C * mlp_ratio), the feed-forward hidden width (4 in the paper).
         head_dim: per-head width (default C // h).
         qkv_bias: biases on the q, k, v projections.
-        dropout: dropout on the residual branches and inside the FFN (0.1 in the paper).
-        attn_dropout: dropout on the attention weights.
-        act_layer: the FFN activation (ReLU in the paper, GELU in ViT).
+        dropout: dropout on the residual branches and inside the FFN (paper: P_drop = 0.1,
+            Sec. 5.4, the base model).
+        attn_dropout: dropout on the attention weights (paper: none).
+        act_layer: the FFN activation (paper: ReLU, eq. (2); ViT passes GELU).
         norm_layer: the normalisation (LayerNorm).
-        norm_first: pre-norm (True) or post-norm (False, the original paper).
+        norm_first: pre-norm (True, as ViT) or post-norm (paper: False,
+            LayerNorm(x + Sublayer(x)), Sec. 3.1).
+
+    The defaults are the paper's base encoder layer (post-norm, ReLU, dropout 0.1),
+    which are also ``nn.TransformerEncoderLayer``'s; until issue 15 they were ViT's
+    (pre-norm, GELU, no dropout), which ``VisionTransformer`` passes explicitly.
         causal: default causal masking for every forward.
 
     Shape:
@@ -66,7 +72,7 @@ class TransformerEncoderBlock(nn.Module):
         - Output: (B, N, C).
 
     Example:
-        >>> block = TransformerEncoderBlock(64, num_heads=4)
+        >>> block = TransformerEncoderBlock(64, num_heads=4).eval()
         >>> block(torch.randn(2, 10, 64)).shape
         torch.Size([2, 10, 64])
     """
@@ -79,11 +85,11 @@ class TransformerEncoderBlock(nn.Module):
         mlp_ratio: float = 4.0,
         head_dim: int | None = None,
         qkv_bias: bool = True,
-        dropout: float = 0.0,
+        dropout: float = 0.1,
         attn_dropout: float = 0.0,
-        act_layer: LayerSpec = "gelu",
+        act_layer: LayerSpec = "relu",
         norm_layer: LayerSpec = "layernorm",
-        norm_first: bool = True,
+        norm_first: bool = False,
         causal: bool = False,
         device: Any = None,
         dtype: Any = None,

@@ -60,7 +60,9 @@ class MBConv(nn.Module):
     Args:
         channels: C, the input channels.
         dim_out: O, the output channels (default: C).
-        expand_ratio: E / C (paper: 6 for MobileNetV2, 1 or 6 in EfficientNet).
+        expand_ratio: E / C (paper: 6, the MBConv6 of all but the first stage of
+            EfficientNet-B0, Table 1; MBConv1 is ``expand_ratio=1``). Was 4 (CoAtNet's
+            MBConv) until issue 15.
         kernel_size: k of the depthwise conv (3 or 5 in EfficientNet).
         stride: s of the depthwise conv.
         se_ratio: SE bottleneck width as a fraction of C (EfficientNet: 0.25);
@@ -87,7 +89,7 @@ class MBConv(nn.Module):
         channels: int,
         dim_out: int | None = None,
         *,
-        expand_ratio: float = 4,
+        expand_ratio: float = 6,
         kernel_size: int = 3,
         stride: int = 1,
         se_ratio: float = 0.25,
