@@ -74,7 +74,8 @@ class Data:
         in_chans: C (images), F (vectors, sequences) or the vocabulary size (ids).
         ids: True when inputs are integer token ids (a ``vocab_size`` model).
         baselines: published or trivial reference numbers of the test metric.
-        stats: per-feature ``mean``/``std`` used to standardise (to apply at predict).
+        stats: per-feature ``mean``/``std`` used to standardise (to apply at predict); a
+            table's also holds ``table``, its column encoding as plain data.
         classes: optional class names.
         vocab: the words of a bag-of-words data set, in feature order.
         headline: ``"loss"`` where the headline metric is the test loss (baselines
@@ -91,7 +92,7 @@ class Data:
     in_chans: int
     ids: bool = False
     baselines: Mapping[str, float] = field(default_factory=dict)
-    stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
     vocab: tuple[str, ...] | None = None
     headline: str | None = None
@@ -259,7 +260,7 @@ _FILE_LOADERS: dict[str, Callable[..., Data]] = {}
 
 
 def register_file_loader(prefix: str) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
-    """Register ``fn(path, *, seed, val_fraction) -> Data`` for ``--data PREFIX:PATH``."""
+    """Register ``fn(path, *, seed, val_fraction, **options) -> Data`` for ``--data PREFIX:PATH``."""
 
     def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
         if prefix in _FILE_LOADERS:
@@ -279,7 +280,8 @@ def dataset_entry(name: str) -> DatasetEntry:
     try:
         return _DATASETS[name]
     except KeyError:
-        raise unknown_name("data set", name, [*sorted(_DATASETS), "csv:PATH"]) from None
+        files = [f"{p}:PATH" for p in sorted(_FILE_LOADERS)]
+        raise unknown_name("data set", name, [*sorted(_DATASETS), *files]) from None
 
 
 def load_data(
@@ -289,6 +291,7 @@ def load_data(
     val_fraction: float = 0.1,
     data_dir: str | Path | None = None,
     quick: bool = False,
+    file_options: Mapping[str, Any] | None = None,
 ) -> Data:
     """Load a registered data set (or ``csv:PATH``).
 
@@ -299,11 +302,18 @@ def load_data(
             data set has no validation split of its own.
         data_dir: where file-backed data sets live (default ``./data``).
         quick: a small version (for tests and ``--quick`` examples).
+        file_options: options of a file loader (``csv:``/``tsv:``: target, features, task,
+            fill_missing); those set (not None) are refused for a registered data set.
     """
+    options = {k: v for k, v in (file_options or {}).items() if v is not None}
     prefix, sep, path = name.partition(":")
     if sep and prefix in _FILE_LOADERS:
-        return _FILE_LOADERS[prefix](path, seed=seed, val_fraction=val_fraction)
+        return _FILE_LOADERS[prefix](path, seed=seed, val_fraction=val_fraction, **options)
     entry = dataset_entry(name)
+    if options:
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        files = " or ".join(f"{p}:PATH" for p in sorted(_FILE_LOADERS))
+        raise ConfigError(f"{flags} applies to a table ({files}), not to data set {name!r}")
     return entry.loader(seed=seed, val_fraction=val_fraction,
                         data_dir=Path(data_dir or "data"), quick=quick)
 

@@ -1,12 +1,27 @@
-"""Tabular data from a CSV file: ``--data csv:PATH`` (last column is the label).
+"""Tables from a CSV or TSV file: ``--data csv:PATH`` / ``--data tsv:PATH``.
 
 Like the Pima Indians diabetes file of the tutorials (Smith et al., "Using the
-ADAP Learning Algorithm to Forecast the Onset of Diabetes Mellitus", 1988): rows
-of numeric features and a label. A header line is detected and skipped. The task
-is inferred from the labels: two distinct integer values -> binary, 3 to 50 ->
-classification, anything else -> regression. Classes are the sorted label values
-(labels {0, 1, 2, 100000000} are 4 classes; -1 is a class like any other).
-Features are standardised with the training split's mean and std only.
+ADAP Learning Algorithm to Forecast the Onset of Diabetes Mellitus", 1988) or
+scikit-learn's iris, wine and breast-cancer tables saved as CSV: rows of features
+and a target. A header line is detected and skipped (a first row with a word over
+a column of numbers, or a row of words none of which recurs below it).
+
+- Target: ``target`` (a header name or a 0-based index; default the last column).
+  Its task: text, or 2 to 50 distinct integers (negative ones too) -> classes,
+  named as the file spells them and sorted (two classes are a binary task);
+  anything else -> regression; ``task`` overrides.
+- Features: ``features`` (names or indices), default every other column. A column
+  of numbers is standardised with the training split's mean and std; a column of
+  text is one-hot encoded with the categories of the training split (a category
+  the training split never saw encodes as all zeros).
+- Missing cells (empty, NA, NaN, null, ?): an error naming the row and column, or
+  ``fill_missing``: ``mean`` / ``median`` of the training split (the most frequent
+  category for a text column), or ``drop`` the row.
+
+The file is read once with the ``csv`` module; each column then becomes one numpy
+array (no Python work per cell unless a column holds text, and then per distinct
+text). What the encoding needs at ``predict`` time is ``Data.stats["table"]``,
+plain data (lists, strings, numbers) stored in the run's checkpoint.
 
 Letters: B batch, F features.
 """
@@ -14,91 +29,208 @@ Letters: B batch, F features.
 from __future__ import annotations
 
 import csv
+import difflib
+import gc
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from blockzoo.checks import DataError
-from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val, standardize
+from blockzoo.checks import DataError, FileFormatError
+from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val
 
 __all__ = ["load_csv"]
 
+log = logging.getLogger("blockzoo.data")
+
 _MAX_CLASSES = 50
+FILL_MISSING = ("mean", "median", "drop")
+TABLE_TASKS = ("classification", "regression")
+# Cells that mean "no value" (pandas' usual spellings), compared stripped and lower-case.
+_MISSING = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "?", "<na>", "#n/a"})
+_FILL_HINT = "fill it in, or pass --fill-missing mean, median or drop"
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _is_number(s: str) -> bool:
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The collector off while a million small lists are made (it would rescan them all: 2-3x slower)."""
+    was = gc.isenabled()
+    gc.disable()
     try:
-        float(s)
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _read_rows(path: Path, delimiter: str, source: str) -> tuple[list[list[str]], np.ndarray]:
+    """The file's rows that are not blank, and their 1-based line numbers in the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f, _no_gc():
+            reader = csv.reader(f, delimiter=delimiter)
+            rows = list(reader)
+            one_line_each = reader.line_num == len(rows)
+        if one_line_each:
+            lines = np.arange(1, len(rows) + 1)
+        else:  # a quoted cell spans lines: count them row by row
+            with open(path, newline="", encoding="utf-8-sig") as f, _no_gc():
+                reader = csv.reader(f, delimiter=delimiter)
+                lines = np.array([reader.line_num for _ in reader], dtype=np.int64)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:
+        raise DataError(f"{source}: not a readable table ({e})") from None
+    keep = np.fromiter(map(any, rows), bool, len(rows))  # blank lines and lines of empty cells
+    return list(compress(rows, keep)), lines[keep]
+
+
+def _check_widths(rows: list[list[str]], lines: np.ndarray, source: str) -> int:
+    """The one number of cells every row has; a DataError naming the first row that differs."""
+    widths = np.fromiter(map(len, rows), np.int64, len(rows))
+    width = int(np.bincount(widths).argmax())
+    odd = np.flatnonzero(widths != width)
+    if len(odd):
+        i = int(odd[0])
+        raise DataError(f"{source}: rows must all have the same number of columns: row {lines[i]} has "
+                        f"{widths[i]}, the others {width}")
+    return width
+
+
+def _kind(cell: str) -> int:
+    """0: a number (numpy's parser, as ``np.asarray``'s), 1: missing, 2: a word."""
+    c = cell.strip()
+    if c.lower() in _MISSING:
+        return 1
+    try:
+        np.float64(c)
     except ValueError:
-        return False
-    return True
+        return 2
+    return 0
 
 
-def _column(j: int, header: list[str] | None) -> str:
+def _has_header(rows: list[list[str]]) -> bool:
+    """A first row with a word over a column of (mostly) numbers, or of words that never recur below."""
+    kinds = [_kind(c) for c in rows[0]]
+    sample = rows[1:1001]
+    for j, k in enumerate(kinds):
+        if k == 2 and sample:
+            below = [_kind(r[j]) for r in sample]
+            if below.count(0) > below.count(2):
+                return True
+    if len(rows) > 1 and all(k == 2 for k in kinds):
+        return all(c not in map(itemgetter(j), rows[1:]) for j, c in enumerate(rows[0]))
+    return False
+
+
+def _column(j: int, header: Sequence[str] | None) -> str:
     """``column 3 ('age')``: 1-based, with its header name when there is one."""
-    return f"column {j + 1}" + (f" ({header[j].strip()!r})" if header else "")
+    return f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
 
 
-@register_file_loader("csv")
-def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
-             test_fraction: float = 0.2) -> Data:
-    """Load a numeric CSV; the last column is the label.
+class _Bad(Exception):
+    """A cell that stops the load: (index of its row, its column, the message after the row and column)."""
 
-    Rows are shuffled with ``seed`` (fixed seed for the test split, so the test rows
-    do not change with the run's seed), ``test_fraction`` held out as test and
-    ``val_fraction`` of the rest as validation.
+    def __init__(self, i: int, j: int, text: str) -> None:
+        super().__init__(text)
+        self.i, self.j, self.text = i, j, text
 
-    Labels: 2 to 50 distinct integer values (negative ones too) are classes, mapped in
-    sorted order to 0..K-1 and named in ``classes`` by their values in the file; two
-    values are a binary task. Anything else is regression. Every cell must be a finite
-    number; errors give the row as the file's line number (the header is line 1).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"csv data: no such file {str(path)!r}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        # (line number, cells) of the rows that are not blank
-        lines = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
-    header = None
-    if lines and any(c.strip() and not _is_number(c) for c in lines[0][1]):
-        header = lines.pop(0)[1]  # a first row with a word in it is a header
-    rows = [r for _, r in lines]
-    if len(rows) < 4:
-        raise DataError(f"csv data {path}: needs at least 4 numeric rows, got {len(rows)}")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1 or widths.pop() < 2:
-        raise DataError(f"csv data {path}: rows must all have the same number (>= 2) of columns")
-    if header is not None and len(header) != len(rows[0]):
-        header = None  # its names do not line up with the columns: errors give numbers only
-    table = _parse(path, rows, [n for n, _ in lines], header)
-    feats = torch.from_numpy(table[:, :-1].astype(np.float32))
-    labels = table[:, -1]
-    values, index = np.unique(labels, return_inverse=True)  # classes by value, not max + 1
-    integral = bool(np.all(values == np.round(values)))
-    if len(values) == 1:
-        name = repr(header[-1].strip()) if header else f"column {table.shape[1]}"
-        why = "a classifier needs at least two" if integral else "there is nothing to learn"
-        raise DataError(f"csv data {path}: the label column (last, {name}) holds one value "
-                         f"({_label_name(values[0])}) for every row; {why}")
-    if integral and len(values) == 2:
-        task, k = "binary", 1
-        y = torch.from_numpy(index.astype(np.float32))[:, None]
-    elif integral and len(values) <= _MAX_CLASSES:
-        task, k = "classification", len(values)
-        y = torch.from_numpy(index.astype(np.int64))
+
+def _cell_what(cell: str) -> str:
+    c = cell.strip()
+    return "is empty" if not c else f"holds {c!r}"
+
+
+@dataclass
+class _Column:
+    """One parsed column: numbers (float64, NaN where missing) or categories (codes into ``levels``, -1
+    where missing)."""
+
+    j: int
+    kind: str  # "number" or "category"
+    values: np.ndarray
+    levels: list[str]
+    missing: np.ndarray  # bool per row
+
+    def take(self, keep: np.ndarray) -> _Column:
+        return _Column(self.j, self.kind, self.values[keep], self.levels, self.missing[keep])
+
+
+def _parse_column(cells: Sequence[str], j: int) -> _Column:
+    """A column's cells as numbers or categories; ``_Bad`` for a non-finite number or a word among numbers."""
+    n = len(cells)
+    try:
+        values = np.asarray(cells, dtype=np.float64)  # the usual case: one C loop
+    except ValueError:
+        pass
     else:
-        task, k = "regression", 1
-        y = torch.from_numpy(labels.astype(np.float32))[:, None]
-    perm = torch.randperm(len(feats), generator=torch.Generator().manual_seed(len(feats)))
-    n_test = max(1, round(len(feats) * test_fraction))
-    te, rest = perm[:n_test], perm[n_test:]
-    train, val = split_train_val(feats[rest], y[rest], val_fraction, seed)
-    data = Data(f"csv:{path}", train, val, TensorData(feats[te], y[te]), input="vector", task=task,
-                num_classes=k, in_chans=feats.shape[1],
-                classes=tuple(_label_name(v) for v in values) if task != "regression" else None)
-    return standardize(data)
+        return _numbers(values, np.isnan(values), cells, j)  # 'nan' spelled out is missing
+    # Some cell is no number: classify each distinct text once, then map every cell to it.
+    distinct = list(dict.fromkeys(cells))
+    code = dict(zip(distinct, range(len(distinct)), strict=True))
+    inverse = np.fromiter(map(code.__getitem__, cells), np.int64, n)
+    kinds = np.array([_kind(c) for c in distinct], dtype=np.int64)
+    cell_kind = kinds[inverse]
+    missing = cell_kind == 1
+    n_num, n_word = int((cell_kind == 0).sum()), int((cell_kind == 2).sum())
+    if n_word == 0:
+        as_num = np.array([float(np.float64(c)) if k == 0 else np.nan for c, k in zip(distinct, kinds,
+                                                                                      strict=True)])
+        return _numbers(as_num[inverse], missing, cells, j)
+    if n_num > n_word:  # a column of numbers with a stray word: a typo, not a category
+        i = int(np.argmax(cell_kind == 2))
+        raise _Bad(i, j, f"{_cell_what(cells[i])}; every cell must be a finite number in a column of numbers")
+    texts = [c.strip() for c in distinct]
+    levels = sorted({t for t, k in zip(texts, kinds, strict=True) if k != 1})
+    level = {t: i for i, t in enumerate(levels)}
+    codes = np.array([level[t] if k != 1 else -1 for t, k in zip(texts, kinds, strict=True)], dtype=np.int64)
+    return _Column(j, "category", codes[inverse], levels, missing)
+
+
+def _numbers(values: np.ndarray, missing: np.ndarray, cells: Sequence[str], j: int) -> _Column:
+    bad = ~missing & ~(np.abs(values) <= _F32_MAX)  # inf, 1e400, beyond float32
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _Bad(i, j, f"{_cell_what(cells[i])}; every cell must be a finite number")
+    return _Column(j, "number", values, [], missing)
+
+
+def _missing_bad(col: _Column, cells: Sequence[str], target: bool) -> _Bad:
+    i = int(np.argmax(col.missing))
+    if target:
+        return _Bad(i, col.j, f"{_cell_what(cells[i])}: the target is missing, and a row without a target "
+                              "cannot train; fill it in, or pass --fill-missing drop")
+    if col.kind == "number":
+        return _Bad(i, col.j, f"{_cell_what(cells[i])}; every cell must be a finite number (a missing value: "
+                              f"{_FILL_HINT})")
+    return _Bad(i, col.j, f"{_cell_what(cells[i])}, a missing value: {_FILL_HINT}")
+
+
+def _resolve(spec: str | int, names: list[str] | None, width: int, option: str, source: str) -> int:
+    """A column named by header name or 0-based index -> its index."""
+    s = str(spec).strip()
+    if names is not None and s in names:
+        if names.count(s) > 1:
+            raise DataError(f"{source}: {option} {s!r}: the header names {names.count(s)} columns {s!r}; "
+                            "give the index instead")
+        return names.index(s)
+    if s.isdigit():
+        if int(s) < width:
+            return int(s)
+        raise DataError(f"{source}: {option} {s}: the file has {width} columns (indices 0 to {width - 1})")
+    if names is None:
+        raise DataError(f"{source}: {option} {s!r} names a column, but the file has no header row (its first "
+                        f"row holds data); give 0-based indices (0 to {width - 1})")
+    close = difflib.get_close_matches(s, names, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise DataError(f"{source}: {option} {s!r}: no such column{hint} (columns: {', '.join(names)})")
 
 
 def _label_name(v: float) -> str:
@@ -106,25 +238,328 @@ def _label_name(v: float) -> str:
     return str(int(v)) if v == round(v) else f"{v:.9g}"
 
 
-def _is_finite(cell: str) -> bool:
-    try:
-        return bool(np.isfinite(np.float64(cell)))  # numpy's parser, as np.asarray's
-    except ValueError:
-        return False
+def _split(n: int, seed: int, val_fraction: float, test_fraction: float
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of train, val and test: the test rows are fixed (seeded by ``n``), val by ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    n_test = max(1, round(n * test_fraction))
+    te, rest = perm[:n_test], perm[n_test:]
+    train, val = split_train_val(rest, rest, val_fraction, seed)
+    return train.x, val.x, te
 
 
-def _parse(path: Path, rows: list[list[str]], line_nums: list[int], header: list[str] | None) -> np.ndarray:
-    """The cells as float64, or a DataError naming the first cell that is not a finite number."""
-    try:
-        table = np.asarray(rows, dtype=np.float64)
-    except ValueError:  # some cell is no number at all: only now look cell by cell
-        i, j = next((i, j) for i, r in enumerate(rows) for j, c in enumerate(r) if not _is_finite(c))
+def _target(col: _Column, task: str | None, which: str, source: str
+            ) -> tuple[str, int, torch.Tensor, tuple[str, ...] | None]:
+    """(task, outputs, y, class names) from the target column."""
+    if col.kind == "category":
+        if task == "regression":
+            raise DataError(f"{source}: --task regression needs numbers, but the target ({which}) holds "
+                            f"text ({col.levels[0]!r})")
+        used, index = np.unique(col.values, return_inverse=True)  # classes present in the rows kept
+        names = tuple(col.levels[k] for k in used)
+        integral = True
     else:
-        bad = np.argwhere(~np.isfinite(table))  # nan, inf (row-major: the first row first)
-        if not len(bad):
-            return table
-        i, j = bad[0].tolist()
-    cell = rows[i][j].strip()
-    what = "is empty" if not cell else f"holds {cell!r}"
-    raise DataError(f"csv data {path}: row {line_nums[i]}, {_column(j, header)} {what}; "
-                     "every cell must be a finite number")
+        values, index = np.unique(col.values, return_inverse=True)  # classes by value, not max + 1
+        names = tuple(_label_name(v) for v in values)
+        integral = bool(np.all(values == np.round(values)))
+        if task is None:
+            task = "classification" if integral and len(values) <= _MAX_CLASSES else "regression"
+    if len(names) == 1:
+        why = "a classifier needs at least two" if task != "regression" else "there is nothing to learn"
+        raise DataError(f"{source}: the label column ({which}) holds one value ({names[0]}) for every row; "
+                        f"{why}")
+    if task == "regression":
+        return "regression", 1, torch.from_numpy(col.values.astype(np.float32))[:, None], None
+    if len(names) == 2:
+        return "binary", 1, torch.from_numpy(index.astype(np.float32))[:, None], names
+    return "classification", len(names), torch.from_numpy(index.astype(np.int64)), names
+
+
+def _encode(col: _Column, tr: np.ndarray, fill_missing: str | None, name: str | None, source: str
+            ) -> tuple[np.ndarray, dict[str, Any]]:
+    """A feature column as (rows, width) float64 and what ``encode_rows`` needs to encode it again."""
+    where = _column(col.j, None) + (f" ({name!r})" if name is not None else "")
+    fill: Any = None
+    if col.kind == "number":
+        v = col.values
+        if fill_missing in ("mean", "median"):
+            known = v[tr][~col.missing[tr]]
+            if not len(known):
+                raise DataError(f"{source}: {where} is missing in every training row; nothing to fill it "
+                                "with")
+            fill = float(np.mean(known) if fill_missing == "mean" else np.median(known))
+            v = np.where(col.missing, fill, v)
+        return v[:, None], {"index": col.j, "name": name, "kind": "number", "fill": fill}
+    codes = col.values
+    seen = codes[tr][codes[tr] >= 0]
+    if not len(seen):
+        raise DataError(f"{source}: {where} is missing in every training row")
+    if fill_missing in ("mean", "median"):
+        mode = int(np.bincount(seen).argmax())
+        fill = col.levels[mode]
+        codes = np.where(col.missing, mode, codes)
+    present = np.unique(seen)  # categories of the training split, sorted
+    pos = np.full(len(col.levels), -1, dtype=np.int64)
+    pos[present] = np.arange(len(present))
+    p = np.where(codes >= 0, pos[np.clip(codes, 0, None)], -1)  # -1: missing, or unseen in training
+    onehot = np.zeros((len(codes), len(present)))
+    rows = np.flatnonzero(p >= 0)
+    onehot[rows, p[rows]] = 1.0
+    return onehot, {"index": col.j, "name": name, "kind": "category",
+                    "categories": [col.levels[k] for k in present], "fill": fill}
+
+
+def _names_list(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _columns_arg(features: str | Sequence[str | int] | None) -> list[str | int] | None:
+    if features is None:
+        return None
+    items = features.split(",") if isinstance(features, str) else list(features)
+    items = [s.strip() if isinstance(s, str) else s for s in items]
+    if not items or any(s == "" for s in items):
+        raise DataError(f"--features {features!r}: expected comma-separated column names or 0-based indices")
+    return items
+
+
+def load_table(path: str | Path, *, delimiter: str = ",", prefix: str = "csv", seed: int = 0,
+               val_fraction: float = 0.1, test_fraction: float = 0.2, target: str | int | None = None,
+               features: str | Sequence[str | int] | None = None, task: str | None = None,
+               fill_missing: str | None = None) -> Data:
+    """Load a table; ``load_csv`` has the options."""
+    path = Path(path)
+    source = f"{prefix} data {path}"
+    if task not in (None, *TABLE_TASKS):
+        raise DataError(f"task={task!r} must be classification or regression (or None: from the target)")
+    if fill_missing not in (None, *FILL_MISSING):
+        raise DataError(f"fill_missing={fill_missing!r} must be mean, median or drop (or None: an error)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{prefix} data: no such file {str(path)!r}")
+    rows, lines = _read_rows(path, delimiter, source)
+    if not rows:
+        raise DataError(f"{source}: needs at least 4 data rows, got 0")
+    width = _check_widths(rows, lines, source)
+    if width < 2:
+        raise DataError(f"{source}: rows must all have the same number (>= 2) of columns; they have 1 "
+                        f"(is the delimiter {delimiter!r} right?)")
+    header = [c.strip() for c in rows[0]] if _has_header(rows) else None
+    if header is not None:
+        rows, lines = rows[1:], lines[1:]
+    if len(rows) < 4:
+        raise DataError(f"{source}: needs at least 4 data rows, got {len(rows)}")
+
+    t = width - 1 if target is None else _resolve(target, header, width, "--target", source)
+    which = ("last, " if target is None else "") + (repr(header[t]) if header else f"column {t + 1}")
+    wanted = _columns_arg(features)
+    feats = [j for j in range(width) if j != t] if wanted is None else [
+        _resolve(s, header, width, "--features", source) for s in wanted]
+    if t in feats:
+        raise DataError(f"{source}: --features names the target column ({which}); a feature cannot be "
+                        "the target")
+    if len(set(feats)) != len(feats):
+        raise DataError(f"{source}: --features names a column twice")
+
+    with _no_gc():
+        cells = list(zip(*rows, strict=True))  # one tuple of cells per column
+    del rows
+    cols: dict[int, _Column] = {}
+    problems: list[_Bad] = []
+    for j in [*feats, t]:
+        try:
+            cols[j] = col = _parse_column(cells[j], j)
+        except _Bad as e:
+            problems.append(e)
+            continue
+        if col.missing.any() and (fill_missing is None or (j == t and fill_missing != "drop")):
+            problems.append(_missing_bad(col, cells[j], target=j == t))
+    if problems:
+        bad = min(problems, key=lambda b: (b.i, b.j))
+        raise DataError(f"{source}: row {lines[bad.i]}, {_column(bad.j, header)} {bad.text}")
+    dropped = 0
+    if fill_missing == "drop":
+        keep = ~np.any([c.missing for c in cols.values()], axis=0)
+        dropped = int((~keep).sum())
+        if dropped:
+            cols = {j: c.take(keep) for j, c in cols.items()}
+            if int(keep.sum()) < 4:
+                raise DataError(f"{source}: needs at least 4 data rows, got {int(keep.sum())} after dropping "
+                                f"{dropped} with missing cells")
+    del cells
+
+    task, k, y, classes = _target(cols[t], task, which, source)
+    tr, va, te = _split(len(y), seed, val_fraction, test_fraction)
+    blocks, specs = zip(*(_encode(cols[j], tr.numpy(), fill_missing, header[j] if header else None, source)
+                          for j in feats), strict=True)
+    x = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))  # (B, F)
+    numeric = torch.tensor(np.concatenate([np.full(b.shape[1], s["kind"] == "number")
+                                           for b, s in zip(blocks, specs, strict=True)]))
+    mean = torch.where(numeric, x[tr].mean(0), 0.0)  # one-hot columns stay 0/1
+    std = torch.where(numeric, x[tr].std(0).clamp_min(1e-8), 1.0)
+    x = (x - mean) / std
+    table = {"width": width, "header": header, "target": {"index": t, "name": header[t] if header else None},
+             "features": list(specs), "fill_missing": fill_missing}
+    _log_summary(source, len(y), which, task, k, classes, specs, x.shape[1], dropped)
+    return Data(f"{prefix}:{path}", TensorData(x[tr], y[tr]), TensorData(x[va], y[va]),
+                TensorData(x[te], y[te]), input="vector", task=task, num_classes=k, in_chans=x.shape[1],
+                classes=classes, stats={"mean": mean, "std": std, "table": table})
+
+
+def _log_summary(source: str, n: int, which: str, task: str, k: int, classes: tuple[str, ...] | None,
+                 specs: Sequence[Mapping[str, Any]], width: int, dropped: int) -> None:
+    """One line: which column is the target, its task, and the features."""
+    what = {"regression": "regression", "binary": f"binary ({', '.join(classes or ())})",
+            "classification": f"classification, {k} classes ({_names_list(list(classes or ()))})"}[task]
+
+    def name(s: Mapping[str, Any]) -> str:
+        return s["name"] if s["name"] is not None else f"column {s['index'] + 1}"
+
+    nums = [name(s) for s in specs if s["kind"] == "number"]
+    cats = [f"{name(s)}: {len(s['categories'])}" for s in specs if s["kind"] == "category"]
+    parts = [f"{len(nums)} numeric ({_names_list(nums)}, standardised)"] if nums else []
+    parts += [f"{len(cats)} categorical ({_names_list(cats)} categories, one-hot)"] if cats else []
+    drop = f"; dropped {dropped} rows with missing cells" if dropped else ""
+    log.info("%s: %d rows; target %s -> %s; features: %s -> %d inputs%s (--target, --features and --task "
+             "choose others)", source, n, which, what, "; ".join(parts), width, drop)
+
+
+@register_file_loader("csv")
+def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+             target: str | int | None = None, features: str | Sequence[str | int] | None = None,
+             task: str | None = None, fill_missing: str | None = None) -> Data:
+    """Load a CSV table: features and a target column.
+
+    Rows are shuffled with ``seed`` (fixed seed for the test split, so the test rows
+    do not change with the run's seed), ``test_fraction`` held out as test and
+    ``val_fraction`` of the rest as validation.
+
+    Args:
+        path: the file (comma-separated; a header row is detected).
+        target: the target column: a header name or a 0-based index; default the last.
+        features: the feature columns, comma-separated names or 0-based indices (or a
+            list); default every column but the target.
+        task: ``classification`` or ``regression``; default from the target: text or 2
+            to 50 distinct integers are classes (sorted, named as the file spells them;
+            two classes are a binary task), anything else is regression.
+        fill_missing: ``mean``, ``median`` (of the training split; a text column's most
+            frequent category) or ``drop`` for missing cells; default a ``DataError``.
+
+    Errors name the file, the row as the file's line number (the header is line 1)
+    and the column (1-based, with its header name).
+    """
+    return load_table(path, delimiter=",", prefix="csv", seed=seed, val_fraction=val_fraction,
+                      test_fraction=test_fraction, target=target, features=features, task=task,
+                      fill_missing=fill_missing)
+
+
+@register_file_loader("tsv")
+def _load_tsv(path: str | Path, **options: Any) -> Data:
+    """``load_csv`` for a tab-separated file."""
+    return load_table(path, delimiter="\t", prefix="tsv", **options)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _check_table(table: Any, source: str) -> list[Mapping[str, Any]]:
+    """The feature specs of a stored table encoding, checked (a checkpoint is data from a user)."""
+    ok = isinstance(table, Mapping) and isinstance(table.get("width"), int) and isinstance(
+        table.get("features"), list) and (table.get("header") is None or (
+            isinstance(table["header"], list) and all(isinstance(h, str) for h in table["header"])))
+    for s in table.get("features", []) if ok else []:
+        ok = ok and isinstance(s, Mapping) and isinstance(s.get("index"), int) and (
+            s.get("name") is None or isinstance(s["name"], str))
+        if ok and s.get("kind") == "number":
+            ok = s.get("fill") is None or isinstance(s["fill"], float | int)
+        elif ok and s.get("kind") == "category":
+            ok = isinstance(s.get("categories"), list) and all(isinstance(c, str) for c in s["categories"]) \
+                and (s.get("fill") is None or isinstance(s["fill"], str))
+        else:
+            ok = False
+    if not ok:
+        raise FileFormatError(f"{source}: data_stats 'table' is not a table encoding blockzoo wrote")
+    return table["features"]
+
+
+def encode_rows(path: str | Path, table: Any, *, checkpoint: str = "checkpoint") -> np.ndarray:
+    """Rows of a CSV/TSV (``.tsv``: tabs) encoded as the run's table was: (B, F) float32, not standardised.
+
+    With a header, the feature columns are taken by name (the target, or any other
+    column, may be there too); without one, a row holds the feature columns in order,
+    or every column of the training file. Text is encoded with the stored categories
+    (an unseen category is all zeros); a missing cell takes the stored fill value, or
+    is an error when the run was trained without ``--fill-missing mean|median``.
+    """
+    path = Path(path)
+    specs = _check_table(table, checkpoint)
+    source = f"input file {path}"
+    rows, lines = _read_rows(path, "\t" if path.suffix == ".tsv" else ",", source)
+    names = [s["name"] for s in specs]
+    known = set(table["header"] or []) - {None}
+    first = [c.strip() for c in rows[0]] if rows else []
+    header = first if known and known & set(first) else None
+    if header is not None:
+        lacking = [n for n in names if n not in header]
+        if lacking:
+            raise DataError(f"{source}: its header has no column {', '.join(map(repr, lacking))} (the "
+                            f"model's features: {', '.join(map(str, names))})")
+        rows, lines = rows[1:], lines[1:]
+    if not rows:
+        raise DataError(f"{source} holds no data rows (one sample per row)")
+    width = len(rows[0])
+    widths = np.fromiter(map(len, rows), np.int64, len(rows))
+    odd = np.flatnonzero(widths != width)
+    if len(odd):
+        i = int(odd[0])
+        raise DataError(f"{source}, row {lines[i]}: {widths[i]} values, the first data row has {width}")
+    if header is not None:
+        where = [header.index(n) for n in names]
+    elif width == len(specs):
+        where = list(range(width))
+    elif width == table["width"]:
+        where = [s["index"] for s in specs]
+    else:
+        raise DataError(f"{source}: rows of {width} values; the model takes the {len(specs)} feature columns "
+                        f"in order, or the training file's {table['width']} columns")
+    if header is None and len(rows) > 1 and any(s["kind"] == "number" and _kind(rows[0][j]) == 2
+                                                for s, j in zip(specs, where, strict=True)):
+        rows, lines = rows[1:], lines[1:]  # a header of other names: a word over a column of numbers
+    with _no_gc():
+        cells = list(zip(*rows, strict=True))
+    blocks = []
+    for s, j in zip(specs, where, strict=True):
+        col = f"column {j + 1}" + (f" ({s['name']!r})" if s["name"] is not None else "")
+        blocks.append(_encode_again(cells[j], s, lambda i, col=col: f"{source}, row {lines[i]}, {col}"))
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _encode_again(cells: Sequence[str], spec: Mapping[str, Any], where: Callable[[int], str]) -> np.ndarray:
+    """One column of new rows, encoded with a feature's stored spec."""
+    stripped = list(map(str.strip, cells))
+    missing = np.fromiter(map(_MISSING.__contains__, map(str.lower, stripped)), bool, len(cells))
+    if missing.any() and spec["fill"] is None:
+        i = int(np.argmax(missing))
+        raise DataError(f"{where(i)} {_cell_what(cells[i])}: a missing value (the run was "
+                        "trained without --fill-missing mean or median)")
+    if spec["kind"] == "number":
+        values = np.full(len(cells), float(spec["fill"] if spec["fill"] is not None else 0.0))
+        try:
+            values[~missing] = np.asarray(list(compress(stripped, ~missing)), dtype=np.float64)
+        except ValueError:
+            i = next(i for i, c in enumerate(stripped) if not missing[i] and _kind(c) != 0)
+            raise DataError(f"{where(i)}: {cells[i]!r} is not a number") from None
+        bad = ~(np.abs(values) <= _F32_MAX)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{where(i)}: {cells[i]!r} is not a finite float32 number")
+        return values[:, None]
+    cats = spec["categories"]
+    pos = {c: i for i, c in enumerate(cats)}
+    if missing.any():
+        stripped = [spec["fill"] if m else c for c, m in zip(stripped, missing, strict=True)]
+    p = np.fromiter(map(pos.get, stripped, [-1] * len(stripped)), np.int64, len(stripped))  # -1: unseen
+    onehot = np.zeros((len(cells), len(cats)))
+    rows = np.flatnonzero(p >= 0)
+    onehot[rows, p[rows]] = 1.0
+    return onehot

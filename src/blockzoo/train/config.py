@@ -83,6 +83,15 @@ class TrainConfig:
         stop_after: stop (saving ``last.pt``) after this many steps, as if killed;
             for tests of ``resume``.
         plots: draw ``curves.png`` (and ``grad_flow.png``).
+        target: a table's (``csv:``/``tsv:`` data) target column: a header name or a 0-based
+            index; default the last column.
+        features: a table's feature columns, comma-separated header names or 0-based indices;
+            default every column but the target.
+        task: classification or regression; default from a table's target (text or 2 to 50
+            distinct integers: classification, else regression).
+        fill_missing: missing cells (empty, NA, NaN, ?) of a table: mean or median (of the
+            training split; a text column's most frequent category) or drop the row; default
+            an error naming the row and column.
     """
 
     model: str | None = None
@@ -119,6 +128,10 @@ class TrainConfig:
     channels_last: bool = False
     stop_after: int | None = None
     plots: bool = True
+    target: str | None = None
+    features: str | None = None
+    task: str | None = None
+    fill_missing: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a nonsense option before anything is loaded or allocated.
@@ -179,6 +192,16 @@ class TrainConfig:
             except RuntimeError:
                 raise ConfigError(f"device={self.device!r}: expected auto, cpu, cuda, cuda:N or another "
                                  "torch device string") from None
+        if isinstance(self.target, numbers.Integral) and not isinstance(self.target, bool):
+            self.target = str(int(self.target))  # a 0-based column index, as the command line spells it
+        _check_str(self, "target", none="for the last column")
+        _check_str(self, "features", none="for every column but the target")
+        for name, allowed in (("task", ("classification", "regression")),
+                              ("fill_missing", ("mean", "median", "drop"))):
+            _check_str(self, name, none="for the default")
+            if getattr(self, name) not in (None, *allowed):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be {' or '.join(allowed)} "
+                                  "(or None for the default)")
 
     @property
     def eval_batch(self) -> int | None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
+from blockzoo.data.tabular import encode_rows
 from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch
 from blockzoo.registry import model_kwargs, spec
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
@@ -152,9 +153,14 @@ def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _table_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The options of a table (``csv:``/``tsv:`` data); a registered data set refuses those set."""
+    return dict(target=cfg.target, features=cfg.features, task=cfg.task, fill_missing=cfg.fill_missing)
+
+
 def _load(cfg: TrainConfig) -> Data:
     return load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, data_dir=cfg.data_dir,
-                     quick=cfg.quick)
+                     quick=cfg.quick, file_options=_table_options(cfg))
 
 
 def prepare(cfg: TrainConfig, native: Data | None = None) -> tuple[nn.Module, Data, dict[str, Any]]:
@@ -285,7 +291,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = 
     except (TypeError, ValueError) as e:
         raise FileFormatError(f"{path}: the stored training config is not valid ({e})") from None
     native = load_data(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                       data_dir=data_dir or cfg.data_dir, quick=cfg.quick)
+                       data_dir=data_dir or cfg.data_dir, quick=cfg.quick, file_options=_table_options(cfg))
     if list(native.shape) != list(meta["native_shape"]) or native.num_classes != ck.get("num_classes"):
         raise DataError(
             f"data {cfg.data!r} now gives samples of shape {tuple(native.shape)} with "
@@ -336,10 +342,16 @@ def _csv_rows(path: Path) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def _read_inputs(path: Path) -> tuple[np.ndarray, bool]:
-    """The file's array and whether it is one sample per row (CSV) rather than batch-first."""
+def _read_inputs(path: Path, table: Any = None, checkpoint: str = "") -> tuple[np.ndarray, bool]:
+    """The file's array and whether it is one sample per row (CSV) rather than batch-first.
+
+    ``table``: the run's stored table encoding (a ``csv:``/``tsv:`` run), which reads a
+    CSV/TSV's columns by name and encodes its text as in training.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no input file {str(path)!r}")
+    if table is not None and path.suffix in (".csv", ".txt", ".tsv"):
+        return encode_rows(path, table, checkpoint=checkpoint), True
     if path.suffix in (".csv", ".txt"):
         return _csv_rows(path), True
     if path.suffix not in (".npy", ".npz"):
@@ -384,7 +396,9 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
             builder: str | Callable[..., nn.Module] | None = None) -> list[dict[str, Any]]:
     """Run a trained checkpoint on new inputs (the data set's native layout).
 
-    A CSV holds one sample per row (flattened); a ``.npy``/``.npz`` array (or an array
+    A CSV holds one sample per row (flattened); on a run of a table (``csv:``/``tsv:``)
+    it may hold the training file's columns (by header name, the target too) and text,
+    encoded with the categories stored in the run. A ``.npy``/``.npz`` array (or an array
     given in Python) is a batch along its first axis, unless its shape is one sample's.
     An image file (``.png``, ``.jpg``, ...) or a folder of them (an image model) is
     decoded as the training images were (scaled, centre-cropped, in [0, 1]); each row
@@ -400,6 +414,7 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
     meta = ck["meta"]
     shape = tuple(meta["native_shape"])
     files = None if isinstance(inputs, np.ndarray) else image_inputs(Path(inputs))
+    stats = ck.get("data_stats") or {}
     if isinstance(inputs, np.ndarray):
         arr, rows, source = inputs, False, "inputs"
     elif files is not None:
@@ -408,12 +423,12 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
                               f"{meta['native_input']} data")
         arr, rows, source = read_images([f for _, f in files], shape).numpy(), False, f"images {inputs}"
     else:
-        arr, rows = _read_inputs(Path(inputs))
+        table = stats.get("table") if isinstance(stats, Mapping) else None
+        arr, rows = _read_inputs(Path(inputs), table, str(checkpoint))
         source = f"input file {inputs}"
     x = _as_samples(arr, shape, rows, source)
     if len(x) == 0:
         raise DataError(f"{source} holds no samples")
-    stats = ck.get("data_stats") or {}
     if "mean" in stats:
         mean, std = stats["mean"], stats.get("std")
         if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
