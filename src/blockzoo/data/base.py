@@ -11,6 +11,7 @@ Letters: B batch, C channels, H W spatial, T time steps, F features, K classes.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -284,6 +285,14 @@ def dataset_entry(name: str) -> DatasetEntry:
         raise unknown_name("data set", name, [*sorted(_DATASETS), *files]) from None
 
 
+def _accepts(fn: Callable[..., Any], options: Mapping[str, Any]) -> bool:
+    """Whether the file loader ``fn`` takes every one of ``options`` (``--target``, ...)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return True
+    return set(options) <= {p.name for p in params}
+
+
 def load_data(
     name: str,
     *,
@@ -307,13 +316,14 @@ def load_data(
     """
     options = {k: v for k, v in (file_options or {}).items() if v is not None}
     prefix, sep, path = name.partition(":")
+    fits = sorted(p for p, fn in _FILE_LOADERS.items() if _accepts(fn, options))
+    if options and not (sep and prefix in fits):
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        files = " or ".join(f"{p}:PATH" for p in fits) or "no data"
+        raise ConfigError(f"{flags} applies to {files}, not to data {name!r}")
     if sep and prefix in _FILE_LOADERS:
         return _FILE_LOADERS[prefix](path, seed=seed, val_fraction=val_fraction, **options)
     entry = dataset_entry(name)
-    if options:
-        flags = ", ".join("--" + k.replace("_", "-") for k in options)
-        files = " or ".join(f"{p}:PATH" for p in sorted(_FILE_LOADERS))
-        raise ConfigError(f"{flags} applies to a table ({files}), not to data set {name!r}")
     return entry.loader(seed=seed, val_fraction=val_fraction,
                         data_dir=Path(data_dir or "data"), quick=quick)
 
