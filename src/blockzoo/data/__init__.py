@@ -57,7 +57,9 @@ from blockzoo.data.sequence_tasks import (
     copy_memory_baseline,
 )
 from blockzoo.data.tabular import (
+    encode_rows,
     load_csv,
+    load_table,
 )
 
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "copy_memory",
     "copy_memory_baseline",
     "dataset_entry",
+    "encode_rows",
     "image_files",
     "image_inputs",
     "list_datasets",
@@ -85,6 +88,7 @@ __all__ = [
     "load_digits_arrays",
     "load_folder",
     "load_mnist1d_arrays",
+    "load_table",
     "parse_folder_spec",
     "read_cifar_batch",
     "read_idx",

@@ -46,7 +46,7 @@ import torch
 from blockzoo.checks import DataError, FileFormatError
 from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val
 
-__all__ = ["load_csv"]
+__all__ = ["encode_rows", "load_csv", "load_table"]
 
 log = logging.getLogger("blockzoo.data")
 
