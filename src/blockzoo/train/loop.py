@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,8 +432,10 @@ def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
         save_checkpoint(best_pt, {k: v for k, v in ck.items() if k != "format"})
     # The deployable weights: safetensors with the registry name and config,
     # so blockzoo.load / blockzoo export rebuild the model with no user code.
-    save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors",
-                 metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape))})
+    with warnings.catch_warnings():  # a Python user's own module: weights only, as they expect
+        warnings.simplefilter("ignore", UserWarning)
+        save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors",
+                     metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape))})
     if run.cfg.plots and state.history:
         title = f"{run.meta.get('model', type(run.model).__name__)} on {run.data.name}"
         metric = "acc" if run.obj.task != "regression" else "mse"
