@@ -56,17 +56,33 @@ from blockzoo.data.sequence_tasks import (
     copy_memory,
     copy_memory_baseline,
 )
-from blockzoo.data.tabular import (
+from blockzoo.data.table_rows import (
     encode_rows,
+)
+from blockzoo.data.tabular import (
+    FILL_MISSING,
+    TABLE_TASKS,
     load_csv,
     load_table,
+)
+from blockzoo.data.textfile import (
+    F32_MAX,
+    MISSING,
+    cell_kind,
+    cell_what,
+    no_gc,
+    read_rows,
 )
 
 __all__ = [
     "BOW_WORDS",
+    "F32_MAX",
+    "FILL_MISSING",
     "IMAGE_SUFFIXES",
     "MEMORY_LIMIT",
+    "MISSING",
     "MNIST1D_BASELINES",
+    "TABLE_TASKS",
     "TASKS",
     "Data",
     "DatasetEntry",
@@ -76,6 +92,8 @@ __all__ = [
     "adding_problem",
     "adding_problem_baseline",
     "bag_of_words",
+    "cell_kind",
+    "cell_what",
     "copy_memory",
     "copy_memory_baseline",
     "dataset_entry",
@@ -89,10 +107,12 @@ __all__ = [
     "load_folder",
     "load_mnist1d_arrays",
     "load_table",
+    "no_gc",
     "parse_folder_spec",
     "read_cifar_batch",
     "read_idx",
     "read_images",
+    "read_rows",
     "register_dataset",
     "register_file_loader",
     "split_train_val",

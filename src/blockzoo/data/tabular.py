@@ -21,21 +21,18 @@ a column of numbers, or a row of words none of which recurs below it).
 The file is read once with the ``csv`` module; each column then becomes one numpy
 array (no Python work per cell unless a column holds text, and then per distinct
 text). What the encoding needs at ``predict`` time is ``Data.stats["table"]``,
-plain data (lists, strings, numbers) stored in the run's checkpoint.
+plain data (lists, strings, numbers) stored in the run's checkpoint; ``table_rows.py``
+encodes new rows with it.
 
 Letters: B batch, F features.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import gc
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -43,53 +40,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from blockzoo.checks import DataError, FileFormatError
+from blockzoo.checks import DataError
 from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val
+from blockzoo.data.textfile import F32_MAX, cell_kind, cell_what, no_gc, read_rows
 
-__all__ = ["encode_rows", "load_csv", "load_table"]
+__all__ = ["FILL_MISSING", "TABLE_TASKS", "load_csv", "load_table"]
 
 log = logging.getLogger("blockzoo.data")
 
 _MAX_CLASSES = 50
 FILL_MISSING = ("mean", "median", "drop")
 TABLE_TASKS = ("classification", "regression")
-# Cells that mean "no value" (pandas' usual spellings), compared stripped and lower-case.
-_MISSING = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "?", "<na>", "#n/a"})
 _FILL_HINT = "fill it in, or pass --fill-missing mean, median or drop"
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """The collector off while a million small lists are made (it would rescan them all: 2-3x slower)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def _read_rows(path: Path, delimiter: str, source: str) -> tuple[list[list[str]], np.ndarray]:
-    """The file's rows that are not blank, and their 1-based line numbers in the file."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f, _no_gc():
-            reader = csv.reader(f, delimiter=delimiter)
-            rows = list(reader)
-            one_line_each = reader.line_num == len(rows)
-        if one_line_each:
-            lines = np.arange(1, len(rows) + 1)
-        else:  # a quoted cell spans lines: count them row by row
-            with open(path, newline="", encoding="utf-8-sig") as f, _no_gc():
-                reader = csv.reader(f, delimiter=delimiter)
-                lines = np.array([reader.line_num for _ in reader], dtype=np.int64)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{source} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except csv.Error as e:
-        raise DataError(f"{source}: not a readable table ({e})") from None
-    keep = np.fromiter(map(any, rows), bool, len(rows))  # blank lines and lines of empty cells
-    return list(compress(rows, keep)), lines[keep]
 
 
 def _check_widths(rows: list[list[str]], lines: np.ndarray, source: str) -> int:
@@ -104,25 +66,13 @@ def _check_widths(rows: list[list[str]], lines: np.ndarray, source: str) -> int:
     return width
 
 
-def _kind(cell: str) -> int:
-    """0: a number (numpy's parser, as ``np.asarray``'s), 1: missing, 2: a word."""
-    c = cell.strip()
-    if c.lower() in _MISSING:
-        return 1
-    try:
-        np.float64(c)
-    except ValueError:
-        return 2
-    return 0
-
-
 def _has_header(rows: list[list[str]]) -> bool:
     """A first row with a word over a column of (mostly) numbers, or of words that never recur below."""
-    kinds = [_kind(c) for c in rows[0]]
+    kinds = [cell_kind(c) for c in rows[0]]
     sample = rows[1:1001]
     for j, k in enumerate(kinds):
         if k == 2 and sample:
-            below = [_kind(r[j]) for r in sample]
+            below = [cell_kind(r[j]) for r in sample]
             if below.count(0) > below.count(2):
                 return True
     if len(rows) > 1 and all(k == 2 for k in kinds):
@@ -141,11 +91,6 @@ class _Bad(Exception):
     def __init__(self, i: int, j: int, text: str) -> None:
         super().__init__(text)
         self.i, self.j, self.text = i, j, text
-
-
-def _cell_what(cell: str) -> str:
-    c = cell.strip()
-    return "is empty" if not c else f"holds {c!r}"
 
 
 @dataclass
@@ -176,17 +121,17 @@ def _parse_column(cells: Sequence[str], j: int) -> _Column:
     distinct = list(dict.fromkeys(cells))
     code = dict(zip(distinct, range(len(distinct)), strict=True))
     inverse = np.fromiter(map(code.__getitem__, cells), np.int64, n)
-    kinds = np.array([_kind(c) for c in distinct], dtype=np.int64)
-    cell_kind = kinds[inverse]
-    missing = cell_kind == 1
-    n_num, n_word = int((cell_kind == 0).sum()), int((cell_kind == 2).sum())
+    kinds = np.array([cell_kind(c) for c in distinct], dtype=np.int64)
+    per_cell = kinds[inverse]
+    missing = per_cell == 1
+    n_num, n_word = int((per_cell == 0).sum()), int((per_cell == 2).sum())
     if n_word == 0:
         as_num = np.array([float(np.float64(c)) if k == 0 else np.nan for c, k in zip(distinct, kinds,
                                                                                       strict=True)])
         return _numbers(as_num[inverse], missing, cells, j)
     if n_num > n_word:  # a column of numbers with a stray word: a typo, not a category
-        i = int(np.argmax(cell_kind == 2))
-        raise _Bad(i, j, f"{_cell_what(cells[i])}; every cell must be a finite number in a column of numbers")
+        i = int(np.argmax(per_cell == 2))
+        raise _Bad(i, j, f"{cell_what(cells[i])}; every cell must be a finite number in a column of numbers")
     texts = [c.strip() for c in distinct]
     levels = sorted({t for t, k in zip(texts, kinds, strict=True) if k != 1})
     level = {t: i for i, t in enumerate(levels)}
@@ -195,22 +140,22 @@ def _parse_column(cells: Sequence[str], j: int) -> _Column:
 
 
 def _numbers(values: np.ndarray, missing: np.ndarray, cells: Sequence[str], j: int) -> _Column:
-    bad = ~missing & ~(np.abs(values) <= _F32_MAX)  # inf, 1e400, beyond float32
+    bad = ~missing & ~(np.abs(values) <= F32_MAX)  # inf, 1e400, beyond float32
     if bad.any():
         i = int(np.argmax(bad))
-        raise _Bad(i, j, f"{_cell_what(cells[i])}; every cell must be a finite number")
+        raise _Bad(i, j, f"{cell_what(cells[i])}; every cell must be a finite number")
     return _Column(j, "number", values, [], missing)
 
 
 def _missing_bad(col: _Column, cells: Sequence[str], target: bool) -> _Bad:
     i = int(np.argmax(col.missing))
     if target:
-        return _Bad(i, col.j, f"{_cell_what(cells[i])}: the target is missing, and a row without a target "
+        return _Bad(i, col.j, f"{cell_what(cells[i])}: the target is missing, and a row without a target "
                               "cannot train; fill it in, or pass --fill-missing drop")
     if col.kind == "number":
-        return _Bad(i, col.j, f"{_cell_what(cells[i])}; every cell must be a finite number (a missing value: "
+        return _Bad(i, col.j, f"{cell_what(cells[i])}; every cell must be a finite number (a missing value: "
                               f"{_FILL_HINT})")
-    return _Bad(i, col.j, f"{_cell_what(cells[i])}, a missing value: {_FILL_HINT}")
+    return _Bad(i, col.j, f"{cell_what(cells[i])}, a missing value: {_FILL_HINT}")
 
 
 def _resolve(spec: str | int, names: list[str] | None, width: int, option: str, source: str) -> int:
@@ -337,7 +282,7 @@ def load_table(path: str | Path, *, delimiter: str = ",", prefix: str = "csv", s
         raise DataError(f"fill_missing={fill_missing!r} must be mean, median or drop (or None: an error)")
     if not path.is_file():
         raise FileNotFoundError(f"{prefix} data: no such file {str(path)!r}")
-    rows, lines = _read_rows(path, delimiter, source)
+    rows, lines = read_rows(path, delimiter, source)
     if not rows:
         raise DataError(f"{source}: needs at least 4 data rows, got 0")
     width = _check_widths(rows, lines, source)
@@ -361,7 +306,7 @@ def load_table(path: str | Path, *, delimiter: str = ",", prefix: str = "csv", s
     if len(set(feats)) != len(feats):
         raise DataError(f"{source}: --features names a column twice")
 
-    with _no_gc():
+    with no_gc():
         cells = list(zip(*rows, strict=True))  # one tuple of cells per column
     del rows
     cols: dict[int, _Column] = {}
@@ -457,109 +402,3 @@ def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test
 def _load_tsv(path: str | Path, **options: Any) -> Data:
     """``load_csv`` for a tab-separated file."""
     return load_table(path, delimiter="\t", prefix="tsv", **options)
-
-
-# --------------------------------------------------------------------------- predict
-
-
-def _check_table(table: Any, source: str) -> list[Mapping[str, Any]]:
-    """The feature specs of a stored table encoding, checked (a checkpoint is data from a user)."""
-    ok = isinstance(table, Mapping) and isinstance(table.get("width"), int) and isinstance(
-        table.get("features"), list) and (table.get("header") is None or (
-            isinstance(table["header"], list) and all(isinstance(h, str) for h in table["header"])))
-    for s in table.get("features", []) if ok else []:
-        ok = ok and isinstance(s, Mapping) and isinstance(s.get("index"), int) and (
-            s.get("name") is None or isinstance(s["name"], str))
-        if ok and s.get("kind") == "number":
-            ok = s.get("fill") is None or isinstance(s["fill"], float | int)
-        elif ok and s.get("kind") == "category":
-            ok = isinstance(s.get("categories"), list) and all(isinstance(c, str) for c in s["categories"]) \
-                and (s.get("fill") is None or isinstance(s["fill"], str))
-        else:
-            ok = False
-    if not ok:
-        raise FileFormatError(f"{source}: data_stats 'table' is not a table encoding blockzoo wrote")
-    return table["features"]
-
-
-def encode_rows(path: str | Path, table: Any, *, checkpoint: str = "checkpoint") -> np.ndarray:
-    """Rows of a CSV/TSV (``.tsv``: tabs) encoded as the run's table was: (B, F) float32, not standardised.
-
-    With a header, the feature columns are taken by name (the target, or any other
-    column, may be there too); without one, a row holds the feature columns in order,
-    or every column of the training file. Text is encoded with the stored categories
-    (an unseen category is all zeros); a missing cell takes the stored fill value, or
-    is an error when the run was trained without ``--fill-missing mean|median``.
-    """
-    path = Path(path)
-    specs = _check_table(table, checkpoint)
-    source = f"input file {path}"
-    rows, lines = _read_rows(path, "\t" if path.suffix == ".tsv" else ",", source)
-    names = [s["name"] for s in specs]
-    known = set(table["header"] or []) - {None}
-    first = [c.strip() for c in rows[0]] if rows else []
-    header = first if known and known & set(first) else None
-    if header is not None:
-        lacking = [n for n in names if n not in header]
-        if lacking:
-            raise DataError(f"{source}: its header has no column {', '.join(map(repr, lacking))} (the "
-                            f"model's features: {', '.join(map(str, names))})")
-        rows, lines = rows[1:], lines[1:]
-    if not rows:
-        raise DataError(f"{source} holds no data rows (one sample per row)")
-    width = len(rows[0])
-    widths = np.fromiter(map(len, rows), np.int64, len(rows))
-    odd = np.flatnonzero(widths != width)
-    if len(odd):
-        i = int(odd[0])
-        raise DataError(f"{source}, row {lines[i]}: {widths[i]} values, the first data row has {width}")
-    if header is not None:
-        where = [header.index(n) for n in names]
-    elif width == len(specs):
-        where = list(range(width))
-    elif width == table["width"]:
-        where = [s["index"] for s in specs]
-    else:
-        raise DataError(f"{source}: rows of {width} values; the model takes the {len(specs)} feature columns "
-                        f"in order, or the training file's {table['width']} columns")
-    if header is None and len(rows) > 1 and any(s["kind"] == "number" and _kind(rows[0][j]) == 2
-                                                for s, j in zip(specs, where, strict=True)):
-        rows, lines = rows[1:], lines[1:]  # a header of other names: a word over a column of numbers
-    with _no_gc():
-        cells = list(zip(*rows, strict=True))
-    blocks = []
-    for s, j in zip(specs, where, strict=True):
-        col = f"column {j + 1}" + (f" ({s['name']!r})" if s["name"] is not None else "")
-        blocks.append(_encode_again(cells[j], s, lambda i, col=col: f"{source}, row {lines[i]}, {col}"))
-    return np.concatenate(blocks, axis=1).astype(np.float32)
-
-
-def _encode_again(cells: Sequence[str], spec: Mapping[str, Any], where: Callable[[int], str]) -> np.ndarray:
-    """One column of new rows, encoded with a feature's stored spec."""
-    stripped = list(map(str.strip, cells))
-    missing = np.fromiter(map(_MISSING.__contains__, map(str.lower, stripped)), bool, len(cells))
-    if missing.any() and spec["fill"] is None:
-        i = int(np.argmax(missing))
-        raise DataError(f"{where(i)} {_cell_what(cells[i])}: a missing value (the run was "
-                        "trained without --fill-missing mean or median)")
-    if spec["kind"] == "number":
-        values = np.full(len(cells), float(spec["fill"] if spec["fill"] is not None else 0.0))
-        try:
-            values[~missing] = np.asarray(list(compress(stripped, ~missing)), dtype=np.float64)
-        except ValueError:
-            i = next(i for i, c in enumerate(stripped) if not missing[i] and _kind(c) != 0)
-            raise DataError(f"{where(i)}: {cells[i]!r} is not a number") from None
-        bad = ~(np.abs(values) <= _F32_MAX)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(f"{where(i)}: {cells[i]!r} is not a finite float32 number")
-        return values[:, None]
-    cats = spec["categories"]
-    pos = {c: i for i, c in enumerate(cats)}
-    if missing.any():
-        stripped = [spec["fill"] if m else c for c, m in zip(stripped, missing, strict=True)]
-    p = np.fromiter(map(pos.get, stripped, [-1] * len(stripped)), np.int64, len(stripped))  # -1: unseen
-    onehot = np.zeros((len(cells), len(cats)))
-    rows = np.flatnonzero(p >= 0)
-    onehot[rows, p[rows]] = 1.0
-    return onehot

@@ -22,7 +22,7 @@ from torch import nn
 
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
-from blockzoo.data.tabular import encode_rows
+from blockzoo.data.table_rows import encode_rows
 from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch
 from blockzoo.registry import model_kwargs, spec
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
