@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             print(f"params: plain {count_params(plain):,}, with {block} {count_params(attached):,}")
         for label, model in (("plain", plain), (f"+{block}", attached)):
             res = engine.fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, seed=seed, quiet=True,
-                      run_dir=args.out / f"{label.strip('+')}_seed{seed}")
+                      run_dir=args.out / f"{label.strip('+')}_seed{seed}", overwrite=True)
             acc[label].append(res.test["acc"])
     for label, values in acc.items():
         spread = f" +- {statistics.stdev(values):.3f}" if len(values) > 1 else ""

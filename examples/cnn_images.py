@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.manual_seed(0)
         model = blockzoo.create_model(name, num_classes=data.num_classes, in_chans=c, **kw)
         res = engine.fit(model, data, epochs=epochs, batch_size=64, lr=3e-3, quiet=True,
-                  run_dir=args.out / name, output=blockzoo.spec(name).output)
+                  run_dir=args.out / name, output=blockzoo.spec(name).output, overwrite=True)
         results[name] = res.test["acc"]
         print(f"{name:15s} params {count_params(model):8,d}   test acc {res.test['acc']:.3f}   "
               f"({res.seconds:.1f} s, curves in {args.out / name})")

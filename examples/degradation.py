@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = make()
         res = engine.fit(model, data, epochs=args.epochs, batch_size=64, optimizer="sgd", lr=0.05,
                   momentum=0.9, weight_decay=1e-4, warmup=0.0, quiet=True, grad_stats=True,
-                  run_dir=args.out / label)
+                  run_dir=args.out / label, overwrite=True)
         runs[label] = (res, model)
         print(f"{label:12s} final train loss {res.history[-1]['train_loss']:.4f}   "
               f"train acc {res.history[-1]['train_acc']:.3f}   test acc {res.test['acc']:.3f}")

@@ -25,7 +25,7 @@ for act in ("sigmoid", "relu"):
     torch.manual_seed(0)
     model = blockzoo.create("mlp", in_features=64, hidden_features=(32,) * 8, out_features=10, act_layer=act)
     result = fit(model, data, optimizer="sgd", lr=0.05, epochs=2 if QUICK else 10, grad_stats=True,
-                 quiet=True, run_dir=f"runs/grad_flow_{act}")
+                 quiet=True, run_dir=f"runs/grad_flow_{act}", overwrite=True)
     norms = result.grad_history[0]  # first epoch, {parameter name: mean gradient norm}
     first, last = norms["layers.0.weight"], norms[f"layers.{len(model.layers) - 1}.weight"]
     ratios[act] = first / last
