@@ -42,7 +42,7 @@ from blockzoo.registry import ENTRY_ATTR, spec
 
 __all__ = [
     "BUILDER_ARGS_KEY", "BUILDER_ATTR", "BUILDER_KEY", "NAME_KEY", "SAMPLE_SHAPE_KEY", "build_checked",
-    "import_target", "load", "load_weights", "mismatch", "read_metadata", "save",
+    "import_target", "load", "load_weights", "mismatch", "read_metadata", "save", "shapes_of",
 ]
 
 _NAME, _CONFIG, _VERSION, _ALIASES = (
@@ -229,8 +229,10 @@ def mismatch(want: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, .
     return f"{what}: " + "; ".join(parts)
 
 
-def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def shapes_of(tensors: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of a module's state dict or of a mapping of tensors (what ``mismatch`` compares)."""
+    items = tensors.state_dict() if isinstance(tensors, nn.Module) else tensors
+    return {k: tuple(v.shape) for k, v in items.items()}
 
 
 @contextlib.contextmanager
@@ -291,7 +293,7 @@ def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tup
     except (TypeError, ValueError) as e:
         raise FileFormatError(f"{what}: the stored config {dict(config)} does not fit the constructor "
                               f"({e})") from None
-    problem = mismatch(_state_shapes(probe), shapes, f"{what} does not fit the model its metadata names")
+    problem = mismatch(shapes_of(probe), shapes, f"{what} does not fit the model its metadata names")
     if problem:
         raise FileFormatError(problem)
     return s.build(**config)
@@ -303,7 +305,7 @@ def load_weights(
     """Load a safetensors file into an existing ``model``; names and shapes must match."""
     path = Path(path)
     tensors, _ = _read_tensors(path, device)
-    problem = mismatch(_state_shapes(model), {k: tuple(v.shape) for k, v in tensors.items()},
+    problem = mismatch(shapes_of(model), shapes_of(tensors),
                        f"{path} does not fit {type(model).__name__}")
     if problem:
         raise FileFormatError(problem)

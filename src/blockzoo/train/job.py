@@ -23,7 +23,8 @@ from torch import nn
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
 from blockzoo.data.table_rows import encode_rows
-from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch
+from blockzoo.data.textfile import F32_MAX, cell_kind, read_rows
+from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch, shapes_of
 from blockzoo.registry import model_kwargs, spec
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
@@ -143,14 +144,10 @@ def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Modu
         raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
     setattr(model, BUILDER_ATTR, (name, kwargs))  # recorded by blockzoo.save, never imported from
     if shapes is not None:
-        problem = mismatch(_state_shapes(model), shapes, f"{source} does not fit the model {name!r} builds")
+        problem = mismatch(shapes_of(model), shapes, f"{source} does not fit the model {name!r} builds")
         if problem:
             raise FileFormatError(problem)
     return model
-
-
-def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _table_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -268,7 +265,7 @@ def load_trained(path: str | Path, *, builder: str | Callable[..., nn.Module] | 
             raise FileFormatError(f"{path}: checkpoint meta {key!r} is missing or not {kind.__name__}")
     if not isinstance(meta.get("model_args", {}), dict):
         raise FileFormatError(f"{path}: checkpoint meta 'model_args' must be a mapping")
-    shapes = {k: tuple(v.shape) for k, v in ck["model"].items()}
+    shapes = shapes_of(ck["model"])
     model = build_model(meta, builder=builder, shapes=shapes, source=str(path))
     model.load_state_dict(ck["model"])
     return model.eval(), ck
@@ -308,37 +305,27 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = 
 
 def _csv_rows(path: Path) -> np.ndarray:
     """A CSV of numbers, one sample per row (a header line is skipped); errors name row and column."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows = [(i, r) for i, r in enumerate(csv.reader(f), 1) if r and any(c.strip() for c in r)]
-    if rows:
-        try:
-            [float(c) for c in rows[0][1]]
-        except ValueError:
-            rows = rows[1:]  # header
+    source = f"input file {path}"
+    rows, lines = read_rows(path, ",", source)
+    if rows and any(cell_kind(c) == 2 for c in rows[0]):
+        rows, lines = rows[1:], lines[1:]  # header
     if not rows:
-        raise DataError(f"input file {path} holds no data rows (one sample per row)")
-    width = len(rows[0][1])
-    for line, r in rows:
+        raise DataError(f"{source} holds no data rows (one sample per row)")
+    width = len(rows[0])
+    for line, r in zip(lines, rows, strict=True):
         if len(r) != width:
-            raise DataError(f"input file {path}, row {line}: {len(r)} values, the first data row has {width}")
+            raise DataError(f"{source}, row {line}: {len(r)} values, the first data row has {width}")
     try:
-        table = np.asarray([r for _, r in rows], dtype=np.float64)
+        table = np.asarray(rows, dtype=np.float64)
     except ValueError:
-        for line, r in rows:
-            for col, c in enumerate(r, 1):
-                try:
-                    float(c)
-                except ValueError:
-                    raise DataError(f"input file {path}, row {line}, column {col}: {c!r} "
-                                    "is not a number") from None
-        raise
-    bad = ~np.isfinite(table) | (np.abs(table) > np.finfo(np.float32).max)
+        cells = ((i, j) for i, r in enumerate(rows) for j, c in enumerate(r) if cell_kind(c) != 0)
+        i, j = next(cells, (0, 0))
+        raise DataError(f"{source}, row {lines[i]}, column {j + 1}: {rows[i][j]!r} is not a number") from None
+    bad = ~(np.abs(table) <= F32_MAX)  # NaN, inf and what float32 cannot hold
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise DataError(f"input file {path}, row {rows[i][0]}, column {j + 1}: {rows[i][1][j]!r} is not a "
-                        "finite float32 number")
+        raise DataError(f"{source}, row {lines[i]}, column {j + 1}: {rows[i][j]!r} is not a finite float32 "
+                        "number")
     return table.astype(np.float32)
 
 

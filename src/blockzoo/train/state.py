@@ -29,7 +29,7 @@ from torch import nn
 
 from blockzoo.checks import ConfigError, FileFormatError
 from blockzoo.data.base import Data, TensorLoader
-from blockzoo.io import mismatch
+from blockzoo.io import mismatch, shapes_of
 from blockzoo.train import ddp
 from blockzoo.train.checkpoint import CheckpointWriter, check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
@@ -230,8 +230,7 @@ def _check_resume(ck: Mapping[str, Any], cfg: TrainConfig, model: nn.Module, pat
         if stored.get(key) != getattr(cfg, key):
             raise ConfigError(f"--resume: {path} was trained with --{key} {stored.get(key)}; this run asks "
                               f"for --{key} {getattr(cfg, key)} (use --name for a new run)")
-    problem = mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
-                       {k: tuple(v.shape) for k, v in ck["model"].items()},
+    problem = mismatch(shapes_of(model), shapes_of(ck["model"]),
                        f"--resume: {path} does not fit this run's model")
     if problem:
         raise FileFormatError(problem)
