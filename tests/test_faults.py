@@ -462,3 +462,12 @@ def test_fuzzed_predict_csv_never_tracebacks(trained: Path, tmp_path: Path, text
                            capsys)
     if code != 0:
         one_line_error(code, err)
+
+
+def test_predict_on_a_non_utf8_csv_is_one_line(trained: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("1,2\n3,\xe9\n".encode("latin-1"))
+    code, _, err = run_cli(["predict", "--checkpoint", str(trained / "last.pt"), "--input", str(path)],
+                           capsys)
+    one_line_error(code, err, str(path), "is not UTF-8 text")
