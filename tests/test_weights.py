@@ -172,3 +172,93 @@ def test_load_pretrained_reports_what_it_loaded() -> None:
     assert len(report.loaded) == len(tensors) - 2
     assert "layer1.0.shortcut.conv.weight" not in report.loaded  # resnet18's first stage has none
     assert "layer2.0.shortcut.conv.weight" in report.loaded
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def _folder(root: Path, per_class: int = 6) -> Path:
+    """Two classes of 24x24 RGB images: bright discs and bright bars on a dark ground."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:24, :24] / 24
+    for kind in ("disc", "bar"):
+        (root / kind).mkdir(parents=True)
+        for i in range(per_class):
+            cy, cx = rng.uniform(0.3, 0.7, 2)
+            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < 0.04) if kind == "disc" else (abs(yy - cy) < 0.1)
+            img = (rng.uniform(0, 60, (24, 24, 3)) + mask[..., None] * 200).clip(0, 255).astype(np.uint8)
+            Image.fromarray(img, "RGB").save(root / kind / f"{i}.png")
+    return root
+
+
+def _finetune_config(tmp_path: Path, **extra) -> dict:
+    # full batches: layer4 sees 1x1 maps of these 24x24 images, where BN needs two samples
+    weights = _write(_resnet18_tensors(), tmp_path / "resnet18.pth")
+    return dict(model="resnet18", data=f"folder:{_folder(tmp_path / 'imgs')}?augment=none", epochs=1,
+                batch_size=None, lr=1e-3, weights=str(weights), runs_dir=str(tmp_path / "runs"), quiet=True,
+                plots=False, **extra)
+
+
+def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Path) -> None:
+    from blockzoo.train import TrainConfig, prepare
+    from blockzoo.train.finetune import param_groups
+
+    cfg = TrainConfig.from_dict(_finetune_config(tmp_path, freeze="conv1.*,bn1.*,layer1.*", head_lr=0.1,
+                                                 attention="cbam"))
+    model, _, meta = prepare(cfg)
+    params = dict(model.named_parameters())
+    # the file's weights, under attach's wrapper for the modules CBAM follows
+    assert torch.equal(params["layer1.0.bn2.module.weight"], _resnet18_tensors()["layer1.0.bn2.weight"])
+    assert not params["layer1.1.conv2.weight"].requires_grad and not params["conv1.weight"].requires_grad
+    assert params["layer2.0.conv1.weight"].requires_grad
+    # new: the 2-class head and the 8 CBAM blocks (also in the frozen stage: they were not loaded)
+    new = set(meta["new_params"])
+    assert {"fc.weight", "fc.bias"} <= new
+    attn = [n for n in new if n.startswith("layer1.0.bn2.attn.")]
+    assert attn and all(params[n].requires_grad for n in attn)
+    assert not any(".module." in n or n.startswith(("conv1", "layer2.0.conv")) for n in new)
+    groups = param_groups(model, cfg, meta)
+    assert [g["peak_lr"] for g in groups] == [1e-3, 0.1]
+    ids = {id(p) for p in groups[1]["params"]}
+    assert ids == {id(params[n]) for n in new}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in params.values())
+
+
+def test_finetune_run_trains_only_what_is_free_and_replays(tmp_path: Path) -> None:
+    from blockzoo.train import evaluate_checkpoint, train
+
+    res = train(_finetune_config(tmp_path, freeze="conv1.*,layer1.*", head_lr=1e-2, attention="se"))
+    params = dict(res.model.named_parameters())
+    start = _resnet18_tensors()
+    assert torch.equal(params["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])  # frozen
+    assert not torch.equal(params["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])  # trained
+    # the checkpoint rebuilds the attached model without the weights file
+    Path(tmp_path / "resnet18.pth").unlink()
+    out = evaluate_checkpoint(res.run_dir / "best.pt", "test")
+    assert 0.0 <= out["acc"] <= 1.0
+    # and the deployable file records the attached blocks
+    model = blockzoo.load(res.run_dir / "model.safetensors").eval()
+    assert any(".attn." in n for n, _ in model.named_parameters())
+    x = torch.randn(2, 3, 24, 24)
+    res.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), res.model.cpu()(x), atol=1e-6)
+
+
+def test_finetune_option_errors(tmp_path: Path) -> None:
+    from blockzoo.train import TrainConfig, prepare
+
+    with pytest.raises(ConfigError, match=r"head_lr=0\.1 sets the rate of new parameters"):
+        TrainConfig(head_lr=0.1)
+    with pytest.raises(ConfigError, match="give attention"):
+        TrainConfig(attention_after="layer*.*.bn2")
+    with pytest.raises(ConfigError, match=r"freeze='layer7\.\*' matches no parameter"):
+        prepare(TrainConfig.from_dict(_finetune_config(tmp_path, freeze="layer7.*")))
+    (tmp_path / "b").mkdir()
+    cfg = _finetune_config(tmp_path / "b", freeze="*")
+    with pytest.raises(ConfigError, match="leaves no parameter to train"):
+        from blockzoo.train import train
+        train(cfg)
