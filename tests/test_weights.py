@@ -228,9 +228,14 @@ def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Pa
 
 
 def test_finetune_run_trains_only_what_is_free_and_replays(tmp_path: Path) -> None:
-    from blockzoo.train import evaluate_checkpoint, train
+    from blockzoo.train import TrainConfig, evaluate_checkpoint, train
 
-    res = train(_finetune_config(tmp_path, freeze="conv1.*,layer1.*", head_lr=1e-2, attention="se"))
+    opts = _finetune_config(tmp_path, freeze="conv1.*,layer1.*", head_lr=1e-2, attention="se")
+    res = train(opts)
+    # the run's config.json replays it (--config): the options, not the run's record
+    replay = TrainConfig.from_file(res.run_dir / "config.json")
+    assert {k: getattr(replay, k) for k in ("weights", "freeze", "head_lr", "attention")} == {
+        k: opts[k] for k in ("weights", "freeze", "head_lr", "attention")}
     params = dict(res.model.named_parameters())
     start = _resnet18_tensors()
     assert torch.equal(params["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])  # frozen

@@ -305,7 +305,7 @@ class TrainConfig:
 
 # What a run's config.json holds beside the options: the run's record, skipped on replay.
 RUN_RECORD_KEYS = ("data_info", "output", "ids", "num_outputs", "in_chans", "input", "native_input",
-                   "native_shape", "classes", "task")
+                   "native_shape", "classes", "task", "attached", "sample_shape", "new_params")
 
 _MAX_SEED = 2**32 - 1
 
