@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import torch
 from torch.utils.data import Dataset
@@ -33,8 +34,10 @@ __all__ = [
     "dataset_entry",
     "list_datasets",
     "load_data",
+    "parse_file_spec",
     "register_dataset",
     "register_file_loader",
+    "split_indices",
     "split_train_val",
     "standardize",
     "subsample",
@@ -146,6 +149,13 @@ class Data:
             return [self.input]
         return [self.input] + [k for (a, k) in _VIEWS if a == self.input]
 
+    def facts(self) -> dict[str, Any]:
+        """What a model trained on this data needs beside its weights, as plain data (JSON): the
+        class names and the non-tensor ``stats`` (a table's column encoding, a text's vocabulary)."""
+        out: dict[str, Any] = {"classes": list(self.classes)} if self.classes else {}
+        out.update({k: v for k, v in self.stats.items() if not isinstance(v, torch.Tensor)})
+        return out
+
     def describe(self) -> str:
         n = f"{len(self.train)}/{len(self.val)}/{len(self.test)}"
         what = f"{self.num_classes} classes" if self.task == "classification" else (
@@ -191,6 +201,41 @@ def split_train_val(
     n_val = max(1, round(n * val_fraction))
     va, tr = perm[:n_val], perm[n_val:]
     return TensorData(x[tr], y[tr]), TensorData(x[va], y[va])
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of train, val and test: the test rows are fixed (seeded by ``n``, so they do
+    not move with the run's seed), val a seeded share of the rest."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    n_test = max(1, round(n * test_fraction))
+    te, rest = perm[:n_test], perm[n_test:]
+    train, val = split_train_val(rest, rest, val_fraction, seed)
+    return train.x, val.x, te
+
+
+def parse_file_spec(spec: str, parsers: Mapping[str, Callable[[str], Any]], prefix: str
+                    ) -> tuple[Path, dict[str, Any]]:
+    """``PATH?key=value&...`` (what follows ``prefix:``) -> (path, {key: parsed value}).
+
+    ``parsers`` maps each option a loader knows to the function that checks and converts
+    its value; an unknown key lists the known ones.
+    """
+    path, sep, query = spec.rpartition("?")
+    if not sep:
+        return Path(spec), {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        example = "&".join(f"{k}=..." for k in parsers)
+        raise ConfigError(f"{prefix} data: options {query!r} must be key=value pairs joined by '&' "
+                          f"({prefix}:PATH?{example})") from None
+    opts: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in parsers:
+            raise unknown_name(f"{prefix} data option", key, list(parsers))
+        opts[key] = parsers[key](value)
+    return Path(path), opts
 
 
 def standardize(data: Data, *, per_channel: bool = False) -> Data:

@@ -34,15 +34,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from blockzoo.checks import ConfigError, DataError
-from blockzoo.data.base import Data, TensorData, register_file_loader
-from blockzoo.registry import unknown_name
+from blockzoo.data.base import Data, TensorData, parse_file_spec, register_file_loader
 
 __all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "image_inputs", "load_folder",
            "parse_folder_spec", "read_images"]
@@ -105,20 +103,8 @@ _OPTIONS = {"size": _parse_size, "augment": _parse_augment}
 
 def parse_folder_spec(spec: str) -> tuple[Path, FolderOptions]:
     """``PATH?key=value&...`` (what follows ``folder:``) -> (folder, options)."""
-    path, sep, query = spec.rpartition("?")
-    if not sep:
-        return Path(spec), FolderOptions()
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise ConfigError(f"folder data: options {query!r} must be key=value pairs joined by '&' "
-                          "(folder:PATH?size=32x32&augment=none)") from None
-    opts: dict[str, object] = {}
-    for key, value in pairs:
-        if key not in _OPTIONS:
-            raise unknown_name("folder data option", key, list(_OPTIONS))
-        opts[key] = _OPTIONS[key](value)
-    return Path(path), FolderOptions(**opts)  # type: ignore[arg-type]
+    path, opts = parse_file_spec(spec, _OPTIONS, "folder")
+    return path, FolderOptions(**opts)
 
 
 # --------------------------------------------------------------------------- finding files

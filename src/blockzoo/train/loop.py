@@ -38,7 +38,7 @@ from torch import nn
 
 from blockzoo.checks import ConfigError
 from blockzoo.data.base import Data, TensorData, TensorLoader
-from blockzoo.io import SAMPLE_SHAPE_KEY
+from blockzoo.io import DATA_KEY, SAMPLE_SHAPE_KEY
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
@@ -435,7 +435,8 @@ def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
     with warnings.catch_warnings():  # a Python user's own module: weights only, as they expect
         warnings.simplefilter("ignore", UserWarning)
         save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors",
-                     metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape))})
+                     metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape)),
+                               DATA_KEY: json.dumps(jsonable(run.data.facts()))})
     if run.cfg.plots and state.history:
         title = f"{run.meta.get('model', type(run.model).__name__)} on {run.data.name}"
         metric = "acc" if run.obj.task != "regression" else "mse"
