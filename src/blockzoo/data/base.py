@@ -84,6 +84,9 @@ class Data:
         vocab: the words of a bag-of-words data set, in feature order.
         headline: ``"loss"`` where the headline metric is the test loss (baselines
             given as losses), else accuracy / MSE by task.
+        augment: a per-batch augmentation of the training split,
+            ``augment(x, generator, offset, n_global) -> x`` (``augment.BatchAugment``); the
+            training loader applies it, evaluation never does.
     """
 
     name: str
@@ -101,6 +104,7 @@ class Data:
     vocab: tuple[str, ...] | None = None
     headline: str | None = None
     about: str = ""
+    augment: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -133,6 +137,9 @@ class Data:
                 f"data {self.name!r} holds integer token ids (sequence input); "
                 f"a {kind} model cannot take them"
             )
+        if not isinstance(self.train.x, torch.Tensor):
+            raise ConfigError(f"data {self.name!r} is streamed from files ({self.input} {self.shape}); it "
+                              f"feeds {self.input} models only, not {kind}")
         if (self.input, kind) not in _VIEWS:
             raise ConfigError(
                 f"data {self.name!r} is {self.input} {self.shape}; it has no {kind} view "
@@ -392,6 +399,8 @@ class TensorLoader:
         seed: seeds the shuffles.
         drop_last: drop a last batch smaller than ``batch_size``.
         rank, world_size: this process's share under DDP.
+        augment: applied to every batch (``Data.augment``), with a generator seeded by
+            (seed, epoch, batch) and this rank's rows of the global batch.
     """
 
     def __init__(
@@ -404,8 +413,10 @@ class TensorLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        augment: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         self.data = data
+        self.augment = augment
         self.batch_size = batch_size or len(data)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
@@ -430,15 +441,29 @@ class TensorLoader:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(n, generator=g)
 
-    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Yield ``(x, y, global_batch_size)`` from batch ``start`` of this epoch on."""
+    def shares(self, start: int = 0) -> Iterator[tuple[int, torch.Tensor, int, int]]:
+        """``(batch, this rank's indices, their offset in the global batch, global batch size)``
+        from batch ``start`` of this epoch on."""
         order = self.order()
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            n_global = len(idx)
+            n_global, offset = len(idx), 0
             if self.world_size > 1:
-                idx = idx.tensor_split(self.world_size)[self.rank]
-            yield self.data.x[idx], self.data.y[idx], n_global
+                parts = idx.tensor_split(self.world_size)
+                offset, idx = sum(map(len, parts[:self.rank])), parts[self.rank]
+            yield b, idx, offset, n_global
+
+    def augmented(self, x: torch.Tensor, b: int, offset: int, n_global: int) -> torch.Tensor:
+        """Batch ``b``'s inputs after ``augment`` (drawn from (seed, epoch, b)), or as they are."""
+        if self.augment is None or len(x) == 0:
+            return x
+        key = ((self.seed * 100_003 + self.epoch) * 1_000_003 + b) % 2**63
+        return self.augment(x, torch.Generator().manual_seed(key), offset, n_global)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Yield ``(x, y, global_batch_size)`` from batch ``start`` of this epoch on."""
+        for b, idx, offset, n_global in self.shares(start):
+            yield self.augmented(self.data.x[idx], b, offset, n_global), self.data.y[idx], n_global
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.batches():
