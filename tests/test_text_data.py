@@ -174,3 +174,12 @@ def test_predict_errors_name_the_row(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"bad\.txt is not UTF-8 text"):
         predict(best, tmp_path / "bad.txt")
     assert main(["predict", "--checkpoint", str(best), "--input", str(tmp_path / "bad.txt")]) == 2
+
+
+def test_the_readme_example_file_is_the_lessons_sentences() -> None:
+    """``examples/en_es.csv`` (README's ``text:`` example) holds ``bow_en_es``'s 400 sentences (seed 0)."""
+    with open(Path(__file__).parents[1] / "examples" / "en_es.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    sentences, labels = en_es_sentences(400, seed=0)
+    assert rows[0] == ["text", "label"]
+    assert rows[1:] == [[" ".join(s), LANGS[y]] for s, y in zip(sentences, labels.tolist(), strict=True)]

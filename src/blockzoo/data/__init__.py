@@ -1,5 +1,6 @@
 """Data sets: bundled (MNIST-1D, digits), generated (toy problems, sequence tasks),
-file-backed (MNIST, Fashion-MNIST, CIFAR-10) and CSV, all served as whole tensors.
+file-backed (MNIST, Fashion-MNIST, CIFAR-10), tables, sentences and image folders, served
+as whole tensors (image folders larger than memory: streamed, ``stream.py``).
 
 ``load_data(name)`` returns a ``Data`` bundle; ``list_datasets()`` names them.
 Importing this package imports every module of the folder, which registers its data

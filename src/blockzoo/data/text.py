@@ -276,7 +276,6 @@ def load_text(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1, tes
     ids = encoder == "onehot"
     width = len(table) + 2 if ids else x.shape[1]  # ids: padding, the words, other
     counts = np.bincount(y.numpy(), minlength=len(classes))
-    majority = float(np.bincount(y[te].numpy(), minlength=len(classes)).max()) / len(te)
     shown = ", ".join(f"{c} {n}" for c, n in zip(classes, counts, strict=True))
     what = (f"{len(table)} training words as ids (padded to {enc_spec['length']} words; vocabulary "
             f"{width} with padding and other)" if ids else
@@ -289,5 +288,4 @@ def load_text(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1, tes
     return Data(f"text:{spec}", TensorData(x[tr], y[tr]), TensorData(x[va], y[va]), TensorData(x[te], y[te]),
                 input="sequence" if ids else "vector", task="classification", num_classes=len(classes),
                 in_chans=width, ids=ids, classes=classes, stats=stats,
-                baselines={"majority class": majority},
                 about=f"sentences from {path}")
