@@ -1,4 +1,4 @@
-"""SE, ECA, CBAM and SK equal independent references written from the official code.
+"""SE, ECA, CBAM, SK (official code) and BAM (paper equations) equal independent references.
 
 Each reference below is written from the structure of the authors' released code
 (named in each test) with plain functional ops on the block's own weights, never by
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.attention import CBAM, EfficientChannelAttention, SelectiveKernel, SqueezeExcite
+from blockzoo.attention import BAM, CBAM, EfficientChannelAttention, SelectiveKernel, SqueezeExcite
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -180,3 +180,28 @@ def test_sk_parameter_counts() -> None:
     branches = 2 * (128 * 4 * 9 + 2 * 128)
     assert _n_params(SelectiveKernel(128, groups=32)) == branches + (128 * 32 + 2 * 32) + 32 * 256
     assert SelectiveKernel(128, groups=32).hidden == 32
+
+
+# ----------------------------------------------------------------- BAM (paper equations win)
+
+
+def test_bam_equals_the_papers_equations() -> None:
+    # Park et al. Eq. 1-3; the official code's product and BN placement are listed in
+    # BAM's Deviations (the paper's equations are explicit there, so they are followed)
+    bam = _randomise(BAM(32, reduction=4, dilation=2))
+    x = _x(2, 32, 7, 6)
+    fc0, _, fc1, bn_c = bam.channel_branch
+    # M_c = BN(W_1 ReLU(W_0 AvgPool(x) + b_0) + b_1): the bias b_1 before BN is absorbed
+    z = torch.relu(x.mean((2, 3)) @ fc0.weight.flatten(1).T + fc0.bias) @ fc1.weight.flatten(1).T
+    mc = _bn(z[:, :, None, None], bn_c)
+    # M_s = BN(f_3^1x1(f_2^3x3(f_1^3x3(f_0^1x1(x))))), each inner f with BN + ReLU, dilation 2
+    h = x
+    convs = [m for m in bam.spatial_branch if isinstance(m, nn.Conv2d)]
+    bns = [m for m in bam.spatial_branch if isinstance(m, nn.BatchNorm2d)]
+    for i, (conv, bn) in enumerate(zip(convs, bns, strict=True)):
+        pad = 2 if conv.kernel_size == (3, 3) else 0
+        h = _bn(F.conv2d(h, conv.weight, padding=pad, dilation=2 if pad else 1), bn)
+        h = torch.relu(h) if i < 3 else h
+    # y = x + x * sigmoid(M_c + M_s)
+    with torch.no_grad():
+        torch.testing.assert_close(bam(x), x + x * torch.sigmoid(mc + h), **TOL)
