@@ -77,7 +77,8 @@ def test_cbam_is_input_times_channel_gate_times_spatial_gate() -> None:
     torch.testing.assert_close(mc, want_mc)
     xp = x * want_mc
     pooled = torch.cat([xp.mean(1, keepdim=True), xp.amax(1, keepdim=True)], 1)
-    torch.testing.assert_close(ms, torch.sigmoid(cbam.spatial_gate.conv(pooled)))
+    gate = cbam.spatial_gate
+    torch.testing.assert_close(ms, torch.sigmoid(gate.bn(gate.conv(pooled))))  # BN as the official code
 
 
 # ----------------------------------------------------------------- ECA

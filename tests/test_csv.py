@@ -313,10 +313,12 @@ def test_table_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape("task='binary' must be classification or regression")):
         TrainConfig(task="binary")
     assert TrainConfig(target=0).target == "0"
-    with pytest.raises(ConfigError, match=re.escape("--target applies to csv:PATH or tsv:PATH, not to data "
+    with pytest.raises(ConfigError, match=re.escape("--target applies to csv:PATH or text:PATH or tsv:PATH, "
+                                                    "not to data "
                                                     "'digits'")):
         load_data("digits", file_options={"target": "3"})
-    with pytest.raises(ConfigError, match=re.escape("--target applies to csv:PATH or tsv:PATH, not to data "
+    with pytest.raises(ConfigError, match=re.escape("--target applies to csv:PATH or text:PATH or tsv:PATH, "
+                                                    "not to data "
                                                     "'folder:imgs'")):  # an image folder has no columns
         load_data("folder:imgs", file_options={"target": "3"})
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from blockzoo.checks import ConfigError, DataError
 from blockzoo.cli import main
-from blockzoo.data import folder, load_data
+from blockzoo.data import BatchAugment, LazyTensor, folder, load_data, make_loader
 from blockzoo.registry import UnknownNameError
 from blockzoo.train import evaluate_checkpoint, predict, train
 
@@ -97,7 +97,7 @@ def test_trains_on_shape_images_well_above_chance(tmp_path: Path, capsys: pytest
 def test_split_folders_classes_stats_and_augmentation(tmp_path: Path) -> None:
     for split, n in (("train", 8), ("val", 2), ("test", 3)):
         make_folder(tmp_path / "s" / split, n, seed=len(split), gray=True, sizes=(12,))
-    d = load_data(f"folder:{tmp_path / 's'}")  # one size: no size= needed; augment 1 by default
+    d = load_data(f"folder:{tmp_path / 's'}?augment=1")  # one size: no size= needed; 1 decoded copy
     assert d.classes == CLASSES and d.in_chans == 1 and d.shape == (1, 12, 12)
     assert (len(d.train), len(d.val), len(d.test)) == (2 * 24, 6, 9)
     assert d.train.y[:24].tolist() == [0] * 8 + [1] * 8 + [2] * 8
@@ -107,9 +107,9 @@ def test_split_folders_classes_stats_and_augmentation(tmp_path: Path) -> None:
     assert d.train.x[:24].mean().abs() < 1e-5 and abs(d.train.x[:24].std() - 1) < 1e-5
     # augmented copies differ from the centre views, the same for the same seed only
     assert not torch.equal(d.train.x[24:], d.train.x[:24])
-    again = load_data(f"folder:{tmp_path / 's'}")
+    again = load_data(f"folder:{tmp_path / 's'}?augment=1")
     assert torch.equal(again.train.x, d.train.x)
-    other = load_data(f"folder:{tmp_path / 's'}", seed=1)
+    other = load_data(f"folder:{tmp_path / 's'}?augment=1", seed=1)
     assert torch.equal(other.train.x[:24], d.train.x[:24]) and not torch.equal(other.train.x, d.train.x)
     none = load_data(f"folder:{tmp_path / 's'}?augment=none&size=8x10")
     assert len(none.train) == 24 and none.shape == (1, 8, 10)
@@ -143,10 +143,10 @@ def test_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         load_data(f"folder:{root}?size=0x3")
     with pytest.raises(ConfigError, match="augment="):
         load_data(f"folder:{root}?augment=lots")
-    monkeypatch.setattr(folder, "MEMORY_LIMIT", 1000)
-    with pytest.raises(DataError, match=r"in-memory limit.*not implemented"):
-        load_data(f"folder:{root}?size=8")
-    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="cache='maybe' must be auto"):
+        load_data(f"folder:{root}?cache=maybe")
+    with pytest.raises(ConfigError, match=r"augment=2 \(decoded copies\) needs the images in memory"):
+        load_data(f"folder:{root}?size=8&augment=2&cache=no")
     (root / "hbar" / "002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(DataError, match=r"hbar/002\.png cannot be decoded"):
         load_data(f"folder:{root}?size=8")
@@ -183,3 +183,70 @@ def test_hidden_folders_are_not_classes(tmp_path: Path) -> None:
     Image.new("RGB", (14, 14)).save(root / ".ipynb_checkpoints" / "x.png")
     d = load_data(f"folder:{root}?augment=none")
     assert list(d.classes) == sorted(CLASSES)
+
+
+def _batches(data, seed: int, epoch: int, augment: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = make_loader(data.train, 8, shuffle=True, seed=seed, augment=data.augment if augment else None)
+    loader.set_epoch(epoch)
+    return [(x, y) for x, y, _ in loader.batches()]
+
+
+def test_streaming_gives_the_cached_batches_and_trains(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_folder(tmp_path / "st", 30)
+    with caplog.at_level(logging.INFO, logger="blockzoo"):
+        cached = load_data(f"folder:{root}?size=12&augment=none")
+        streamed = load_data(f"folder:{root}?size=12&augment=none&cache=no&workers=2")
+    assert "the engine's fast path (0.00 GiB as tensors, within the in-memory limit" in caplog.text
+    assert "streamed from disk, decoded per batch by 2 DataLoader workers (cache=no" in caplog.text
+    assert isinstance(streamed.train.x, LazyTensor) and streamed.shape == cached.shape == (3, 12, 12)
+    # the same statistics (one decoding pass) and the same batches, in the same order, per seed
+    assert torch.allclose(streamed.stats["mean"], cached.stats["mean"], atol=1e-6)
+    assert torch.allclose(streamed.stats["std"], cached.stats["std"], atol=1e-6)
+    for epoch in (0, 1):
+        a, b = _batches(cached, 3, epoch), _batches(streamed, 3, epoch)
+        assert len(a) == len(b) == 9  # 65 training images in batches of 8
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-5)
+    assert not torch.equal(_batches(streamed, 3, 0)[0][1], _batches(streamed, 4, 0)[0][1])
+    # above the memory limit, auto streams (and says why); a streamed run trains well above chance
+    monkeypatch.setattr(folder, "MEMORY_LIMIT", 1000)
+    with caplog.at_level(logging.INFO, logger="blockzoo"):
+        res = train(dict(data=f"folder:{root}?size=12&workers=1", epochs=8, batch_size=16, lr=3e-3,
+                         optimizer="adam", runs_dir=str(tmp_path), name="s", quiet=True, plots=False))
+    assert "over the in-memory limit of 0 GiB; cache=yes keeps them anyway" in caplog.text
+    assert res.test["acc"] >= 0.7 > 1 / 3, res.test  # 18 test images
+    assert evaluate_checkpoint(tmp_path / "s" / "best.pt")["acc"] == pytest.approx(res.test["acc"])
+    with pytest.raises(ConfigError, match="streamed from files"):
+        streamed.view("vector")
+
+
+def test_batch_augmentation_is_fresh_each_epoch_seeded_and_train_only(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "au", 12, sizes=(14,))
+    data = load_data(f"folder:{root}")  # augment=batch by default
+    assert isinstance(data.augment, BatchAugment)
+    plain = _batches(data, 0, 0, augment=False)
+    e0, e1, again = _batches(data, 0, 0), _batches(data, 0, 1), _batches(data, 0, 0)
+    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(plain, e0, strict=True))
+    assert all(not torch.allclose(xa, xb) for (xa, _), (xb, _) in zip(plain, e0, strict=True))
+    assert all(not torch.allclose(xa, xb) for (xa, _), (xb, _) in zip(e0, e1[:len(e0)], strict=True))
+    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(e0, again, strict=True))
+    # evaluation never augments: its batches are the split's tensors as they are
+    val = make_loader(data.val, 4)
+    assert torch.equal(torch.cat([x for x, _, _ in val.batches()]), data.val.x)
+    assert data.augment is not None and load_data(f"folder:{root}?augment=none").augment is None
+    # the maths: a whole-image crop is the image or its mirror, exactly; crops stay inside the image
+    x = torch.randn(64, 2, 5, 7, dtype=torch.float64)
+    whole = BatchAugment(area=(1.0, 1.0), ratio=(1.0, 1.0))(x, torch.Generator().manual_seed(0))
+    same = [torch.allclose(w, v, atol=1e-12) for w, v in zip(whole, x, strict=True)]
+    mirror = [torch.allclose(w, v.flip(-1), atol=1e-12) for w, v in zip(whole, x, strict=True)]
+    assert all(a != b for a, b in zip(same, mirror, strict=True))
+    assert 10 < sum(mirror) < 54  # about half flipped
+    ramp = torch.linspace(0, 1, 9).expand(256, 1, 9, 9).contiguous()
+    crops = BatchAugment(flip=False)(ramp, torch.Generator().manual_seed(1))
+    assert crops.min() >= 0 and crops.max() <= 1  # never outside the image
+    # the rows of a global batch: rank 1 of 2 gets rows 32-63 of the one-process draw
+    g = torch.Generator().manual_seed(5)
+    full = BatchAugment()(ramp[:64], g)
+    part = BatchAugment()(ramp[32:64], torch.Generator().manual_seed(5), 32, 64)
+    assert torch.equal(full[32:], part)

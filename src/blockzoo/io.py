@@ -42,8 +42,9 @@ from blockzoo.checks import BlockzooError, ConfigError, FileFormatError
 from blockzoo.registry import ENTRY_ATTR, spec
 
 __all__ = [
-    "BUILDER_ARGS_KEY", "BUILDER_ATTR", "BUILDER_KEY", "NAME_KEY", "SAMPLE_SHAPE_KEY", "build_checked",
-    "import_target", "load", "load_weights", "mismatch", "read_metadata", "save", "shapes_of",
+    "BUILDER_ARGS_KEY", "BUILDER_ATTR", "BUILDER_KEY", "DATA_KEY", "NAME_KEY", "SAMPLE_SHAPE_KEY",
+    "build_checked", "import_target", "load", "load_weights", "mismatch", "read_metadata", "save",
+    "shapes_of",
 ]
 
 _NAME, _CONFIG, _VERSION, _ALIASES, _ATTACHED = (
@@ -59,6 +60,9 @@ BUILDER_ATTR = "_blockzoo_builder"  # on a user's model: (import target, argumen
 # shape. Recorded so that a mismatch is refused; never imported from the file.
 BUILDER_KEY, BUILDER_ARGS_KEY, SAMPLE_SHAPE_KEY = (
     "blockzoo.builder", "blockzoo.builder_args", "blockzoo.sample_shape")
+# A trained model's data facts as JSON (``Data.facts``: class names, a table's or a text's
+# encoding): plain data for whoever deploys the file, never read as code.
+DATA_KEY = "blockzoo.data"
 
 # Constructor arguments that say where a model lives, not what it is.
 _PLACEMENT = ("device", "dtype")

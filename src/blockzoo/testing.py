@@ -147,7 +147,13 @@ def _slice_args(s: Spec, args: Sequence[Any], i: int) -> tuple[Any, ...]:
 
 
 def check_batch_independence(s: Spec, *, batch: int = 3) -> None:
-    """In eval mode, sample i's output equals the output of sample i fed alone."""
+    """In eval mode, sample i's output equals the output of sample i fed alone.
+
+    Within rtol 1e-4 and an atol of 1e-5 times the output's largest magnitude (at least
+    1): a deep net at its initial, eval-mode BN statistics (MobileOne-S0: logits ~1e3)
+    differs between batch sizes by float32 rounding of that scale, which is no batch
+    dependence.
+    """
     block = _build(s).eval()
     args = s.make_input(batch=batch, seed=1)
     with torch.no_grad():
@@ -157,7 +163,8 @@ def check_batch_independence(s: Spec, *, batch: int = 3) -> None:
             alone = _float_tensors(block(*_slice_args(s, args, i)))
             for k, (f, a, d) in enumerate(zip(full, alone, dims, strict=False)):
                 part = f.narrow(d, i, 1)
-                if part.shape != a.shape or not torch.allclose(part, a, rtol=1e-4, atol=1e-5):
+                atol = 1e-5 * max(1.0, f.abs().max().item()) if f.numel() else 1e-5
+                if part.shape != a.shape or not torch.allclose(part, a, rtol=1e-4, atol=atol):
                     diff = (part - a).abs().max().item() if part.shape == a.shape else "shape"
                     raise _fail(
                         s, f"output {k} of sample {i} changes with the rest of the batch "

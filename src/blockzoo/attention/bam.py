@@ -61,6 +61,18 @@ class BAM(nn.Module):
         that bias could never change the output. With ``norm_layer=None`` the convs
         keep their biases (the ``ConvBnAct`` rule).
 
+        The official code (Jongchan/attention-module, ``MODELS/bam.py``) differs from
+        the paper's equations in three places; the equations are explicit, so they win
+        (issue 17's rule), and the paper's ablation (Table 2b) reports the sum better:
+
+        - it combines the branches by a product, ``1 + sigmoid(M_c * M_s)``; here the
+          paper's sum ``sigmoid(M_c + M_s)`` (Eq. 1 and Sec. 3, "Combine two attention
+          branches");
+        - its channel MLP has BatchNorm1d + ReLU after the first FC and no BN on the
+          output; here the paper's ``BN(MLP(AvgPool(x)))`` (Eq. 2);
+        - its spatial branch ends in the 1x1 conv without BN; here the paper's final BN
+          (Eq. 3).
+
     Example:
         >>> bam = BAM(64)
         >>> bam(torch.randn(2, 64, 7, 9)).shape

@@ -30,21 +30,22 @@ class CBAMChannelGate(nn.Module):
         channels: C.
         reduction: r (paper: 16); hidden width max(1, C // r).
         act_layer: hidden activation (paper: ReLU).
+        bias: biases in the MLP's two layers (official code: yes, ``nn.Linear``).
 
     Shape:
         - Input: (B, C, H, W); Output: the gate (B, C, 1, 1).
     """
 
     def __init__(self, channels: int, *, reduction: int = 16, act_layer: LayerSpec = "relu",
-                 device: Any = None, dtype: Any = None) -> None:
+                 bias: bool = True, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         require(reduction >= 1, f"CBAM: reduction={reduction} must be >= 1")
         fk = dict(device=device, dtype=dtype)
         self.hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, self.hidden, 1, **fk),
+            nn.Conv2d(channels, self.hidden, 1, bias=bias, **fk),
             create_act(act_layer, **fk),
-            nn.Conv2d(self.hidden, channels, 1, **fk),
+            nn.Conv2d(self.hidden, channels, 1, bias=bias, **fk),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,8 @@ class CBAMChannelGate(nn.Module):
 class CBAMSpatialGate(nn.Module):
     r"""CBAM's spatial attention map M_s (B, 1, H, W), in (0, 1).
 
-    Equation: M_s = sigmoid(conv_{k x k}([mean_c(x); max_c(x)])), a 2 -> 1 conv, no bias.
+    Equation: M_s = sigmoid(BN(conv_{k x k}([mean_c(x); max_c(x)]))), a 2 -> 1 conv without
+    bias followed by a one-channel BatchNorm (the official code's ``BasicConv``).
 
     Args:
         kernel_size: k (paper: 7), odd.
@@ -69,13 +71,15 @@ class CBAMSpatialGate(nn.Module):
     def __init__(self, *, kernel_size: int = 7, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         require(kernel_size % 2 == 1, f"CBAM: kernel_size={kernel_size} must be odd")
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False,
-                              device=device, dtype=dtype)
+        fk = dict(device=device, dtype=dtype)
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False, **fk)
+        # the official BasicConv's BN: eps 1e-5, momentum 0.01
+        self.bn = nn.BatchNorm2d(1, momentum=0.01, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (B, 2, H, W)
-        # M_s = sigmoid(conv([avg; max]))
-        return torch.sigmoid(self.conv(pooled))
+        # M_s = sigmoid(BN(conv([avg; max])))
+        return torch.sigmoid(self.bn(self.conv(pooled)))
 
 
 @register(
@@ -97,7 +101,7 @@ class CBAM(nn.Module):
 
         M_c = sigmoid(MLP(AvgPool_hw(x)) + MLP(MaxPool_hw(x)))          (B, C, 1, 1)
         x'  = M_c * x
-        M_s = sigmoid(conv_7x7([AvgPool_c(x'); MaxPool_c(x')]))         (B, 1, H, W)
+        M_s = sigmoid(BN(conv_7x7([AvgPool_c(x'); MaxPool_c(x')])))     (B, 1, H, W)
         y   = M_s * x'
 
     Args:
@@ -105,10 +109,25 @@ class CBAM(nn.Module):
         reduction: r of the shared channel MLP C -> C/r -> C (paper: 16).
         kernel_size: the spatial conv's kernel (paper: 7).
         act_layer: the MLP's hidden activation (paper: ReLU).
+        bias: biases in the channel MLP (official code: yes; ``bias=False`` gives
+            timm's ``CbamModule`` layout and parameter count).
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W) = x * M_c * M_s, both gates in (0, 1).
+
+    Deviations:
+        Where the paper's text is silent, the official code (Jongchan/attention-module,
+        ``MODELS/cbam.py``, which produced the paper's numbers) decides:
+
+        - the 7x7 spatial conv is followed by BatchNorm (eps 1e-5, momentum 0.01) before
+          the sigmoid, the conv has no bias (its ``BasicConv(..., relu=False)``);
+        - the channel MLP's two layers have biases (``nn.Linear``); timm drops them;
+        - hidden width C // r, not rounded.
+
+        Where the paper's equation is explicit it wins: the spatial conv sees
+        ``[AvgPool_c; MaxPool_c]`` in that order (Eq. 3); the official ``ChannelPool``
+        stacks max first, which only permutes the conv's two input channels.
 
     Example:
         >>> cbam = CBAM(64)
@@ -123,6 +142,7 @@ class CBAM(nn.Module):
         reduction: int = 16,
         kernel_size: int = 7,
         act_layer: LayerSpec = "relu",
+        bias: bool = True,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -130,7 +150,8 @@ class CBAM(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.channels = channels
         self.kernel_size = kernel_size
-        self.channel_gate = CBAMChannelGate(channels, reduction=reduction, act_layer=act_layer, **fk)
+        self.channel_gate = CBAMChannelGate(channels, reduction=reduction, act_layer=act_layer, bias=bias,
+                                            **fk)
         self.spatial_gate = CBAMSpatialGate(kernel_size=kernel_size, **fk)
         self.channel_map = AttentionMap("channel")
         self.spatial_map = AttentionMap("spatial")

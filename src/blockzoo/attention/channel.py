@@ -58,6 +58,14 @@ class SqueezeExcite(nn.Module):
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W); each channel of the input scaled by its gate in (0, 1).
 
+    Deviations:
+        None from the paper; checked against the official Caffe models
+        (hujie-frank/SENet, ``SE-ResNet-50.prototxt``): both FCs are 1x1 convolutions
+        with biases (Caffe's default ``bias_term``), the hidden width is exactly C / r
+        (16 for C = 256, 32 for C = 512), not rounded. timm's ``SEModule`` rounds it
+        up to a multiple of 8 (8 for C = 64, where ours is 4); ``hidden=`` reproduces
+        any such width.
+
     Example:
         >>> se = SqueezeExcite(64)
         >>> se(torch.randn(2, 64, 7, 9)).shape
@@ -147,6 +155,16 @@ class EfficientChannelAttention(nn.Module):
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W); each channel scaled by its gate in (0, 1).
+
+    Deviations:
+        None from the paper's equations; checked against the official code
+        (BangguWu/ECANet, ``models/eca_module.py``): a ``Conv1d(1, 1, k)`` without bias,
+        zero padding (k - 1) / 2, over the average-pooled channels, then a sigmoid.
+        The official module takes k as given; its released ResNet-50 used per-stage
+        k = 3, 5, 5, 7 (the formula gives 5, 5, 5, 7) and its MobileNetV2 k = 1 for
+        C <= 96. The default here is the paper's formula, which gives k = 1 for
+        C <= 7 (as the official MobileNetV2's k = 1 shows, a one-tap ECA is a valid
+        member of the family); timm clamps k to at least 3.
 
     Example:
         >>> eca = EfficientChannelAttention(64)

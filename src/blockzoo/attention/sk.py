@@ -42,7 +42,7 @@ class SelectiveKernel(nn.Module):
         U   = sum_m U_m                                          (fuse)
         s_c = 1/(H W) sum_{i,j} U_c(i, j)
         z   = act(BN(W s))                  W: C -> d,  d = max(C / r, L)
-        a_m = exp(A_m z) / sum_m' exp(A_m' z)   per channel        A_m: d -> C  (select)
+        a_m = exp(A_m z) / sum_m' exp(A_m' z)   per channel        A_m: d -> C, no bias (select)
         y   = sum_m a_m * U_m
 
     A k x k branch is, as in the paper, a 3x3 conv with dilation (k - 1) / 2 when
@@ -62,6 +62,19 @@ class SelectiveKernel(nn.Module):
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
+
+    Deviations:
+        None from the paper; checked against the official Caffe model
+        (implus/SKNet, ``models/sknet50.prototxt``): branch convs without bias, each
+        followed by BN and ReLU; 5x5 as a 3x3 with dilation 2; the fuse FC
+        ``B_fc1`` without bias, then BN and ReLU, d = max(C / 16, 32) (32 for C = 128,
+        64 for C = 1024); the select FC ``B_fc2`` without bias, its 2C outputs read as
+        (M, C) and softmaxed over M. Until issue 17 the select FC had a bias, which
+        neither the paper nor the official model has. timm's ``SelectiveKernel``
+        differs: d = C / 16 rounded to a multiple of 8 with no floor L, and by default
+        it splits the input channels between the branches (``split_input``);
+        ``min_hidden=8`` gives timm's count for C = 128, groups 32,
+        ``split_input=False``.
 
     Example:
         >>> sk = SelectiveKernel(64)
@@ -112,7 +125,8 @@ class SelectiveKernel(nn.Module):
             create_norm(norm_layer, self.hidden, **fk),
             create_act(act_layer, **fk),
         )
-        self.select = nn.Conv2d(self.hidden, channels * len(kernel_sizes), 1, **fk)
+        # A_m z without a bias: the paper's Eq. 5 and the official fc2 (bias_term: false)
+        self.select = nn.Conv2d(self.hidden, channels * len(kernel_sizes), 1, bias=False, **fk)
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import torch
 from torch.utils.data import Dataset
@@ -33,8 +34,10 @@ __all__ = [
     "dataset_entry",
     "list_datasets",
     "load_data",
+    "parse_file_spec",
     "register_dataset",
     "register_file_loader",
+    "split_indices",
     "split_train_val",
     "standardize",
     "subsample",
@@ -81,6 +84,9 @@ class Data:
         vocab: the words of a bag-of-words data set, in feature order.
         headline: ``"loss"`` where the headline metric is the test loss (baselines
             given as losses), else accuracy / MSE by task.
+        augment: a per-batch augmentation of the training split,
+            ``augment(x, generator, offset, n_global) -> x`` (``augment.BatchAugment``); the
+            training loader applies it, evaluation never does.
     """
 
     name: str
@@ -98,6 +104,7 @@ class Data:
     vocab: tuple[str, ...] | None = None
     headline: str | None = None
     about: str = ""
+    augment: Callable[..., torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -130,6 +137,9 @@ class Data:
                 f"data {self.name!r} holds integer token ids (sequence input); "
                 f"a {kind} model cannot take them"
             )
+        if not isinstance(self.train.x, torch.Tensor):
+            raise ConfigError(f"data {self.name!r} is streamed from files ({self.input} {self.shape}); it "
+                              f"feeds {self.input} models only, not {kind}")
         if (self.input, kind) not in _VIEWS:
             raise ConfigError(
                 f"data {self.name!r} is {self.input} {self.shape}; it has no {kind} view "
@@ -145,6 +155,13 @@ class Data:
         if self.ids:
             return [self.input]
         return [self.input] + [k for (a, k) in _VIEWS if a == self.input]
+
+    def facts(self) -> dict[str, Any]:
+        """What a model trained on this data needs beside its weights, as plain data (JSON): the
+        class names and the non-tensor ``stats`` (a table's column encoding, a text's vocabulary)."""
+        out: dict[str, Any] = {"classes": list(self.classes)} if self.classes else {}
+        out.update({k: v for k, v in self.stats.items() if not isinstance(v, torch.Tensor)})
+        return out
 
     def describe(self) -> str:
         n = f"{len(self.train)}/{len(self.val)}/{len(self.test)}"
@@ -191,6 +208,41 @@ def split_train_val(
     n_val = max(1, round(n * val_fraction))
     va, tr = perm[:n_val], perm[n_val:]
     return TensorData(x[tr], y[tr]), TensorData(x[va], y[va])
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of train, val and test: the test rows are fixed (seeded by ``n``, so they do
+    not move with the run's seed), val a seeded share of the rest."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    n_test = max(1, round(n * test_fraction))
+    te, rest = perm[:n_test], perm[n_test:]
+    train, val = split_train_val(rest, rest, val_fraction, seed)
+    return train.x, val.x, te
+
+
+def parse_file_spec(spec: str, parsers: Mapping[str, Callable[[str], Any]], prefix: str
+                    ) -> tuple[Path, dict[str, Any]]:
+    """``PATH?key=value&...`` (what follows ``prefix:``) -> (path, {key: parsed value}).
+
+    ``parsers`` maps each option a loader knows to the function that checks and converts
+    its value; an unknown key lists the known ones.
+    """
+    path, sep, query = spec.rpartition("?")
+    if not sep:
+        return Path(spec), {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        example = "&".join(f"{k}=..." for k in parsers)
+        raise ConfigError(f"{prefix} data: options {query!r} must be key=value pairs joined by '&' "
+                          f"({prefix}:PATH?{example})") from None
+    opts: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in parsers:
+            raise unknown_name(f"{prefix} data option", key, list(parsers))
+        opts[key] = parsers[key](value)
+    return Path(path), opts
 
 
 def standardize(data: Data, *, per_channel: bool = False) -> Data:
@@ -347,6 +399,8 @@ class TensorLoader:
         seed: seeds the shuffles.
         drop_last: drop a last batch smaller than ``batch_size``.
         rank, world_size: this process's share under DDP.
+        augment: applied to every batch (``Data.augment``), with a generator seeded by
+            (seed, epoch, batch) and this rank's rows of the global batch.
     """
 
     def __init__(
@@ -359,8 +413,10 @@ class TensorLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        augment: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         self.data = data
+        self.augment = augment
         self.batch_size = batch_size or len(data)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
@@ -385,15 +441,29 @@ class TensorLoader:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(n, generator=g)
 
-    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Yield ``(x, y, global_batch_size)`` from batch ``start`` of this epoch on."""
+    def shares(self, start: int = 0) -> Iterator[tuple[int, torch.Tensor, int, int]]:
+        """``(batch, this rank's indices, their offset in the global batch, global batch size)``
+        from batch ``start`` of this epoch on."""
         order = self.order()
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            n_global = len(idx)
+            n_global, offset = len(idx), 0
             if self.world_size > 1:
-                idx = idx.tensor_split(self.world_size)[self.rank]
-            yield self.data.x[idx], self.data.y[idx], n_global
+                parts = idx.tensor_split(self.world_size)
+                offset, idx = sum(map(len, parts[:self.rank])), parts[self.rank]
+            yield b, idx, offset, n_global
+
+    def augmented(self, x: torch.Tensor, b: int, offset: int, n_global: int) -> torch.Tensor:
+        """Batch ``b``'s inputs after ``augment`` (drawn from (seed, epoch, b)), or as they are."""
+        if self.augment is None or len(x) == 0:
+            return x
+        key = ((self.seed * 100_003 + self.epoch) * 1_000_003 + b) % 2**63
+        return self.augment(x, torch.Generator().manual_seed(key), offset, n_global)
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Yield ``(x, y, global_batch_size)`` from batch ``start`` of this epoch on."""
+        for b, idx, offset, n_global in self.shares(start):
+            yield self.augmented(self.data.x[idx], b, offset, n_global), self.data.y[idx], n_global
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.batches():

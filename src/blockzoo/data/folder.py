@@ -1,4 +1,4 @@
-"""Images from a folder of class folders: ``--data folder:PATH[?size=HxW&augment=none|K]``.
+"""Images from a folder of class folders: ``--data folder:PATH[?size=HxW&augment=...&cache=...]``.
 
 The layout other libraries' image-folder readers know::
 
@@ -13,13 +13,24 @@ decoded with Pillow, scaled to cover ``size`` and centre-cropped, as pixels in [
 one channel if every training image is grayscale, else RGB. Files that are not images
 are skipped and counted; an image that cannot be decoded is a ``DataError`` naming it.
 
-The whole set is decoded once and kept as tensors (the engine's fast path). Training
-augmentation is done at decode time: ``augment=K`` (default 1) adds K copies of every
-training image, each a random resized crop (60-100% of the area, aspect 3/4-4/3)
-flipped left-right with probability 1/2, seeded by the run's seed and the image's
-index. Inputs are standardised per channel with the training split's mean and std,
-which the checkpoint keeps for ``predict``. Sets whose decoded tensors would exceed
-``MEMORY_LIMIT`` are refused: streaming them through a DataLoader is not implemented.
+Two ways to the engine, chosen by ``cache`` and logged with the reason:
+
+- cached (``cache=auto`` while the decoded tensors fit in ``MEMORY_LIMIT``, or
+  ``cache=yes``): the whole set is decoded once and kept as tensors, the engine's fast
+  path (a batch is one index);
+- streamed (``cache=auto`` above the limit, or ``cache=no``): each split is a
+  ``stream.LazyTensor``, an image decoded from its file when a batch needs it, by
+  ``workers`` DataLoader processes (default: the CPUs but one, at most 4). The batches
+  and their order are the cached path's for the same seed.
+
+Training augmentation (``augment=batch``, the default) is done per batch, in torch,
+on the training split only: a random resized crop (60-100% of the area, aspect
+3/4-4/3) flipped left-right with probability 1/2 (``augment.BatchAugment``), fresh
+each epoch and the same for the same seed. ``augment=K`` (cached only) instead adds
+K decoded copies of every training image with such a crop, made once at load time
+(seeded by the run's seed and the image's index); ``augment=none``: neither.
+Inputs are standardised per channel with the training split's mean and std (of the
+images themselves, not augmented ones), which the checkpoint keeps for ``predict``.
 
 Letters: N images, C channels (1 grayscale, 3 RGB), H W spatial.
 """
@@ -34,15 +45,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from blockzoo.checks import ConfigError, DataError
-from blockzoo.data.base import Data, TensorData, register_file_loader
-from blockzoo.registry import unknown_name
+from blockzoo.data.augment import BatchAugment
+from blockzoo.data.base import Data, TensorData, parse_file_spec, register_file_loader
+from blockzoo.data.stream import LazyTensor
 
 __all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "image_inputs", "load_folder",
            "parse_folder_spec", "read_images"]
@@ -62,16 +73,23 @@ _CROP_RATIO = (3 / 4, 4 / 3)  # ... and aspect ratio relative to the output's
 
 @dataclass(frozen=True)
 class FolderOptions:
-    """The options after ``?`` in ``folder:PATH?size=32x32&augment=none``.
+    """The options after ``?`` in ``folder:PATH?size=32x32&augment=none&cache=no``.
 
     Attributes:
         size: (H, W) every image is scaled and centre-cropped to; ``None``: the size all
             images share (an error if they differ).
-        augment: augmented copies of each training image (0 = ``none``).
+        augment: ``"batch"`` (a random crop and flip per batch), ``"none"``, or K decoded
+            augmented copies of each training image.
+        cache: ``"auto"`` (in memory while under ``MEMORY_LIMIT``, else streamed), ``"yes"``
+            (in memory) or ``"no"`` (streamed).
+        workers: DataLoader processes that decode a streamed set (``None``: the CPUs but one,
+            at most 4; 0: the training process).
     """
 
     size: tuple[int, int] | None = None
-    augment: int = 1
+    augment: str | int = "batch"
+    cache: str = "auto"
+    workers: int | None = None
 
 
 def _parse_size(v: str) -> tuple[int, int]:
@@ -87,38 +105,39 @@ def _parse_size(v: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def _parse_augment(v: str) -> int:
-    if v.lower() == "none":
-        return 0
+def _parse_augment(v: str) -> str | int:
+    if v.lower() in ("none", "batch"):
+        return v.lower()
     try:
         k = int(v)
     except ValueError:
         k = -1
     if not 0 <= k <= _MAX_AUGMENT:
-        raise ConfigError(f"folder data: augment={v!r} must be 'none' or a number of copies "
-                          f"0..{_MAX_AUGMENT}")
-    return k
+        raise ConfigError(f"folder data: augment={v!r} must be 'batch' (a random crop and flip per batch), "
+                          f"'none' or a number of decoded copies 0..{_MAX_AUGMENT}")
+    return k or "none"
 
 
-_OPTIONS = {"size": _parse_size, "augment": _parse_augment}
+def _parse_cache(v: str) -> str:
+    if v not in ("auto", "yes", "no"):
+        raise ConfigError(f"folder data: cache={v!r} must be auto (in memory up to "
+                          f"{MEMORY_LIMIT / 2**30:.0f} GiB, else streamed), yes or no (streamed)")
+    return v
+
+
+def _parse_workers(v: str) -> int:
+    if not (v.isdigit() and int(v) <= 64):
+        raise ConfigError(f"folder data: workers={v!r} must be a number of processes 0..64")
+    return int(v)
+
+
+_OPTIONS = {"size": _parse_size, "augment": _parse_augment, "cache": _parse_cache, "workers": _parse_workers}
 
 
 def parse_folder_spec(spec: str) -> tuple[Path, FolderOptions]:
     """``PATH?key=value&...`` (what follows ``folder:``) -> (folder, options)."""
-    path, sep, query = spec.rpartition("?")
-    if not sep:
-        return Path(spec), FolderOptions()
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise ConfigError(f"folder data: options {query!r} must be key=value pairs joined by '&' "
-                          "(folder:PATH?size=32x32&augment=none)") from None
-    opts: dict[str, object] = {}
-    for key, value in pairs:
-        if key not in _OPTIONS:
-            raise unknown_name("folder data option", key, list(_OPTIONS))
-        opts[key] = _OPTIONS[key](value)
-    return Path(path), FolderOptions(**opts)  # type: ignore[arg-type]
+    path, opts = parse_file_spec(spec, _OPTIONS, "folder")
+    return path, FolderOptions(**opts)
 
 
 # --------------------------------------------------------------------------- finding files
@@ -299,7 +318,8 @@ def read_images(paths: Sequence[Path], shape: Sequence[int]) -> torch.Tensor:
 @register_file_loader("folder")
 def load_folder(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
                 test_fraction: float = 0.2) -> Data:
-    """Load ``PATH[?size=HxW&augment=none|K]``: a folder of class folders (see the module doc)."""
+    """Load ``PATH[?size=HxW&augment=batch|none|K&cache=auto|yes|no&workers=N]``: a folder of class
+    folders (see the module doc)."""
     root, opts = parse_folder_spec(str(spec))
     skipped: Counter[str] = Counter()
     classes, splits = _scan(root, skipped)
@@ -315,29 +335,88 @@ def load_folder(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
     heads = {p: _header(p) for s in _SPLITS for p, _ in splits[s]}
     channels = 1 if all(heads[p][0] in _GRAY_MODES for p, _ in splits["train"]) else 3
     size = opts.size or _common_size(root, heads)
-    n = sum(len(v) for v in splits.values()) + opts.augment * len(splits["train"])
+    copies = opts.augment if isinstance(opts.augment, int) else 0
+    n = sum(len(v) for v in splits.values()) + copies * len(splits["train"])
     nbytes = n * channels * size[0] * size[1] * 4
-    if nbytes > MEMORY_LIMIT:
-        raise DataError(
-            f"folder data {root}: {n} images of {channels}x{size[0]}x{size[1]} take "
-            f"{nbytes / 2**30:.1f} GiB as tensors, over the in-memory limit of "
-            f"{MEMORY_LIMIT / 2**30:.0f} GiB; "
-            "streaming larger sets through a DataLoader is not implemented yet: choose a smaller "
-            "size=HxW or fewer augmented copies (augment=none)")
-    log.info("folder data %s: %d images (%d augmented) decoded once into memory as tensors "
-             "(%.1f MiB, %dx%dx%d), the engine's fast path", root, n,
-             opts.augment * len(splits["train"]), nbytes / 2**20, channels, *size)
-    tensors = {s: _decode_split(splits[s], size, channels, opts.augment if s == "train" else 0, seed)
-               for s in _SPLITS}
-    # per-channel mean and std of the training images themselves (not their augmented
-    # copies), so the statistics predict applies do not depend on the seed or augment
-    clean = tensors["train"].x[:len(splits["train"])]
-    mean = clean.mean((0, 2, 3)).view(-1, 1, 1)
-    std = clean.std((0, 2, 3)).clamp_min(1e-8).view(-1, 1, 1)
-    split_data = {s: TensorData((t.x - mean) / std, t.y) for s, t in tensors.items()}
+    stream, why = _cached_or_streamed(opts, nbytes)
+    augment = BatchAugment() if opts.augment == "batch" else None
+    aug = ("a random crop and flip per training batch" if augment else
+           f"{copies} decoded copies of each training image" if copies else "no augmentation")
+    if stream:
+        if copies:
+            raise ConfigError(f"folder data {root}: augment={copies} (decoded copies) needs the images in "
+                              "memory; streamed images are augmented per batch (augment=batch, the default)")
+        workers = _stream_workers() if opts.workers is None else opts.workers
+        log.info("folder data %s: %d images of %dx%dx%d streamed from disk, decoded per batch by %d "
+                 "DataLoader workers (%s); %s", root, n, channels, *size, workers, why, aug)
+        mean, std = _channel_stats([p for p, _ in splits["train"]], size, channels)
+        split_data = {}
+        for s in _SPLITS:
+            fetch = _Decoded(splits[s], size, channels, mean, std)
+            split_data[s] = TensorData(LazyTensor(len(splits[s]), (channels, *size), fetch, workers=workers),
+                                       torch.tensor([c for _, c in splits[s]], dtype=torch.int64))
+    else:
+        log.info("folder data %s: %d images (%d augmented copies) decoded once into memory as tensors "
+                 "(%.1f MiB, %dx%dx%d), the engine's fast path (%s); %s", root, n,
+                 copies * len(splits["train"]), nbytes / 2**20, channels, *size, why, aug)
+        tensors = {s: _decode_split(splits[s], size, channels, copies if s == "train" else 0, seed)
+                   for s in _SPLITS}
+        # per-channel mean and std of the training images themselves (not their augmented
+        # copies), so the statistics predict applies do not depend on the seed or augment
+        clean = tensors["train"].x[:len(splits["train"])]
+        mean = clean.mean((0, 2, 3)).view(-1, 1, 1)
+        std = clean.std((0, 2, 3)).clamp_min(1e-8).view(-1, 1, 1)
+        split_data = {s: TensorData((t.x - mean) / std, t.y) for s, t in tensors.items()}
     return Data(f"folder:{spec}", **split_data, input="image", task="classification",
                 num_classes=len(classes), in_chans=channels, classes=tuple(classes),
-                stats={"mean": mean, "std": std}, about=f"images from {root}")
+                stats={"mean": mean, "std": std}, about=f"images from {root}", augment=augment)
+
+
+def _cached_or_streamed(opts: FolderOptions, nbytes: int) -> tuple[bool, str]:
+    """(stream?, why) from ``cache`` and the decoded tensors' size."""
+    size, limit = f"{nbytes / 2**30:.2f} GiB as tensors", f"{MEMORY_LIMIT / 2**30:.0f} GiB"
+    if opts.cache == "no":
+        return True, f"cache=no; {size}"
+    if opts.cache == "yes":
+        if nbytes > MEMORY_LIMIT:
+            log.warning("folder data: cache=yes keeps %s in memory, over the %s limit", size, limit)
+        return False, f"cache=yes; {size}"
+    if nbytes > MEMORY_LIMIT:
+        return True, f"{size}, over the in-memory limit of {limit}; cache=yes keeps them anyway"
+    return False, f"{size}, within the in-memory limit of {limit}; cache=no streams them"
+
+
+def _stream_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1) - 1))  # the CPUs but the training process's
+
+
+class _Decoded:
+    """Image i of a split, decoded and standardised (a ``LazyTensor``'s fetch; picklable for workers)."""
+
+    def __init__(self, items: list[tuple[Path, int]], size: tuple[int, int], channels: int,
+                 mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.paths, self.size, self.channels = [p for p, _ in items], size, channels
+        self.mean, self.std = mean, std
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return (_decode(self.paths[i], self.size, self.channels)[0] - self.mean) / self.std  # (C, H, W)
+
+
+def _channel_stats(paths: Sequence[Path], size: tuple[int, int], channels: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of the images, decoded in one pass without keeping them."""
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    with ThreadPoolExecutor(_workers()) as pool:
+        for start in range(0, len(paths), 1024):  # bounded: a chunk's images at a time
+            for v in pool.map(lambda p: _decode(p, size, channels)[0].double(), paths[start:start + 1024]):
+                total += v.sum((1, 2))
+                squares += (v * v).sum((1, 2))
+    n = len(paths) * size[0] * size[1]
+    mean = total / n
+    var = (squares - n * mean * mean) / max(1, n - 1)
+    std = var.clamp_min(0).sqrt().clamp_min(1e-8)
+    return mean.float().view(-1, 1, 1), std.float().view(-1, 1, 1)
 
 
 def _common_size(root: Path, heads: dict[Path, tuple[str, tuple[int, int]]]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import torch
 
 from blockzoo.data.base import Data, TensorData, register_dataset
 
-__all__ = ["BOW_WORDS", "bag_of_words"]
+__all__ = ["BOW_WORDS", "bag_of_words", "en_es_sentences"]
 
 
 def _splits(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float = 0.2):
@@ -100,6 +100,21 @@ def bag_of_words(sentences: list[list[str]], vocab: tuple[str, ...]) -> torch.Te
     return rows
 
 
+def en_es_sentences(n: int = 400, seed: int = 0) -> tuple[list[list[str]], torch.Tensor]:
+    """``n`` sentences of 3-8 words drawn from one language's list (``BOW_WORDS``) and their labels
+    (0 English, 1 Spanish): the data of ``bow_en_es``, as words (``text:`` data's example)."""
+    g = torch.Generator().manual_seed(seed)
+    langs = ("english", "spanish")
+    labels = torch.randint(0, 2, (n,), generator=g)
+    lengths = torch.randint(3, 9, (n,), generator=g)
+    sentences = []
+    for lab, length in zip(labels.tolist(), lengths.tolist(), strict=True):
+        words = BOW_WORDS[langs[lab]]
+        picks = torch.randint(0, len(words), (length,), generator=g).tolist()
+        sentences.append([words[i] for i in picks])
+    return sentences, labels
+
+
 @register_dataset(
     "bow_en_es",
     input="vector",
@@ -109,17 +124,8 @@ def bag_of_words(sentences: list[list[str]], vocab: tuple[str, ...]) -> torch.Te
 def bow_en_es(*, seed: int = 0, val_fraction: float = 0.1, data_dir: Path | None = None,
               quick: bool = False, n: int = 400) -> Data:
     """Sentences of 3-8 words drawn from one language's list; label 0 English, 1 Spanish."""
-    g = torch.Generator().manual_seed(seed)
-    n = 60 if quick else n
-    langs = ("english", "spanish")
     vocab = tuple(sorted(set(BOW_WORDS["english"]) | set(BOW_WORDS["spanish"])))
-    labels = torch.randint(0, 2, (n,), generator=g)
-    lengths = torch.randint(3, 9, (n,), generator=g)
-    sentences = []
-    for lab, length in zip(labels.tolist(), lengths.tolist(), strict=True):
-        words = BOW_WORDS[langs[lab]]
-        picks = torch.randint(0, len(words), (length,), generator=g).tolist()
-        sentences.append([words[i] for i in picks])
+    sentences, labels = en_es_sentences(60 if quick else n, seed)
     x = bag_of_words(sentences, vocab)
     train, val, test = _splits(x, labels, val_fraction)
     return Data("bow_en_es", train, val, test, input="vector", task="classification", num_classes=2,

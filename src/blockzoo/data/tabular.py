@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from blockzoo.checks import DataError
-from blockzoo.data.base import Data, TensorData, register_file_loader, split_train_val
+from blockzoo.data.base import Data, TensorData, register_file_loader, split_indices
 from blockzoo.data.textfile import F32_MAX, cell_kind, cell_what, no_gc, read_rows
 
 __all__ = ["FILL_MISSING", "TABLE_TASKS", "load_csv", "load_table"]
@@ -181,16 +181,6 @@ def _resolve(spec: str | int, names: list[str] | None, width: int, option: str, 
 def _label_name(v: float) -> str:
     """A label value as the file spells it: ``3``, ``-1``, ``100000000``, ``0.5``."""
     return str(int(v)) if v == round(v) else f"{v:.9g}"
-
-
-def _split(n: int, seed: int, val_fraction: float, test_fraction: float
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row indices of train, val and test: the test rows are fixed (seeded by ``n``), val by ``seed``."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
-    n_test = max(1, round(n * test_fraction))
-    te, rest = perm[:n_test], perm[n_test:]
-    train, val = split_train_val(rest, rest, val_fraction, seed)
-    return train.x, val.x, te
 
 
 def _target(col: _Column, task: str | None, which: str, source: str
@@ -334,7 +324,7 @@ def load_table(path: str | Path, *, delimiter: str = ",", prefix: str = "csv", s
     del cells
 
     task, k, y, classes = _target(cols[t], task, which, source)
-    tr, va, te = _split(len(y), seed, val_fraction, test_fraction)
+    tr, va, te = split_indices(len(y), seed, val_fraction, test_fraction)
     blocks, specs = zip(*(_encode(cols[j], tr.numpy(), fill_missing, header[j] if header else None, source)
                           for j in feats), strict=True)
     x = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))  # (B, F)

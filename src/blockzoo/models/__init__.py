@@ -31,6 +31,14 @@ from blockzoo.models.mixers import (
 from blockzoo.models.mnist1d import (
     Mnist1dCNN,
 )
+from blockzoo.models.repnets import (
+    MobileOne,
+    RepNet,
+    RepVGG,
+    mobileone_s0,
+    repvgg_a0,
+    repvgg_b0,
+)
 from blockzoo.models.resnet import (
     ResNet,
     resnet18,
@@ -66,9 +74,12 @@ __all__ = [
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
+    "MobileOne",
     "PatchMLPClassifier",
     "RNNClassifier",
     "RNNTagger",
+    "RepNet",
+    "RepVGG",
     "ResNet",
     "SoftmaxRegression",
     "VisionTransformer",
@@ -78,7 +89,10 @@ __all__ = [
     "lstm_classifier",
     "lstm_tagger",
     "mixer_tiny",
+    "mobileone_s0",
     "permutator_tiny",
+    "repvgg_a0",
+    "repvgg_b0",
     "resmlp_tiny",
     "resnet18",
     "resnet34",

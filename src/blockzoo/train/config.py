@@ -41,7 +41,8 @@ class TrainConfig:
             (MNIST-1D: the MNIST-1D CNN; vectors: tabular_mlp; images: cifar_cnn;
             sequences and token ids: a GRU classifier or tagger) and says which.
         model_args: extra keyword arguments for the model's constructor.
-        data: a registered data set, ``csv:PATH`` (a table) or ``folder:PATH`` (a folder of
+        data: a registered data set, ``csv:PATH`` (a table), ``text:PATH`` (sentences and
+            labels; ``text:PATH?encoder=bow|trigram|onehot``) or ``folder:PATH`` (a folder of
             class folders of images; ``folder:PATH?size=HxW&augment=none``).
         data_dir: where file-backed data sets are looked for / downloaded.
         val_fraction: training share held out for validation (where no split exists), in (0, 1).
@@ -84,9 +85,10 @@ class TrainConfig:
             for tests of ``resume``.
         plots: draw ``curves.png`` (and ``grad_flow.png``).
         target: a table's (``csv:``/``tsv:`` data) target column: a header name or a 0-based
-            index; default the last column.
+            index; default the last column (``text:`` data: its label column, default ``label``).
         features: a table's feature columns, comma-separated header names or 0-based indices;
-            default every column but the target.
+            default every column but the target (``text:`` data: its one text column, default
+            ``text``).
         task: classification or regression; default from a table's target (text or 2 to 50
             distinct integers: classification, else regression).
         fill_missing: missing cells (empty, NA, NaN, ?) of a table: mean or median (of the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,15 @@ def choose_model(native: Data) -> tuple[str, str]:
     """The registered model ``blockzoo train`` uses for ``native`` when none is named, and why."""
     if native.name == "mnist1d":
         return "mnist1d_cnn", "blockzoo's default for MNIST-1D"
+    text = native.stats.get("text")
+    if isinstance(text, Mapping):  # ``text:`` data: sentences, encoded as the run asked
+        if native.ids:
+            return "gru_classifier", (f"sentences as word ids ({native.in_chans} with padding and other, "
+                                      f"up to {native.shape[0]} words): a GRU classifier over learned word "
+                                      "embeddings")
+        what = "letter-trigram" if text.get("encoder") == "trigram" else "bag-of-words"
+        return "tabular_mlp", (f"sentences as {what} count vectors ({native.in_chans} features): an MLP with "
+                               "two hidden layers of 64")
     per_step = native.task == "classification" and native.train.y.dim() > 1
     if native.ids or native.input in ("sequence", "tokens"):
         kind = "tagger" if per_step else "classifier"
@@ -400,29 +409,12 @@ def _as_samples(arr: np.ndarray, shape: tuple[int, ...], rows: bool, source: str
                     f"(N, {', '.join(map(str, shape))}) of them (flattened per sample is fine)")
 
 
-def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
-            builder: str | Callable[..., nn.Module] | None = None) -> list[dict[str, Any]]:
-    """Run a trained checkpoint on new inputs (the data set's native layout).
-
-    A CSV holds one sample per row (flattened); on a run of a table (``csv:``/``tsv:``)
-    it may hold the training file's columns (by header name, the target too) and text,
-    encoded with the categories stored in the run. A ``.npy``/``.npz`` array (or an array
-    given in Python) is a batch along its first axis, unless its shape is one sample's.
-    An image file (``.png``, ``.jpg``, ...) or a folder of them (an image model) is
-    decoded as the training images were (scaled, centre-cropped, in [0, 1]); each row
-    then names its ``file``.
-    Inputs are in the data set's own scale before standardisation (e.g. pixels in
-    [0, 1] for MNIST, raw feature values for a CSV); the training statistics stored in
-    the checkpoint are applied here. Returns one dict per sample: prediction (class
-    name or value) and confidence.
-    """
+def _samples(inputs: str | Path | np.ndarray, stats: Any, shape: tuple[int, ...], meta: Mapping[str, Any],
+             checkpoint: str) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Numbers, table rows or images as the model's standardised samples, and what names each row."""
     from blockzoo.data.folder import image_inputs, read_images  # only here: job.py's imports are shared
 
-    model, ck = load_trained(checkpoint, builder=builder)
-    meta = ck["meta"]
-    shape = tuple(meta["native_shape"])
     files = None if isinstance(inputs, np.ndarray) else image_inputs(Path(inputs))
-    stats = ck.get("data_stats") or {}
     if isinstance(inputs, np.ndarray):
         arr, rows, source = inputs, False, "inputs"
     elif files is not None:
@@ -432,7 +424,7 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
         arr, rows, source = read_images([f for _, f in files], shape).numpy(), False, f"images {inputs}"
     else:
         table = stats.get("table") if isinstance(stats, Mapping) else None
-        arr, rows = _read_inputs(Path(inputs), table, str(checkpoint))
+        arr, rows = _read_inputs(Path(inputs), table, checkpoint)
         source = f"input file {inputs}"
     x = _as_samples(arr, shape, rows, source)
     if len(x) == 0:
@@ -446,6 +438,60 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
         except RuntimeError:
             raise FileFormatError(f"{checkpoint}: data_stats of shape {tuple(mean.shape)} do not fit "
                                   f"samples {shape}") from None
+    return x, [{"file": f[0]} for f in files] if files is not None else [{} for _ in range(len(x))]
+
+
+def _sentences(inputs: str | Path | Sequence[str], text: Any, checkpoint: str
+               ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """A text run's inputs: sentences (a list in Python, a file one per line, or a CSV/TSV with the
+    text column) encoded with the run's stored encoding; each row names its ``text``."""
+    from blockzoo.data.text import check_encoding, encode_sentences, read_sentences, words
+
+    text = check_encoding(text, checkpoint)
+    if isinstance(inputs, (str, Path)):
+        texts, sentences = read_sentences(Path(inputs), text)
+    else:
+        texts = [str(t).strip() for t in inputs]
+        sentences = [words(t) for t in texts]
+        empty = next((i for i, w in enumerate(sentences) if not w), None)
+        if empty is not None:
+            raise DataError(f"sentence {empty} ({texts[empty]!r}) holds no words")
+    if not sentences:
+        raise DataError("no sentences to predict")
+    return encode_sentences(sentences, text, source=checkpoint), [{"text": t} for t in texts]
+
+
+def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray | Sequence[str], *,
+            builder: str | Callable[..., nn.Module] | None = None) -> list[dict[str, Any]]:
+    """Run a trained checkpoint on new inputs (the data set's native layout).
+
+    A CSV holds one sample per row (flattened); on a run of a table (``csv:``/``tsv:``)
+    it may hold the training file's columns (by header name, the target too) and text,
+    encoded with the categories stored in the run. A ``.npy``/``.npz`` array (or an array
+    given in Python) is a batch along its first axis, unless its shape is one sample's.
+    An image file (``.png``, ``.jpg``, ...) or a folder of them (an image model) is
+    decoded as the training images were (scaled, centre-cropped, in [0, 1]); each row
+    then names its ``file``. A run of sentences (``text:`` data) takes raw sentences: a
+    text file of one per line, a CSV/TSV with the training file's text column, or (in
+    Python) a list of strings, encoded with the vocabulary stored in the run; each row
+    then names its ``text``.
+    Inputs are in the data set's own scale before standardisation (e.g. pixels in
+    [0, 1] for MNIST, raw feature values for a CSV); the training statistics stored in
+    the checkpoint are applied here. Returns one dict per sample: prediction (class
+    name or value) and confidence.
+    """
+    model, ck = load_trained(checkpoint, builder=builder)
+    meta = ck["meta"]
+    shape = tuple(meta["native_shape"])
+    stats = ck.get("data_stats") or {}
+    text = stats.get("text") if isinstance(stats, Mapping) else None
+    if text is not None and not isinstance(inputs, np.ndarray):
+        x, names = _sentences(inputs, text, str(checkpoint))
+    else:
+        if not isinstance(inputs, (np.ndarray, str, Path)):
+            raise ConfigError(f"inputs: a list of sentences needs a run trained on text: data; {checkpoint} "
+                              f"was trained on {meta['native_input']} data")
+        x, names = _samples(inputs, stats, shape, meta, str(checkpoint))
     x = view_tensor(x, meta["native_input"], meta["input"])
     obj = objective(meta["task"], ck["output"], ck["num_classes"])
     with torch.no_grad():
@@ -454,8 +500,7 @@ def predict(checkpoint: str | Path, inputs: str | Path | np.ndarray, *,
     if classes is not None and (not isinstance(classes, list) or len(classes) < ck["num_classes"]):
         raise FileFormatError(f"{checkpoint}: meta 'classes' must list {ck['num_classes']} class names")
     out = []
-    for i in range(len(x)):
-        named = {"file": files[i][0]} if files is not None else {}
+    for i, named in enumerate(names):
         if obj.task == "regression":
             value: Any = [round(v, 6) for v in pred[i].tolist()]
             out.append({"index": i, **named, "prediction": value[0] if len(value) == 1 else value})

@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from blockzoo.checks import ConfigError
-from blockzoo.data.base import Data, TensorData, TensorLoader
-from blockzoo.io import SAMPLE_SHAPE_KEY
+from blockzoo.data.base import Data, TensorData
+from blockzoo.data.stream import make_loader
+from blockzoo.io import DATA_KEY, SAMPLE_SHAPE_KEY
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
@@ -126,7 +127,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    loader = TensorLoader(split, batch_size, rank=dist.rank, world_size=dist.world_size)
+    loader = make_loader(split, batch_size, rank=dist.rank, world_size=dist.world_size)
     for x, y, _ in loader.batches():
         if len(x) == 0:
             continue
@@ -250,8 +251,8 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     opt = build_optimizer(cfg.optimizer, param_groups(model, cfg, meta or {}), lr=cfg.lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
-    loader = TensorLoader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                          rank=dist.rank, world_size=dist.world_size)
+    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
+                         world_size=dist.world_size, augment=data.augment)
     per_epoch = len(loader)
     run = Run(cfg=cfg, data=data, obj=obj, model=model, net=model, opt=opt, scaler=scaler, loader=loader,
               device=device, dist=dist, total=cfg.steps or cfg.epochs * per_epoch, per_epoch=per_epoch,
@@ -437,7 +438,8 @@ def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
     with warnings.catch_warnings():  # a Python user's own module: weights only, as they expect
         warnings.simplefilter("ignore", UserWarning)
         save_weights(getattr(run.model, "module", run.model), run_dir / "model.safetensors",
-                     metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape))})
+                     metadata={SAMPLE_SHAPE_KEY: json.dumps(list(run.data.shape)),
+                               DATA_KEY: json.dumps(jsonable(run.data.facts()))})
     if run.cfg.plots and state.history:
         title = f"{run.meta.get('model', type(run.model).__name__)} on {run.data.name}"
         metric = "acc" if run.obj.task != "regression" else "mse"
