@@ -16,12 +16,12 @@ from blockzoo.registry import (
     Spec,
     UnknownNameError,
     create,
-    create_model,
     list_blocks,
     register,
     spec,
 )
 from blockzoo.rep.fuse import reparameterize
+from blockzoo.weights import create_model  # the registry's, plus weights= (timm / torchvision files)
 
 __all__ = [
     "ShapeError",

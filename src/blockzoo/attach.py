@@ -32,7 +32,12 @@ from torch import nn
 from blockzoo.checks import ConfigError
 from blockzoo.registry import list_blocks, spec, unknown_name
 
-__all__ = ["Attached", "attach"]
+__all__ = ["ATTACHED_ATTR", "Attached", "attach", "reattach"]
+
+# On a model: the attach() calls made on it that data can describe (a registered block
+# name, a glob, plain keyword arguments), so that save / checkpoints can record them and
+# load rebuild the same structure with ``reattach`` (never anything but a registered block).
+ATTACHED_ATTR = "_blockzoo_attached"
 
 Selector = type[nn.Module] | tuple[type[nn.Module], ...] | str | Callable[[str, nn.Module], bool]
 BlockSpec = str | Callable[..., nn.Module]
@@ -224,4 +229,25 @@ def attach(
         else:
             parent_name, _, child = n.rpartition(".")
             setattr(named[parent_name], child, wrapped)
+    if isinstance(block, str) and isinstance(after, str):
+        record = {"block": block, "after": after, "kwargs": dict(block_kwargs)}
+        setattr(root, ATTACHED_ATTR, [*getattr(model, ATTACHED_ATTR, []), record])
     return root, targets
+
+
+def reattach(model: nn.Module, records: Any, *, example_input: torch.Tensor | None = None,
+             source: str = "attach records") -> nn.Module:
+    """Repeat recorded ``attach`` calls (``ATTACHED_ATTR``: block name, glob, keyword arguments) on ``model``.
+
+    The records are data (from a file): each must name a registered image block and
+    a glob; anything else is a ``ConfigError`` naming ``source``.
+    """
+    if not isinstance(records, list):
+        raise ConfigError(f"{source}: attach records must be a list, got {type(records).__name__}")
+    for r in records:
+        if not (isinstance(r, dict) and isinstance(r.get("block"), str) and isinstance(r.get("after"), str)
+                and isinstance(r.get("kwargs", {}), dict)):
+            raise ConfigError(f"{source}: an attach record must be {{block: name, after: glob, "
+                              f"kwargs: {{}}}}, got {r!r}")
+        model, _ = attach(model, r["block"], r["after"], example_input=example_input, **r.get("kwargs", {}))
+    return model

@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from blockzoo._version import __version__
+from blockzoo.attach import ATTACHED_ATTR, reattach
 from blockzoo.checks import BlockzooError, ConfigError, FileFormatError
 from blockzoo.registry import ENTRY_ATTR, spec
 
@@ -46,11 +47,12 @@ __all__ = [
     "shapes_of",
 ]
 
-_NAME, _CONFIG, _VERSION, _ALIASES = (
+_NAME, _CONFIG, _VERSION, _ALIASES, _ATTACHED = (
     "blockzoo.name",
     "blockzoo.config",
     "blockzoo.version",
     "blockzoo.aliases",
+    "blockzoo.attached",  # attach() calls on the model: registered block names and globs
 )
 NAME_KEY = _NAME  # the metadata key that names the registered entry
 BUILDER_ATTR = "_blockzoo_builder"  # on a user's model: (import target, arguments) it was built with
@@ -125,6 +127,8 @@ def save(
     if name is not None:
         meta[_NAME] = name
         meta[_CONFIG] = _jsonable(config or {}, name)
+        if getattr(model, ATTACHED_ATTR, None):
+            meta[_ATTACHED] = json.dumps(getattr(model, ATTACHED_ATTR))
     elif BUILDER_KEY not in meta:
         cls = type(model).__name__
         warnings.warn(f"blockzoo.save: {cls} is not a registered blockzoo entry, so {path} holds its weights "
@@ -271,7 +275,8 @@ def _size_guard(max_elements: int, max_modules: int, what: str) -> Iterator[None
 
 
 def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
-                  source: str | os.PathLike[str]) -> nn.Module:
+                  source: str | os.PathLike[str],
+                  adjust: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
     """Build registered entry ``name`` from a file's ``config`` only if it fits the file's ``shapes``.
 
     The entry is first built on the meta device (no memory is allocated), under a
@@ -279,6 +284,8 @@ def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tup
     stores; its state dict's names and shapes are then compared with ``shapes``. Only
     a model that fits exactly is built for real. ``name`` must be registered and
     ``config`` is passed as keyword arguments to its constructor: nothing else runs.
+    ``adjust`` (e.g. ``attach.reattach`` of recorded blocks) is applied to the probe and
+    to the model before their tensors are compared.
 
     Raises:
         UnknownNameError: ``name`` is not registered.
@@ -292,6 +299,8 @@ def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tup
     try:
         with _size_guard(2 * numel + 4096, 8 * len(shapes) + 1024, what), torch.device("meta"):
             probe = s.build(**config)
+            if adjust is not None:
+                probe = adjust(probe)
     except BlockzooError:
         raise
     except (TypeError, ValueError) as e:
@@ -300,7 +309,7 @@ def build_checked(name: str, config: Mapping[str, Any], shapes: Mapping[str, tup
     problem = mismatch(shapes_of(probe), shapes, f"{what} does not fit the model its metadata names")
     if problem:
         raise FileFormatError(problem)
-    return s.build(**config)
+    return s.build(**config) if adjust is None else adjust(s.build(**config))
 
 
 def load_weights(
@@ -350,6 +359,24 @@ def import_target(target: str) -> Any:
         raise ConfigError(f"model {target!r}: cannot import {attr!r} from {mod_name!r} ({e})") from None
 
 
+def _reattach_from(meta: Mapping[str, Any], path: Path) -> Callable[[nn.Module], nn.Module] | None:
+    """The file's recorded attach() calls as a function on the rebuilt model, or None."""
+    if _ATTACHED not in meta:
+        return None
+    try:
+        records = json.loads(meta[_ATTACHED])
+        shape = [int(v) for v in json.loads(meta[SAMPLE_SHAPE_KEY])] if SAMPLE_SHAPE_KEY in meta else None
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise FileFormatError(f"{path}: metadata {_ATTACHED!r} or {SAMPLE_SHAPE_KEY!r} is not valid "
+                              f"({e})") from None
+
+    def adjust(model: nn.Module) -> nn.Module:
+        example = torch.zeros(2, *shape) if shape else None
+        return reattach(model, records, example_input=example, source=str(path))
+
+    return adjust
+
+
 def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", builder: Any = None,
          **overrides: Any) -> nn.Module:
     """Rebuild a model from a file written by ``save`` and load its weights.
@@ -369,7 +396,8 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu", bu
     if _NAME in meta:
         if builder is not None:
             raise ConfigError(f"{path} holds the registered model {meta[_NAME]!r}; it needs no builder")
-        model = build_checked(meta[_NAME], {**meta.get(_CONFIG, {}), **overrides}, shapes, path)
+        model = build_checked(meta[_NAME], {**meta.get(_CONFIG, {}), **overrides}, shapes, path,
+                              adjust=_reattach_from(meta, path))
         return load_weights(model, path, device=device).to(device)
     recorded = meta.get(BUILDER_KEY)
     if builder is None:

@@ -96,6 +96,11 @@ _SPECIAL: dict[str, dict[str, Any]] = {
     "eval_batch_size": dict(type=_batch_size, metavar="N|full"),
     "amp": dict(choices=("bf16", "fp16")),
     "plots": dict(flags=["--no-plots"], action="store_false"),
+    "weights": dict(metavar="PATH"),
+    "freeze": dict(metavar="GLOB[,GLOB]"),
+    "head_lr": dict(type=float, metavar="LR"),
+    "attention": dict(metavar="BLOCK"),
+    "attention_after": dict(metavar="GLOB"),
 }
 _TYPES = {"int": int, "float": float, "str": str}
 

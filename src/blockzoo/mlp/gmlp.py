@@ -93,7 +93,8 @@ class GMLPBlock(nn.Module):
             ``ShapeError`` naming ``num_tokens``.
         hidden: D, even (default 6 C, the paper's d_ffn = 6 d_model).
         act_layer: activation after U (paper: GELU).
-        norm_layer: the pre-norm and the gating unit's norm (paper: LayerNorm).
+        norm_layer: the pre-norm (paper: LayerNorm).
+        sgu_norm_layer: the gating unit's norm on Z_2 (paper: LayerNorm).
 
     Shape:
         - Input: (B, N, C), N = num_tokens, C = dim.
@@ -110,7 +111,8 @@ class GMLPBlock(nn.Module):
 
     def __init__(
         self, dim: int, num_tokens: int, *, hidden: int | None = None, act_layer: LayerSpec = "gelu",
-        norm_layer: LayerSpec = "layernorm", device: Any = None, dtype: Any = None,
+        norm_layer: LayerSpec = "layernorm", sgu_norm_layer: LayerSpec = "layernorm",
+        device: Any = None, dtype: Any = None,
     ) -> None:
         super().__init__()
         self.dim, self.num_tokens = dim, num_tokens
@@ -120,7 +122,7 @@ class GMLPBlock(nn.Module):
         self.norm = create_norm(norm_layer, dim, **fk)
         self.proj_in = nn.Linear(dim, self.hidden, **fk)
         self.act = create_act(act_layer, **fk)
-        self.sgu = SpatialGatingUnit(self.hidden, num_tokens, norm_layer=norm_layer, **fk)
+        self.sgu = SpatialGatingUnit(self.hidden, num_tokens, norm_layer=sgu_norm_layer, **fk)
         self.proj_out = nn.Linear(self.hidden // 2, dim, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

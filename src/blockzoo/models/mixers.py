@@ -14,6 +14,7 @@ h w = H/p, W/p patch grid, N = h w tokens, D dim, K classes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,10 @@ __all__ = [
 
 # A block factory: (dim, grid_h, grid_w, device/dtype kwargs) -> one block.
 BlockFactory = Callable[..., nn.Module]
+
+# The Mixer and gMLP LayerNorms: epsilon 1e-6, as the Mixer paper's released JAX code (Flax's
+# default) and timm's MlpMixer / gMLP, whose checkpoints these models load.
+LN_1E6 = functools.partial(nn.LayerNorm, eps=1e-6)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -133,7 +138,7 @@ def _example() -> Example:
           size_arg="image_size")
 def mixer_tiny(
     num_classes: int = 10, *, in_chans: int = 3, image_size: int | tuple[int, int] = 32, patch_size: int = 4,
-    dim: int = 64, depth: int = 4, device: Any = None, dtype: Any = None,
+    dim: int = 64, depth: int = 4, token_bias: bool = False, device: Any = None, dtype: Any = None,
 ) -> PatchMLPClassifier:
     """A small MLP-Mixer: patch embedding, Mixer blocks (D_S = D/2, D_C = 4D), LayerNorm, head.
 
@@ -147,13 +152,18 @@ def mixer_tiny(
         patch_size: p, dividing H and W (8x8 digits: 2; 28x28: 4 or 7; 32x32: 4).
         dim: D, channels per token.
         depth: number of blocks.
+        token_bias: keep the token-mixing MLPs' output bias (the official Mixer's, and so
+            pretrained Mixer-B/16 checkpoints, have it; it cannot change the output, below).
+
+    With ``dim=768, depth=12, patch_size=16, image_size=224`` this is Mixer-B/16 (the
+    sizes ``weights=`` reads from a Mixer-B/16 checkpoint). LayerNorm epsilon 1e-6.
 
     Shape:
         - Input: (B, C, H, W), C = in_chans, (H, W) = image_size.
         - Output: (B, K) logits, K = num_classes.
 
     Deviations:
-        The token-mixing MLPs' output layers have no bias (the official Mixer's have):
+        By default the token-mixing MLPs' output layers have no bias (the official Mixer's have):
         it adds one number per token to all D channels, and every later reader of the
         token stream (the next LayerNorms and the final one) subtracts each token's mean
         over D, so it could never change the output. A lone ``MixerBlock`` keeps it.
@@ -161,11 +171,11 @@ def mixer_tiny(
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
         # every reader of the token stream is a LayerNorm over D: it cancels MLP_tok's bias
-        return MixerBlock(d, gh * gw, token_bias=False, **fk)
+        return MixerBlock(d, gh * gw, token_bias=token_bias, norm_layer=LN_1E6, **fk)
 
     return PatchMLPClassifier("mixer_tiny", num_classes, in_chans=in_chans, image_size=image_size,
                               patch_size=patch_size, dim=dim, depth=depth, block=block, tokens=True,
-                              device=device, dtype=dtype)
+                              norm_layer=LN_1E6, device=device, dtype=dtype)
 
 
 @register(name="resmlp_tiny", family="model",
@@ -180,6 +190,9 @@ def resmlp_tiny(
 
     Touvron et al., "ResMLP", arXiv 2105.03404.
     Equation: ``y = head(mean_N(Aff(ResMLP^depth(PatchEmbed(x)))))``.
+
+    With ``dim=384, depth=12, patch_size=16, image_size=224`` this is ResMLP-12. Its norms
+    are the paper's Affine (no statistics, so no epsilon).
 
     Args:
         num_classes: K.
@@ -214,6 +227,10 @@ def gmlp_tiny(
     Liu et al., "Pay Attention to MLPs", arXiv 2105.08050.
     Equation: ``y = head(mean_N(LN(gMLP^depth(PatchEmbed(x)))))``.
 
+    With ``dim=256, depth=30, patch_size=16, image_size=224`` this is gMLP-S/16. The
+    pre-norms and the final norm use epsilon 1e-6, the gating unit's LayerNorm 1e-5
+    (as timm's gMLP, whose checkpoints it loads).
+
     Args:
         num_classes: K.
         in_chans: C, input channels.
@@ -228,11 +245,11 @@ def gmlp_tiny(
     """
 
     def block(d: int, gh: int, gw: int, **fk: Any) -> nn.Module:
-        return GMLPBlock(d, gh * gw, **fk)
+        return GMLPBlock(d, gh * gw, norm_layer=LN_1E6, sgu_norm_layer="layernorm", **fk)
 
     return PatchMLPClassifier("gmlp_tiny", num_classes, in_chans=in_chans, image_size=image_size,
                               patch_size=patch_size, dim=dim, depth=depth, block=block, tokens=True,
-                              device=device, dtype=dtype)
+                              norm_layer=LN_1E6, device=device, dtype=dtype)
 
 
 class _Residual(nn.Module):

@@ -10,6 +10,7 @@ Letters: B batch, C input channels (in_chans), H W spatial, p patch size, D widt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,8 @@ class VisionTransformer(nn.Module):
         dropout: dropout after the position embedding and in every block.
         attn_dropout: dropout on the attention weights.
         norm_layer: the norm (LayerNorm).
+        norm_eps: the norms' epsilon (1e-6: the paper's released JAX code, Flax's LayerNorm
+            default, and timm's ViT).
 
     Shape:
         - Input: (B, C, H, W), C = in_chans, any H, W (bottom/right zero-padded to a
@@ -83,6 +86,7 @@ class VisionTransformer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         norm_layer: LayerSpec = "layernorm",
+        norm_eps: float = 1e-6,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -92,6 +96,7 @@ class VisionTransformer(nn.Module):
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.in_chans, self.num_classes, self.pool = in_chans, num_classes, pool
         fk = dict(device=device, dtype=dtype)
+        norm_layer = functools.partial(create_norm, norm_layer, eps=norm_eps) if norm_layer else None
         self.patch_embed = PatchEmbed(in_chans, dim, patch_size, pad=True, **fk)
         self.grid = self.patch_embed.grid(h, w)
         n_extra = 1 if pool == "cls" else 0

@@ -94,6 +94,19 @@ class TrainConfig:
         fill_missing: missing cells (empty, NA, NaN, ?) of a table: mean or median (of the
             training split; a text column's most frequent category) or drop the row; default
             an error naming the row and column.
+        weights: a pretrained checkpoint in timm's or torchvision's layout (``.pth``, ``.bin`` or
+            ``.safetensors``) loaded into the model before training (``blockzoo.weights``); the
+            sizes it fixes are read from it; another number of classes gets a fresh head.
+        freeze: parameters kept fixed: comma-separated globs over the model's parameter names
+            (``conv1.*,bn1.*,layer1.*``), matched before ``attention`` adds blocks; a glob that
+            matches nothing is an error.
+        head_lr: peak learning rate of the new parameters (those not loaded from ``weights``: a
+            fresh head and the ``attention`` blocks); the rest trains at ``lr``.
+        attention: a registered image-attention block (cbam, se, eca, ...) attached into the
+            model before training (``blockzoo.attach``).
+        attention_after: where ``attention`` goes: a glob over module names; default the
+            residual branches of the models with a weights layout (ResNets: ``layer*.*.bn2``,
+            bottleneck ResNets ``layer*.*.bn3``, ConvMixer ``blocks.*.bn2``).
     """
 
     model: str | None = None
@@ -134,6 +147,12 @@ class TrainConfig:
     features: str | None = None
     task: str | None = None
     fill_missing: str | None = None
+    # fine-tuning (issue 17): pretrained weights, frozen parameters, new blocks
+    weights: str | None = None
+    freeze: str | None = None
+    head_lr: float | None = None
+    attention: str | None = None
+    attention_after: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse a nonsense option before anything is loaded or allocated.
@@ -205,6 +224,22 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be {' or '.join(allowed)} "
                                   "(or None for the default)")
 
+        self._check_finetune()
+
+    def _check_finetune(self) -> None:
+        """The fine-tuning options: types, and the combinations that mean something."""
+        for name in ("weights", "freeze", "attention", "attention_after"):
+            _check_str(self, name, none="for none")
+        _check_real(self, "head_lr", "> 0", lambda v: v > 0, none="for lr")
+        if self.head_lr is not None and not (self.weights or self.attention):
+            raise ConfigError(f"head_lr={self.head_lr} sets the rate of new parameters (a fresh head, "
+                              "attached blocks): give weights or attention")
+        if self.attention_after is not None and self.attention is None:
+            raise ConfigError(f"attention_after={self.attention_after!r} says where attention goes; "
+                              "give attention (e.g. cbam)")
+        if self.freeze is not None and not [p for p in self.freeze.split(",") if p.strip()]:
+            raise ConfigError(f"freeze={self.freeze!r}: give comma-separated globs over parameter names")
+
     @property
     def eval_batch(self) -> int | None:
         """The evaluation batch size in effect (``None``: the whole split)."""
@@ -272,7 +307,7 @@ class TrainConfig:
 
 # What a run's config.json holds beside the options: the run's record, skipped on replay.
 RUN_RECORD_KEYS = ("data_info", "output", "ids", "num_outputs", "in_chans", "input", "native_input",
-                   "native_shape", "classes", "task")
+                   "native_shape", "classes", "task", "attached", "sample_shape", "new_params")
 
 _MAX_SEED = 2**32 - 1
 

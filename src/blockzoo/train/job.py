@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from blockzoo.attach import reattach
 from blockzoo.checks import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
 from blockzoo.data.base import Data, load_data, view_tensor
 from blockzoo.data.table_rows import encode_rows
 from blockzoo.data.textfile import F32_MAX, cell_kind, read_rows
 from blockzoo.io import BUILDER_ATTR, build_checked, import_target, mismatch, shapes_of
 from blockzoo.registry import model_kwargs, spec
+from blockzoo.train import finetune
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.loop import FitResult, evaluate, fit, resolve_device
@@ -104,6 +106,21 @@ def _model_kwargs(conv: _Conventions, meta: Mapping[str, Any]) -> dict[str, Any]
     return args
 
 
+def _reattach(meta: Mapping[str, Any], source: str) -> Callable[[nn.Module], nn.Module] | None:
+    """The run's attention blocks (``--attention``), attached again to a rebuilt model; None if none."""
+    if not meta.get("attached"):
+        return None
+    shape = meta.get("sample_shape")
+    if not (isinstance(shape, list) and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise FileFormatError(f"{source}: checkpoint meta 'sample_shape' must be a list of sizes, "
+                              f"got {shape!r}")
+
+    def adjust(model: nn.Module) -> nn.Module:
+        return reattach(model, meta["attached"], example_input=torch.zeros(2, *shape), source=source)
+
+    return adjust
+
+
 def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Module] | None = None,
                 shapes: Mapping[str, tuple[int, ...]] | None = None, source: str = "model") -> nn.Module:
     """Construct the model described by ``meta`` (name, args, outputs, in_chans, ids).
@@ -121,10 +138,12 @@ def build_model(meta: Mapping[str, Any], *, builder: str | Callable[..., nn.Modu
         if builder is not None and builder != name:
             raise ConfigError(f"{source} holds a {name!r} model; you asked for {builder!r}")
         kwargs = _model_kwargs(_conventions(name), meta)
+        adjust = _reattach(meta, source)
         try:
             if shapes is not None:
-                return build_checked(name, kwargs, shapes, source)
-            return spec(name).build(**kwargs)
+                return build_checked(name, kwargs, shapes, source, adjust=adjust)
+            model = spec(name).build(**kwargs)
+            return adjust(model) if adjust else model
         except TypeError as e:
             raise ConfigError(f"model {name!r}: bad arguments ({e})") from None
     if builder is None:
@@ -187,13 +206,15 @@ def prepare(cfg: TrainConfig, native: Data | None = None) -> tuple[nn.Module, Da
         raise ConfigError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
                          f" but data {cfg.data!r} holds {has}")
     obj = objective(data.task, output, data.num_classes)
-    model_args = {**_size_args(conv, data), **cfg.model_args}
+    # the sizes a checkpoint fixes beat the data's (a ViT keeps its 224 grid and resizes it)
+    model_args = {**_size_args(conv, data), **finetune.weights_args(cfg), **cfg.model_args}
     meta = dict(model=cfg.model, model_args=model_args, output=obj.output, ids=data.ids,
                 num_outputs=obj.num_outputs, in_chans=data.in_chans, input=data.input,
                 native_input=native.input, native_shape=list(native.shape),
                 classes=list(native.classes) if native.classes else None, task=data.task)
     torch.manual_seed(cfg.seed)
     model = build_model(meta, builder=cfg.model if is_import_target(cfg.model) else None)
+    model = finetune.apply(model, cfg, meta, tuple(data.shape))
     _dry_run(model, data, obj.num_outputs, cfg)
     return model, data, meta
 

@@ -44,6 +44,7 @@ from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
+from blockzoo.train.finetune import param_groups
 from blockzoo.train.hooks import Console, Hook, MetricsFile
 from blockzoo.train.optim import build_optimizer, check_optimizer, check_schedule, lr_factor
 from blockzoo.train.state import Diverged, Run, RunState, finite, jsonable, resume_run, save_run
@@ -247,8 +248,8 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(cfg.optimizer, param_groups(model, cfg, meta or {}), lr=cfg.lr,
+                          momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" and device.type == "cuda" else None
     loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
                          world_size=dist.world_size, augment=data.augment)
@@ -344,12 +345,13 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor, n_gl
     cfg, device, opt, obj = run.cfg, run.device, run.opt, run.obj
     if x.device != device or cfg.channels_last:
         x, y = _to(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-    lr = cfg.lr * lr_factor(cfg.schedule, state.step, run.total, warmup=cfg.warmup,
-                            step_size=cfg.step_size, gamma=cfg.gamma)
+    factor = lr_factor(cfg.schedule, state.step, run.total, warmup=cfg.warmup,
+                       step_size=cfg.step_size, gamma=cfg.gamma)
+    lr = cfg.lr * factor
     if lr != state.lr:
         state.lr = lr
-        for g in opt.param_groups:
-            g["lr"] = lr
+        for g in opt.param_groups:  # each group's own peak (head_lr for new parameters) scaled
+            g["lr"] = g.get("peak_lr", cfg.lr) * factor
     # forward, loss (this rank's mean, times its share of the global batch: exact under
     # DDP, where gradients are averaged over ranks), backward, step
     with _autocast(device, cfg.amp):

@@ -1,0 +1,137 @@
+"""Write tests/fixtures/weights/*.json: timm's tensor layout and outputs for deterministic weights.
+
+The tests cannot download pretrained weights, so they prove that ``weights=`` loads
+timm's layout correctly against these fixtures instead. For each supported model this
+script builds timm's reference implementation (no download: ``pretrained=False``),
+fills every tensor with ``blockzoo.weights.synthetic_tensor(name, shape)`` (values
+from a seed derived from the tensor's name), runs it on ``fixture_input`` and writes:
+
+    timm_model, timm_version, torch_version   where the numbers come from
+    model, kwargs                              the blockzoo call that must reproduce them
+    input                                      the input's shape (values: fixture_input)
+    num_params                                 timm's parameter count (buffers excluded)
+    keys                                       [name, shape, dtype] of timm's state dict
+    logits                                     the first 100 logits of each sample
+    logsumexp                                  logsumexp over all logits of each sample
+
+``tests/test_weights.py`` rebuilds the tensors from the names and shapes alone, loads
+them through ``blockzoo.create_model(model, weights=PATH, **kwargs)`` and requires the
+same outputs. No weight file is stored.
+
+Run by hand where timm is installed (it is not a test dependency), from the repo root:
+
+    python3 -m venv /tmp/timm-venv
+    /tmp/timm-venv/bin/pip install torch==2.13.0 timm==1.0.31 --no-deps
+    /tmp/timm-venv/bin/pip install pyyaml huggingface_hub safetensors numpy pillow \\
+        typing_extensions filelock sympy networkx jinja2 fsspec packaging tqdm einops matplotlib
+    /tmp/timm-venv/bin/python scripts/make_weight_fixtures.py [--only resnet18,...]
+
+timm 1.0.x imports torchvision when it loads, and torchvision's wheels need a CUDA
+build of torch. Nothing of torchvision is used by these models, so when torchvision is
+not installed this script puts a stand-in on its own import path: a finder that
+answers every ``import torchvision...`` with an empty module whose attributes are
+placeholder classes. It only satisfies timm's imports; it is never called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "fixtures" / "weights"
+sys.path.insert(0, str(ROOT / "src"))
+
+N_LOGITS = 100
+
+# timm name, blockzoo model, blockzoo kwargs beyond what the file's shapes give, input shape.
+MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
+    ("resnet18", "resnet18", {}, (2, 3, 64, 64)),
+    ("resnet34", "resnet34", {}, (2, 3, 64, 64)),
+    ("resnet50", "resnet50", {}, (2, 3, 64, 64)),
+    ("resnext50_32x4d", "resnext50", {}, (2, 3, 64, 64)),
+    ("vit_tiny_patch16_224", "vit_tiny", {}, (2, 3, 224, 224)),
+    ("vit_small_patch16_224", "vit_small", {}, (2, 3, 224, 224)),
+    ("vit_base_patch16_224", "vit_base", {}, (2, 3, 224, 224)),
+    ("mixer_b16_224", "mixer_tiny", {}, (2, 3, 224, 224)),
+    ("resmlp_12_224", "resmlp_tiny", {}, (2, 3, 224, 224)),
+    ("gmlp_s16_224", "gmlp_tiny", {}, (2, 3, 224, 224)),
+    # the activation is not in the file: timm's convmixer_768_32 uses ReLU (the others GELU)
+    ("convmixer_768_32", "convmixer", {"act_layer": "relu"}, (2, 3, 64, 64)),
+]
+
+
+class _Placeholder(type):
+    def __getattr__(cls, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(name, (), {})
+
+
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name: str) -> type:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(name, (), {})
+
+
+class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers ``import torchvision[.x.y]`` with empty modules: timm imports it, these models never use it."""
+
+    def find_spec(self, name, path, target=None):
+        if name == "torchvision" or name.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _StandInModule(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated timm names (default: all)")
+    args = parser.parse_args()
+    if importlib.util.find_spec("torchvision") is None:
+        sys.meta_path.insert(0, _TorchvisionStandIn())
+    import timm
+    import torch
+
+    from blockzoo.weights import fixture_input, synthetic_state_dict
+
+    torch.set_num_threads(1)
+    only = {s for s in args.only.split(",") if s}
+    OUT.mkdir(parents=True, exist_ok=True)
+    for timm_name, model, kwargs, shape in MODELS:
+        if only and timm_name not in only:
+            continue
+        ref = timm.create_model(timm_name, pretrained=False).eval()
+        keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ref.state_dict().items()]
+        ref.load_state_dict(synthetic_state_dict(keys), strict=True)
+        with torch.no_grad():
+            out = ref(fixture_input(shape)).double()
+        record = dict(
+            timm_model=timm_name, timm_version=timm.__version__, torch_version=torch.__version__,
+            model=model, kwargs=kwargs, input=list(shape),
+            num_params=sum(p.numel() for p in ref.parameters()), keys=keys,
+            logits=[[round(float(v), 7) for v in row] for row in out[:, :N_LOGITS]],
+            logsumexp=[round(float(v), 7) for v in out.logsumexp(1)],
+        )
+        path = OUT / f"{timm_name}.json"
+        path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+        print(f"{path.relative_to(ROOT)}: {len(keys)} tensors, {record['num_params']:,} params, "
+              f"|logits| max {out.abs().max().item():.3g}")
+
+
+if __name__ == "__main__":
+    main()

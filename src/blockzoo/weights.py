@@ -1,0 +1,475 @@
+"""Pretrained weights in the layouts of timm and torchvision, loaded into blockzoo models.
+
+``blockzoo.create_model(name, weights=PATH)`` reads a checkpoint published for timm
+or torchvision (a ``.pth`` / ``.bin`` state dict, read with ``weights_only=True``, or a
+``.safetensors`` file), renames and reshapes its tensors into the blockzoo model's
+names by the family's ``Layout`` below, and loads them. The file is data: it can
+only fill tensors of a registered model whose constructor arguments are read from
+the tensors' shapes (``Layout.infer``) or given by the caller; nothing in it is
+imported or called.
+
+Every file tensor must be used exactly once and every model tensor filled; otherwise
+one ``FileFormatError`` lists the missing, unexpected and wrongly-shaped tensors.
+The one allowed difference is the classifier head: a model built for another
+``num_classes`` keeps its fresh head, and a warning says so.
+
+Where the mappings come from: timm 1.0 (``timm.models.resnet``, ``vision_transformer``,
+``mlp_mixer``, ``convmixer``) and torchvision's ``resnet`` (the same names as timm's
+ResNets). ``tests/fixtures/weights/`` holds, per model, the reference's tensor names
+and shapes and its outputs for deterministic weights (``synthetic_tensor``), written
+by ``scripts/make_weight_fixtures.py`` where timm is installed; ``tests/test_weights.py``
+loads those weights through ``weights=`` and requires the same outputs.
+
+Adding a family (the re-parameterizable RepVGG / MobileOne models are next): write
+its ``Rule`` table and ``infer`` function below and add its registered names with
+``register_layout``; nothing else needs to learn the names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from blockzoo.checks import ConfigError, FileFormatError
+from blockzoo.registry import create_model as _build_model
+from blockzoo.registry import spec
+
+__all__ = [
+    "LAYOUTS", "Layout", "LoadReport", "Mapped", "Rule", "create_model", "fixture_input", "layout_for",
+    "load_pretrained", "map_state_dict", "pretrained_args", "read_state_dict", "register_layout",
+    "synthetic_state_dict", "synthetic_tensor",
+]
+
+log = logging.getLogger("blockzoo.weights")
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One renaming: a reference tensor name matching ``pattern`` (whole name, regex) becomes
+    ``target`` (``\\1`` ... its groups), its value passed through ``convert`` if given."""
+
+    pattern: str
+    target: str
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one family's reference checkpoints map onto blockzoo's model.
+
+    Args:
+        source: the reference implementation(s), for messages.
+        rules: reference name -> blockzoo name; the first rule whose pattern matches wins.
+        head: blockzoo names of the classifier head (left fresh for another ``num_classes``).
+        infer: constructor arguments read from the converted tensors' shapes (blockzoo
+            names), e.g. ``num_classes``, ``dim``, ``depth``; the caller's arguments win.
+        attach_after: where ``--attention`` puts a block by default (a glob over module
+            names; ``None``: the user must say where).
+    """
+
+    source: str
+    rules: tuple[Rule, ...]
+    head: tuple[str, ...]
+    infer: Callable[[Shapes], dict[str, Any]]
+    attach_after: str | None = None
+
+
+def _same(*names: str) -> Rule:
+    """Names kept as they are: ``_same("conv1", "bn1")`` covers ``conv1.weight``, ``bn1.running_mean``."""
+    return Rule(rf"((?:{'|'.join(re.escape(n) for n in names)})\.\w+)", r"\1")
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1)
+
+
+def _need(shapes: Shapes, key: str, family: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise FileFormatError(f"not a {family} checkpoint: it has no tensor for {key!r}")
+    return tuple(shapes[key])
+
+
+def _count(shapes: Shapes, pattern: str) -> int:
+    """How many distinct indices ``(\\d+)`` in ``pattern`` occur among the names."""
+    found = {m.group(1) for k in shapes if (m := re.fullmatch(pattern, k))}
+    return len(found)
+
+
+def _square_grid(tokens: int, patch: int, family: str, arg: str) -> int:
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise FileFormatError(f"{family}: {tokens} tokens are not a square grid; pass {arg}=(H, W) yourself")
+    return side * patch
+
+
+# ResNet / ResNeXt: timm and torchvision name them alike; blockzoo's projection shortcut
+# is `shortcut.conv` / `shortcut.bn` where they have `downsample.0` / `downsample.1`.
+_RESNET_RULES = (
+    _same("conv1", "bn1", "fc"),
+    Rule(r"(layer\d\.\d+\.(?:conv|bn)\d\.\w+)", r"\1"),
+    Rule(r"(layer\d\.\d+)\.downsample\.0\.(\w+)", r"\1.shortcut.conv.\2"),
+    Rule(r"(layer\d\.\d+)\.downsample\.1\.(\w+)", r"\1.shortcut.bn.\2"),
+)
+
+
+def _resnet_args(s: Shapes) -> dict[str, Any]:
+    conv1 = _need(s, "conv1.weight", "ResNet")
+    return dict(num_classes=_need(s, "fc.weight", "ResNet")[0], in_chans=conv1[1])
+
+
+def _resnet(attach_after: str) -> Layout:
+    return Layout("timm / torchvision ResNet", _RESNET_RULES, ("fc.weight", "fc.bias"), _resnet_args,
+                  attach_after)
+
+
+# ViT (timm's VisionTransformer, class token, 'token' pooling): blockzoo's encoder block
+# keeps the MLP's two layers as fc1 / fc2 directly and names the output projection out_proj.
+_VIT_RULES = (
+    Rule(r"(cls_token|pos_embed)", r"\1"),
+    _same("patch_embed.proj", "norm", "head"),
+    Rule(r"(blocks\.\d+\.(?:norm1|norm2|attn\.qkv)\.\w+)", r"\1"),
+    Rule(r"(blocks\.\d+)\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(r"(blocks\.\d+)\.mlp\.(fc[12])\.(\w+)", r"\1.\2.\3"),
+)
+
+
+def _vit_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "ViT")
+    p, dim = proj[2], proj[0]
+    cls = "cls_token" in s
+    tokens = _need(s, "pos_embed", "ViT")[1] - (1 if cls else 0)
+    return dict(num_classes=_need(s, "head.weight", "ViT")[0], in_chans=proj[1], patch_size=p,
+                img_size=_square_grid(tokens, p, "ViT", "img_size"), pool="cls" if cls else "mean",
+                mlp_ratio=_need(s, "blocks.0.fc1.weight", "ViT")[0] / dim)
+
+
+# The all-MLP models share timm's MlpMixer skeleton: stem.proj, blocks, norm, head. blockzoo's
+# MLP keeps its layers in `layers` (0: first linear, 4: second, after norm, act, dropout).
+_PATCH_MLP = (Rule(r"stem\.proj\.(\w+)", r"patch_embed.\1"), _same("head"))
+
+
+def _patch_args(s: Shapes, family: str, tokens: int) -> dict[str, Any]:
+    stem = _need(s, "patch_embed.weight", family)
+    return dict(num_classes=_need(s, "head.weight", family)[0], in_chans=stem[1], dim=stem[0],
+                patch_size=stem[2], depth=_count(s, r"blocks\.(\d+)\..*"),
+                image_size=_square_grid(tokens, stem[2], family, "image_size"))
+
+
+_MIXER_RULES = (
+    *_PATCH_MLP, _same("norm"),
+    Rule(r"(blocks\.\d+\.norm[12]\.\w+)", r"\1"),
+    Rule(r"(blocks\.\d+)\.mlp_tokens\.fc1\.(\w+)", r"\1.token_mlp.layers.0.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_tokens\.fc2\.(\w+)", r"\1.token_mlp.layers.4.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc1\.(\w+)", r"\1.channel_mlp.layers.0.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc2\.(\w+)", r"\1.channel_mlp.layers.4.\2"),
+)
+
+
+def _mixer_args(s: Shapes) -> dict[str, Any]:
+    tokens = _need(s, "blocks.0.token_mlp.layers.0.weight", "MLP-Mixer")[1]
+    return dict(_patch_args(s, "MLP-Mixer", tokens), token_bias="blocks.0.token_mlp.layers.4.bias" in s)
+
+
+# ResMLP: timm's Affine keeps alpha, beta as (1, 1, D); blockzoo's as (D,).
+_RESMLP_RULES = (
+    *_PATCH_MLP,
+    Rule(r"((?:blocks\.\d+\.)?norm[12]?\.(?:alpha|beta))", r"\1", _flat),
+    Rule(r"(blocks\.\d+)\.ls([12])", r"\1.scale\2"),
+    Rule(r"(blocks\.\d+)\.linear_tokens\.(\w+)", r"\1.token_mlp.layers.0.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc1\.(\w+)", r"\1.channel_mlp.layers.0.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc2\.(\w+)", r"\1.channel_mlp.layers.4.\2"),
+)
+
+
+def _resmlp_args(s: Shapes) -> dict[str, Any]:
+    return _patch_args(s, "ResMLP", _need(s, "blocks.0.token_mlp.layers.0.weight", "ResMLP")[0])
+
+
+# gMLP: timm's GatedMlp (fc1, gate = spatial gating unit, fc2) is blockzoo's proj_in, sgu, proj_out.
+_GMLP_RULES = (
+    *_PATCH_MLP, _same("norm"),
+    Rule(r"(blocks\.\d+\.norm\.\w+)", r"\1"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc1\.(\w+)", r"\1.proj_in.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.fc2\.(\w+)", r"\1.proj_out.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.gate\.norm\.(\w+)", r"\1.sgu.norm.\2"),
+    Rule(r"(blocks\.\d+)\.mlp_channels\.gate\.proj\.(weight|bias)", r"\1.sgu.\2"),
+)
+
+
+def _gmlp_args(s: Shapes) -> dict[str, Any]:
+    return _patch_args(s, "gMLP", _need(s, "blocks.0.sgu.weight", "gMLP")[0])
+
+
+# ConvMixer: timm's blocks are Sequential(Residual(Sequential(dwconv, act, BN)), pwconv, act, BN).
+_CONVMIXER_RULES = (
+    Rule(r"stem\.([02])\.(\w+)", r"stem.\1.\2"),
+    Rule(r"(blocks\.\d+)\.0\.fn\.0\.(\w+)", r"\1.dw.\2"),
+    Rule(r"(blocks\.\d+)\.0\.fn\.2\.(\w+)", r"\1.bn1.\2"),
+    Rule(r"(blocks\.\d+)\.1\.(\w+)", r"\1.pw.\2"),
+    Rule(r"(blocks\.\d+)\.3\.(\w+)", r"\1.bn2.\2"),
+    Rule(r"head\.(\w+)", r"fc.\1"),
+)
+
+
+def _convmixer_args(s: Shapes) -> dict[str, Any]:
+    stem = _need(s, "stem.0.weight", "ConvMixer")
+    return dict(num_classes=_need(s, "fc.weight", "ConvMixer")[0], in_chans=stem[1], dim=stem[0],
+                patch_size=stem[2], depth=_count(s, r"blocks\.(\d+)\..*"),
+                kernel_size=_need(s, "blocks.0.dw.weight", "ConvMixer")[2])
+
+
+_HEAD = ("head.weight", "head.bias")
+
+# Registered model name -> its layout. The re-parameterizable models (repvgg_a0, repvgg_b0,
+# mobileone_s0; timm's byobnet / mobileone layouts) are added here by their own Layout.
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(names: Iterable[str], layout: Layout) -> None:
+    """Make ``weights=`` load ``layout``'s checkpoints into the registered models ``names``."""
+    for name in names:
+        spec(name)  # unknown names list close matches
+        LAYOUTS[name] = layout
+
+
+register_layout(("resnet18", "resnet34"), _resnet("layer*.*.bn2"))
+register_layout(("resnet50", "resnext50"), _resnet("layer*.*.bn3"))
+register_layout(("vit_tiny", "vit_small", "vit_base"), Layout("timm VisionTransformer", _VIT_RULES, _HEAD,
+                                                              _vit_args))
+register_layout(("mixer_tiny",), Layout("timm MlpMixer (Mixer-B/16 layout)", _MIXER_RULES, _HEAD,
+                                        _mixer_args))
+register_layout(("resmlp_tiny",), Layout("timm ResMLP", _RESMLP_RULES, _HEAD, _resmlp_args))
+register_layout(("gmlp_tiny",), Layout("timm gMLP", _GMLP_RULES, _HEAD, _gmlp_args))
+register_layout(("convmixer",), Layout("timm ConvMixer", _CONVMIXER_RULES, ("fc.weight", "fc.bias"),
+                                       _convmixer_args, "blocks.*.bn2"))
+
+
+def layout_for(name: str) -> Layout:
+    """The layout of registered model ``name``; a model without one is a ``ConfigError`` naming those with."""
+    spec(name)
+    if name not in LAYOUTS:
+        raise ConfigError(f"weights=: no timm/torchvision layout is known for {name!r}; pretrained weights "
+                          f"load into {', '.join(sorted(LAYOUTS))}")
+    return LAYOUTS[name]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+_NESTED = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` file.
+
+    Pickled files are read with ``torch.load(weights_only=True)`` (no code runs); a
+    training checkpoint's nested ``state_dict`` / ``model`` entry is unwrapped and a
+    ``module.`` prefix (DistributedDataParallel) is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return dict(load_file(str(path)))
+        except SafetensorError as e:
+            raise FileFormatError(f"{path} is not a readable safetensors file ({e})") from None
+    if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+        raise FileFormatError(f"{path}: expected a .safetensors, .pth, .pt, .bin or .ckpt file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an UnpicklingError for pickled code, or a broken archive
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileFormatError(f"{path} cannot be read as a state dict with weights_only=True "
+                              f"({first})") from None
+    for key in _NESTED:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise FileFormatError(f"{path} holds no state dict (a mapping of names to tensors)")
+    tensors = dict(obj)
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+@dataclass
+class Mapped:
+    """A reference state dict in blockzoo's names: tensors, where each came from, what no rule took."""
+
+    tensors: dict[str, torch.Tensor]
+    source: dict[str, str]
+    unknown: list[str]
+
+
+def map_state_dict(layout: Layout, tensors: Mapping[str, torch.Tensor]) -> Mapped:
+    """Rename (and reshape) reference tensors by ``layout``'s rules; two onto one name is an error."""
+    out: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    unknown: list[str] = []
+    compiled = [(re.compile(r.pattern), r) for r in layout.rules]
+    for key, t in tensors.items():
+        for pat, rule in compiled:
+            m = pat.fullmatch(key)
+            if m:
+                new = m.expand(rule.target)
+                if new in out:
+                    raise FileFormatError(f"{layout.source}: {source[new]!r} and {key!r} both map to {new!r}")
+                out[new] = rule.convert(t) if rule.convert else t
+                source[new] = key
+                break
+        else:
+            unknown.append(key)
+    return Mapped(out, source, unknown)
+
+
+def pretrained_args(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The constructor arguments of ``name`` that the checkpoint's shapes fix (dim, depth, classes, ...)."""
+    layout = layout_for(name)
+    mapped = map_state_dict(layout, tensors)
+    return layout.infer({k: tuple(v.shape) for k, v in mapped.tensors.items()})
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: blockzoo names loaded, and those left as initialised."""
+
+    loaded: list[str]
+    fresh: list[str]
+
+
+def _few(items: list[str]) -> str:
+    return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+                    ) -> LoadReport:
+    """Load a reference checkpoint into ``model`` (registered model ``name``) by its family's layout.
+
+    Every file tensor must fill one model tensor of the same shape and every model
+    tensor must be filled, except the head: when the model's head has another shape
+    than the file's (another ``num_classes``) it stays as initialised, with a warning.
+
+    Raises:
+        FileFormatError: listing the model tensors the file lacks, the file tensors the
+            model has no place for, and those whose shapes differ.
+    """
+    layout = layout_for(name)
+    what = str(weights) if not isinstance(weights, Mapping) else "the state dict"
+    tensors = read_state_dict(weights) if not isinstance(weights, Mapping) else weights
+    mapped = map_state_dict(layout, tensors)
+    own = model.state_dict()
+    got = mapped.tensors
+    fresh = [k for k in layout.head if k in own and k in got and tuple(own[k].shape) != tuple(got[k].shape)]
+    missing = sorted(set(own) - set(got))
+    unexpected = sorted(mapped.unknown) + sorted(f"{mapped.source[k]} (-> {k})" for k in set(got) - set(own))
+    wrong = sorted(f"{mapped.source[k]} -> {k}: file {tuple(got[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in set(got) & set(own)
+                   if tuple(got[k].shape) != tuple(own[k].shape) and k not in fresh)
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {_few(items)}" for label, items in (
+            ("missing from the file", missing), ("not in the model", unexpected), ("shape mismatch", wrong))
+            if items]
+        raise FileFormatError(f"{what} does not fit {name} as a {layout.source} checkpoint: "
+                              + "; ".join(parts))
+    if fresh:
+        log.warning("%s: the head %s was left fresh: the file's is %s, this model's %s (another "
+                    "num_classes); the rest (%d tensors) is loaded", name, ", ".join(fresh),
+                    tuple(got[fresh[0]].shape), tuple(own[fresh[0]].shape), len(got) - len(fresh))
+    load = {k: v for k, v in got.items() if k not in fresh}
+    with torch.no_grad():
+        for k, v in load.items():
+            own[k].copy_(v)  # state_dict() shares storage with the model; copy_ casts dtype
+    return LoadReport(loaded=sorted(load), fresh=fresh)
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, *,
+                 weights: str | os.PathLike[str] | None = None, **kw: Any) -> nn.Module:
+    """Build registered model ``name``; with ``weights``, load a timm / torchvision checkpoint into it.
+
+    Without ``weights`` this is ``blockzoo.registry.create_model``. With it, the
+    constructor arguments the checkpoint's shapes fix (width, depth, patch size, the
+    image size of the position embedding, ``num_classes``) are read from it; arguments
+    given here win. A ``num_classes`` other than the file's gets a fresh head (with a
+    warning); any other difference is a ``FileFormatError`` listing it.
+
+    Example:
+        >>> model = blockzoo.create_model("resnet18", num_classes=10, weights="resnet18.pth")
+    """
+    if weights is None:
+        return _build_model(name, num_classes, in_chans, **kw)
+    tensors = read_state_dict(weights)
+    args = {**pretrained_args(name, tensors), **kw}
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    if in_chans is not None:
+        args.pop("in_chans", None)
+        args[spec(name).width_arg or "in_chans"] = in_chans
+    model = _build_model(name, **args)
+    load_pretrained(model, name, tensors)
+    return model
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def synthetic_tensor(name: str, shape: Iterable[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A deterministic tensor for reference name ``name``: its values depend on the name and shape only.
+
+    Drawn from ``numpy.random.RandomState(crc32(name))`` (a stream numpy keeps fixed),
+    scaled so a deep network's activations stay of order one: weights ~ N(0, 1 / fan_in),
+    norm and BN scales 1 + 0.1 N(0, 1), running variances >= 1, layer-scales near 0.5,
+    biases, shifts and embeddings small. Integer tensors (BN's counter) are zero.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not dtype.is_floating_point:
+        return torch.zeros(shape, dtype=dtype)
+    n = np.random.RandomState(zlib.crc32(name.encode())).standard_normal(shape)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        v = 1.0 + 0.2 * np.abs(n)
+    elif leaf in ("alpha",) or (leaf == "weight" and len(shape) == 1):
+        v = 1.0 + 0.1 * n
+    elif leaf in ("ls1", "ls2", "gamma"):
+        v = 0.5 + 0.1 * n
+    elif leaf in ("cls_token", "pos_embed"):
+        v = 0.02 * n
+    elif leaf == "weight" and len(shape) >= 2:
+        v = n / math.sqrt(math.prod(shape[1:]))
+    else:  # biases, BN means, affine shifts
+        v = 0.1 * n
+    return torch.from_numpy(np.ascontiguousarray(v)).to(dtype)
+
+
+def synthetic_state_dict(keys: Iterable[tuple[str, Iterable[int], str]]) -> dict[str, torch.Tensor]:
+    """``synthetic_tensor`` for every (name, shape, dtype name) of a reference layout."""
+    return {k: synthetic_tensor(k, shape, getattr(torch, dtype)) for k, shape, dtype in keys}
+
+
+def fixture_input(shape: Iterable[int]) -> torch.Tensor:
+    """The fixed input the fixtures' outputs are measured on: ``RandomState(0)`` normals, float32."""
+    return torch.from_numpy(np.random.RandomState(0).standard_normal(tuple(shape)).astype(np.float32))
+
