@@ -7,8 +7,8 @@ any arithmetic, so a wrong tensor never surfaces as an opaque matmul error.
 The errors a user's input can cause all derive from ``BlockzooError``: a tensor
 (``ShapeError``), an option or argument (``ConfigError``), a file that is not what
 it claims to be (``FileFormatError``), a data set (``DataError``). Each is also a
-``ValueError``. The CLI prints exactly these as one line; anything else is a bug
-and keeps its traceback.
+``ValueError``. They live in the torch-free ``errors`` module (the CLI's parser
+needs them without torch) and are re-exported here, where blocks import them.
 """
 
 from __future__ import annotations
@@ -17,30 +17,12 @@ from collections.abc import Sequence
 
 import torch
 
+from blockzoo.errors import BlockzooError, ConfigError, DataError, FileFormatError, ShapeError
+
 __all__ = [
     "BlockzooError", "ConfigError", "DataError", "FileFormatError", "ShapeError", "check_divisible",
     "check_shape", "require", "require_divides",
 ]
-
-
-class BlockzooError(Exception):
-    """Base of the errors caused by a user's input, never by a bug in blockzoo."""
-
-
-class ShapeError(BlockzooError, ValueError):
-    """A tensor had the wrong rank, size or dtype for the block it was given to."""
-
-
-class ConfigError(BlockzooError, ValueError):
-    """An option or constructor argument out of range, of the wrong type, or not fitting the data."""
-
-
-class DataError(BlockzooError, ValueError):
-    """A data set or input file whose contents cannot be used (bad cells, labels, shapes)."""
-
-
-class FileFormatError(BlockzooError, ValueError):
-    """A checkpoint, weights or input file that is truncated, corrupted, hostile or for another model."""
 
 
 def _format(letters: Sequence[str], fixed: dict[str, int]) -> str:

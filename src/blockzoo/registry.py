@@ -14,8 +14,8 @@ Letters: B batch, C channels, H W spatial, N tokens, T time steps, F features.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
+import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from blockzoo.checks import BlockzooError, ConfigError
+from blockzoo.checks import ConfigError
+from blockzoo.errors import UnknownNameError, unknown_name
 from blockzoo.inputs import (
     INPUT_KINDS,
     Args,
@@ -38,6 +39,7 @@ from blockzoo.inputs import (
     tokens,
     vectors,
 )
+from blockzoo.vocab import FAMILIES
 
 __all__ = [
     "FAMILIES",
@@ -59,8 +61,6 @@ __all__ = [
     "vectors",
 ]
 
-FAMILIES = ("attention", "mlp", "rep", "conv", "recurrent", "model")
-
 # The sizes the conformance suite tries besides the example's, per input kind:
 # non-square, odd, and different from anything an example is built with.
 DEFAULT_SIZES: dict[str, tuple[Size, ...]] = {
@@ -70,26 +70,6 @@ DEFAULT_SIZES: dict[str, tuple[Size, ...]] = {
     "graph": ((5,), (9,)),
     "vector": ((),),
 }
-
-
-class UnknownNameError(BlockzooError, KeyError, ValueError):
-    """A name (block, model, data set, optimizer, ...) that is not registered.
-
-    Both a ``KeyError`` (lookup failed) and a ``ValueError`` (bad argument), with a
-    plain message that lists the closest registered names.
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def unknown_name(kind: str, name: str, known: Sequence[str]) -> UnknownNameError:
-    """Build the error for an unknown ``name`` among ``known``, naming close matches."""
-    close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.5)
-    if not close:
-        close = [k for k in known if name.lower() in k.lower()][:5]
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}{hint} (known: {len(known)})")
 
 
 # --------------------------------------------------------------------------- specs
@@ -219,6 +199,30 @@ class Spec:
 
 _REGISTRY: dict[str, Spec] = {}
 
+# The rooms whose modules register entries, imported in this order before the first
+# lookup: ``import blockzoo`` imports no room (nor torch), so ``blockzoo --help`` is
+# quick, and a lookup from any module still sees every entry.
+ROOMS = ("attention", "conv", "mlp", "models", "recurrent", "rep")
+_rooms_loaded = False
+
+
+def load_rooms() -> None:
+    """Import every block room (registering its entries), once; lookups call this first.
+
+    The flag is set before the imports: a lookup made while a room is importing sees
+    the entries registered so far (as a lookup during ``import blockzoo`` always did).
+    """
+    global _rooms_loaded
+    if _rooms_loaded:
+        return
+    _rooms_loaded = True
+    try:
+        for room in ROOMS:
+            importlib.import_module(f"blockzoo.{room}")
+    except BaseException:
+        _rooms_loaded = False  # the next lookup raises the same import error again
+        raise
+
 # The attribute under which a module built by ``create`` keeps (name, config).
 ENTRY_ATTR = "_blockzoo_entry"
 
@@ -290,6 +294,8 @@ def register(
         raise ValueError(f"register: name {name!r} must be snake_case")
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not (getattr(builder, "__module__", None) or "").startswith("blockzoo."):
+            load_rooms()  # a user's entry: a clash with a built-in name is reported here
         if name in _REGISTRY:
             raise ValueError(
                 f"register: {name!r} is already registered by "
@@ -323,11 +329,13 @@ def register(
 
 def unregister(name: str) -> None:
     """Remove an entry (for tests that register throw-away blocks)."""
+    load_rooms()
     _REGISTRY.pop(name, None)
 
 
 def spec(name: str) -> Spec:
     """The ``Spec`` of a registered entry; unknown names list close matches."""
+    load_rooms()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -336,6 +344,7 @@ def spec(name: str) -> Spec:
 
 def list_blocks(family: str | None = None, pattern: str | None = None) -> list[str]:
     """Registered names, sorted, optionally filtered by family and a glob pattern."""
+    load_rooms()
     if family is not None and family not in FAMILIES:
         raise unknown_name("family", family, FAMILIES)
     return sorted(

@@ -13,13 +13,12 @@ import torch
 
 from blockzoo.checks import ConfigError
 from blockzoo.registry import Spec, spec
+from blockzoo.vocab import FORMATS
 
 __all__ = [
     "CATALOGUE_COLUMNS", "FORMATS", "bench_text", "catalogue_markdown", "catalogue_rows", "entry_info",
     "render",
 ]
-
-FORMATS = ("table", "markdown", "csv", "json")
 
 
 def _cell(v: Any) -> str:

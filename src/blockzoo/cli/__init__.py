@@ -4,6 +4,14 @@ One module per command group: ``catalogue`` (list, info, shapes, plot, data),
 ``measure`` (bench, arena), ``deploy`` (export), ``training`` (train, eval, predict);
 ``common`` holds what they share. Errors a user can cause print one line and exit
 with code 2; the library itself never prints or exits.
+
+The parser is built from torch-free modules only, so ``blockzoo --help``,
+``--version`` and ``blockzoo COMMAND --help`` answer without importing torch, numpy
+or matplotlib: a command module imports the library (``registry``, ``bench``,
+``train``, ...) inside its ``cmd_*`` handler, never at its top, and takes choices from
+torch-free modules (``vocab``, ``train.config``). Registry names (blocks, models,
+data sets) are plain strings checked when the command runs (an unknown name lists
+the close matches). ``tests/test_cli.py`` fails if a CLI module imports torch.
 """
 
 from __future__ import annotations
@@ -15,15 +23,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-import torch
-
 from blockzoo._version import __version__
-from blockzoo.checks import BlockzooError
 from blockzoo.cli.catalogue import add_data, add_info, add_list, add_plot, add_shapes
 from blockzoo.cli.common import DEFAULT_THREADS, CliError, positive_int
 from blockzoo.cli.deploy import add_export
 from blockzoo.cli.measure import add_arena, add_bench
 from blockzoo.cli.training import add_eval, add_predict, add_train
+from blockzoo.errors import BlockzooError
 
 __all__ = ["COMMANDS", "DEFAULT_THREADS", "USER_ERRORS", "CliError", "build_parser", "main"]
 
@@ -105,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import torch  # after parsing: --help and usage errors never load it
+
     torch.set_num_threads(args.threads)
     try:
         code = int(args.func(args) or 0)

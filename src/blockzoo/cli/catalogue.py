@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from blockzoo.bench.report import CATALOGUE_COLUMNS, FORMATS, catalogue_rows, entry_info, render, shapes_text
 from blockzoo.cli.common import CliError, nonneg_int, positive_int
-from blockzoo.registry import FAMILIES, Spec, list_blocks, spec
+from blockzoo.vocab import FAMILIES, FORMATS
+
+if TYPE_CHECKING:
+    from blockzoo.registry import Spec
 
 __all__ = ["add_data", "add_info", "add_list", "add_plot", "add_shapes", "parse_input_shape"]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import CATALOGUE_COLUMNS, catalogue_rows, render
+    from blockzoo.registry import list_blocks
+
     names = list_blocks(family=args.family, pattern=args.pattern)
     rows = catalogue_rows(names)
     cols = ["name", "family", "paper", "year", "params"]
@@ -33,6 +38,9 @@ def add_list(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import entry_info
+    from blockzoo.registry import spec
+
     size = tuple(args.size) if args.size else None
     print(entry_info(spec(args.name), size=size, batch=args.batch))
     return 0
@@ -40,7 +48,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="paper, shapes, params and FLOPs of one entry")
-    p.add_argument("name")
+    p.add_argument("name", help="a registered block or model (see: blockzoo list)")
     p.add_argument("--size", type=positive_int, nargs="+",
                    help="measure at this size: H W for images, N or T for tokens/sequences")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of the measured input")
@@ -65,6 +73,8 @@ def parse_input_shape(s: Spec, text: str | None) -> tuple[int, tuple[int, ...], 
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import render, shapes_text
+    from blockzoo.registry import spec
     from blockzoo.viz.shapes import TABLE_COLUMNS, layer_table, plot_shapes, table_rows
 
     s = spec(args.name)
@@ -81,7 +91,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 def add_shapes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shapes", help="every layer's output shape, params and FLOPs for one forward")
-    p.add_argument("name", help="a registered block or model")
+    p.add_argument("name", help="a registered block or model (see: blockzoo list)")
     p.add_argument("--input", help="input shape, e.g. 1,3,224,224 (B,C,H,W) or 2,16,64 (B,N,C)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--plot", metavar="PATH", help="also draw FLOPs and params per layer as bars (PNG)")
@@ -91,6 +101,8 @@ def add_shapes(sub: argparse._SubParsersAction) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from blockzoo import viz
+    from blockzoo.bench.report import shapes_text
+    from blockzoo.registry import spec
 
     if args.figure == "activations":
         names = [n.strip() for n in args.names.split(",") if n.strip()]
@@ -123,7 +135,7 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
     a = fig.add_parser("activations", help="activations and their autograd derivatives")
     a.add_argument("--names", default="relu,prelu,sigmoid,tanh,gelu,silu")
     t = fig.add_parser("attention", help="attention weights/gates of a registered attention block")
-    t.add_argument("name")
+    t.add_argument("name", help="a registered attention block (see: blockzoo list --family attention)")
     t.add_argument("--input", choices=("example", "digits"), default="example",
                    help="the registered example input (random) or a handwritten digit (image blocks)")
     t.add_argument("--index", type=nonneg_int, default=0, help="which digit (with --input digits)")
@@ -143,6 +155,7 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import render
     from blockzoo.data import dataset_entry, list_datasets
 
     rows = [dict(name=n, input=e.input, task=e.task, source=e.source, about=e.about)

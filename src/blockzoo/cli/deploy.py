@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from blockzoo.bench.report import shapes_text
 from blockzoo.cli.common import CliError, positive_int
-from blockzoo.io import NAME_KEY, SAMPLE_SHAPE_KEY, load, read_metadata
-from blockzoo.registry import ENTRY_ATTR, spec
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["add_export"]
 
@@ -24,6 +22,11 @@ def _model_and_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[
     ``blockzoo.save`` / ``blockzoo train``: a registered model is rebuilt from the file;
     a user's own model from ``--model``, the builder the user names.
     """
+    import torch
+
+    from blockzoo.io import NAME_KEY, SAMPLE_SHAPE_KEY, load, read_metadata
+    from blockzoo.registry import ENTRY_ATTR, spec
+
     # A dynamic batch must be traced at batch >= 2 (torch specializes sizes 0 and 1).
     batch = max(args.batch, 2) if args.dynamic_batch else args.batch
     size = tuple(args.size) if args.size else None
@@ -48,6 +51,9 @@ def _model_and_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from blockzoo.bench.report import shapes_text
     from blockzoo.export import export_onnx, export_program, outputs, run_onnx
 
     model, inputs, batched = _model_and_inputs(args)
@@ -74,7 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a block, model or checkpoint to ONNX or torch.export")
-    p.add_argument("target", help="registry name or a weights file written by blockzoo.save")
+    p.add_argument("target", help="a registered name (see: blockzoo list) or a weights file written by "
+                   "blockzoo.save or blockzoo train")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     p.add_argument("--out", required=True, help="output path (.onnx or .pt2)")
     p.add_argument("--reparameterize", action="store_true",

@@ -8,11 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from blockzoo.bench.report import FORMATS, bench_text, render
 from blockzoo.cli.common import DEFAULT_THREADS, CliError, config_pairs, nonneg_int, positive_int
-from blockzoo.registry import FAMILIES, list_blocks, spec
+from blockzoo.vocab import FAMILIES, FORMATS
 
 __all__ = ["add_arena", "add_bench"]
 
@@ -21,6 +18,8 @@ log = logging.getLogger("blockzoo")
 
 def _check_config(name: str, config: dict[str, Any]) -> None:
     """Every --config key must be an argument of the entry's constructor (unless it takes **kw)."""
+    from blockzoo.registry import spec
+
     params = inspect.signature(spec(name).builder).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -31,7 +30,11 @@ def _check_config(name: str, config: dict[str, Any]) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from blockzoo.bench.report import bench_text
     from blockzoo.bench.runner import BenchSettings, run_bench
+    from blockzoo.registry import list_blocks, spec
 
     names = list(args.names) or list_blocks(family=args.family)
     for n in names:
@@ -69,7 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="params, FLOPs, latency, memory and efficiency of blocks")
-    p.add_argument("names", nargs="*", help="entries to measure (default: all, or --family)")
+    p.add_argument("names", nargs="*",
+                   help="registered entries to measure (default: all, or --family; see: blockzoo list)")
     p.add_argument("--family", choices=FAMILIES, help="only this family")
     p.add_argument("--batch", type=positive_int, default=8)
     g = p.add_mutually_exclusive_group()
@@ -94,6 +98,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_arena(args: argparse.Namespace) -> int:
+    import torch
+
     from blockzoo.bench.arena import (
         SUMMARY_COLUMNS,
         ArenaSettings,
@@ -102,6 +108,7 @@ def cmd_arena(args: argparse.Namespace) -> int:
         run_arena,
         summarize,
     )
+    from blockzoo.bench.report import render
 
     kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
                               small_data=args.small_data)
@@ -133,8 +140,8 @@ def cmd_arena(args: argparse.Namespace) -> int:
 
 def add_arena(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
-    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate); "
-                   "'none' is the backbone without attention")
+    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate; see: "
+                   "blockzoo list --family attention); 'none' is the backbone without attention")
     p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
     p.add_argument("--epochs", type=positive_int, help="epochs per run (default 15; --quick 5)")
     p.add_argument("--seeds", type=positive_int, help="seeds per block (default 3; --quick 2)")

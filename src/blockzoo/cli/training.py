@@ -17,8 +17,8 @@ import re
 import sys
 from typing import Any
 
-from blockzoo.bench.report import FORMATS, render
 from blockzoo.cli.common import CliError
+from blockzoo.vocab import FORMATS
 
 __all__ = ["add_eval", "add_predict", "add_train", "config_help"]
 
@@ -106,7 +106,7 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from blockzoo.train import TrainConfig
+    from blockzoo.train.config import TrainConfig  # torch-free: the parser needs no engine
 
     p = sub.add_parser(
         "train", help="train a model on a data set (default: the MNIST-1D CNN on MNIST-1D)",
@@ -142,6 +142,7 @@ def _add_user_model(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import render
     from blockzoo.train import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, args.split, device=args.device, data_dir=args.data_dir,
@@ -163,6 +164,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from blockzoo.bench.report import render
     from blockzoo.train import predict
 
     rows = predict(args.checkpoint, args.input, builder=args.model)

@@ -2,6 +2,10 @@
 
 The defaults are the recipe of ``blockzoo train`` with no arguments: the MNIST-1D
 CNN on the bundled MNIST-1D data, AdamW with a linear warm-up and cosine decay.
+
+This module imports no torch at import time (``blockzoo train --help`` reads the
+fields and the docstring's ``Args:`` without it): what needs torch is imported when a
+config is checked.
 """
 
 from __future__ import annotations
@@ -16,11 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from blockzoo.checks import ConfigError
-from blockzoo.registry import unknown_name
-from blockzoo.train.optim import OPTIMIZERS, SCHEDULES
+from blockzoo.errors import ConfigError, unknown_name
 
 __all__ = ["TrainConfig"]
 
@@ -36,14 +36,15 @@ class TrainConfig:
     in one line before any data is loaded or memory allocated.
 
     Args:
-        model: a registered model name or ``module:callable`` (your own builder, importable
-            from the working directory); None picks one that fits the data's input kind
-            (MNIST-1D: the MNIST-1D CNN; vectors: tabular_mlp; images: cifar_cnn;
-            sequences and token ids: a GRU classifier or tagger) and says which.
+        model: a registered model name (``blockzoo list --family model``) or
+            ``module:callable`` (your own builder, importable from the working directory);
+            None picks one that fits the data's input kind (MNIST-1D: the MNIST-1D CNN;
+            vectors: tabular_mlp; images: cifar_cnn; sequences and token ids: a GRU
+            classifier or tagger) and says which.
         model_args: extra keyword arguments for the model's constructor.
-        data: a registered data set, ``csv:PATH`` (a table), ``text:PATH`` (sentences and
-            labels; ``text:PATH?encoder=bow|trigram|onehot``) or ``folder:PATH`` (a folder of
-            class folders of images; ``folder:PATH?size=HxW&augment=none``).
+        data: a registered data set (``blockzoo data``), ``csv:PATH`` (a table), ``text:PATH``
+            (sentences and labels; ``text:PATH?encoder=bow|trigram|onehot``) or ``folder:PATH``
+            (a folder of class folders of images; ``folder:PATH?size=HxW&augment=none``).
         data_dir: where file-backed data sets are looked for / downloaded.
         val_fraction: training share held out for validation (where no split exists), in (0, 1).
         quick: the data set's small version (tests, examples).
@@ -160,6 +161,9 @@ class TrainConfig:
         One ``ConfigError`` (a ``ValueError``) line names the option, its value and what is allowed. Numpy
         scalars are turned into Python numbers so that ``config.json`` can hold them.
         """
+        import torch  # here, not at the top: the CLI's parser reads this class without torch
+
+        from blockzoo.train.optim import OPTIMIZERS, SCHEDULES
         for name in ("data", "data_dir", "optimizer", "schedule", "runs_dir", "device"):
             _check_str(self, name)
         _check_str(self, "model", none="to choose from the data")
