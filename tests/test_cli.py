@@ -211,8 +211,8 @@ import torch
 block = blockzoo.create("mlp", in_features=8, out_features=2)
 assert block(torch.randn(3, 8)).shape == (3, 2)
 from blockzoo import create_model, attention, reparameterize
-from blockzoo.registry import create_model as registry_create_model
-assert create_model is registry_create_model
+from blockzoo.weights import create_model as weights_create_model
+assert create_model is weights_create_model  # the registry's, plus weights=
 assert attention is sys.modules["blockzoo.attention"]
 missing = [n for n in blockzoo.__all__ if n not in vars(blockzoo)]
 assert not missing, missing
