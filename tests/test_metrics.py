@@ -268,6 +268,30 @@ def test_tensorboard_scalars_match_metrics_csv(tmp_path: Path) -> None:
     assert np.mean(first_epoch) == pytest.approx(res.history[0]["grad_norm"], rel=1e-5)
 
 
+def test_tensorboard_of_a_resumed_run_has_each_step_once(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    data = load_data("blobs", quick=True)
+    common = dict(epochs=2, batch_size=8, grad_stats=True, tensorboard=True, run_dir=tmp_path, **FAST)
+    fit(nn.Linear(2, 1), data, stop_after=5, **common)
+    # what a killed run wrote after its checkpoint (steps 6, 7) is dropped on resume
+    (tmp_path / "tensorboard").rename(tmp_path / "keep")
+    w = SummaryWriter(str(tmp_path / "keep"))
+    for step in (6, 7):
+        w.add_scalar("grad_norm_per_step", -1.0, step)
+    w.close()
+    (tmp_path / "keep").rename(tmp_path / "tensorboard")
+    res = fit(nn.Linear(2, 1), data, resume=True, **common)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("grad_norm_per_step")]
+    assert steps == list(range(1, res.steps + 1))  # no step twice, none lost
+    assert all(e.value > 0 for e in acc.Scalars("grad_norm_per_step"))
+    assert [e.step for e in acc.Scalars("loss/val")] == [h["step"] for h in res.history]
+
+
 def test_tensorboard_missing_is_one_clear_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
@@ -275,6 +299,8 @@ def test_tensorboard_missing_is_one_clear_error(
     with pytest.raises(ConfigError, match=need):
         fit(nn.Linear(2, 1), load_data("blobs", quick=True), tensorboard=True, run_dir=tmp_path / "f", **FAST)
     assert not (tmp_path / "f").exists()  # refused before the run folder is made
+    with pytest.raises(ConfigError, match="writes into the run folder: give fit a run_dir"):
+        fit(nn.Linear(2, 1), load_data("blobs", quick=True), tensorboard=True, **FAST)
     assert main(["train", "--data", "blobs", "--quick", "--tensorboard", "--runs-dir", str(tmp_path),
                  "--name", "x", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -121,7 +121,7 @@ class TensorBoard(Hook):
     (``grad_norm_per_step``).
 
     A resumed run drops what the interrupted one wrote after its checkpoint's step
-    (``purge_step``), so the curves do not double back.
+    (``purge_step``: the first step this process writes), so the curves do not double back.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -129,7 +129,7 @@ class TensorBoard(Hook):
         self.writer: Any = None
 
     def on_start(self, state: RunState) -> None:
-        self.writer = summary_writer()(str(self.log_dir), purge_step=state.step or None)
+        self.writer = summary_writer()(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
 
     def on_step(self, state: RunState) -> None:
         if state.grad_norm is not None:

@@ -210,6 +210,8 @@ def fit(
     check_schedule(cfg.schedule)
     check_optimizer(cfg.optimizer, cfg.nesterov)
     if cfg.tensorboard:
+        if run_dir is None:
+            raise ConfigError("tensorboard=True writes into the run folder: give fit a run_dir")
         summary_writer()  # the package is there, before anything trains
     if run_dir is None:
         return _fit(model, data, cfg, output, None, meta)

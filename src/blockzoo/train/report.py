@@ -59,7 +59,8 @@ def per_class_table(metrics: Mapping[str, Any]) -> str | None:
 
 def train_report(result: FitResult, model: str) -> str:
     """The run's model, data, epochs, best validation and test numbers, time and folder;
-    then, where the data set has published baselines, this run beside them."""
+    then, where the data set has published baselines, this run beside them; then the
+    test split's precision, recall and F1 class by class (classification)."""
     metric = result.metric
     test = result.test.get("acc" if metric == "acc" else "loss", float("nan"))
     fmt = _pct if metric == "acc" else (lambda v: f"{v:.4g}")
@@ -83,9 +84,6 @@ def train_report(result: FitResult, model: str) -> str:
     if result.run_dir is not None and (result.run_dir / "confusion.png").exists():
         rows.append(dict(item="confusion matrix", value=str(result.run_dir / "confusion.png")))
     lines = [render(rows, "table", ["item", "value"])]
-    table = per_class_table(result.test)
-    if table:
-        lines += ["", "test split, per class:", table]
     if result.baselines:
         col = f"test {label}"
         ref = [dict(model=f"{model} (this run)", source="measured here", **{col: fmt(test)})]
@@ -94,4 +92,7 @@ def train_report(result: FitResult, model: str) -> str:
                 else "") or "reference values of the data set"
         lines += ["", f"compared with published baselines ({cite}):",
                   render(ref, "table", ["model", col, "source"])]
+    table = per_class_table(result.test)
+    if table:
+        lines += ["", "test split, per class:", table]
     return "\n".join(lines)
