@@ -68,11 +68,13 @@ def engine(data, epochs: int, batch: int, seed: int, run_dir: str | None) -> tup
     res = fit(model, data, epochs=epochs, batch_size=batch, seed=seed, quiet=True, plots=False,
               run_dir=run_dir)
     cpu = time.process_time() - c0
-    # CPU of the final test pass (and best-weights reload), measured again, is not per-epoch cost
+    # CPU of the final test and val passes (and best-weights reload), measured again, is not
+    # per-epoch cost
     c1 = time.process_time()
     if run_dir is not None:
         load_checkpoint(f"{run_dir}/best.pt")
-    evaluate(model, data.test, objective("classification", "logits", 10))
+    for split in (data.test, data.val):
+        evaluate(model, split, objective("classification", "logits", 10))
     cpu -= time.process_time() - c1
     # wall: from the first step to the end of the last epoch, its validation pass and
     # its checkpoint on disk included (the final test pass excluded)

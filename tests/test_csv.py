@@ -7,6 +7,7 @@ here are generated look-alikes (separable, so a few epochs must learn them).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from blockzoo.cli import main
 from blockzoo.data import load_data
 from blockzoo.train import TrainConfig, evaluate_checkpoint, predict
 from blockzoo.train.checkpoint import load_checkpoint
+from blockzoo.train.job import load_trained
 
 SPECIES = ("setosa", "versicolor", "virginica")
 IRIS_COLS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -167,6 +169,58 @@ def test_a_wine_run_predicts_from_rows_with_text(tmp_path: Path) -> None:
     (tmp_path / "short.csv").write_text("f0,f1,region\n1,2,east\n")
     with pytest.raises(DataError, match=re.escape("its header has no column 'f2', 'f3'")):
         predict(run / "best.pt", tmp_path / "short.csv")
+
+
+def _rows(out: str, after: str) -> dict[str, list[str]]:
+    """The rows of the printed table under the line ``after``, by their first cell."""
+    lines = out.split(after + "\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return {line.split()[0]: line.split()[1:] for line in lines}
+
+
+def test_breast_cancer_run_prints_f1_and_roc_auc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = cancer(tmp_path / "c.csv")
+    capsys.readouterr()
+    run = train_cli(f"csv:{path}", tmp_path / "runs", "--target", "diagnosis", "--epochs", "1",
+                    "--lr", "1e-3")
+    out = capsys.readouterr().out
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    items = dict(line.split("  ", 1) for line in out.split("\n\n", 1)[0].splitlines()[2:])
+    assert items["test macro-F1"].strip() == f"{test['macro_f1']:.3f}"
+    assert items["test ROC AUC"].strip() == f"{test['roc_auc']:.3f}"
+    # the AUC of the positive class (M, the second name in sorted order) from the model's logits:
+    # the fraction of (M, B) pairs in which M scores higher, ties counting 1/2
+    model, _ = load_trained(run / "best.pt")
+    data = load_data(f"csv:{path}", file_options={"target": "diagnosis"})
+    assert data.classes == ("B", "M")
+    with torch.no_grad():
+        z = model(data.test.x)[:, 0].double()
+    pos, neg = z[data.test.y[:, 0] == 1], z[data.test.y[:, 0] == 0]
+    pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+    assert test["roc_auc"] == pytest.approx(pairs.mean().item(), abs=1e-12)
+    rows = _rows(out, "test split, per class:")
+    assert list(rows) == ["B", "M"]
+    support = [int((data.test.y == k).sum()) for k in (0, 1)]
+    assert [int(r[-1]) for r in rows.values()] == support
+
+
+def test_iris_run_prints_precision_and_recall_per_species(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _, _ = iris(tmp_path / "iris.csv")
+    capsys.readouterr()
+    run = train_cli(f"csv:{path}", tmp_path / "runs", "--target", "species", "--epochs", "1")
+    out = capsys.readouterr().out
+    rows = _rows(out, "test split, per class:")
+    assert list(rows) == list(SPECIES)
+    cm = np.array(json.loads((run / "metrics.json").read_text())["test"]["confusion"])
+    for k, name in enumerate(SPECIES):
+        precision, recall, _, support = rows[name]
+        # precision_k = C[k][k] / (predicted k), recall_k = C[k][k] / (true k)
+        want_p = cm[k, k] / cm[:, k].sum() if cm[:, k].sum() else 0.0
+        assert precision == f"{want_p:.3f}" and recall == f"{cm[k, k] / cm[k].sum():.3f}"
+        assert int(support) == cm[k].sum()
+    # eval prints the same table from the checkpoint
+    assert main(["eval", "--checkpoint", str(run / "best.pt")]) == 0
+    assert _rows(capsys.readouterr().out, "test split, per class:") == rows
 
 
 # --------------------------------------------------------------------------- missing cells

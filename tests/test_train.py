@@ -178,14 +178,18 @@ def test_checkpoint_entries_round_trip_through_the_run_state(tmp_path: Path) -> 
         **FAST)
     ck = load_checkpoint(tmp_path / "last.pt")
     assert set(ck) == {"format", "model", "optimizer", "step", "epoch", "history", "grad_history",
-                       "best_val", "best_epoch", "partial", "grad_sum", "rng", "config", "meta",
-                       "data_stats", "task", "output", "num_classes", "in_chans"}
+                       "best_val", "best_epoch", "partial", "grad_sum", "norm_sum", "rng", "config",
+                       "meta", "data_stats", "task", "output", "num_classes", "in_chans"}
     assert ck["step"] == 11 and ck["epoch"] == 1 and ck["partial"][2].item() > 0  # mid-epoch sums
     state = RunState.from_checkpoint(ck)
     again = state.to_checkpoint(ck["epoch"])
     for k, v in again.items():
         assert torch.equal(v, ck[k]) if isinstance(v, torch.Tensor) else v == ck[k], k
     assert again["partial"].dtype == torch.float64 and again["grad_sum"].dtype == torch.float32
+    assert again["norm_sum"].dtype == torch.float64
+    assert again["norm_sum"].shape == (3,)  # the global norm, then the modules weight and bias
+    old = RunState.from_checkpoint({k: v for k, v in ck.items() if k != "norm_sum"})  # before norm_sum
+    assert old.norm_sum.tolist() == [0.0] and old.grad_sum.tolist() == state.grad_sum.tolist()
     state.pending.append((0.5, 1.0, 8))  # a step not yet in the sums would be lost on resume
     with pytest.raises(RuntimeError, match="read_pending first"):
         state.to_checkpoint(1)
@@ -410,6 +414,11 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
     for ra, rb in zip(a["history"], b["history"], strict=True):
         assert ra["val_acc"] == rb["val_acc"]
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-5
+    # the final metrics: rank 0 measures the whole split (the per-class numbers need every sample)
+    ma, mb = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    for split in ("test", "val"):
+        assert ma[split]["confusion"] == mb[split]["confusion"] and ma[split]["acc"] == mb[split]["acc"]
+        assert sum(map(sum, mb[split]["confusion"])) == len(getattr(load_data("digits", quick=True), split))
 
 
 # --------------------------------------------------------------------------- sequence benchmarks

@@ -43,10 +43,6 @@ def _batch_size(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"batch size must be an integer or 'full', got {text!r}") from None
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from blockzoo.train import NonFiniteLossError, TrainConfig, train
     from blockzoo.train.ddp import teardown
@@ -144,12 +140,16 @@ def _add_user_model(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from blockzoo.bench.report import render
     from blockzoo.train import evaluate_checkpoint
+    from blockzoo.train.report import LABELS, format_metric, per_class_table
 
     res = evaluate_checkpoint(args.checkpoint, args.split, device=args.device, data_dir=args.data_dir,
                               builder=args.model)
-    rows = [dict(item=k, value=(_pct(v) if k == "acc" else f"{v:.6g}") if isinstance(v, float) else v)
-            for k, v in res.items() if k != "stored_test"]
+    lists = ("stored_test", "per_class", "confusion", "classes")
+    rows = [dict(item=LABELS.get(k, k), value=format_metric(k, v)) for k, v in res.items() if k not in lists]
     print(render(rows, "table", ["item", "value"]))
+    table = per_class_table(res)
+    if table:
+        print(f"\n{args.split} split, per class:\n{table}")
     return 0
 
 

@@ -77,14 +77,21 @@ class TrainConfig:
             new run has written its first checkpoint); without it, or ``resume``, an
             existing run folder is refused.
         quiet: no progress bar and no per-epoch lines.
-        grad_stats: log per-layer gradient norms each epoch (``grad_flow.png``).
+        grad_stats: log gradient norms (measured after ``clip_grad``): each parameter's mean
+            per epoch (``grad_stats.csv``, ``grad_flow.png``), and the global and each top-level
+            module's mean (metrics.csv columns ``grad_norm``, ``grad_norm/<module>``; with
+            ``tensorboard`` also the global norm of every step).
+        tensorboard: write TensorBoard scalars (loss, accuracy, learning rate, gradient norms
+            with ``grad_stats``) to ``runs/<name>/tensorboard/``; needs the ``tensorboard``
+            package (``pip install 'blockzoo[tensorboard]'``).
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         amp: autocast dtype, ``bf16`` or ``fp16`` (``None``: off).
         compile: wrap the model with ``torch.compile``.
         channels_last: channels-last memory format (conv nets on images).
         stop_after: stop (saving ``last.pt``) after this many steps, as if killed;
             for tests of ``resume``.
-        plots: draw ``curves.png`` (and ``grad_flow.png``).
+        plots: draw ``curves.png``, ``confusion.png`` (classification) and ``grad_flow.png``
+            (``grad_stats``).
         target: a table's (``csv:``/``tsv:`` data) target column: a header name or a 0-based
             index; default the last column (``text:`` data: its label column, default ``label``).
         features: a table's feature columns, comma-separated header names or 0-based indices;
@@ -138,6 +145,7 @@ class TrainConfig:
     overwrite: bool = False
     quiet: bool = False
     grad_stats: bool = False
+    tensorboard: bool = False
     device: str = "auto"
     amp: str | None = None
     compile: bool = False
@@ -171,8 +179,8 @@ class TrainConfig:
         if self.name is not None and not _SAFE_NAME.fullmatch(self.name):
             raise ConfigError(f"name={self.name!r} must be a folder name of letters, digits, '_', '-' and "
                               "'.' (not starting with '.'), e.g. mlp_iris")
-        for name in ("quick", "nesterov", "resume", "quiet", "grad_stats", "compile", "channels_last",
-                     "plots"):
+        for name in ("quick", "nesterov", "resume", "quiet", "grad_stats", "tensorboard", "compile",
+                     "channels_last", "plots"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
         if not isinstance(self.model_args, dict) or not all(isinstance(k, str) for k in self.model_args):

@@ -3,8 +3,8 @@
 A ``Hook`` sees the run's state at four moments: the start, after each optimizer
 step, after each epoch (validated, checkpointed, its row in ``state.history``) and
 the end of the loop, however it ends. The loop calls them on rank 0 only and knows
-no logger by name; adding one (TensorBoard, say) is a new class here and one line
-where ``loop.py`` builds its list.
+no logger by name; adding one is a new class here and one line where ``loop.py``
+builds its list.
 
 A hook must not add per-step work the run does not ask for: ``on_step`` runs after
 every step, so it reads the partial sums (a host sync on an accelerator) only when
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+from blockzoo.checks import ConfigError
 from blockzoo.train import runlog
 from blockzoo.train.state import RunState
 
-__all__ = ["Console", "Hook", "MetricsFile"]
+__all__ = ["Console", "Hook", "MetricsFile", "TensorBoard", "summary_writer"]
 
 log = logging.getLogger("blockzoo.train")
 
@@ -94,3 +96,54 @@ class Console(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def summary_writer() -> type:
+    """PyTorch's ``SummaryWriter``; a ``ConfigError`` naming the extra to install if the
+    ``tensorboard`` package is missing (``fit`` asks before training starts)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard=True (--tensorboard) needs the tensorboard package: "
+                          "pip install 'blockzoo[tensorboard]'") from None
+    return SummaryWriter
+
+
+# metrics.csv columns -> TensorBoard tags: one chart per quantity, train beside val
+_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
+         "val_acc": "acc/val", "lr": "lr"}
+
+
+class TensorBoard(Hook):
+    """TensorBoard scalars in ``<run>/tensorboard/``, by optimizer step: each epoch's row of
+    ``metrics.csv`` (``loss/train``, ``loss/val``, ``acc/...``, ``lr``, ``grad_norm``,
+    ``grad_norm/<module>``) and, with ``grad_stats``, every step's global gradient norm
+    (``grad_norm_per_step``).
+
+    A resumed run drops what the interrupted one wrote after its checkpoint's step
+    (``purge_step``: the first step this process writes), so the curves do not double back.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.log_dir = run_dir / "tensorboard"
+        self.writer: Any = None
+
+    def on_start(self, state: RunState) -> None:
+        self.writer = summary_writer()(str(self.log_dir), purge_step=state.step + 1 if state.step else None)
+
+    def on_step(self, state: RunState) -> None:
+        if state.grad_norm is not None:
+            self.writer.add_scalar("grad_norm_per_step", state.grad_norm, state.step)
+
+    def on_epoch(self, state: RunState) -> None:
+        row = state.history[-1]
+        for key, value in row.items():
+            tag = _TAGS.get(key, key if key.startswith("grad_norm") else None)
+            if tag is not None and value is not None:
+                self.writer.add_scalar(tag, value, row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

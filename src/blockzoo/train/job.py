@@ -31,6 +31,7 @@ from blockzoo.train import finetune
 from blockzoo.train.checkpoint import check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.loop import FitResult, evaluate, fit, resolve_device
+from blockzoo.train.metrics import Outputs, class_names
 from blockzoo.train.task import model_outputs, objective
 
 __all__ = ["choose_model", "evaluate_checkpoint", "predict", "prepare", "train"]
@@ -304,7 +305,8 @@ def load_trained(path: str | Path, *, builder: str | Callable[..., nn.Module] | 
 def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = "auto",
                         data_dir: str | None = None,
                         builder: str | Callable[..., nn.Module] | None = None) -> dict[str, Any]:
-    """Rebuild the run's data and model from a checkpoint and measure ``split``.
+    """Rebuild the run's data and model from a checkpoint and measure ``split``: loss, accuracy
+    and the final metrics of ``metrics.py`` (per class under the data's class names).
 
     The data must still give samples of the shape (and classes) stored at training
     time: a CSV that has since lost a column is refused, not silently mis-read.
@@ -328,7 +330,10 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", *, device: str = 
     obj = objective(data.task, ck["output"], data.num_classes)
     dev = resolve_device(device)
     model.to(dev)
-    res = evaluate(model, getattr(data, split), obj, batch_size=cfg.eval_batch, device=dev)
+    keep = Outputs(obj)
+    res: dict[str, Any] = evaluate(model, getattr(data, split), obj, batch_size=cfg.eval_batch, device=dev,
+                                   collect=keep)
+    res.update(keep.metrics(class_names(native.classes, data.task, data.num_classes)))
     return {"split": split, **res, "data": data.name, "model": meta["model"],
             "epoch": ck["epoch"], "step": ck["step"], "stored_test": ck.get("test")}
 

@@ -9,8 +9,9 @@ precision, ``torch.compile`` and DDP.
 ``fit`` claims the run folder; ``_setup`` builds the ``Run`` (what training uses)
 and the ``RunState`` (what it changes, new or resumed: ``state.py``); ``_train`` is
 the loop — ``train_step`` per batch, ``end_epoch`` per epoch (validation, best,
-checkpoint), the hooks (``hooks.py``: metrics.csv, the console) after each — and
-``evaluate_best`` tests the best weights and writes the run's outputs.
+checkpoint), the hooks (``hooks.py``: metrics.csv, the console, TensorBoard) after
+each — and ``evaluate_best`` tests the best weights (``metrics.py``: per-class
+precision/recall, F1, ROC AUC; MSE, MAE, R^2) and writes the run's outputs.
 
 Resume is exact: the data order of epoch e depends only on (seed, e), the
 schedule only on the step, and the checkpoint holds the model, the optimizer, the
@@ -28,7 +29,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ from blockzoo.train import ddp, runlog
 from blockzoo.train.checkpoint import load_checkpoint, save_checkpoint
 from blockzoo.train.config import TrainConfig
 from blockzoo.train.finetune import param_groups
-from blockzoo.train.hooks import Console, Hook, MetricsFile
+from blockzoo.train.hooks import Console, Hook, MetricsFile, TensorBoard, summary_writer
+from blockzoo.train.metrics import Outputs, class_names, grad_groups
 from blockzoo.train.optim import build_optimizer, check_optimizer, check_schedule, lr_factor
 from blockzoo.train.state import Diverged, Run, RunState, finite, jsonable, resume_run, save_run
 from blockzoo.train.task import Objective, model_outputs, objective
@@ -65,7 +67,7 @@ class FitResult:
 
     model: nn.Module
     history: list[dict[str, Any]]
-    test: dict[str, float]
+    test: dict[str, Any]  # loss, acc and the final metrics of metrics.py on the test split
     best_epoch: int
     best_val: float | None
     steps: int
@@ -79,6 +81,7 @@ class FitResult:
     baselines: dict[str, float] = field(default_factory=dict)
     model_name: str = ""  # the registered name or import target it was built from, if known
     monitor: str = "val_acc"  # what best_val and best_epoch are by
+    val: dict[str, Any] = field(default_factory=dict)  # the best weights' final metrics on val
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,8 +123,13 @@ def evaluate(
     dist: ddp.Dist | None = None,
     amp: str | None = None,
     channels_last: bool = False,
+    collect: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy (classification) of ``model`` on ``split``, summed over ranks."""
+    """Mean loss and accuracy (classification) of ``model`` on ``split``, summed over ranks.
+
+    ``collect(scores, targets)``, if given, sees each batch (this rank's share): the final
+    metrics' ``metrics.Outputs`` keeps what it needs of them.
+    """
     dist = dist or ddp.Dist()
     device = torch.device(device)
     was_training = model.training
@@ -137,6 +145,8 @@ def evaluate(
         sums[0] += obj.loss_sum(out, y).double()
         sums[1] += obj.correct(out, y).double()
         sums[2] += len(x)
+        if collect is not None:
+            collect(out, y)
     ddp.all_reduce_sum(sums, dist)
     model.train(was_training)
     n = max(1.0, sums[2].item())
@@ -151,10 +161,11 @@ def _read_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def _evaluate(run: Run, split: TensorData) -> dict[str, float]:
+def _evaluate(run: Run, split: TensorData, *, dist: ddp.Dist | None = None,
+              collect: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     cfg = run.cfg
-    return evaluate(run.model, split, run.obj, batch_size=cfg.eval_batch, device=run.device, dist=run.dist,
-                    amp=cfg.amp, channels_last=cfg.channels_last)
+    return evaluate(run.model, split, run.obj, batch_size=cfg.eval_batch, device=run.device,
+                    dist=dist or run.dist, amp=cfg.amp, channels_last=cfg.channels_last, collect=collect)
 
 
 def _grad_norms(model: nn.Module, names: list[str]) -> torch.Tensor:
@@ -198,6 +209,10 @@ def fit(
         cfg = TrainConfig.from_dict({**dict(config or {}), **overrides})
     check_schedule(cfg.schedule)
     check_optimizer(cfg.optimizer, cfg.nesterov)
+    if cfg.tensorboard:
+        if run_dir is None:
+            raise ConfigError("tensorboard=True writes into the run folder: give fit a run_dir")
+        summary_writer()  # the package is there, before anything trains
     if run_dir is None:
         return _fit(model, data, cfg, output, None, meta)
     # the run folder: locked for this run; an existing run is replaced only by --overwrite,
@@ -226,9 +241,9 @@ def _fit(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir: P
         stopped, interrupted, seconds = _train(run, state)
     except Diverged as e:
         raise _non_finite(run, e) from None
-    test = {} if stopped or interrupted else evaluate_best(run, state)
+    test, val = ({}, {}) if stopped or interrupted else evaluate_best(run, state)
     best_val = state.best_val
-    return FitResult(model=model, history=state.history, test=test, best_epoch=state.best_epoch,
+    return FitResult(model=model, history=state.history, test=test, val=val, best_epoch=state.best_epoch,
                      best_val=best_val if run.monitor == "val_acc" or best_val is None else -best_val,
                      steps=state.step, seconds=seconds, metric=data.metric, run_dir=run_dir,
                      stopped=stopped, interrupted=interrupted, grad_history=state.grad_history,
@@ -254,12 +269,15 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
                          world_size=dist.world_size, augment=data.augment)
     per_epoch = len(loader)
+    grad_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    groups, group_index = grad_groups(grad_names)
     run = Run(cfg=cfg, data=data, obj=obj, model=model, net=model, opt=opt, scaler=scaler, loader=loader,
               device=device, dist=dist, total=cfg.steps or cfg.epochs * per_epoch, per_epoch=per_epoch,
-              grad_names=[n for n, p in model.named_parameters() if p.requires_grad],
+              grad_names=grad_names, grad_groups=groups, grad_index=group_index,
               run_dir=run_dir, meta=dict(meta or {}), read_every=_read_every(device))
     # resume before DDP wraps the model: DDP starts every rank from rank 0's weights
-    state = resume_run(run) if cfg.resume else RunState(grad_sum=torch.zeros(len(run.grad_names)))
+    state = resume_run(run) if cfg.resume else RunState(
+        grad_sum=torch.zeros(len(grad_names)), norm_sum=torch.zeros(1 + len(groups), dtype=torch.float64))
     if dist.enabled:
         run.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -280,12 +298,14 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
 
 
 def _hooks(run: Run, epochs: int) -> list[Hook]:
-    """Rank 0's loggers, called in this order: ``metrics.csv``, then the console."""
+    """Rank 0's loggers, called in this order: ``metrics.csv``, TensorBoard, the console."""
     if not run.main:
         return []
     hooks: list[Hook] = []
     if run.run_dir is not None:
         hooks.append(MetricsFile(run.run_dir))
+        if run.cfg.tensorboard:
+            hooks.append(TensorBoard(run.run_dir))
     if not run.cfg.quiet:
         hooks.append(Console(total=run.total, epochs=epochs, per_epoch=run.per_epoch,
                              classify=run.obj.task != "regression", bar=sys.stderr.isatty()))
@@ -377,7 +397,7 @@ def train_step(run: Run, state: RunState, x: torch.Tensor, y: torch.Tensor, n_gl
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     if cfg.grad_stats:
-        state.grad_sum += _grad_norms(run.model, run.grad_names).cpu()
+        state.add_grad_norms(_grad_norms(run.model, run.grad_names).cpu(), run.grad_index)
     if run.scaler is not None:
         run.scaler.step(opt)
         run.scaler.update()
@@ -401,12 +421,11 @@ def end_epoch(run: Run, state: RunState, epoch: int, t0: float) -> None:
     classify = run.obj.task != "regression"
     if classify:
         row.update(train_acc=train["acc"], val_acc=val["acc"])
+    if run.cfg.grad_stats:  # the epoch's mean norms; its steps: fewer than per_epoch at a --steps end
+        steps = state.step - epoch * run.per_epoch
+        row.update(state.close_grad_norms(run.grad_names, run.grad_groups, steps))
     row["seconds"] = round(time.perf_counter() - t0, 3)
     state.history.append(row)
-    if run.cfg.grad_stats:
-        state.grad_history.append({n: (g / run.per_epoch).item()
-                                   for n, g in zip(run.grad_names, state.grad_sum, strict=True)})
-        state.grad_sum.zero_()
     state.reset_sums()
     if run.monitor == "val_acc":
         improved = state.keep_best(val["acc"], epoch + 1, tie_loss=val["loss"])
@@ -419,16 +438,38 @@ def end_epoch(run: Run, state: RunState, epoch: int, t0: float) -> None:
         hook.on_epoch(state)
 
 
-def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
-    """Test the best-on-validation weights (``best.pt``), then write the run's outputs: the
-    test metrics into ``best.pt``, the deployable ``model.safetensors``, the figures."""
+def _final(run: Run, split: TensorData) -> dict[str, Any]:
+    """Loss, accuracy and the final metrics (``metrics.py``) of the model on ``split``.
+
+    One pass; under DDP the ranks sum loss and accuracy as every epoch, and rank 0 then
+    computes the metrics alone in a pass over the whole split (they need every sample).
+    """
+    keep = Outputs(run.obj)
+    res: dict[str, Any] = _evaluate(run, split, collect=None if run.dist.enabled else keep)
+    if run.main:
+        if run.dist.enabled:
+            _evaluate(run, split, dist=ddp.Dist(), collect=keep)
+        res.update(keep.metrics(class_names(run.data.classes, run.obj.task, run.data.num_classes)))
+    return res
+
+
+def evaluate_best(run: Run, state: RunState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Test the best-on-validation weights (``best.pt``) on the test and validation splits,
+    then write the run's outputs: the test metrics into ``best.pt``, both splits' in
+    ``metrics.json``, the deployable ``model.safetensors``, the figures.
+
+    Returns:
+        ``(test, val)``: loss, accuracy and the final metrics of each split (rank 0; the
+        other ranks get loss and accuracy).
+    """
     best_pt, run_dir = run.best_pt, run.run_dir
     ddp.barrier(run.dist)  # rank 0 has written best.pt
     if best_pt is not None and best_pt.exists():
         run.model.load_state_dict(load_checkpoint(best_pt, map_location=run.device)["model"])
-    test = _evaluate(run, run.data.test)
+    test, val = _final(run, run.data.test), _final(run, run.data.val)
     if run_dir is None or not run.main:
-        return test
+        return test, val
+    runlog.write_final_metrics(run_dir, {"test": test, "val": val})
     if best_pt is not None and best_pt.exists():
         ck = load_checkpoint(best_pt)
         ck["test"] = test
@@ -447,7 +488,12 @@ def evaluate_best(run: Run, state: RunState) -> dict[str, float]:
         if state.grad_history:
             runlog.write_grad_stats(run_dir, state.grad_history)
             runlog.plot_grad_flow(run_dir, state.grad_history, f"gradient flow: {title}")
-    return test
+        if "confusion" in test:
+            from blockzoo.viz.confusion import plot_confusion
+
+            plot_confusion(test["confusion"], test["classes"], run_dir / "confusion.png",
+                           title=f"test confusion matrix: {title}")
+    return test, val
 
 
 def _non_finite(run: Run, e: Diverged) -> NonFiniteLossError:

@@ -1,4 +1,4 @@
-"""The run directory: ``config.json``, ``metrics.csv``, ``curves.png``, ``grad_flow.png``.
+"""The run directory: ``config.json``, ``metrics.csv``, ``metrics.json``, ``curves.png``, ``grad_flow.png``.
 
 ``RunFolder`` claims a run directory for one run: a lock against a second run of
 the same name, a refusal to start over an existing run unless asked, and for
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,13 +25,13 @@ from typing import Any, TextIO
 from blockzoo.checks import ConfigError
 
 __all__ = [
-    "RUN_FILES", "RunFolder", "plot_curves", "plot_grad_flow", "write_config", "write_grad_stats",
-    "write_metrics",
+    "RUN_FILES", "RunFolder", "plot_curves", "plot_grad_flow", "write_config", "write_final_metrics",
+    "write_grad_stats", "write_metrics",
 ]
 
 # The files a run leaves in its folder; any of them means the folder holds a run.
 RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "model.safetensors", "grad_stats.csv",
-             "curves.png", "grad_flow.png")
+             "curves.png", "grad_flow.png", "metrics.json", "confusion.png", "tensorboard")
 
 
 def _lock(f: TextIO) -> bool:
@@ -163,14 +164,30 @@ def write_config(run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, A
 
 
 def write_metrics(run_dir: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """One row per epoch; the columns of every row (a run resumed with other options may add
+    some: the earlier rows leave them empty)."""
     if not history:
         return
-    cols = list(history[0])
+    cols = list(dict.fromkeys(k for row in history for k in row))
     with _atomic(run_dir / "metrics.csv", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_final_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """``metrics.json``: the best weights' final metrics by split (``metrics.py``)."""
+    def finite(v: Any) -> Any:  # NaN and infinity are not JSON: None (undefined)
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, Mapping):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    _atomic_text(run_dir / "metrics.json", json.dumps(finite(metrics), indent=2, allow_nan=False) + "\n")
 
 
 def write_grad_stats(run_dir: Path, grad_history: Sequence[Mapping[str, float]]) -> None:

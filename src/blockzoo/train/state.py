@@ -33,6 +33,7 @@ from blockzoo.io import mismatch, shapes_of
 from blockzoo.train import ddp
 from blockzoo.train.checkpoint import CheckpointWriter, check_run_checkpoint, load_checkpoint
 from blockzoo.train.config import TrainConfig
+from blockzoo.train.metrics import group_norms
 from blockzoo.train.task import Objective
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class RunState:
 
     Attributes:
         grad_sum: per-parameter gradient norms summed over this epoch's steps (``grad_stats``).
+        norm_sum: the global gradient norm, then each top-level module's, summed over this
+            epoch's steps (``grad_stats``; float64).
         step: optimizer steps taken.
         history: one row per finished epoch (the lines of ``metrics.csv``).
         grad_history: per epoch, each parameter's mean gradient norm.
@@ -72,9 +75,11 @@ class RunState:
         loss_sum, correct, count: this epoch's training loss sum, right answers and samples.
         lr: the learning rate now set in the optimizer (a function of the step: not saved).
         pending: finished steps not yet added to the sums, as (mean loss, right, samples).
+        grad_norm: the last step's global gradient norm (``grad_stats``; not saved).
     """
 
     grad_sum: torch.Tensor
+    norm_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(1, dtype=torch.float64))
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     grad_history: list[dict[str, float]] = field(default_factory=list)
@@ -85,6 +90,7 @@ class RunState:
     count: int = 0
     lr: float | None = None
     pending: list[tuple[Any, Any, int]] = field(default_factory=list)
+    grad_norm: float | None = None
 
     def read_pending(self) -> None:
         """Add the finished steps in ``pending`` to the epoch's sums, in step order.
@@ -107,6 +113,26 @@ class RunState:
     def partial(self) -> torch.Tensor:
         """This epoch's sums as one float64 tensor: loss, right answers, samples."""
         return torch.tensor([self.loss_sum, self.correct, float(self.count)], dtype=torch.float64)
+
+    def add_grad_norms(self, norms: torch.Tensor, index: torch.Tensor) -> None:
+        """Add one step's per-parameter gradient norms (on the host) to the epoch's sums, with
+        the global and per-module norms they make (``index``: each parameter's module)."""
+        self.grad_sum += norms
+        step = group_norms(norms, index, len(self.norm_sum) - 1)
+        self.norm_sum += step
+        self.grad_norm = step[0].item()
+
+    def close_grad_norms(self, names: list[str], groups: list[str], steps: int) -> dict[str, float]:
+        """End an epoch of ``steps`` steps' gradient sums: each parameter's mean norm goes to
+        ``grad_history``; the mean global and per-module norms are returned as the epoch's
+        ``grad_norm`` and ``grad_norm/<module>`` entries (its metrics.csv columns)."""
+        n = max(1, steps)
+        self.grad_history.append({k: (g / n).item() for k, g in zip(names, self.grad_sum, strict=True)})
+        means = (self.norm_sum / n).tolist()
+        row = {"grad_norm": means[0], **{f"grad_norm/{g}": v for g, v in zip(groups, means[1:], strict=True)}}
+        self.grad_sum.zero_()
+        self.norm_sum.zero_()
+        return row
 
     def reset_sums(self) -> None:
         """Start a new epoch's sums."""
@@ -132,13 +158,16 @@ class RunState:
             raise RuntimeError(f"{len(self.pending)} finished steps not yet in the sums: read_pending first")
         return dict(step=self.step, epoch=epoch, history=self.history, grad_history=self.grad_history,
                     best_val=self.best_val, best_epoch=self.best_epoch, partial=self.partial(),
-                    grad_sum=self.grad_sum.clone())
+                    grad_sum=self.grad_sum.clone(), norm_sum=self.norm_sum.clone())
 
     @classmethod
     def from_checkpoint(cls, ck: dict[str, Any]) -> RunState:
-        """The state saved by ``to_checkpoint`` (``check_run_checkpoint`` has checked the types)."""
+        """The state saved by ``to_checkpoint`` (``check_run_checkpoint`` has checked the types;
+        a checkpoint older than ``norm_sum`` gets the one-entry default, which ``resume_run`` sizes)."""
         partial = ck["partial"]
-        return cls(grad_sum=ck["grad_sum"].float(), step=ck["step"], history=list(ck["history"]),
+        norm_sum = ck.get("norm_sum")
+        extra = {"norm_sum": norm_sum.double()} if isinstance(norm_sum, torch.Tensor) else {}
+        return cls(grad_sum=ck["grad_sum"].float(), **extra, step=ck["step"], history=list(ck["history"]),
                    grad_history=list(ck.get("grad_history", [])), best_val=ck["best_val"],
                    best_epoch=ck["best_epoch"], loss_sum=partial[0].item(), correct=partial[1].item(),
                    count=int(partial[2].item()))
@@ -161,6 +190,8 @@ class Run:
     total: int  # steps
     per_epoch: int
     grad_names: list[str]  # the trained parameters (``grad_stats``)
+    grad_groups: list[str]  # their top-level modules, in order (``grad_stats``)
+    grad_index: torch.Tensor  # each parameter's index in grad_groups
     run_dir: Path | None
     meta: dict[str, Any]
     read_every: int  # steps between host reads of the loss
@@ -215,6 +246,8 @@ def resume_run(run: Run) -> RunState:
         raise FileFormatError(f"--resume: the optimizer state in {path} does not fit --optimizer "
                               f"{run.cfg.optimizer} ({e})") from None
     state = RunState.from_checkpoint(ck)
+    if state.norm_sum.shape != (1 + len(run.grad_groups),):  # a checkpoint older than norm_sum
+        state.norm_sum = torch.zeros(1 + len(run.grad_groups), dtype=torch.float64)
     torch.set_rng_state(ck["rng"].cpu())
     if run.device.type == "cuda" and "cuda_rng" in ck:
         torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), run.device)

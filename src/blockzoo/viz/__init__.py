@@ -2,6 +2,7 @@
 
 - ``activations``: each activation of ``blockzoo.act`` and its autograd derivative;
 - ``attention``: attention weights / gates read through ``record_attention``;
+- ``confusion``: a classifier's confusion matrix (the training run's ``confusion.png``);
 - ``posenc``: positional-encoding tables and their dot product by offset;
 - ``shapes``: every layer's output shape, parameters and FLOPs for one forward.
 
@@ -13,6 +14,7 @@ figure is drawn.
 
 from blockzoo.viz.activations import activation_curves, plot_activations
 from blockzoo.viz.attention import attention_maps, plot_attention
+from blockzoo.viz.confusion import plot_confusion, row_fractions
 from blockzoo.viz.posenc import encoding_table, offset_dot_products, plot_posenc
 from blockzoo.viz.shapes import LayerRow, layer_table, plot_shapes
 
@@ -25,6 +27,8 @@ __all__ = [
     "offset_dot_products",
     "plot_activations",
     "plot_attention",
+    "plot_confusion",
     "plot_posenc",
     "plot_shapes",
+    "row_fractions",
 ]
