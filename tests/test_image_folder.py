@@ -120,7 +120,10 @@ def test_flat_folder_split_and_colour(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f", 10, sizes=(14,))  # mixed grayscale and RGB: RGB
     d = load_data(f"folder:{root}?augment=none")
     assert d.in_chans == 3 and len(d.train) + len(d.val) + len(d.test) == 30
-    assert len(d.test) == 6 and len(d.val) == 2  # 20% test (fixed), 10% of the rest
+    # 20% test (fixed), 10% of the rest (2.4 images) but one image of each class at least
+    assert len(d.test) == 6 and len(d.val) == 3
+    assert [torch.bincount(getattr(d, s).y, minlength=3).tolist() for s in ("train", "val", "test")] == [
+        [7, 7, 7], [1, 1, 1], [2, 2, 2]]  # stratified: each class in proportion in every split
     # the test images do not move with the run's seed; validation does
     d1 = load_data(f"folder:{root}?augment=none", seed=1)
     def raw(data, split):  # the pixels before standardisation

@@ -25,6 +25,11 @@ LANGS = ("english", "spanish")
 ONLY = ["solo0", "solo1", "solo2", "solo3", "solo4", "solo5"]  # one row each: some miss the training split
 
 
+def labels_of(rows: list[tuple[str, str]]) -> torch.Tensor:
+    """Each row's class index (sorted label names), as the loader numbers them."""
+    return torch.tensor([LANGS.index(label) for _, label in rows])
+
+
 def write_en_es(path: Path, n: int = 300, *, sep: str = ",") -> list[tuple[str, str]]:
     """The lesson's sentences (``bow_en_es``'s generator) as ``text,label`` rows, with a few
     capitals and punctuation, and six rows that each hold a word no other row has."""
@@ -53,7 +58,7 @@ def test_trains_on_english_spanish_and_predicts_class_names(tmp_path: Path, capl
     data = load_data(f"text:{path}")
     assert data.classes == LANGS and data.input == "vector" and not data.ids
     # the vocabulary is the training split's words only (val/test words are "other")
-    tr, _, _ = split_indices(len(rows), 0, 0.1, 0.2)
+    tr, _, _ = split_indices(len(rows), 0, 0.1, 0.2, labels_of(rows))  # stratified, as the loader
     train_words = {w for i in tr.tolist() for w in words(rows[i][0])}
     keys = data.stats["text"]["keys"]
     assert keys == sorted(train_words) and data.shape == (len(keys) + 1,)
@@ -94,7 +99,7 @@ def test_trigram_and_onehot_encoders(tmp_path: Path, encoder: str, caplog: pytes
     rows = write_en_es(path, 240, sep="\t")
     spec = f"text:{path}?encoder={encoder}"
     data = load_data(spec)
-    tr, _, _ = split_indices(len(rows), 0, 0.1, 0.2)
+    tr, _, _ = split_indices(len(rows), 0, 0.1, 0.2, labels_of(rows))  # stratified, as the loader
     train_words = sorted({w for i in tr.tolist() for w in words(rows[i][0])})
     keys = data.stats["text"]["keys"]
     first = words(rows[tr[0].item()][0])

@@ -32,12 +32,14 @@ __all__ = [
     "TensorData",
     "TensorLoader",
     "dataset_entry",
+    "is_file_data",
     "list_datasets",
     "load_data",
     "parse_file_spec",
     "register_dataset",
     "register_file_loader",
     "split_indices",
+    "split_off",
     "split_train_val",
     "standardize",
     "subsample",
@@ -197,28 +199,84 @@ def view_tensor(x: torch.Tensor, from_kind: str, to_kind: str) -> torch.Tensor:
         raise ConfigError(f"no view of {from_kind} inputs as {to_kind}") from None
 
 
-def split_train_val(
-    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[TensorData, TensorData]:
-    """Split off a random ``val_fraction`` of (x, y) as validation, deterministically."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction} must be in (0, 1)")
-    n = len(x)
+def split_off(n: int, fraction: float, seed: int, labels: torch.Tensor | None = None, *, reserve: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices ``(kept, held)``: a seeded random ``fraction`` of ``n`` rows held out (at least one).
+
+    Without ``labels`` the first ``round(n * fraction)`` rows of a seeded permutation are held.
+    With ``labels`` (one class index per row) the split is stratified: the same number of rows
+    is held out, shared among the classes in proportion to their sizes (largest remainders
+    take the rounding), so every class keeps its share in both parts. A class with more than
+    ``reserve`` rows holds out at least one and keeps at least ``reserve`` (the rows later
+    splits and training need); a smaller class holds out none. Within a class the held rows
+    are the first of the same seeded permutation, so the result depends only on ``seed``,
+    ``n`` and the labels.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"val/test fraction {fraction} must be in (0, 1)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(n * val_fraction))
-    va, tr = perm[:n_val], perm[n_val:]
+    n_held = max(1, round(n * fraction))
+    if labels is None:
+        return perm[n_held:], perm[:n_held]
+    if labels.shape != (n,) or labels.dtype.is_floating_point:
+        raise ConfigError(f"split_off: expected labels (n={n},) of class indices, got "
+                          f"{tuple(labels.shape)} {labels.dtype}")
+    counts = torch.bincount(labels)
+    quota = _share(counts.tolist(), n_held, reserve)
+    # each row's rank among the rows of its class, in permutation order
+    cls = labels[perm]
+    order = torch.sort(cls, stable=True).indices  # rows grouped by class, permutation order kept
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n) - starts[cls[order]]
+    held = rank < torch.tensor(quota, dtype=torch.int64)[cls]
+    return perm[~held], perm[held]
+
+
+def _share(counts: list[int], total: int, reserve: int) -> list[int]:
+    """How many rows of each class to hold out: ``total`` in proportion to ``counts`` (largest
+    remainders), each class with more than ``reserve`` rows at least 1 and at most
+    ``count - reserve``, a smaller class none; the sum exceeds ``total`` only where these
+    minimums demand it."""
+    n = sum(counts)
+    exact = [c * total / n for c in counts]
+    low = [1 if c > reserve else 0 for c in counts]
+    high = [max(c - reserve, 0) for c in counts]
+    out = [min(max(math.floor(e), lo), hi) for e, lo, hi in zip(exact, low, high, strict=True)]
+    # ties in the remainder go to the lower class index: deterministic
+    by_remainder = sorted(range(len(counts)), key=lambda k: (out[k] - exact[k], k))
+    while sum(out) < total and any(o < h for o, h in zip(out, high, strict=True)):
+        for k in by_remainder:
+            if sum(out) < total and out[k] < high[k]:
+                out[k] += 1
+    while sum(out) > total and any(o > lo for o, lo in zip(out, low, strict=True)):
+        for k in reversed(by_remainder):
+            if sum(out) > total and out[k] > low[k]:
+                out[k] -= 1
+    return out
+
+
+def split_train_val(
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int, *, stratify: bool = False
+) -> tuple[TensorData, TensorData]:
+    """Split off a random ``val_fraction`` of (x, y) as validation, deterministically; with
+    ``stratify``, each class of ``y`` (class indices) in proportion (``split_off``)."""
+    tr, va = split_off(len(x), val_fraction, seed, y if stratify else None)
     return TensorData(x[tr], y[tr]), TensorData(x[va], y[va])
 
 
-def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float,
+                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row indices of train, val and test: the test rows are fixed (seeded by ``n``, so they do
-    not move with the run's seed), val a seeded share of the rest."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
-    n_test = max(1, round(n * test_fraction))
-    te, rest = perm[:n_test], perm[n_test:]
-    train, val = split_train_val(rest, rest, val_fraction, seed)
-    return train.x, val.x, te
+    not move with the run's seed), val a seeded share of the rest.
+
+    With ``labels`` (a classifier's class index per row) both splits are stratified
+    (``split_off``): each class is in train, val and test in proportion to its size, and a
+    class with 3 rows or more has at least one row in each.
+    """
+    rest, te = split_off(n, test_fraction, n, labels, reserve=2)
+    tr, va = split_off(len(rest), val_fraction, seed, None if labels is None else labels[rest])
+    return rest[tr], rest[va], te
 
 
 def parse_file_spec(spec: str, parsers: Mapping[str, Callable[[str], Any]], prefix: str
@@ -322,6 +380,13 @@ def register_file_loader(prefix: str) -> Callable[[Callable[..., Data]], Callabl
         return fn
 
     return deco
+
+
+def is_file_data(name: str) -> bool:
+    """Whether ``name`` (``load_data``'s, and so ``Data.name``) is a user's own file, ``PREFIX:PATH``
+    of a registered file loader (``csv:``, ``text:``, ...), rather than a registered data set."""
+    prefix, sep, _ = name.partition(":")
+    return bool(sep) and prefix in _FILE_LOADERS
 
 
 def list_datasets() -> list[str]:

@@ -8,10 +8,11 @@ The layout other libraries' image-folder readers know::
 Classes are the sorted names of the class folders (of ``train/`` in the split layout).
 Without ``test/``, a fixed share of the training images is held out as test (the same
 images whatever the run's seed); without ``val/``, a seeded share of the rest is
-validation. Images (PNG, JPEG, BMP, GIF, WebP; grayscale or colour, any size) are
-decoded with Pillow, scaled to cover ``size`` and centre-cropped, as pixels in [0, 1]:
-one channel if every training image is grayscale, else RGB. Files that are not images
-are skipped and counted; an image that cannot be decoded is a ``DataError`` naming it.
+validation; both shares are stratified (each class in proportion, ``base.split_off``).
+Images (PNG, JPEG, BMP, GIF, WebP; grayscale or colour, any size) are decoded with
+Pillow, scaled to cover ``size`` and centre-cropped, as pixels in [0, 1]: one channel
+if every training image is grayscale, else RGB. Files that are not images are skipped
+and counted; an image that cannot be decoded is a ``DataError`` naming it.
 
 Two ways to the engine, chosen by ``cache`` and logged with the reason:
 
@@ -52,7 +53,7 @@ from PIL import Image, UnidentifiedImageError
 
 from blockzoo.checks import ConfigError, DataError
 from blockzoo.data.augment import BatchAugment
-from blockzoo.data.base import Data, TensorData, parse_file_spec, register_file_loader
+from blockzoo.data.base import Data, TensorData, parse_file_spec, register_file_loader, split_off
 from blockzoo.data.stream import LazyTensor
 
 __all__ = ["IMAGE_SUFFIXES", "MEMORY_LIMIT", "FolderOptions", "image_files", "image_inputs", "load_folder",
@@ -201,15 +202,14 @@ def _scan(root: Path, skipped: Counter[str]) -> tuple[list[str], dict[str, list[
     return classes, out
 
 
-def _split(items: list[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
-    """(rest, held out): a seeded random ``fraction`` of ``items`` held out (at least one)."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"val/test fraction {fraction} must be in (0, 1)")
+def _split(items: list[tuple[Path, int]], fraction: float, seed: int, reserve: int) -> tuple[list, list]:
+    """(rest, held out): a seeded random ``fraction`` of ``items`` held out (at least one), each
+    class in proportion, ``reserve`` images of a class kept for the splits after (``split_off``)."""
     if len(items) < 3:
         raise DataError(f"folder data: {len(items)} images are too few to split off validation and test")
-    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n = max(1, round(len(items) * fraction))
-    return [items[i] for i in perm[n:]], [items[i] for i in perm[:n]]
+    labels = torch.tensor([c for _, c in items], dtype=torch.int64)
+    rest, held = split_off(len(items), fraction, seed, labels, reserve=reserve)
+    return [items[i] for i in rest.tolist()], [items[i] for i in held.tolist()]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -329,9 +329,10 @@ def load_folder(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1,
                     root, sum(skipped.values()), kinds)
     if "test" not in splits:
         # a fixed seed: the test images do not change with the run's seed
-        splits["train"], splits["test"] = _split(splits["train"], test_fraction, len(splits["train"]))
+        splits["train"], splits["test"] = _split(splits["train"], test_fraction, len(splits["train"]),
+                                                 reserve=1 if "val" in splits else 2)
     if "val" not in splits:
-        splits["train"], splits["val"] = _split(splits["train"], val_fraction, seed)
+        splits["train"], splits["val"] = _split(splits["train"], val_fraction, seed, reserve=1)
     heads = {p: _header(p) for s in _SPLITS for p, _ in splits[s]}
     channels = 1 if all(heads[p][0] in _GRAY_MODES for p, _ in splits["train"]) else 3
     size = opts.size or _common_size(root, heads)

@@ -324,7 +324,9 @@ def load_table(path: str | Path, *, delimiter: str = ",", prefix: str = "csv", s
     del cells
 
     task, k, y, classes = _target(cols[t], task, which, source)
-    tr, va, te = split_indices(len(y), seed, val_fraction, test_fraction)
+    # a classifier's splits are stratified: each class in proportion in train, val and test
+    labels = None if task == "regression" else y.view(len(y), -1)[:, 0].long()
+    tr, va, te = split_indices(len(y), seed, val_fraction, test_fraction, labels)
     blocks, specs = zip(*(_encode(cols[j], tr.numpy(), fill_missing, header[j] if header else None, source)
                           for j in feats), strict=True)
     x = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))  # (B, F)
@@ -367,7 +369,8 @@ def load_csv(path: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test
 
     Rows are shuffled with ``seed`` (fixed seed for the test split, so the test rows
     do not change with the run's seed), ``test_fraction`` held out as test and
-    ``val_fraction`` of the rest as validation.
+    ``val_fraction`` of the rest as validation; for classes both splits are stratified
+    (each class in proportion, one row at least of a class of 3 or more: ``split_indices``).
 
     Args:
         path: the file (comma-separated; a header row is detected).

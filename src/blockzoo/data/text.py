@@ -11,7 +11,8 @@ The text is the column ``text`` (or ``--features NAME``: one column; else the fi
 the label the column ``label`` (or ``--target NAME``; else the last). A ``.tsv`` file is
 tab-separated. Labels are classes, named as the file spells them and sorted (a softmax
 classifier, two classes too). Rows are shuffled with the run's seed as tables are: a
-fixed 20% is test, ``val_fraction`` of the rest validation.
+fixed 20% is test, ``val_fraction`` of the rest validation, each class in proportion
+(stratified).
 
 Words are the lower-cased runs of letters and digits (``\\w+``: any script, ``agua`` and
 ``niño`` alike; punctuation is dropped). They are encoded with the library's own word
@@ -266,7 +267,7 @@ def load_text(spec: str | Path, *, seed: int = 0, val_fraction: float = 0.1, tes
                         "every row; a classifier needs at least two")
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[lab] for lab in labels], dtype=torch.int64)
-    tr, va, te = split_indices(len(y), seed, val_fraction, test_fraction)
+    tr, va, te = split_indices(len(y), seed, val_fraction, test_fraction, y)  # stratified
     train = [sentences[i] for i in tr.tolist()]
     table = _table(train, encoder)
     enc_spec: dict[str, Any] = {"encoder": encoder, "keys": table, "column": text_col}

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from blockzoo.checks import ConfigError
-from blockzoo.data.base import Data, TensorData
+from blockzoo.data.base import Data, TensorData, is_file_data
 from blockzoo.data.stream import make_loader
 from blockzoo.io import DATA_KEY, SAMPLE_SHAPE_KEY
 from blockzoo.io import save as save_weights
@@ -269,6 +269,11 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank,
                          world_size=dist.world_size, augment=data.augment)
     per_epoch = len(loader)
+    # the default budget (epochs=None) is settled here, where the steps per epoch are known, and
+    # written to config.json as the epochs chosen, so that replaying the run is exact
+    cfg, budget = cfg.settle_epochs(per_epoch, len(data.train), is_file_data(data.name))
+    if budget and dist.main and not cfg.quiet:
+        log.info(budget)
     grad_names = [n for n, p in model.named_parameters() if p.requires_grad]
     groups, group_index = grad_groups(grad_names)
     run = Run(cfg=cfg, data=data, obj=obj, model=model, net=model, opt=opt, scaler=scaler, loader=loader,
