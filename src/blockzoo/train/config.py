@@ -24,8 +24,8 @@ from blockzoo.errors import ConfigError, unknown_name
 
 __all__ = ["DEFAULT_EPOCHS", "MIN_FILE_STEPS", "TrainConfig", "default_epochs"]
 
-# The default budget: 25 epochs is the MNIST-1D recipe (4,000 training samples at batch 64:
-# 1,575 steps). A table of 150 rows gets 2 steps an epoch, so 25 epochs would be 50 steps,
+# The default budget: 25 epochs is the MNIST-1D recipe (3,600 training samples at batch 64:
+# 1,425 steps). A table of 150 rows gets 2 steps an epoch, so 25 epochs would be 50 steps,
 # far from trained (iris: 81% test accuracy at 50 steps, 97% at 500); a user's own file
 # therefore trains for at least MIN_FILE_STEPS steps (measurements: README, "Your own data").
 DEFAULT_EPOCHS = 25
@@ -66,11 +66,11 @@ class TrainConfig:
         data_dir: where file-backed data sets are looked for / downloaded.
         val_fraction: training share held out for validation (where no split exists), in (0, 1).
         quick: the data set's small version (tests, examples).
-        epochs: passes over the training split (ignored when ``steps`` is set); None is the
-            default budget: 25 epochs (the MNIST-1D recipe), raised for your own files
-            (``csv:``, ``tsv:``, ``text:``, ``folder:``) to the fewest epochs of at least 500
-            optimizer steps, so that a small table trains as long as a large one (a table of
-            1,300 rows or more at batch 64 keeps 25); the run log says which, and
+        epochs: passes over the training split (ignored when ``steps`` is set). Default
+            (None): 25 epochs (the MNIST-1D recipe), raised for your own files (``csv:``,
+            ``tsv:``, ``text:``, ``folder:``) to the fewest epochs of at least 500 optimizer
+            steps, so that a small table trains as far as a large one (a training split of
+            more than 1,216 rows keeps 25 at batch 64); the run log says which, and
             ``config.json`` records the epochs chosen.
         steps: total optimisation steps (overrides ``epochs``).
         batch_size: global batch size; ``None`` is the whole split (full-batch gradient
