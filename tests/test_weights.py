@@ -294,13 +294,23 @@ def _finetune_config(tmp_path: Path, **extra) -> dict:
                 plots=False, **extra)
 
 
-def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Path) -> None:
-    from blockzoo.train import TrainConfig, prepare
+def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Path, monkeypatch) -> None:
+    import blockzoo.weights
+    from blockzoo.train import TrainConfig, finetune, prepare
     from blockzoo.train.finetune import param_groups
 
+    reads = []
+
+    def counted(path):
+        reads.append(path)
+        return read_state_dict(path)
+
+    for module in (finetune, blockzoo.weights):  # the file is read by name in both
+        monkeypatch.setattr(module, "read_state_dict", counted)
     cfg = TrainConfig.from_dict(_finetune_config(tmp_path, freeze="conv1.*,bn1.*,layer1.*", head_lr=0.1,
                                                  attention="cbam"))
     model, _, meta = prepare(cfg)
+    assert reads == [cfg.weights]  # read once, for the sizes and for loading
     params = dict(model.named_parameters())
     # the file's weights, under attach's wrapper for the modules CBAM follows
     assert torch.equal(params["layer1.0.bn2.module.weight"], _resnet18_tensors()["layer1.0.bn2.weight"])
