@@ -16,7 +16,9 @@ from a seed derived from the tensor's name), runs it on ``fixture_input`` and wr
 
 ``tests/test_weights.py`` rebuilds the tensors from the names and shapes alone, loads
 them through ``blockzoo.create_model(model, weights=PATH, **kwargs)`` and requires the
-same outputs. No weight file is stored.
+same outputs. No weight file is stored. The re-param models in ``FUSED`` get a second
+fixture, ``<name>_deploy.json``, for timm's fused form (``reparameterize_model``): its
+``reparam_conv`` layout, filled and run the same way, loads into blockzoo's deploy form.
 
 Run by hand where timm is installed (it is not a test dependency), from the repo root:
 
@@ -64,7 +66,15 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("gmlp_s16_224", "gmlp_tiny", {}, (2, 3, 224, 224)),
     # the activation is not in the file: timm's convmixer_768_32 uses ReLU (the others GELU)
     ("convmixer_768_32", "convmixer", {"act_layer": "relu"}, (2, 3, 64, 64)),
+    ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
+    ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
+    ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
 ]
+
+# Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:
+# the layout of timm's ``reparameterize_model(model)`` (one ``reparam_conv`` per block), filled
+# by synthetic_tensor like the rest; blockzoo builds its deploy form from such a file.
+FUSED = {"repvgg_a0", "repvgg_b0", "mobileone_s0"}
 
 
 class _Placeholder(type):
@@ -98,6 +108,30 @@ class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+def _write(ref, stem: str, about: dict, shape: tuple[int, ...]) -> None:
+    """Fill ``ref`` with synthetic_tensor, run it on fixture_input, write ``OUT/<stem>.json``."""
+    import timm
+    import torch
+
+    from blockzoo.weights import fixture_input, synthetic_state_dict
+
+    keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ref.state_dict().items()]
+    ref.load_state_dict(synthetic_state_dict(keys), strict=True)
+    with torch.no_grad():
+        out = ref(fixture_input(shape)).double()
+    record = dict(
+        timm_model=about["timm_model"], timm_version=timm.__version__, torch_version=torch.__version__,
+        model=about["model"], kwargs=about["kwargs"], input=list(shape),
+        num_params=sum(p.numel() for p in ref.parameters()), keys=keys,
+        logits=[[round(float(v), 7) for v in row] for row in out[:, :N_LOGITS]],
+        logsumexp=[round(float(v), 7) for v in out.logsumexp(1)],
+    )
+    path = OUT / f"{stem}.json"
+    path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+    print(f"{path.relative_to(ROOT)}: {len(keys)} tensors, {record['num_params']:,} params, "
+          f"|logits| max {out.abs().max().item():.3g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="", help="comma-separated timm names (default: all)")
@@ -106,31 +140,21 @@ def main() -> None:
         sys.meta_path.insert(0, _TorchvisionStandIn())
     import timm
     import torch
-
-    from blockzoo.weights import fixture_input, synthetic_state_dict
+    from timm.utils.model import reparameterize_model
 
     torch.set_num_threads(1)
+
     only = {s for s in args.only.split(",") if s}
     OUT.mkdir(parents=True, exist_ok=True)
     for timm_name, model, kwargs, shape in MODELS:
         if only and timm_name not in only:
             continue
         ref = timm.create_model(timm_name, pretrained=False).eval()
-        keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ref.state_dict().items()]
-        ref.load_state_dict(synthetic_state_dict(keys), strict=True)
-        with torch.no_grad():
-            out = ref(fixture_input(shape)).double()
-        record = dict(
-            timm_model=timm_name, timm_version=timm.__version__, torch_version=torch.__version__,
-            model=model, kwargs=kwargs, input=list(shape),
-            num_params=sum(p.numel() for p in ref.parameters()), keys=keys,
-            logits=[[round(float(v), 7) for v in row] for row in out[:, :N_LOGITS]],
-            logsumexp=[round(float(v), 7) for v in out.logsumexp(1)],
-        )
-        path = OUT / f"{timm_name}.json"
-        path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
-        print(f"{path.relative_to(ROOT)}: {len(keys)} tensors, {record['num_params']:,} params, "
-              f"|logits| max {out.abs().max().item():.3g}")
+        _write(ref, timm_name, dict(timm_model=timm_name, model=model, kwargs=kwargs), shape)
+        if timm_name in FUSED:
+            fused = reparameterize_model(timm.create_model(timm_name, pretrained=False).eval())
+            _write(fused, f"{timm_name}_deploy", dict(timm_model=f"reparameterize_model({timm_name})",
+                                                      model=model, kwargs=kwargs), shape)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 import blockzoo
 from blockzoo.checks import ConfigError, FileFormatError
+from blockzoo.registry import ENTRY_ATTR
 from blockzoo.weights import (
     LAYOUTS,
     fixture_input,
@@ -164,6 +165,97 @@ def test_a_model_without_a_layout_is_named(tmp_path: Path) -> None:
         blockzoo.create_model("cifar_cnn", weights=path)
 
 
+# --------------------------------------------------------------------------- re-param models
+
+REPNETS = ("repvgg_a0", "repvgg_b0", "mobileone_s0")
+
+
+def _fixture_file(name: str, path: Path) -> Path:
+    """Fixture ``name``'s synthetic tensors, written to ``path`` (.pth or .safetensors)."""
+    return _write(synthetic_state_dict(_fixture(name)["keys"]), path)
+
+
+def _fixture_tol(fx: dict) -> float:
+    return 1e-5 * max(1.0, max(abs(v) for row in fx["logits"] for v in row))
+
+
+def _first_logits(model: torch.nn.Module, fx: dict, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.eval().to(dtype)(fixture_input(fx["input"]).to(dtype)).double()
+    return out[:, :len(fx["logits"][0])]
+
+
+@pytest.mark.parametrize("name", REPNETS)
+def test_repnet_files_load_in_their_own_form(name: str, tmp_path: Path) -> None:
+    # the training-form file (timm's published layout) builds branches; timm's fused file the deploy form
+    train = blockzoo.create_model(name, weights=_fixture_file(name, tmp_path / "train.safetensors"))
+    assert not train.deployed and len(train.stem.branches) >= 2
+    fused = blockzoo.create_model(name, weights=_fixture_file(f"{name}_deploy", tmp_path / "fused.pth"))
+    assert fused.deployed and all(not hasattr(m, "branches") for m in fused.modules())
+    # the registry config records the form, so blockzoo.save / load rebuild the same one
+    assert getattr(fused, ENTRY_ATTR)[1]["deploy"] is True
+    assert getattr(train, ENTRY_ATTR)[1]["deploy"] is False
+
+
+@pytest.mark.parametrize("name", REPNETS)
+def test_reparameterize_after_loading_keeps_timms_outputs(name: str, tmp_path: Path) -> None:
+    fx = _fixture(name)
+    model = blockzoo.create_model(name, weights=_fixture_file(name, tmp_path / "w.pth"))
+    want = torch.tensor(fx["logits"], dtype=torch.float64)
+    before = _first_logits(model, fx)
+    after = _first_logits(blockzoo.reparameterize(model), fx)
+    assert model.deployed
+    # fp32 on both sides: the fused net is within 1e-5 (relative to the logits' size) of the branches
+    # and of timm's training-form outputs
+    tol = _fixture_tol(fx)
+    assert (after - before).abs().max().item() <= tol
+    assert (after - want).abs().max().item() <= tol
+    # in float64 the fusion is exact up to rounding: the fp32 agreement is not luck
+    model64 = blockzoo.create_model(name, weights=tmp_path / "w.pth")
+    exact = _first_logits(model64, fx, torch.float64)
+    assert (_first_logits(model64.reparameterize(), fx, torch.float64) - exact).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("name", REPNETS)
+def test_deploy_true_fuses_a_training_form_file(name: str, tmp_path: Path) -> None:
+    fx = _fixture(name)
+    model = blockzoo.create_model(name, weights=_fixture_file(name, tmp_path / "w.safetensors"), deploy=True)
+    assert model.deployed and getattr(model, ENTRY_ATTR)[1]["deploy"] is True
+    want = torch.tensor(fx["logits"], dtype=torch.float64)
+    assert (_first_logits(model, fx) - want).abs().max().item() <= _fixture_tol(fx)
+    # and it saves and loads as the deploy form it is
+    back = blockzoo.load(blockzoo.save(model, tmp_path / "deployed.safetensors"))
+    assert back.deployed
+    x = fixture_input(fx["input"])
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x), model(x))
+
+
+def test_a_fused_file_refuses_deploy_false(tmp_path: Path) -> None:
+    path = _fixture_file("repvgg_a0_deploy", tmp_path / "fused.pth")
+    with pytest.raises(ConfigError, match=r"deploy=False: .*fused \(deploy\) form.*load it with deploy=True"):
+        blockzoo.create_model("repvgg_a0", weights=path, deploy=False)
+
+
+def test_repnet_files_do_not_cross_sizes_or_families(tmp_path: Path) -> None:
+    # each registered RepNet is one paper size: B0's widths are not read into repvgg_a0
+    wrong = (r"b0\.pth does not fit repvgg_a0 as a timm RepVGG.*shape mismatch: .*"
+             r"stages\.0\.0\.conv_1x1\.conv\.weight -> stages\.0\.0\.branches\.conv_1x1\.conv\.weight: "
+             r"file \(64, 64, 1, 1\) vs model \(48, 48, 1, 1\)")
+    with pytest.raises(FileFormatError, match=wrong):
+        blockzoo.create_model("repvgg_a0", weights=_fixture_file("repvgg_b0", tmp_path / "b0.pth"))
+    with pytest.raises(FileFormatError, match=r"not a RepVGG checkpoint: .*'stem\.branches\.conv_kxk\.conv"):
+        blockzoo.create_model("repvgg_a0", weights=_fixture_file("mobileone_s0", tmp_path / "s0.pth"))
+
+
+def test_a_repnet_head_for_other_classes_stays_fresh(tmp_path: Path, caplog) -> None:
+    path = _fixture_file("mobileone_s0", tmp_path / "w.pth")
+    with caplog.at_level(logging.WARNING, logger="blockzoo.weights"):
+        model = blockzoo.create_model("mobileone_s0", num_classes=7, weights=path, deploy=True)
+    assert "head head.fc.weight, head.fc.bias was left fresh" in caplog.text
+    assert model.deployed and model.head.fc.weight.shape == (7, 1024)
+
+
 def test_load_pretrained_reports_what_it_loaded() -> None:
     tensors = _resnet18_tensors()
     model = blockzoo.create_model("resnet18", num_classes=5)
@@ -202,13 +294,23 @@ def _finetune_config(tmp_path: Path, **extra) -> dict:
                 plots=False, **extra)
 
 
-def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Path) -> None:
-    from blockzoo.train import TrainConfig, prepare
+def test_finetune_freezes_attaches_and_gives_new_parameters_head_lr(tmp_path: Path, monkeypatch) -> None:
+    import blockzoo.weights
+    from blockzoo.train import TrainConfig, finetune, prepare
     from blockzoo.train.finetune import param_groups
 
+    reads = []
+
+    def counted(path):
+        reads.append(path)
+        return read_state_dict(path)
+
+    for module in (finetune, blockzoo.weights):  # the file is read by name in both
+        monkeypatch.setattr(module, "read_state_dict", counted)
     cfg = TrainConfig.from_dict(_finetune_config(tmp_path, freeze="conv1.*,bn1.*,layer1.*", head_lr=0.1,
                                                  attention="cbam"))
     model, _, meta = prepare(cfg)
+    assert reads == [cfg.weights]  # read once, for the sizes and for loading
     params = dict(model.named_parameters())
     # the file's weights, under attach's wrapper for the modules CBAM follows
     assert torch.equal(params["layer1.0.bn2.module.weight"], _resnet18_tensors()["layer1.0.bn2.weight"])

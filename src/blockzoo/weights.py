@@ -13,16 +13,22 @@ one ``FileFormatError`` lists the missing, unexpected and wrongly-shaped tensors
 The one allowed difference is the classifier head: a model built for another
 ``num_classes`` keeps its fresh head, and a warning says so.
 
+Re-parameterizable models (RepVGG, MobileOne) load either of timm's forms and become
+that form: the published training-form files (branches) a training-form model, fused
+files (timm's ``reparam_conv``, after ``timm.utils.reparameterize_model``) the deploy
+form, ``deploy=True``, read from the file like a size. ``deploy=True`` with a
+training-form file loads it and then fuses.
+
 Where the mappings come from: timm 1.0 (``timm.models.resnet``, ``vision_transformer``,
-``mlp_mixer``, ``convmixer``) and torchvision's ``resnet`` (the same names as timm's
-ResNets). ``tests/fixtures/weights/`` holds, per model, the reference's tensor names
+``mlp_mixer``, ``convmixer``, ``byobnet`` for RepVGG and MobileOne) and torchvision's
+``resnet`` (the same names as timm's ResNets). ``tests/fixtures/weights/`` holds, per
+model (and per form of a re-param model), the reference's tensor names
 and shapes and its outputs for deterministic weights (``synthetic_tensor``), written
 by ``scripts/make_weight_fixtures.py`` where timm is installed; ``tests/test_weights.py``
 loads those weights through ``weights=`` and requires the same outputs.
 
-Adding a family (the re-parameterizable RepVGG / MobileOne models are next): write
-its ``Rule`` table and ``infer`` function below and add its registered names with
-``register_layout``; nothing else needs to learn the names.
+Adding a family: write its ``Rule`` table and ``infer`` function below and add its
+registered names with ``register_layout``; nothing else needs to learn the names.
 """
 
 from __future__ import annotations
@@ -236,8 +242,48 @@ def _convmixer_args(s: Shapes) -> dict[str, Any]:
 
 _HEAD = ("head.weight", "head.bias")
 
-# Registered model name -> its layout. The re-parameterizable models (repvgg_a0, repvgg_b0,
-# mobileone_s0; timm's byobnet / mobileone layouts) are added here by their own Layout.
+
+# RepVGG / MobileOne (timm's ByobNet, ``byobnet.py``): the same ``stem``, ``stages.i.j`` and
+# ``head.fc`` prefixes; inside a block timm keeps its branches as attributes where blockzoo
+# keeps them in ``branches`` (RepNet's docstring). timm's fused (deploy) form has one
+# ``reparam_conv`` per block, blockzoo's ``conv``; a file holds one form or the other.
+_REP_BLOCK = r"((?:stem|stages\.\d+\.\d+))"
+_REP_COMMON = (
+    Rule(rf"{_REP_BLOCK}\.identity\.(\w+)", r"\1.branches.identity.bn.\2"),
+    Rule(rf"{_REP_BLOCK}\.reparam_conv\.(weight|bias)", r"\1.conv.\2"),
+    _same("head.fc"),
+)
+_REPVGG_RULES = (
+    Rule(rf"{_REP_BLOCK}\.(conv_kxk|conv_1x1)\.(conv|bn)\.(\w+)", r"\1.branches.\2.\3.\4"),
+    *_REP_COMMON,
+)
+_MOBILEONE_RULES = (
+    Rule(rf"{_REP_BLOCK}\.conv_kxk\.(\d+)\.(conv|bn)\.(\w+)", r"\1.branches.conv_kxk_\2.\3.\4"),
+    Rule(rf"{_REP_BLOCK}\.conv_scale\.(conv|bn)\.(\w+)", r"\1.branches.scale.\2.\3"),
+    *_REP_COMMON,
+)
+
+
+def _rep_args(s: Shapes, family: str, first_branch: str) -> dict[str, Any]:
+    """The classes, input channels and form (``deploy``: fused) of a RepNet file.
+
+    Each registered RepNet is one paper size, so the stages and widths are not read from
+    the file: a RepVGG-B0 file does not fit ``repvgg_a0`` (one error lists the tensors).
+    """
+    deploy = "stem.conv.weight" in s
+    stem = _need(s, "stem.conv.weight" if deploy else f"stem.branches.{first_branch}.conv.weight", family)
+    return dict(num_classes=_need(s, "head.fc.weight", family)[0], in_chans=stem[1], deploy=deploy)
+
+
+def _repvgg_args(s: Shapes) -> dict[str, Any]:
+    return _rep_args(s, "RepVGG", "conv_kxk")
+
+
+def _mobileone_args(s: Shapes) -> dict[str, Any]:
+    return _rep_args(s, "MobileOne", "conv_kxk_0")
+
+
+# Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
 
@@ -258,6 +304,10 @@ register_layout(("resmlp_tiny",), Layout("timm ResMLP", _RESMLP_RULES, _HEAD, _r
 register_layout(("gmlp_tiny",), Layout("timm gMLP", _GMLP_RULES, _HEAD, _gmlp_args))
 register_layout(("convmixer",), Layout("timm ConvMixer", _CONVMIXER_RULES, ("fc.weight", "fc.bias"),
                                        _convmixer_args, "blocks.*.bn2"))
+register_layout(("repvgg_a0", "repvgg_b0"), Layout("timm RepVGG (ByobNet)", _REPVGG_RULES,
+                                                  ("head.fc.weight", "head.fc.bias"), _repvgg_args))
+register_layout(("mobileone_s0",), Layout("timm MobileOne (ByobNet)", _MOBILEONE_RULES,
+                                          ("head.fc.weight", "head.fc.bias"), _mobileone_args))
 
 
 def layout_for(name: str) -> Layout:
@@ -366,19 +416,21 @@ def _few(items: list[str]) -> str:
 
 
 def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike[str] | Mapping[str, torch.Tensor],
-                    ) -> LoadReport:
+                    *, label: str | None = None) -> LoadReport:
     """Load a reference checkpoint into ``model`` (registered model ``name``) by its family's layout.
 
     Every file tensor must fill one model tensor of the same shape and every model
     tensor must be filled, except the head: when the model's head has another shape
     than the file's (another ``num_classes``) it stays as initialised, with a warning.
+    ``weights`` is a path or the tensors already read (``read_state_dict``); ``label``
+    names them in messages (default: the path, or "the state dict").
 
     Raises:
         FileFormatError: listing the model tensors the file lacks, the file tensors the
             model has no place for, and those whose shapes differ.
     """
     layout = layout_for(name)
-    what = str(weights) if not isinstance(weights, Mapping) else "the state dict"
+    what = label or (str(weights) if not isinstance(weights, Mapping) else "the state dict")
     tensors = read_state_dict(weights) if not isinstance(weights, Mapping) else weights
     mapped = map_state_dict(layout, tensors)
     own = model.state_dict()
@@ -416,24 +468,48 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     given here win. A ``num_classes`` other than the file's gets a fresh head (with a
     warning); any other difference is a ``FileFormatError`` listing it.
 
+    Re-parameterizable models (RepVGG, MobileOne): the file's form decides the model's.
+    A training-form file (branches) builds the training form and a fused file (timm's
+    ``reparam_conv``) the deploy form (``deploy=True``); ``deploy=True`` with a
+    training-form file loads it and then fuses (``reparameterize()``), the one way round
+    that exists (a fused file cannot be split into branches again).
+
     Example:
         >>> model = blockzoo.create_model("resnet18", num_classes=10, weights="resnet18.pth")
+        >>> plain = blockzoo.create_model("repvgg_a0", weights="repvgg_a0.safetensors", deploy=True)
     """
     if weights is None:
         return _build_model(name, num_classes, in_chans, **kw)
     tensors = read_state_dict(weights)
-    args = {**pretrained_args(name, tensors), **kw}
+    fixed = pretrained_args(name, tensors)
+    args = {**fixed, **kw}
     if num_classes is not None:
         args["num_classes"] = num_classes
     if in_chans is not None:
         args.pop("in_chans", None)
         args[spec(name).width_arg or "in_chans"] = in_chans
+    if fixed.get("deploy") and not args["deploy"]:
+        raise ConfigError(f"deploy=False: {weights} holds {name}'s fused (deploy) form, which has no "
+                          "branches to train; load it with deploy=True (the default for such files)")
+    fuse = "deploy" in fixed and args["deploy"] and not fixed["deploy"]
+    if fuse:  # build the form the file holds, load it, then fuse
+        args["deploy"] = False
     model = _build_model(name, **args)
-    load_pretrained(model, name, tensors)
+    load_pretrained(model, name, tensors, label=str(weights))
+    if fuse:
+        model.reparameterize()
     return model
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+# The BN scales of the summed branches in timm's re-param blocks (synthetic_tensor).
+_REP_BRANCH_SCALES = (
+    (re.compile(r"\.conv_1x1\.bn\.weight$"), 0.6),
+    (re.compile(r"\.conv_kxk\.\d+\.bn\.weight$"), 0.4),
+    (re.compile(r"\.identity\.weight$"), 0.7),
+)
 
 
 def synthetic_tensor(name: str, shape: Iterable[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -443,14 +519,25 @@ def synthetic_tensor(name: str, shape: Iterable[int], dtype: torch.dtype = torch
     scaled so a deep network's activations stay of order one: weights ~ N(0, 1 / fan_in),
     norm and BN scales 1 + 0.1 N(0, 1), running variances >= 1, layer-scales near 0.5,
     biases, shifts and embeddings small. Integer tensors (BN's counter) are zero.
+
+    Re-param blocks (timm's names) sum several BN'd branches before each ReLU, which
+    would grow activations by about 1.4x (RepVGG) to 1.8x (MobileOne) per block, so the
+    scales of the summed branches' BNs shrink: RepVGG's ``conv_1x1`` 0.6, MobileOne's k
+    copies ``conv_kxk.{i}`` 0.4, the ``identity`` BN 0.7 (times 1 + 0.1 N). A fused
+    ``reparam_conv`` is followed by ReLU alone: its weights are He-scaled, N(0, 2 / fan_in).
     """
     shape = tuple(int(s) for s in shape)
     if not dtype.is_floating_point:
         return torch.zeros(shape, dtype=dtype)
     n = np.random.RandomState(zlib.crc32(name.encode())).standard_normal(shape)
     leaf = name.rsplit(".", 1)[-1]
+    branch = next((c for pat, c in _REP_BRANCH_SCALES if pat.search(name)), None)
     if leaf == "running_var":
         v = 1.0 + 0.2 * np.abs(n)
+    elif leaf == "weight" and len(shape) == 1 and branch is not None:
+        v = branch * (1.0 + 0.1 * n)
+    elif leaf == "weight" and name.endswith("reparam_conv.weight"):
+        v = n * math.sqrt(2 / math.prod(shape[1:]))
     elif leaf in ("alpha",) or (leaf == "weight" and len(shape) == 1):
         v = 1.0 + 0.1 * n
     elif leaf in ("ls1", "ls2", "gamma"):

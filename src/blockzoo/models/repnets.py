@@ -71,6 +71,10 @@ class RepNet(nn.Module):
     - ``head.fc.{weight,bias}``  -> ``head.fc.{weight,bias}``; ``stem``/``stages.i.j``
       prefixes are the same.
 
+    ``blockzoo.create_model(name, weights=PATH)`` applies it (``blockzoo.weights``): a
+    training-form file builds the training form, a fused file the deploy form, and
+    ``deploy=True`` with a training-form file loads it, then fuses.
+
     Args:
         num_classes: K. in_chans: C.
 

@@ -1,12 +1,13 @@
 """Fine-tuning as users do it: pretrained weights in, some parameters frozen, new blocks attached.
 
 ``blockzoo train --weights resnet18.pth --freeze 'conv1.*,bn1.*,layer1.*' --attention cbam
---head-lr 1e-3`` builds the model with the sizes the checkpoint fixes (``weights_args``),
-then ``apply`` loads the checkpoint (``blockzoo.weights``), freezes the matching
-parameters, attaches the attention blocks (``blockzoo.attach``) and records in the run's
-meta what a checkpoint needs to rebuild the same structure (the attach calls) and which
-parameters are new (not loaded: a fresh head, the attached blocks). ``param_groups``
-gives those new parameters their own peak learning rate, ``head_lr``.
+--head-lr 1e-3`` reads the checkpoint once (``read_weights``), builds the model with the
+sizes it fixes (``weights_args``), then ``apply`` loads it (``blockzoo.weights``),
+freezes the matching parameters, attaches the attention blocks (``blockzoo.attach``) and
+records in the run's meta what a checkpoint needs to rebuild the same structure (the
+attach calls) and which parameters are new (not loaded: a fresh head, the attached
+blocks). ``param_groups`` gives those new parameters their own peak learning rate,
+``head_lr``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from blockzoo.checks import ConfigError
 from blockzoo.train.config import TrainConfig
 from blockzoo.weights import layout_for, load_pretrained, pretrained_args, read_state_dict
 
-__all__ = ["apply", "param_groups", "weights_args"]
+__all__ = ["apply", "param_groups", "read_weights", "weights_args"]
 
 log = logging.getLogger("blockzoo.train")
 
@@ -39,12 +40,23 @@ def _registered(cfg: TrainConfig, what: str) -> str:
     return cfg.model
 
 
-def weights_args(cfg: TrainConfig) -> dict[str, Any]:
-    """The constructor arguments ``cfg.weights`` fixes (width, depth, patch and image size, ...)."""
+def read_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The tensors of ``cfg.weights`` (None without), read once for ``weights_args`` and ``apply``."""
+    if not cfg.weights:
+        return None
+    _registered(cfg, "weights")
+    return read_state_dict(cfg.weights)
+
+
+def weights_args(cfg: TrainConfig, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The constructor arguments ``cfg.weights`` fixes (width, depth, patch and image size, ...).
+
+    ``tensors``: the file's, from ``read_weights``; read here when not given.
+    """
     if not cfg.weights:
         return {}
     name = _registered(cfg, "weights")
-    args = pretrained_args(name, read_state_dict(cfg.weights))
+    args = pretrained_args(name, tensors if tensors is not None else read_state_dict(cfg.weights))
     return {k: v for k, v in args.items() if k not in _FROM_DATA}
 
 
@@ -65,9 +77,10 @@ def _freeze(model: nn.Module, patterns: str) -> int:
 
 
 def apply(model: nn.Module, cfg: TrainConfig, meta: MutableMapping[str, Any],
-          sample_shape: tuple[int, ...]) -> nn.Module:
+          sample_shape: tuple[int, ...], tensors: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Load ``cfg.weights``, freeze ``cfg.freeze``, attach ``cfg.attention``; record it all in ``meta``.
 
+    ``tensors``: the weights file's, from ``read_weights`` (read here when not given).
     ``meta`` gains ``attached`` (the attach calls, for rebuilding the model from a
     checkpoint), ``sample_shape`` (the dry run's input) and ``new_params`` (names not
     loaded from the weights: they train at ``head_lr``).
@@ -76,7 +89,8 @@ def apply(model: nn.Module, cfg: TrainConfig, meta: MutableMapping[str, Any],
         return model
     if cfg.weights:
         name = _registered(cfg, "weights")
-        report = load_pretrained(model, name, cfg.weights)
+        source = tensors if tensors is not None else cfg.weights
+        report = load_pretrained(model, name, source, label=cfg.weights)
         loaded = set(report.loaded)
         log.info("weights: %d tensors from %s%s", len(report.loaded), cfg.weights,
                  f"; fresh: {', '.join(report.fresh)}" if report.fresh else "")

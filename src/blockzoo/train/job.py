@@ -207,15 +207,17 @@ def prepare(cfg: TrainConfig, native: Data | None = None) -> tuple[nn.Module, Da
         raise ConfigError(f"model {cfg.model!r} {'embeds token ids' if wants_ids else 'takes real features'}"
                          f" but data {cfg.data!r} holds {has}")
     obj = objective(data.task, output, data.num_classes)
-    # the sizes a checkpoint fixes beat the data's (a ViT keeps its 224 grid and resizes it)
-    model_args = {**_size_args(conv, data), **finetune.weights_args(cfg), **cfg.model_args}
+    # the sizes a checkpoint fixes beat the data's (a ViT keeps its 224 grid and resizes it);
+    # its tensors are read once, for those sizes and for loading
+    weights = finetune.read_weights(cfg)
+    model_args = {**_size_args(conv, data), **finetune.weights_args(cfg, weights), **cfg.model_args}
     meta = dict(model=cfg.model, model_args=model_args, output=obj.output, ids=data.ids,
                 num_outputs=obj.num_outputs, in_chans=data.in_chans, input=data.input,
                 native_input=native.input, native_shape=list(native.shape),
                 classes=list(native.classes) if native.classes else None, task=data.task)
     torch.manual_seed(cfg.seed)
     model = build_model(meta, builder=cfg.model if is_import_target(cfg.model) else None)
-    model = finetune.apply(model, cfg, meta, tuple(data.shape))
+    model = finetune.apply(model, cfg, meta, tuple(data.shape), weights)
     _dry_run(model, data, obj.num_outputs, cfg)
     return model, data, meta
 
