@@ -22,6 +22,7 @@ from blockzoo.attention import (
     CoordinateAttention,
     DANet,
     EfficientChannelAttention,
+    ExternalAttention,
     PolarizedParallel,
     PolarizedSequential,
     SelectiveKernel,
@@ -433,3 +434,27 @@ def test_danet_equals_reference() -> None:
     e_cam = cam.beta * torch.bmm(att_c, a).reshape(b, c, h, w) + x
     with torch.no_grad():
         torch.testing.assert_close(da(x), e_pam + e_cam, **TOL)
+
+
+# ----------------------------------------------------------------- External (paper Alg. 1; MenghaoGuo/EANet)
+
+
+def test_external_equals_algorithm_1() -> None:
+    ea = _randomise(ExternalAttention(12, memory_size=5))  # M_k, M_v now different
+    x = _x(3, 7, 12)
+    # Algorithm 1: attn = M_k(F) (B, N, S); softmax over N (dim 1); l1 over S (dim 2),
+    # eps 1e-9 as External_attention; out = M_v(attn). Both memories bias-free.
+    assert ea.mk.bias is None and ea.mv.bias is None
+    attn = torch.einsum("bnc,sc->bns", x, ea.mk.weight).softmax(1)
+    attn = attn / (1e-9 + attn.sum(2, keepdim=True))
+    with torch.no_grad():
+        torch.testing.assert_close(ea(x), torch.einsum("bns,cs->bnc", attn, ea.mv.weight), **TOL)
+
+
+def test_external_starts_as_the_official_code() -> None:
+    torch.manual_seed(0)
+    ea = ExternalAttention(256, memory_size=64)
+    assert torch.equal(ea.mv.weight, ea.mk.weight.T)  # M_v = M_k^T at the start
+    assert ea.mv.weight.data_ptr() != ea.mk.weight.data_ptr()  # but two parameters
+    std = ea.mk.weight.std().item()
+    assert abs(std - (2 / 256) ** 0.5) < 0.1 * (2 / 256) ** 0.5  # N(0, 2/C); 16384 draws
