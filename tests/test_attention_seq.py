@@ -639,7 +639,7 @@ def test_external_attention_double_normalisation() -> None:
     a = maps["attn_map"]
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 6, dtype=D64))  # l1 over the memory
     soft = m.mk(x).softmax(dim=1)  # softmax over tokens
-    torch.testing.assert_close(a, soft / soft.sum(-1, keepdim=True), atol=1e-9, rtol=0)
+    torch.testing.assert_close(a, soft / (m.eps + soft.sum(-1, keepdim=True)), atol=1e-15, rtol=1e-12)
     torch.testing.assert_close(y, m.mv(a))
 
 

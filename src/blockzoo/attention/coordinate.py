@@ -58,9 +58,16 @@ class CoordinateAttention(nn.Module):
         - Output: (B, C, H, W) = x * g^h * g^w, gates in (0, 1).
 
     Deviations:
-        F_1 has no bias when a norm follows (the official code's has one): BN subtracts
-        each channel's mean, which removes a per-channel bias exactly, so that bias
-        could never change the output.
+        Where the paper's text is silent the official code (houqb/CoordAttention,
+        ``coordatt.py``, which produced the paper's numbers) decides, and is followed:
+        c = max(8, C // r) with r = 32; F_1 is followed by BN (eps 1e-5) and h_swish
+        (= ``nn.Hardswish``); the gates use the plain sigmoid; F_h, F_w have biases;
+        y = x * g^h * g^w. One difference is kept: F_1 has no bias when a norm follows
+        (the official code's has one). In training BN subtracts each channel's batch mean,
+        which removes a per-channel bias exactly; in eval the bias is absorbed by the
+        running mean (official bias b with running mean mu = ours with mu - b), so it
+        could never change what the block computes. The official ``oup`` (output gates
+        wider than the input) is left out: the gates multiply x, so oup = C.
 
     Example:
         >>> ca = CoordinateAttention(64)

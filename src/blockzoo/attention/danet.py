@@ -96,6 +96,13 @@ class DANetChannelAttention(nn.Module):
 
     Shape:
         - Input: (B, C, H, W), any H, W (nothing depends on a fixed size); Output: same.
+
+    Deviations:
+        The paper's Eq. 3 is explicit, exp(A_i . A_j), and is followed. The official
+        code (junfu1115/DANet, ``CAM_Module``) takes the softmax of
+        ``max_i(energy) - energy``; the row maximum is cancelled by the softmax, so it
+        computes softmax_i(-A_i . A_j): the same block with the energies' sign flipped
+        (channels attend most to the channels least like them).
     """
 
     def __init__(self, channels: int, *, init_scale: float = 0.0,
@@ -154,8 +161,11 @@ class DANet(nn.Module):
         The segmentation head's 3x3 convolutions before and after each module belong
         to the head, not to the attention, and are left out; the two modules' outputs
         are summed as in the paper. Softmax energies are unscaled, as in the paper
-        (SDPA is called with ``scale=1``). PAM's key conv has no bias: the softmax over
-        the keys cancels it (see ``DANetPositionAttention``).
+        (SDPA is called with ``scale=1``). PAM follows the official ``PAM_Module``
+        (junfu1115/DANet): query/key width C // 8, value C -> C, all with biases, except
+        the key conv's bias, which the softmax over the keys cancels (see
+        ``DANetPositionAttention``). CAM follows the paper's Eq. 3, not the official
+        ``CAM_Module``'s softmax of negated energies (see ``DANetChannelAttention``).
 
     Example:
         >>> da = DANet(64)

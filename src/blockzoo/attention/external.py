@@ -56,7 +56,16 @@ class ExternalAttention(nn.Module):
 
     Deviations:
         The paper's multi-head variant (EAMLP) splits C into heads; this is the single-head
-        block of eq. (5)-(6).
+        block of eq. (5)-(6) and Algorithm 1, which the official segmentation code
+        (MenghaoGuo/EANet, ``External_attention``) wraps in a 1x1 conv before and a
+        1x1 conv + BN, residual and ReLU after; those belong to its head and are left
+        out. Its core matches this block: softmax over the N positions, then l1 over the
+        S slots with eps 1e-9, bias-free M_k, M_v. Initialisation follows it too:
+        M_k ~ N(0, 2 / C) and M_v starts as M_k^T. The official code makes M_v a view
+        of M_k's storage (``linear_1.weight.data = linear_0.weight.data.permute(...)``),
+        which keeps the two tied for the whole training; the paper says the key and
+        value memories are two different units, so here they start equal and are then
+        trained as separate parameters.
 
     Example:
         >>> ea = ExternalAttention(64, memory_size=64)
@@ -74,6 +83,13 @@ class ExternalAttention(nn.Module):
         self.mk = nn.Linear(dim, memory_size, bias=False, **fk)
         self.mv = nn.Linear(memory_size, dim, bias=False, **fk)
         self.attn_map = AttentionMap("weights")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """M_k ~ N(0, 2 / C) and M_v = M_k^T, the official code's start."""
+        with torch.no_grad():
+            nn.init.normal_(self.mk.weight, std=(2.0 / self.dim) ** 0.5)
+            self.mv.weight.copy_(self.mk.weight.T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B N C", name="ExternalAttention", C=self.dim)

@@ -42,20 +42,25 @@ class PolarizedChannel(nn.Module):
         - Input: (B, C, H, W); Output: the gate (B, C, 1, 1).
 
     Deviations:
-        W_q has no bias (the official code's has one): its one output channel is a
-        single number added to all N logits of softmax_N, which that softmax cancels,
-        so the bias can never change the output (its gradient is exactly 0).
+        W_v, W_q and W_z have no bias, as in the official code (DeLightCMU/PSA,
+        ``PSA.py``); W_v and W_q start Kaiming-normal (fan_in), as there.
     """
 
     def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         half = max(1, channels // 2)
-        self.wv = nn.Conv2d(channels, half, 1, **fk)
-        self.wq = nn.Conv2d(channels, 1, 1, bias=False, **fk)  # a bias is cancelled by softmax_N
-        self.wz = nn.Conv2d(half, channels, 1, **fk)
+        self.wv = nn.Conv2d(channels, half, 1, bias=False, **fk)  # official: all 1x1 convs bias-free
+        self.wq = nn.Conv2d(channels, 1, 1, bias=False, **fk)
+        self.wz = nn.Conv2d(half, channels, 1, bias=False, **fk)
         self.norm = nn.LayerNorm(channels, **fk)
         self.attn_map = AttentionMap("weights")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_in) W_v, W_q, as the official code; W_z keeps torch's default."""
+        for conv in (self.wv, self.wq):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.wv(x).flatten(2)  # (B, C/2, N)
@@ -79,15 +84,25 @@ class PolarizedSpatial(nn.Module):
 
     Shape:
         - Input: (B, C, H, W); Output: the gate (B, 1, H, W).
+
+    Deviations:
+        W_q and W_v have no bias and start Kaiming-normal (fan_in), as in the official
+        code (DeLightCMU/PSA, ``PSA.py``).
     """
 
     def __init__(self, channels: int, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         half = max(1, channels // 2)
-        self.wq = nn.Conv2d(channels, half, 1, **fk)
-        self.wv = nn.Conv2d(channels, half, 1, **fk)
+        self.wq = nn.Conv2d(channels, half, 1, bias=False, **fk)  # official: bias-free
+        self.wv = nn.Conv2d(channels, half, 1, bias=False, **fk)
         self.attn_map = AttentionMap("weights")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_in) W_q, W_v, as the official code."""
+        for conv in (self.wq, self.wv):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.attn_map(self.wq(x).mean((2, 3)).softmax(-1)).unsqueeze(1)  # (B, 1, C/2)
@@ -119,8 +134,14 @@ class PolarizedSelfAttention(nn.Module):
         - Output: (B, C, H, W).
 
     Deviations:
-        W_q^ch has no bias (the official code's has one): one number added to all N
-        logits of softmax_N, it is cancelled by that softmax and cannot change the output.
+        The paper's equations are explicit and followed where the official code
+        (DeLightCMU/PSA, ``semantic-segmentation/network/PSA.py``) leaves them: its
+        parallel ``PSA_p`` has no LayerNorm in the channel branch and takes the spatial
+        softmax over the H W positions of the product (not over the C/2 channels of the
+        pooled query); its sequential ``PSA_s`` replaces W_z by a C/2 -> C/8 -> C
+        bottleneck with LayerNorm and ReLU and takes softmax_{HW} of W_v(x) before the
+        product. Where the paper is silent the official code is followed: all five 1x1
+        convs are bias-free and W_q, W_v start Kaiming-normal (fan_in).
 
     Example:
         >>> psa = PolarizedSelfAttention(64, mode="sequential")
@@ -177,7 +198,7 @@ class PolarizedParallel(PolarizedSelfAttention):
         - Output: (B, C, H, W).
 
     Deviations:
-        W_q^ch has no bias, as in ``PolarizedSelfAttention`` (softmax_N cancels it).
+        As in ``PolarizedSelfAttention``: the paper's equations, bias-free convs.
 
     Example:
         >>> PolarizedParallel(64)(torch.randn(2, 64, 7, 9)).shape
@@ -205,7 +226,7 @@ class PolarizedSequential(PolarizedSelfAttention):
         - Output: (B, C, H, W).
 
     Deviations:
-        W_q^ch has no bias, as in ``PolarizedSelfAttention`` (softmax_N cancels it).
+        As in ``PolarizedSelfAttention``: the paper's equations, bias-free convs.
 
     Example:
         >>> PolarizedSequential(64)(torch.randn(2, 64, 7, 9)).shape

@@ -54,8 +54,11 @@ class SpatialGroupEnhance(nn.Module):
         - Output: (B, C, H, W); the gate sigmoid(a) (B, G, 1, H, W) is in (0, 1).
 
     Deviations:
-        gamma starts at 0 and beta at 1, as in the authors' release; for a 1x1 input the
-        divisor m - 1 is taken as 1 (the paper's unbiased estimate is undefined there).
+        Follows the official code (implus/PytorchInsight, ``SpatialGroupEnhance``):
+        sigma is the unbiased standard deviation over the m positions (``Tensor.std``)
+        with eps = 1e-5 added to sigma, not to the variance; gamma starts at 0 and beta
+        at 1, one pair per group. For a 1x1 input, where the official ``std`` of a
+        single value is NaN, the divisor m - 1 is taken as 1 (c^ = 0, gate sigmoid(beta)).
 
     Example:
         >>> sge = SpatialGroupEnhance(64, groups=8)

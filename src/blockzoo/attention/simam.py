@@ -53,7 +53,10 @@ class SimAM(nn.Module):
         - Output: (B, C, H, W).
 
     Deviations:
-        For a 1x1 input the divisor M - 1 is taken as 1.
+        Follows the official code (ZjjConan/SimAM, ``simam_module``) step for step: the
+        variance divisor is n = H W - 1, lambda = 1e-4, and the gate is the plain sigmoid
+        of (t - mu)^2 / (4 (sigma^2 + lambda)) + 1/2. Only for a 1x1 input, where the
+        official code divides 0 by 0 (NaN), the divisor is taken as 1 (so y = x sigmoid(1/2)).
 
     Example:
         >>> simam = SimAM(64)

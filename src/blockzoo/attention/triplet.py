@@ -22,18 +22,30 @@ __all__ = ["TripletAttention"]
 
 
 class _ZPoolGate(nn.Module):
-    """sigmoid(BN(conv_{k x k}([max; mean]))) with the pool over ``dim`` of (B, C, H, W)."""
+    """sigmoid(BN(conv_{k x k}([max; mean]))) with the pool over ``dim`` of (B, C, H, W).
 
-    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerSpec, fk: dict[str, Any]) -> None:
+    ``transpose``: the conv slides over the two remaining axes in swapped order, (Q, P)
+    instead of (P, Q), the orientation the official code's rotation gives that branch.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, norm_layer: LayerSpec, fk: dict[str, Any],
+                 *, transpose: bool = False) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.transpose = dim, transpose
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False, **fk)
         self.norm = create_norm(norm_layer, 1, **fk)
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            self.norm.momentum = 0.01  # the official BasicConv's BN: eps 1e-5, momentum 0.01
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Z-pool over one axis; the other two form the plane the conv slides over.
         z = torch.stack([x.amax(self.dim), x.mean(self.dim)], 1)  # (B, 2, P, Q)
-        return torch.sigmoid(self.norm(self.conv(z))).squeeze(1).unsqueeze(self.dim)  # broadcast back to x
+        if self.transpose:
+            z = z.transpose(2, 3)  # (B, 2, Q, P)
+        g = torch.sigmoid(self.norm(self.conv(z)))  # (B, 1, P, Q) or (B, 1, Q, P)
+        if self.transpose:
+            g = g.transpose(2, 3)  # (B, 1, P, Q)
+        return g.squeeze(1).unsqueeze(self.dim)  # broadcast back to x
 
 
 @register(
@@ -54,9 +66,9 @@ class TripletAttention(nn.Module):
 
     Equation, with Z-pool(x) over an axis = [max over it; mean over it] (2 maps)::
 
-        g_CW = sigmoid(BN(conv_k(Z-pool_H(x))))     (B, 1 -> C, 1, W)  interaction C-W
-        g_CH = sigmoid(BN(conv_k(Z-pool_W(x))))     (B, C, H, 1)       interaction C-H
-        g_HW = sigmoid(BN(conv_k(Z-pool_C(x))))     (B, 1, H, W)       spatial
+        g_CW = sigmoid(BN(conv_k(Z-pool_H(x))))     (B, C, 1, W)  interaction C-W, conv over (C, W)
+        g_CH = sigmoid(BN(conv_k(Z-pool_W(x))))     (B, C, H, 1)  interaction C-H, conv over (H, C)
+        g_HW = sigmoid(BN(conv_k(Z-pool_C(x))))     (B, 1, H, W)  spatial, conv over (H, W)
         y    = 1/3 (x * g_CW + x * g_CH + x * g_HW)
 
     Args:
@@ -69,10 +81,18 @@ class TripletAttention(nn.Module):
         - Output: (B, C, H, W).
 
     Deviations:
-        The paper rotates x so that each branch's conv slides over a (C, W) or (H, C)
-        plane, then rotates back; we pool along the axis instead and slide the conv over
-        the remaining two axes in their natural order. This is the same family of maps
-        (a rotation only flips/transposes the learned kernel) without moving x in memory.
+        The paper rotates x so that each branch's conv slides over a rotated plane, then
+        rotates back; we pool along the axis instead and rotate only the small pooled map,
+        which gives the same maps without moving x in memory. Where the paper is silent
+        the official code (landskape-ai/triplet-attention, ``MODELS/triplet_attention.py``)
+        decides, so its weights carry over one to one:
+
+        - the C-W branch's conv slides over (C, W) and the C-H branch's over (H, C), the
+          orientations its ``permute(0, 2, 1, 3)`` and ``permute(0, 3, 2, 1)`` give;
+        - Z-pool stacks [max; mean] in that order (as the paper's Z-pool);
+        - each conv has no bias and is followed by BatchNorm with eps 1e-5 and momentum
+          0.01 (its ``BasicConv(..., relu=False)``);
+        - the three branches are always used (its ``no_spatial`` option is left out).
 
     Example:
         >>> ta = TripletAttention(64)
@@ -87,7 +107,7 @@ class TripletAttention(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.channels, self.kernel_size = channels, kernel_size
         self.gate_cw = _ZPoolGate(2, kernel_size, norm_layer, fk)
-        self.gate_ch = _ZPoolGate(3, kernel_size, norm_layer, fk)
+        self.gate_ch = _ZPoolGate(3, kernel_size, norm_layer, fk, transpose=True)  # slides over (H, C)
         self.gate_hw = _ZPoolGate(1, kernel_size, norm_layer, fk)
         self.cw_map = AttentionMap("spatial")
         self.ch_map = AttentionMap("spatial")
