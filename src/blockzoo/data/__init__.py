@@ -49,6 +49,7 @@ from blockzoo.data.folder import (
 from blockzoo.data.generated import (
     BOW_WORDS,
     bag_of_words,
+    clutter,
 )
 from blockzoo.data.sequence_tasks import (
     adding_problem,
@@ -94,6 +95,7 @@ __all__ = [
     "bag_of_words",
     "cell_kind",
     "cell_what",
+    "clutter",
     "copy_memory",
     "copy_memory_baseline",
     "dataset_entry",
