@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["BASELINE", "KINDS", "ArenaSettings", "settings_text"]
+__all__ = ["BASELINE", "KINDS", "QUICK_BLOCKS", "ArenaSettings", "settings_text"]
 
 BASELINE = "none"  # the backbone without attention, trained alongside every kind
 KINDS = ("image", "tokens")
+
+# ``--quick``'s representative set, one block per kind of mechanism. Images: channel gates
+# from pooled statistics (se; eca, a 1-D conv in place of the FCs), channel + spatial
+# gates (cbam), gates pooled along each axis (coord_attention), a parameter-free energy
+# gate (simam), local self-attention in blocks (halo_attention). Tokens: softmax
+# attention (multi_head_attention), kernelised linear attention (linear_attention),
+# attention-free weighting (aft_simple), learned external memories (external_attention).
+QUICK_BLOCKS = ("se", "eca", "cbam", "coord_attention", "simam", "halo_attention",
+                "multi_head_attention", "linear_attention", "aft_simple", "external_attention")
 
 
 @dataclass(frozen=True)
@@ -16,13 +25,15 @@ class ArenaSettings:
     """The arena's budget and data: the same for every block.
 
     ``small_data`` uses each data set's small version (tests, smoke runs);
-    ``quick_settings()`` is the ``--quick`` budget: 5 epochs, 2 seeds, full data.
+    ``quick_settings()`` is the ``--quick`` budget: ``QUICK_BLOCKS`` (unless blocks are
+    named), 5 epochs, 2 seeds, full data. The image data is ``cluttered_digits``: on the
+    8x8 ``digits`` most blocks are within a seed's spread of each other (docs/benchmarks.md).
     """
 
     blocks: tuple[str, ...] = ()
-    image_data: str = "digits"
+    image_data: str = "cluttered_digits"
     token_data: str = "mnist1d"
-    epochs: int = 15
+    epochs: int = 8
     seeds: int = 3
     jobs: int = 1
     small_data: bool = False
@@ -35,7 +46,8 @@ class ArenaSettings:
 
     @classmethod
     def quick_settings(cls, **kw: Any) -> ArenaSettings:
-        return cls(**{"epochs": 5, "seeds": 2, **kw})
+        blocks = kw.pop("blocks", ()) or QUICK_BLOCKS
+        return cls(**{"epochs": 5, "seeds": 2, "blocks": tuple(blocks), **kw})
 
     def data_for(self, kind: str) -> str:
         return self.image_data if kind == "image" else self.token_data
