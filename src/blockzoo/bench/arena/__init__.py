@@ -1,8 +1,8 @@
 """The attention arena: which attention block should I pick?
 
 Every image-attention block is attached into the same small conv net and trained
-on the same images (cluttered_digits by default: digits placed at random on a 16x16
-canvas among fragments, which separates the blocks that the 8x8 digits cannot);
+on the same images (the 8x8 digits by default; ``cluttered_digits``, digits placed at
+random on a 16x16 canvas among fragments, is the harder task that separates them more);
 every token-attention block is the token mixer of the same small transformer
 trained on the same sequences (MNIST-1D by default). Same data, same optimiser and budget, K seeds each; the
 table reports test accuracy mean ± std, params, FLOPs, training time and
