@@ -10,14 +10,13 @@ __all__ = ["BASELINE", "KINDS", "QUICK_BLOCKS", "ArenaSettings", "settings_text"
 BASELINE = "none"  # the backbone without attention, trained alongside every kind
 KINDS = ("image", "tokens")
 
-# ``--quick``'s representative set, one block per kind of mechanism. Images: channel gates
-# from pooled statistics (se; eca, a 1-D conv in place of the FCs), channel + spatial
-# gates (cbam), gates pooled along each axis (coord_attention), a parameter-free energy
-# gate (simam), local self-attention in blocks (halo_attention). Tokens: softmax
-# attention (multi_head_attention), kernelised linear attention (linear_attention),
-# attention-free weighting (aft_simple), learned external memories (external_attention).
-QUICK_BLOCKS = ("se", "eca", "cbam", "coord_attention", "simam", "halo_attention",
-                "multi_head_attention", "linear_attention", "aft_simple", "external_attention")
+# ``--quick``'s representative set, one block per kind of mechanism, chosen to keep a
+# quick run to a few minutes on one busy core (``blockzoo arena --quick --threads 1``:
+# docs/benchmarks.md). Images: channel gates from pooled statistics (se), channel +
+# spatial gates (cbam), a parameter-free energy gate (simam), local self-attention in
+# blocks (halo_attention). Tokens: softmax attention (multi_head_attention) and
+# attention-free weighting (aft_simple).
+QUICK_BLOCKS = ("se", "cbam", "simam", "halo_attention", "multi_head_attention", "aft_simple")
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,9 @@ class ArenaSettings:
 
     ``small_data`` uses each data set's small version (tests, smoke runs);
     ``quick_settings()`` is the ``--quick`` budget: ``QUICK_BLOCKS`` (unless blocks are
-    named), 4 epochs, 2 seeds, full data. ``image_data="cluttered_digits"`` is the harder
-    image task (docs/benchmarks.md: it separates blocks the 8x8 digits leave within noise),
-    about six times the cost per epoch.
+    named), 3 epochs, 2 seeds, full data: a preview, not a ranking.
+    ``image_data="cluttered_digits"`` is the harder image task, about six times the cost
+    per epoch (docs/benchmarks.md compares the two).
     """
 
     blocks: tuple[str, ...] = ()
@@ -48,7 +47,7 @@ class ArenaSettings:
     @classmethod
     def quick_settings(cls, **kw: Any) -> ArenaSettings:
         blocks = kw.pop("blocks", ()) or QUICK_BLOCKS
-        return cls(**{"epochs": 4, "seeds": 2, "blocks": tuple(blocks), **kw})
+        return cls(**{"epochs": 3, "seeds": 2, "blocks": tuple(blocks), **kw})
 
     def data_for(self, kind: str) -> str:
         return self.image_data if kind == "image" else self.token_data
