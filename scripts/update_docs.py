@@ -84,18 +84,22 @@ def kept_sections(text: str) -> list[str]:
     return [s.rstrip("\n") + "\n" for s in sections if not s.startswith(generated)]
 
 
+# The blocks of the cluttered-digits arena: the backbone and one block per mechanism (channel
+# gates: se, eca; channel + spatial: cbam; per-axis: coord_attention; parameter-free: simam;
+# local self-attention: halo_attention).
+CLUTTERED_BLOCKS = ("none", "se", "eca", "cbam", "coord_attention", "simam", "halo_attention")
+
+
 def arena_runs() -> list[tuple[str, Path, Any, str]]:
     """The published arena runs: (heading, results CSV, settings, the command that trains them)."""
-    from blockzoo.bench.arena import BASELINE, QUICK_BLOCKS, ArenaSettings
-    from blockzoo.bench.arena.candidates import kind_of
+    from blockzoo.bench.arena import ArenaSettings
 
-    image_quick = tuple(b for b in QUICK_BLOCKS if kind_of(b) == "image")
     return [
         ("## blockzoo arena", ROOT / "docs" / "arena.csv", ArenaSettings(jobs=2),
          "blockzoo arena --jobs 2 --threads 1 --csv docs/arena.csv"),
         ("## blockzoo arena: cluttered digits", ROOT / "docs" / "arena_cluttered.csv",
-         ArenaSettings(blocks=(BASELINE, *image_quick), image_data="cluttered_digits", epochs=8),
-         f"blockzoo arena --blocks {','.join((BASELINE, *image_quick))} --data image:cluttered_digits "
+         ArenaSettings(blocks=CLUTTERED_BLOCKS, image_data="cluttered_digits", epochs=8),
+         f"blockzoo arena --blocks {','.join(CLUTTERED_BLOCKS)} --data image:cluttered_digits "
          "--epochs 8 --seeds 3 --threads 1 --csv docs/arena_cluttered.csv"),
     ]
 
