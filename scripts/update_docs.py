@@ -4,7 +4,7 @@
                                                 # the rooms' re-export lists (scripts/rooms.py)
     python scripts/update_docs.py --check       # exit 1 if either is stale
     python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md and train
-                                                # the arena runs docs/arena.csv lacks (slow)
+                                                # the arena runs docs/arena*.csv lack (slow)
 
 The README table is ``blockzoo list --format markdown`` between the markers.
 ``docs/catalogue.md`` is the same table with FLOPs at each entry's example
@@ -21,6 +21,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,8 +80,61 @@ def catalogue_page() -> str:
 def kept_sections(text: str) -> list[str]:
     """The ``## `` sections of docs/benchmarks.md that are not generated here, as they are."""
     sections = re.split(r"(?m)^(?=## )", text)[1:]
-    generated = ("## blockzoo bench\n", "## blockzoo arena\n")
+    generated = ("## blockzoo bench\n", "## blockzoo arena\n", "## blockzoo arena: cluttered digits\n")
     return [s.rstrip("\n") + "\n" for s in sections if not s.startswith(generated)]
+
+
+# The blocks of the cluttered-digits arena: the backbone and one block per mechanism (channel
+# gates: se, eca; channel + spatial: cbam; per-axis: coord_attention; parameter-free: simam;
+# local self-attention: halo_attention).
+CLUTTERED_BLOCKS = ("none", "se", "eca", "cbam", "coord_attention", "simam", "halo_attention")
+
+
+def arena_runs() -> list[tuple[str, Path, Any, str]]:
+    """The published arena runs: (heading, results CSV, settings, the command that trains them)."""
+    from blockzoo.bench.arena import ArenaSettings
+
+    return [
+        ("## blockzoo arena", ROOT / "docs" / "arena.csv", ArenaSettings(jobs=2),
+         "blockzoo arena --jobs 2 --threads 1 --csv docs/arena.csv"),
+        ("## blockzoo arena: cluttered digits", ROOT / "docs" / "arena_cluttered.csv",
+         ArenaSettings(blocks=CLUTTERED_BLOCKS, image_data="cluttered_digits", epochs=8),
+         f"blockzoo arena --blocks {','.join(CLUTTERED_BLOCKS)} --data image:cluttered_digits "
+         "--epochs 8 --seeds 3 --threads 1 --csv docs/arena_cluttered.csv"),
+    ]
+
+
+def arena_sections(train: bool = True) -> list[str]:
+    """The arena sections of docs/benchmarks.md, each from its CSV (trained first where the CSV
+    lacks runs, unless ``train`` is False), with its table and plot."""
+    import importlib.util
+
+    needs = ("blockzoo.train", "blockzoo.data", "blockzoo.attach")
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"arena skipped: {', '.join(missing)} not in this checkout", file=sys.stderr)
+        return []
+    from blockzoo.bench.arena import arena_markdown, run_arena, settings_text
+
+    parts = []
+    for heading, csv_path, settings, command in arena_runs():
+        if train:
+            run_arena(settings, csv_path)  # resumable: trains only what the CSV lacks
+        if not csv_path.exists():
+            continue
+        parts += [
+            heading,
+            "",
+            f"`{command}` (resumable: `make docs` trains only what the CSV lacks). Settings:",
+            f"{settings_text(settings)}. acc: test accuracy (%), mean ± std over seeds; train_s: mean",
+            "training time (runs shared the 2-core machine with each other under --jobs and with other",
+            "work: compare times within one table only); latency_ms: median eval forward of one test",
+            "batch, measured after training, one model at a time.",
+            "",
+            arena_markdown(csv_path, ROOT / "docs", settings, png_name=csv_path.with_suffix(".png").name),
+            "",
+        ]
+    return parts
 
 
 def benchmarks_page(arena: bool = True) -> str:
@@ -113,32 +167,7 @@ def benchmarks_page(arena: bool = True) -> str:
         f"![time per block and FLOPs vs time]({plot.relative_to(ROOT / 'docs')})",
         "",
     ]
-    arena_csv = ROOT / "docs" / "arena.csv"
-    import importlib.util
-
-    from blockzoo.bench.arena import ArenaSettings, arena_markdown, settings_text
-
-    settings = ArenaSettings.quick_settings(jobs=2)
-    needs = ("blockzoo.train", "blockzoo.data", "blockzoo.attach")
-    missing = [m for m in needs if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"arena skipped: {', '.join(missing)} not in this checkout", file=sys.stderr)
-    elif arena:
-        from blockzoo.bench.arena import run_arena
-
-        run_arena(settings, arena_csv)  # resumable: trains only what the CSV lacks
-    if arena_csv.exists() and not missing:
-        parts += [
-            "## blockzoo arena",
-            "",
-            "`blockzoo arena --quick --jobs 2 --csv docs/arena.csv` (resumable: `make docs` trains only",
-            f"what the CSV lacks). Settings: {settings_text(settings)}. acc: test accuracy (%), mean ± std",
-            "over seeds; train_s: mean training time (two runs sharing the 2-core machine); latency_ms:",
-            "median eval forward of one test batch, measured after training, one model at a time.",
-            "",
-            arena_markdown(arena_csv, ROOT / "docs", settings),
-            "",
-        ]
+    parts += arena_sections(train=arena)
     if BENCHMARKS.exists():
         parts += kept_sections(BENCHMARKS.read_text())
     return "\n".join(parts)

@@ -145,3 +145,17 @@ def test_one_real_run_per_kind(tmp_path) -> None:
         assert 0.0 <= row["test_acc"] <= 1.0 and row["train_s"] > 0
         assert row["params"] > base["params"] and row["flops"] >= base["flops"]
         assert measure_latency(kind, block, s, warmup=0, repeats=1) > 0
+
+
+def test_quick_is_a_representative_set_of_both_kinds() -> None:
+    from blockzoo.bench.arena import QUICK_BLOCKS
+
+    s = ArenaSettings.quick_settings()
+    assert s.blocks == QUICK_BLOCKS and (s.epochs, s.seeds) == (3, 2)
+    for kind in ("image", "tokens"):  # every quick block is still a candidate of its kind
+        ours = [b for b in QUICK_BLOCKS if b in arena_candidates(kind)]
+        assert len(ours) >= 2, (kind, ours)
+    assert sorted(b for k in ("image", "tokens") for b in arena_candidates(k) if b in QUICK_BLOCKS) == sorted(
+        QUICK_BLOCKS)
+    assert len(plan(s)) == 2 * (2 + len(QUICK_BLOCKS))  # two baselines, two seeds each
+    assert ArenaSettings.quick_settings(blocks=("se",)).blocks == ("se",)

@@ -174,7 +174,7 @@ def test_cli_modules_import_no_torch(help_probe: dict) -> None:
 def test_every_help_answers_without_torch(help_probe: dict) -> None:
     helps = help_probe["helps"]
     for cmd in ("list", "info", "shapes", "plot", "plot attention", "data", "bench", "arena", "export",
-                "train", "eval", "predict"):
+                "train", "eval", "predict", "reproduce", "reproduce mnist1d"):
         assert f"{cmd} --help" in helps, f"{cmd} --help was not probed"
     for argv, h in helps.items():
         assert h["code"] == 0, argv
@@ -246,3 +246,27 @@ print(json.dumps(dict(names=names, clash=clash)))
                if blockzoo.spec(n).builder.__module__.startswith("blockzoo.")]
     assert got["names"] == builtin
     assert "'mlp' is already registered by blockzoo.mlp" in got["clash"]
+
+
+def test_reproduce_mnist1d_writes_the_table_and_figure(tmp_path, capsys) -> None:
+    """A tiny budget (5 steps, 1 seed): the four paper models, their rows, the files."""
+    out = tmp_path / "rep"
+    assert main(["reproduce", "mnist1d", "--seeds", "1", "--steps", "5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "paper" in text and "measured here" in text
+    md = (out / "mnist1d.md").read_text().splitlines()
+    assert md[0].startswith("| model | paper_name | paper | ours | diff |")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in md[2:]}
+    assert set(rows) == {"mnist1d_paper_logistic", "mnist1d_paper_mlp", "mnist1d_paper_cnn",
+                         "mnist1d_paper_gru"}
+    assert rows["mnist1d_paper_cnn"][2] == "94%" and rows["mnist1d_paper_gru"][7] == "5134"
+    for cells in rows.values():
+        mean, std = cells[3].rstrip("%").split(" ± ")
+        assert 0 <= float(mean) <= 100 and float(std) == 0.0  # one seed: no spread
+    runs = json.loads((out / "mnist1d.json").read_text())
+    assert [len(r["accs"]) for r in runs] == [1, 1, 1, 1]
+    csv_head = (out / "mnist1d.csv").read_text().splitlines()[0]
+    assert csv_head == "model,paper_name,paper,ours,diff,peak,seeds,params,train_s"
+    assert (out / "mnist1d.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["reproduce", "mnist1d", "--models", "cifar_cnn", "--steps", "1", "--out", str(out)]) == 2
+    assert "not the paper's models" in capsys.readouterr().err

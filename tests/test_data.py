@@ -18,7 +18,8 @@ from blockzoo.data.generated import bag_of_words
 from blockzoo.registry import UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_MEMORY = ["mnist1d", "digits", "seq_digits", "pseq_digits", "line", "blobs", "bow_en_es"]
+IN_MEMORY = ["mnist1d", "digits", "seq_digits", "pseq_digits", "line", "blobs", "bow_en_es",
+             "cluttered_digits"]
 
 
 def test_mnist1d_bundle_matches_the_generator_checksum() -> None:
@@ -295,3 +296,41 @@ def test_download_rejects_a_wrong_checksum(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ValueError, match=r"has MD5 .* expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
         load_data("mnist", data_dir=tmp_path)
     assert not list((tmp_path / "mnist").iterdir())  # nothing half-downloaded is left
+
+
+def test_cluttered_digits_place_whole_digits_and_fix_the_test_split() -> None:
+    from blockzoo.data.generated import clutter
+
+    a, b = load_data("cluttered_digits", seed=0), load_data("cluttered_digits", seed=1)
+    assert a.train.x.shape[1:] == (1, 16, 16) and a.num_classes == 10
+    assert torch.equal(a.test.x, b.test.x) and torch.equal(a.test.y, b.test.y)  # seed-independent
+    assert not torch.equal(a.train.x[:100], b.train.x[:100])
+    digits = load_data("digits", seed=0)
+    assert len(a.test) == 2 * len(digits.test) and torch.equal(a.test.y, digits.test.y.repeat(2))
+    # no clutter, no noise: each digit lands whole (its ink is kept, up to interpolation) and
+    # scaled by s in [1, 1.5] (ink scales by s^2), never cut by the canvas edge
+    g = torch.Generator().manual_seed(0)
+    x = digits.test.x[:64]
+    placed = clutter(x, g, fragments=0, noise=0.0)
+    ratio = placed.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert bool(((ratio > 0.9) & (ratio < 1.5**2 * 1.1)).all()), ratio
+    with pytest.raises(ValueError, match="does not fit"):
+        clutter(x, g, canvas=10, scale=(1.5, 1.5))
+
+
+@pytest.mark.slow
+def test_cluttered_digits_need_spatial_context() -> None:
+    """A small CNN learns the task above chance; a linear model on the pixels stays below it."""
+    from blockzoo.bench.arena import ArenaConvNet
+    from blockzoo.data.generated import cluttered_digits
+    from blockzoo.models.linear import SoftmaxRegression
+    from blockzoo.train.loop import fit
+
+    data = cluttered_digits(seed=0)
+    budget = dict(epochs=6, lr=1e-2, quiet=True, plots=False, device="cpu", seed=0)
+    torch.manual_seed(0)
+    cnn = fit(ArenaConvNet(1, 10, width=8), data, budget).test["acc"]
+    torch.manual_seed(0)
+    linear = fit(SoftmaxRegression(256, 10), data.view("vector"), budget, output="log_probs").test["acc"]
+    assert cnn > 0.2, cnn  # chance is 0.1
+    assert cnn > linear + 0.05, (cnn, linear)

@@ -230,3 +230,61 @@ def test_vit_mean_pool_and_position_embedding_resize() -> None:
     z = model.forward_features(x)
     assert z.shape == (2, 6, 8)
     torch.testing.assert_close(model(x), model.head(model.norm(z.mean(1))))
+
+
+# The MNIST-1D paper's baselines (Greydanus & Kobak, arXiv 2011.14439), sizes from the paper's
+# code, notebooks/models.py of github.com/greydanus/mnist1d (its print of count_params agrees):
+#   LinearBase(40, 10):            40*10 + 10                                     =    410
+#   MLPBase(40, 10, hidden 100):   (40*100 + 100) + (100*100 + 100) + (100*10 + 10) = 15_210
+#   ConvBase(channels 25, linear_in 125): conv1 1*25*5 + 25 = 150; conv2, conv3 25*25*3 + 25
+#     = 1900 each; lengths 40 -> 19 -> 10 -> 5, so linear 25*5*10 + 10 = 1260   =  5_210
+#   GRUBase(1, 10, hidden 6, 40 steps, bidirectional): per direction 3*(6*1 + 6*6 + 6 + 6) = 162,
+#     two directions 324; linear 2*6*40*10 + 10 = 4810                          =  5_134
+MNIST1D_PAPER = {"mnist1d_paper_logistic": 410, "mnist1d_paper_mlp": 15_210, "mnist1d_paper_cnn": 5_210,
+                 "mnist1d_paper_gru": 5_134}
+
+
+def _mnist1d_paper(name: str, dtype=torch.float32) -> nn.Module:
+    size = dict(in_features=40) if name in ("mnist1d_paper_logistic", "mnist1d_paper_mlp") else dict(
+        input_size=1, seq_len=40)
+    return blockzoo.create(name, num_classes=10, dtype=dtype, **size)
+
+
+@pytest.mark.parametrize("name", MNIST1D_PAPER)
+def test_mnist1d_paper_models_have_the_papers_sizes(name: str) -> None:
+    assert count_params(_mnist1d_paper(name)) == MNIST1D_PAPER[name]
+    assert blockzoo.spec(name).arxiv == "2011.14439"
+
+
+def test_mnist1d_paper_mlp_is_residual_and_cnn_flattens_its_last_map() -> None:
+    torch.manual_seed(0)
+    mlp = _mnist1d_paper("mnist1d_paper_mlp", torch.float64)
+    x = torch.randn(5, 40, dtype=torch.float64)
+    h1 = F.relu(mlp.linear1(x))
+    ref = mlp.linear3(h1 + F.relu(mlp.linear2(h1)))  # h2 = h1 + relu(W2 h1 + b2)
+    torch.testing.assert_close(mlp(x), ref, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the second layer off: the residual path alone is left
+        mlp.linear2.weight.zero_()
+        mlp.linear2.bias.fill_(-1.0)
+    torch.testing.assert_close(mlp(x), mlp.linear3(h1), rtol=1e-12, atol=1e-12)
+
+    cnn = _mnist1d_paper("mnist1d_paper_cnn", torch.float64)
+    s = torch.randn(3, 40, 1, dtype=torch.float64)
+    h = s.transpose(1, 2)
+    for conv in (cnn.conv1, cnn.conv2, cnn.conv3):
+        h = F.relu(F.conv1d(h, conv.weight, conv.bias, stride=2, padding=1))
+    assert h.shape == (3, 25, 5)  # the paper's linear_in = 125
+    torch.testing.assert_close(cnn(s), cnn.linear(h.reshape(3, 125)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(blockzoo.ShapeError, match="T=40"):
+        cnn(torch.randn(3, 41, 1, dtype=torch.float64))
+
+
+def test_mnist1d_paper_gru_equals_torch_gru_read_at_every_step() -> None:
+    """GRUBase: torch.nn.GRU (bidirectional, zero state), outputs of all 40 steps flattened."""
+    torch.manual_seed(0)
+    model = _mnist1d_paper("mnist1d_paper_gru", torch.float64)
+    ref = nn.GRU(1, 6, batch_first=True, bidirectional=True, dtype=torch.float64)
+    ref.load_state_dict(model.gru.state_dict())
+    x = torch.randn(4, 40, 1, dtype=torch.float64)
+    out, _ = ref(x, torch.zeros(2, 4, 6, dtype=torch.float64))
+    torch.testing.assert_close(model(x), model.linear(out.reshape(4, -1)), rtol=1e-10, atol=1e-10)

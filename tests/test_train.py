@@ -321,6 +321,7 @@ def test_cli_default_job_prints_paper_baselines(tmp_path: Path, capsys: pytest.C
         # the paper's figures are labelled as the paper's, not as measured here
         assert any(line.startswith(name) and line.split()[-2:] == [acc, "paper"]
                    for line in out.splitlines()), name
+    assert "blockzoo reproduce mnist1d" in out
 
 
 # --------------------------------------------------------------------------- config errors

@@ -1,7 +1,8 @@
 """The ``blockzoo`` command: each subcommand is a short function over library calls.
 
 One module per command group: ``catalogue`` (list, info, shapes, plot, data),
-``measure`` (bench, arena), ``deploy`` (export), ``training`` (train, eval, predict);
+``measure`` (bench, arena), ``reproduce`` (a paper's table), ``deploy`` (export),
+``training`` (train, eval, predict);
 ``common`` holds what they share. Errors a user can cause print one line and exit
 with code 2; the library itself never prints or exits.
 
@@ -28,6 +29,7 @@ from blockzoo.cli.catalogue import add_data, add_info, add_list, add_plot, add_s
 from blockzoo.cli.common import DEFAULT_THREADS, CliError, positive_int
 from blockzoo.cli.deploy import add_export
 from blockzoo.cli.measure import add_arena, add_bench
+from blockzoo.cli.reproduce import add_reproduce
 from blockzoo.cli.training import add_eval, add_predict, add_train
 from blockzoo.errors import BlockzooError
 
@@ -35,7 +37,7 @@ __all__ = ["COMMANDS", "DEFAULT_THREADS", "USER_ERRORS", "CliError", "build_pars
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_list, add_info, add_export, add_train, add_eval, add_predict, add_data,
-    add_bench, add_arena, add_plot, add_shapes,
+    add_bench, add_arena, add_reproduce, add_plot, add_shapes,
 ]
 
 

@@ -140,13 +140,16 @@ def cmd_arena(args: argparse.Namespace) -> int:
 
 def add_arena(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
-    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate; see: "
-                   "blockzoo list --family attention); 'none' is the backbone without attention")
-    p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d)")
-    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 15; --quick 5)")
+    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate; "
+                   "--quick: 4 image and 2 token blocks, one per mechanism); 'none' is the backbone "
+                   "without attention")
+    p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d; "
+                   "image:cluttered_digits is the harder image task)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 6; --quick 3)")
     p.add_argument("--seeds", type=positive_int, help="seeds per block (default 3; --quick 2)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel (processes of 1 thread)")
-    p.add_argument("--quick", action="store_true", help="5 epochs, 2 seeds: minutes on 2 cores")
+    p.add_argument("--quick", action="store_true",
+                   help="a representative set of 6 blocks, 3 epochs, 2 seeds: a few minutes on one core")
     p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
     p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
     p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")

@@ -57,6 +57,7 @@ from blockzoo.data.folder import (
 from blockzoo.data.generated import (
     BOW_WORDS,
     bag_of_words,
+    clutter,
     en_es_sentences,
 )
 from blockzoo.data.sequence_tasks import (
@@ -121,6 +122,7 @@ __all__ = [
     "cell_kind",
     "cell_what",
     "check_encoding",
+    "clutter",
     "copy_memory",
     "copy_memory_baseline",
     "dataset_entry",

@@ -29,7 +29,13 @@ from blockzoo.models.mixers import (
     smlp_tiny,
 )
 from blockzoo.models.mnist1d import (
+    PAPER_MODELS,
     Mnist1dCNN,
+    Mnist1dConvNet,
+    Mnist1dGRU,
+    Mnist1dLogistic,
+    Mnist1dMLP,
+    conv_out_len,
 )
 from blockzoo.models.repnets import (
     MobileOne,
@@ -66,6 +72,7 @@ from blockzoo.models.vit import (
 )
 
 __all__ = [
+    "PAPER_MODELS",
     "BowClassifier",
     "CifarCNN",
     "ConvMixer",
@@ -74,6 +81,10 @@ __all__ = [
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
+    "Mnist1dConvNet",
+    "Mnist1dGRU",
+    "Mnist1dLogistic",
+    "Mnist1dMLP",
     "MobileOne",
     "PatchMLPClassifier",
     "RNNClassifier",
@@ -83,6 +94,7 @@ __all__ = [
     "ResNet",
     "SoftmaxRegression",
     "VisionTransformer",
+    "conv_out_len",
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",

@@ -92,6 +92,9 @@ def train_report(result: FitResult, model: str) -> str:
                 else "") or "reference values of the data set"
         lines += ["", f"compared with published baselines ({cite}):",
                   render(ref, "table", ["model", col, "source"])]
+        if result.data_name == "mnist1d":
+            lines.append("(the paper's rows are its Table 1 figures, not run here; `blockzoo reproduce "
+                         "mnist1d` trains those four models with the paper's recipe)")
     table = per_class_table(result.test)
     if table:
         lines += ["", "test split, per class:", table]

@@ -1,9 +1,10 @@
 """The attention arena: which attention block should I pick?
 
 Every image-attention block is attached into the same small conv net and trained
-on the same images (digits by default); every token-attention block is the
-token mixer of the same small transformer trained on the same sequences
-(MNIST-1D by default). Same data, same optimiser and budget, K seeds each; the
+on the same images (the 8x8 digits by default; ``cluttered_digits``, digits placed at
+random on a 16x16 canvas among fragments, is the harder task that separates them more);
+every token-attention block is the token mixer of the same small transformer
+trained on the same sequences (MNIST-1D by default). Same data, same optimiser and budget, K seeds each; the
 table reports test accuracy mean ± std, params, FLOPs, training time and
 inference latency, and a scatter plots accuracy against latency. A baseline
 row (``none``: the same backbone without attention) is trained alongside.
@@ -20,7 +21,8 @@ rows already there (failed runs are re-tried, and reported until they pass).
 
 The rooms:
 
-- ``settings.py``: ``ArenaSettings`` (budget and data), ``BASELINE``, ``KINDS``.
+- ``settings.py``: ``ArenaSettings`` (budget and data), ``BASELINE``, ``KINDS``,
+  ``QUICK_BLOCKS`` (``--quick``'s representative set).
 - ``backbones.py``: ``ArenaConvNet`` (images), ``ArenaTransformer`` (tokens).
 - ``block_config.py``: a block's example config, and the one guess of which
   constructor argument sets a token block's sequence length.
@@ -43,12 +45,13 @@ from blockzoo.bench.arena.reporting import (
     summarize,
 )
 from blockzoo.bench.arena.results import ARENA_COLUMNS, read_results, results_for
-from blockzoo.bench.arena.settings import BASELINE, KINDS, ArenaSettings, settings_text
+from blockzoo.bench.arena.settings import BASELINE, KINDS, QUICK_BLOCKS, ArenaSettings, settings_text
 
 __all__ = [
     "ARENA_COLUMNS",
     "BASELINE",
     "KINDS",
+    "QUICK_BLOCKS",
     "SUMMARY_COLUMNS",
     "ArenaConvNet",
     "ArenaSettings",

@@ -108,8 +108,9 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
 
 
 def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSettings,
-                   measure: Callable[[str, str, ArenaSettings], float] = measure_latency) -> str:
-    """The arena table (markdown) and plot (``arena.png`` in ``out_dir``) from a results CSV.
+                   measure: Callable[[str, str, ArenaSettings], float] = measure_latency, *,
+                   png_name: str = "arena.png") -> str:
+    """The arena table (markdown) and plot (``png_name`` in ``out_dir``) from a results CSV.
 
     Latencies are measured now (``measure``), one block at a time.
     """
@@ -117,7 +118,7 @@ def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSet
 
     rows = results_for(read_results(csv_path), settings)
     summary = summarize(rows, arena_latencies(rows, settings, measure))
-    png = plot_arena(summary, Path(out_dir) / "arena.png")
+    png = plot_arena(summary, Path(out_dir) / png_name)
     lines = [render(summary, "markdown", SUMMARY_COLUMNS)]
     fails = [r for r in summary if r.get("error")]
     if fails:
