@@ -100,7 +100,9 @@ def test_local_window_attention_flops() -> None:
     d, nb, keys = c // h, -(-n // blk), blk + 2 * w  # blocks of blk queries, each sees blk + 2w keys
     attn = blockzoo.create("local_attention", dim=c, window=w, num_heads=h, block_size=blk).eval()
     core = sdpa_fwd(b, h * nb, blk, keys, d, d)
-    proj = 2 * b * n * c * 3 * c + 2 * b * n * c * c
+    # q, k, v are projected from the tokens padded to the blocked layout (w + nb*blk + w rows)
+    rows = nb * blk + 2 * w
+    proj = 2 * b * rows * c * 3 * c + 2 * b * n * c * c
     assert flop_report(attn, (torch.randn(b, n, c),)) == FlopReport(proj + core, ())
     # the SDPA path of the blocked computation counts the same
     from blockzoo.attention.local import local_window_attention
