@@ -122,6 +122,26 @@ class PlainSimAM(nn.Module):
         return x * torch.sigmoid(d / (4 * (d.sum((2, 3), keepdim=True) / n + self.lam)) + 0.5)
 
 
+@reference("coord_attention")
+class PlainCoordAttention(nn.Module):
+    """Hou et al. 2103.02907: pool along W and along H, shared 1x1 conv-BN-act, two gates."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = linear_from(b.conv1)
+        self.conv_h, self.conv_w = linear_from(b.conv_h), linear_from(b.conv_w)
+        self.norm, self.act = b.norm, b.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H = x.shape[2]
+        z = torch.cat([x.mean(3), x.mean(2)], 2)  # (B, C, H + W)
+        f = self.conv1(z.transpose(1, 2)).transpose(1, 2)  # (B, c, H + W)
+        f = self.act(self.norm(f[..., None]))[..., 0]
+        gh = torch.sigmoid(self.conv_h(f[..., :H].transpose(1, 2))).transpose(1, 2)  # (B, C, H)
+        gw = torch.sigmoid(self.conv_w(f[..., H:].transpose(1, 2))).transpose(1, 2)  # (B, C, W)
+        return x * gh[..., None] * gw[:, :, None, :]
+
+
 # ---------------------------------------------------------------- token-style image blocks
 
 
@@ -292,6 +312,31 @@ class PlainEncoderBlock(nn.Module):
         return self.norm2(x + self.fc2(self.act(self.fc1(x))))
 
 
+# ---------------------------------------------------------------- MLP blocks
+
+
+def _mlp_linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    a, b = (m for m in mlp.layers if isinstance(m, nn.Linear))
+    return linear_from(a), linear_from(b)
+
+
+@reference("mixer")
+class PlainMixer(nn.Module):
+    """Tolstikhin et al. 2105.01601: token MLP across patches, channel MLP across channels."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(b.dim), nn.LayerNorm(b.dim)
+        self.norm1.load_state_dict(b.norm1.state_dict())
+        self.norm2.load_state_dict(b.norm2.state_dict())
+        self.t1, self.t2 = _mlp_linears(b.token_mlp)
+        self.c1, self.c2 = _mlp_linears(b.channel_mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.t2(F.gelu(self.t1(self.norm1(x).transpose(1, 2)))).transpose(1, 2)
+        return x + self.c2(F.gelu(self.c1(self.norm2(x))))
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -307,6 +352,8 @@ def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     if "dim_out" in s.example.config:
         over["dim_out"] = 64
     size = (32, 32) if s.input == "image" else (256,)
+    if s.size_arg and s.input == "tokens":  # a length-bound block (MLP-Mixer's token MLP)
+        over[s.size_arg] = size[0]
     torch.manual_seed(0)
     out["large"] = (s.build_example(**over).eval(), s.make_input(batch=8, size=size, config=over))
     return out

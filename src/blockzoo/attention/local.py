@@ -166,8 +166,9 @@ class LocalAttention(nn.Module):
 
     Computed blockwise (``local_window_attention``): never an N x N matrix, memory
     O(N * w); the tokens, not q, k and v, are padded to the blocks, so q, k, v stay views of
-    one projection (at N = 4096, w = 16 an inference forward peaks below fused full SDPA's). While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are
-    computed instead, for figures.
+    one projection (at N = 4096, w = 16 an inference forward peaks below fused full SDPA's).
+    While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are computed
+    instead, for figures.
 
     Args:
         dim: C, the token width.
