@@ -98,9 +98,9 @@ def local_window_attention(
     return out.flatten(1, 2)[:, :n].transpose(1, 2)  # (B, h, N, d)
 
 
-# On inference, the blocks' logits are computed a chunk of blocks at a time so that they
-# (and the matmul's copies of the unfolded keys) stay under this many elements or an eighth
-# of q, whichever is larger: peak memory O(N d), not O(N (b + left + right)).
+# On inference, the blocks' logits are computed a chunk of blocks at a time so that, per
+# sample, they (and the matmul's copies of the unfolded keys) stay under this many elements
+# or an eighth of q, whichever is larger: peak memory O(N d), not O(N (b + left + right)).
 _CHUNK_ELEMENTS = 1 << 15
 
 
@@ -127,8 +127,8 @@ def _blocked(
         # Inference: a chunk of blocks at a time, softmax in place, each chunk's output
         # written straight into the (B, nb, b, h, d) result (the caller's layout).
         out = qp.new_empty(b_, nb, b, h, d)
-        per_block = b_ * h * b * kk
-        chunk = max(1, max(_CHUNK_ELEMENTS, qp.numel() // 8) // per_block)
+        # per sample (the batch cancels, so an export with a dynamic batch sees no guard on it)
+        chunk = max(1, max(_CHUNK_ELEMENTS, h * nq * d // 8) // (h * b * kk))
         for t in range(0, nb, chunk):
             c = slice(t, t + chunk)
             w = (qb[:, :, c] @ kt[:, :, c]).mul_(s).masked_fill_(~mask[c], float("-inf"))  # (B, h, c, b, K)
