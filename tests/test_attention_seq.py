@@ -343,7 +343,8 @@ def test_local_window_equals_band_masked_full_attention(n: int, window, block) -
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize(("n", "window", "block"), [(9, 2, 3), (30, (4, 0), 5), (17, (1, 6), 4), (40, 5, 1)])
+@pytest.mark.parametrize(("n", "window", "block"), [(9, 2, 3), (30, (4, 0), 5), (17, (1, 6), 4), (40, 5, 1),
+                                                    (64, 2, 4), (70, (3, 1), 8)])  # last two: tokens padded
 def test_local_window_inference_chunks_equal_band_masked_full_attention(
         monkeypatch: pytest.MonkeyPatch, n: int, window, block) -> None:
     """Under no_grad the blocks run a chunk at a time with an in-place softmax; with a tiny

@@ -165,8 +165,9 @@ class LocalAttention(nn.Module):
         y = Concat(heads) W^O,    q, k, v = x W^Q, x W^K, x W^V
 
     Computed blockwise (``local_window_attention``): never an N x N matrix, memory
-    O(N * w); the tokens, not q, k and v, are padded to the blocks, so q, k, v stay views of
-    one projection (at N = 4096, w = 16 an inference forward peaks below fused full SDPA's).
+    O(N * w); where that adds at most N / 8 rows, the tokens, not q, k and v, are padded to
+    the blocks, so q, k, v stay views of one projection (at N = 4096, w = 16 an inference
+    forward peaks below fused full SDPA's).
     While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are computed
     instead, for figures.
 
@@ -232,11 +233,15 @@ class LocalAttention(nn.Module):
             out, w = scaled_dot_product_attention(q, k, v, mask, p, return_weights=True)
             self.attn_map(w)  # (B, h, N, N)
             return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
-        # Pad the tokens, not q, k and v: the padded rows' projections are masked keys and
-        # discarded queries, and q, k, v stay views of one qkv buffer (no padded copies).
         left, right = self.window
         blk = self.block_size or max(left, right, 16)
         pad = -n % blk
+        if (left + right + pad) * 8 > n:  # short sequences: padding the tokens would add > 1/8 work
+            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+            out = local_window_attention(q, k, v, self.window, block_size=self.block_size, dropout_p=p)
+            return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+        # Pad the tokens, not q, k and v: the padded rows' projections are masked keys and
+        # discarded queries, and q, k, v stay views of one qkv buffer (no padded copies).
         qkv = self.qkv(F.pad(x, (0, 0, left, pad + right)))  # (B, left + nb*b + right, 3 h d)
         q, k, v = qkv.view(b, -1, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, left + nb*b + right, d)
         out = _blocked(q[:, :, left:left + n + pad], k, v, n, left, right, blk, p, None, None)
