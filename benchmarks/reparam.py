@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="restrict to blocks whose name starts with these words")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -82,6 +83,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, make in blocks.items():
+        if args.only and not any(name.startswith(w) for w in args.only):
+            continue
         train = randomise_bn(make()).eval()
         deploy = copy.deepcopy(train).reparameterize()
         with torch.no_grad():

@@ -272,6 +272,24 @@ def test_spatial_shift_moves_each_quarter_one_step() -> None:
     torch.testing.assert_close(z[0, 2, 1:], x[0, 2, :-1])  # then +H
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 3, 4), (2, 8, 1, 5), (2, 8, 6, 2)])
+def test_spatial_shift_autograd_and_inference_paths_agree(shape: tuple[int, ...]) -> None:
+    x = _x(*shape)
+    with torch.no_grad():
+        fast = spatial_shift(x, "hw"), spatial_shift(x, "wh")  # in-place slice copies
+    xg = x.clone().requires_grad_()
+    for order, want in zip(("hw", "wh"), fast, strict=True):
+        torch.testing.assert_close(spatial_shift(xg, order), want, rtol=0, atol=0)  # concatenation
+
+
+def test_s2_attention_no_grad_path_equals_autograd_path() -> None:
+    s2 = S2Attention(8).double().eval()
+    x = _x(2, 8, 5, 3)
+    with torch.no_grad():
+        fast = s2(x)
+    torch.testing.assert_close(s2(x.requires_grad_()), fast, rtol=1e-12, atol=1e-12)
+
+
 def test_s2_attention_split_weights_sum_to_one() -> None:
     s2 = S2Attention(8).double().eval()
     x = _x(2, 8, 4, 5)

@@ -343,6 +343,27 @@ def test_local_window_equals_band_masked_full_attention(n: int, window, block) -
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize(("n", "window", "block"), [(9, 2, 3), (30, (4, 0), 5), (17, (1, 6), 4), (40, 5, 1),
+                                                    (64, 2, 4), (70, (3, 1), 8)])  # last two: tokens padded
+def test_local_window_inference_chunks_equal_band_masked_full_attention(
+        monkeypatch: pytest.MonkeyPatch, n: int, window, block) -> None:
+    """Under no_grad the blocks run a chunk at a time with an in-place softmax; with a tiny
+    chunk budget every few blocks are a chunk, and the result is still full band attention."""
+    import blockzoo.attention.local as local
+
+    monkeypatch.setattr(local, "_CHUNK_ELEMENTS", 1)
+    q, k, v = _rand(2, 3, n, 4), _rand(2, 3, n, 4), _rand(2, 3, n, 4)
+    left, right = (window, window) if isinstance(window, int) else window
+    want = scaled_dot_product_attention(q, k, v, band_mask(n, left, right), reference=True)
+    with torch.no_grad():
+        torch.testing.assert_close(local_window_attention(q, k, v, window, block_size=block), want)
+    m = LocalAttention(12, window=window, num_heads=3, block_size=block).double().eval()
+    x = _rand(2, n, 12)
+    with torch.no_grad():
+        fast = m(x)
+    torch.testing.assert_close(fast, m(x.requires_grad_()))  # the autograd path, one shot
+
+
 def test_local_attention_module_equals_its_dense_band_path() -> None:
     m = LocalAttention(8, window=3, num_heads=2).double().eval()
     x = _rand(2, 37, 8)

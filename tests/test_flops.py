@@ -102,6 +102,12 @@ def test_local_window_attention_flops() -> None:
     core = sdpa_fwd(b, h * nb, blk, keys, d, d)
     proj = 2 * b * n * c * 3 * c + 2 * b * n * c * c
     assert flop_report(attn, (torch.randn(b, n, c),)) == FlopReport(proj + core, ())
+    # a longer sequence projects the tokens padded to the blocked layout (w + nb*blk + w rows)
+    n2 = 64
+    rows = -(-n2 // blk) * blk + 2 * w
+    core2 = sdpa_fwd(b, h * -(-n2 // blk), blk, keys, d, d)
+    proj2 = 2 * b * rows * c * 3 * c + 2 * b * n2 * c * c
+    assert flop_report(attn, (torch.randn(b, n2, c),)) == FlopReport(proj2 + core2, ())
     # the SDPA path of the blocked computation counts the same
     from blockzoo.attention.local import local_window_attention
     qkv = [torch.randn(b, h, n, d) for _ in range(3)]

@@ -14,6 +14,7 @@ needs them without torch) and are re-exported here, where blocks import them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
@@ -28,6 +29,19 @@ __all__ = [
 def _format(letters: Sequence[str], fixed: dict[str, int]) -> str:
     parts = [f"{s}={fixed[s]}" if s in fixed else s for s in letters]
     return "(" + ", ".join(parts) + ")"
+
+
+_Parsed = tuple[tuple[str, ...], bool, int, dict[str, int]]
+_PATTERNS: dict[str, _Parsed] = {}  # pattern -> parsed; the patterns are literals in the blocks
+
+
+def _parse(pattern: str) -> _Parsed:
+    """A pattern's named letters, whether it starts with ``*``, its named rank, each letter's index."""
+    letters = tuple(pattern.split())
+    star = bool(letters) and letters[0] == "*"
+    named = letters[1:] if star else letters
+    parsed = _PATTERNS[pattern] = (named, star, len(named), {s: i for i, s in enumerate(named)})
+    return parsed
 
 
 def check_shape(
@@ -51,30 +65,45 @@ def check_shape(
     Returns:
         A dict from each letter to its size in ``x`` (leading ``*`` dims omitted).
 
+    Every block calls this on every forward, so a valid input costs only integer
+    comparisons (the pattern is parsed once and cached); the message is built only
+    when the check fails (``benchmarks/overhead.py`` measures it).
+
     Example:
         >>> dims = check_shape(torch.zeros(2, 3, 5, 7), "B C H W", name="SE", C=3)
         >>> dims["H"], dims["W"]
         (5, 7)
     """
+    named, star, rank, index = _PATTERNS.get(pattern) or _parse(pattern)
+    if isinstance(x, torch.Tensor):
+        shape = x.shape
+        off = len(shape) - rank
+        if off == 0 or (star and off > 0):
+            for letter, size in fixed.items():
+                if size is None:
+                    continue
+                i = index.get(letter)
+                if i is None or shape[off + i] != size:
+                    break  # (a letter not in the pattern: the slow path says which)
+            else:
+                return dict(zip(named, shape[off:] if off else shape))  # noqa: B905 (same length)
+    _fail(x, pattern, name, arg, fixed)
+
+
+def _fail(x: object, pattern: str, name: str, arg: str, fixed: dict[str, int | None]) -> NoReturn:
+    """Raise the error ``check_shape`` found, with its full message (only on failure)."""
     letters = pattern.split()
     fixed_sizes = {k: v for k, v in fixed.items() if v is not None}
     unknown = set(fixed_sizes) - set(letters)
     if unknown:
         raise TypeError(f"check_shape: {sorted(unknown)} not in pattern {pattern!r}")
-    star = bool(letters) and letters[0] == "*"
-    named = letters[1:] if star else letters
     if not isinstance(x, torch.Tensor):
         raise ShapeError(
             f"{name}: expected {arg} tensor {_format(letters, fixed_sizes)}, "
             f"got {type(x).__name__}"
         )
-    shape = tuple(x.shape)
-    rank_ok = len(shape) >= len(named) if star else len(shape) == len(named)
-    tail = shape[len(shape) - len(named):] if rank_ok else ()
-    if rank_ok and all(fixed_sizes.get(s, n) == n for s, n in zip(named, tail, strict=True)):
-        return dict(zip(named, tail, strict=True))
     raise ShapeError(
-        f"{name}: expected {arg} {_format(letters, fixed_sizes)}, got {shape}"
+        f"{name}: expected {arg} {_format(letters, fixed_sizes)}, got {tuple(x.shape)}"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention._attend import attend
@@ -24,7 +25,14 @@ _AXES = ("h", "w", "both")
 
 
 class _AxisAttention(nn.Module):
-    """Multi-head self-attention along one axis (``"h"``: each column, ``"w"``: each row)."""
+    """Multi-head self-attention along one axis of channels-last tokens (B, S, L, C): each of
+    the S rows of L tokens is one sequence (``"h"``: L = H, S = W; ``"w"``: L = W, S = H).
+
+    The projections keep their 1x1-conv parameters (and state_dict) but run as ``F.linear``
+    on the tokens: with the channels last, q, k, v, the SDPA output and the projection input
+    are all views of one buffer (no permute copies), and the product is a plain matmul
+    (the NCHW 1x1 conv takes PyTorch's slower ``slow_conv2d`` path on CPU).
+    """
 
     def __init__(self, channels: int, axis: str, num_heads: int, head_dim: int, qkv_bias: bool,
                  **fk: Any) -> None:
@@ -35,18 +43,18 @@ class _AxisAttention(nn.Module):
         self.proj = nn.Conv2d(inner, channels, 1, **fk)
         self.attn_map = AttentionMap("weights")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        B, S, L, _ = t.shape
         h, d = self.num_heads, self.head_dim
-        qkv = self.qkv(x).view(B, 3, h, d, H, W)
-        # Sequence axis last-but-one: along H each column (W of them) is one sequence.
-        perm = (1, 0, 2, 5, 4, 3) if self.axis == "h" else (1, 0, 2, 4, 5, 3)
-        q, k, v = qkv.permute(*perm)  # (B, h, W, H, d) along H; (B, h, H, W, d) along W
-        # y = softmax(q k^T / sqrt(d)) v, along the axis only
-        y = attend(q, k, v, self.attn_map)
-        back = (0, 1, 4, 3, 2) if self.axis == "h" else (0, 1, 4, 2, 3)
-        y = y.permute(*back).reshape(B, h * d, H, W)  # (B, h*d, H, W)
-        return self.proj(y)
+        qkv = F.linear(t, self.qkv.weight.flatten(1), self.qkv.bias).view(B, S, L, 3, h, d)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # (B, S, h, L, d) each, views
+        # y = softmax(q k^T / sqrt(d)) v, along L only
+        if self.attn_map.active:  # the recorded map keeps its layout (B, h, S, L, L)
+            y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.attn_map).transpose(1, 2)
+        else:
+            y = attend(q, k, v, self.attn_map)  # (B, S, h, L, d)
+        y = y.transpose(2, 3).reshape(B, S, L, h * d)  # (B, S, L, h*d): a view of SDPA's output
+        return F.linear(y, self.proj.weight.flatten(1), self.proj.bias)  # (B, S, L, C)
 
 
 @register(
@@ -123,9 +131,16 @@ class AxialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="AxialAttention", C=self.channels)
+        # Channels-last tokens, laid out once per pass so that the pass's axis is dim 2:
+        # (B, W, H, C) along H, (B, H, W, C) along W; the first linear makes the copy.
+        along = "w"
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         for p in self.passes:
-            x = p(x)
-        return x
+            if p.axis != along:
+                t, along = t.transpose(1, 2), p.axis
+            t = p(t)
+        t = t.permute(0, 3, 1, 2) if along == "w" else t.permute(0, 3, 2, 1)  # (B, C, H, W)
+        return t.contiguous()
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, axis={self.axis!r}, num_heads={self.num_heads}, "

@@ -91,20 +91,25 @@ class ResidualAttentionHead(nn.Module):
         self.attn_maps = nn.ModuleList(AttentionMap("spatial") for _ in temperatures)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="ResidualAttentionHead", C=self.channels)
-        logits = x.new_zeros(x.shape[0], self.num_classes)
-        for head, t, amap in zip(self.heads, self.temperatures, self.attn_maps, strict=True):
-            norm = head.weight.flatten(1).norm(dim=1)[:, None]  # (K, 1)
-            # s_ij = m_i . x_j / ||m_i||
-            s = head(x).flatten(2) / norm  # (B, K, N)
-            base = s.mean(-1)  # (B, K)
+        dims = check_shape(x, "B C H W", name="ResidualAttentionHead", C=self.channels)
+        b, k = dims["B"], self.num_classes
+        # m_i / ||m_i|| for every head's classes: normalising the (T K, C) weights costs
+        # less than dividing the (B, T K, N) scores, and one product serves all heads.
+        m = torch.cat([head.weight for head in self.heads]).flatten(1)  # (T K, C)
+        m = m / m.norm(dim=1, keepdim=True)
+        # s_ij = m_i . x_j / ||m_i||
+        s = torch.matmul(m, x.flatten(2))  # (B, T K, N)
+        # base, summed over heads: 1/N sum_j s_ij
+        logits = s.mean(-1).view(b, len(self.heads), k).sum(1)  # (B, K)
+        for i, (t, amap) in enumerate(zip(self.temperatures, self.attn_maps, strict=True)):
+            si = s[:, i * k:(i + 1) * k]  # (B, K, N): head i
             if math.isinf(t):
-                att_logit = s.amax(-1)
+                att_logit = si.amax(-1)
             else:
                 # a_ij = softmax_j(T s_ij)
-                a = amap((t * s).softmax(-1).view(*s.shape[:2], *x.shape[2:])).flatten(2)  # (B, K, N)
-                att_logit = (a * s).sum(-1)
-            logits = logits + base + self.lam * att_logit
+                a = amap((t * si).softmax(-1).view(b, k, dims["H"], dims["W"])).flatten(2)  # (B, K, N)
+                att_logit = (a * si).sum(-1)
+            logits = logits + self.lam * att_logit
         return logits
 
     def extra_repr(self) -> str:

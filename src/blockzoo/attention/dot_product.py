@@ -314,18 +314,24 @@ class MultiHeadAttention(nn.Module):
         if value is None:
             value = key
         self_attn = key is query and value is query
-        s = check_shape(key, "B S C", name=name, arg="key", B=b, C=self.kdim)["S"]
-        check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)
+        if self_attn and self.kdim == self.dim and self.vdim == self.dim:
+            s = n  # key and value are the query, already checked
+        else:
+            s = check_shape(key, "B S C", name=name, arg="key", B=b, C=self.kdim)["S"]
+            check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)
         h, d = self.num_heads, self.head_dim
-        q, k, v = self._project(query, key, value, self_attn)
-        q = q.view(b, n, h, d).transpose(1, 2)  # (B, h, L, d)
-        k = k.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
-        v = v.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
+        if self_attn and self.fused_qkv:
+            q, k, v = self.qkv(query).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
+        else:
+            q, k, v = self._project(query, key, value, self_attn)
+            q = q.view(b, n, h, d).transpose(1, 2)  # (B, h, L, d)
+            k = k.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
+            v = v.view(b, s, h, d).transpose(1, 2)  # (B, h, S, d)
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
         causal = self.causal if is_causal is None else is_causal
-        mask = merge_masks(attn_mask, key_padding_mask, batch=b, num_heads=h, length=n, source=s,
-                           dtype=q.dtype, name=name)
+        mask = None if attn_mask is None and key_padding_mask is None else merge_masks(
+            attn_mask, key_padding_mask, batch=b, num_heads=h, length=n, source=s, dtype=q.dtype, name=name)
         p = self.dropout if self.training else 0.0
         explicit = need_weights or self.attn_map.active
         res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
@@ -335,7 +341,9 @@ class MultiHeadAttention(nn.Module):
         else:
             out, weights = res, None
         out = out.transpose(1, 2).reshape(b, n, self.inner)  # (B, L, E)
-        out = self.proj_drop(self.out_proj(out))  # (B, L, C)
+        out = self.out_proj(out)  # (B, L, C)
+        if self.training and self.proj_drop.p > 0:
+            out = self.proj_drop(out)
         if not need_weights:
             return out
         return out, (weights.mean(dim=1) if average_attn_weights else weights)

@@ -72,8 +72,9 @@ def local_window_attention(
     ``t*b - left .. t*b + b - 1 + right`` (K = b + left + right of them) through one batched
     ``F.scaled_dot_product_attention`` with a (b, K) band mask (on CPU an explicit batched
     softmax, which measured about 2x faster than SDPA's masked CPU path), so memory is
-    O(N * (b + left + right)) rather than O(N^2). It equals full attention with
-    ``band_mask(N, left, right)``.
+    O(N * (b + left + right)) rather than O(N^2); under ``no_grad`` the blocks run a chunk
+    at a time with the softmax in place, so the logits never take more than an eighth of
+    q's size (peak memory O(N d)). It equals full attention with ``band_mask(N, left, right)``.
 
     Args:
         q, k, v: (B, h, N, d) queries, keys, values of the same length.
@@ -88,32 +89,58 @@ def local_window_attention(
         - q, k, v: (B, h, N, d); output (B, h, N, d).
     """
     left, right = (window, window) if isinstance(window, int) else window
-    b_, h, n, d = q.shape
+    n = q.shape[2]
     b = block_size or max(left, right, 16)
-    nb = -(-n // b)
-    kk = b + left + right
-    pad = nb * b - n
-    qb = F.pad(q, (0, 0, 0, pad)).reshape(b_, h, nb, b, d)  # (B, h, nb, b, d)
+    pad = -n % b
+    qp = F.pad(q, (0, 0, 0, pad)) if pad else q  # (B, h, nb*b, d)
+    kp, vp = (F.pad(t, (0, 0, left, pad + right)) for t in (k, v))  # (B, h, nb*b + left + right, d)
+    out = _blocked(qp, kp, vp, n, left, right, b, dropout_p, scale, use_sdpa)  # (B, nb, b, h, d)
+    return out.flatten(1, 2)[:, :n].transpose(1, 2)  # (B, h, N, d)
 
-    def blocks(t: torch.Tensor) -> torch.Tensor:
-        t = F.pad(t, (0, 0, left, pad + right))  # (B, h, nb*b + left + right, d)
-        return t.unfold(2, kk, b)  # (B, h, nb, d, K), a view
 
-    mask = _block_mask(n, b, left, right, q.device)  # (nb, b, K)
-    kt, vb = blocks(k), blocks(v).transpose(-1, -2)  # (B, h, nb, d, K), (B, h, nb, K, d)
-    if not (q.device.type != "cpu" if use_sdpa is None else use_sdpa):
+# On inference, the blocks' logits are computed a chunk of blocks at a time so that, per
+# sample, they (and the matmul's copies of the unfolded keys) stay under this many elements
+# or an eighth of q, whichever is larger: peak memory O(N d), not O(N (b + left + right)).
+_CHUNK_ELEMENTS = 1 << 15
+
+
+def _blocked(
+    qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, n: int, left: int, right: int, b: int,
+    dropout_p: float, scale: float | None, use_sdpa: bool | None,
+) -> torch.Tensor:
+    """The blocked computation on padded inputs: qp (B, h, nb*b, d), kp and vp (B, h, nb*b +
+    left + right, d) (key row r is position r - left). Returns (B, nb, b, h, d)."""
+    b_, h, nq, d = qp.shape
+    nb, kk = nq // b, b + left + right
+    qb = qp.view(b_, h, nb, b, d) if qp.is_contiguous() else qp.reshape(b_, h, nb, b, d)  # (B, h, nb, b, d)
+    kt = kp.unfold(2, kk, b)  # (B, h, nb, d, K), a view
+    vb = vp.unfold(2, kk, b).transpose(-1, -2)  # (B, h, nb, K, d), a view
+    mask = _block_mask(n, b, left, right, qp.device)  # (nb, b, K)
+    if not (qp.device.type != "cpu" if use_sdpa is None else use_sdpa):
         # On CPU, SDPA with a mask takes its generic path, about 2x slower than this.
         s = d**-0.5 if scale is None else scale
-        # softmax(q k^T * scale + band) v, per block
-        w = (qb @ kt).mul_(s).masked_fill_(~mask, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
-        w = F.dropout(w, dropout_p) if dropout_p > 0 else w
-        out = w @ vb  # (B, h, nb, b, d)
-    else:
-        out = F.scaled_dot_product_attention(
-            qb.reshape(b_, h * nb, b, d), kt.transpose(-1, -2).reshape(b_, h * nb, kk, d),
-            vb.reshape(b_, h * nb, kk, d), attn_mask=mask.repeat(h, 1, 1), dropout_p=dropout_p, scale=scale,
-        )  # (B, h*nb, b, d)
-    return out.reshape(b_, h, nb * b, d)[:, :, :n]  # (B, h, N, d)
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in (qp, kp, vp))) or dropout_p > 0:
+            # softmax(q k^T * scale + band) v, per block
+            w = (qb @ kt).mul_(s).masked_fill_(~mask, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
+            w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+            return (w @ vb).permute(0, 2, 3, 1, 4)  # (B, nb, b, h, d)
+        # Inference: a chunk of blocks at a time, softmax in place, each chunk's output
+        # written straight into the (B, nb, b, h, d) result (the caller's layout).
+        out = qp.new_empty(b_, nb, b, h, d)
+        # per sample (the batch cancels, so an export with a dynamic batch sees no guard on it)
+        chunk = max(1, max(_CHUNK_ELEMENTS, h * nq * d // 8) // (h * b * kk))
+        for t in range(0, nb, chunk):
+            c = slice(t, t + chunk)
+            w = (qb[:, :, c] @ kt[:, :, c]).mul_(s).masked_fill_(~mask[c], float("-inf"))  # (B, h, c, b, K)
+            w = w.sub_(w.amax(-1, keepdim=True)).exp_()
+            w = w.div_(w.sum(-1, keepdim=True))
+            out[:, c].copy_((w @ vb[:, :, c]).permute(0, 2, 3, 1, 4))
+        return out
+    out = F.scaled_dot_product_attention(
+        qb.reshape(b_, h * nb, b, d), kt.transpose(-1, -2).reshape(b_, h * nb, kk, d),
+        vb.reshape(b_, h * nb, kk, d), attn_mask=mask.repeat(h, 1, 1), dropout_p=dropout_p, scale=scale,
+    )  # (B, h*nb, b, d)
+    return out.view(b_, h, nb, b, d).permute(0, 2, 3, 1, 4)  # (B, nb, b, h, d)
 
 
 @register(
@@ -138,8 +165,11 @@ class LocalAttention(nn.Module):
         y = Concat(heads) W^O,    q, k, v = x W^Q, x W^K, x W^V
 
     Computed blockwise (``local_window_attention``): never an N x N matrix, memory
-    O(N * w). While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are
-    computed instead, for figures.
+    O(N * w); where that adds at most N / 8 rows, the tokens, not q, k and v, are padded to
+    the blocks, so q, k, v stay views of one projection (at N = 4096, w = 16 an inference
+    forward peaks below fused full SDPA's).
+    While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are computed
+    instead, for figures.
 
     Args:
         dim: C, the token width.
@@ -196,15 +226,27 @@ class LocalAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = check_shape(x, "B N C", name="LocalAttention", C=self.dim).values()
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         p = self.dropout if self.training else 0.0
         if self.attn_map.active:
+            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
             mask = band_mask(n, *self.window, device=x.device)
             out, w = scaled_dot_product_attention(q, k, v, mask, p, return_weights=True)
             self.attn_map(w)  # (B, h, N, N)
-        else:
+            return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+        left, right = self.window
+        blk = self.block_size or max(left, right, 16)
+        pad = -n % blk
+        if (left + right + pad) * 8 > n:  # short sequences: padding the tokens would add > 1/8 work
+            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
             out = local_window_attention(q, k, v, self.window, block_size=self.block_size, dropout_p=p)
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+            return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+        # Pad the tokens, not q, k and v: the padded rows' projections are masked keys and
+        # discarded queries, and q, k, v stay views of one qkv buffer (no padded copies).
+        qkv = self.qkv(F.pad(x, (0, 0, left, pad + right)))  # (B, left + nb*b + right, 3 h d)
+        q, k, v = qkv.view(b, -1, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, left + nb*b + right, d)
+        out = _blocked(q[:, :, left:left + n + pad], k, v, n, left, right, blk, p, None, None)
+        del qkv, q, k, v  # (peak memory: the projection below need not hold them)
+        return self.proj(out.flatten(1, 2)[:, :n].flatten(2))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}, head_dim={self.head_dim}"

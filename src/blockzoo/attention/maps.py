@@ -2,7 +2,8 @@
 
 A block passes each attention map it computes — softmax weights (B, h, N, M),
 a channel gate (B, C, 1, 1), a spatial gate (B, 1, H, W), ... — through an
-``AttentionMap`` submodule. It is an identity, so it costs nothing; figures and
+``AttentionMap`` submodule. It is an identity, so it costs nothing (outside a
+recording a call returns its input without entering ``nn.Module``'s hooks); figures and
 analyses read the maps with ``record_attention``, which registers forward hooks
 on every ``AttentionMap`` of a model. A block whose fast path never
 materialises the weights (fused SDPA) checks ``map.active`` and takes its
@@ -47,6 +48,14 @@ class AttentionMap(nn.Module):
     def active(self) -> bool:
         """True while ``record_attention`` is collecting from this map."""
         return self._recording > 0
+
+    def __call__(self, attn: torch.Tensor) -> torch.Tensor:
+        # Free unless someone listens: a plain return skips nn.Module's call machinery
+        # (~1-2 us per call on CPU); with a recording or any hook of its own it runs as
+        # a module, so its hooks fire.
+        if self._recording or self._forward_hooks or self._forward_pre_hooks:
+            return super().__call__(attn)
+        return attn
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         return attn

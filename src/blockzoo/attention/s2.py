@@ -21,12 +21,35 @@ from blockzoo.registry import Example, images, register
 __all__ = ["S2Attention", "spatial_shift"]
 
 
-def _shift(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
-    """Shift x by one along ``dim`` (step +1 or -1); the border keeps its own value."""
-    n = x.shape[dim]
-    if step > 0:
-        return torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
-    return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+def _shift_into(out: torch.Tensor, x: torch.Tensor, order: str) -> None:
+    """Write S²-MLP's shift of ``x`` (B, C, H, W) into ``out``, a copy of ``x``.
+
+    Each channel quarter moves one step along its axis; the border row or column it leaves
+    keeps its own value, which ``out`` already holds as a copy of ``x``. One slice copy
+    per quarter, no concatenation.
+    """
+    dims = (2, 2, 3, 3) if order == "hw" else (3, 3, 2, 2)
+    q = x.shape[1] // 4
+    for i, (dim, step) in enumerate(zip(dims, (1, -1, 1, -1), strict=True)):
+        n = x.shape[dim]
+        src, dst = x.narrow(1, i * q, q), out.narrow(1, i * q, q)
+        if step > 0:
+            dst.narrow(dim, 1, n - 1).copy_(src.narrow(dim, 0, n - 1))
+        else:
+            dst.narrow(dim, 0, n - 1).copy_(src.narrow(dim, 1, n - 1))
+
+
+def _shift_cat(x: torch.Tensor, order: str) -> torch.Tensor:
+    """``spatial_shift`` by concatenation: more ops, but a cheap backward (views of the gradient)."""
+    dims = (2, 2, 3, 3) if order == "hw" else (3, 3, 2, 2)
+    parts = []
+    for p, d, step in zip(x.chunk(4, dim=1), dims, (1, -1, 1, -1), strict=True):
+        n = p.shape[d]
+        if step > 0:
+            parts.append(torch.cat([p.narrow(d, 0, 1), p.narrow(d, 0, n - 1)], d))
+        else:
+            parts.append(torch.cat([p.narrow(d, 1, n - 1), p.narrow(d, n - 1, 1)], d))
+    return torch.cat(parts, 1)
 
 
 def spatial_shift(x: torch.Tensor, order: str = "hw") -> torch.Tensor:
@@ -36,9 +59,11 @@ def spatial_shift(x: torch.Tensor, order: str = "hw") -> torch.Tensor:
     ``order="wh"`` shifts them +W, -W, +H, -H (its second shift). x is (B, C, H, W),
     C a multiple of 4; borders keep their values.
     """
-    dims = (2, 2, 3, 3) if order == "hw" else (3, 3, 2, 2)
-    parts = x.chunk(4, dim=1)
-    return torch.cat([_shift(p, d, s) for p, d, s in zip(parts, dims, (1, -1, 1, -1), strict=True)], 1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _shift_cat(x, order)
+    out = x.clone()
+    _shift_into(out, x, order)
+    return out
 
 
 @register(
@@ -98,13 +123,27 @@ class S2Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="S2Attention", C=self.channels)
-        x1, x2, x3 = self.expand(x).chunk(3, dim=1)  # (B, C, H, W) each
-        u = torch.stack([spatial_shift(x1, "hw"), spatial_shift(x2, "wh"), x3], 1)  # (B, 3, C, H, W)
-        z = u.sum(1).mean((2, 3))  # (B, C)
+        t = self.expand(x).view(dims["B"], 3, self.channels, dims["H"], dims["W"])  # [x_1; x_2; x_3]
+        if torch.is_grad_enabled() and t.requires_grad:
+            # Under autograd the concatenating form: the in-place form below would record a
+            # CopySlices node per slice copy, each cloning the whole gradient in backward.
+            u = torch.stack([_shift_cat(t[:, 0], "hw"), _shift_cat(t[:, 1], "wh"), t[:, 2]], 1)
+            z = u.sum(1).mean((2, 3))  # (B, C)
+        else:
+            # Inference: the two shifted branches written into one copy, u_3 = x_3 left in place.
+            u = t[:, :2].clone()  # (B, 2, C, H, W)
+            _shift_into(u[:, 0], t[:, 0], "hw")
+            _shift_into(u[:, 1], t[:, 1], "wh")
+            z = u.mean((3, 4)).sum(1) + t[:, 2].mean((2, 3))  # (B, C)
         # a = softmax_k(W_b act(W_a z))
         a = self.attn_fc2(self.act(self.attn_fc1(z))).view(dims["B"], 3, self.channels)  # (B, 3, C)
         a = self.attn_map(a.softmax(1)[..., None, None])  # (B, 3, C, 1, 1)
-        return self.proj((a * u).sum(1))
+        # y = W_2 sum_k a_k u_k
+        if u.shape[1] == 3:
+            return self.proj((a * u).sum(1))
+        # accumulated in one (B, C, H, W) tensor instead of a (B, 3, C, H, W) product
+        y = (t[:, 2] * a[:, 2]).addcmul_(u[:, 0], a[:, 0]).addcmul_(u[:, 1], a[:, 1])
+        return self.proj(y)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

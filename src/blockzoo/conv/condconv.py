@@ -123,7 +123,7 @@ class CondConv(nn.Module):
         # r = sigmoid(R GAP(x))
         r = self.attn_map(torch.sigmoid(self.route(self.dropout(x.mean((2, 3))))))  # (B, E)
         # W(x) = sum_e r_e W_e
-        weight = torch.einsum("be,eoihw->boihw", r, self.weight)  # (B, O, C/g, k, k)
+        weight = (r @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])  # (B, O, C/g, k, k)
         bias = None if self.bias is None else r @ self.bias  # (B, O)
         return per_sample_conv(x, weight, bias, stride=self.stride, padding=self.padding,
                                dilation=self.dilation, groups=self.groups)

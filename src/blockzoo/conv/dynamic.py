@@ -137,7 +137,7 @@ class DynamicConv(nn.Module):
         # pi = softmax(z / tau)
         pi = self.attn_map(torch.softmax(z / self.temperature, dim=-1))  # (B, K)
         # W~ = sum_k pi_k W_k,  b~ = sum_k pi_k b_k
-        weight = torch.einsum("bk,koihw->boihw", pi, self.weight)  # (B, O, C/g, k, k)
+        weight = (pi @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])  # (B, O, C/g, k, k)
         bias = None if self.bias is None else pi @ self.bias  # (B, O)
         return per_sample_conv(x, weight, bias, stride=self.stride, padding=self.padding,
                                dilation=self.dilation, groups=self.groups)

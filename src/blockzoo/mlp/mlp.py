@@ -105,13 +105,29 @@ class MLP(nn.Module):
             prev = h
         layers.append(nn.Linear(prev, self.out_features, bias=bias, **fk))
         self.layers = nn.Sequential(*layers)
+        # decided once, not per call: BatchNorm1d reads dim 1 as features
+        self._flatten_leading = any(isinstance(m, nn.BatchNorm1d) for m in self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "* B F", name="MLP", F=self.in_features)
-        if x.dim() > 2 and any(isinstance(m, nn.BatchNorm1d) for m in self.layers):
+        if self._flatten_leading and x.dim() > 2:
             # BatchNorm1d reads dim 1 as features: flatten the leading dims.
-            return self.layers(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
-        return self.layers(x)
+            return self._run(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.layers(x)`` without the per-call cost of modules that do nothing: the
+        Sequential's own call, an ``nn.Identity`` (no norm) and a dropout that is off
+        (p = 0 or eval) are skipped unless a hook listens to them (``benchmarks/overhead.py``:
+        each skipped call is ~1-2 us, a large part of a small MLP's eval time)."""
+        seq = self.layers
+        if seq._forward_hooks or seq._forward_pre_hooks:
+            return seq(x)
+        for m in seq._modules.values():
+            idle = type(m) is nn.Identity or (type(m) is nn.Dropout and (m.p == 0 or not m.training))
+            if not idle or m._forward_hooks or m._forward_pre_hooks:
+                x = m(x)
+        return x
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,130 @@
+"""The per-call overhead every block pays (issue 19, goal 1), tested by what runs, not by time.
+
+A valid input must cost ``check_shape`` only integer comparisons (no pattern parsing after
+the first call, no message built), and an ``AttentionMap`` nobody records must not enter
+``nn.Module``'s call machinery. The times are in ``benchmarks/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import blockzoo
+from blockzoo import checks
+from blockzoo.attention import SqueezeExcite
+from blockzoo.attention.maps import AttentionMap, record_attention
+from blockzoo.checks import ShapeError, check_shape
+
+
+@pytest.fixture
+def no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if ``check_shape`` formats a message or takes its failure path."""
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("check_shape built an error message for a valid input")
+
+    monkeypatch.setattr(checks, "_format", boom)
+    monkeypatch.setattr(checks, "_fail", boom)
+
+
+@pytest.mark.parametrize(("shape", "pattern", "fixed", "want"), [
+    ((8, 64, 7, 9), "B C H W", dict(C=64), dict(B=8, C=64, H=7, W=9)),
+    ((2, 3, 5, 4), "* F", dict(F=4), dict(F=4)),
+    ((5, 4), "* F", dict(F=4), dict(F=4)),
+    ((2, 6, 3), "B N C", dict(B=2, N=None, C=3), dict(B=2, N=6, C=3)),
+    ((2, 6, 3), "B N C", dict(Z=None), dict(B=2, N=6, C=3)),  # a free letter may be absent
+])
+def test_valid_input_builds_no_message(no_message: None, shape: tuple[int, ...], pattern: str,
+                                       fixed: dict[str, int | None], want: dict[str, int]) -> None:
+    assert check_shape(torch.zeros(shape), pattern, name="X", **fixed) == want
+
+
+def test_pattern_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    parse = checks._parse
+
+    def counting(pattern: str) -> object:
+        calls.append(pattern)
+        return parse(pattern)
+
+    monkeypatch.setattr(checks, "_PATTERNS", {})
+    monkeypatch.setattr(checks, "_parse", counting)
+    x = torch.zeros(2, 3, 4, 5)
+    for _ in range(5):
+        check_shape(x, "B C H W", name="X", C=3)
+        check_shape(x, "* W", name="X", W=5)
+    assert calls == ["B C H W", "* W"]
+
+
+@pytest.mark.parametrize(("x", "pattern", "fixed", "message"), [
+    (torch.zeros(8, 32, 7, 7), "B C H W", dict(C=64),
+     "CBAM: expected input (B, C=64, H, W), got (8, 32, 7, 7)"),
+    (torch.zeros(3, 4), "B C H W", {}, "CBAM: expected input (B, C, H, W), got (3, 4)"),
+    (torch.zeros(3), "* H W", dict(W=3), "CBAM: expected input (*, H, W=3), got (3,)"),
+    (torch.zeros(2, 5, 4), "* H W", dict(W=3), "CBAM: expected input (*, H, W=3), got (2, 5, 4)"),
+    ([1, 2], "B F", dict(F=2), "CBAM: expected input tensor (B, F=2), got list"),
+])
+def test_failures_keep_their_full_message(x: object, pattern: str, fixed: dict[str, int],
+                                          message: str) -> None:
+    with pytest.raises(ShapeError) as info:
+        check_shape(x, pattern, name="CBAM", **fixed)
+    assert str(info.value) == message
+
+
+def test_a_fixed_letter_not_in_the_pattern_is_a_programming_error() -> None:
+    with pytest.raises(TypeError, match=r"\['Q'\] not in pattern 'B C'"):
+        check_shape(torch.zeros(2, 3), "B C", name="X", Q=3)
+
+
+@pytest.fixture
+def count_map_forwards(monkeypatch: pytest.MonkeyPatch) -> list[AttentionMap]:
+    """Every AttentionMap.forward call, by module (the hooks only run around a forward)."""
+    seen: list[AttentionMap] = []
+
+    def forward(self: AttentionMap, attn: torch.Tensor) -> torch.Tensor:
+        seen.append(self)
+        return attn
+
+    monkeypatch.setattr(AttentionMap, "forward", forward)
+    return seen
+
+
+def test_attention_map_enters_nn_module_only_when_someone_listens(count_map_forwards: list) -> None:
+    se = SqueezeExcite(16, reduction=4).eval()
+    x = torch.randn(2, 16, 5, 5)
+    y = se(x)
+    assert count_map_forwards == []
+    with record_attention(se) as maps:
+        assert torch.equal(se(x), y)
+    assert count_map_forwards == [se.attn_map] and maps["attn_map"].shape == (2, 16, 1, 1)
+    seen = []
+    handle = se.attn_map.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    se(x)
+    handle.remove()
+    se(x)
+    assert seen == [(2, 16, 1, 1)] and len(count_map_forwards) == 2
+
+
+BLOCKS_WITH_MAPS = [n for n in blockzoo.list_blocks()
+                    if blockzoo.spec(n).family != "model"
+                    and any(isinstance(m, AttentionMap) for m in blockzoo.spec(n).build_example().modules())]
+
+
+@pytest.mark.parametrize("name", BLOCKS_WITH_MAPS)
+def test_no_block_calls_into_its_map_module_when_not_recording(name: str, count_map_forwards: list) -> None:
+    s = blockzoo.spec(name)
+    block = s.build_example().eval()
+    with torch.no_grad():
+        block(*s.make_input(batch=1))
+    assert count_map_forwards == []
+    with torch.no_grad(), record_attention(block) as maps:
+        block(*s.make_input(batch=1))
+    assert count_map_forwards and maps
+
+
+def test_identity_module_still_behaves_as_a_module() -> None:
+    holder = nn.Sequential(AttentionMap("spatial"))
+    assert "AttentionMap(kind='spatial')" in repr(holder)
+    x = torch.randn(3)
+    assert holder(x) is x
