@@ -174,7 +174,7 @@ def test_cli_modules_import_no_torch(help_probe: dict) -> None:
 def test_every_help_answers_without_torch(help_probe: dict) -> None:
     helps = help_probe["helps"]
     for cmd in ("list", "info", "shapes", "plot", "plot attention", "data", "bench", "arena", "export",
-                "train", "eval", "predict", "reproduce", "reproduce mnist1d"):
+                "train", "eval", "predict", "reproduce"):
         assert f"{cmd} --help" in helps, f"{cmd} --help was not probed"
     for argv, h in helps.items():
         assert h["code"] == 0, argv
