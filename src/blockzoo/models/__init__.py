@@ -52,6 +52,8 @@ from blockzoo.models.tabular import (
 )
 from blockzoo.models.vit import (
     VisionTransformer,
+    deit_tiny,
+    deit_tiny_distilled,
     vit_base,
     vit_small,
     vit_tiny,
@@ -72,6 +74,8 @@ __all__ = [
     "ResNet",
     "SoftmaxRegression",
     "VisionTransformer",
+    "deit_tiny",
+    "deit_tiny_distilled",
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
