@@ -168,6 +168,11 @@ from blockzoo.attention.simplified import (
 from blockzoo.attention.sk import (
     SelectiveKernel,
 )
+from blockzoo.attention.swin import (
+    PatchMerging,
+    ShiftedWindowAttention,
+    relative_position_index,
+)
 from blockzoo.attention.transformer import (
     TransformerEncoderBlock,
 )
@@ -220,6 +225,7 @@ __all__ = [
     "OutlookAttention",
     "ParNetAttention",
     "PatchEmbed",
+    "PatchMerging",
     "PerformerAttention",
     "PolarizedChannel",
     "PolarizedParallel",
@@ -233,6 +239,7 @@ __all__ = [
     "S2Attention",
     "SelectiveKernel",
     "SeparableSelfAttention",
+    "ShiftedWindowAttention",
     "ShortDistanceAttention",
     "ShuffleAttention",
     "SimAM",
@@ -257,6 +264,7 @@ __all__ = [
     "positive_random_features",
     "random_features",
     "record_attention",
+    "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",
     "sinusoidal_table",

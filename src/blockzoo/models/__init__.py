@@ -47,6 +47,12 @@ from blockzoo.models.sequence import (
     lstm_tagger,
     rnn_classifier,
 )
+from blockzoo.models.swin import (
+    SwinBlock,
+    SwinStage,
+    SwinTransformer,
+    swin_tiny,
+)
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
@@ -73,6 +79,9 @@ __all__ = [
     "RNNTagger",
     "ResNet",
     "SoftmaxRegression",
+    "SwinBlock",
+    "SwinStage",
+    "SwinTransformer",
     "VisionTransformer",
     "deit_tiny",
     "deit_tiny_distilled",
@@ -90,6 +99,7 @@ __all__ = [
     "resnext50",
     "rnn_classifier",
     "smlp_tiny",
+    "swin_tiny",
     "tabular_mlp",
     "vit_base",
     "vit_small",
