@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import blockzoo
+from blockzoo.attention.pvt import SpatialReductionAttention
 from blockzoo.attention.swin import PatchMerging, ShiftedWindowAttention
 
 # Parameter counts at the default config (1000 classes) of PyTorch Image Models 1.0.31:
@@ -19,6 +20,7 @@ TIMM_PARAMS = {
     "deit_tiny": 5_717_416,  # deit_tiny_patch16_224
     "deit_tiny_distilled": 5_910_800,  # deit_tiny_distilled_patch16_224
     "swin_tiny": 28_288_354,  # swin_tiny_patch4_window7_224
+    "pvt_v2_b0": 3_666_760,  # pvt_v2_b0
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -26,6 +28,7 @@ OTHER_SIZE = {
     "deit_tiny": (160, 96),
     "deit_tiny_distilled": (100, 60),
     "swin_tiny": (100, 60),
+    "pvt_v2_b0": (100, 60),
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -35,6 +38,7 @@ STAGES = {
     "deit_tiny": ("patch_embed.proj", 1),
     "deit_tiny_distilled": ("patch_embed.proj", 1),
     "swin_tiny": ("layers.[0-9]", 4),
+    "pvt_v2_b0": ("stages.[0-9]", 4),
 }
 
 
@@ -168,3 +172,47 @@ def test_patch_merging_concatenates_in_the_papers_order() -> None:
     torch.testing.assert_close(merge(x), merge.reduction(F.layer_norm(z, (12,), merge.norm.weight,
                                                                       merge.norm.bias)))
     assert merge(torch.randn(1, 5, 3, 3, dtype=torch.float64)).shape == (1, 3, 2, 5)  # odd: padded
+
+
+# ------------------------------------------------------------------------ PVT v2
+
+
+@pytest.mark.parametrize(("size", "ratio"), [((8, 8), 4), ((9, 7), 2), ((5, 6), 1)])
+def test_spatial_reduction_attention_equals_its_equations(size, ratio) -> None:
+    torch.manual_seed(0)
+    sra = SpatialReductionAttention(12, 3, sr_ratio=ratio).double().eval()
+    x = torch.randn(2, 12, *size, dtype=torch.float64)
+    b, c, h, w = x.shape
+    t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    wq, wk, wv = sra.attn.qkv.weight.chunk(3)
+    bq, bk, bv = sra.attn.qkv.bias.chunk(3)
+    if ratio > 1:
+        # SR(x) = LN(Conv_{R x R, stride R}(x)): keys from floor(H / R) x floor(W / R) cells
+        r = F.conv2d(x, sra.sr.weight, sra.sr.bias, stride=ratio).flatten(2).transpose(1, 2)
+        assert r.shape[1] == (h // ratio) * (w // ratio)
+        r = F.layer_norm(r, (c,), sra.norm.weight, sra.norm.bias)
+    else:
+        r = t
+
+    def heads(z: torch.Tensor) -> torch.Tensor:
+        return z.view(b, z.shape[1], 3, 4).transpose(1, 2)  # (B, h, L, d)
+
+    q, k, v = heads(t @ wq.T + bq), heads(r @ wk.T + bk), heads(r @ wv.T + bv)
+    a = (q @ k.transpose(-1, -2) / 2.0).softmax(-1)  # 1 / sqrt(d), d = 4
+    out = sra.attn.out_proj((a @ v).transpose(1, 2).reshape(b, h * w, c))
+    with torch.no_grad():
+        torch.testing.assert_close(sra(x), out.transpose(1, 2).reshape(b, c, h, w), rtol=1e-10, atol=1e-10)
+
+
+def test_spatial_reduction_attention_rejects_a_map_smaller_than_the_ratio() -> None:
+    sra = SpatialReductionAttention(8, 2, sr_ratio=4)
+    with pytest.raises(blockzoo.ShapeError, match="SpatialReductionAttention: the map is 3x9"):
+        sra(torch.randn(1, 8, 3, 9))
+
+
+def test_pvt_v2_names_its_smallest_input() -> None:
+    model = blockzoo.create_model("pvt_v2_b0", num_classes=3).eval()
+    with pytest.raises(blockzoo.ShapeError, match="stage 1 a 7x10 map.*expected H, W >= 29"):
+        model(torch.randn(1, 3, 28, 40))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 29, 29)).shape == (1, 3)

@@ -143,6 +143,9 @@ from blockzoo.attention.positional import (
     rotary_angles,
     sinusoidal_table,
 )
+from blockzoo.attention.pvt import (
+    SpatialReductionAttention,
+)
 from blockzoo.attention.pyramid import (
     PyramidSplitAttention,
 )
@@ -246,6 +249,7 @@ __all__ = [
     "SimplifiedSelfAttention",
     "SinusoidalPositionalEncoding",
     "SpatialGroupEnhance",
+    "SpatialReductionAttention",
     "SqueezeExcite",
     "TransformerEncoderBlock",
     "TripletAttention",

@@ -31,6 +31,14 @@ from blockzoo.models.mixers import (
 from blockzoo.models.mnist1d import (
     Mnist1dCNN,
 )
+from blockzoo.models.pvt import (
+    ConvFeedForward,
+    OverlapPatchEmbed,
+    PVTv2Block,
+    PVTv2Stage,
+    PyramidVisionTransformerV2,
+    pvt_v2_b0,
+)
 from blockzoo.models.resnet import (
     ResNet,
     resnet18,
@@ -68,13 +76,18 @@ from blockzoo.models.vit import (
 __all__ = [
     "BowClassifier",
     "CifarCNN",
+    "ConvFeedForward",
     "ConvMixer",
     "InceptionNet",
     "LeNet5",
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
+    "OverlapPatchEmbed",
+    "PVTv2Block",
+    "PVTv2Stage",
     "PatchMLPClassifier",
+    "PyramidVisionTransformerV2",
     "RNNClassifier",
     "RNNTagger",
     "ResNet",
@@ -92,6 +105,7 @@ __all__ = [
     "lstm_tagger",
     "mixer_tiny",
     "permutator_tiny",
+    "pvt_v2_b0",
     "resmlp_tiny",
     "resnet18",
     "resnet34",
