@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import blockzoo
 from blockzoo.attention.pvt import SpatialReductionAttention
 from blockzoo.attention.swin import PatchMerging, ShiftedWindowAttention
+from blockzoo.conv.convnext import ConvNeXtV2Block, GlobalResponseNorm
 
 # Parameter counts at the default config (1000 classes) of PyTorch Image Models 1.0.31:
 # sum(p.numel() for p in timm.create_model(REF).parameters()) for REF in brackets.
@@ -21,6 +22,7 @@ TIMM_PARAMS = {
     "deit_tiny_distilled": 5_910_800,  # deit_tiny_distilled_patch16_224
     "swin_tiny": 28_288_354,  # swin_tiny_patch4_window7_224
     "pvt_v2_b0": 3_666_760,  # pvt_v2_b0
+    "convnextv2_atto": 3_708_400,  # convnextv2_atto
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -29,6 +31,7 @@ OTHER_SIZE = {
     "deit_tiny_distilled": (100, 60),
     "swin_tiny": (100, 60),
     "pvt_v2_b0": (100, 60),
+    "convnextv2_atto": (100, 60),
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -39,6 +42,7 @@ STAGES = {
     "deit_tiny_distilled": ("patch_embed.proj", 1),
     "swin_tiny": ("layers.[0-9]", 4),
     "pvt_v2_b0": ("stages.[0-9]", 4),
+    "convnextv2_atto": ("stages.[0-9]", 4),
 }
 
 
@@ -212,7 +216,48 @@ def test_spatial_reduction_attention_rejects_a_map_smaller_than_the_ratio() -> N
 
 def test_pvt_v2_names_its_smallest_input() -> None:
     model = blockzoo.create_model("pvt_v2_b0", num_classes=3).eval()
-    with pytest.raises(blockzoo.ShapeError, match="stage 1 a 7x10 map.*expected H, W >= 29"):
+    with pytest.raises(blockzoo.ShapeError, match=r"stage 1 a 7x10 map.*expected H, W >= 29"):
         model(torch.randn(1, 3, 28, 40))
     with torch.no_grad():
         assert model(torch.randn(1, 3, 29, 29)).shape == (1, 3)
+
+
+# ------------------------------------------------------------------------ ConvNeXt V2
+
+
+def _grn_channels_last(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Eq. (1)-(3) of arXiv 2301.00808 on (B, H, W, C), as the paper's Algorithm 1 writes it."""
+    gx = torch.sqrt((x * x).sum(dim=(1, 2), keepdim=True))  # (B, 1, 1, C)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    return gamma * (x * nx) + beta + x
+
+
+def test_grn_equals_the_papers_algorithm_and_starts_as_identity() -> None:
+    torch.manual_seed(0)
+    grn = GlobalResponseNorm(6).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(grn(x), x, rtol=0, atol=0)  # gamma = beta = 0
+    torch.nn.init.normal_(grn.weight)
+    torch.nn.init.normal_(grn.bias)
+    want = _grn_channels_last(x.permute(0, 2, 3, 1), grn.weight, grn.bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(grn(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_convnextv2_block_equals_the_channels_last_formulation() -> None:
+    torch.manual_seed(0)
+    block = ConvNeXtV2Block(8).double()
+    torch.nn.init.normal_(block.mlp.grn.weight)
+    torch.nn.init.normal_(block.mlp.grn.bias)
+    x = torch.randn(2, 8, 9, 6, dtype=torch.float64)
+    h = F.conv2d(x, block.conv_dw.weight, block.conv_dw.bias, padding=3, groups=8).permute(0, 2, 3, 1)
+    h = F.layer_norm(h, (8,), block.norm.weight, block.norm.bias, eps=1e-6)
+    h = F.gelu(F.linear(h, block.mlp.fc1.weight[:, :, 0, 0], block.mlp.fc1.bias))
+    h = _grn_channels_last(h, block.mlp.grn.weight, block.mlp.grn.bias)
+    h = F.linear(h, block.mlp.fc2.weight[:, :, 0, 0], block.mlp.fc2.bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(block(x), x + h, rtol=1e-10, atol=1e-10)
+
+
+def test_convnextv2_names_its_smallest_input() -> None:
+    model = blockzoo.create_model("convnextv2_atto", num_classes=3).eval()
+    with pytest.raises(blockzoo.ShapeError, match=r"expected H, W >= 32.*got 31x64"):
+        model(torch.randn(1, 3, 31, 64))

@@ -15,6 +15,11 @@ from blockzoo.models.classic import (
 from blockzoo.models.convmixer import (
     ConvMixer,
 )
+from blockzoo.models.convnext import (
+    ConvNeXtV2,
+    ConvNeXtV2Stage,
+    convnextv2_atto,
+)
 from blockzoo.models.linear import (
     BowClassifier,
     LogisticRegression,
@@ -78,6 +83,8 @@ __all__ = [
     "CifarCNN",
     "ConvFeedForward",
     "ConvMixer",
+    "ConvNeXtV2",
+    "ConvNeXtV2Stage",
     "InceptionNet",
     "LeNet5",
     "LogisticRegression",
@@ -96,6 +103,7 @@ __all__ = [
     "SwinStage",
     "SwinTransformer",
     "VisionTransformer",
+    "convnextv2_atto",
     "deit_tiny",
     "deit_tiny_distilled",
     "gmlp_tiny",
