@@ -91,7 +91,7 @@ class ShiftedWindowAttention(nn.Module):
 
     Args:
         dim: C, input and output channels.
-        num_heads: h.
+        num_heads: h (default C / 32: the paper's head width d = 32, Sec. 3.3).
         window_size: M (an int or (M_h, M_w); paper: 7).
         shift_size: s (int or pair), 0 for W-MSA; Swin alternates 0 and M // 2.
         head_dim: d (default C // h).
@@ -116,7 +116,7 @@ class ShiftedWindowAttention(nn.Module):
     def __init__(
         self,
         dim: int,
-        num_heads: int = 3,
+        num_heads: int | None = None,
         *,
         window_size: int | tuple[int, int] = 7,
         shift_size: int | tuple[int, int] = 0,
@@ -132,6 +132,9 @@ class ShiftedWindowAttention(nn.Module):
         require(len(s) == 2 and all(0 <= v < m for v, m in zip(s, self.window_size, strict=True)),
                 f"{name}: shift_size={shift_size!r} must be in [0, window_size={window_size!r})")
         self.shift_size = (s[0], s[1])
+        if num_heads is None:
+            num_heads = require_divides(name, "the paper's head width", 32, "dim", dim,
+                                        hint="(or give num_heads)")
         if head_dim is None:
             head_dim = require_divides(name, "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
