@@ -156,6 +156,8 @@ class ConvNeXtV2(nn.Module):
     year=2023,
     input="image",
     output="logits",
+    paper_numbers=dict(size=(224, 224), params="3.7M", macs="0.55G",
+                       source="abstract; release's model table"),
     example=Example(
         # The default (paper) config, so ``info`` and the catalogue show Atto's counts; the
         # smallest input (32) and non-square sizes at and above it.
@@ -167,8 +169,8 @@ class ConvNeXtV2(nn.Module):
 def convnextv2_atto(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> ConvNeXtV2:
     """ConvNeXt V2-Atto: widths (40, 80, 160, 320), depths (2, 2, 6, 2); 3,708,400 parameters.
 
-    Woo et al., arXiv 2301.00808, Table 8 / Appendix (Atto: 3.7M parameters, 0.55 GFLOPs
-    at 224x224). Parameter count equal to PyTorch Image Models' ``convnextv2_atto``
+    Woo et al., arXiv 2301.00808 (abstract: Atto has 3.7M parameters; the authors' released
+    model table: 0.55 GFLOPs at 224x224). Parameter count equal to PyTorch Image Models' ``convnextv2_atto``
     (3,708,400).
 
     Equation: see ``ConvNeXtV2``, ``ConvNeXtV2Block`` and ``GlobalResponseNorm``.

@@ -275,6 +275,7 @@ class PyramidVisionTransformerV2(nn.Module):
     year=2021,
     input="image",
     output="logits",
+    paper_numbers=dict(size=(224, 224), params="3.4M", macs="0.6G", source="Table 2"),
     example=Example(
         # The default (paper) config, so ``info`` and the catalogue show B0's counts. At
         # 64 x 64 every reduced map keeps 2 x 2 keys (with one key, the queries could not
@@ -289,7 +290,8 @@ def pvt_v2_b0(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> PyramidV
     """PVT v2-B0: widths (32, 64, 160, 256), 2 blocks per stage, SR ratios (8, 4, 2, 1); 3,666,760 parameters.
 
     Wang et al., arXiv 2106.13797, Table 1 and Table 2 (B0: 3.4M parameters, 0.6 GFLOPs
-    at 224x224). Parameter count equal to PyTorch Image Models' ``pvt_v2_b0`` (3,666,760).
+    at 224x224). Parameter count equal to PyTorch Image Models' ``pvt_v2_b0`` (3,666,760),
+    the model that loads the authors' released weights; the paper's table prints 3.4M.
 
     Equation: see ``PyramidVisionTransformerV2`` and ``SpatialReductionAttention``.
 

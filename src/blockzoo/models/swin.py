@@ -217,6 +217,7 @@ class SwinTransformer(nn.Module):
     year=2021,
     input="image",
     output="logits",
+    paper_numbers=dict(size=(224, 224), params="28M", macs="4.5G", source="Table 1(a)"),
     example=Example(
         # The default (paper) config, so ``info`` and the catalogue show Swin-T's counts;
         # 64 x 64 images give every stage a map (16, 8, 4, 2) at little cost; the last

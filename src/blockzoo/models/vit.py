@@ -253,12 +253,14 @@ _DEIT = dict(family="model", size_arg="img_size",
              arxiv="2012.12877", year=2020, input="image", output="logits")
 
 
-@register(name="deit_tiny", example=_example(depth=1), **_DEIT)
+@register(name="deit_tiny", example=_example(depth=1), **_DEIT,
+          paper_numbers=dict(size=(224, 224), params="5M", macs=None, source="Table 1"))
 def deit_tiny(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTransformer:
     """DeiT-Ti: ViT-Ti/16 (D = 192, 12 blocks, 3 heads) as DeiT trains it; 5,717,416 parameters.
 
     Touvron et al., "Training data-efficient image transformers & distillation through
-    attention", arXiv 2012.12877, Table 1 (DeiT-Ti: 5M parameters, 1.3 GFLOPs at 224x224).
+    attention", arXiv 2012.12877, Table 1 (DeiT-Ti: 5M parameters; the paper gives
+    throughput, not FLOPs).
     The network is ViT's; the LayerNorm epsilon is the released code's 1e-6. Parameter
     count equal to PyTorch Image Models' ``deit_tiny_patch16_224`` (5,717,416).
 
@@ -276,12 +278,13 @@ def deit_tiny(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTr
                              **{"dim": 192, "depth": 12, "num_heads": 3, "norm_eps": 1e-6, **kw})
 
 
-@register(name="deit_tiny_distilled", example=_example(depth=1), **_DEIT)
+@register(name="deit_tiny_distilled", example=_example(depth=1), **_DEIT,
+          paper_numbers=dict(size=(224, 224), params="6M", macs=None, source="Table 5 (DeiT-Ti⚗)"))
 def deit_tiny_distilled(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VisionTransformer:
     """DeiT-Ti with the distillation token: class and distillation heads averaged; 5,910,800 parameters.
 
-    Touvron et al., arXiv 2012.12877, Sec. 4 and Table 1 ("DeiT-Ti⚗": 6M parameters,
-    1.3 GFLOPs at 224x224). Parameter count equal to PyTorch Image Models'
+    Touvron et al., arXiv 2012.12877, Sec. 4 and Table 5 ("DeiT-Ti⚗": 6M parameters).
+    Parameter count equal to PyTorch Image Models'
     ``deit_tiny_distilled_patch16_224`` (5,910,800).
 
     Equation: see ``VisionTransformer`` (``distilled=True``)::
