@@ -23,6 +23,8 @@ TIMM_PARAMS = {
     "swin_tiny": 28_288_354,  # swin_tiny_patch4_window7_224
     "pvt_v2_b0": 3_666_760,  # pvt_v2_b0
     "convnextv2_atto": 3_708_400,  # convnextv2_atto
+    "mobilenetv3_small": 2_542_856,  # mobilenetv3_small_100
+    "mobilenetv3_large": 5_483_032,  # mobilenetv3_large_100
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -32,6 +34,8 @@ OTHER_SIZE = {
     "swin_tiny": (100, 60),
     "pvt_v2_b0": (100, 60),
     "convnextv2_atto": (100, 60),
+    "mobilenetv3_small": (100, 60),
+    "mobilenetv3_large": (100, 60),
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -43,6 +47,8 @@ STAGES = {
     "swin_tiny": ("layers.[0-9]", 4),
     "pvt_v2_b0": ("stages.[0-9]", 4),
     "convnextv2_atto": ("stages.[0-9]", 4),
+    "mobilenetv3_small": ("blocks.[0-9]", 6),  # five bneck stages and the last 1x1 conv
+    "mobilenetv3_large": ("blocks.[0-9]", 7),
 }
 
 
@@ -261,3 +267,51 @@ def test_convnextv2_names_its_smallest_input() -> None:
     model = blockzoo.create_model("convnextv2_atto", num_classes=3).eval()
     with pytest.raises(blockzoo.ShapeError, match=r"expected H, W >= 32.*got 31x64"):
         model(torch.randn(1, 3, 31, 64))
+
+
+# ------------------------------------------------------------------------ MobileNetV3
+
+
+def test_mobilenetv3_small_follows_table_2() -> None:
+    from blockzoo.conv.mbconv import MBConv
+
+    model = blockzoo.create_model("mobilenetv3_small")
+    bnecks = [m for m in model.modules() if isinstance(m, MBConv)]
+    # (E, O, stride, SE bottleneck or None, activation) per row of Table 2
+    got = [(b.dw.conv.in_channels, b.dim_out, b.stride,
+            b.se.hidden if isinstance(b.se, blockzoo.attention.SqueezeExcite) else None,
+            type(b.dw.act).__name__) for b in bnecks]
+    assert got == [
+        (16, 16, 2, 8, "ReLU"), (72, 24, 2, None, "ReLU"), (88, 24, 1, None, "ReLU"),
+        (96, 40, 2, 24, "Hardswish"), (240, 40, 1, 64, "Hardswish"), (240, 40, 1, 64, "Hardswish"),
+        (120, 48, 1, 32, "Hardswish"), (144, 48, 1, 40, "Hardswish"), (288, 96, 2, 72, "Hardswish"),
+        (576, 96, 1, 144, "Hardswish"), (576, 96, 1, 144, "Hardswish"),
+    ]
+    se = bnecks[0].se
+    assert isinstance(se.act, torch.nn.ReLU) and isinstance(se.gate, torch.nn.Hardsigmoid)
+    residual = [False, False, True, False, True, True, False, True, False, True, True]  # s = 1 and C = O
+    assert [b.residual for b in bnecks] == residual
+
+
+def test_make_divisible_rounds_to_the_nearest_multiple_but_never_10_percent_down() -> None:
+    from blockzoo.models.mobilenetv3 import make_divisible
+
+    assert [make_divisible(v) for v in (4, 17, 22, 30, 36, 60, 144)] == [8, 16, 24, 32, 40, 64, 144]
+    assert make_divisible(18) == 24  # 16 would be more than 10% below 18
+    assert make_divisible(9.5) == 16  # 8 would be 16% below 9.5
+
+
+def test_mbconv_se_hidden_needs_an_se() -> None:
+    from blockzoo.conv.mbconv import MBConv
+
+    with pytest.raises(ValueError, match="se_hidden=8 needs se_ratio > 0"):
+        MBConv(16, se_ratio=0.0, se_hidden=8)
+
+
+def test_mobilenetv3_grad_exemption_is_exactly_the_projection_bn_biases() -> None:
+    from blockzoo.testing import zero_grad_parameters
+
+    # register(exempt={"grad": ...}) claims these, and only these, have a zero training gradient
+    stages = (1, 2, 3, 2, 3)  # bnecks per stage of Table 2
+    want = [f"blocks.{i}.{j}.project.bn.bias" for i, n in enumerate(stages) for j in range(n)]
+    assert zero_grad_parameters(blockzoo.spec("mobilenetv3_small")) == want

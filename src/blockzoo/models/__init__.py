@@ -36,6 +36,14 @@ from blockzoo.models.mixers import (
 from blockzoo.models.mnist1d import (
     Mnist1dCNN,
 )
+from blockzoo.models.mobilenetv3 import (
+    LARGE,
+    SMALL,
+    MobileNetV3,
+    make_divisible,
+    mobilenetv3_large,
+    mobilenetv3_small,
+)
 from blockzoo.models.pvt import (
     ConvFeedForward,
     OverlapPatchEmbed,
@@ -79,6 +87,8 @@ from blockzoo.models.vit import (
 )
 
 __all__ = [
+    "LARGE",
+    "SMALL",
     "BowClassifier",
     "CifarCNN",
     "ConvFeedForward",
@@ -90,6 +100,7 @@ __all__ = [
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
+    "MobileNetV3",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -111,7 +122,10 @@ __all__ = [
     "gru_tagger",
     "lstm_classifier",
     "lstm_tagger",
+    "make_divisible",
     "mixer_tiny",
+    "mobilenetv3_large",
+    "mobilenetv3_small",
     "permutator_tiny",
     "pvt_v2_b0",
     "resmlp_tiny",
