@@ -74,7 +74,41 @@ def catalogue_page() -> str:
         "",
         *([f"Ops with no FLOP formula, left out of these counts: {'; '.join(uncounted)}.", ""]
           if uncounted else []),
+        *paper_numbers_section(),
     ])
+
+
+def paper_numbers_section() -> list[str]:
+    """Entries with ``paper_numbers``: params and multiply-adds measured at the paper's input
+    size beside what the paper's table prints."""
+    rows = []
+    for name in list_blocks():
+        s = spec(name)
+        if s.paper_numbers is None:
+            continue
+        p = s.paper_numbers
+        with torch.device("meta"):  # shapes only: the counts need no arithmetic
+            model = s.build().eval()  # the default (paper) config
+            report = flop_report(model, s.make_input(batch=1, size=tuple(p["size"]), device="meta"))
+        params = sum(t.numel() for t in model.parameters())
+        rows.append(f"| {name} | {p['size'][0]}x{p['size'][1]} | {params / 1e6:.2f}M ({params:,}) | "
+                    f"{p['params']} | {report.flops / 2e9:.3f}G | {p['macs'] or '—'} | {p['source']} |")
+    if not rows:
+        return []
+    return [
+        "## Backbones against their papers",
+        "",
+        "Each entry's default (paper) config at the paper's input size, batch 1, beside what the",
+        "paper's table prints (`blockzoo info NAME --size 224 224` shows ours). Multiply-adds (MACs):",
+        "the same FLOP counter at that size, halved (2 FLOPs per multiply-accumulate), the unit most",
+        "vision papers call FLOPs. Parameter counts equal PyTorch Image Models' models of the same",
+        "name (tests/test_backbones.py).",
+        "",
+        "| name | input | params (ours) | params (paper) | MACs (ours) | MACs (paper) | paper source |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def kept_sections(text: str) -> list[str]:

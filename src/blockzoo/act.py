@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from blockzoo.registry import unknown_name
 
-__all__ = ["ACTIVATIONS", "NORMS", "LayerSpec", "create_act", "create_norm", "without_bias"]
+__all__ = ["ACTIVATIONS", "NORMS", "LayerNorm2d", "LayerSpec", "create_act", "create_norm", "without_bias"]
 
 LayerSpec = str | type[nn.Module] | Callable[..., nn.Module] | None
 
@@ -62,8 +63,20 @@ def create_act(
     return act(**kwargs)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map, at every position (ConvNeXt's
+    "channels_first" LayerNorm): the same as ``nn.LayerNorm(C)`` on (B, H, W, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
 def _layernorm(dim: int, **kw: Any) -> nn.Module:
     return nn.LayerNorm(dim, **kw)
+
+
+def _layernorm2d(dim: int, **kw: Any) -> nn.Module:
+    return LayerNorm2d(dim, **kw)
 
 
 def _batchnorm1d(dim: int, **kw: Any) -> nn.Module:
@@ -84,6 +97,7 @@ def _rmsnorm(dim: int, **kw: Any) -> nn.Module:
 
 NORMS: dict[str, Callable[..., nn.Module]] = {
     "layernorm": _layernorm,
+    "layernorm2d": _layernorm2d,
     "batchnorm1d": _batchnorm1d,
     "batchnorm": _batchnorm2d,
     "batchnorm2d": _batchnorm2d,
@@ -97,7 +111,8 @@ def create_norm(
 ) -> nn.Module:
     """A normalisation over ``dim`` features from a name, class, factory or ``None``.
 
-    Names: layernorm, batchnorm1d, batchnorm / batchnorm2d, groupnorm (one group),
+    Names: layernorm, layernorm2d (over the C of (B, C, H, W)), batchnorm1d, batchnorm /
+    batchnorm2d, groupnorm (one group),
     rmsnorm. ``None`` gives ``nn.Identity``.
     """
     if norm is None:

@@ -121,6 +121,7 @@ class Spec:
     out_batch_dims: tuple[int, ...] | None = None
     size_arg: str | None = None
     ids_arg: str | None = None
+    paper_numbers: Mapping[str, Any] | None = None
 
     @property
     def width_arg(self) -> str | None:
@@ -257,6 +258,7 @@ def register(
     out_batch_dims: tuple[int, ...] | None = None,
     size_arg: str | None = None,
     ids_arg: str | None = None,
+    paper_numbers: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a block or model class (or factory) under ``name``.
 
@@ -277,6 +279,11 @@ def register(
             width is the example input maker's ``features`` (``Spec.width_arg``).
         ids_arg: for a model that can embed integer token ids beside taking real
             features, the argument that takes the vocabulary size (``vocab_size``).
+        paper_numbers: what the paper's table states for the entry at its default
+            config, as printed there: ``size`` (H, W), ``params`` (``"28M"``), ``macs``
+            (multiply-adds, the "FLOPs" of most vision papers: ``"4.5G"``; ``None`` when the
+            paper gives none) and ``source`` (``"Table 1(a)"``). ``docs/catalogue.md``
+            lists them beside the counts measured at that size.
     """
     if family not in FAMILIES:
         raise ValueError(f"register({name!r}): family {family!r} not in {FAMILIES}")
@@ -292,6 +299,9 @@ def register(
         raise ValueError(f"register({name!r}): unknown exemption categories {sorted(bad_cats)}")
     if name != name.lower() or not name.replace("_", "").isalnum():
         raise ValueError(f"register: name {name!r} must be snake_case")
+    if paper_numbers is not None and set(paper_numbers) != {"size", "params", "macs", "source"}:
+        raise ValueError(f"register({name!r}): paper_numbers needs exactly size, params, macs, source; "
+                         f"got {sorted(paper_numbers)}")
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not (getattr(builder, "__module__", None) or "").startswith("blockzoo."):
@@ -315,6 +325,7 @@ def register(
             out_batch_dims=out_batch_dims,
             size_arg=size_arg,
             ids_arg=ids_arg,
+            paper_numbers=dict(paper_numbers) if paper_numbers is not None else None,
         )
         params = inspect.signature(builder).parameters
         open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

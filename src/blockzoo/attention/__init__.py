@@ -143,6 +143,9 @@ from blockzoo.attention.positional import (
     rotary_angles,
     sinusoidal_table,
 )
+from blockzoo.attention.pvt import (
+    SpatialReductionAttention,
+)
 from blockzoo.attention.pyramid import (
     PyramidSplitAttention,
 )
@@ -167,6 +170,11 @@ from blockzoo.attention.simplified import (
 )
 from blockzoo.attention.sk import (
     SelectiveKernel,
+)
+from blockzoo.attention.swin import (
+    PatchMerging,
+    ShiftedWindowAttention,
+    relative_position_index,
 )
 from blockzoo.attention.transformer import (
     TransformerEncoderBlock,
@@ -220,6 +228,7 @@ __all__ = [
     "OutlookAttention",
     "ParNetAttention",
     "PatchEmbed",
+    "PatchMerging",
     "PerformerAttention",
     "PolarizedChannel",
     "PolarizedParallel",
@@ -233,12 +242,14 @@ __all__ = [
     "S2Attention",
     "SelectiveKernel",
     "SeparableSelfAttention",
+    "ShiftedWindowAttention",
     "ShortDistanceAttention",
     "ShuffleAttention",
     "SimAM",
     "SimplifiedSelfAttention",
     "SinusoidalPositionalEncoding",
     "SpatialGroupEnhance",
+    "SpatialReductionAttention",
     "SqueezeExcite",
     "TransformerEncoderBlock",
     "TripletAttention",
@@ -257,6 +268,7 @@ __all__ = [
     "positive_random_features",
     "random_features",
     "record_attention",
+    "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",
     "sinusoidal_table",

@@ -60,11 +60,13 @@ class TransformerEncoderBlock(nn.Module):
         norm_layer: the normalisation (LayerNorm).
         norm_first: pre-norm (True, as ViT) or post-norm (paper: False,
             LayerNorm(x + Sublayer(x)), Sec. 3.1).
+        norm_eps: the norms' epsilon (default: the norm's own, 1e-5 for LayerNorm; DeiT's
+            and ViT's released code use 1e-6).
+        causal: default causal masking for every forward.
 
     The defaults are the paper's base encoder layer (post-norm, ReLU, dropout 0.1),
     which are also ``nn.TransformerEncoderLayer``'s; until issue 15 they were ViT's
     (pre-norm, GELU, no dropout), which ``VisionTransformer`` passes explicitly.
-        causal: default causal masking for every forward.
 
     Shape:
         - Input: (B, N, C), C = dim, any N; optional ``key_padding_mask`` (B, N) and
@@ -91,6 +93,7 @@ class TransformerEncoderBlock(nn.Module):
         norm_layer: LayerSpec = "layernorm",
         norm_first: bool = False,
         causal: bool = False,
+        norm_eps: float | None = None,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -101,8 +104,9 @@ class TransformerEncoderBlock(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.attn = MultiHeadAttention(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias,
                                        dropout=attn_dropout, causal=causal, **fk)
-        self.norm1 = create_norm(norm_layer, dim, **fk)
-        self.norm2 = create_norm(norm_layer, dim, **fk)
+        eps = {} if norm_eps is None else {"eps": norm_eps}
+        self.norm1 = create_norm(norm_layer, dim, **eps, **fk)
+        self.norm2 = create_norm(norm_layer, dim, **eps, **fk)
         self.fc1 = nn.Linear(dim, self.hidden, **fk)
         self.act = create_act(act_layer, **fk)
         self.fc2 = nn.Linear(self.hidden, dim, **fk)

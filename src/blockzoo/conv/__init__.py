@@ -15,6 +15,10 @@ from blockzoo.conv.conv_bn_act import (
 from blockzoo.conv.convmixer import (
     ConvMixerBlock,
 )
+from blockzoo.conv.convnext import (
+    ConvNeXtV2Block,
+    GlobalResponseNorm,
+)
 from blockzoo.conv.depthwise import (
     DepthwiseSeparableConv,
 )
@@ -46,8 +50,10 @@ __all__ = [
     "CondConv",
     "ConvBnAct",
     "ConvMixerBlock",
+    "ConvNeXtV2Block",
     "DepthwiseSeparableConv",
     "DynamicConv",
+    "GlobalResponseNorm",
     "InceptionBlock",
     "InvertedResidual",
     "Involution",

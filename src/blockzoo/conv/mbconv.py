@@ -67,6 +67,10 @@ class MBConv(nn.Module):
         stride: s of the depthwise conv.
         se_ratio: SE bottleneck width as a fraction of C (EfficientNet: 0.25);
             0 removes the SE (the MobileNetV2 block).
+        se_hidden: the SE bottleneck width itself, instead of C * se_ratio (MobileNetV3:
+            E / 4 rounded to a multiple of 8); needs ``se_ratio > 0``.
+        se_act_layer: the SE bottleneck activation (default: ``act_layer``; MobileNetV3: ReLU).
+        se_gate_layer: the SE gate (EfficientNet: sigmoid; MobileNetV3: hard sigmoid).
         act_layer: the activation (EfficientNet: SiLU/swish; MobileNetV2: ReLU6).
         norm_layer: the norm after each conv.
 
@@ -93,12 +97,17 @@ class MBConv(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         se_ratio: float = 0.25,
+        se_hidden: int | None = None,
+        se_act_layer: LayerSpec = None,
+        se_gate_layer: LayerSpec = "sigmoid",
         act_layer: LayerSpec = "silu",
         norm_layer: LayerSpec = "batchnorm",
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         super().__init__()
+        require(se_hidden is None or (se_hidden >= 1 and se_ratio > 0),
+                f"{type(self).__name__}: se_hidden={se_hidden} needs se_ratio > 0 (an SE) and >= 1")
         require(expand_ratio >= 1, f"{type(self).__name__}: expand_ratio={expand_ratio} must be >= 1")
         require(0 <= se_ratio <= 1, f"{type(self).__name__}: se_ratio={se_ratio} must be in [0, 1]")
         require(kernel_size % 2 == 1, f"{type(self).__name__}: kernel_size={kernel_size} must be odd")
@@ -113,7 +122,9 @@ class MBConv(nn.Module):
         self.dw = ConvBnAct(hidden, hidden, kernel_size, stride=stride, groups=hidden,
                             act_layer=act_layer, **kw)
         self.se = (
-            SqueezeExcite(hidden, hidden=max(1, int(channels * se_ratio)), act_layer=act_layer, **fk)
+            SqueezeExcite(hidden, hidden=se_hidden or max(1, int(channels * se_ratio)),
+                          act_layer=act_layer if se_act_layer is None else se_act_layer,
+                          gate_layer=se_gate_layer, **fk)
             if se_ratio > 0 else nn.Identity()
         )
         self.project = ConvBnAct(hidden, self.dim_out, 1, act_layer=None, **kw)

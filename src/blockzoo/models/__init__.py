@@ -15,6 +15,11 @@ from blockzoo.models.classic import (
 from blockzoo.models.convmixer import (
     ConvMixer,
 )
+from blockzoo.models.convnext import (
+    ConvNeXtV2,
+    ConvNeXtV2Stage,
+    convnextv2_atto,
+)
 from blockzoo.models.linear import (
     BowClassifier,
     LogisticRegression,
@@ -36,6 +41,22 @@ from blockzoo.models.mnist1d import (
     Mnist1dLogistic,
     Mnist1dMLP,
     conv_out_len,
+)
+from blockzoo.models.mobilenetv3 import (
+    LARGE,
+    SMALL,
+    MobileNetV3,
+    make_divisible,
+    mobilenetv3_large,
+    mobilenetv3_small,
+)
+from blockzoo.models.pvt import (
+    ConvFeedForward,
+    OverlapPatchEmbed,
+    PVTv2Block,
+    PVTv2Stage,
+    PyramidVisionTransformerV2,
+    pvt_v2_b0,
 )
 from blockzoo.models.repnets import (
     MobileOne,
@@ -61,21 +82,34 @@ from blockzoo.models.sequence import (
     lstm_tagger,
     rnn_classifier,
 )
+from blockzoo.models.swin import (
+    SwinBlock,
+    SwinStage,
+    SwinTransformer,
+    swin_tiny,
+)
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
 from blockzoo.models.vit import (
     VisionTransformer,
+    deit_tiny,
+    deit_tiny_distilled,
     vit_base,
     vit_small,
     vit_tiny,
 )
 
 __all__ = [
+    "LARGE",
     "PAPER_MODELS",
+    "SMALL",
     "BowClassifier",
     "CifarCNN",
+    "ConvFeedForward",
     "ConvMixer",
+    "ConvNeXtV2",
+    "ConvNeXtV2Stage",
     "InceptionNet",
     "LeNet5",
     "LogisticRegression",
@@ -85,24 +119,39 @@ __all__ = [
     "Mnist1dGRU",
     "Mnist1dLogistic",
     "Mnist1dMLP",
+    "MobileNetV3",
     "MobileOne",
+    "OverlapPatchEmbed",
+    "PVTv2Block",
+    "PVTv2Stage",
     "PatchMLPClassifier",
+    "PyramidVisionTransformerV2",
     "RNNClassifier",
     "RNNTagger",
     "RepNet",
     "RepVGG",
     "ResNet",
     "SoftmaxRegression",
+    "SwinBlock",
+    "SwinStage",
+    "SwinTransformer",
     "VisionTransformer",
     "conv_out_len",
+    "convnextv2_atto",
+    "deit_tiny",
+    "deit_tiny_distilled",
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
     "lstm_classifier",
     "lstm_tagger",
+    "make_divisible",
     "mixer_tiny",
+    "mobilenetv3_large",
+    "mobilenetv3_small",
     "mobileone_s0",
     "permutator_tiny",
+    "pvt_v2_b0",
     "repvgg_a0",
     "repvgg_b0",
     "resmlp_tiny",
@@ -112,6 +161,7 @@ __all__ = [
     "resnext50",
     "rnn_classifier",
     "smlp_tiny",
+    "swin_tiny",
     "tabular_mlp",
     "vit_base",
     "vit_small",

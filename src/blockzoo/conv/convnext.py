@@ -1,0 +1,148 @@
+r"""ConvNeXt V2's Global Response Normalization and its block.
+
+Paper: ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders (Woo et al.,
+arXiv 2301.00808, 2023); the block's layout is ConvNeXt's, A ConvNet for the 2020s (Liu et
+al., arXiv 2201.03545, 2022).
+
+Letters: B batch, C channels, H W spatial, E = r C the inverted-bottleneck width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo.checks import check_shape, require
+from blockzoo.registry import Example, images, register
+
+__all__ = ["ConvNeXtV2Block", "GlobalResponseNorm"]
+
+_V2 = dict(paper="ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
+           arxiv="2301.00808", year=2023, input="image")
+
+
+@register(
+    name="grn",
+    family="conv",
+    example=Example(config=dict(channels=8), inputs=images(), size=(6, 6), out_shape="same",
+                    tiny=dict(channels=3)),
+    **_V2,
+)
+class GlobalResponseNorm(nn.Module):
+    r"""Global Response Normalization: each channel scaled by its spatial L2 norm relative to the others.
+
+    Woo et al., "ConvNeXt V2", arXiv 2301.00808, Sec. 3.2, Eq. (1)-(3) and Algorithm 1.
+
+    Equation, X_c the c-th channel map (H x W)::
+
+        G_c = ||X_c||_2                                  global aggregation over H, W  (1)
+        N_c = G_c / (mean_j G_j + eps)                    divisive normalization        (2)
+        Y_c = gamma_c (X_c N_c) + beta_c + X_c            calibration, with a residual  (3)
+
+    gamma and beta start at zero, so the block starts as the identity.
+
+    Args:
+        channels: C.
+        eps: added to the mean norm (paper's code: 1e-6).
+
+    Shape:
+        - Input: (B, C, H, W), C = channels, any H, W.
+        - Output: (B, C, H, W).
+
+    Example:
+        >>> grn = GlobalResponseNorm(64)
+        >>> grn(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, eps: float = 1e-6, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        require(eps > 0, f"GlobalResponseNorm: eps={eps} must be positive")
+        self.channels, self.eps = channels, eps
+        self.weight = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))  # gamma
+        self.bias = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))  # beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="GlobalResponseNorm", C=self.channels)
+        # G_c = ||X_c||_2 over H, W;  N_c = G_c / (mean_j G_j + eps)
+        g = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        n = g / (g.mean(1, keepdim=True) + self.eps)
+        # Y = gamma (X N) + beta + X
+        return torch.addcmul(self.bias[:, None, None], self.weight[:, None, None], x * n) + x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, eps={self.eps}"
+
+
+@register(
+    name="convnextv2_block",
+    family="conv",
+    example=Example(config=dict(dim=8), inputs=images("dim"), size=(8, 8), out_shape="same",
+                    tiny=dict(dim=4, kernel_size=3)),
+    **_V2,
+)
+class ConvNeXtV2Block(nn.Module):
+    r"""ConvNeXt V2 block: depthwise 7 x 7, LayerNorm, inverted-bottleneck MLP with GRN, residual.
+
+    Woo et al., arXiv 2301.00808, Fig. 5 (ConvNeXt's block, Liu et al. arXiv 2201.03545,
+    Fig. 4, with GRN after the GELU and without layer scale).
+
+    Equation::
+
+        y = x + W_2 GRN(GELU(W_1 LN(DWConv_{7x7}(x)) + b_1)) + b_2     W_1: C -> rC, W_2: rC -> C
+
+    Args:
+        dim: C.
+        mlp_ratio: r (paper: 4).
+        kernel_size: of the depthwise conv (paper: 7).
+        act_layer: (GELU). norm_layer: the norm over channels (LayerNorm2d).
+        norm_eps: its epsilon (paper's code: 1e-6).
+
+    Shape:
+        - Input: (B, C, H, W), C = dim, any H, W.
+        - Output: (B, C, H, W).
+
+    Deviations:
+        No stochastic depth (a training-recipe choice). The pointwise layers are 1 x 1
+        convs on (B, C, H, W), the same maps as the paper's linear layers on (B, H, W, C).
+
+    Example:
+        >>> block = ConvNeXtV2Block(40)
+        >>> block(torch.randn(2, 40, 56, 56)).shape
+        torch.Size([2, 40, 56, 56])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        mlp_ratio: float = 4.0,
+        kernel_size: int = 7,
+        act_layer: LayerSpec = "gelu",
+        norm_layer: LayerSpec = "layernorm2d",
+        norm_eps: float = 1e-6,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        require(kernel_size % 2 == 1, f"ConvNeXtV2Block: kernel_size={kernel_size} must be odd")
+        fk = dict(device=device, dtype=dtype)
+        self.dim, hidden = dim, int(dim * mlp_ratio)
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **fk)
+        self.norm = create_norm(norm_layer, dim, eps=norm_eps, **fk)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Conv2d(dim, hidden, 1, **fk))
+        self.mlp.add_module("act", create_act(act_layer, **fk))
+        self.mlp.add_module("grn", GlobalResponseNorm(hidden, **fk))
+        self.mlp.add_module("fc2", nn.Conv2d(hidden, dim, 1, **fk))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B C H W", name="ConvNeXtV2Block", C=self.dim)
+        # y = x + W_2 GRN(GELU(W_1 LN(DWConv(x)) + b_1)) + b_2
+        return x + self.mlp(self.norm(self.conv_dw(x)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
