@@ -573,8 +573,9 @@ def test_wrong_channels_raise_shape_error_naming_block(name: str) -> None:
 # Biases that a later layer cancels exactly are not parameters (their gradient would be 0):
 # before a softmax over the axis they are constant on, or before a BatchNorm.
 NO_OP_BIASES = [
-    (lambda: PolarizedSelfAttention(8), ["channel_branch.wq.bias"],
-     ["channel_branch.wq.weight", "spatial_branch.wq.bias"]),
+    # PSA: the official code's 1x1 convs are all bias-free, so no bias exists to cancel
+    (lambda: PolarizedSelfAttention(8), ["channel_branch.wq.bias", "spatial_branch.wq.bias"],
+     ["channel_branch.wq.weight", "spatial_branch.wq.weight"]),
     (lambda: DANet(8), ["position.key.bias"], ["position.key.weight", "position.query.bias"]),
     (lambda: DoubleAttention(8), ["theta.bias"], ["theta.weight", "phi.bias", "rho.bias"]),
     (lambda: BAM(8, reduction=2),

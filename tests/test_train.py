@@ -402,11 +402,16 @@ def test_ddp_two_processes_equal_one(tmp_path: Path) -> None:
            "-m", "blockzoo", *common, "--name", "two"]
     # torchrun picks free ports for its rendezvous and workers by probing; on a busy shared
     # machine that probe can race, so one retry; a second failure shows torchrun's stderr.
-    for _attempt in range(2):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    # The retry replaces whatever a failed first attempt left in the run folder, and both
+    # attempts' stderr is shown if the second fails too.
+    errors = []
+    for attempt in range(2):
+        r = subprocess.run([*cmd, *(["--overwrite"] if attempt else [])], env=env,
+                           capture_output=True, text=True, timeout=240)
         if r.returncode == 0:
             break
-    assert r.returncode == 0, f"torchrun failed twice:\n{r.stderr[-4000:]}"
+        errors.append(r.stderr[-3000:])
+    assert r.returncode == 0, "torchrun failed twice:\n" + "\n----- retry -----\n".join(errors)
     assert main([*common, "--name", "one"]) == 0
     a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert a["step"] == b["step"] > 0

@@ -369,3 +369,22 @@ def test_finetune_option_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="leaves no parameter to train"):
         from blockzoo.train import train
         train(cfg)
+
+
+def test_a_split_rule_uses_each_chunk_once_and_prepare_runs_first() -> None:
+    from blockzoo.weights import Layout, Rule, map_state_dict
+
+    qkv = torch.arange(12.0).reshape(6, 2)
+    rules = (Rule(r"qkv\.weight", "q.weight", part=(0, 3)), Rule(r"qkv\.weight", "k.weight", part=(1, 3)),
+             Rule(r"qkv\.weight", "v.weight", part=(2, 3)), Rule(r"(a|b)\.weight", r"\1.w"))
+    layout = Layout("test", rules, (), lambda s: {},
+                    prepare=lambda t: {**t, "b.weight": t.pop("a.weight") * 2})
+    mapped = map_state_dict(layout, {"qkv.weight": qkv, "a.weight": torch.ones(1)})
+    assert torch.equal(torch.cat([mapped.tensors[k] for k in ("q.weight", "k.weight", "v.weight")]), qkv)
+    assert mapped.tensors["k.weight"].tolist() == [[4.0, 5.0], [6.0, 7.0]]
+    assert mapped.tensors["b.w"].item() == 2.0 and "a.w" not in mapped.tensors and not mapped.unknown
+    bad = Layout("test", rules[:2], (), lambda s: {})
+    with pytest.raises(FileFormatError, match="parts"):
+        map_state_dict(bad, {"qkv.weight": qkv})
+    with pytest.raises(FileFormatError, match="not divisible"):
+        map_state_dict(layout, {"qkv.weight": torch.zeros(5, 2)})

@@ -73,6 +73,10 @@ class Rule:
     pattern: str
     target: str
     convert: Callable[[torch.Tensor], torch.Tensor] | None = None
+    part: tuple[int, int] | None = None
+    """``(i, n)``: the target is chunk ``i`` of ``n`` equal chunks (dim 0) of the reference
+    tensor, e.g. timm's fused ``qkv`` split into separate projections; every rule of the
+    split names its own chunk and together they use the tensor once."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class Layout:
     head: tuple[str, ...]
     infer: Callable[[Shapes], dict[str, Any]]
     attach_after: str | None = None
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    """Applied to the reference state dict before the rules, for what renaming cannot do
+    (concatenating tensors into one, dropping buffers the reference recomputes)."""
 
 
 def _same(*names: str) -> Rule:
@@ -381,18 +388,32 @@ def map_state_dict(layout: Layout, tensors: Mapping[str, torch.Tensor]) -> Mappe
     source: dict[str, str] = {}
     unknown: list[str] = []
     compiled = [(re.compile(r.pattern), r) for r in layout.rules]
+    if layout.prepare is not None:
+        tensors = layout.prepare(dict(tensors))
     for key, t in tensors.items():
-        for pat, rule in compiled:
-            m = pat.fullmatch(key)
-            if m:
-                new = m.expand(rule.target)
-                if new in out:
-                    raise FileFormatError(f"{layout.source}: {source[new]!r} and {key!r} both map to {new!r}")
-                out[new] = rule.convert(t) if rule.convert else t
-                source[new] = key
-                break
-        else:
+        matches = [(m, rule) for pat, rule in compiled if (m := pat.fullmatch(key))]
+        if not matches:
             unknown.append(key)
+            continue
+        if matches[0][1].part is None:
+            matches = matches[:1]  # the first rule wins
+        else:  # a split: every matching rule with a part takes its chunk
+            matches = [(m, r) for m, r in matches if r.part is not None]
+            parts = sorted(r.part for _, r in matches)
+            n = parts[0][1]
+            if parts != [(i, n) for i in range(n)]:
+                raise FileFormatError(f"{layout.source}: the rules splitting {key!r} name parts {parts}, "
+                                      f"not 0..{n - 1} of {n}")
+            if t.shape[0] % n:
+                raise FileFormatError(f"{layout.source}: {key!r} has {t.shape[0]} rows, not divisible "
+                                      f"into {n} parts")
+        for m, rule in matches:
+            new = m.expand(rule.target)
+            if new in out:
+                raise FileFormatError(f"{layout.source}: {source[new]!r} and {key!r} both map to {new!r}")
+            value = t.chunk(rule.part[1], 0)[rule.part[0]].contiguous() if rule.part else t
+            out[new] = rule.convert(value) if rule.convert else value
+            source[new] = key
     return Mapped(out, source, unknown)
 
 
