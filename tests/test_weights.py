@@ -377,8 +377,11 @@ def test_a_split_rule_uses_each_chunk_once_and_prepare_runs_first() -> None:
     qkv = torch.arange(12.0).reshape(6, 2)
     rules = (Rule(r"qkv\.weight", "q.weight", part=(0, 3)), Rule(r"qkv\.weight", "k.weight", part=(1, 3)),
              Rule(r"qkv\.weight", "v.weight", part=(2, 3)), Rule(r"(a|b)\.weight", r"\1.w"))
-    layout = Layout("test", rules, (), lambda s: {},
-                    prepare=lambda t: {**t, "b.weight": t.pop("a.weight") * 2})
+    def prepare(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t["b.weight"] = t.pop("a.weight") * 2
+        return t
+
+    layout = Layout("test", rules, (), lambda s: {}, prepare=prepare)
     mapped = map_state_dict(layout, {"qkv.weight": qkv, "a.weight": torch.ones(1)})
     assert torch.equal(torch.cat([mapped.tensors[k] for k in ("q.weight", "k.weight", "v.weight")]), qkv)
     assert mapped.tensors["k.weight"].tolist() == [[4.0, 5.0], [6.0, 7.0]]
