@@ -252,7 +252,7 @@ def test_epsa_weights_softmax_across_scales() -> None:
     att = maps["attn_map"]
     assert att.shape == (2, 4, 4, 1, 1)
     torch.testing.assert_close(att.sum(1), torch.ones(2, 4, 1, 1, dtype=att.dtype))
-    feats = [conv(p) for conv, p in zip(psa.convs, x.split(4, 1), strict=True)]
+    feats = [conv(x) for conv in psa.convs]  # every scale reads the whole input
     torch.testing.assert_close(y, torch.cat([att[:, i] * f for i, f in enumerate(feats)], 1))
     assert [c.kernel_size[0] for c in psa.convs] == [3, 5, 7, 9]
     with pytest.raises(ValueError, match="groups"):
@@ -411,23 +411,25 @@ def test_double_attention_gather_then_distribute() -> None:
 
 
 def test_cot_dynamic_context_is_local_attention_over_window() -> None:
-    cot = ContextualTransformer(8, key_groups=2, num_heads=2, reduction=2).double().eval()
+    cot = ContextualTransformer(8, key_groups=2, num_heads=2, min_hidden=4).double().eval()
     x = _x(1, 8, 5, 6)
     with record_attention(cot) as maps:
         y = cot(x)
-    a = maps["attn_map"]  # (B, G, 1, K, H, W)
-    assert a.shape == (1, 2, 1, 9, 5, 6)
-    torch.testing.assert_close(a.sum(3), torch.ones(1, 2, 1, 5, 6, dtype=x.dtype))
-    # K_2(p) = sum over the 3x3 offsets o of A(p, o) V(p + o), zero outside the map
-    v = F.pad(cot.value_embed(x), (1, 1, 1, 1))
+    a = maps["attn_map"]  # (B, G, K, H, W), GroupNorm-ed: zero mean per head
+    assert a.shape == (1, 2, 9, 5, 6)
+    torch.testing.assert_close(a.mean((2, 3, 4)), torch.zeros(1, 2, dtype=x.dtype))
+    # K_2(p) = sum over the 3x3 offsets o of A(p, o) V(p + o), zero outside the map;
+    # channel c uses head c mod G
+    v = F.pad(cot.conv1x1(x), (1, 1, 1, 1))
     k2 = torch.zeros_like(x)
     for o, (di, dj) in enumerate((i, j) for i in range(3) for j in range(3)):
-        shifted = v[:, :, di: di + 5, dj: dj + 6].view(1, 2, 4, 5, 6)
-        k2 += (a[:, :, :, o] * shifted).view_as(x)
+        shifted = v[:, :, di: di + 5, dj: dj + 6]
+        k2 += a[:, torch.arange(8) % 2, o] * shifted
+    k2 = F.silu(cot.bn(k2))
     k1 = cot.key_embed(x)
-    f = maps["fuse_map"]
+    f = maps["fuse_map"]  # (B, 2, C, 1, 1): [K_2, K_1]
     torch.testing.assert_close(f.sum(1), torch.ones(1, 8, 1, 1, dtype=x.dtype))
-    torch.testing.assert_close(y, f[:, 0] * k1 + f[:, 1] * k2)
+    torch.testing.assert_close(y, f[:, 0] * k2 + f[:, 1] * k1)
 
 
 def test_csra_logits_are_average_plus_lambda_attention() -> None:

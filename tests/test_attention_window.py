@@ -342,6 +342,7 @@ def test_acmix_conv_path_starts_as_sum_of_shifts():
     _rand_params(m.q, 2), _rand_params(m.k, 3), _rand_params(m.v, 4)
     with torch.no_grad():
         m.alpha.fill_(0.0)
+        m.beta.fill_(1.0)  # starts at 0.5 (release); 1 isolates the shifts
     x = _img(8, 4, 5)
     B, C, H, W = x.shape
     h, d, K = 2, 4, 3

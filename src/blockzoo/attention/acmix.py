@@ -45,10 +45,10 @@ class ACmix(nn.Module):
         attention path, window Omega(p) of K_a x K_a pixels around p:
             F_att(p) = sum_{t in Omega(p)} softmax_t(q_p . k_t / sqrt(d) + r[t - p]) v_t
         convolution path (per feature index of d, over the 3h projected maps):
-            f_m      = sum_{j=1..3h} w_{m,j} [q; k; v]_j        m = 1..K_c^2   (light FC)
+            f_m      = sum_{j=1..3h} w_{m,j} [q; k; v]_j        m = 1..K_c^2   (light FC, no bias)
             F_conv   = sum_m shift_{o_m}(f_m)                   (grouped K_c x K_c conv,
                                                                  initialised to exact shifts)
-        y = alpha * F_att + beta * F_conv                      (alpha, beta learned, start 1)
+        y = alpha * F_att + beta * F_conv                      (alpha, beta learned, start 0.5)
 
     Args:
         channels: C, input and output channels.
@@ -71,6 +71,9 @@ class ACmix(nn.Module):
           (B, h, N, K_a^2, d) layout SDPA needs costs two transposing copies of the
           unfolded keys and values (3-4x slower forward+backward on CPU).
         - Attention weights are recorded as (B, h, K_a^2, N): window offset, then pixel.
+        - Where the paper is silent we follow the authors' release (LeapLabTHU/ACmix): the
+          light fully-connected layer has no bias, the grouped conv has one, and alpha,
+          beta start at 0.5 each.
 
     Example:
         >>> m = ACmix(32, num_heads=4)
@@ -101,17 +104,20 @@ class ACmix(nn.Module):
         self.v = nn.Conv2d(channels, channels, 1, bias=qkv_bias, **fk)
         self.rel_bias = nn.Parameter(torch.zeros(num_heads, kernel_att * kernel_att, **fk))
         kc2 = kernel_conv * kernel_conv
-        self.fc = nn.Conv2d(3 * num_heads, kc2, 1, **fk)
+        self.fc = nn.Conv2d(3 * num_heads, kc2, 1, bias=False, **fk)
         self.dep_conv = nn.Conv2d(kc2 * self.head_dim, channels, kernel_conv, padding=kernel_conv // 2,
                                   groups=self.head_dim, **fk)
-        self.alpha = nn.Parameter(torch.ones(1, **fk))
-        self.beta = nn.Parameter(torch.ones(1, **fk))
+        self.alpha = nn.Parameter(torch.full((1,), 0.5, **fk))
+        self.beta = nn.Parameter(torch.full((1,), 0.5, **fk))
         self.attn_map = AttentionMap("weights")
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.rel_bias, std=0.02)
+        # the two paths start equally weighted, as in the authors' release
+        self.alpha.fill_(0.5)
+        self.beta.fill_(0.5)
         # the grouped conv starts as the sum of the K_c^2 shifts: map m shifted by offset o_m
         kc = self.kernel_conv
         shift = torch.zeros(kc * kc, kc, kc)

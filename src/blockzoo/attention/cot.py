@@ -30,33 +30,36 @@ __all__ = ["ContextualTransformer"]
     year=2021,
     input="image",
     example=Example(config=dict(channels=16), inputs=images(), size=(8, 8),
-                    out_shape="same", tiny=dict(channels=4, key_groups=2, num_heads=2, reduction=2)),
+                    out_shape="same", tiny=dict(channels=4, key_groups=2, num_heads=2, min_hidden=4)),
 )
 class ContextualTransformer(nn.Module):
     r"""CoT block: keys mined by a k x k conv guide a local self-attention over k x k windows.
 
     Li et al., "Contextual Transformer Networks for Visual Recognition", arXiv 2107.12292.
 
-    Equation, with Q = x::
+    Equation, with Q = x, G weight heads, channel c aggregated by head c mod G::
 
-        K_1 = act(BN(conv_{k x k, groups}(x)))            static context (keys)
+        K_1 = relu(BN(conv_{k x k, groups}(x)))           static context (keys)
         V   = BN(W_v x)                                   1x1 conv
-        A   = W_delta act(BN(W_theta [K_1; Q]))           (B, G, k*k, H, W): per position and
-                                                          head, one weight per window offset
-        A   = softmax over the k*k offsets of A
-        K_2(p) = sum_{o in k x k} A(p, o) V(p + o)        dynamic context (local aggregation,
-                                                          each head's weights shared by its C/G channels)
-        a   = softmax_2(W_2 act(BN(W_1 GAP(K_1 + K_2))))  fusion weights per channel
-        y   = a_1 K_1 + a_2 K_2
+        A   = GN(W_delta relu(BN(W_theta [Q; K_1])))      Eq. (2): (B, G, k*k, H, W), one weight
+                                                          per head, window offset and position;
+                                                          GroupNorm with one group per head
+        K_2(p) = sum_{o in k x k} A(p, o) V(p + o)        Eq. (3): local aggregation
+        K_2 = silu(BN(K_2))
+        a   = softmax_2(W_2 relu(BN(W_1 GAP(K_2 + K_1))))  split attention (radix 2) per channel
+        y   = a_1 K_2 + a_2 K_1
 
     Args:
         channels: C, the input (and output) channels.
         kernel_size: k, the window side (paper: 3), odd.
         key_groups: groups of the k x k key conv (paper: 4); divides C.
-        num_heads: G, attention heads; divides C.
-        reduction: W_theta maps 2C -> 2C / reduction (paper's code: 4), and the fusion
-            MLP C -> max(1, C / reduction) -> 2C.
-        act_layer: activation (paper: ReLU).
+        num_heads: G, the local-attention weight heads; divides C. Default C // 8 (the
+            release's ``share_planes = 8``: 8 channels share one weight map).
+        embed_reduction: W_theta maps 2C -> C / embed_reduction (release: 2).
+        reduction: the fusion MLP maps C -> max(2C / reduction, min_hidden) -> 2C (release: 4).
+        min_hidden: floor of the fusion MLP's hidden width (release: 32).
+        act_layer: activation of K_1, W_theta and the fusion MLP (paper: ReLU).
+        out_act: activation after the aggregation's BN (release: SiLU).
         norm_layer: normalisation (paper: BN).
 
     Shape:
@@ -64,10 +67,18 @@ class ContextualTransformer(nn.Module):
         - Output: (B, C, H, W).
 
     Deviations:
-        The paper says only that K_1 and K_2 are "fused"; we fuse them by a softmax
-        attention over the two (as in the authors' release). The release normalises A
-        with GroupNorm; we use a softmax over the window so that K_2 is an
-        attention-weighted average of the values.
+        Eq. (2)-(3) fix only A = [K_1, Q] W_theta W_delta (W_theta with ReLU) and
+        K_2 = V (*) A; where the paper is silent we follow the authors' release
+        (JDAI-CV/CoTNet ``CotLayer``), whose state-dict keys ours match:
+        - A is normalised by a GroupNorm (one group per head over its k*k offsets and
+          all positions), not a softmax; W_theta is followed by BN then ReLU.
+        - Channel c uses weight head c mod G (the release's aggregation kernel).
+        - K_2 passes a BN and SiLU before the fusion; the fusion is the split attention
+          of ResNeSt (radix 2) the paper cites, its logits laid out (C, 2) per channel.
+        - The concatenation is [Q; K_1] (release order; the paper writes [K_1, Q], a
+          permutation of W_theta's input columns).
+        - The fusion MLP's first conv has no bias (the release's is cancelled by the BN
+          after it), so a release checkpoint loads without ``se.0.bias``.
 
     Example:
         >>> cot = ContextualTransformer(64)
@@ -81,59 +92,71 @@ class ContextualTransformer(nn.Module):
         *,
         kernel_size: int = 3,
         key_groups: int = 4,
-        num_heads: int = 4,
+        num_heads: int | None = None,
+        embed_reduction: int = 2,
         reduction: int = 4,
+        min_hidden: int = 32,
         act_layer: LayerSpec = "relu",
+        out_act: LayerSpec = "silu",
         norm_layer: LayerSpec = "batchnorm2d",
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         super().__init__()
+        if num_heads is None:
+            num_heads = max(1, channels // 8)
         require(kernel_size % 2 == 1, f"ContextualTransformer: kernel_size={kernel_size} must be odd")
         require_divides("ContextualTransformer", "key_groups", key_groups, "channels", channels)
         require_divides("ContextualTransformer", "num_heads", num_heads, "channels", channels)
-        require(reduction >= 1, f"ContextualTransformer: reduction={reduction} must be >= 1")
+        for name, v in (("embed_reduction", embed_reduction), ("reduction", reduction),
+                        ("min_hidden", min_hidden)):
+            require(v >= 1, f"ContextualTransformer: {name}={v} must be >= 1")
         fk = dict(device=device, dtype=dtype)
+        kk = kernel_size * kernel_size
         self.channels, self.kernel_size, self.num_heads = channels, kernel_size, num_heads
         self.key_embed = nn.Sequential(
             nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=key_groups,
                       bias=False, **fk),
             create_norm(norm_layer, channels, **fk), create_act(act_layer, **fk),
         )
-        self.value_embed = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False, **fk),
-                                         create_norm(norm_layer, channels, **fk))
-        mid = max(1, 2 * channels // reduction)
-        self.attention_embed = nn.Sequential(
+        mid = max(1, channels // embed_reduction)
+        self.embed = nn.Sequential(  # W_theta, W_delta, then one GroupNorm group per head
             nn.Conv2d(2 * channels, mid, 1, bias=False, **fk),
             create_norm(norm_layer, mid, **fk), create_act(act_layer, **fk),
-            nn.Conv2d(mid, num_heads * kernel_size * kernel_size, 1, **fk),
+            nn.Conv2d(mid, num_heads * kk, 1, **fk),
+            nn.GroupNorm(num_heads, num_heads * kk, **fk),
         )
-        hidden = max(1, channels // reduction)
-        self.fuse = nn.Sequential(
+        self.conv1x1 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False, **fk),  # W_v
+                                     create_norm(norm_layer, channels, **fk))
+        self.bn = create_norm(norm_layer, channels, **fk)
+        self.act = create_act(out_act, **fk)
+        hidden = max(2 * channels // reduction, min_hidden)
+        self.se = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False, **fk),
             create_norm(norm_layer, hidden, **fk), create_act(act_layer, **fk),
             nn.Conv2d(hidden, 2 * channels, 1, **fk),
         )
-        self.attn_map = AttentionMap("weights")
+        # A after its GroupNorm: local aggregation weights, not a distribution
+        self.attn_map = AttentionMap("local")
         self.fuse_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="ContextualTransformer", C=self.channels)
         b, h, w = dims["B"], dims["H"], dims["W"]
-        k, g = self.kernel_size, self.num_heads
+        c, k, g = self.channels, self.kernel_size, self.num_heads
         k1 = self.key_embed(x)  # (B, C, H, W)
-        v = self.value_embed(x)  # (B, C, H, W)
-        # A = W_delta W_theta [K_1; Q], softmax over the k*k window offsets
-        a = self.attention_embed(torch.cat([k1, x], 1)).view(b, g, 1, k * k, h, w)  # (B, G, 1, K, H, W)
-        a = self.attn_map(a.softmax(3))
-        vw = F.unfold(v, k, padding=k // 2)  # (B, C K, N), channel-major
-        vw = vw.view(b, g, self.channels // g, k * k, h, w)  # (B, G, C/G, K, H, W)
+        # A = GN(W_delta W_theta [Q; K_1]), one weight per head, offset and position
+        a = self.attn_map(self.embed(torch.cat([x, k1], 1)).view(b, g, k * k, h, w))  # (B, G, K, H, W)
+        v = self.conv1x1(x)  # (B, C, H, W)
+        # channel j G + i of the window unfold is aggregated by head i
+        vw = F.unfold(v, k, padding=k // 2).view(b, c // g, g, k * k, h, w)  # (B, C/G, G, K, H, W)
         # K_2(p) = sum_o A(p, o) V(p + o)
-        k2 = (a * vw).sum(3).reshape(b, self.channels, h, w)  # (B, C, H, W)
-        # fusion: softmax over {K_1, K_2} per channel
-        s = self.fuse((k1 + k2).mean((2, 3), keepdim=True)).view(b, 2, self.channels, 1, 1)  # (B, 2, C, 1, 1)
-        f = self.fuse_map(s.softmax(1))
-        return f[:, 0] * k1 + f[:, 1] * k2
+        k2 = (a.unsqueeze(1) * vw).sum(3).reshape(b, c, h, w)  # (B, C, H, W)
+        k2 = self.act(self.bn(k2))
+        # split attention over {K_2, K_1}: logits laid out (C, 2), softmax over the pair
+        s = self.se((k1 + k2).mean((2, 3), keepdim=True)).view(b, c, 2)  # (B, C, 2)
+        f = self.fuse_map(s.softmax(2).transpose(1, 2)[..., None, None])  # (B, 2, C, 1, 1)
+        return f[:, 0] * k2 + f[:, 1] * k1
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, num_heads={self.num_heads}"

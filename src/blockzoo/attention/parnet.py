@@ -40,7 +40,8 @@ class ParNetAttention(nn.Module):
         b_1 = BN(conv_1x1(x))
         b_3 = BN(conv_3x3(x))
         s   = BN(x)                                        the skip branch
-        SSE = s * sigmoid(W GAP(s) + b)                    one 1x1 conv C -> C (no bottleneck)
+        SSE = s * sigmoid(W GAP(s))                        one bias-free 1x1 conv C -> C
+                                                           (no bottleneck)
         y   = act(b_1 + b_3 + SSE)
 
     Args:
@@ -51,6 +52,12 @@ class ParNetAttention(nn.Module):
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
+
+    Deviations:
+        The paper does not say whether the SSE's 1x1 conv has a bias; the authors' release
+        (imankgoyal/NonDeepNetworks, ``SE1`` -> ``ConvSig``) has none, and neither do we.
+        Only the equal-width, stride-1 block is covered (the release's downsampling
+        variant, with its ``2 * sigmoid`` gate on the input, is not).
 
     Example:
         >>> pa = ParNetAttention(64)
@@ -68,14 +75,14 @@ class ParNetAttention(nn.Module):
         self.conv3x3 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False, **fk),
                                      create_norm(norm_layer, channels, **fk))
         self.skip_norm = create_norm(norm_layer, channels, **fk)
-        self.excite = nn.Conv2d(channels, channels, 1, **fk)
+        self.excite = nn.Conv2d(channels, channels, 1, bias=False, **fk)
         self.act = create_act(act_layer, **fk)
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="ParNetAttention", C=self.channels)
         s = self.skip_norm(x)
-        # SSE = BN(x) * sigmoid(W GAP(BN(x)) + b)
+        # SSE = BN(x) * sigmoid(W GAP(BN(x)))
         gate = self.attn_map(torch.sigmoid(self.excite(s.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)
         return self.act(self.conv1x1(x) + self.conv3x3(x) + s * gate)
 

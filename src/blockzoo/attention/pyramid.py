@@ -3,7 +3,7 @@
 Paper: EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural
 Network (Zhang, arXiv 2105.14447, 2021).
 
-Letters: B batch, C channels, H W spatial, S scales (splits), c = C / S.
+Letters: B batch, C channels, H W spatial, S scales, c = C / S channels per scale.
 """
 
 from __future__ import annotations
@@ -34,28 +34,39 @@ __all__ = ["PyramidSplitAttention"]
                     tiny=dict(channels=8, kernel_sizes=(3, 5), groups=(1, 2))),
 )
 class PyramidSplitAttention(nn.Module):
-    r"""PSA module: split channels, convolve each split at its own scale, softmax SE weights.
+    r"""PSA module: S multi-scale grouped convs of the whole input, softmax SE weights.
 
     Zhang et al., "EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional
     Neural Network", arXiv 2105.14447.
 
-    Equation, x split along channels into S parts x_i of c = C / S channels::
+    Equation, S scales of c = C / S output channels each::
 
-        F_i   = conv_{k_i x k_i, groups G_i}(x_i)                   (SPC module)
-        Z_i   = sigmoid(W_2 relu(W_1 GAP(F_i)))                       (SE weight, c -> c/r -> c)
+        F_i   = conv_{k_i x k_i, groups G_i}(x)                     (SPC module, C -> c)
+        Z_i   = sigmoid(W_2 relu(W_1 GAP(F_i) + b_1) + b_2)           (SE weight, c -> c/r -> c)
         att_i = exp(Z_i) / sum_j exp(Z_j)                             (softmax across the S scales)
         y     = cat_i(att_i * F_i)
 
     Args:
         channels: C, the input (and output) channels; a multiple of S.
         kernel_sizes: k_i of the S scales (paper: (3, 5, 7, 9)), odd.
-        groups: G_i of the S convs (paper's code: (1, 4, 8, 16)); each divides C / S.
+        groups: G_i of the S convs (paper's code: (1, 4, 8, 16)); each divides C and C / S.
         reduction: r of the SE weight module (paper: 16); hidden max(1, c // r).
         act_layer: the SE hidden activation (paper: ReLU).
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W.
         - Output: (B, C, H, W).
+
+    Deviations:
+        - The paper's text splits x into S channel groups before the convs; the authors'
+          release (murufeng/EPSANet ``PSAModule``, which produced the paper's numbers)
+          gives every scale's conv the whole input (C -> C / S, groups G_i). We follow
+          the release: S times the conv parameters of the split reading.
+        - The release concatenates the weighted scales in reverse order (scale S-1
+          first); we keep the paper's order cat(F_0, ..., F_{S-1}). The two differ only
+          by a fixed permutation of output channel blocks.
+        - The SE hidden width is max(1, c // r); the release's c // r is 0 when c < r.
+        - Only stride 1 (the release's strided variant is not covered).
 
     Example:
         >>> psa = PyramidSplitAttention(64)
@@ -82,8 +93,9 @@ class PyramidSplitAttention(nn.Module):
         require(channels % s == 0,
                 f"PyramidSplitAttention: channels={channels} must be a multiple of S={s} scales")
         c = channels // s
-        require(all(c % g == 0 for g in groups),
-                f"PyramidSplitAttention: groups={groups} must each divide channels/S={c}")
+        require(all(channels % g == 0 and c % g == 0 for g in groups),
+                f"PyramidSplitAttention: groups={groups} must each divide channels={channels} "
+                f"and channels/S={c}")
         require(all(k % 2 == 1 for k in kernel_sizes),
                 f"PyramidSplitAttention: kernel_sizes={kernel_sizes} must be odd")
         require(reduction >= 1, f"PyramidSplitAttention: reduction={reduction} must be >= 1")
@@ -91,7 +103,7 @@ class PyramidSplitAttention(nn.Module):
         self.channels, self.split = channels, c
         self.kernel_sizes, self.groups = kernel_sizes, groups
         self.convs = nn.ModuleList(
-            nn.Conv2d(c, c, k, padding=k // 2, groups=g, bias=False, **fk)
+            nn.Conv2d(channels, c, k, padding=k // 2, groups=g, bias=False, **fk)
             for k, g in zip(kernel_sizes, groups, strict=True)
         )
         hidden = max(1, c // reduction)
@@ -105,8 +117,8 @@ class PyramidSplitAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="PyramidSplitAttention", C=self.channels)
         b, h, w = dims["B"], dims["H"], dims["W"]
-        parts = x.split(self.split, dim=1)
-        f = torch.stack([conv(p) for conv, p in zip(self.convs, parts, strict=True)], 1)  # (B, S, c, H, W)
+        # F_i = conv_i(x): every scale reads the whole input
+        f = torch.stack([conv(x) for conv in self.convs], 1)  # (B, S, c, H, W)
         # Z_i = SE(F_i), one module for all scales
         z = self.se(f.mean((3, 4)).flatten(0, 1)[..., None, None])  # (B S, c, 1, 1)
         # att_i = softmax over the S scales of Z_i
