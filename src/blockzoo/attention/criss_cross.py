@@ -61,6 +61,10 @@ class CrissCrossAttention(nn.Module):
         - ``recurrence`` defaults to 1 (the criss-cross module itself); set 2 for RCCA.
         - W_k has no bias (CCNet's key conv has one): it adds Q_u . b_k to d_{u,t} for
           every t in Omega_u alike, which softmax_t cancels, so it cannot change the output.
+        - Otherwise equal to the authors' pure-PyTorch ``CrissCrossAttention``
+          (speedinghzl/CCNet: the pixel itself masked out of the column energies, one
+          softmax over column and row, gamma starting at 0); the RCCA head's convs around
+          the module (before, after, and the concatenation with x) are not part of it.
 
     Example:
         >>> cca = CrissCrossAttention(64, recurrence=2)

@@ -59,6 +59,9 @@ class DoubleAttention(nn.Module):
         per stage. theta has no bias (public A2-Net implementations give it one): row k
         of Bm gets b_k at every position, which softmax_N over that row cancels, so the
         bias cannot change the output (rho's bias stays: softmax_n runs across channels).
+        We know of no code released by the authors; the paper's equations are explicit
+        (gather G = A softmax(B)^T, distribute Z = G softmax(V), a 1x1 conv back to C)
+        and the block is checked against them.
 
     Example:
         >>> a2 = DoubleAttention(64)

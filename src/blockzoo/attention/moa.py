@@ -74,6 +74,21 @@ class MultiResolutionOverlappedAttention(nn.Module):
           window's pixels by a linear layer (W_u), and the module returns the attention
           output alone (the caller adds the residual).
         - No position embedding between window tokens.
+        - The authors' release (krushi1992/MOA-transformer, ``GlobalAttention`` and its
+          call in ``BasicLayer``) has layout bugs we do not follow: it reshapes the
+          (B, L, C) tokens to (B, C, H, W) without a transpose, turns the query and key
+          patches into tokens with ``view`` instead of a transpose (mixing windows with
+          features), adds the window outputs to an un-partitioned ``view`` of the tokens,
+          and fixes the key unfold's stride at 14 (right for window 14 only). We implement
+          the evident intent: window-aligned query patches and overlapping key patches
+          (stride w, padding o).
+        - Where the release is coherent it still differs from us: its output is one
+          token per window (``proj``, Linear D -> D with D = C) broadcast-added to every
+          pixel of that window, where ours is pixel-specific (W_u, then the 1x1 conv
+          C' -> C); it learns a relative position bias between window tokens (a table
+          sized by the input resolution; we have none, so any input size works); it fixes
+          o = 1 (keys w + 2) and flattens query patches as (p1 p2 c), a permutation of
+          W_q's input columns against our (c p1 p2).
 
     Example:
         >>> moa = MultiResolutionOverlappedAttention(32, window_size=4, overlap=1, reduction=4)

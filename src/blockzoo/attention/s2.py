@@ -99,8 +99,14 @@ class S2Attention(nn.Module):
         - Output: (B, C, H, W).
 
     Deviations:
-        The channel MLPs are written as 1x1 convolutions on (B, C, H, W), the same maps
-        as the paper's per-token linear layers.
+        - The channel MLPs are written as 1x1 convolutions on (B, C, H, W), the same maps
+          as the paper's per-token linear layers.
+        - Mean or sum, unresolved: the paper writes the split-attention descriptor as
+          sum_k 1 X_k with 1 a row of ones, a sum over the n patches (third-party
+          reimplementations sum), while the ResNeSt split attention it adopts averages.
+          We average (GAP), which keeps the MLP's input independent of the image size.
+          The two differ by the factor n = H W before the GELU, so they are not
+          equivalent; no authors' code was released to settle it.
 
     Example:
         >>> s2 = S2Attention(64)
