@@ -100,6 +100,10 @@ def test_cot_equals_official_structure(kw: dict) -> None:
         torch.testing.assert_close(cot(x), _cot_reference(cot, x), **TOL)
 
 
+def test_cot_default_heads_share_eight_channels() -> None:
+    assert [ContextualTransformer(c).num_heads for c in (8, 16, 64, 12, 20)] == [1, 2, 8, 1, 1]
+
+
 def test_cot_parameter_count_and_keys_are_the_releases() -> None:
     C, k, G = 64, 3, 64 // 8
     official = (

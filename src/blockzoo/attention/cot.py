@@ -53,8 +53,9 @@ class ContextualTransformer(nn.Module):
         channels: C, the input (and output) channels.
         kernel_size: k, the window side (paper: 3), odd.
         key_groups: groups of the k x k key conv (paper: 4); divides C.
-        num_heads: G, the local-attention weight heads; divides C. Default C // 8 (the
-            release's ``share_planes = 8``: 8 channels share one weight map).
+        num_heads: G, the local-attention weight heads; divides C. Default C / 8 (the
+            release's ``share_planes = 8``: 8 channels share one weight map) when 8
+            divides C, else 1.
         embed_reduction: W_theta maps 2C -> C / embed_reduction (release: 2).
         reduction: the fusion MLP maps C -> max(2C / reduction, min_hidden) -> 2C (release: 4).
         min_hidden: floor of the fusion MLP's hidden width (release: 32).
@@ -103,8 +104,8 @@ class ContextualTransformer(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        if num_heads is None:
-            num_heads = max(1, channels // 8)
+        if num_heads is None:  # the release's share_planes = 8 where 8 divides C
+            num_heads = channels // 8 if channels % 8 == 0 else 1
         require(kernel_size % 2 == 1, f"ContextualTransformer: kernel_size={kernel_size} must be odd")
         require_divides("ContextualTransformer", "key_groups", key_groups, "channels", channels)
         require_divides("ContextualTransformer", "num_heads", num_heads, "channels", channels)
