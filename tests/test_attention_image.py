@@ -588,6 +588,8 @@ NO_OP_BIASES = [
      ["channel_branch.2.bias", "spatial_branch.0.bias", "spatial_branch.9.bias"]),
     (lambda: CoordinateAttention(8), ["conv1.bias"], ["conv1.weight", "norm.bias", "conv_h.bias"]),
     (lambda: CoordinateAttention(8, norm_layer=None), [], ["conv1.bias"]),
+    # CoT: the release's se.0 bias feeds a BN; W_delta's bias stays (GroupNorm pools 9 of them)
+    (lambda: ContextualTransformer(8), ["se.0.bias"], ["se.0.weight", "se.3.bias", "embed.3.bias"]),
 ]
 
 
