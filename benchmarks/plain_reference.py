@@ -142,6 +142,23 @@ class PlainCoordAttention(nn.Module):
         return x * gh[..., None] * gw[:, :, None, :]
 
 
+@reference("grn")
+class PlainGRN(nn.Module):
+    """Woo et al. 2301.00808, Algorithm 1 on NCHW: G = ||X||_2 over (H, W), N = G / (mean_c G + eps),
+    Y = gamma (X N) + beta + X."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(b.weight.detach().clone().view(1, -1, 1, 1))
+        self.beta = nn.Parameter(b.bias.detach().clone().view(1, -1, 1, 1))
+        self.eps = b.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + self.eps)
+        return self.gamma * (x * n) + self.beta + x
+
+
 # ---------------------------------------------------------------- token-style image blocks
 
 
@@ -364,6 +381,9 @@ def _randomise_bn(m: nn.Module) -> None:
         if isinstance(bn, nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
+        if type(bn).__name__ == "GlobalResponseNorm":  # gamma = beta = 0 at init: the identity
+            bn.weight.data.uniform_(-1.0, 1.0)
+            bn.bias.data.uniform_(-1.0, 1.0)
 
 
 def time_pair(ours: Callable[[], object], plain: Callable[[], object], reps: int,
