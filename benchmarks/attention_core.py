@@ -131,6 +131,29 @@ def bench_mha(args: argparse.Namespace) -> None:
               f"| {tm['ours'] / tm['torch']:.2f} |")
 
 
+def _flex_sliding_window(full: nn.Module, x: torch.Tensor, h: int, w: int) -> Callable[[], object] | None:
+    """PyTorch's FlexAttention with a |i - j| <= w block mask (compiled: on CPU its eager form
+    is a reference implementation), on ``full``'s projections; None where it does not run."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        b, n, c = x.shape
+        mask = create_block_mask(lambda _b, _h, i, j: (i - j).abs() <= w, None, None, n, n, device="cpu")
+        attend = torch.compile(flex_attention)
+
+        def fn() -> torch.Tensor:
+            q, k, v = full.qkv(x).view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+            out = attend(q, k, v, block_mask=mask)
+            return full.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+        with torch.no_grad():
+            fn()  # compiles here
+        return fn
+    except Exception as e:  # report, don't hide
+        print(f"FlexAttention did not run: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+        return None
+
+
 def bench_local(args: argparse.Namespace) -> None:
     b, n, c, h, w = 1, 4096, 64, 4, 16
     print(f"\n## 2. local_attention (w={w}: offsets -{w}..{w}) vs full attention "
@@ -161,8 +184,13 @@ def bench_local(args: argparse.Namespace) -> None:
         "full + N x N band mask, SDPA": run(lambda: full(x, attn_mask=band)),
         "full + band mask, explicit softmax": run(explicit),
     }
+    flex = _flex_sliding_window(full, x, h, w)
+    if flex is not None:
+        fns["FlexAttention sliding window (compiled)"] = run(flex)
     with torch.no_grad():
         err = (local(x) - full(x, attn_mask=band)).abs().max().item()
+        if flex is not None:
+            print(f"max |FlexAttention - local| = {(flex() - local(x)).abs().max().item():.2e}")
     t = timed(fns, args.warmup, max(3, args.repeat // 2))
     mem = {k: peak_memory(f) for k, f in fns.items()}
     key = "local (blocked, O(N w))"

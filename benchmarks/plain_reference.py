@@ -20,6 +20,13 @@ geometric mean of the ratios is printed per config.
 
     PYTHONPATH=src python benchmarks/plain_reference.py
     PYTHONPATH=src python benchmarks/plain_reference.py --only se s2_attention --format markdown
+
+With ``--compile`` ours runs as ``blockzoo.compile(block)`` (inductor; compiled during the
+warm-up, ~10-30 s per row on a small CPU) against the same plain *eager* reference, and the
+geometric mean is also printed over ``ELEMENTWISE``, the blocks whose time is dominated by
+elementwise and reduction work (pooling, gates, norms: what inductor fuses), issue 19 goal 4:
+
+    PYTHONPATH=src python benchmarks/plain_reference.py --compile --only se eca sge simam coord_attention grn
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ import blockzoo
 from blockzoo.bench.report import FORMATS, render
 
 REFS: dict[str, type[nn.Module]] = {}
+# Blocks whose forward is mostly elementwise / reduction work (no large matmul or conv):
+# the rows over which --compile's geometric mean is reported.
+ELEMENTWISE = ("se", "eca", "sge", "simam", "coord_attention", "grn")
 
 
 def reference(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -140,6 +150,23 @@ class PlainCoordAttention(nn.Module):
         gh = torch.sigmoid(self.conv_h(f[..., :H].transpose(1, 2))).transpose(1, 2)  # (B, C, H)
         gw = torch.sigmoid(self.conv_w(f[..., H:].transpose(1, 2))).transpose(1, 2)  # (B, C, W)
         return x * gh[..., None] * gw[:, :, None, :]
+
+
+@reference("grn")
+class PlainGRN(nn.Module):
+    """Woo et al. 2301.00808, Algorithm 1 on NCHW: G = ||X||_2 over (H, W), N = G / (mean_c G + eps),
+    Y = gamma (X N) + beta + X."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(b.weight.detach().clone().view(1, -1, 1, 1))
+        self.beta = nn.Parameter(b.bias.detach().clone().view(1, -1, 1, 1))
+        self.eps = b.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + self.eps)
+        return self.gamma * (x * n) + self.beta + x
 
 
 # ---------------------------------------------------------------- token-style image blocks
@@ -364,6 +391,9 @@ def _randomise_bn(m: nn.Module) -> None:
         if isinstance(bn, nn.BatchNorm2d):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
+        if type(bn).__name__ == "GlobalResponseNorm":  # gamma = beta = 0 at init: the identity
+            bn.weight.data.uniform_(-1.0, 1.0)
+            bn.bias.data.uniform_(-1.0, 1.0)
 
 
 def time_pair(ours: Callable[[], object], plain: Callable[[], object], reps: int,
@@ -383,10 +413,15 @@ def time_pair(ours: Callable[[], object], plain: Callable[[], object], reps: int
 
 
 def run_row(name: str, cfg: str, block: nn.Module, args: tuple[torch.Tensor, ...], passes: int,
-            budget_s: float) -> dict[str, object]:
+            budget_s: float, compiled: bool = False) -> dict[str, object]:
     row: dict[str, object] = {"block": name, "config": cfg}
     _randomise_bn(block)
     plain = REFS[name](block).eval()
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        block = blockzoo.compile(block)
     with torch.no_grad():
         want, got = block(*args), plain(*args)
         err = (want - got).abs().max().item() / max(want.abs().max().item(), 1e-12)
@@ -425,19 +460,21 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per block and config")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--format", choices=FORMATS, default="table")
+    ap.add_argument("--compile", action="store_true", help="ours as blockzoo.compile(block), inductor")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.only or list(REFS)
     print(f"machine: {platform.machine()} | python {platform.python_version()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | eval, no_grad, fp32 | {args.passes} passes, "
-          f"ours/plain alternated, min of per-pass medians")
+          f"ours/plain alternated, min of per-pass medians"
+          f"{' | ours compiled (inductor), plain eager' if args.compile else ''}")
     rows = []
     for name in names:
         for cfg, (block, inp) in configs(name).items():
             if cfg not in args.configs:
                 continue
             try:
-                rows.append(run_row(name, cfg, block, inp, args.passes, args.budget))
+                rows.append(run_row(name, cfg, block, inp, args.passes, args.budget, args.compile))
             except Exception as e:  # report, don't hide: the row says what failed
                 rows.append({"block": name, "config": cfg, "note": f"{type(e).__name__}: {str(e)[:80]}"})
     cols = ["block", "config", "ours us", "plain us", "plain/ours", "ratio q1", "ratio q3",
@@ -448,6 +485,11 @@ def main() -> None:
         if r:
             gm = math.exp(sum(math.log(v) for v in r) / len(r))
             print(f"geometric mean plain/ours, {cfg}: {gm:.3f} over {len(r)} blocks")
+        r = [row["plain/ours"] for row in rows
+             if row["config"] == cfg and row["block"] in ELEMENTWISE and "plain/ours" in row]
+        if r:
+            gm = math.exp(sum(math.log(v) for v in r) / len(r))
+            print(f"geometric mean plain/ours over the elementwise blocks, {cfg}: {gm:.3f} over {len(r)}")
 
 
 if __name__ == "__main__":

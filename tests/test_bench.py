@@ -194,3 +194,31 @@ def test_bench_config_values_and_errors(capsys: pytest.CaptureFixture[str]) -> N
     assert main([*args, "--config", "dim=16,heads=4"]) == 2
     assert "multi_head_attention takes no heads" in capsys.readouterr().err
     assert main([*args, "--config", "16"]) == 2
+
+
+def test_compiled_columns_join_the_eager_row() -> None:
+    from blockzoo.bench.runner import COMPILE_COLUMNS
+
+    settings = BenchSettings(batch=2, warmup=1, repeats=2, compile=True, compile_backend="aot_eager")
+    res = run_bench(["se"], settings, progress=False, peak_gflops=1.0)
+    assert res.failures == [] and res.machine["compiled"] == "blockzoo.compile, backend aot_eager"
+    (row,) = res.rows
+    assert list(row) == BENCH_COLUMNS + COMPILE_COLUMNS
+    assert row["fwd_speedup"] == pytest.approx(row["fwd_ms"] / row["compiled_fwd_ms"])
+    assert row["train_speedup"] == pytest.approx(row["train_ms"] / row["compiled_train_ms"])
+    assert row["compile_s"] > 0
+
+
+def test_compile_failure_keeps_the_eager_row(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    assert main(["bench", "se", "--compile", "--repeats", "1", "--warmup", "0", "--no-progress",
+                 "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["machine"]["compiled"] == "blockzoo.compile, backend inductor"
+    (row,) = data["rows"]
+    assert row["fwd_ms"] > 0 and row["compiled_fwd_ms"] is None
+    assert data["failures"] == [{"name": "se (compiled)", "error": "RuntimeError: no compiler here"}]

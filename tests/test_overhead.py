@@ -128,3 +128,34 @@ def test_identity_module_still_behaves_as_a_module() -> None:
     assert "AttentionMap(kind='spatial')" in repr(holder)
     x = torch.randn(3)
     assert holder(x) is x
+
+
+@pytest.mark.parametrize("name", ["se", "grn"])
+def test_cheap_shape_guard_still_raises_the_full_error(name: str) -> None:
+    block = blockzoo.create(name, channels=8)
+    with pytest.raises(ShapeError, match=r"expected .*C=8"):
+        block(torch.zeros(2, 5, 4, 4))
+    with pytest.raises(ShapeError):
+        block(torch.zeros(2, 8, 4))
+
+
+def test_se_fast_path_equals_the_module_path_and_hooks_still_fire() -> None:
+    """SE's eval forward skips its submodules' calls unless a hook listens (float64, 1e-12)."""
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, reduction=2).double().eval()
+    x = torch.randn(3, 8, 5, 4, dtype=torch.float64)
+    fast = se(x)
+    seen: list[str] = []
+    handles = [getattr(se, n).register_forward_hook(lambda *_a, n=n: seen.append(n))
+               for n in ("fc1", "act", "fc2", "gate")]
+    try:
+        hooked = se(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == ["fc1", "act", "fc2", "gate"]
+    torch.testing.assert_close(fast, hooked, rtol=1e-12, atol=1e-12)
+    z = x.mean((2, 3))
+    w1, w2 = se.fc1.weight.flatten(1), se.fc2.weight.flatten(1)
+    want = x * torch.sigmoid(torch.relu(z @ w1.T + se.fc1.bias) @ w2.T + se.fc2.bias)[:, :, None, None]
+    torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from blockzoo import attention, conv, mlp, models, recurrent, rep
     from blockzoo.attach import attach
     from blockzoo.checks import ShapeError
+    from blockzoo.export import compile
     from blockzoo.io import load, load_weights, save
     from blockzoo.registry import (
         Spec,
@@ -42,6 +43,7 @@ _EXPORTS = {
     "Spec": "blockzoo.registry",
     "UnknownNameError": "blockzoo.registry",
     "attach": "blockzoo.attach",
+    "compile": "blockzoo.export",  # torch.compile honouring the registry's declared graph breaks
     "create": "blockzoo.registry",
     "create_model": "blockzoo.weights",  # the registry's, plus weights= (timm / torchvision files)
     "list_blocks": "blockzoo.registry",
@@ -60,6 +62,7 @@ __all__ = [
     "__version__",
     "attach",
     "attention",
+    "compile",
     "conv",
     "create",
     "create_model",

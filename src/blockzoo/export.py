@@ -1,4 +1,7 @@
-"""Deployment paths: ``torch.export`` programs and ONNX files, checked against eager.
+"""Deployment paths: compiled modules, ``torch.export`` programs and ONNX files.
+
+``compile`` is ``torch.compile`` (inductor by default) told what the registry knows
+about the entries inside the module: whether their forward is one graph.
 
 Both go through PyTorch's own machinery: ``torch.export.export`` (non-strict
 tracing) with the batch dimension declared dynamic where the block allows, and
@@ -22,8 +25,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from blockzoo.checks import ConfigError
+from blockzoo.registry import ENTRY_ATTR, Spec, list_blocks, spec
 
-__all__ = ["export_onnx", "export_program", "outputs", "run_onnx"]
+__all__ = ["compile", "export_onnx", "export_program", "outputs", "registered_entries", "run_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,86 @@ log = logging.getLogger(__name__)
 def outputs(out: Any) -> list[torch.Tensor]:
     """The tensors of a (possibly nested) output, in pytree order."""
     return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def registered_entries(module: nn.Module) -> list[tuple[str, Spec]]:
+    """Every registered entry inside ``module`` (itself included), as (path, spec).
+
+    A submodule is an entry when ``create`` built it (it carries its name) or when its
+    class is a registered builder; the path is its ``named_modules`` name (``""`` for
+    ``module`` itself).
+    """
+    by_class = {s.builder: s for s in map(spec, list_blocks()) if isinstance(s.builder, type)}
+    found = []
+    for path, m in module.named_modules():
+        entry = getattr(m, ENTRY_ATTR, None)
+        s = spec(entry[0]) if entry is not None else by_class.get(type(m))
+        if s is not None:
+            found.append((path, s))
+    return found
+
+
+def compile(  # the package's verb, like torch.compile (shadows the builtin here only)
+    module: nn.Module,
+    *,
+    backend: str = "inductor",
+    fullgraph: bool | None = None,
+    example_inputs: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """``torch.compile`` of ``module``, honouring what the registry declares about it.
+
+    - An entry inside ``module`` that the registry exempts from compiling
+      (``register(exempt={"compile": reason})``) makes this raise ``ConfigError`` with
+      that reason: compile around it yourself (``torch.compiler.disable`` on it).
+    - ``fullgraph`` defaults to ``True`` when ``module`` is itself a registered entry that
+      declares no graph breaks (``exempt={"fullgraph": reason}``), so a new break fails
+      loudly instead of silently running part of the forward in eager mode; to ``False``
+      otherwise (an entry with declared breaks, or a user's module whose own code the
+      registry knows nothing about). Asking ``fullgraph=True`` for a module holding an
+      entry with declared breaks raises ``ConfigError`` naming it.
+    - ``torch.compile`` compiles on the first call. With ``example_inputs`` the module is
+      compiled now (one call under ``torch.no_grad``), and a failure raises
+      ``ConfigError`` naming the module, the backend and the compiler's first line.
+
+    Other keyword arguments (``mode``, ``dynamic``, ``options``) go to ``torch.compile``.
+    The result is PyTorch's ``OptimizedModule``: it shares ``module``'s parameters, and its
+    ``state_dict`` keys carry the ``_orig_mod.`` prefix (save ``module``, not the result).
+
+    Example:
+        >>> se = blockzoo.create("se", channels=64)
+        >>> fast = blockzoo.compile(se)              # fullgraph=True: SE is one graph
+        >>> fast(torch.randn(2, 64, 7, 9)).shape     # compiled here, on the first call
+        torch.Size([2, 64, 7, 9])
+    """
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"blockzoo.compile: expected an nn.Module, got {type(module).__name__}")
+    entries = registered_entries(module)
+    where = {path: s for path, s in entries}
+    blocked = [(p, s) for p, s in entries if "compile" in s.exempt]
+    if blocked:
+        p, s = blocked[0]
+        raise ConfigError(f"blockzoo.compile: {s.name!r}{f' at {p!r}' if p else ''} cannot be compiled: "
+                          f"{s.exempt['compile']}")
+    breaks = [(p, s) for p, s in entries if "fullgraph" in s.exempt]
+    top = where.get("")
+    if fullgraph is None:
+        fullgraph = top is not None and not breaks
+    elif fullgraph and breaks:
+        p, s = breaks[0]
+        raise ConfigError(f"blockzoo.compile: fullgraph=True but {s.name!r}{f' at {p!r}' if p else ''} "
+                          f"declares graph breaks: {s.exempt['fullgraph']}")
+    compiled = torch.compile(module, backend=backend, fullgraph=fullgraph, **kwargs)
+    if example_inputs is not None:
+        name = top.name if top is not None else type(module).__name__
+        try:
+            with torch.no_grad():
+                compiled(*example_inputs)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"blockzoo.compile: {name} could not be compiled (backend={backend!r}, "
+                              f"fullgraph={fullgraph}): {type(e).__name__}: {first}") from e
+    return compiled
 
 
 def _batch_shapes(args: Sequence[Any], batched: Sequence[int]) -> tuple[Any, ...]:

@@ -10,10 +10,13 @@ Letters: B batch, C channels, H W spatial.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
@@ -97,14 +100,41 @@ class SqueezeExcite(nn.Module):
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="SqueezeExcite", C=self.channels)
-        z = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        # s = sigmoid(W_2 act(W_1 z))
-        s = self.attn_map(self.gate(self.fc2(self.act(self.fc1(z)))))  # (B, C, 1, 1)
-        return x * s
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="SqueezeExcite", C=self.channels)  # raises, naming the misfit
+        # Submodules read from ``_modules``, not through nn.Module.__getattr__ (~0.4 us each here).
+        mods = self._modules
+        fc1, act, fc2, gate = mods["fc1"], mods["act"], mods["fc2"], mods["gate"]
+        if (_global_forward_hooks or _global_forward_pre_hooks or fc1._forward_hooks or fc2._forward_hooks
+                or act._forward_hooks or gate._forward_hooks or fc1._forward_pre_hooks
+                or fc2._forward_pre_hooks or act._forward_pre_hooks or gate._forward_pre_hooks):
+            z = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+            return x * mods["attn_map"](gate(fc2(act(fc1(z)))))  # as modules, so their hooks fire
+        # The same maps as matrix products on the pooled (B, C) vector, without four module
+        # calls: on a (B, C, 1, 1) tensor a 1x1 conv and the calls cost more than the maths
+        # (docs/benchmarks.md, "SE and GRN"). The parameters are the convs' own.
+        p1, p2 = fc1._parameters, fc2._parameters
+        z = x.mean((2, 3))  # (B, C)
+        # s = sigmoid(W_2 act(W_1 z + b_1) + b_2)
+        h = _call(act, F.linear(z, p1["weight"].flatten(1), p1["bias"]))
+        s = _call(gate, F.linear(h, p2["weight"].flatten(1), p2["bias"]))
+        return x * mods["attn_map"](s[:, :, None, None])  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}"
+
+
+_PLAIN_ACTS: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu, nn.Sigmoid: torch.sigmoid, nn.Identity: lambda t: t,
+}
+
+
+def _call(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``m(t)`` for an unhooked module; the plain function for a stateless ReLU/sigmoid."""
+    f = _PLAIN_ACTS.get(type(m))
+    if f is None or getattr(m, "inplace", False):
+        return m(t)
+    return f(t)
 
 
 def eca_kernel_size(channels: int, *, gamma: float = 2.0, b: float = 1.0) -> int:

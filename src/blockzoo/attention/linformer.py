@@ -115,9 +115,10 @@ class LinformerAttention(nn.Module):
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, h*d)
         e = self.e[:, :n]
         f = e if self.f is None else self.f[:, :n]
-        # E K, F V along the sequence
-        k = (e @ k).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
-        v = (f @ v).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
+        # E K, F V along the sequence, as one batched product with E broadcast (stride 0): ``e @ k``
+        # folds the batch into rows and so copies k and the product (tests/test_copies.py)
+        k = torch.bmm(e.expand(b, -1, -1), k).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
+        v = torch.bmm(f.expand(b, -1, -1), v).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
         q = q.view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
         p = self.dropout if self.training else 0.0
         if self.attn_map.active:

@@ -123,18 +123,19 @@ def entry_info(s: Spec, size: tuple[int, ...] | None = None, batch: int = 1) -> 
 
 def bench_text(result: Any, fmt: str) -> str:
     """The ``blockzoo bench`` report: machine and settings, the table, then the failures."""
-    from blockzoo.bench.runner import BENCH_COLUMNS
+    from blockzoo.bench.runner import BENCH_COLUMNS, COMPILE_COLUMNS
 
+    columns = BENCH_COLUMNS + COMPILE_COLUMNS if "compiled" in result.machine else BENCH_COLUMNS
     if fmt == "json":
         return json.dumps(dict(machine=result.machine, rows=result.rows, failures=result.failures), indent=2)
     if fmt == "csv":
         head = "\n".join(f"# {k}: {v}" for k, v in result.machine.items())
-        body = render(result.rows, "csv", BENCH_COLUMNS)
+        body = render(result.rows, "csv", columns)
         fails = "\n".join(f"# FAILED {f['name']}: {f['error']}" for f in result.failures)
         return "\n".join(p for p in (head, body, fails) if p)
     bullet = "- " if fmt == "markdown" else ""
     head = "\n".join(f"{bullet}{k}: {v}" for k, v in result.machine.items())
-    parts = [head, render(result.rows, fmt, BENCH_COLUMNS) if result.rows else "(no block ran)"]
+    parts = [head, render(result.rows, fmt, columns) if result.rows else "(no block ran)"]
     if result.failures:
         title = "Failed:" if fmt == "table" else "**Failed:**"
         parts.append(title + "\n" + "\n".join(f"{bullet or '  '}{f['name']}: {f['error']}"

@@ -20,6 +20,14 @@ What each column means (one forward is ``model(*inputs)``):
 - ``gflops``: forward FLOPs / median forward time; ``pct_peak``: that as a
   percentage of this machine's dense matmul GFLOP/s at the same dtype, measured
   in the same run (``blockzoo.bench.peak``).
+
+With ``BenchSettings(compile=True)`` (``blockzoo bench --compile``) each row also has
+``COMPILE_COLUMNS``, measured on ``blockzoo.compile(model)`` right after the eager
+columns, same inputs, warm-up and repeats (the warm-up calls after the first one run the
+compiled code): ``compiled_fwd_ms`` / ``compiled_train_ms`` (medians), ``fwd_speedup``
+/ ``train_speedup`` (eager median / compiled median) and ``compile_s`` (seconds of the
+first eval and first training call, where compiling happens). A block that fails to
+compile keeps its eager row and is listed in the failures as ``name (compiled)``.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ from blockzoo.checks import ConfigError
 from blockzoo.registry import Size, Spec, spec
 
 __all__ = [
-    "BENCH_COLUMNS", "DTYPES", "BenchResult", "BenchSettings", "bench_entry", "machine_info", "run_bench",
+    "BENCH_COLUMNS", "COMPILE_COLUMNS", "DTYPES", "BenchResult", "BenchSettings", "bench_entry",
+    "machine_info", "run_bench",
 ]
 
 log = logging.getLogger("blockzoo.bench")
@@ -52,6 +61,7 @@ BENCH_COLUMNS = [
     "name", "family", "input", "params", "flops", "fwd_ms", "fwd_iqr_ms", "train_ms",
     "train_iqr_ms", "samples_s", "fwd_mem_mib", "train_mem_mib", "gflops", "pct_peak",
 ]
+COMPILE_COLUMNS = ["compiled_fwd_ms", "compiled_train_ms", "fwd_speedup", "train_speedup", "compile_s"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class BenchSettings:
     warmup: int = 3
     repeats: int = 10
     threads: int = field(default_factory=torch.get_num_threads)
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -124,6 +136,8 @@ def machine_info(settings: BenchSettings, peak_gflops: float | None = None) -> d
         warmup=settings.warmup,
         repeats=settings.repeats,
     )
+    if settings.compile:
+        info["compiled"] = f"blockzoo.compile, backend {settings.compile_backend}"
     if peak_gflops is not None:
         info["matmul_peak_gflops"] = round(peak_gflops, 1)
     return info
@@ -169,6 +183,14 @@ def bench_entry(name: str, settings: BenchSettings, peak_gflops: float | None = 
 
     train = time_call(train_step, warmup=settings.warmup, repeats=settings.repeats, device=dev)
     train_mem = peak_memory_bytes(train_step, dev)
+    compiled: dict[str, Any] = {}
+    if settings.compile:
+        try:
+            compiled = _bench_compiled(model, args, train_args, settings, fwd.median_ms, train.median_ms)
+        except Exception as e:  # the eager row stands; run_bench lists the compile failure
+            log.debug("bench %s: compiling failed", name, exc_info=True)
+            compiled = dict.fromkeys(COMPILE_COLUMNS)
+            compiled["compile_error"] = f"{type(e).__name__}: {e}".splitlines()[0]
 
     gflops = flops / (fwd.median_ms * 1e-3) / 1e9
     return dict(
@@ -186,6 +208,53 @@ def bench_entry(name: str, settings: BenchSettings, peak_gflops: float | None = 
         train_mem_mib=train_mem / 2**20,
         gflops=gflops,
         pct_peak=100 * gflops / peak_gflops if peak_gflops else None,
+        **compiled,
+    )
+
+
+def _bench_compiled(model: torch.nn.Module, args: Sequence[Any], train_args: Sequence[Any],
+                    settings: BenchSettings, eager_fwd_ms: float, eager_train_ms: float) -> dict[str, Any]:
+    """The ``COMPILE_COLUMNS`` of one entry: ``blockzoo.compile(model)`` timed like eager."""
+    import time
+
+    import torch._dynamo
+
+    from blockzoo.export import compile as compile_module
+
+    dev = torch.device(settings.device)
+    torch._dynamo.reset()  # each entry compiles afresh: no recompile limit across entries
+    try:
+        fast = compile_module(model, backend=settings.compile_backend)
+
+        def forward() -> None:
+            with torch.no_grad():
+                fast(*args)
+
+        def train_step() -> None:
+            outs = _float_outputs(fast(*train_args))
+            loss = sum(o.float().sum() for o in outs)
+            if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        model.eval()
+        t0 = time.perf_counter()
+        forward()
+        model.train()
+        train_step()
+        compile_s = time.perf_counter() - t0
+        model.eval()
+        fwd = time_call(forward, warmup=settings.warmup, repeats=settings.repeats, device=dev)
+        model.train()
+        train = time_call(train_step, warmup=settings.warmup, repeats=settings.repeats, device=dev)
+    finally:
+        torch._dynamo.reset()
+    return dict(
+        compiled_fwd_ms=fwd.median_ms,
+        compiled_train_ms=train.median_ms,
+        fwd_speedup=eager_fwd_ms / fwd.median_ms,
+        train_speedup=eager_train_ms / train.median_ms,
+        compile_s=compile_s,
     )
 
 
@@ -216,6 +285,9 @@ def run_bench(
             log.debug("bench %s failed", name, exc_info=True)
             failures.append(dict(name=name, error=f"{type(e).__name__}: {e}".splitlines()[0]))
             continue
+        compile_error = row.pop("compile_error", None)
+        if compile_error:
+            failures.append(dict(name=f"{name} (compiled)", error=compile_error))
         rows.append(row)
         if on_row is not None:
             on_row(row)

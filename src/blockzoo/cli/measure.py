@@ -56,6 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         threads=torch.get_num_threads(),
+        compile=args.compile,
     )
     result = run_bench(names, settings, progress=not args.no_progress)
     print(bench_text(result, args.format))
@@ -91,6 +92,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help=f"intra-op CPU threads (same as blockzoo --threads; default {DEFAULT_THREADS})")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per measurement")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs before timing")
+    p.add_argument("--compile", action="store_true",
+                   help="also time blockzoo.compile(model) (inductor; compiling takes seconds per entry): "
+                   "compiled_fwd_ms, compiled_train_ms and the speed-ups join the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

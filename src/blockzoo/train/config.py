@@ -109,7 +109,7 @@ class TrainConfig:
             package (``pip install 'blockzoo[tensorboard]'``).
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         amp: autocast dtype, ``bf16`` or ``fp16`` (``None``: off).
-        compile: wrap the model with ``torch.compile``.
+        compile: wrap the model with ``blockzoo.compile`` (torch.compile, inductor).
         channels_last: channels-last memory format (conv nets on images).
         stop_after: stop (saving ``last.pt``) after this many steps, as if killed;
             for tests of ``resume``.

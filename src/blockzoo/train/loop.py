@@ -40,6 +40,7 @@ from torch import nn
 from blockzoo.checks import ConfigError
 from blockzoo.data.base import Data, TensorData, is_file_data
 from blockzoo.data.stream import make_loader
+from blockzoo.export import compile as compile_module
 from blockzoo.io import DATA_KEY, SAMPLE_SHAPE_KEY
 from blockzoo.io import save as save_weights
 from blockzoo.train import ddp, runlog
@@ -286,8 +287,8 @@ def _setup(model: nn.Module, data: Data, cfg: TrainConfig, output: str, run_dir:
     if dist.enabled:
         run.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        run.net = torch.compile(run.net)
+    if cfg.compile:  # inductor, fullgraph where the registry says the model is one graph
+        run.net = compile_module(run.net)
     if run_dir is not None and run.main:
         runlog.write_config(run_dir, cfg.to_dict(), {"data_info": data.describe(), **jsonable(run.meta)})
     epochs = math.ceil(run.total / per_epoch)

@@ -1,0 +1,145 @@
+"""Copy budget of every registered entry's eval forward (issue 19, goal 2).
+
+A dispatch-mode counter (cheaper than the profiler, and exact) counts the aten ops that
+copy a tensor's data into new or existing memory, in one eval forward under ``no_grad``
+at the entry's example config and size, batch 2:
+
+- ``aten::clone`` (what ``.contiguous()``, ``.clone()`` and a ``reshape`` / batched
+  ``matmul`` of a permuted view become below the dispatcher),
+- ``aten::copy_`` / ``aten::copy`` (slice assignment, ``Tensor.copy_``),
+- ``aten::_to_copy`` (a ``.to()`` that changes dtype or device).
+
+``cat`` / ``stack`` / ``pad`` build a new tensor the maths asks for and are not counted.
+An entry may make at most ``BUDGET[name]`` copies (each non-zero budget says why); an
+entry not in ``BUDGET`` (a new one) at most ``DEFAULT_BUDGET``, and the test prints the
+unlisted entries that make any copy so they can be listed. A block that starts making
+more copies than its budget fails: remove the copy (a view the next op accepts), or
+raise the budget with a reason. The whole registry takes ~10 s.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import blockzoo
+
+DEFAULT_BUDGET = 2
+
+_ATEN = torch.ops.aten
+COPY_OPS = frozenset({_ATEN.clone.default, _ATEN.copy_.default, _ATEN.copy.default, _ATEN._to_copy.default})
+
+_HEADS = "the (B, h, N, d) -> (B, N, h d) merge of the heads before the output projection"
+_SCAN = "the recurrent scan writes each step's state into its (T, B, H) buffer"
+_PACKED = "pad_packed_sequence writes the packed output of each direction into the padded tensor"
+_TOKEN_MLP = "the token MLP is an nn.Linear on the transposed (B, C, N) tokens: one copy per block"
+BUDGET: dict[str, tuple[int, str]] = {
+    "acmix": (1, "the shift-conv input is the (B, d, K^2, H, W) attention-path projection regrouped"),
+    "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels"),
+    "axial_attention": (3, "NCHW -> tokens once, the second axis' tokens, tokens -> NCHW output"),
+    "coatnet_relative_attention": (2, "SDPA's float bias made contiguous, " + _HEADS),
+    "criss_cross_attention": (7, "einsum of the column/row energies and aggregations permutes operands"),
+    "crossformer_lda": (2, "group partition of q, k, v and the group merge of the output"),
+    "crossformer_sda": (2, "group partition of q, k, v and the group merge of the output"),
+    "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),
+    "elman_rnn": (2, _PACKED),
+    "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
+    "gmlp": (1, "einsum of the spatial gating unit over the token axis"),
+    "gmlp_tiny": (2, "einsum of the spatial gating unit over the token axis, 2 blocks"),
+    "graph_attention": (2, "alpha @ z on the (B, h, N, d) heads and " + _HEADS),
+    "gru": (2, _PACKED),
+    "gru_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
+    "gru_tagger": (2, _PACKED),
+    "halo_attention": (6, "block/halo partition of q, relative logits, SDPA's reshaped operands, merge"),
+    "jordan_rnn": (48, _SCAN + " (T=8, 2 layers x 2 directions) and the masks' dtype"),
+    "linear_attention": (5, "K^T V and Q (K^T V) on head views (4) and " + _HEADS),
+    "local_attention": (4, "block-local logits, the chunked output written in place, " + _HEADS),
+    "lstm": (2, _PACKED),
+    "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
+    "lstm_tagger": (2, _PACKED),
+    "mixer": (1, _TOKEN_MLP),
+    "mixer_tiny": (2, _TOKEN_MLP),
+    "mnist1d_paper_gru": (3, "the GRU's (T, B, H) output returned batch-first, then flattened"),
+    "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
+    "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
+    "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
+    "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
+    "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
+    "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
+    "permute_mlp": (5, "height and width branches: permute to the mixed axis and back (4), channels"),
+    "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout, and the merge back"),
+    "resmlp": (1, _TOKEN_MLP),
+    "resmlp_tiny": (2, _TOKEN_MLP),
+    "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
+    "rope": (2, "cos/sin tables cast to the input's dtype"),
+    "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
+    "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
+    "shifted_window_attention": (12, "window partition/merge (4), position indices (2), shift-mask "
+                                 "region ids (4), the bias per window (1), heads (1)"),
+    "shuffle_attention": (2, "GroupNorm of the grouped view, and the channel shuffle"),
+    "sinusoidal_pe": (1, "the float64 table cast to the input's dtype"),
+    "smlp": (1, "the height-mixing linear on the transposed map"),
+    "smlp_tiny": (2, "the height-mixing linear on the transposed map, 2 blocks"),
+    "spatial_reduction_attention": (1, "the query projection of the channel-last tokens"),
+    "swin_tiny": (91, "window partition/merge, shift masks and head merges of 12 shifted-window blocks"),
+    "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
+}
+
+
+class CopyCounter(TorchDispatchMode):
+    """Counts the copying aten ops (``COPY_OPS``) run under it, by op name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in COPY_OPS:
+            self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_copies(name: str) -> Counter[str]:
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().eval()
+    args = s.make_input(batch=2)
+    with torch.no_grad():
+        block(*args)  # first call: lazy caches and tables are built outside the count
+        with CopyCounter() as counter:
+            block(*args)
+    return counter.counts
+
+
+NAMES = blockzoo.list_blocks()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_copy_budget(name: str) -> None:
+    counts = count_copies(name)
+    n = sum(counts.values())
+    budget, reason = BUDGET.get(name, (DEFAULT_BUDGET, "default budget of an unlisted entry"))
+    if name not in BUDGET and n:
+        print(f"{name}: {n} copies {dict(counts)} (not in BUDGET; default {DEFAULT_BUDGET})")
+    assert n <= budget, f"{name}: {n} copies {dict(counts)} > budget {budget} ({reason})"
+
+
+def test_budgets_are_named_and_explained() -> None:
+    assert set(BUDGET) <= set(NAMES), sorted(set(BUDGET) - set(NAMES))
+    for name, (budget, reason) in BUDGET.items():
+        assert budget > 0 and len(reason.split()) >= 3, name
+
+
+def test_counter_sees_contiguous_and_dtype_casts() -> None:
+    x = torch.randn(2, 3, 4)
+    with CopyCounter() as c:
+        x.permute(0, 2, 1).contiguous()  # a copy
+        x.contiguous()  # already contiguous: no copy
+        x.transpose(1, 2).reshape(2, 12)  # reshape of a permuted view: a copy
+        x.to(torch.float64)
+        x.view(6, 4)  # a view: no copy
+    assert c.counts == Counter({"clone": 2, "_to_copy": 1})
