@@ -69,6 +69,16 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
     ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
     ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
+    # bbw: the issue-23 backbones. The transformers with a position embedding or a fixed
+    # attention mask run at timm's 224 x 224 (timm's models are built for it); the others on
+    # a non-square image, so a transposed height and width cannot pass.
+    ("deit_tiny_patch16_224", "deit_tiny", {}, (2, 3, 224, 224)),
+    ("deit_tiny_distilled_patch16_224", "deit_tiny_distilled", {}, (2, 3, 224, 224)),
+    ("swin_tiny_patch4_window7_224", "swin_tiny", {}, (2, 3, 224, 224)),
+    ("pvt_v2_b0", "pvt_v2_b0", {}, (2, 3, 64, 96)),
+    ("convnextv2_atto", "convnextv2_atto", {}, (2, 3, 64, 96)),
+    ("mobilenetv3_small_100", "mobilenetv3_small", {}, (2, 3, 64, 96)),
+    ("mobilenetv3_large_100", "mobilenetv3_large", {}, (2, 3, 64, 96)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

@@ -290,6 +290,151 @@ def _mobileone_args(s: Shapes) -> dict[str, Any]:
     return _rep_args(s, "MobileOne", "conv_kxk_0")
 
 
+# --------------------------------------------------------------------------- bbw: issue-23 backbones
+# deit_tiny(_distilled), swin_tiny, pvt_v2_b0, convnextv2_atto and mobilenetv3_small/large in
+# the layouts of timm 1.0's ``vision_transformer`` (DeiT), ``swin_transformer``, ``pvt_v2``,
+# ``convnext`` (V2) and ``mobilenetv3``. Each registered name is one paper size, so beyond the
+# classes and input channels only what the forward needs from the file (DeiT's
+# position-embedding grid, Swin's window) is read.
+
+
+# DeiT: ViT's layout, plus the distilled model's ``dist_token`` and ``head_dist``.
+_DEIT_RULES = (Rule(r"(dist_token)", r"\1"), _same("head_dist"), *_VIT_RULES)
+
+
+def _deit_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "DeiT")
+    extra = ("cls_token" in s) + ("dist_token" in s)
+    tokens = _need(s, "pos_embed", "DeiT")[1] - extra
+    return dict(num_classes=_need(s, "head.weight", "DeiT")[0], in_chans=proj[1], patch_size=proj[2],
+                img_size=_square_grid(tokens, proj[2], "DeiT", "img_size"))
+
+
+# Swin: the same names but the MLP's (blockzoo's ``MLP`` keeps its layers in ``layers``) and
+# the head (timm's ClassifierHead ``head.fc``). timm's ``relative_position_index`` and
+# ``attn_mask`` are derived buffers, not in its state dict since they became non-persistent;
+# ``prepare`` drops them from older files (as timm's own checkpoint filter does); blockzoo
+# computes both for each input size.
+_SWIN_RULES = (
+    _same("patch_embed.proj", "patch_embed.norm", "norm"),
+    Rule(r"(layers\.\d+\.downsample\.(?:norm|reduction)\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm1|norm2|attn\.qkv|attn\.proj)\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
+    Rule(r"head\.fc\.(\w+)", r"head.\1"),
+)
+
+
+def _swin_prepare(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # files saved before timm made them non-persistent carry the derived index and mask buffers
+    return {k: v for k, v in t.items() if not k.endswith((".relative_position_index", ".attn_mask"))}
+
+
+def _swin_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "Swin")
+    rows = _need(s, "layers.0.blocks.0.attn.relative_position_bias_table", "Swin")[0]
+    side = math.isqrt(rows)  # (2M - 1)^2 rows
+    if side * side != rows or side % 2 == 0:
+        raise FileFormatError(f"Swin: a relative-position table of {rows} rows is not (2M - 1)^2 for a "
+                              "square window M")
+    return dict(num_classes=_need(s, "head.weight", "Swin")[0], in_chans=proj[1], patch_size=proj[2],
+                window_size=(side + 1) // 2)
+
+
+# PVT v2: timm projects queries (``attn.q``) and keys-values (``attn.kv``, rows k then v) apart;
+# blockzoo's SRA keeps one ``MultiHeadAttention`` whose ``qkv`` rows are q, k, v: ``prepare``
+# stacks q on kv (a file with only one of them is left alone, and the error names the other).
+_PVT_BLOCK = r"(stages\.\d+\.blocks\.\d+)"
+_PVT_RULES = (
+    _same("patch_embed.proj", "patch_embed.norm", "head"),
+    Rule(r"(stages\.\d+\.(?:norm|downsample\.proj|downsample\.norm)\.\w+)", r"\1"),
+    Rule(rf"({_PVT_BLOCK}\.(?:norm1|norm2|attn\.sr|attn\.norm|mlp\.fc1|mlp\.dwconv|mlp\.fc2)\.\w+)", r"\1"),
+    Rule(rf"{_PVT_BLOCK}\.attn\.qkv\.(\w+)", r"\1.attn.attn.qkv.\2"),
+    Rule(rf"{_PVT_BLOCK}\.attn\.proj\.(\w+)", r"\1.attn.attn.out_proj.\2"),
+)
+
+
+def _pvt_prepare(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for key in [k for k in t if re.fullmatch(rf"{_PVT_BLOCK}\.attn\.q\.(weight|bias)", k)]:
+        kv = key.replace(".attn.q.", ".attn.kv.")
+        if kv in t:
+            t[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat([t.pop(key), t.pop(kv)], 0)
+    return t
+
+
+def _pvt_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "PVT v2")
+    return dict(num_classes=_need(s, "head.weight", "PVT v2")[0], in_chans=proj[1])
+
+
+# ConvNeXt V2: timm's NormMlpClassifierHead keeps the final norm in the head.
+_CONVNEXT_RULES = (
+    Rule(r"(stem\.[01]\.\w+)", r"\1"),
+    Rule(r"(stages\.\d+\.downsample\.[01]\.\w+)", r"\1"),
+    Rule(r"(stages\.\d+\.blocks\.\d+\.(?:conv_dw|norm|mlp\.fc1|mlp\.grn|mlp\.fc2)\.\w+)", r"\1"),
+    Rule(r"head\.norm\.(\w+)", r"norm.\1"),
+    Rule(r"head\.fc\.(\w+)", r"head.\1"),
+)
+
+
+def _convnext_args(s: Shapes) -> dict[str, Any]:
+    stem = _need(s, "stem.0.weight", "ConvNeXt V2")
+    return dict(num_classes=_need(s, "head.weight", "ConvNeXt V2")[0], in_chans=stem[1])
+
+
+# MobileNetV3: timm numbers a block's BNs in order (bn1, bn2, bn3), so the same name means
+# another layer in each kind of block: in the depthwise-separable first block (conv_dw, bn1,
+# conv_pw, bn2) and the last 1x1 ConvBnAct (conv, bn1) as against an inverted residual
+# (conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3). ``prepare`` gives each BN its conv's name
+# (``conv_dw`` -> ``bn_dw``, ``conv`` -> ``bn``; a separable block's ``conv_pw`` is its
+# projection, renamed ``conv_pwl``),
+# so one rule per layer places it.
+_MBV3_KINDS = {  # a block's convs -> its BNs in timm's order, renamed
+    ("conv_dw", "conv_pw", "conv_pwl"): ("conv_pw", "conv_dw", "conv_pwl"),
+    ("conv_dw", "conv_pw"): ("conv_dw", "conv_pwl"),
+    ("conv",): ("conv",),
+}
+
+
+def _mbv3_prepare(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    blocks = sorted({m.group(1) for k in t if (m := re.fullmatch(r"(blocks\.\d+\.\d+)\.\w+(?:\.\w+)*", k))})
+    for block in blocks:
+        convs = tuple(c for c in ("conv", "conv_dw", "conv_pw", "conv_pwl") if f"{block}.{c}.weight" in t)
+        order = _MBV3_KINDS.get(convs)
+        if order is None:
+            continue  # not a block timm builds: no rule places its tensors, and the error lists them
+        if convs == ("conv_dw", "conv_pw"):  # the separable block's pointwise conv is its projection
+            t[f"{block}.conv_pwl.weight"] = t.pop(f"{block}.conv_pw.weight")
+        for i, conv in enumerate(order, 1):
+            for key in [k for k in t if k.startswith(f"{block}.bn{i}.")]:
+                t[key.replace(f".bn{i}.", f".{conv.replace('conv', 'bn', 1)}.")] = t.pop(key)
+    return t
+
+
+_MBV3_BLOCK = r"(blocks\.\d+\.\d+)"
+_MBV3_RULES = (
+    Rule(r"conv_stem\.weight", "stem.conv.weight"),
+    Rule(r"bn1\.(\w+)", r"stem.bn.\1"),
+    Rule(rf"{_MBV3_BLOCK}\.conv_pw\.weight", r"\1.expand.conv.weight"),
+    Rule(rf"{_MBV3_BLOCK}\.bn_pw\.(\w+)", r"\1.expand.bn.\2"),
+    Rule(rf"{_MBV3_BLOCK}\.conv_dw\.weight", r"\1.dw.conv.weight"),
+    Rule(rf"{_MBV3_BLOCK}\.bn_dw\.(\w+)", r"\1.dw.bn.\2"),
+    Rule(rf"{_MBV3_BLOCK}\.conv_pwl\.weight", r"\1.project.conv.weight"),
+    Rule(rf"{_MBV3_BLOCK}\.bn_pwl\.(\w+)", r"\1.project.bn.\2"),
+    Rule(rf"{_MBV3_BLOCK}\.se\.conv_reduce\.(\w+)", r"\1.se.fc1.\2"),
+    Rule(rf"{_MBV3_BLOCK}\.se\.conv_expand\.(\w+)", r"\1.se.fc2.\2"),
+    Rule(rf"{_MBV3_BLOCK}\.conv\.weight", r"\1.conv.weight"),
+    Rule(rf"({_MBV3_BLOCK}\.bn\.\w+)", r"\1"),
+    _same("conv_head", "classifier"),
+)
+
+
+def _mbv3_args(s: Shapes) -> dict[str, Any]:
+    stem = _need(s, "stem.conv.weight", "MobileNetV3")
+    return dict(num_classes=_need(s, "classifier.weight", "MobileNetV3")[0], in_chans=stem[1])
+
+
 # Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
@@ -315,6 +460,18 @@ register_layout(("repvgg_a0", "repvgg_b0"), Layout("timm RepVGG (ByobNet)", _REP
                                                   ("head.fc.weight", "head.fc.bias"), _repvgg_args))
 register_layout(("mobileone_s0",), Layout("timm MobileOne (ByobNet)", _MOBILEONE_RULES,
                                           ("head.fc.weight", "head.fc.bias"), _mobileone_args))
+register_layout(("deit_tiny", "deit_tiny_distilled"), Layout("timm VisionTransformer (DeiT)", _DEIT_RULES,
+                                                            (*_HEAD, "head_dist.weight", "head_dist.bias"),
+                                                            _deit_args))
+register_layout(("swin_tiny",), Layout("timm SwinTransformer", _SWIN_RULES, _HEAD, _swin_args,
+                                       "layers.[0-9]", prepare=_swin_prepare))
+register_layout(("pvt_v2_b0",), Layout("timm PyramidVisionTransformerV2", _PVT_RULES, _HEAD, _pvt_args,
+                                       "stages.[0-9]", prepare=_pvt_prepare))
+register_layout(("convnextv2_atto",), Layout("timm ConvNeXt (V2)", _CONVNEXT_RULES, _HEAD, _convnext_args,
+                                             "stages.[0-9]"))
+register_layout(("mobilenetv3_small", "mobilenetv3_large"),
+                Layout("timm MobileNetV3", _MBV3_RULES, ("classifier.weight", "classifier.bias"), _mbv3_args,
+                       "blocks.[0-9]", prepare=_mbv3_prepare))
 
 
 def layout_for(name: str) -> Layout:
@@ -530,6 +687,9 @@ _REP_BRANCH_SCALES = (
     (re.compile(r"\.conv_1x1\.bn\.weight$"), 0.6),
     (re.compile(r"\.conv_kxk\.\d+\.bn\.weight$"), 0.4),
     (re.compile(r"\.identity\.weight$"), 0.7),
+    # timm's MobileNetV3 (bbw): the BNs before its hard-swish / ReLU and the projection BNs
+    (re.compile(r"^blocks\.\d+\.\d+\.bn[12]\.weight$"), 1.6),
+    (re.compile(r"^blocks\.\d+\.\d+\.bn3\.weight$"), 1.3),
 )
 
 
@@ -546,6 +706,10 @@ def synthetic_tensor(name: str, shape: Iterable[int], dtype: torch.dtype = torch
     scales of the summed branches' BNs shrink: RepVGG's ``conv_1x1`` 0.6, MobileOne's k
     copies ``conv_kxk.{i}`` 0.4, the ``identity`` BN 0.7 (times 1 + 0.1 N). A fused
     ``reparam_conv`` is followed by ReLU alone: its weights are He-scaled, N(0, 2 / fan_in).
+    timm's MobileNetV3 (``blocks.i.j.bn1`` / ``bn2`` / ``bn3``) goes the other way: its
+    hard-swish and hard-sigmoid SE gates have slope 1/2 near 0, so its input's trace would
+    fade to ~1e-5 of the logits; the BNs before the activations scale by 1.6 and the
+    projection BNs by 1.3 (times 1 + 0.1 N), which keeps the two fixture samples apart.
     """
     shape = tuple(int(s) for s in shape)
     if not dtype.is_floating_point:
