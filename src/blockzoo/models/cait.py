@@ -97,7 +97,8 @@ class LayerScaleBlock(nn.Module):
 
 
 class CaiT(nn.Module):
-    r"""CaiT: patch tokens through LayerScale self-attention layers, then a class token through class attention.
+    r"""CaiT: patch tokens through LayerScale self-attention layers, then a class token through class
+    attention.
 
     Touvron et al., "Going deeper with Image Transformers", arXiv 2103.17239, Sec. 2-3,
     Fig. 2 (right).
@@ -173,7 +174,8 @@ class CaiT(nn.Module):
         self.grid = self.patch_embed.grid(h, w)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], dim, **fk))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **fk))
-        block = dict(qkv_bias=qkv_bias, layer_scale=layer_scale, norm_layer=norm_layer, norm_eps=norm_eps, **fk)
+        block = dict(qkv_bias=qkv_bias, layer_scale=layer_scale, norm_layer=norm_layer, norm_eps=norm_eps,
+                     **fk)
         self.blocks = nn.Sequential(*[LayerScaleBlock(dim, num_heads, mlp_ratio=mlp_ratio, **block)
                                       for _ in range(depth)])
         self.cls_blocks = nn.ModuleList(

@@ -52,7 +52,8 @@ __all__ = ["VOLO", "ConvStemPatchEmbed", "Outlooker", "VOLOStage", "volo_d1"]
 
 
 class ConvStemPatchEmbed(nn.Module):
-    r"""VOLO's patch embedding: three conv-BN-ReLU units (the first strided by 2), then a p/2 x p/2 projection.
+    r"""VOLO's patch embedding: three conv-BN-ReLU units (the first strided by 2), then a p/2 x p/2
+    projection.
 
     Yuan et al., arXiv 2106.13112, Sec. 3 ("a convolutional stem" as in token labeling's
     LV-ViT)::
@@ -147,9 +148,9 @@ class VOLOStage(nn.Module):
                                 qkv_bias=qkv_bias, norm_layer=norm_layer, norm_eps=norm_eps, **fk)
                       for _ in range(depth)]
         else:
-            blocks = [TransformerEncoderBlock(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=0.0,
-                                              act_layer="gelu", norm_layer=norm_layer, norm_first=True,
-                                              norm_eps=norm_eps, **fk)
+            blocks = [TransformerEncoderBlock(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                              dropout=0.0, act_layer="gelu", norm_layer=norm_layer,
+                                              norm_first=True, norm_eps=norm_eps, **fk)
                       for _ in range(depth)]
         self.blocks = nn.Sequential(*blocks)
 
@@ -166,7 +167,8 @@ class VOLOStage(nn.Module):
 
 
 class VOLO(nn.Module):
-    r"""VOLO: a conv stem, Outlookers at 1/8, Transformer layers at 1/16, class attention, a token-labeling head.
+    r"""VOLO: a conv stem, Outlookers at 1/8, Transformer layers at 1/16, class attention, a token-labeling
+    head.
 
     Yuan et al., "VOLO: Vision Outlooker for Visual Recognition", arXiv 2106.13112, Sec. 3,
     Fig. 2 and Table 1.
@@ -321,7 +323,7 @@ class VOLO(nn.Module):
     ),
 )
 def volo_d1(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> VOLO:
-    """VOLO-D1: 4 Outlookers at D = 192, then 14 Transformer layers and 2 class-attention layers at 384; 26,632,040 parameters.
+    """VOLO-D1: 4 Outlookers (D = 192), 14 Transformer, 2 class-attention layers (384); 26,632,040 params.
 
     Yuan et al., arXiv 2106.13112, Table 1 and Table 3 (D1: 27M parameters, 6.8 GFLOPs at
     224x224). Parameter count equal to PyTorch Image Models' ``volo_d1_224`` (26,632,040).
