@@ -69,6 +69,9 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
     ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
     ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
+    # timm's Cait and VOLO take only the size their position embedding was built for
+    ("cait_xxs24_224", "cait_xxs24", {}, (2, 3, 224, 224)),
+    ("volo_d1_224", "volo_d1", {}, (2, 3, 224, 224)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:
