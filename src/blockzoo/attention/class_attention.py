@@ -47,7 +47,7 @@ class ClassAttention(MultiHeadAttention):
 
     Equation, with z = [x_class; x_1; ...; x_{N-1}] (the class token first)::
 
-        Q = W_q x_class + b_q,   K = W_k z + b_k,   V = W_v z + b_v
+        Q = W_q x_class + b_q,   K = W_k z,   V = W_v z + b_v
         A = softmax(Q K^T / sqrt(d))                (per head: 1 x N)
         out_CA = W_o Concat_heads(A V) + b_o         (the class token's update only)
 
@@ -58,7 +58,8 @@ class ClassAttention(MultiHeadAttention):
         dim: C, the token width.
         num_heads: h.
         head_dim: d (default C // h).
-        qkv_bias: biases on the q, k, v projections (CaiT: True; VOLO: False).
+        qkv_bias: biases on the q and v projections (CaiT: True; VOLO: False).
+        key_bias: with ``qkv_bias``, a bias on the k projection too (no effect on the output).
         dropout: dropout on the attention weights (training only).
 
     Shape:
@@ -67,6 +68,12 @@ class ClassAttention(MultiHeadAttention):
 
     q, k, v are separate projections, as in CaiT's released code (VOLO's fused k, v
     projection is the same two maps stacked; its weights load split in two).
+
+    Deviations:
+        With ``qkv_bias`` the query and value projections have biases and the key
+        projection has one only with ``key_bias=True``: q b_k is the same for every key
+        and cancels in the softmax. CaiT's released code has it (``ClassAttentionBlock``
+        in ``cait_xxs24`` keeps it, so the model holds its checkpoints' tensors).
 
     Example:
         >>> ca = ClassAttention(64, num_heads=4)
@@ -81,12 +88,15 @@ class ClassAttention(MultiHeadAttention):
         *,
         head_dim: int | None = None,
         qkv_bias: bool = True,
+        key_bias: bool = False,
         dropout: float = 0.0,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         super().__init__(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias, dropout=dropout,
                          fused_qkv=False, device=device, dtype=dtype)
+        if not key_bias:  # q b_k is the same for every key and cancels in the softmax
+            self.k_proj.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_shape(x, "B N C", name="ClassAttention", C=self.dim)
@@ -121,7 +131,8 @@ class ClassAttentionBlock(nn.Module):
     Args:
         dim: C. num_heads: h. head_dim: d (default C // h).
         mlp_ratio: the MLP's hidden width / C (CaiT: 4, VOLO: 3).
-        qkv_bias: biases on the q, k, v projections.
+        qkv_bias: biases on the q and v projections. key_bias: and on the k projection
+            (``ClassAttention``: no effect; CaiT's checkpoints have it).
         layer_scale: initial value of s_1, s_2 (CaiT-XXS: 1e-5); ``None``: no LayerScale.
         act_layer: the MLP's activation (GELU). norm_layer: (LayerNorm).
         norm_eps: the two norms' epsilon (CaiT's code: 1e-6; VOLO's: 1e-5).
@@ -144,6 +155,7 @@ class ClassAttentionBlock(nn.Module):
         head_dim: int | None = None,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        key_bias: bool = False,
         layer_scale: float | None = None,
         act_layer: LayerSpec = "gelu",
         norm_layer: LayerSpec = "layernorm",
@@ -156,7 +168,8 @@ class ClassAttentionBlock(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.dim, self.layer_scale = dim, layer_scale
         self.norm1 = create_norm(norm_layer, dim, eps=norm_eps, **fk)
-        self.attn = ClassAttention(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias, **fk)
+        self.attn = ClassAttention(dim, num_heads, head_dim=head_dim, qkv_bias=qkv_bias, key_bias=key_bias,
+                                   **fk)
         self.norm2 = create_norm(norm_layer, dim, eps=norm_eps, **fk)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dim, act_layer=act_layer, **fk)
         if layer_scale is None:

@@ -40,12 +40,12 @@ class TalkingHeadsAttention(nn.Module):
     Equation, per head i = 1..h (q_i, k_i, v_i: head i of the q, k, v projections)::
 
         L_i  = q_i k_i^T / sqrt(d)                              (N x N logits)
-        L'_j = sum_i P_l[j, i] L_i + b_l[j]                     (talking before the softmax)
+        L'_j = sum_i P_l[j, i] L_i                              (talking before the softmax)
         W_j  = softmax(L'_j)                                    (over keys)
         W'_j = sum_i P_w[j, i] W_i + b_w[j]                     (talking after the softmax)
         y    = Concat_j(W'_j v_j) W^O + b^O
 
-    With P_l = P_w = I and zero biases this is multi-head attention.
+    With P_l = P_w = I and b_w = 0 this is multi-head attention.
 
     Args:
         dim: C, the token width.
@@ -53,15 +53,21 @@ class TalkingHeadsAttention(nn.Module):
         head_dim: d (default C // h, which must then divide C).
         qkv_bias: biases on the q, k, v projections (CaiT: True).
         dropout: dropout on the mixed attention weights W' (training only).
+        logit_bias: a bias b_l on the mixing before the softmax (no effect on the output;
+            CaiT's checkpoints have one).
 
     Shape:
         - Input: (B, N, C), C = dim, any N.
         - Output: (B, N, C).
 
     Deviations:
-        The mixing maps P_l, P_w have biases b_l, b_w (CaiT's released code and PyTorch
-        Image Models; the paper's algorithm has none). One head count h throughout (the
-        paper allows different numbers of query-key, logit, weight and value heads).
+        The mixing after the softmax has a bias b_w, as in CaiT's released code and
+        PyTorch Image Models (the paper's algorithm has none). Their mixing before the
+        softmax has a bias b_l too, which changes nothing (b_l[j] is added to every
+        logit of head j alike and cancels in the softmax): off by default,
+        ``logit_bias=True`` keeps it so that CaiT holds its checkpoints' tensors. One
+        head count h throughout (the paper allows different numbers of query-key,
+        logit, weight and value heads).
 
     Example:
         >>> attn = TalkingHeadsAttention(64, num_heads=4)
@@ -77,6 +83,7 @@ class TalkingHeadsAttention(nn.Module):
         head_dim: int | None = None,
         qkv_bias: bool = True,
         dropout: float = 0.0,
+        logit_bias: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -92,7 +99,7 @@ class TalkingHeadsAttention(nn.Module):
         inner = num_heads * head_dim
         fk = dict(device=device, dtype=dtype)
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias, **fk)
-        self.proj_l = nn.Linear(num_heads, num_heads, **fk)  # P_l, b_l
+        self.proj_l = nn.Linear(num_heads, num_heads, bias=logit_bias, **fk)  # P_l (b_l)
         self.proj_w = nn.Linear(num_heads, num_heads, **fk)  # P_w, b_w
         self.attn_drop = nn.Dropout(dropout)
         self.out_proj = nn.Linear(inner, dim, **fk)
@@ -100,7 +107,7 @@ class TalkingHeadsAttention(nn.Module):
 
     @staticmethod
     def _talk(attn: torch.Tensor, mix: nn.Linear) -> torch.Tensor:
-        # sum_i P[j, i] A_i + b[j]: a linear map over the head axis
+        # sum_i P[j, i] A_i (+ b[j]): a linear map over the head axis
         return mix(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, h, N, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +116,7 @@ class TalkingHeadsAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         # L_i = q_i k_i^T / sqrt(d)
         logits = (q * d**-0.5) @ k.transpose(-2, -1)  # (B, h, N, N)
-        # W' = P_w softmax(P_l L + b_l) + b_w
+        # W' = P_w softmax(P_l L (+ b_l)) + b_w
         weights = self._talk(self._talk(logits, self.proj_l).softmax(dim=-1), self.proj_w)
         weights = self.attn_drop(self.attn_map(weights))
         y = (weights @ v).transpose(1, 2).reshape(b, n, h * d)  # (B, N, E)

@@ -81,7 +81,8 @@ class LayerScaleBlock(nn.Module):
         fk = dict(device=device, dtype=dtype)
         self.dim = dim
         self.norm1 = create_norm(norm_layer, dim, eps=norm_eps, **fk)
-        self.attn = TalkingHeadsAttention(dim, num_heads, qkv_bias=qkv_bias, **fk)
+        # b_l (no effect: it cancels in the softmax) is kept to hold CaiT's checkpoints
+        self.attn = TalkingHeadsAttention(dim, num_heads, qkv_bias=qkv_bias, logit_bias=True, **fk)
         self.scale1 = nn.Parameter(torch.full((dim,), float(layer_scale), **fk))
         self.norm2 = create_norm(norm_layer, dim, eps=norm_eps, **fk)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dim, act_layer="gelu", **fk)
@@ -139,8 +140,11 @@ class CaiT(nn.Module):
 
     Deviations:
         Images whose sides are not multiples of p are zero-padded (the paper's sizes
-        always are). No stochastic depth or dropout (training-recipe choices; the
-        outputs in eval are the same). Distillation (the paper's "⚗" models) is the
+        always are). Two biases of the released code that cancel in a softmax are kept
+        (the talking heads' b_l, the class attention's key bias) so that checkpoints and
+        the parameter count are the reference's; they never change the output. No
+        stochastic depth or dropout (training-recipe choices; the outputs in eval are
+        the same). Distillation (the paper's "⚗" models) is the
         training recipe's, not the network's: the released networks have one head.
     """
 
@@ -179,7 +183,7 @@ class CaiT(nn.Module):
         self.blocks = nn.Sequential(*[LayerScaleBlock(dim, num_heads, mlp_ratio=mlp_ratio, **block)
                                       for _ in range(depth)])
         self.cls_blocks = nn.ModuleList(
-            ClassAttentionBlock(dim, num_heads, mlp_ratio=mlp_ratio_token_only, **block)
+            ClassAttentionBlock(dim, num_heads, mlp_ratio=mlp_ratio_token_only, key_bias=qkv_bias, **block)
             for _ in range(depth_token_only)
         )
         self.norm = create_norm(norm_layer, dim, eps=norm_eps, **fk)
@@ -217,6 +221,10 @@ class CaiT(nn.Module):
     input="image",
     output="logits",
     size_arg="img_size",
+    exempt={"grad": "the talking heads' bias before the softmax (attn.proj_l.bias) and the class "
+                    "attention's key bias (attn.k_proj.bias) are added to all logits of a head alike and "
+                    "cancel in the softmax, so their gradients are 0; the released network (and timm's, "
+                    "whose parameter count and checkpoints this model equals) has them"},
     paper_numbers=dict(size=(224, 224), params="12.0M", macs="2.5G", source="Table 3 (XXS-24)"),
     example=Example(
         # The default (paper) config, so ``info`` and the catalogue show XXS-24's counts; at
