@@ -367,8 +367,9 @@ _VOLO_RULES = (
     *_class_attention_rules(r"post_network", "post_blocks", fused_kv=True),
 )
 
-# Every released VOLO (D1-D5) has heads of width 32 in its Transformer and class-attention
-# layers; the file's shapes do not tell the head count there (the outlook stage's they do).
+# The file's shapes do not tell the head count of the Transformer and class-attention layers
+# (the outlook stage's they do): it is read as width / 32, right for VOLO-D1 to D3; D4 and D5
+# (heads of width 48) need ``num_heads=(12, 16, 16, 16)`` from the caller.
 _VOLO_HEAD_DIM = 32
 
 
