@@ -79,6 +79,9 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("convnextv2_atto", "convnextv2_atto", {}, (2, 3, 64, 96)),
     ("mobilenetv3_small_100", "mobilenetv3_small", {}, (2, 3, 64, 96)),
     ("mobilenetv3_large_100", "mobilenetv3_large", {}, (2, 3, 64, 96)),
+    # timm's Cait and VOLO take only the size their position embedding was built for
+    ("cait_xxs24_224", "cait_xxs24", {}, (2, 3, 224, 224)),
+    ("volo_d1_224", "volo_d1", {}, (2, 3, 224, 224)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

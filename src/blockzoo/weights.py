@@ -433,6 +433,106 @@ _MBV3_RULES = (
 def _mbv3_args(s: Shapes) -> dict[str, Any]:
     stem = _need(s, "stem.conv.weight", "MobileNetV3")
     return dict(num_classes=_need(s, "classifier.weight", "MobileNetV3")[0], in_chans=stem[1])
+# --------------------------------------------------------------------------- bba: cait_xxs24, volo_d1
+
+
+def _class_attention_rules(src: str, dst: str, *, fused_kv: bool) -> tuple[Rule, ...]:
+    """timm's class-attention blocks (CaiT's ``LayerScaleBlockClassAttn``, VOLO's ``ClassBlock``) ->
+    ``ClassAttentionBlock``: q, k, v into ``q_proj``, ``k_proj``, ``v_proj`` (VOLO's fused ``kv``
+    split in two: rows k, then v), ``proj`` -> ``out_proj``, ``gamma_i`` -> ``scale_i``, the MLP's
+    ``fc1``, ``fc2`` -> ``layers.0``, ``layers.4``."""
+    kv = ((Rule(rf"{src}\.(\d+)\.attn\.kv\.(\w+)", rf"{dst}.\1.attn.k_proj.\2", part=(0, 2)),
+           Rule(rf"{src}\.(\d+)\.attn\.kv\.(\w+)", rf"{dst}.\1.attn.v_proj.\2", part=(1, 2)))
+          if fused_kv else ())
+    return (
+        Rule(rf"{src}\.(\d+)\.(norm[12]\.\w+)", rf"{dst}.\1.\2"),
+        Rule(rf"{src}\.(\d+)\.attn\.([qkv])\.(\w+)", rf"{dst}.\1.attn.\2_proj.\3"),
+        *kv,
+        Rule(rf"{src}\.(\d+)\.attn\.proj\.(\w+)", rf"{dst}.\1.attn.out_proj.\2"),
+        Rule(rf"{src}\.(\d+)\.gamma_([12])", rf"{dst}.\1.scale\2"),
+        Rule(rf"{src}\.(\d+)\.mlp\.fc1\.(\w+)", rf"{dst}.\1.mlp.layers.0.\2"),
+        Rule(rf"{src}\.(\d+)\.mlp\.fc2\.(\w+)", rf"{dst}.\1.mlp.layers.4.\2"),
+    )
+
+
+# CaiT (timm's ``Cait``): self-attention blocks keep timm's names except the talking-heads
+# output projection (``out_proj``), LayerScale (``scale1``, ``scale2``) and the MLP's layers;
+# the class-attention stage ``blocks_token_only`` is ``cls_blocks``.
+_CAIT_RULES = (
+    Rule(r"(cls_token|pos_embed)", r"\1"),
+    _same("patch_embed.proj", "norm", "head"),
+    Rule(r"(blocks\.\d+\.(?:norm1|norm2|attn\.qkv|attn\.proj_l|attn\.proj_w)\.\w+)", r"\1"),
+    Rule(r"(blocks\.\d+)\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(r"(blocks\.\d+)\.gamma_([12])", r"\1.scale\2"),
+    Rule(r"(blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
+    Rule(r"(blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
+    *_class_attention_rules(r"blocks_token_only", "cls_blocks", fused_kv=False),
+)
+
+
+def _cait_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "CaiT")
+    dim, p = proj[0], proj[2]
+    return dict(num_classes=_need(s, "head.weight", "CaiT")[0], in_chans=proj[1], patch_size=p, dim=dim,
+                depth=_count(s, r"blocks\.(\d+)\..*"),
+                num_heads=_need(s, "blocks.0.attn.proj_l.weight", "CaiT")[0],
+                depth_token_only=_count(s, r"cls_blocks\.(\d+)\..*"),
+                img_size=_square_grid(_need(s, "pos_embed", "CaiT")[1], p, "CaiT", "img_size"),
+                mlp_ratio=_need(s, "blocks.0.mlp.layers.0.weight", "CaiT")[0] / dim,
+                mlp_ratio_token_only=_need(s, "cls_blocks.0.mlp.layers.0.weight", "CaiT")[0] / dim,
+                qkv_bias="blocks.0.attn.qkv.bias" in s)
+
+
+def _linear_to_conv1x1(t: torch.Tensor) -> torch.Tensor:
+    return t[:, :, None, None]
+
+
+# VOLO (timm's ``VOLO``): ``network`` = [outlook stage, downsample, Transformer stages...] is
+# blockzoo's ``stages.0``, ``downsample``, ``stages.1...``; the outlook attention's linear maps
+# are 1 x 1 convs here (channels first); the stem's Sequential is three ``ConvBnAct`` units.
+_VOLO_RULES = (
+    Rule(r"cls_token", r"cls_token"),
+    Rule(r"pos_embed", r"pos_embed", lambda t: t.permute(0, 3, 1, 2).contiguous()),  # (1, D, g_h, g_w)
+    *(Rule(rf"patch_embed\.conv\.{3 * i}\.weight", rf"patch_embed.stem.{i}.conv.weight") for i in range(3)),
+    *(Rule(rf"patch_embed\.conv\.{3 * i + 1}\.(\w+)", rf"patch_embed.stem.{i}.bn.\1") for i in range(3)),
+    _same("patch_embed.proj", "norm", "head", "aux_head"),
+    Rule(r"network\.0\.(\d+)\.attn\.(v|attn|proj)\.weight", r"stages.0.blocks.\1.attn.\2.weight",
+         _linear_to_conv1x1),
+    Rule(r"network\.0\.(\d+)\.(attn\.(?:v|attn|proj)\.bias|norm[12]\.\w+)", r"stages.0.blocks.\1.\2"),
+    Rule(r"network\.0\.(\d+)\.mlp\.fc1\.(\w+)", r"stages.0.blocks.\1.mlp.layers.0.\2"),
+    Rule(r"network\.0\.(\d+)\.mlp\.fc2\.(\w+)", r"stages.0.blocks.\1.mlp.layers.4.\2"),
+    Rule(r"network\.1\.proj\.(\w+)", r"downsample.\1"),
+    *(r for k in range(2, 10) for r in (
+        Rule(rf"network\.{k}\.(\d+)\.(norm[12]\.\w+|attn\.qkv\.\w+)", rf"stages.{k - 1}.blocks.\1.\2"),
+        Rule(rf"network\.{k}\.(\d+)\.attn\.proj\.(\w+)", rf"stages.{k - 1}.blocks.\1.attn.out_proj.\2"),
+        Rule(rf"network\.{k}\.(\d+)\.mlp\.(fc[12])\.(\w+)", rf"stages.{k - 1}.blocks.\1.\2.\3"),
+    )),
+    *_class_attention_rules(r"post_network", "post_blocks", fused_kv=True),
+)
+
+# The file's shapes do not tell the head count of the Transformer and class-attention layers
+# (the outlook stage's they do): it is read as width / 32, right for VOLO-D1 to D3; D4 and D5
+# (heads of width 48) need ``num_heads=(12, 16, 16, 16)`` from the caller.
+_VOLO_HEAD_DIM = 32
+
+
+def _volo_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "VOLO")
+    n = _count(s, r"stages\.(\d+)\..*")
+    dims = (proj[0], *[_need(s, "downsample.weight", "VOLO")[0]] * (n - 1))
+    pos = _need(s, "pos_embed", "VOLO")
+    return dict(
+        num_classes=_need(s, "head.weight", "VOLO")[0],
+        in_chans=_need(s, "patch_embed.stem.0.conv.weight", "VOLO")[1],
+        patch_size=2 * proj[2], stem_dim=proj[1], dims=dims,
+        img_size=(pos[2] * 4 * proj[2], pos[3] * 4 * proj[2]),  # the grid is 1/16 (1/(2p)) of the image
+        layers=tuple(_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n)),
+        # the outlook attention predicts h K^4 weights per centre (K = 3 in every VOLO)
+        num_heads=(_need(s, "stages.0.blocks.0.attn.attn.weight", "VOLO")[0] // 3**4,
+                   *[dims[-1] // _VOLO_HEAD_DIM] * (n - 1)),
+        mlp_ratio=_need(s, "stages.0.blocks.0.mlp.layers.0.weight", "VOLO")[0] / proj[0],
+        post_layers=_count(s, r"post_blocks\.(\d+)\..*"), aux_head="aux_head.weight" in s,
+        qkv_bias="stages.0.blocks.0.attn.v.bias" in s)
 
 
 # Registered model name -> its layout.
@@ -472,6 +572,9 @@ register_layout(("convnextv2_atto",), Layout("timm ConvNeXt (V2)", _CONVNEXT_RUL
 register_layout(("mobilenetv3_small", "mobilenetv3_large"),
                 Layout("timm MobileNetV3", _MBV3_RULES, ("classifier.weight", "classifier.bias"), _mbv3_args,
                        "blocks.[0-9]", prepare=_mbv3_prepare))
+register_layout(("cait_xxs24",), Layout("timm Cait", _CAIT_RULES, _HEAD, _cait_args))
+register_layout(("volo_d1",), Layout("timm VOLO", _VOLO_RULES, (*_HEAD, "aux_head.weight", "aux_head.bias"),
+                                     _volo_args))
 
 
 def layout_for(name: str) -> Layout:

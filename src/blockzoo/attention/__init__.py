@@ -32,6 +32,10 @@ from blockzoo.attention.channel import (
     SqueezeExcite,
     eca_kernel_size,
 )
+from blockzoo.attention.class_attention import (
+    ClassAttention,
+    ClassAttentionBlock,
+)
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
 )
@@ -176,6 +180,9 @@ from blockzoo.attention.swin import (
     ShiftedWindowAttention,
     relative_position_index,
 )
+from blockzoo.attention.talking_heads import (
+    TalkingHeadsAttention,
+)
 from blockzoo.attention.transformer import (
     TransformerEncoderBlock,
 )
@@ -200,6 +207,8 @@ __all__ = [
     "AxialAttention",
     "CBAMChannelGate",
     "CBAMSpatialGate",
+    "ClassAttention",
+    "ClassAttentionBlock",
     "ContextualTransformer",
     "CoordinateAttention",
     "CrissCrossAttention",
@@ -251,6 +260,7 @@ __all__ = [
     "SpatialGroupEnhance",
     "SpatialReductionAttention",
     "SqueezeExcite",
+    "TalkingHeadsAttention",
     "TransformerEncoderBlock",
     "TripletAttention",
     "UFOAttention",
