@@ -20,6 +20,18 @@ from blockzoo.models.convnext import (
     ConvNeXtV2Stage,
     convnextv2_atto,
 )
+from blockzoo.models.efficientformer import (
+    EfficientFormer,
+    EfficientFormerMeta3D,
+    efficientformer_l1,
+)
+from blockzoo.models.levit import (
+    LeViT,
+    LeViTBlock,
+    LeViTMlp,
+    LeViTShrink,
+    levit_128s,
+)
 from blockzoo.models.linear import (
     BowClassifier,
     LogisticRegression,
@@ -49,6 +61,11 @@ from blockzoo.models.mobilenetv3 import (
     make_divisible,
     mobilenetv3_large,
     mobilenetv3_small,
+)
+from blockzoo.models.mobilevit import (
+    XXS,
+    MobileViT,
+    mobilevit_xxs,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -104,14 +121,21 @@ __all__ = [
     "LARGE",
     "PAPER_MODELS",
     "SMALL",
+    "XXS",
     "BowClassifier",
     "CifarCNN",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
+    "EfficientFormer",
+    "EfficientFormerMeta3D",
     "InceptionNet",
     "LeNet5",
+    "LeViT",
+    "LeViTBlock",
+    "LeViTMlp",
+    "LeViTShrink",
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
@@ -121,6 +145,7 @@ __all__ = [
     "Mnist1dMLP",
     "MobileNetV3",
     "MobileOne",
+    "MobileViT",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -140,9 +165,11 @@ __all__ = [
     "convnextv2_atto",
     "deit_tiny",
     "deit_tiny_distilled",
+    "efficientformer_l1",
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
+    "levit_128s",
     "lstm_classifier",
     "lstm_tagger",
     "make_divisible",
@@ -150,6 +177,7 @@ __all__ = [
     "mobilenetv3_large",
     "mobilenetv3_small",
     "mobileone_s0",
+    "mobilevit_xxs",
     "permutator_tiny",
     "pvt_v2_b0",
     "repvgg_a0",
