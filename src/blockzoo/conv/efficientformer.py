@@ -29,6 +29,9 @@ __all__ = ["EfficientFormerMeta4D"]
     arxiv="2206.01191",
     year=2022,
     input="image",
+    exempt={"grad": "in training mode the 1x1 convs' biases (the reference's, kept for its weights) "
+                    "sit right before a batch-statistics BN, which removes them exactly, so their "
+                    "gradient is 0; they act in eval through the running statistics"},
     example=Example(config=dict(channels=8), inputs=images(), size=(8, 8), out_shape="same",
                     tiny=dict(channels=3, mlp_ratio=2.0)),
 )
