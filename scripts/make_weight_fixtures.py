@@ -82,6 +82,11 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     # timm's Cait and VOLO take only the size their position embedding was built for
     ("cait_xxs24_224", "cait_xxs24", {}, (2, 3, 224, 224)),
     ("volo_d1_224", "volo_d1", {}, (2, 3, 224, 224)),
+    # 64 x 64: every MobileViT map is even (patch 2), so timm does not resize it
+    ("mobilevit_xxs", "mobilevit_xxs", {}, (2, 3, 64, 64)),
+    # timm's LeViT and EfficientFormer take only the size their attention-bias tables fix
+    ("levit_128s", "levit_128s", {}, (2, 3, 224, 224)),
+    ("efficientformer_l1", "efficientformer_l1", {}, (2, 3, 224, 224)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:
@@ -129,7 +134,12 @@ def _write(ref, stem: str, about: dict, shape: tuple[int, ...]) -> None:
     from blockzoo.weights import fixture_input, synthetic_state_dict
 
     keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ref.state_dict().items()]
-    ref.load_state_dict(synthetic_state_dict(keys), strict=True)
+    tensors = synthetic_state_dict(keys)
+    # integer buffers other than BN's counter are indices the model computes from its structure
+    # (EfficientFormer's persistent ``attention_bias_idxs``), not weights: keep the model's own
+    tensors.update({k: v for k, v in ref.state_dict().items()
+                    if not v.is_floating_point() and not k.endswith("num_batches_tracked")})
+    ref.load_state_dict(tensors, strict=True)
     with torch.no_grad():
         out = ref(fixture_input(shape)).double()
     record = dict(

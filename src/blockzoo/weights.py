@@ -322,6 +322,30 @@ _SWIN_RULES = (
     Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table)", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
+# --------------------------------------------------------------------------- bbb: mobilevit_xxs, levit_128s,
+# efficientformer_l1
+
+
+# MobileViT (timm's ByobNet with MobileVitBlock): the inverted residuals are blockzoo's MBConv,
+# the MobileViT block's parts are named as ``MobileViTBlock`` names them (models/mobilevit.py).
+_MV_BLOCK = r"(stages\.\d+\.\d+)"
+_MOBILEVIT_RULES = (
+    _same("stem.conv", "stem.bn", "final_conv.conv", "final_conv.bn"),
+    Rule(rf"{_MV_BLOCK}\.conv1_1x1\.(conv|bn)\.(\w+)", r"\1.expand.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv2_kxk\.(conv|bn)\.(\w+)", r"\1.dw.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv3_1x1\.(conv|bn)\.(\w+)", r"\1.project.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv_kxk\.conv\.(\w+)", r"\1.local.0.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_kxk\.bn\.(\w+)", r"\1.local.0.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_1x1\.(\w+)", r"\1.local.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.(norm[12])\.(\w+)", r"\1.layers.\2.\3.\4"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.attn\.(qkv|proj)\.(\w+)", r"\1.layers.\2.\3.\4"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc1\.(\w+)", r"\1.layers.\2.mlp.0.\3"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc2\.(\w+)", r"\1.layers.\2.mlp.2.\3"),
+    Rule(rf"{_MV_BLOCK}\.norm\.(\w+)", r"\1.norm.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_proj\.conv\.(\w+)", r"\1.proj.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_proj\.bn\.(\w+)", r"\1.proj.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_fusion\.conv\.(\w+)", r"\1.fuse.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_fusion\.bn\.(\w+)", r"\1.fuse.1.\2"),
     Rule(r"head\.fc\.(\w+)", r"head.\1"),
 )
 
@@ -533,6 +557,86 @@ def _volo_args(s: Shapes) -> dict[str, Any]:
         mlp_ratio=_need(s, "stages.0.blocks.0.mlp.layers.0.weight", "VOLO")[0] / proj[0],
         post_layers=_count(s, r"post_blocks\.(\d+)\..*"), aux_head="aux_head.weight" in s,
         qkv_bias="stages.0.blocks.0.attn.v.bias" in s)
+def _mobilevit_args(s: Shapes) -> dict[str, Any]:
+    """Classes and input channels; the stages are the registered size's (Table 4)."""
+    return dict(num_classes=_need(s, "head.weight", "MobileViT")[0],
+                in_chans=_need(s, "stem.conv.weight", "MobileViT")[1])
+
+
+# LeViT (timm's LevitDistilled): ``ConvNorm`` / ``LinearNorm`` keep ``linear`` + ``bn`` as
+# blockzoo's ``LinearNorm`` does; the stem is blockzoo's ConvBnAct list, and the output
+# projections drop the Sequential level (``proj.ln``) that holds timm's activation.
+_LEVIT_RULES = (
+    *(Rule(rf"stem\.conv{k}\.linear\.(\w+)", rf"stem.{k - 1}.conv.\1") for k in range(1, 5)),
+    *(Rule(rf"stem\.conv{k}\.bn\.(\w+)", rf"stem.{k - 1}.bn.\1") for k in range(1, 5)),
+    Rule(r"(stages\.\d+\..*\.(?:attn|attn_downsample))\.(q|proj)\.ln\.(.+)", r"\1.\2.\3"),
+    Rule(r"(stages\.\d+\..+)", r"\1"),
+    _same("head.bn", "head.linear", "head_dist.bn", "head_dist.linear"),
+)
+
+
+def _levit_args(s: Shapes) -> dict[str, Any]:
+    """Classes, input channels, the distillation head, and the training size the bias tables fix."""
+    table = _need(s, "stages.0.blocks.0.attn.attention_biases", "LeViT")[1]
+    return dict(num_classes=_need(s, "head.linear.weight", "LeViT")[0],
+                in_chans=_need(s, "stem.0.conv.weight", "LeViT")[1],
+                distilled="head_dist.linear.weight" in s,
+                img_size=_square_grid(table, 16, "LeViT", "img_size"))
+
+
+# EfficientFormer (timm): Meta4D's conv MLP is two ConvBnAct, layer scales ``ls{k}.gamma`` are
+# ``scale{k}``; Meta3D's projections are ``LeViTAttention``'s ``LinearNorm`` without BN and its
+# MLP blockzoo's ``MLP``. ``_efficientformer_prepare`` renumbers the Meta3D blocks (timm counts
+# its parameter-free ``Flat`` as a block before them) and drops ``attention_bias_idxs``.
+_EF_BLOCK = r"(stages\.\d+\.blocks\.\d+)"
+_EFFICIENTFORMER_RULES = (
+    *(Rule(rf"stem\.conv{k}\.(\w+)", rf"stem.{k - 1}.conv.\1") for k in (1, 2)),
+    *(Rule(rf"stem\.norm{k}\.(\w+)", rf"stem.{k - 1}.bn.\1") for k in (1, 2)),
+    Rule(r"(stages\.\d+\.downsample)\.conv\.(\w+)", r"\1.conv.\2"),
+    Rule(r"(stages\.\d+\.downsample)\.norm\.(\w+)", r"\1.bn.\2"),
+    Rule(rf"{_EF_BLOCK}\.ls([12])\.gamma", r"\1.scale\2"),
+    Rule(rf"{_EF_BLOCK}\.mlp\.fc1\.(\w+)", r"\1.mlp.0.conv.\2"),
+    Rule(rf"{_EF_BLOCK}\.mlp\.norm1\.(\w+)", r"\1.mlp.0.bn.\2"),
+    Rule(rf"{_EF_BLOCK}\.mlp\.fc2\.(\w+)", r"\1.mlp.1.conv.\2"),
+    Rule(rf"{_EF_BLOCK}\.mlp\.norm2\.(\w+)", r"\1.mlp.1.bn.\2"),
+    Rule(rf"{_EF_BLOCK}\.token_mixer\.(qkv|proj)\.(\w+)", r"\1.token_mixer.\2.linear.\3"),
+    Rule(rf"({_EF_BLOCK[1:-1]}\.(?:token_mixer\.attention_biases|norm[12]\.\w+|mlp\.layers\.\d\.\w+))",
+         r"\1"),
+    _same("norm", "head", "head_dist"),
+)
+
+
+def _efficientformer_prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    meta3d = {m.group(1) for k in tensors if (m := re.match(rf"{_EF_BLOCK}\.token_mixer\.", k))}
+    out: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if key.endswith(".attention_bias_idxs"):
+            continue  # an index buffer blockzoo recomputes from the map size
+        m = re.fullmatch(r"(stages\.\d+\.blocks\.)(\d+)(\..+)", key)
+        if m and m.group(1) + m.group(2) in meta3d:
+            rest = m.group(3).replace(".mlp.fc1.", ".mlp.layers.0.").replace(".mlp.fc2.", ".mlp.layers.4.")
+            key = f"{m.group(1)}{int(m.group(2)) - 1}{rest}"  # one index lower: no Flat here
+        out[key] = t
+    return out
+
+
+def _efficientformer_args(s: Shapes) -> dict[str, Any]:
+    """Classes, input channels, widths, depths, Meta3D blocks, heads and the training size."""
+    n = _count(s, r"stages\.(\d+)\..*")
+    dims = [_need(s, f"stages.{i}.blocks.0.scale1", "EfficientFormer")[0] for i in range(n)]
+    depths = [_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n)]
+    vit = sorted({k.split(".token_mixer.")[0] for k in s if ".token_mixer." in k})
+    args: dict[str, Any] = dict(num_classes=_need(s, "head.weight", "EfficientFormer")[0],
+                                in_chans=_need(s, "stem.0.conv.weight", "EfficientFormer")[1],
+                                dims=tuple(dims), depths=tuple(depths), num_vit=len(vit),
+                                distilled="head_dist.weight" in s)
+    if vit:
+        heads, table = s[f"{vit[0]}.token_mixer.attention_biases"]
+        qkv = _need(s, f"{vit[0]}.token_mixer.qkv.linear.weight", "EfficientFormer")[0]
+        val = _need(s, f"{vit[0]}.token_mixer.proj.linear.weight", "EfficientFormer")[1] // heads
+        args.update(num_heads=heads, key_dim=(qkv // heads - val) // 2,
+                    img_size=_square_grid(table, 32, "EfficientFormer", "img_size"))
+    return args
 
 
 # Registered model name -> its layout.
@@ -575,6 +679,14 @@ register_layout(("mobilenetv3_small", "mobilenetv3_large"),
 register_layout(("cait_xxs24",), Layout("timm Cait", _CAIT_RULES, _HEAD, _cait_args))
 register_layout(("volo_d1",), Layout("timm VOLO", _VOLO_RULES, (*_HEAD, "aux_head.weight", "aux_head.bias"),
                                      _volo_args))
+register_layout(("mobilevit_xxs",), Layout("timm MobileViT (ByobNet)", _MOBILEVIT_RULES, _HEAD,
+                                           _mobilevit_args))
+register_layout(("levit_128s",), Layout("timm LeViT (LevitDistilled)", _LEVIT_RULES,
+                                        ("head.linear.weight", "head.linear.bias", "head_dist.linear.weight",
+                                         "head_dist.linear.bias"), _levit_args))
+register_layout(("efficientformer_l1",), Layout("timm EfficientFormer", _EFFICIENTFORMER_RULES,
+                                                (*_HEAD, "head_dist.weight", "head_dist.bias"),
+                                                _efficientformer_args, prepare=_efficientformer_prepare))
 
 
 def layout_for(name: str) -> Layout:

@@ -91,6 +91,10 @@ from blockzoo.attention.graph import (
 from blockzoo.attention.halo import (
     HaloAttention,
 )
+from blockzoo.attention.levit import (
+    LeViTAttention,
+    LinearNorm,
+)
 from blockzoo.attention.linear_attention import (
     LinearAttention,
     elu_feature_map,
@@ -225,8 +229,10 @@ __all__ = [
     "GraphAttention",
     "GraphDotProductAttention",
     "HaloAttention",
+    "LeViTAttention",
     "LearnedPositionalEmbedding",
     "LinearAttention",
+    "LinearNorm",
     "LinformerAttention",
     "LocalAttention",
     "LongDistanceAttention",

@@ -101,6 +101,8 @@ class MobileViTBlock(nn.Module):
         kernel_size: k, the local and fusion convolutions' side (paper: 3).
         act_layer: activation of convs and MLP (paper: SiLU / swish).
         norm_layer: the transformer's normalisation (paper: LayerNorm).
+        final_norm_bias: keep the shift of the LN after the last layer, as the reference
+            code has it (for loading its weights; see Deviations).
 
     Shape:
         - Input: (B, C, H, W), C = channels, any H, W: X_L is zero-padded at the
@@ -113,8 +115,9 @@ class MobileViTBlock(nn.Module):
           resizes the map by bilinear interpolation instead, which mixes pixels).
         - The final LN has no shift (the reference code's has one): it adds the same
           vector to every token, which after folding is a per-channel constant that the
-          1x1 conv keeps constant and the BN after it subtracts, so it could never
-          change the output.
+          1x1 conv keeps constant and the BN after it subtracts in training, so
+          training cannot need it. With trained running statistics (eval) it does act,
+          so ``final_norm_bias=True`` keeps it for loading the reference's weights.
 
     Example:
         >>> blk = MobileViTBlock(32, dim=48, depth=2, num_heads=4)
@@ -134,6 +137,7 @@ class MobileViTBlock(nn.Module):
         kernel_size: int = 3,
         act_layer: LayerSpec = "silu",
         norm_layer: LayerSpec = "layernorm",
+        final_norm_bias: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -152,7 +156,9 @@ class MobileViTBlock(nn.Module):
         self.layers = nn.ModuleList(
             _TransformerLayer(dim, num_heads, mlp_ratio, act_layer, norm_layer, **fk) for _ in range(depth)
         )
-        self.norm = without_bias(create_norm(norm_layer, dim, **fk))  # proj's BN cancels its shift
+        self.norm = create_norm(norm_layer, dim, **fk)
+        if not final_norm_bias:
+            self.norm = without_bias(self.norm)  # proj's BN cancels its shift in training
         self.proj = _ConvNormAct(dim, channels, 1, act_layer, **fk)
         self.fuse = _ConvNormAct(2 * channels, channels, kernel_size, act_layer, **fk)
 

@@ -25,6 +25,9 @@ from blockzoo.conv.depthwise import (
 from blockzoo.conv.dynamic import (
     DynamicConv,
 )
+from blockzoo.conv.efficientformer import (
+    EfficientFormerMeta4D,
+)
 from blockzoo.conv.inception import (
     InceptionBlock,
 )
@@ -53,6 +56,7 @@ __all__ = [
     "ConvNeXtV2Block",
     "DepthwiseSeparableConv",
     "DynamicConv",
+    "EfficientFormerMeta4D",
     "GlobalResponseNorm",
     "InceptionBlock",
     "InvertedResidual",

@@ -26,6 +26,18 @@ from blockzoo.models.convnext import (
     ConvNeXtV2Stage,
     convnextv2_atto,
 )
+from blockzoo.models.efficientformer import (
+    EfficientFormer,
+    EfficientFormerMeta3D,
+    efficientformer_l1,
+)
+from blockzoo.models.levit import (
+    LeViT,
+    LeViTBlock,
+    LeViTMlp,
+    LeViTShrink,
+    levit_128s,
+)
 from blockzoo.models.linear import (
     BowClassifier,
     LogisticRegression,
@@ -55,6 +67,11 @@ from blockzoo.models.mobilenetv3 import (
     make_divisible,
     mobilenetv3_large,
     mobilenetv3_small,
+)
+from blockzoo.models.mobilevit import (
+    XXS,
+    MobileViT,
+    mobilevit_xxs,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -118,6 +135,7 @@ __all__ = [
     "PAPER_MODELS",
     "SMALL",
     "VOLO",
+    "XXS",
     "BowClassifier",
     "CaiT",
     "CifarCNN",
@@ -126,9 +144,15 @@ __all__ = [
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
     "ConvStemPatchEmbed",
+    "EfficientFormer",
+    "EfficientFormerMeta3D",
     "InceptionNet",
     "LayerScaleBlock",
     "LeNet5",
+    "LeViT",
+    "LeViTBlock",
+    "LeViTMlp",
+    "LeViTShrink",
     "LogisticRegression",
     "MLPClassifier",
     "Mnist1dCNN",
@@ -139,6 +163,7 @@ __all__ = [
     "MobileNetV3",
     "MobileOne",
     "Outlooker",
+    "MobileViT",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -160,9 +185,11 @@ __all__ = [
     "convnextv2_atto",
     "deit_tiny",
     "deit_tiny_distilled",
+    "efficientformer_l1",
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
+    "levit_128s",
     "lstm_classifier",
     "lstm_tagger",
     "make_divisible",
@@ -170,6 +197,7 @@ __all__ = [
     "mobilenetv3_large",
     "mobilenetv3_small",
     "mobileone_s0",
+    "mobilevit_xxs",
     "permutator_tiny",
     "pvt_v2_b0",
     "repvgg_a0",
