@@ -69,6 +69,8 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
     ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
     ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
+    # timm's models take only their own input size (strict_img_size)
+    ("swinv2_tiny_window8_256", "swinv2_tiny", {}, (2, 3, 256, 256)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

@@ -290,6 +290,33 @@ def _mobileone_args(s: Shapes) -> dict[str, Any]:
     return _rep_args(s, "MobileOne", "conv_kxk_0")
 
 
+# --------------------------------------------------------------------------- bbc: swinv2_tiny, coat_lite_tiny, crossvit_tiny
+
+
+# Swin V2 (timm's SwinTransformerV2): the names are blockzoo's but for the MLP's layers and
+# the head (SwinTransformerV2's module docstring); the window is not in the file (the
+# position bias is a network over offsets), so it stays the constructor's (8).
+_SWINV2_RULES = (
+    _same("patch_embed.proj", "patch_embed.norm", "norm"),
+    Rule(r"(layers\.\d+\.downsample\.(?:reduction|norm)\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.qkv|attn\.proj|attn\.cpb_mlp\.[02])\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.(?:logit_scale|q_bias|v_bias))", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
+    Rule(r"head\.fc\.(\w+)", r"head.\1"),
+)
+
+
+def _swinv2_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "Swin V2")
+    stages = _count(s, r"layers\.(\d+)\..*")
+    return dict(num_classes=_need(s, "head.weight", "Swin V2")[0], in_chans=proj[1], dim=proj[0],
+                patch_size=proj[2],
+                depths=tuple(_count(s, rf"layers\.{i}\.blocks\.(\d+)\..*") for i in range(stages)),
+                num_heads=tuple(_need(s, f"layers.{i}.blocks.0.attn.logit_scale", "Swin V2")[0]
+                                for i in range(stages)))
+
+
 # Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
@@ -315,6 +342,8 @@ register_layout(("repvgg_a0", "repvgg_b0"), Layout("timm RepVGG (ByobNet)", _REP
                                                   ("head.fc.weight", "head.fc.bias"), _repvgg_args))
 register_layout(("mobileone_s0",), Layout("timm MobileOne (ByobNet)", _MOBILEONE_RULES,
                                           ("head.fc.weight", "head.fc.bias"), _mobileone_args))
+register_layout(("swinv2_tiny",), Layout("timm SwinTransformerV2", _SWINV2_RULES, _HEAD, _swinv2_args,
+                                         "layers.[0-9]"))
 
 
 def layout_for(name: str) -> Layout:

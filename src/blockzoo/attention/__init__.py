@@ -175,6 +175,12 @@ from blockzoo.attention.swin import (
     PatchMerging,
     ShiftedWindowAttention,
     relative_position_index,
+    shifted_window_mask,
+    window_plan,
+)
+from blockzoo.attention.swinv2 import (
+    CosineWindowAttention,
+    log_spaced_coords,
 )
 from blockzoo.attention.transformer import (
     TransformerEncoderBlock,
@@ -202,6 +208,7 @@ __all__ = [
     "CBAMSpatialGate",
     "ContextualTransformer",
     "CoordinateAttention",
+    "CosineWindowAttention",
     "CrissCrossAttention",
     "CrossScaleEmbedding",
     "DANet",
@@ -264,6 +271,7 @@ __all__ = [
     "favor_attention",
     "linear_attention",
     "local_window_attention",
+    "log_spaced_coords",
     "merge_masks",
     "positive_random_features",
     "random_features",
@@ -271,7 +279,9 @@ __all__ = [
     "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",
+    "shifted_window_mask",
     "sinusoidal_table",
     "spatial_shift",
+    "window_plan",
     "xnorm",
 ]

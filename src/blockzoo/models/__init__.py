@@ -88,6 +88,12 @@ from blockzoo.models.swin import (
     SwinTransformer,
     swin_tiny,
 )
+from blockzoo.models.swinv2 import (
+    SwinTransformerV2,
+    SwinV2Block,
+    SwinV2Stage,
+    swinv2_tiny,
+)
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
@@ -135,6 +141,9 @@ __all__ = [
     "SwinBlock",
     "SwinStage",
     "SwinTransformer",
+    "SwinTransformerV2",
+    "SwinV2Block",
+    "SwinV2Stage",
     "VisionTransformer",
     "conv_out_len",
     "convnextv2_atto",
@@ -162,6 +171,7 @@ __all__ = [
     "rnn_classifier",
     "smlp_tiny",
     "swin_tiny",
+    "swinv2_tiny",
     "tabular_mlp",
     "vit_base",
     "vit_small",
