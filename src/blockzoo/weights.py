@@ -290,7 +290,7 @@ def _mobileone_args(s: Shapes) -> dict[str, Any]:
     return _rep_args(s, "MobileOne", "conv_kxk_0")
 
 
-# --------------------------------------------------------------------------- bbc: swinv2_tiny, coat_lite_tiny, crossvit_tiny
+# --------------------------------------------------------------------------- bbc: swinv2, coat_lite, crossvit
 
 
 # Swin V2 (timm's SwinTransformerV2): the names are blockzoo's but for the MLP's layers and
@@ -299,7 +299,7 @@ def _mobileone_args(s: Shapes) -> dict[str, Any]:
 _SWINV2_RULES = (
     _same("patch_embed.proj", "patch_embed.norm", "norm"),
     Rule(r"(layers\.\d+\.downsample\.(?:reduction|norm)\.\w+)", r"\1"),
-    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.qkv|attn\.proj|attn\.cpb_mlp\.[02])\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.(?:qkv|proj|cpb_mlp\.[02]))\.\w+)", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.(?:logit_scale|q_bias|v_bias))", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),

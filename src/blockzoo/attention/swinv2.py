@@ -127,9 +127,10 @@ class CosineWindowAttention(nn.Module):
         require(len(s) == 2 and all(0 <= v < m for v, m in zip(s, self.window_size, strict=True)),
                 f"{name}: shift_size={shift_size!r} must be in [0, window_size={window_size!r})")
         self.shift_size = (s[0], s[1])
-        t = (pretrained_window_size,) * 2 if isinstance(pretrained_window_size, int) else pretrained_window_size
+        pw = pretrained_window_size
+        t = (pw, pw) if isinstance(pw, int) else tuple(pw)
         require(len(t) == 2 and all(v >= 0 for v in t),
-                f"{name}: pretrained_window_size={pretrained_window_size!r} must be >= 0 (0: the window in use)")
+                f"{name}: pretrained_window_size={pw!r} must be >= 0 (0: the window in use)")
         self.pretrained_window_size = (t[0], t[1])
         self.head_dim = require_divides(name, "num_heads", num_heads, "dim", dim)
         self.dim, self.num_heads = dim, num_heads
@@ -157,7 +158,7 @@ class CosineWindowAttention(nn.Module):
 
     def attend_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Window attention on a channels-last map (B, H, W, C) -> (B, H, W, C)."""
-        b, h, w, c = x.shape
+        b, h, w, _ = x.shape
         plan = wh, ww, sh, sw = window_plan(h, w, self.window_size, self.shift_size)
         hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
         if hp > h or wp > w:

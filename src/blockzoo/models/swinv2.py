@@ -37,7 +37,7 @@ from blockzoo.mlp.mlp import MLP
 from blockzoo.models.classic import logits_shape
 from blockzoo.registry import Example, images, register
 
-__all__ = ["SwinV2Block", "SwinV2Stage", "SwinTransformerV2", "swinv2_tiny"]
+__all__ = ["SwinTransformerV2", "SwinV2Block", "SwinV2Stage", "swinv2_tiny"]
 
 
 class SwinV2Block(nn.Module):
@@ -125,7 +125,7 @@ class SwinV2Stage(nn.Module):
 
 
 class SwinTransformerV2(nn.Module):
-    r"""Swin Transformer V2: 4 x 4 patch embedding, four res-post-norm stages, LayerNorm, average pooling, head.
+    r"""Swin Transformer V2: 4 x 4 patch embedding, four res-post-norm stages, LayerNorm, pooling, head.
 
     Liu et al., "Swin Transformer V2: Scaling Up Capacity and Resolution", arXiv
     2111.09883, Sec. 3 and 4.1.
@@ -177,7 +177,8 @@ class SwinTransformerV2(nn.Module):
                 f"SwinTransformerV2: depths={depths} and num_heads={num_heads} must be equally long, "
                 "depths >= 1")
         require(len(pretrained) >= len(depths),
-                f"SwinTransformerV2: pretrained_window_sizes={pretrained} needs one per stage ({len(depths)})")
+                f"SwinTransformerV2: pretrained_window_sizes={pretrained} needs one per stage "
+                f"({len(depths)})")
         fk = dict(device=device, dtype=dtype)
         self.in_chans, self.num_classes = in_chans, num_classes
         self.patch_embed = PatchEmbed(in_chans, dim, patch_size, pad=True, norm_layer=norm_layer, **fk)
@@ -235,7 +236,7 @@ class SwinTransformerV2(nn.Module):
     ),
 )
 def swinv2_tiny(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> SwinTransformerV2:
-    """Swin V2-T (window 8, 256 x 256): D_1 = 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24); 28,347,154 parameters.
+    """Swin V2-T (window 8, 256 x 256): D_1 = 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24); 28.3M parameters.
 
     Liu et al., arXiv 2111.09883 (SwinV2-T, trained at 256 x 256 with 8 x 8 windows: 28M
     parameters, 5.9 GFLOPs in the authors' model zoo). Parameter count equal to PyTorch
