@@ -317,6 +317,56 @@ def _swinv2_args(s: Shapes) -> dict[str, Any]:
                                 for i in range(stages)))
 
 
+# CoaT-Lite (timm's CoaT without parallel blocks): timm numbers the stages 1-4 in the names
+# (patch_embed1, serial_blocks1, ...) and lists each stage's shared position encodings
+# (cpe1, crpe1) once more under every block. ``prepare`` keeps one copy per stage, the one
+# torch's ``load_state_dict`` applies last to timm's shared module (the last block's; in a
+# released file all copies are equal), and counts the stages from 0.
+_COAT_COPY = re.compile(r"serial_blocks(\d)\.(\d+)\.(cpe|factoratt_crpe\.crpe)\.(.+)")
+_COAT_STAGE = re.compile(r"(patch_embed|cls_token|cpe|crpe|serial_blocks)([1-9])")
+
+
+def _coat_prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    chosen: dict[str, tuple[int, str]] = {}  # top-level name -> (block index, the key holding it)
+    rest = {}
+    for key in tensors:
+        m = _COAT_COPY.fullmatch(key)
+        if m is None:
+            rest[key] = tensors[key]
+            continue
+        top = f"{'cpe' if m.group(3) == 'cpe' else 'crpe'}{m.group(1)}.{m.group(4)}"
+        if top not in chosen or int(m.group(2)) > chosen[top][0]:
+            chosen[top] = (int(m.group(2)), key)
+    rest.update({top: tensors[key] for top, (_, key) in chosen.items()})
+    return {_COAT_STAGE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) - 1}", k, count=1): v
+            for k, v in rest.items()}
+
+
+_COAT_RULES = (
+    Rule(r"patch_embed(\d)\.(proj|norm)\.(\w+)", r"stages.\1.patch_embed.\2.\3"),
+    Rule(r"cls_token(\d)", r"stages.\1.cls_token"),
+    Rule(r"cpe(\d)\.proj\.(\w+)", r"stages.\1.cpe.proj.\2"),
+    Rule(r"crpe(\d)\.conv_list\.(\d+)\.(\w+)", r"stages.\1.crpe.conv_list.\2.\3"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.(norm[12])\.(\w+)", r"stages.\1.blocks.\2.\3.\4"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.(qkv|proj)\.(\w+)", r"stages.\1.blocks.\2.attn.\3.\4"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.mlp\.fc1\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.0.\3"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.mlp\.fc2\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.4.\3"),
+    Rule(r"norm4\.(\w+)", r"norm.\1"),
+    _same("head"),
+)
+
+
+def _coat_args(s: Shapes) -> dict[str, Any]:
+    """Classes, widths, depths and MLP ratios; the heads (8) and the CRPE kernels are not in the shapes."""
+    n = _count(s, r"stages\.(\d+)\..*")
+    stem = _need(s, "stages.0.patch_embed.proj.weight", "CoaT-Lite")
+    dims = tuple(_need(s, f"stages.{i}.patch_embed.proj.weight", "CoaT-Lite")[0] for i in range(n))
+    return dict(num_classes=_need(s, "head.weight", "CoaT-Lite")[0], in_chans=stem[1], patch_size=stem[2],
+                dims=dims, depths=tuple(_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n)),
+                mlp_ratios=tuple(_need(s, f"stages.{i}.blocks.0.mlp.layers.0.weight", "CoaT-Lite")[0]
+                                 / dims[i] for i in range(n)))
+
+
 # Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
@@ -344,6 +394,8 @@ register_layout(("mobileone_s0",), Layout("timm MobileOne (ByobNet)", _MOBILEONE
                                           ("head.fc.weight", "head.fc.bias"), _mobileone_args))
 register_layout(("swinv2_tiny",), Layout("timm SwinTransformerV2", _SWINV2_RULES, _HEAD, _swinv2_args,
                                          "layers.[0-9]"))
+register_layout(("coat_lite_tiny",), Layout("timm CoaT (CoaT-Lite)", _COAT_RULES, _HEAD, _coat_args,
+                                            "stages.[0-2]", prepare=_coat_prepare))
 
 
 def layout_for(name: str) -> Layout:

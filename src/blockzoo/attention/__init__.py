@@ -32,6 +32,11 @@ from blockzoo.attention.channel import (
     SqueezeExcite,
     eca_kernel_size,
 )
+from blockzoo.attention.coat import (
+    ConvPosEnc,
+    ConvRelPosEnc,
+    FactorizedAttention,
+)
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
 )
@@ -207,6 +212,8 @@ __all__ = [
     "CBAMChannelGate",
     "CBAMSpatialGate",
     "ContextualTransformer",
+    "ConvPosEnc",
+    "ConvRelPosEnc",
     "CoordinateAttention",
     "CosineWindowAttention",
     "CrissCrossAttention",
@@ -219,6 +226,7 @@ __all__ = [
     "DynamicPositionBias",
     "EfficientChannelAttention",
     "ExternalAttention",
+    "FactorizedAttention",
     "GlobalFilter",
     "GraphAttention",
     "GraphDotProductAttention",

@@ -12,6 +12,12 @@ from blockzoo.models.classic import (
     LeNet5,
     MLPClassifier,
 )
+from blockzoo.models.coat import (
+    CoaTBlock,
+    CoaTLite,
+    CoaTStage,
+    coat_lite_tiny,
+)
 from blockzoo.models.convmixer import (
     ConvMixer,
 )
@@ -112,6 +118,9 @@ __all__ = [
     "SMALL",
     "BowClassifier",
     "CifarCNN",
+    "CoaTBlock",
+    "CoaTLite",
+    "CoaTStage",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
@@ -145,6 +154,7 @@ __all__ = [
     "SwinV2Block",
     "SwinV2Stage",
     "VisionTransformer",
+    "coat_lite_tiny",
     "conv_out_len",
     "convnextv2_atto",
     "deit_tiny",
