@@ -367,6 +367,43 @@ def _coat_args(s: Shapes) -> dict[str, Any]:
                                  / dims[i] for i in range(n)))
 
 
+# CrossViT (timm's CrossVit): the branch tokens are ``cls_token_{b}`` / ``pos_embed_{b}`` there,
+# ``cls_tokens.{b}`` / ``pos_embeds.{b}`` here; the rest as ViT's (encoder blocks) and the
+# catalogue's MultiHeadAttention (the fusion's wq, wk, wv, proj).
+_XVIT_BLOCK = r"(blocks\.\d+\.blocks\.\d+\.\d+)"
+_XVIT_FUSION = r"(blocks\.\d+\.fusion\.\d+)"
+_CROSSVIT_RULES = (
+    Rule(r"cls_token_(\d)", r"cls_tokens.\1"),
+    Rule(r"pos_embed_(\d)", r"pos_embeds.\1"),
+    Rule(r"(patch_embed\.\d+\.proj\.\w+)", r"\1"),
+    Rule(rf"{_XVIT_BLOCK}\.(norm[12]|attn\.qkv)\.(\w+)", r"\1.\2.\3"),
+    Rule(rf"{_XVIT_BLOCK}\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(rf"{_XVIT_BLOCK}\.mlp\.(fc[12])\.(\w+)", r"\1.\2.\3"),
+    Rule(r"(blocks\.\d+\.(?:projs|revert_projs)\.\d+\.[02]\.\w+)", r"\1"),
+    Rule(rf"{_XVIT_FUSION}\.norm1\.(\w+)", r"\1.norm1.\2"),
+    Rule(rf"{_XVIT_FUSION}\.attn\.w([qkv])\.(\w+)", r"\1.attn.\2_proj.\3"),
+    Rule(rf"{_XVIT_FUSION}\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(r"((?:norm|head)\.\d+\.\w+)", r"\1"),
+)
+
+
+def _crossvit_args(s: Shapes) -> dict[str, Any]:
+    """Classes, widths, patches, depths, MLP ratios and the size the position embeddings fit;
+    the heads (3, 3) and the branch scales are not in the shapes."""
+    nb = _count(s, r"patch_embed\.(\d+)\..*")
+    projs = [_need(s, f"patch_embed.{b}.proj.weight", "CrossViT") for b in range(nb)]
+    dims = tuple(p[0] for p in projs)
+    k = _count(s, r"blocks\.(\d+)\..*")
+    tokens = _need(s, "pos_embeds.0", "CrossViT")[1] - 1
+    return dict(num_classes=_need(s, "head.0.weight", "CrossViT")[0], in_chans=projs[0][1],
+                patch_sizes=tuple(p[2] for p in projs), dims=dims,
+                img_size=_square_grid(tokens, projs[0][2], "CrossViT", "img_size"),
+                depths=tuple(tuple(_count(s, rf"blocks\.{i}\.blocks\.{b}\.(\d+)\..*") for b in range(nb))
+                             for i in range(k)),
+                mlp_ratios=tuple(_need(s, f"blocks.0.blocks.{b}.0.fc1.weight", "CrossViT")[0] / dims[b]
+                                 for b in range(nb)))
+
+
 # Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
@@ -396,6 +433,9 @@ register_layout(("swinv2_tiny",), Layout("timm SwinTransformerV2", _SWINV2_RULES
                                          "layers.[0-9]"))
 register_layout(("coat_lite_tiny",), Layout("timm CoaT (CoaT-Lite)", _COAT_RULES, _HEAD, _coat_args,
                                             "stages.[0-2]", prepare=_coat_prepare))
+register_layout(("crossvit_tiny",), Layout("timm CrossVit", _CROSSVIT_RULES,
+                                           ("head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"),
+                                           _crossvit_args, "patch_embed.*.proj"))
 
 
 def layout_for(name: str) -> Layout:

@@ -55,6 +55,9 @@ from blockzoo.attention.crossformer import (
     LongDistanceAttention,
     ShortDistanceAttention,
 )
+from blockzoo.attention.crossvit import (
+    ClassCrossAttention,
+)
 from blockzoo.attention.csra import (
     ResidualAttentionHead,
 )
@@ -211,6 +214,7 @@ __all__ = [
     "AxialAttention",
     "CBAMChannelGate",
     "CBAMSpatialGate",
+    "ClassCrossAttention",
     "ContextualTransformer",
     "ConvPosEnc",
     "ConvRelPosEnc",

@@ -26,6 +26,11 @@ from blockzoo.models.convnext import (
     ConvNeXtV2Stage,
     convnextv2_atto,
 )
+from blockzoo.models.crossvit import (
+    CrossViT,
+    MultiScaleBlock,
+    crossvit_tiny,
+)
 from blockzoo.models.linear import (
     BowClassifier,
     LogisticRegression,
@@ -125,6 +130,7 @@ __all__ = [
     "ConvMixer",
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
+    "CrossViT",
     "InceptionNet",
     "LeNet5",
     "LogisticRegression",
@@ -136,6 +142,7 @@ __all__ = [
     "Mnist1dMLP",
     "MobileNetV3",
     "MobileOne",
+    "MultiScaleBlock",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -157,6 +164,7 @@ __all__ = [
     "coat_lite_tiny",
     "conv_out_len",
     "convnextv2_atto",
+    "crossvit_tiny",
     "deit_tiny",
     "deit_tiny_distilled",
     "gmlp_tiny",
