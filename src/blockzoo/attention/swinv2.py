@@ -32,16 +32,17 @@ from blockzoo.registry import Example, images, register
 __all__ = ["CosineWindowAttention", "log_spaced_coords"]
 
 
-def log_spaced_coords(wh: int, ww: int, norm: tuple[int, int], device: Any = None) -> torch.Tensor:
+def log_spaced_coords(wh: int, ww: int, norm: tuple[int, int], device: Any = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     r"""((2 M_h - 1)(2 M_w - 1), 2) log-spaced relative coordinates, Eq. (4) of arXiv 2111.09883.
 
     Every offset (dy, dx) of an M_h x M_w window, divided by (T - 1) per axis (T = ``norm``,
     the window the bias network was trained for; at least 1), scaled to [-8, 8] and mapped
     by  sign(t) log2(1 + |t|) / log2(8)  (the released code's normalisation), rows in the
-    order of ``relative_position_index``.
+    order of ``relative_position_index``; computed in ``dtype`` (float32 as the released code).
     """
-    dy = torch.arange(-(wh - 1), wh, device=device, dtype=torch.float32) / max(norm[0] - 1, 1)
-    dx = torch.arange(-(ww - 1), ww, device=device, dtype=torch.float32) / max(norm[1] - 1, 1)
+    dy = torch.arange(-(wh - 1), wh, device=device, dtype=dtype) / max(norm[0] - 1, 1)
+    dx = torch.arange(-(ww - 1), ww, device=device, dtype=dtype) / max(norm[1] - 1, 1)
     t = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), -1).reshape(-1, 2) * 8  # (R, 2)
     return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8)
 
@@ -150,7 +151,9 @@ class CosineWindowAttention(nn.Module):
     def position_bias(self, wh: int, ww: int, device: Any = None) -> torch.Tensor:
         """(h, N, N) bias 16 sigmoid(G(log-spaced offsets)) of an M_h x M_w window."""
         norm = (self.pretrained_window_size if self.pretrained_window_size[0] > 0 else (wh, ww))
-        coords = log_spaced_coords(wh, ww, norm, device=device).to(self.qkv.weight.dtype)  # (R, 2)
+        wdt = self.qkv.weight.dtype
+        exact = torch.float64 if wdt == torch.float64 else torch.float32  # half types: from float32
+        coords = log_spaced_coords(wh, ww, norm, device=device, dtype=exact).to(wdt)  # (R, 2)
         table = self.cpb_mlp(coords)  # (R, h)
         n = wh * ww
         index = relative_position_index(wh, ww, (wh, ww), device=device)  # (N, N)
