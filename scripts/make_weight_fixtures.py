@@ -87,6 +87,10 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     # timm's LeViT and EfficientFormer take only the size their attention-bias tables fix
     ("levit_128s", "levit_128s", {}, (2, 3, 224, 224)),
     ("efficientformer_l1", "efficientformer_l1", {}, (2, 3, 224, 224)),
+    # timm's models take only their own input size (strict_img_size)
+    ("swinv2_tiny_window8_256", "swinv2_tiny", {}, (2, 3, 256, 256)),
+    ("coat_lite_tiny", "coat_lite_tiny", {}, (2, 3, 224, 224)),
+    ("crossvit_tiny_240", "crossvit_tiny", {}, (2, 3, 240, 240)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

@@ -346,6 +346,19 @@ _MOBILEVIT_RULES = (
     Rule(rf"{_MV_BLOCK}\.conv_proj\.bn\.(\w+)", r"\1.proj.1.\2"),
     Rule(rf"{_MV_BLOCK}\.conv_fusion\.conv\.(\w+)", r"\1.fuse.0.\2"),
     Rule(rf"{_MV_BLOCK}\.conv_fusion\.bn\.(\w+)", r"\1.fuse.1.\2"),
+# --------------------------------------------------------------------------- bbc: swinv2, coat_lite, crossvit
+
+
+# Swin V2 (timm's SwinTransformerV2): the names are blockzoo's but for the MLP's layers and
+# the head (SwinTransformerV2's module docstring); the window is not in the file (the
+# position bias is a network over offsets), so it stays the constructor's (8).
+_SWINV2_RULES = (
+    _same("patch_embed.proj", "patch_embed.norm", "norm"),
+    Rule(r"(layers\.\d+\.downsample\.(?:reduction|norm)\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.(?:qkv|proj|cpb_mlp\.[02]))\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.(?:logit_scale|q_bias|v_bias))", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
     Rule(r"head\.fc\.(\w+)", r"head.\1"),
 )
 
@@ -637,6 +650,101 @@ def _efficientformer_args(s: Shapes) -> dict[str, Any]:
         args.update(num_heads=heads, key_dim=(qkv // heads - val) // 2,
                     img_size=_square_grid(table, 32, "EfficientFormer", "img_size"))
     return args
+def _swinv2_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "Swin V2")
+    stages = _count(s, r"layers\.(\d+)\..*")
+    return dict(num_classes=_need(s, "head.weight", "Swin V2")[0], in_chans=proj[1], dim=proj[0],
+                patch_size=proj[2],
+                depths=tuple(_count(s, rf"layers\.{i}\.blocks\.(\d+)\..*") for i in range(stages)),
+                num_heads=tuple(_need(s, f"layers.{i}.blocks.0.attn.logit_scale", "Swin V2")[0]
+                                for i in range(stages)))
+
+
+# CoaT-Lite (timm's CoaT without parallel blocks): timm numbers the stages 1-4 in the names
+# (patch_embed1, serial_blocks1, ...) and lists each stage's shared position encodings
+# (cpe1, crpe1) once more under every block. ``prepare`` keeps one copy per stage, the one
+# torch's ``load_state_dict`` applies last to timm's shared module (the last block's; in a
+# released file all copies are equal), and counts the stages from 0.
+_COAT_COPY = re.compile(r"serial_blocks(\d)\.(\d+)\.(cpe|factoratt_crpe\.crpe)\.(.+)")
+_COAT_STAGE = re.compile(r"(patch_embed|cls_token|cpe|crpe|serial_blocks)([1-9])")
+
+
+def _coat_prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    chosen: dict[str, tuple[int, str]] = {}  # top-level name -> (block index, the key holding it)
+    rest = {}
+    for key in tensors:
+        m = _COAT_COPY.fullmatch(key)
+        if m is None:
+            rest[key] = tensors[key]
+            continue
+        top = f"{'cpe' if m.group(3) == 'cpe' else 'crpe'}{m.group(1)}.{m.group(4)}"
+        if top not in chosen or int(m.group(2)) > chosen[top][0]:
+            chosen[top] = (int(m.group(2)), key)
+    rest.update({top: tensors[key] for top, (_, key) in chosen.items()})
+    return {_COAT_STAGE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) - 1}", k, count=1): v
+            for k, v in rest.items()}
+
+
+_COAT_RULES = (
+    Rule(r"patch_embed(\d)\.(proj|norm)\.(\w+)", r"stages.\1.patch_embed.\2.\3"),
+    Rule(r"cls_token(\d)", r"stages.\1.cls_token"),
+    Rule(r"cpe(\d)\.proj\.(\w+)", r"stages.\1.cpe.proj.\2"),
+    Rule(r"crpe(\d)\.conv_list\.(\d+)\.(\w+)", r"stages.\1.crpe.conv_list.\2.\3"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.(norm[12])\.(\w+)", r"stages.\1.blocks.\2.\3.\4"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.factoratt_crpe\.(qkv|proj)\.(\w+)", r"stages.\1.blocks.\2.attn.\3.\4"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.mlp\.fc1\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.0.\3"),
+    Rule(r"serial_blocks(\d)\.(\d+)\.mlp\.fc2\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.4.\3"),
+    Rule(r"norm4\.(\w+)", r"norm.\1"),
+    _same("head"),
+)
+
+
+def _coat_args(s: Shapes) -> dict[str, Any]:
+    """Classes, widths, depths and MLP ratios; the heads (8) and the CRPE kernels are not in the shapes."""
+    n = _count(s, r"stages\.(\d+)\..*")
+    stem = _need(s, "stages.0.patch_embed.proj.weight", "CoaT-Lite")
+    dims = tuple(_need(s, f"stages.{i}.patch_embed.proj.weight", "CoaT-Lite")[0] for i in range(n))
+    return dict(num_classes=_need(s, "head.weight", "CoaT-Lite")[0], in_chans=stem[1], patch_size=stem[2],
+                dims=dims, depths=tuple(_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n)),
+                mlp_ratios=tuple(_need(s, f"stages.{i}.blocks.0.mlp.layers.0.weight", "CoaT-Lite")[0]
+                                 / dims[i] for i in range(n)))
+
+
+# CrossViT (timm's CrossVit): the branch tokens are ``cls_token_{b}`` / ``pos_embed_{b}`` there,
+# ``cls_tokens.{b}`` / ``pos_embeds.{b}`` here; the rest as ViT's (encoder blocks) and the
+# catalogue's MultiHeadAttention (the fusion's wq, wk, wv, proj).
+_XVIT_BLOCK = r"(blocks\.\d+\.blocks\.\d+\.\d+)"
+_XVIT_FUSION = r"(blocks\.\d+\.fusion\.\d+)"
+_CROSSVIT_RULES = (
+    Rule(r"cls_token_(\d)", r"cls_tokens.\1"),
+    Rule(r"pos_embed_(\d)", r"pos_embeds.\1"),
+    Rule(r"(patch_embed\.\d+\.proj\.\w+)", r"\1"),
+    Rule(rf"{_XVIT_BLOCK}\.(norm[12]|attn\.qkv)\.(\w+)", r"\1.\2.\3"),
+    Rule(rf"{_XVIT_BLOCK}\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(rf"{_XVIT_BLOCK}\.mlp\.(fc[12])\.(\w+)", r"\1.\2.\3"),
+    Rule(r"(blocks\.\d+\.(?:projs|revert_projs)\.\d+\.[02]\.\w+)", r"\1"),
+    Rule(rf"{_XVIT_FUSION}\.norm1\.(\w+)", r"\1.norm1.\2"),
+    Rule(rf"{_XVIT_FUSION}\.attn\.w([qkv])\.(\w+)", r"\1.attn.\2_proj.\3"),
+    Rule(rf"{_XVIT_FUSION}\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(r"((?:norm|head)\.\d+\.\w+)", r"\1"),
+)
+
+
+def _crossvit_args(s: Shapes) -> dict[str, Any]:
+    """Classes, widths, patches, depths, MLP ratios and the size the position embeddings fit;
+    the heads (3, 3) and the branch scales are not in the shapes."""
+    nb = _count(s, r"patch_embed\.(\d+)\..*")
+    projs = [_need(s, f"patch_embed.{b}.proj.weight", "CrossViT") for b in range(nb)]
+    dims = tuple(p[0] for p in projs)
+    k = _count(s, r"blocks\.(\d+)\..*")
+    tokens = _need(s, "pos_embeds.0", "CrossViT")[1] - 1
+    return dict(num_classes=_need(s, "head.0.weight", "CrossViT")[0], in_chans=projs[0][1],
+                patch_sizes=tuple(p[2] for p in projs), dims=dims,
+                img_size=_square_grid(tokens, projs[0][2], "CrossViT", "img_size"),
+                depths=tuple(tuple(_count(s, rf"blocks\.{i}\.blocks\.{b}\.(\d+)\..*") for b in range(nb))
+                             for i in range(k)),
+                mlp_ratios=tuple(_need(s, f"blocks.0.blocks.{b}.0.fc1.weight", "CrossViT")[0] / dims[b]
+                                 for b in range(nb)))
 
 
 # Registered model name -> its layout.
@@ -687,6 +795,13 @@ register_layout(("levit_128s",), Layout("timm LeViT (LevitDistilled)", _LEVIT_RU
 register_layout(("efficientformer_l1",), Layout("timm EfficientFormer", _EFFICIENTFORMER_RULES,
                                                 (*_HEAD, "head_dist.weight", "head_dist.bias"),
                                                 _efficientformer_args, prepare=_efficientformer_prepare))
+register_layout(("swinv2_tiny",), Layout("timm SwinTransformerV2", _SWINV2_RULES, _HEAD, _swinv2_args,
+                                         "layers.[0-9]"))
+register_layout(("coat_lite_tiny",), Layout("timm CoaT (CoaT-Lite)", _COAT_RULES, _HEAD, _coat_args,
+                                            "stages.[0-2]", prepare=_coat_prepare))
+register_layout(("crossvit_tiny",), Layout("timm CrossVit", _CROSSVIT_RULES,
+                                           ("head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"),
+                                           _crossvit_args, "patch_embed.*.proj"))
 
 
 def layout_for(name: str) -> Layout:

@@ -35,6 +35,10 @@ from blockzoo.attention.channel import (
 from blockzoo.attention.class_attention import (
     ClassAttention,
     ClassAttentionBlock,
+from blockzoo.attention.coat import (
+    ConvPosEnc,
+    ConvRelPosEnc,
+    FactorizedAttention,
 )
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
@@ -53,6 +57,9 @@ from blockzoo.attention.crossformer import (
     DynamicPositionBias,
     LongDistanceAttention,
     ShortDistanceAttention,
+)
+from blockzoo.attention.crossvit import (
+    ClassCrossAttention,
 )
 from blockzoo.attention.csra import (
     ResidualAttentionHead,
@@ -183,6 +190,12 @@ from blockzoo.attention.swin import (
     PatchMerging,
     ShiftedWindowAttention,
     relative_position_index,
+    shifted_window_mask,
+    window_plan,
+)
+from blockzoo.attention.swinv2 import (
+    CosineWindowAttention,
+    log_spaced_coords,
 )
 from blockzoo.attention.talking_heads import (
     TalkingHeadsAttention,
@@ -213,8 +226,12 @@ __all__ = [
     "CBAMSpatialGate",
     "ClassAttention",
     "ClassAttentionBlock",
+    "ClassCrossAttention",
     "ContextualTransformer",
+    "ConvPosEnc",
+    "ConvRelPosEnc",
     "CoordinateAttention",
+    "CosineWindowAttention",
     "CrissCrossAttention",
     "CrossScaleEmbedding",
     "DANet",
@@ -225,6 +242,7 @@ __all__ = [
     "DynamicPositionBias",
     "EfficientChannelAttention",
     "ExternalAttention",
+    "FactorizedAttention",
     "GlobalFilter",
     "GraphAttention",
     "GraphDotProductAttention",
@@ -280,6 +298,7 @@ __all__ = [
     "favor_attention",
     "linear_attention",
     "local_window_attention",
+    "log_spaced_coords",
     "merge_masks",
     "positive_random_features",
     "random_features",
@@ -287,7 +306,9 @@ __all__ = [
     "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",
+    "shifted_window_mask",
     "sinusoidal_table",
     "spatial_shift",
+    "window_plan",
     "xnorm",
 ]

@@ -22,7 +22,8 @@ from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
-__all__ = ["PatchMerging", "ShiftedWindowAttention", "relative_position_index"]
+__all__ = ["PatchMerging", "ShiftedWindowAttention", "relative_position_index", "shifted_window_mask",
+           "window_plan"]
 
 
 def relative_position_index(wh: int, ww: int, table: tuple[int, int], device: Any = None) -> torch.Tensor:
@@ -54,6 +55,44 @@ def _unwindows(x: torch.Tensor, hp: int, wp: int, wh: int, ww: int) -> torch.Ten
     b, c = x.shape[0], x.shape[-1]
     x = x.reshape(b, hp // wh, wp // ww, wh, ww, c).transpose(2, 3)  # (B, nh, wh, nw, ww, C)
     return x.reshape(b, hp, wp, c)
+
+
+def window_plan(h: int, w: int, window: tuple[int, int], shift: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(M_h, M_w, s_h, s_w) used on an H x W map: along an axis no longer than its window,
+    the window is the whole axis and that axis is not shifted (as the released code)."""
+    (mh, mw), (sh, sw) = window, shift
+    wh, sh = (h, 0) if h <= mh else (mh, sh)
+    ww, sw = (w, 0) if w <= mw else (mw, sw)
+    return wh, ww, sh, sw
+
+
+def shifted_window_mask(h: int, w: int, hp: int, wp: int, plan: tuple[int, int, int, int], device: Any,
+                        dtype: torch.dtype, cross: float = float("-inf")) -> torch.Tensor | None:
+    """(nW, N, N) additive mask of the rolled, padded Hp x Wp map, or None when nothing is masked.
+
+    Keys in another sub-window of the rolled map than the query get ``cross`` (-inf; Swin
+    V2 passes the released code's -100); padded keys get -inf for every real query. A
+    padded query (cropped away later) sees its whole sub-window, so no row is empty.
+    """
+    wh, ww, sh, sw = plan
+    if not (sh or sw or hp > h or wp > w):
+        return None
+    # Sub-window label of every position of the rolled, padded map (Sec. 3.2, Fig. 4):
+    # rows [0, Hp - wh), [Hp - wh, Hp - sh), [Hp - sh, Hp) and the same for columns.
+    ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
+    row = (ys >= hp - wh).long() + (ys >= hp - sh).long() if sh else torch.zeros_like(ys)
+    col = (xs >= wp - ww).long() + (xs >= wp - sw).long() if sw else torch.zeros_like(xs)
+    label = row[:, None] * 3 + col[None, :]  # (Hp, Wp)
+    # Which positions are real (not padding), rolled as the map is.
+    real = (ys[:, None] < h) & (xs[None, :] < w)
+    real = torch.roll(real, (-sh, -sw), (0, 1))
+    label = _windows(label[None], wh, ww)[0]  # (nW, N)
+    real = _windows(real[None], wh, ww)[0]  # (nW, N)
+    same = label[:, :, None] == label[:, None, :]  # (nW, N, N)
+    key_ok = real[:, None, :] | ~real[:, :, None]  # (nW, N, N)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    out = torch.where(same, zero, torch.full_like(zero, cross))
+    return torch.where(key_ok, out, torch.full_like(zero, float("-inf")))
 
 
 @register(
@@ -149,34 +188,12 @@ class ShiftedWindowAttention(nn.Module):
 
     def _plan(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(window, shift) per axis for an H x W map: a small axis is one unshifted window."""
-        (mh, mw), (sh, sw) = self.window_size, self.shift_size
-        wh, sh = (h, 0) if h <= mh else (mh, sh)
-        ww, sw = (w, 0) if w <= mw else (mw, sw)
-        return wh, ww, sh, sw
+        return window_plan(h, w, self.window_size, self.shift_size)
 
     def _mask(self, h: int, w: int, hp: int, wp: int, plan: tuple[int, int, int, int],
               device: Any, dtype: torch.dtype) -> torch.Tensor | None:
         """(nW, N, N) additive mask: -inf between sub-windows of the rolled map and on padded keys."""
-        wh, ww, sh, sw = plan
-        if not (sh or sw or hp > h or wp > w):
-            return None
-        # Sub-window label of every position of the rolled, padded map (Sec. 3.2, Fig. 4):
-        # rows [0, Hp - wh), [Hp - wh, Hp - sh), [Hp - sh, Hp) and the same for columns.
-        ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
-        row = (ys >= hp - wh).long() + (ys >= hp - sh).long() if sh else torch.zeros_like(ys)
-        col = (xs >= wp - ww).long() + (xs >= wp - sw).long() if sw else torch.zeros_like(xs)
-        label = row[:, None] * 3 + col[None, :]  # (Hp, Wp)
-        # Which positions are real (not padding), rolled as the map is.
-        real = (ys[:, None] < h) & (xs[None, :] < w)
-        real = torch.roll(real, (-sh, -sw), (0, 1))
-        label = _windows(label[None], wh, ww)[0]  # (nW, N)
-        real = _windows(real[None], wh, ww)[0]  # (nW, N)
-        # A real query sees the real keys of its sub-window; a padded query (cropped
-        # away later) sees its whole sub-window, so no row is empty.
-        same = label[:, :, None] == label[:, None, :]  # (nW, N, N)
-        allowed = same & (real[:, None, :] | ~real[:, :, None])
-        zero = torch.zeros((), dtype=dtype, device=device)
-        return torch.where(allowed, zero, torch.full_like(zero, float("-inf")))
+        return shifted_window_mask(h, w, hp, wp, plan, device, dtype)
 
     def attend_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Window attention on a channels-last map (B, H, W, C) -> (B, H, W, C)."""
@@ -226,9 +243,12 @@ class PatchMerging(nn.Module):
 
         z = [x_{2i,2j}; x_{2i+1,2j}; x_{2i,2j+1}; x_{2i+1,2j+1}]     (4C, the released code's order)
         y_{i,j} = W LN(z),   W: (C_out, 4C), no bias
+        y_{i,j} = LN(W z)                   with ``norm_after`` (Swin V2, arXiv 2111.09883)
 
     Args:
         dim: C. dim_out: C_out (paper: 2C). norm_layer: (LayerNorm).
+        norm_after: normalise the C_out reduced features instead of the 4C concatenation,
+            as Swin V2's released code does (the norm then has C_out features).
 
     Shape:
         - Input: (B, H, W, C), channels last, any H, W (odd sides zero-padded by one).
@@ -236,11 +256,12 @@ class PatchMerging(nn.Module):
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, *, norm_layer: LayerSpec = "layernorm",
-                 device: Any = None, dtype: Any = None) -> None:
+                 norm_after: bool = False, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         self.dim, self.dim_out = dim, dim_out or 2 * dim
-        self.norm = create_norm(norm_layer, 4 * dim, **fk)
+        self.norm_after = norm_after
+        self.norm = create_norm(norm_layer, self.dim_out if norm_after else 4 * dim, **fk)
         self.reduction = nn.Linear(4 * dim, self.dim_out, bias=False, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +270,8 @@ class PatchMerging(nn.Module):
         h2, w2 = x.shape[1] // 2, x.shape[2] // 2
         # (B, h', dy, w', dx, C) -> (B, h', w', dx, dy, C): [x00; x10; x01; x11]
         z = x.reshape(b, h2, 2, w2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h2, w2, 4 * c)
+        if self.norm_after:
+            return self.norm(self.reduction(z))  # (B, h', w', C_out)
         return self.reduction(self.norm(z))  # (B, h', w', C_out)
 
     def extra_repr(self) -> str:

@@ -18,6 +18,12 @@ from blockzoo.models.classic import (
     LeNet5,
     MLPClassifier,
 )
+from blockzoo.models.coat import (
+    CoaTBlock,
+    CoaTLite,
+    CoaTStage,
+    coat_lite_tiny,
+)
 from blockzoo.models.convmixer import (
     ConvMixer,
 )
@@ -37,6 +43,10 @@ from blockzoo.models.levit import (
     LeViTMlp,
     LeViTShrink,
     levit_128s,
+from blockzoo.models.crossvit import (
+    CrossViT,
+    MultiScaleBlock,
+    crossvit_tiny,
 )
 from blockzoo.models.linear import (
     BowClassifier,
@@ -111,6 +121,12 @@ from blockzoo.models.swin import (
     SwinTransformer,
     swin_tiny,
 )
+from blockzoo.models.swinv2 import (
+    SwinTransformerV2,
+    SwinV2Block,
+    SwinV2Stage,
+    swinv2_tiny,
+)
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
@@ -139,6 +155,9 @@ __all__ = [
     "BowClassifier",
     "CaiT",
     "CifarCNN",
+    "CoaTBlock",
+    "CoaTLite",
+    "CoaTStage",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
@@ -146,6 +165,7 @@ __all__ = [
     "ConvStemPatchEmbed",
     "EfficientFormer",
     "EfficientFormerMeta3D",
+    "CrossViT",
     "InceptionNet",
     "LayerScaleBlock",
     "LeNet5",
@@ -164,6 +184,7 @@ __all__ = [
     "MobileOne",
     "Outlooker",
     "MobileViT",
+    "MultiScaleBlock",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -181,8 +202,14 @@ __all__ = [
     "VOLOStage",
     "VisionTransformer",
     "cait_xxs24",
+    "SwinTransformerV2",
+    "SwinV2Block",
+    "SwinV2Stage",
+    "VisionTransformer",
+    "coat_lite_tiny",
     "conv_out_len",
     "convnextv2_atto",
+    "crossvit_tiny",
     "deit_tiny",
     "deit_tiny_distilled",
     "efficientformer_l1",
@@ -211,6 +238,7 @@ __all__ = [
     "rnn_classifier",
     "smlp_tiny",
     "swin_tiny",
+    "swinv2_tiny",
     "tabular_mlp",
     "vit_base",
     "vit_small",
