@@ -69,6 +69,10 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
     ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
     ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
+    # timm's TNT, PiT and ConViT take only the size their position embeddings are learned for
+    ("tnt_s_patch16_224", "tnt_s", {}, (2, 3, 224, 224)),
+    ("pit_ti_224", "pit_ti", {}, (2, 3, 224, 224)),
+    ("convit_tiny", "convit_tiny", {}, (2, 3, 224, 224)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

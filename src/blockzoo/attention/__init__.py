@@ -79,6 +79,10 @@ from blockzoo.attention.external import (
 from blockzoo.attention.gfnet import (
     GlobalFilter,
 )
+from blockzoo.attention.gpsa import (
+    GatedPositionalSelfAttention,
+    relative_offsets,
+)
 from blockzoo.attention.graph import (
     GraphAttention,
     GraphDotProductAttention,
@@ -212,6 +216,7 @@ __all__ = [
     "DynamicPositionBias",
     "EfficientChannelAttention",
     "ExternalAttention",
+    "GatedPositionalSelfAttention",
     "GlobalFilter",
     "GraphAttention",
     "GraphDotProductAttention",
@@ -268,6 +273,7 @@ __all__ = [
     "positive_random_features",
     "random_features",
     "record_attention",
+    "relative_offsets",
     "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",

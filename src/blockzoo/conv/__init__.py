@@ -35,6 +35,9 @@ from blockzoo.conv.mbconv import (
     InvertedResidual,
     MBConv,
 )
+from blockzoo.conv.pit_pooling import (
+    PiTPooling,
+)
 from blockzoo.conv.resnet import (
     BasicBlock,
     Bottleneck,
@@ -58,6 +61,7 @@ __all__ = [
     "InvertedResidual",
     "Involution",
     "MBConv",
+    "PiTPooling",
     "ResNeXtBlock",
     "Shortcut",
 ]

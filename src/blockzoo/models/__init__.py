@@ -12,6 +12,12 @@ from blockzoo.models.classic import (
     LeNet5,
     MLPClassifier,
 )
+from blockzoo.models.convit import (
+    ConViT,
+    GPSABlock,
+    convit_tiny,
+    resize_grid_embedding,
+)
 from blockzoo.models.convmixer import (
     ConvMixer,
 )
@@ -49,6 +55,11 @@ from blockzoo.models.mobilenetv3 import (
     make_divisible,
     mobilenetv3_large,
     mobilenetv3_small,
+)
+from blockzoo.models.pit import (
+    PiTStage,
+    PoolingVisionTransformer,
+    pit_ti,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -91,6 +102,12 @@ from blockzoo.models.swin import (
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
+from blockzoo.models.tnt import (
+    PixelEmbed,
+    TNTBlock,
+    TransformerInTransformer,
+    tnt_s,
+)
 from blockzoo.models.vit import (
     VisionTransformer,
     deit_tiny,
@@ -106,10 +123,12 @@ __all__ = [
     "SMALL",
     "BowClassifier",
     "CifarCNN",
+    "ConViT",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
+    "GPSABlock",
     "InceptionNet",
     "LeNet5",
     "LogisticRegression",
@@ -125,6 +144,9 @@ __all__ = [
     "PVTv2Block",
     "PVTv2Stage",
     "PatchMLPClassifier",
+    "PiTStage",
+    "PixelEmbed",
+    "PoolingVisionTransformer",
     "PyramidVisionTransformerV2",
     "RNNClassifier",
     "RNNTagger",
@@ -135,8 +157,11 @@ __all__ = [
     "SwinBlock",
     "SwinStage",
     "SwinTransformer",
+    "TNTBlock",
+    "TransformerInTransformer",
     "VisionTransformer",
     "conv_out_len",
+    "convit_tiny",
     "convnextv2_atto",
     "deit_tiny",
     "deit_tiny_distilled",
@@ -151,9 +176,11 @@ __all__ = [
     "mobilenetv3_small",
     "mobileone_s0",
     "permutator_tiny",
+    "pit_ti",
     "pvt_v2_b0",
     "repvgg_a0",
     "repvgg_b0",
+    "resize_grid_embedding",
     "resmlp_tiny",
     "resnet18",
     "resnet34",
@@ -163,6 +190,7 @@ __all__ = [
     "smlp_tiny",
     "swin_tiny",
     "tabular_mlp",
+    "tnt_s",
     "vit_base",
     "vit_small",
     "vit_tiny",
