@@ -162,7 +162,9 @@ class PoolingVisionTransformer(nn.Module):
         size = self.map_size(dims["H"], dims["W"])
         # x_0 = Conv(x) + E_pos
         z = self.patch_embed.conv(x) + resize_grid_embedding(self.pos_embed, size)  # (B, D_1, H_0, W_0)
-        t = self.cls_token.expand(z.shape[0], -1, -1)  # (B, 1, D_1)
+        # a copy, not an expand() view: a view of a parameter made under no_grad still requires grad,
+        # which torch's module tracker (FLOP counting) cannot hook when the stage receives it
+        t = self.cls_token.repeat(z.shape[0], 1, 1)  # (B, 1, D_1)
         for stage in self.stages:
             z, t = stage(z, t)
         return t
