@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.transformer import TransformerEncoderBlock
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import check_divisible, check_shape, require
 from blockzoo.models.classic import logits_shape
 from blockzoo.models.convit import resize_grid_embedding
 from blockzoo.registry import Example, images, register
@@ -53,7 +53,8 @@ class PixelEmbed(nn.Module):
         in_chans: C. inner_dim: c. patch_size: p. stride: s (4).
 
     Shape:
-        - Input: (B, C, H, W), H, W multiples of p (the model pads). Output: (B N, M, c),
+        - Input: (B, C, H, W), H, W multiples of p (else ``ShapeError``; the model pads).
+          Output: (B N, M, c),
           patches in row-major order, pixels row-major in each patch.
     """
 
@@ -67,6 +68,8 @@ class PixelEmbed(nn.Module):
     def forward(self, x: torch.Tensor, pixel_pos: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.patch_size
+        check_divisible(h, p, name="PixelEmbed", what="input height H")
+        check_divisible(w, p, name="PixelEmbed", what="input width W")
         patches = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, g_h, g_w, C, p, p)
         y = self.proj(patches.reshape(-1, c, p, p)) + pixel_pos  # (B N, c, m, m)
         return y.flatten(2).transpose(1, 2)  # (B N, M, c)
@@ -236,7 +239,7 @@ class TransformerInTransformer(nn.Module):
     input="image",
     output="logits",
     size_arg="img_size",
-    paper_numbers=dict(size=(224, 224), params="23.8M", macs="5.2G", source="Table 1 / Table 2 (TNT-S)"),
+    paper_numbers=dict(size=(224, 224), params="23.8M", macs="5.2G", source="Table 1 (TNT-S)"),
     example=Example(config=dict(in_chans=3, num_classes=1000), inputs=images("in_chans"), size=(16, 16),
                     out_shape=logits_shape,
                     tiny=dict(num_classes=3, dim=8, inner_dim=4, depth=1, num_heads=2, num_heads_inner=1,
@@ -245,7 +248,7 @@ class TransformerInTransformer(nn.Module):
 def tnt_s(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> TransformerInTransformer:
     """TNT-S: D = 384 (6 heads), c = 24 (4 heads), 4 x 4 pixels per 16 x 16 patch, 12 blocks; 23.8M params.
 
-    Han et al., arXiv 2103.00112, Table 1 and Table 2 (TNT-S: 23.8M parameters, 5.2 GFLOPs
+    Han et al., arXiv 2103.00112, Table 1 (TNT-S: 23.8M parameters, 5.2 GFLOPs
     at 224x224). Parameter count equal to PyTorch Image Models' ``tnt_s_patch16_224``
     (23,768,584).
 
