@@ -265,3 +265,11 @@ def test_tnt_pixel_embedding_names_the_patch_multiple() -> None:
     model = blockzoo.create_model("tnt_s", num_classes=3, depth=1)
     with pytest.raises(blockzoo.ShapeError, match="PixelEmbed"):
         model.pixel_embed(torch.randn(1, 3, 24, 32), model.pixel_pos)
+
+
+def test_gpsa_rejects_heads_that_do_not_divide_and_a_wrong_grid() -> None:
+    with pytest.raises(ValueError, match="num_heads=5 must divide dim=12"):
+        GatedPositionalSelfAttention(12, 5)
+    gpsa = GatedPositionalSelfAttention(8, 2)
+    with pytest.raises(blockzoo.ShapeError, match="GatedPositionalSelfAttention"):
+        gpsa.attend_tokens(torch.randn(1, 7, 8), 2, 3)  # 7 tokens are not a 2 x 3 grid
