@@ -91,6 +91,10 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("swinv2_tiny_window8_256", "swinv2_tiny", {}, (2, 3, 256, 256)),
     ("coat_lite_tiny", "coat_lite_tiny", {}, (2, 3, 224, 224)),
     ("crossvit_tiny_240", "crossvit_tiny", {}, (2, 3, 240, 240)),
+    # timm's TNT, PiT and ConViT take only the size their position embeddings are learned for
+    ("tnt_s_patch16_224", "tnt_s", {}, (2, 3, 224, 224)),
+    ("pit_ti_224", "pit_ti", {}, (2, 3, 224, 224)),
+    ("convit_tiny", "convit_tiny", {}, (2, 3, 224, 224)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

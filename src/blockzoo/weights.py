@@ -745,6 +745,83 @@ def _crossvit_args(s: Shapes) -> dict[str, Any]:
                              for i in range(k)),
                 mlp_ratios=tuple(_need(s, f"blocks.0.blocks.{b}.0.fc1.weight", "CrossViT")[0] / dims[b]
                                  for b in range(nb)))
+# --------------------------------------------------------------------------- bbd: tnt_s, pit_ti, convit_tiny
+
+
+def _fuse_qk_v(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's TNT and ConViT GPSA attentions keep q, k in ``*.qk`` and v in ``*.v``; blockzoo's one
+    ``*.qkv`` holds the rows q, k, v in that order: concatenate each present pair (weights and biases)."""
+    for key in [k for k in tensors if re.search(r"\.qk\.(weight|bias)$", k)]:
+        v_key = key.replace(".qk.", ".v.")
+        if v_key in tensors:
+            tensors[key.replace(".qk.", ".qkv.")] = torch.cat([tensors.pop(key), tensors.pop(v_key)], 0)
+    return tensors
+
+
+# TNT (timm's ``TNT``): each block's inner (pixel) and outer (patch) Transformers are blockzoo
+# ``TransformerEncoderBlock``s named ``inner`` and ``outer``.
+_TNT_PART = {"norm_in": "inner.norm1", "norm_mlp_in": "inner.norm2", "attn_in.qkv": "inner.attn.qkv",
+             "attn_in.proj": "inner.attn.out_proj", "mlp_in.fc1": "inner.fc1", "mlp_in.fc2": "inner.fc2",
+             "norm_out": "outer.norm1", "norm_mlp": "outer.norm2", "attn_out.qkv": "outer.attn.qkv",
+             "attn_out.proj": "outer.attn.out_proj", "mlp.fc1": "outer.fc1", "mlp.fc2": "outer.fc2"}
+_TNT_RULES = (
+    Rule(r"(cls_token|patch_pos|pixel_pos)", r"\1"),
+    _same("pixel_embed.proj", "norm1_proj", "proj", "norm2_proj", "norm", "head"),
+    Rule(r"(blocks\.\d+\.(?:norm1_proj|proj|norm2_proj)\.\w+)", r"\1"),
+    *(Rule(rf"(blocks\.\d+)\.{re.escape(ref)}\.(\w+)", rf"\1.{ours}.\2") for ref, ours in _TNT_PART.items()),
+)
+
+
+def _tnt_args(s: Shapes) -> dict[str, Any]:
+    # The patch size is not in the shapes (the 7x7 pixel conv is the same for any p): TNT-S's 16.
+    pos, dim = _need(s, "patch_pos", "TNT"), _need(s, "norm2_proj.weight", "TNT")[0]
+    return dict(num_classes=_need(s, "head.weight", "TNT")[0], in_chans=_need(s, "pixel_embed.proj.weight",
+                                                                                 "TNT")[1],
+                dim=dim, inner_dim=_need(s, "pixel_pos", "TNT")[1], depth=_count(s, r"blocks\.(\d+)\..*"),
+                img_size=_square_grid(pos[1] - 1, 16, "TNT", "img_size"),
+                mlp_ratio=_need(s, "blocks.0.outer.fc1.weight", "TNT")[0] / dim)
+
+
+# PiT (timm's ``PoolingVisionTransformer``): ``transformers.i`` are blockzoo's ``stages.i``, whose
+# blocks are ``TransformerEncoderBlock``s (MLP layers fc1 / fc2 directly, projection out_proj).
+_PIT_RULES = (
+    Rule(r"(cls_token|pos_embed)", r"\1"),
+    _same("patch_embed.conv", "norm", "head"),
+    Rule(r"transformers\.(\d+)\.pool\.(conv|fc)\.(\w+)", r"stages.\1.pool.\2.\3"),
+    Rule(r"transformers\.(\d+)\.(blocks\.\d+\.(?:norm1|norm2|attn\.qkv)\.\w+)", r"stages.\1.\2"),
+    Rule(r"transformers\.(\d+)\.(blocks\.\d+)\.attn\.proj\.(\w+)", r"stages.\1.\2.attn.out_proj.\3"),
+    Rule(r"transformers\.(\d+)\.(blocks\.\d+)\.mlp\.(fc[12])\.(\w+)", r"stages.\1.\2.\3.\4"),
+)
+
+
+def _pit_args(s: Shapes) -> dict[str, Any]:
+    # The stem stride is not in the shapes: PiT's 8 (the map is (img - p) / 8 + 1 on a side).
+    conv, pos = _need(s, "patch_embed.conv.weight", "PiT"), _need(s, "pos_embed", "PiT")
+    n_stages = _count(s, r"stages\.(\d+)\..*")
+    return dict(num_classes=_need(s, "head.weight", "PiT")[0], in_chans=conv[1], patch_size=conv[2],
+                img_size=((pos[2] - 1) * 8 + conv[2], (pos[3] - 1) * 8 + conv[3]),
+                depths=tuple(_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n_stages)))
+
+
+# ConViT (timm's ``ConVit``): GPSA blocks and SA blocks share the names norm1, attn, norm2,
+# fc1, fc2; both attentions' output projections are ``out_proj``.
+_CONVIT_RULES = (
+    Rule(r"(cls_token|pos_embed)", r"\1"),
+    _same("patch_embed.proj", "norm", "head"),
+    Rule(r"(blocks\.\d+\.(?:norm1|norm2|attn\.qkv|attn\.pos_proj)\.\w+)", r"\1"),
+    Rule(r"(blocks\.\d+\.attn\.gating_param)", r"\1"),
+    Rule(r"(blocks\.\d+)\.attn\.proj\.(\w+)", r"\1.attn.out_proj.\2"),
+    Rule(r"(blocks\.\d+)\.mlp\.(fc[12])\.(\w+)", r"\1.\2.\3"),
+)
+
+
+def _convit_args(s: Shapes) -> dict[str, Any]:
+    proj = _need(s, "patch_embed.proj.weight", "ConViT")
+    return dict(num_classes=_need(s, "head.weight", "ConViT")[0], in_chans=proj[1], dim=proj[0],
+                patch_size=proj[2], depth=_count(s, r"blocks\.(\d+)\..*"),
+                local_layers=_count(s, r"blocks\.(\d+)\.attn\.gating_param"),
+                img_size=_square_grid(_need(s, "pos_embed", "ConViT")[1], proj[2], "ConViT", "img_size"),
+                mlp_ratio=_need(s, "blocks.0.fc1.weight", "ConViT")[0] / proj[0])
 
 
 # Registered model name -> its layout.
@@ -802,6 +879,12 @@ register_layout(("coat_lite_tiny",), Layout("timm CoaT (CoaT-Lite)", _COAT_RULES
 register_layout(("crossvit_tiny",), Layout("timm CrossVit", _CROSSVIT_RULES,
                                            ("head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"),
                                            _crossvit_args, "patch_embed.*.proj"))
+register_layout(("tnt_s",), Layout("timm TNT", _TNT_RULES, _HEAD, _tnt_args, "pixel_embed.proj",
+                                   prepare=_fuse_qk_v))
+register_layout(("pit_ti",), Layout("timm PoolingVisionTransformer (PiT)", _PIT_RULES, _HEAD, _pit_args,
+                                    "*.conv"))
+register_layout(("convit_tiny",), Layout("timm ConVit", _CONVIT_RULES, _HEAD, _convit_args,
+                                         "patch_embed.proj", prepare=_fuse_qk_v))
 
 
 def layout_for(name: str) -> Layout:

@@ -90,6 +90,10 @@ from blockzoo.attention.external import (
 from blockzoo.attention.gfnet import (
     GlobalFilter,
 )
+from blockzoo.attention.gpsa import (
+    GatedPositionalSelfAttention,
+    relative_offsets,
+)
 from blockzoo.attention.graph import (
     GraphAttention,
     GraphDotProductAttention,
@@ -243,6 +247,7 @@ __all__ = [
     "EfficientChannelAttention",
     "ExternalAttention",
     "FactorizedAttention",
+    "GatedPositionalSelfAttention",
     "GlobalFilter",
     "GraphAttention",
     "GraphDotProductAttention",
@@ -303,6 +308,7 @@ __all__ = [
     "positive_random_features",
     "random_features",
     "record_attention",
+    "relative_offsets",
     "relative_position_index",
     "rotary_angles",
     "scaled_dot_product_attention",

@@ -38,6 +38,9 @@ from blockzoo.conv.mbconv import (
     InvertedResidual,
     MBConv,
 )
+from blockzoo.conv.pit_pooling import (
+    PiTPooling,
+)
 from blockzoo.conv.resnet import (
     BasicBlock,
     Bottleneck,
@@ -62,6 +65,7 @@ __all__ = [
     "InvertedResidual",
     "Involution",
     "MBConv",
+    "PiTPooling",
     "ResNeXtBlock",
     "Shortcut",
 ]

@@ -23,6 +23,11 @@ from blockzoo.models.coat import (
     CoaTLite,
     CoaTStage,
     coat_lite_tiny,
+from blockzoo.models.convit import (
+    ConViT,
+    GPSABlock,
+    convit_tiny,
+    resize_grid_embedding,
 )
 from blockzoo.models.convmixer import (
     ConvMixer,
@@ -82,6 +87,10 @@ from blockzoo.models.mobilevit import (
     XXS,
     MobileViT,
     mobilevit_xxs,
+from blockzoo.models.pit import (
+    PiTStage,
+    PoolingVisionTransformer,
+    pit_ti,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -130,6 +139,12 @@ from blockzoo.models.swinv2 import (
 from blockzoo.models.tabular import (
     tabular_mlp,
 )
+from blockzoo.models.tnt import (
+    PixelEmbed,
+    TNTBlock,
+    TransformerInTransformer,
+    tnt_s,
+)
 from blockzoo.models.vit import (
     VisionTransformer,
     deit_tiny,
@@ -158,6 +173,7 @@ __all__ = [
     "CoaTBlock",
     "CoaTLite",
     "CoaTStage",
+    "ConViT",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
@@ -166,6 +182,7 @@ __all__ = [
     "EfficientFormer",
     "EfficientFormerMeta3D",
     "CrossViT",
+    "GPSABlock",
     "InceptionNet",
     "LayerScaleBlock",
     "LeNet5",
@@ -189,6 +206,9 @@ __all__ = [
     "PVTv2Block",
     "PVTv2Stage",
     "PatchMLPClassifier",
+    "PiTStage",
+    "PixelEmbed",
+    "PoolingVisionTransformer",
     "PyramidVisionTransformerV2",
     "RNNClassifier",
     "RNNTagger",
@@ -200,6 +220,8 @@ __all__ = [
     "SwinStage",
     "SwinTransformer",
     "VOLOStage",
+    "TNTBlock",
+    "TransformerInTransformer",
     "VisionTransformer",
     "cait_xxs24",
     "SwinTransformerV2",
@@ -208,6 +230,7 @@ __all__ = [
     "VisionTransformer",
     "coat_lite_tiny",
     "conv_out_len",
+    "convit_tiny",
     "convnextv2_atto",
     "crossvit_tiny",
     "deit_tiny",
@@ -226,6 +249,7 @@ __all__ = [
     "mobileone_s0",
     "mobilevit_xxs",
     "permutator_tiny",
+    "pit_ti",
     "pvt_v2_b0",
     "repvgg_a0",
     "repvgg_b0",
@@ -240,6 +264,7 @@ __all__ = [
     "swin_tiny",
     "swinv2_tiny",
     "tabular_mlp",
+    "tnt_s",
     "vit_base",
     "vit_small",
     "vit_tiny",
