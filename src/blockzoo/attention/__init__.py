@@ -32,8 +32,15 @@ from blockzoo.attention.channel import (
     SqueezeExcite,
     eca_kernel_size,
 )
+from blockzoo.attention.cmt import (
+    LightweightMHSA,
+    resize_relative_bias,
+)
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
+)
+from blockzoo.attention.container import (
+    AffinityMixing,
 )
 from blockzoo.attention.coordinate import (
     CoordinateAttention,
@@ -196,6 +203,7 @@ __all__ = [
     "AFTFull",
     "AFTLocal",
     "AFTSimple",
+    "AffinityMixing",
     "AttentionMap",
     "AxialAttention",
     "CBAMChannelGate",
@@ -217,6 +225,7 @@ __all__ = [
     "GraphDotProductAttention",
     "HaloAttention",
     "LearnedPositionalEmbedding",
+    "LightweightMHSA",
     "LinearAttention",
     "LinformerAttention",
     "LocalAttention",
@@ -269,6 +278,7 @@ __all__ = [
     "random_features",
     "record_attention",
     "relative_position_index",
+    "resize_relative_bias",
     "rotary_angles",
     "scaled_dot_product_attention",
     "sinusoidal_table",

@@ -25,6 +25,10 @@ from blockzoo.conv.depthwise import (
 from blockzoo.conv.dynamic import (
     DynamicConv,
 )
+from blockzoo.conv.hornet import (
+    GnConv,
+    HorNetBlock,
+)
 from blockzoo.conv.inception import (
     InceptionBlock,
 )
@@ -54,6 +58,8 @@ __all__ = [
     "DepthwiseSeparableConv",
     "DynamicConv",
     "GlobalResponseNorm",
+    "GnConv",
+    "HorNetBlock",
     "InceptionBlock",
     "InvertedResidual",
     "Involution",
