@@ -156,6 +156,9 @@ from blockzoo.attention.pvt import (
 from blockzoo.attention.pyramid import (
     PyramidSplitAttention,
 )
+from blockzoo.attention.reattention import (
+    ReAttention,
+)
 from blockzoo.attention.s2 import (
     S2Attention,
     spatial_shift,
@@ -245,6 +248,7 @@ __all__ = [
     "PolarizedSequential",
     "PolarizedSpatial",
     "PyramidSplitAttention",
+    "ReAttention",
     "RelativeAttention2d",
     "ResidualAttentionHead",
     "RotaryEmbedding",

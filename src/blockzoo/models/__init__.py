@@ -40,6 +40,11 @@ from blockzoo.models.convnext import (
     ConvNeXtV2Stage,
     convnextv2_atto,
 )
+from blockzoo.models.deepvit import (
+    DeepViT,
+    DeepViTBlock,
+    deepvit_16b,
+)
 from blockzoo.models.hornet import (
     HorNet,
     HorNetStage,
@@ -143,6 +148,8 @@ __all__ = [
     "ConvMixer",
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
+    "DeepViT",
+    "DeepViTBlock",
     "HorNet",
     "HorNetStage",
     "Image2Tokens",
@@ -179,6 +186,7 @@ __all__ = [
     "container_light",
     "conv_out_len",
     "convnextv2_atto",
+    "deepvit_16b",
     "deit_tiny",
     "deit_tiny_distilled",
     "gmlp_tiny",

@@ -239,6 +239,7 @@ class CeiT(nn.Module):
 @register(
     name="ceit_t",
     family="model",
+    size_arg="img_size",
     paper="Incorporating Convolution Designs into Visual Transformers",
     arxiv="2103.11816",
     year=2021,

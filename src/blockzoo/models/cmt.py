@@ -255,6 +255,7 @@ class CMT(nn.Module):
 @register(
     name="cmt_ti",
     family="model",
+    size_arg="img_size",
     paper="CMT: Convolutional Neural Networks Meet Vision Transformers",
     arxiv="2107.06263",
     year=2021,
