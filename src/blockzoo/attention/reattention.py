@@ -44,7 +44,7 @@ class ReAttention(nn.Module):
         Re-Attention(x) = Concat_i(A'_i V_i) W^O
 
     Args:
-        dim: C. num_heads: h (must divide C). qkv_bias: (DeepViT: True).
+        dim: C. num_heads: h (must divide C; DeepViT: 12). qkv_bias: (DeepViT: True).
         norm_eps: of the BatchNorm over the h maps (1e-5).
 
     Shape:
@@ -62,7 +62,7 @@ class ReAttention(nn.Module):
         torch.Size([2, 197, 384])
     """
 
-    def __init__(self, dim: int, num_heads: int = 12, *, qkv_bias: bool = True, norm_eps: float = 1e-5,
+    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True, norm_eps: float = 1e-5,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         fk = dict(device=device, dtype=dtype)
