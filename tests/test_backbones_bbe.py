@@ -32,6 +32,7 @@ PAPER_PARAMS = {
     # DeepViT Table 2, DeepViT-16B: "24.5M"; the authors' released config gives 24.43M (the
     # same count for 24 and 32 blocks rounds to the table's 36.3M and 48.1M)
     "deepvit_16b": (24_426_664, 24.5e6, 0.08e6),
+    "patchconvnet_s60": (25_231_096, 25.2e6, 0.05e6),  # PatchConvNet Table 1, S60: "25.2M"
 }
 
 # Multiply-adds at the paper's input size (our FLOP counter / 2), measured once; the paper's
@@ -42,6 +43,7 @@ MACS = {
     "container_light": ((224, 224), 3.128e9),  # paper 3.2G
     "ceit_t": ((224, 224), 1.395e9),  # paper 1.2G (the I2T stem alone is 0.12G here)
     "deepvit_16b": ((224, 224), 5.272e9),  # paper 5.1G
+    "patchconvnet_s60": ((224, 224), 3.979e9),  # paper 4.0G
 }
 
 # Where ``attach`` puts a block "after each stage" (glob, places). CeiT has one resolution
@@ -52,6 +54,7 @@ STAGES = {
     "container_light": ("stages.[0-9]", 4),
     "ceit_t": ("i2t.pool", 1),
     "deepvit_16b": ("patch_embed.proj", 1),
+    "patchconvnet_s60": ("trunk", 1),  # one column at one resolution
 }
 
 
@@ -365,3 +368,36 @@ def test_deepvit_every_block_re_attends() -> None:
     model = blockzoo.create_model("deepvit_16b", num_classes=3)
     assert len(model.blocks) == 16
     assert all(isinstance(b.attn, ReAttention) and b.attn.num_heads == 12 for b in model.blocks)
+
+
+# ------------------------------------------------------------------------ PatchConvNet
+
+
+def test_patchconv_block_equals_the_equation() -> None:
+    from blockzoo.models.patchconvnet import PatchConvBlock
+
+    torch.manual_seed(0)
+    m = PatchConvBlock(8, layer_scale=0.5).double()
+    assert m.se.hidden == 2  # round(8 / 4)
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    t = F.layer_norm(x.permute(0, 2, 3, 1), (8,), m.norm.weight, m.norm.bias, 1e-6).permute(0, 3, 1, 2)
+    h = F.gelu(F.conv2d(t, m.conv1.weight, m.conv1.bias))
+    h = F.gelu(F.conv2d(h, m.dwconv.weight, m.dwconv.bias, padding=1, groups=8))
+    g = torch.sigmoid(F.conv2d(F.relu(F.conv2d(h.mean((2, 3), keepdim=True), m.se.fc1.weight, m.se.fc1.bias)),
+                               m.se.fc2.weight, m.se.fc2.bias))
+    want = x + 0.5 * F.conv2d(h * g, m.conv2.weight, m.conv2.bias)
+    torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_patchconvnet_pooling_reads_every_position_through_one_class_token() -> None:
+    torch.manual_seed(0)
+    model = blockzoo.create_model("patchconvnet_s60", num_classes=4, dim=16, depth=1, layer_scale=1.0)
+    model = model.double().eval()
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64, requires_grad=True)
+    z = model.forward_features(x)
+    assert z.shape == (1, 16, 4, 3)  # 16x downsampling
+    model(x)[0, 0].backward()
+    # attention pooling (not a crop) makes every input region matter
+    per_region = x.grad.abs().reshape(1, 3, 4, 16, 3, 16).sum((0, 1, 3, 5))
+    assert (per_region > 0).all()
+    assert len(model.trunk) == 1 and model.pool.cls_token.shape == (1, 1, 16)

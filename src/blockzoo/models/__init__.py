@@ -80,6 +80,12 @@ from blockzoo.models.mobilenetv3 import (
     mobilenetv3_large,
     mobilenetv3_small,
 )
+from blockzoo.models.patchconvnet import (
+    AttentionPooling,
+    PatchConvBlock,
+    PatchConvNet,
+    patchconvnet_s60,
+)
 from blockzoo.models.pvt import (
     ConvFeedForward,
     OverlapPatchEmbed,
@@ -135,6 +141,7 @@ __all__ = [
     "LARGE",
     "PAPER_MODELS",
     "SMALL",
+    "AttentionPooling",
     "BowClassifier",
     "CMTBlock",
     "CMTStage",
@@ -169,6 +176,8 @@ __all__ = [
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
+    "PatchConvBlock",
+    "PatchConvNet",
     "PatchMLPClassifier",
     "PyramidVisionTransformerV2",
     "RNNClassifier",
@@ -200,6 +209,7 @@ __all__ = [
     "mobilenetv3_large",
     "mobilenetv3_small",
     "mobileone_s0",
+    "patchconvnet_s60",
     "permutator_tiny",
     "pvt_v2_b0",
     "repvgg_a0",
