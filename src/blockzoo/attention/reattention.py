@@ -54,7 +54,8 @@ class ReAttention(nn.Module):
     Deviations:
         Follows the authors' code: Theta is a 1 x 1 conv over the head axis (with a bias
         theta) and Norm is a BatchNorm2d over the h maps. The re-mixed maps are explicit
-        (h N^2 memory): the fused attention kernel cannot mix heads.
+        (h N^2 memory): the fused attention kernel cannot mix heads. ``attn_map`` records
+        the heads' softmax maps A before the re-mixing (the distributions the figures draw).
 
     Example:
         >>> attn = ReAttention(384, num_heads=12)
@@ -78,9 +79,9 @@ class ReAttention(nn.Module):
         b, n, c = check_shape(x, "B N C", name="ReAttention", C=self.dim).values()
         h, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
-        a = (q @ k.transpose(-1, -2) * d ** -0.5).softmax(-1)  # A: (B, h, N, N)
+        a = self.attn_map((q @ k.transpose(-1, -2) * d ** -0.5).softmax(-1))  # A: (B, h, N, N)
         # A' = BN(Theta A + theta), mixing the h maps at every (query, key) pair
-        a = self.attn_map(self.var_norm(self.reatten_matrix(a)))  # (B, h, N, N)
+        a = self.var_norm(self.reatten_matrix(a))  # (B, h, N, N)
         out = (a @ v).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.proj(out)
 

@@ -164,7 +164,7 @@ class CMT(nn.Module):
         stem_dim: width of the stem (16). dims: D_1..D_4 (CMT-Ti: 46, 92, 184, 368).
         depths: blocks per stage (2, 2, 10, 2). num_heads: per stage (1, 2, 4, 8).
         sr_ratios: k_i (8, 4, 2, 1). mlp_ratio: r of the IRFFNs (3.6).
-        head_dim: width of the 1 x 1 conv before pooling (1280).
+        fc_dim: width of the 1 x 1 conv before pooling (1280).
         dropout: before the classifier (training only).
 
     Shape:
@@ -190,7 +190,7 @@ class CMT(nn.Module):
         num_heads: Sequence[int] = (1, 2, 4, 8),
         sr_ratios: Sequence[int] = (8, 4, 2, 1),
         mlp_ratio: float = 3.6,
-        head_dim: int = 1280,
+        fc_dim: int = 1280,
         dropout: float = 0.1,
         device: Any = None,
         dtype: Any = None,
@@ -214,11 +214,11 @@ class CMT(nn.Module):
                      sr_ratio=sr_ratios[i], mlp_ratio=mlp_ratio, bias_size=grids[i], **fk)
             for i in range(len(dims))
         ])
-        self.num_features = head_dim
-        self.head_conv = nn.Sequential(nn.Conv2d(dims[-1], head_dim, 1, **fk), nn.BatchNorm2d(head_dim, **fk),
+        self.num_features = fc_dim
+        self.head_conv = nn.Sequential(nn.Conv2d(dims[-1], fc_dim, 1, **fk), nn.BatchNorm2d(fc_dim, **fk),
                                        nn.SiLU())
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(head_dim, num_classes, **fk)
+        self.head = nn.Linear(fc_dim, num_classes, **fk)
 
     def _grids(self, height: int, width: int) -> list[tuple[int, int]]:
         """The (H_i, W_i) token grid of every stage for an H x W input."""
@@ -245,7 +245,7 @@ class CMT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # logits = W mean_{h,w} Swish(BN(Conv_{1x1}(z_4))) + b
-        z = self.head_conv(self.forward_features(x)).mean((2, 3))  # (B, head_dim)
+        z = self.head_conv(self.forward_features(x)).mean((2, 3))  # (B, fc_dim)
         return self.head(self.drop(z))  # (B, K)
 
     def extra_repr(self) -> str:
@@ -272,10 +272,10 @@ class CMT(nn.Module):
         # Small widths and one block per stage keep the generic tests fast; the constructor's
         # defaults are the paper's CMT-Ti (tests/test_backbones_bbe.py builds it).
         config=dict(in_chans=3, num_classes=10, img_size=64, stem_dim=8, dims=(8, 16, 16, 32),
-                    depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), head_dim=32),
+                    depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), fc_dim=32),
         inputs=images("in_chans"), size=(64, 64), sizes=((33, 47), (72, 40)), out_shape=logits_shape,
         tiny=dict(num_classes=3, img_size=32, stem_dim=4, dims=(4, 8), depths=(1, 1), num_heads=(1, 2),
-                  sr_ratios=(2, 1), head_dim=8),
+                  sr_ratios=(2, 1), fc_dim=8),
     ),
 )
 def cmt_ti(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> CMT:
