@@ -39,9 +39,15 @@ from blockzoo.attention.coat import (
     ConvPosEnc,
     ConvRelPosEnc,
     FactorizedAttention,
+from blockzoo.attention.cmt import (
+    LightweightMHSA,
+    resize_relative_bias,
 )
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
+)
+from blockzoo.attention.container import (
+    AffinityMixing,
 )
 from blockzoo.attention.coordinate import (
     CoordinateAttention,
@@ -168,6 +174,9 @@ from blockzoo.attention.pvt import (
 from blockzoo.attention.pyramid import (
     PyramidSplitAttention,
 )
+from blockzoo.attention.reattention import (
+    ReAttention,
+)
 from blockzoo.attention.s2 import (
     S2Attention,
     spatial_shift,
@@ -224,6 +233,7 @@ __all__ = [
     "AFTFull",
     "AFTLocal",
     "AFTSimple",
+    "AffinityMixing",
     "AttentionMap",
     "AxialAttention",
     "CBAMChannelGate",
@@ -254,6 +264,7 @@ __all__ = [
     "HaloAttention",
     "LeViTAttention",
     "LearnedPositionalEmbedding",
+    "LightweightMHSA",
     "LinearAttention",
     "LinearNorm",
     "LinformerAttention",
@@ -274,6 +285,7 @@ __all__ = [
     "PolarizedSequential",
     "PolarizedSpatial",
     "PyramidSplitAttention",
+    "ReAttention",
     "RelativeAttention2d",
     "ResidualAttentionHead",
     "RotaryEmbedding",
@@ -310,6 +322,7 @@ __all__ = [
     "record_attention",
     "relative_offsets",
     "relative_position_index",
+    "resize_relative_bias",
     "rotary_angles",
     "scaled_dot_product_attention",
     "shifted_window_mask",

@@ -27,6 +27,9 @@ from blockzoo.conv.dynamic import (
 )
 from blockzoo.conv.efficientformer import (
     EfficientFormerMeta4D,
+from blockzoo.conv.hornet import (
+    GnConv,
+    HorNetBlock,
 )
 from blockzoo.conv.inception import (
     InceptionBlock,
@@ -61,6 +64,8 @@ __all__ = [
     "DynamicConv",
     "EfficientFormerMeta4D",
     "GlobalResponseNorm",
+    "GnConv",
+    "HorNetBlock",
     "InceptionBlock",
     "InvertedResidual",
     "Involution",

@@ -10,6 +10,9 @@ from blockzoo.mlp.gmlp import (
     GMLPBlock,
     SpatialGatingUnit,
 )
+from blockzoo.mlp.leff import (
+    LocallyEnhancedFeedForward,
+)
 from blockzoo.mlp.mixer import (
     Affine,
     MixerBlock,
@@ -38,6 +41,7 @@ __all__ = [
     "MLP",
     "Affine",
     "GMLPBlock",
+    "LocallyEnhancedFeedForward",
     "MixerBlock",
     "RepMLPBlock",
     "ResMLPBlock",

@@ -11,6 +11,12 @@ from blockzoo.models.cait import (
     LayerScaleBlock,
     cait_xxs24,
     resize_grid_embedding,
+from blockzoo.models.ceit import (
+    CeiT,
+    CeiTBlock,
+    Image2Tokens,
+    LayerClassAttention,
+    ceit_t,
 )
 from blockzoo.models.classic import (
     CifarCNN,
@@ -28,6 +34,18 @@ from blockzoo.models.convit import (
     GPSABlock,
     convit_tiny,
     resize_grid_embedding,
+from blockzoo.models.cmt import (
+    CMT,
+    CMTBlock,
+    CMTStage,
+    InvertedResidualFFN,
+    cmt_ti,
+)
+from blockzoo.models.container import (
+    ContainerBlock,
+    ContainerLight,
+    ContainerStage,
+    container_light,
 )
 from blockzoo.models.convmixer import (
     ConvMixer,
@@ -52,6 +70,15 @@ from blockzoo.models.crossvit import (
     CrossViT,
     MultiScaleBlock,
     crossvit_tiny,
+from blockzoo.models.deepvit import (
+    DeepViT,
+    DeepViTBlock,
+    deepvit_16b,
+)
+from blockzoo.models.hornet import (
+    HorNet,
+    HorNetStage,
+    hornet_tiny,
 )
 from blockzoo.models.linear import (
     BowClassifier,
@@ -91,6 +118,11 @@ from blockzoo.models.pit import (
     PiTStage,
     PoolingVisionTransformer,
     pit_ti,
+from blockzoo.models.patchconvnet import (
+    AttentionPooling,
+    PatchConvBlock,
+    PatchConvNet,
+    patchconvnet_s60,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -162,6 +194,7 @@ from blockzoo.models.volo import (
 )
 
 __all__ = [
+    "CMT",
     "LARGE",
     "PAPER_MODELS",
     "SMALL",
@@ -174,6 +207,16 @@ __all__ = [
     "CoaTLite",
     "CoaTStage",
     "ConViT",
+    "AttentionPooling",
+    "BowClassifier",
+    "CMTBlock",
+    "CMTStage",
+    "CeiT",
+    "CeiTBlock",
+    "CifarCNN",
+    "ContainerBlock",
+    "ContainerLight",
+    "ContainerStage",
     "ConvFeedForward",
     "ConvMixer",
     "ConvNeXtV2",
@@ -185,6 +228,14 @@ __all__ = [
     "GPSABlock",
     "InceptionNet",
     "LayerScaleBlock",
+    "DeepViT",
+    "DeepViTBlock",
+    "HorNet",
+    "HorNetStage",
+    "Image2Tokens",
+    "InceptionNet",
+    "InvertedResidualFFN",
+    "LayerClassAttention",
     "LeNet5",
     "LeViT",
     "LeViTBlock",
@@ -205,6 +256,8 @@ __all__ = [
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
+    "PatchConvBlock",
+    "PatchConvNet",
     "PatchMLPClassifier",
     "PiTStage",
     "PixelEmbed",
@@ -229,10 +282,14 @@ __all__ = [
     "SwinV2Stage",
     "VisionTransformer",
     "coat_lite_tiny",
+    "ceit_t",
+    "cmt_ti",
+    "container_light",
     "conv_out_len",
     "convit_tiny",
     "convnextv2_atto",
     "crossvit_tiny",
+    "deepvit_16b",
     "deit_tiny",
     "deit_tiny_distilled",
     "efficientformer_l1",
@@ -240,6 +297,7 @@ __all__ = [
     "gru_classifier",
     "gru_tagger",
     "levit_128s",
+    "hornet_tiny",
     "lstm_classifier",
     "lstm_tagger",
     "make_divisible",
@@ -248,6 +306,7 @@ __all__ = [
     "mobilenetv3_small",
     "mobileone_s0",
     "mobilevit_xxs",
+    "patchconvnet_s60",
     "permutator_tiny",
     "pit_ti",
     "pvt_v2_b0",
