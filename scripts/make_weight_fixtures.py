@@ -69,7 +69,7 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("repvgg_a0", "repvgg_a0", {}, (2, 3, 64, 64)),
     ("repvgg_b0", "repvgg_b0", {}, (2, 3, 64, 64)),
     ("mobileone_s0", "mobileone_s0", {}, (2, 3, 64, 64)),
-    # bbw: the issue-23 backbones. The transformers with a position embedding or a fixed
+    # The issue-23 backbones. The transformers with a position embedding or a fixed
     # attention mask run at timm's 224 x 224 (timm's models are built for it); the others on
     # a non-square image, so a transposed height and width cannot pass.
     ("deit_tiny_patch16_224", "deit_tiny", {}, (2, 3, 224, 224)),

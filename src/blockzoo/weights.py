@@ -290,7 +290,7 @@ def _mobileone_args(s: Shapes) -> dict[str, Any]:
     return _rep_args(s, "MobileOne", "conv_kxk_0")
 
 
-# --------------------------------------------------------------------------- bbw: issue-23 backbones
+# ------------------------------------------------------ DeiT, Swin, PVT v2, ConvNeXt V2, MobileNetV3
 # deit_tiny(_distilled), swin_tiny, pvt_v2_b0, convnextv2_atto and mobilenetv3_small/large in
 # the layouts of timm 1.0's ``vision_transformer`` (DeiT), ``swin_transformer``, ``pvt_v2``,
 # ``convnext`` (V2) and ``mobilenetv3``. Each registered name is one paper size, so beyond the
@@ -320,43 +320,6 @@ _SWIN_RULES = (
     Rule(r"(layers\.\d+\.downsample\.(?:norm|reduction)\.\w+)", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm1|norm2|attn\.qkv|attn\.proj)\.\w+)", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table)", r"\1"),
-    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
-    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
-# --------------------------------------------------------------------------- bbb: mobilevit_xxs, levit_128s,
-# efficientformer_l1
-
-
-# MobileViT (timm's ByobNet with MobileVitBlock): the inverted residuals are blockzoo's MBConv,
-# the MobileViT block's parts are named as ``MobileViTBlock`` names them (models/mobilevit.py).
-_MV_BLOCK = r"(stages\.\d+\.\d+)"
-_MOBILEVIT_RULES = (
-    _same("stem.conv", "stem.bn", "final_conv.conv", "final_conv.bn"),
-    Rule(rf"{_MV_BLOCK}\.conv1_1x1\.(conv|bn)\.(\w+)", r"\1.expand.\2.\3"),
-    Rule(rf"{_MV_BLOCK}\.conv2_kxk\.(conv|bn)\.(\w+)", r"\1.dw.\2.\3"),
-    Rule(rf"{_MV_BLOCK}\.conv3_1x1\.(conv|bn)\.(\w+)", r"\1.project.\2.\3"),
-    Rule(rf"{_MV_BLOCK}\.conv_kxk\.conv\.(\w+)", r"\1.local.0.0.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_kxk\.bn\.(\w+)", r"\1.local.0.1.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_1x1\.(\w+)", r"\1.local.1.\2"),
-    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.(norm[12])\.(\w+)", r"\1.layers.\2.\3.\4"),
-    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.attn\.(qkv|proj)\.(\w+)", r"\1.layers.\2.\3.\4"),
-    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc1\.(\w+)", r"\1.layers.\2.mlp.0.\3"),
-    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc2\.(\w+)", r"\1.layers.\2.mlp.2.\3"),
-    Rule(rf"{_MV_BLOCK}\.norm\.(\w+)", r"\1.norm.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_proj\.conv\.(\w+)", r"\1.proj.0.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_proj\.bn\.(\w+)", r"\1.proj.1.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_fusion\.conv\.(\w+)", r"\1.fuse.0.\2"),
-    Rule(rf"{_MV_BLOCK}\.conv_fusion\.bn\.(\w+)", r"\1.fuse.1.\2"),
-# --------------------------------------------------------------------------- bbc: swinv2, coat_lite, crossvit
-
-
-# Swin V2 (timm's SwinTransformerV2): the names are blockzoo's but for the MLP's layers and
-# the head (SwinTransformerV2's module docstring); the window is not in the file (the
-# position bias is a network over offsets), so it stays the constructor's (8).
-_SWINV2_RULES = (
-    _same("patch_embed.proj", "patch_embed.norm", "norm"),
-    Rule(r"(layers\.\d+\.downsample\.(?:reduction|norm)\.\w+)", r"\1"),
-    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.(?:qkv|proj|cpb_mlp\.[02]))\.\w+)", r"\1"),
-    Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.(?:logit_scale|q_bias|v_bias))", r"\1"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
     Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
     Rule(r"head\.fc\.(\w+)", r"head.\1"),
@@ -470,7 +433,9 @@ _MBV3_RULES = (
 def _mbv3_args(s: Shapes) -> dict[str, Any]:
     stem = _need(s, "stem.conv.weight", "MobileNetV3")
     return dict(num_classes=_need(s, "classifier.weight", "MobileNetV3")[0], in_chans=stem[1])
-# --------------------------------------------------------------------------- bba: cait_xxs24, volo_d1
+
+
+# --------------------------------------------------------------------------- CaiT, VOLO
 
 
 def _class_attention_rules(src: str, dst: str, *, fused_kv: bool) -> tuple[Rule, ...]:
@@ -570,6 +535,35 @@ def _volo_args(s: Shapes) -> dict[str, Any]:
         mlp_ratio=_need(s, "stages.0.blocks.0.mlp.layers.0.weight", "VOLO")[0] / proj[0],
         post_layers=_count(s, r"post_blocks\.(\d+)\..*"), aux_head="aux_head.weight" in s,
         qkv_bias="stages.0.blocks.0.attn.v.bias" in s)
+
+
+# ---------------------------------------------------------- MobileViT, LeViT, EfficientFormer
+
+
+# MobileViT (timm's ByobNet with MobileVitBlock): the inverted residuals are blockzoo's MBConv,
+# the MobileViT block's parts are named as ``MobileViTBlock`` names them (models/mobilevit.py).
+_MV_BLOCK = r"(stages\.\d+\.\d+)"
+_MOBILEVIT_RULES = (
+    _same("stem.conv", "stem.bn", "final_conv.conv", "final_conv.bn"),
+    Rule(rf"{_MV_BLOCK}\.conv1_1x1\.(conv|bn)\.(\w+)", r"\1.expand.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv2_kxk\.(conv|bn)\.(\w+)", r"\1.dw.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv3_1x1\.(conv|bn)\.(\w+)", r"\1.project.\2.\3"),
+    Rule(rf"{_MV_BLOCK}\.conv_kxk\.conv\.(\w+)", r"\1.local.0.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_kxk\.bn\.(\w+)", r"\1.local.0.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_1x1\.(\w+)", r"\1.local.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.(norm[12])\.(\w+)", r"\1.layers.\2.\3.\4"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.attn\.(qkv|proj)\.(\w+)", r"\1.layers.\2.\3.\4"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc1\.(\w+)", r"\1.layers.\2.mlp.0.\3"),
+    Rule(rf"{_MV_BLOCK}\.transformer\.(\d+)\.mlp\.fc2\.(\w+)", r"\1.layers.\2.mlp.2.\3"),
+    Rule(rf"{_MV_BLOCK}\.norm\.(\w+)", r"\1.norm.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_proj\.conv\.(\w+)", r"\1.proj.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_proj\.bn\.(\w+)", r"\1.proj.1.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_fusion\.conv\.(\w+)", r"\1.fuse.0.\2"),
+    Rule(rf"{_MV_BLOCK}\.conv_fusion\.bn\.(\w+)", r"\1.fuse.1.\2"),
+    Rule(r"head\.fc\.(\w+)", r"head.\1"),
+)
+
+
 def _mobilevit_args(s: Shapes) -> dict[str, Any]:
     """Classes and input channels; the stages are the registered size's (Table 4)."""
     return dict(num_classes=_need(s, "head.weight", "MobileViT")[0],
@@ -650,6 +644,25 @@ def _efficientformer_args(s: Shapes) -> dict[str, Any]:
         args.update(num_heads=heads, key_dim=(qkv // heads - val) // 2,
                     img_size=_square_grid(table, 32, "EfficientFormer", "img_size"))
     return args
+
+
+# --------------------------------------------------------------------------- Swin V2, CoaT-Lite, CrossViT
+
+
+# Swin V2 (timm's SwinTransformerV2): the names are blockzoo's but for the MLP's layers and
+# the head (SwinTransformerV2's module docstring); the window is not in the file (the
+# position bias is a network over offsets), so it stays the constructor's (8).
+_SWINV2_RULES = (
+    _same("patch_embed.proj", "patch_embed.norm", "norm"),
+    Rule(r"(layers\.\d+\.downsample\.(?:reduction|norm)\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.(?:norm[12]|attn\.(?:qkv|proj|cpb_mlp\.[02]))\.\w+)", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+\.attn\.(?:logit_scale|q_bias|v_bias))", r"\1"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.(\w+)", r"\1.mlp.layers.0.\2"),
+    Rule(r"(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.(\w+)", r"\1.mlp.layers.4.\2"),
+    Rule(r"head\.fc\.(\w+)", r"head.\1"),
+)
+
+
 def _swinv2_args(s: Shapes) -> dict[str, Any]:
     proj = _need(s, "patch_embed.proj.weight", "Swin V2")
     stages = _count(s, r"layers\.(\d+)\..*")
@@ -745,7 +758,9 @@ def _crossvit_args(s: Shapes) -> dict[str, Any]:
                              for i in range(k)),
                 mlp_ratios=tuple(_need(s, f"blocks.0.blocks.{b}.0.fc1.weight", "CrossViT")[0] / dims[b]
                                  for b in range(nb)))
-# --------------------------------------------------------------------------- bbd: tnt_s, pit_ti, convit_tiny
+
+
+# --------------------------------------------------------------------------- TNT, PiT, ConViT
 
 
 def _fuse_qk_v(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

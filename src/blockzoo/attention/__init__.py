@@ -35,13 +35,15 @@ from blockzoo.attention.channel import (
 from blockzoo.attention.class_attention import (
     ClassAttention,
     ClassAttentionBlock,
+)
+from blockzoo.attention.cmt import (
+    LightweightMHSA,
+    resize_relative_bias,
+)
 from blockzoo.attention.coat import (
     ConvPosEnc,
     ConvRelPosEnc,
     FactorizedAttention,
-from blockzoo.attention.cmt import (
-    LightweightMHSA,
-    resize_relative_bias,
 )
 from blockzoo.attention.coatnet import (
     RelativeAttention2d,
@@ -146,6 +148,8 @@ from blockzoo.attention.parnet import (
 )
 from blockzoo.attention.patch_embed import (
     PatchEmbed,
+    resize_grid_embedding,
+    resize_token_embedding,
 )
 from blockzoo.attention.performer import (
     PerformerAttention,
@@ -322,7 +326,9 @@ __all__ = [
     "record_attention",
     "relative_offsets",
     "relative_position_index",
+    "resize_grid_embedding",
     "resize_relative_bias",
+    "resize_token_embedding",
     "rotary_angles",
     "scaled_dot_product_attention",
     "shifted_window_mask",

@@ -19,7 +19,7 @@ from blockzoo.act import LayerSpec, create_norm
 from blockzoo.checks import check_divisible, check_shape, require
 from blockzoo.registry import Example, images, register
 
-__all__ = ["PatchEmbed"]
+__all__ = ["PatchEmbed", "resize_grid_embedding", "resize_token_embedding"]
 
 
 def _tokens_shape(shape: Any, cfg: Any) -> tuple[int, int, int]:
@@ -108,3 +108,19 @@ class PatchEmbed(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dim={self.dim}, patch_size={self.patch_size}, pad={self.pad}"
+
+
+def resize_grid_embedding(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A learned grid embedding (1, D, g_h, g_w) resized bicubically to ``size`` (itself when equal),
+    as ViT's and DeiT's code does when fine-tuning at another resolution."""
+    if tuple(pos.shape[-2:]) == tuple(size):
+        return pos
+    return F.interpolate(pos, size=tuple(size), mode="bicubic", align_corners=False)
+
+
+def resize_token_embedding(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """A learned (1, g_h g_w, D) token embedding of a ``grid`` resized bicubically to ``size``."""
+    if tuple(size) == tuple(grid):
+        return pos
+    img = pos.reshape(1, *grid, pos.shape[-1]).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
+    return resize_grid_embedding(img, size).flatten(2).transpose(1, 2)  # (1, g_h' g_w', D)

@@ -27,6 +27,7 @@ from blockzoo.conv.dynamic import (
 )
 from blockzoo.conv.efficientformer import (
     EfficientFormerMeta4D,
+)
 from blockzoo.conv.hornet import (
     GnConv,
     HorNetBlock,

@@ -10,7 +10,7 @@ from blockzoo.models.cait import (
     CaiT,
     LayerScaleBlock,
     cait_xxs24,
-    resize_grid_embedding,
+)
 from blockzoo.models.ceit import (
     CeiT,
     CeiTBlock,
@@ -24,16 +24,6 @@ from blockzoo.models.classic import (
     LeNet5,
     MLPClassifier,
 )
-from blockzoo.models.coat import (
-    CoaTBlock,
-    CoaTLite,
-    CoaTStage,
-    coat_lite_tiny,
-from blockzoo.models.convit import (
-    ConViT,
-    GPSABlock,
-    convit_tiny,
-    resize_grid_embedding,
 from blockzoo.models.cmt import (
     CMT,
     CMTBlock,
@@ -41,11 +31,22 @@ from blockzoo.models.cmt import (
     InvertedResidualFFN,
     cmt_ti,
 )
+from blockzoo.models.coat import (
+    CoaTBlock,
+    CoaTLite,
+    CoaTStage,
+    coat_lite_tiny,
+)
 from blockzoo.models.container import (
     ContainerBlock,
     ContainerLight,
     ContainerStage,
     container_light,
+)
+from blockzoo.models.convit import (
+    ConViT,
+    GPSABlock,
+    convit_tiny,
 )
 from blockzoo.models.convmixer import (
     ConvMixer,
@@ -55,10 +56,25 @@ from blockzoo.models.convnext import (
     ConvNeXtV2Stage,
     convnextv2_atto,
 )
+from blockzoo.models.crossvit import (
+    CrossViT,
+    MultiScaleBlock,
+    crossvit_tiny,
+)
+from blockzoo.models.deepvit import (
+    DeepViT,
+    DeepViTBlock,
+    deepvit_16b,
+)
 from blockzoo.models.efficientformer import (
     EfficientFormer,
     EfficientFormerMeta3D,
     efficientformer_l1,
+)
+from blockzoo.models.hornet import (
+    HorNet,
+    HorNetStage,
+    hornet_tiny,
 )
 from blockzoo.models.levit import (
     LeViT,
@@ -66,19 +82,6 @@ from blockzoo.models.levit import (
     LeViTMlp,
     LeViTShrink,
     levit_128s,
-from blockzoo.models.crossvit import (
-    CrossViT,
-    MultiScaleBlock,
-    crossvit_tiny,
-from blockzoo.models.deepvit import (
-    DeepViT,
-    DeepViTBlock,
-    deepvit_16b,
-)
-from blockzoo.models.hornet import (
-    HorNet,
-    HorNetStage,
-    hornet_tiny,
 )
 from blockzoo.models.linear import (
     BowClassifier,
@@ -114,15 +117,17 @@ from blockzoo.models.mobilevit import (
     XXS,
     MobileViT,
     mobilevit_xxs,
-from blockzoo.models.pit import (
-    PiTStage,
-    PoolingVisionTransformer,
-    pit_ti,
+)
 from blockzoo.models.patchconvnet import (
     AttentionPooling,
     PatchConvBlock,
     PatchConvNet,
     patchconvnet_s60,
+)
+from blockzoo.models.pit import (
+    PiTStage,
+    PoolingVisionTransformer,
+    pit_ti,
 )
 from blockzoo.models.pvt import (
     ConvFeedForward,
@@ -200,20 +205,18 @@ __all__ = [
     "SMALL",
     "VOLO",
     "XXS",
+    "AttentionPooling",
     "BowClassifier",
+    "CMTBlock",
+    "CMTStage",
     "CaiT",
+    "CeiT",
+    "CeiTBlock",
     "CifarCNN",
     "CoaTBlock",
     "CoaTLite",
     "CoaTStage",
     "ConViT",
-    "AttentionPooling",
-    "BowClassifier",
-    "CMTBlock",
-    "CMTStage",
-    "CeiT",
-    "CeiTBlock",
-    "CifarCNN",
     "ContainerBlock",
     "ContainerLight",
     "ContainerStage",
@@ -222,20 +225,19 @@ __all__ = [
     "ConvNeXtV2",
     "ConvNeXtV2Stage",
     "ConvStemPatchEmbed",
-    "EfficientFormer",
-    "EfficientFormerMeta3D",
     "CrossViT",
-    "GPSABlock",
-    "InceptionNet",
-    "LayerScaleBlock",
     "DeepViT",
     "DeepViTBlock",
+    "EfficientFormer",
+    "EfficientFormerMeta3D",
+    "GPSABlock",
     "HorNet",
     "HorNetStage",
     "Image2Tokens",
     "InceptionNet",
     "InvertedResidualFFN",
     "LayerClassAttention",
+    "LayerScaleBlock",
     "LeNet5",
     "LeViT",
     "LeViTBlock",
@@ -250,9 +252,9 @@ __all__ = [
     "Mnist1dMLP",
     "MobileNetV3",
     "MobileOne",
-    "Outlooker",
     "MobileViT",
     "MultiScaleBlock",
+    "Outlooker",
     "OverlapPatchEmbed",
     "PVTv2Block",
     "PVTv2Stage",
@@ -272,18 +274,17 @@ __all__ = [
     "SwinBlock",
     "SwinStage",
     "SwinTransformer",
-    "VOLOStage",
-    "TNTBlock",
-    "TransformerInTransformer",
-    "VisionTransformer",
-    "cait_xxs24",
     "SwinTransformerV2",
     "SwinV2Block",
     "SwinV2Stage",
+    "TNTBlock",
+    "TransformerInTransformer",
+    "VOLOStage",
     "VisionTransformer",
-    "coat_lite_tiny",
+    "cait_xxs24",
     "ceit_t",
     "cmt_ti",
+    "coat_lite_tiny",
     "container_light",
     "conv_out_len",
     "convit_tiny",
@@ -296,8 +297,8 @@ __all__ = [
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
-    "levit_128s",
     "hornet_tiny",
+    "levit_128s",
     "lstm_classifier",
     "lstm_tagger",
     "make_divisible",
@@ -312,7 +313,6 @@ __all__ = [
     "pvt_v2_b0",
     "repvgg_a0",
     "repvgg_b0",
-    "resize_grid_embedding",
     "resmlp_tiny",
     "resnet18",
     "resnet34",

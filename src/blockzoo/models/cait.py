@@ -26,33 +26,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.class_attention import ClassAttentionBlock
-from blockzoo.attention.patch_embed import PatchEmbed
+from blockzoo.attention.patch_embed import PatchEmbed, resize_token_embedding
 from blockzoo.attention.talking_heads import TalkingHeadsAttention
 from blockzoo.checks import check_shape, require
 from blockzoo.mlp.mlp import MLP
 from blockzoo.models.classic import logits_shape
 from blockzoo.registry import Example, images, register
 
-__all__ = ["CaiT", "LayerScaleBlock", "cait_xxs24", "resize_grid_embedding"]
-
-
-def resize_grid_embedding(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """A learned (1, g_h g_w, D) position embedding of a ``grid`` resized bicubically to ``size``.
-
-    The same embedding when the sizes agree; otherwise the grid is interpolated as ViT's
-    and DeiT's code does when fine-tuning at another resolution.
-    """
-    if tuple(size) == tuple(grid):
-        return pos
-    d = pos.shape[-1]
-    img = pos.reshape(1, *grid, d).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
-    img = F.interpolate(img, size=tuple(size), mode="bicubic", align_corners=False)
-    return img.flatten(2).transpose(1, 2)  # (1, g_h' g_w', D)
+__all__ = ["CaiT", "LayerScaleBlock", "cait_xxs24"]
 
 
 class LayerScaleBlock(nn.Module):
@@ -196,7 +181,7 @@ class CaiT(nn.Module):
         dims = check_shape(x, "B C H W", name="CaiT", C=self.in_chans)
         z = self.patch_embed(x)  # (B, N, D)
         # z_0 = [E x_p] + E_pos
-        z = z + resize_grid_embedding(self.pos_embed, self.grid, self.patch_embed.grid(dims["H"], dims["W"]))
+        z = z + resize_token_embedding(self.pos_embed, self.grid, self.patch_embed.grid(dims["H"], dims["W"]))
         z = self.blocks(z)  # (B, N, D)
         # [c_j; z_L] = ClassAttentionBlock([c_{j-1}; z_L])
         z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], 1)  # (B, 1 + N, D)

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.dot_product import MultiHeadAttention
-from blockzoo.attention.patch_embed import PatchEmbed
+from blockzoo.attention.patch_embed import PatchEmbed, resize_token_embedding
 from blockzoo.checks import check_shape, require
 from blockzoo.mlp.leff import LocallyEnhancedFeedForward
 from blockzoo.mlp.mlp import MLP
@@ -210,10 +209,7 @@ class CeiT(nn.Module):
         if (gh, gw) == self.grid:
             return self.pos_embed
         cls, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        d = grid.shape[-1]
-        grid = grid.reshape(1, *self.grid, d).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-        return torch.cat([cls, grid.flatten(2).transpose(1, 2)], 1)  # (1, 1 + gh gw, D)
+        return torch.cat([cls, resize_token_embedding(grid, self.grid, (gh, gw))], 1)  # (1, 1 + gh gw, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The LCA output after the final LayerNorm, (B, D)."""

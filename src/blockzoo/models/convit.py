@@ -23,24 +23,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.attention.gpsa import GatedPositionalSelfAttention
-from blockzoo.attention.patch_embed import PatchEmbed
+from blockzoo.attention.patch_embed import PatchEmbed, resize_grid_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
 from blockzoo.models.classic import logits_shape
 from blockzoo.registry import Example, images, register
 
-__all__ = ["ConViT", "GPSABlock", "convit_tiny", "resize_grid_embedding"]
-
-
-def resize_grid_embedding(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A learned grid embedding (1, D, g_h, g_w) bicubically resized to ``size`` (as ViT does)."""
-    if tuple(pos.shape[-2:]) == tuple(size):
-        return pos
-    return F.interpolate(pos, size=size, mode="bicubic", align_corners=False)
+__all__ = ["ConViT", "GPSABlock", "convit_tiny"]
 
 
 class GPSABlock(nn.Module):

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo.attention.patch_embed import resize_grid_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.conv.pit_pooling import PiTPooling
 from blockzoo.models.classic import logits_shape
-from blockzoo.models.convit import resize_grid_embedding
 from blockzoo.registry import Example, images, register
 
 __all__ = ["PiTStage", "PoolingVisionTransformer", "pit_ti"]

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo.attention.patch_embed import resize_grid_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_divisible, check_shape, require
 from blockzoo.models.classic import logits_shape
-from blockzoo.models.convit import resize_grid_embedding
 from blockzoo.registry import Example, images, register
 
 __all__ = ["PixelEmbed", "TNTBlock", "TransformerInTransformer", "tnt_s"]

@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from blockzoo.act import LayerSpec, create_norm
-from blockzoo.attention.patch_embed import PatchEmbed
+from blockzoo.attention.patch_embed import PatchEmbed, resize_token_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
 from blockzoo.models.classic import logits_shape
@@ -147,10 +146,7 @@ class VisionTransformer(nn.Module):
         extra, grid = self.pos_embed[:, :n_extra], self.pos_embed[:, n_extra:]
         if (gh, gw) == self.grid:
             return self.pos_embed
-        d = grid.shape[-1]
-        grid = grid.reshape(1, *self.grid, d).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
-        grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
-        return torch.cat([extra, grid.flatten(2).transpose(1, 2)], 1)  # (1, n_extra + gh gw, D)
+        return torch.cat([extra, resize_token_embedding(grid, self.grid, (gh, gw))], 1)  # (1, n_extra + N, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's output tokens (B, n_extra + N, D), n_extra = class + distillation tokens."""

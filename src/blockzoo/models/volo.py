@@ -41,6 +41,7 @@ from torch import nn
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.class_attention import ClassAttentionBlock
 from blockzoo.attention.outlook import OutlookAttention
+from blockzoo.attention.patch_embed import resize_grid_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
 from blockzoo.conv.conv_bn_act import ConvBnAct
@@ -271,9 +272,7 @@ class VOLO(nn.Module):
 
     def position_embedding(self, gh: int, gw: int) -> torch.Tensor:
         """E_pos (1, D, gh, gw): the learned one, bicubically resized when the grid differs."""
-        if (gh, gw) == self.grid:
-            return self.pos_embed
-        return F.interpolate(self.pos_embed, size=(gh, gw), mode="bicubic", align_corners=False)
+        return resize_grid_embedding(self.pos_embed, (gh, gw))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final tokens after the last norm (B, 1 + N, D), the class token first."""
