@@ -28,6 +28,7 @@ import torch
 from blockzoo.bench.flops import flop_report
 from blockzoo.bench.report import CATALOGUE_COLUMNS, catalogue_markdown, catalogue_rows, render
 from blockzoo.registry import list_blocks, spec
+from blockzoo.weights import LAYOUTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rooms import stale_rooms, write_rooms
@@ -91,8 +92,10 @@ def paper_numbers_section() -> list[str]:
             model = s.build().eval()  # the default (paper) config
             report = flop_report(model, s.make_input(batch=1, size=tuple(p["size"]), device="meta"))
         params = sum(t.numel() for t in model.parameters())
+        checked = "timm (equal)" if name in LAYOUTS else "paper"
         rows.append(f"| {name} | {p['size'][0]}x{p['size'][1]} | {params / 1e6:.2f}M ({params:,}) | "
-                    f"{p['params']} | {report.flops / 2e9:.3f}G | {p['macs'] or '—'} | {p['source']} |")
+                    f"{p['params']} | {report.flops / 2e9:.3f}G | {p['macs'] or '—'} | {checked} | "
+                    f"{p['source']} |")
     if not rows:
         return []
     return [
@@ -101,11 +104,14 @@ def paper_numbers_section() -> list[str]:
         "Each entry's default (paper) config at the paper's input size, batch 1, beside what the",
         "paper's table prints (`blockzoo info NAME --size 224 224` shows ours). Multiply-adds (MACs):",
         "the same FLOP counter at that size, halved (2 FLOPs per multiply-accumulate), the unit most",
-        "vision papers call FLOPs. Parameter counts equal PyTorch Image Models' models of the same",
-        "name (tests/test_backbones.py).",
+        "vision papers call FLOPs. `count checked against`: `timm (equal)` where PyTorch Image",
+        "Models has the model (its parameter count is equal, and its weights load with equal",
+        "outputs: tests/test_backbones*.py, tests/test_weights.py); `paper` for the models with no",
+        "reference implementation installed here, whose counts are tested against the paper's table.",
         "",
-        "| name | input | params (ours) | params (paper) | MACs (ours) | MACs (paper) | paper source |",
-        "|---|---|---|---|---|---|---|",
+        "| name | input | params (ours) | params (paper) | MACs (ours) | MACs (paper) "
+        "| count checked against | paper source |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

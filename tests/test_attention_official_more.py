@@ -12,7 +12,6 @@ shown term by term), minus any bias our block drops because it cannot change the
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from blockzoo.attention import (
     ACmix,
@@ -22,37 +21,8 @@ from blockzoo.attention import (
     PyramidSplitAttention,
 )
 
-
-def _x(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _randomise(block: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere and random BN running statistics, float64, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        for m in block.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.3)
-    return block.double().eval()
-
-
-def _bn(v: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Eval-mode BatchNorm written out: gamma (v - mu) / sqrt(var + eps) + beta, per channel."""
-    shape = (1, -1) + (1,) * (v.dim() - 2)
-    mu, var = bn.running_mean.reshape(shape), bn.running_var.reshape(shape)
-    return bn.weight.reshape(shape) * (v - mu) / torch.sqrt(var + bn.eps) + bn.bias.reshape(shape)
-
-
-def _n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-TOL = dict(rtol=1e-10, atol=1e-12)  # float64 throughout
-
+# the same float64 helpers (random weights and BN statistics, BN written out, tolerance)
+from test_attention_official import TOL, _bn, _n_params, _randomise, _x
 
 # ----------------------------------------------------------------- CoT (JDAI-CV/CoTNet)
 

@@ -25,6 +25,18 @@ TIMM_PARAMS = {
     "convnextv2_atto": 3_708_400,  # convnextv2_atto
     "mobilenetv3_small": 2_542_856,  # mobilenetv3_small_100
     "mobilenetv3_large": 5_483_032,  # mobilenetv3_large_100
+    "cait_xxs24": 11_956_264,  # cait_xxs24_224
+    "volo_d1": 26_632_040,  # volo_d1_224
+    # LeViT and EfficientFormer with the distillation head, as timm's default models have it
+    "mobilevit_xxs": 1_272_024,  # mobilevit_xxs
+    "levit_128s": 7_777_058,  # levit_128s (LevitDistilled)
+    "efficientformer_l1": 12_289_928,  # efficientformer_l1
+    "swinv2_tiny": 28_347_154,  # swinv2_tiny_window8_256
+    "coat_lite_tiny": 5_721_960,  # coat_lite_tiny
+    "crossvit_tiny": 7_014_800,  # crossvit_tiny_240
+    "tnt_s": 23_768_584,  # tnt_s_patch16_224
+    "pit_ti": 4_847_272,  # pit_ti_224
+    "convit_tiny": 5_710_512,  # convit_tiny
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -36,6 +48,17 @@ OTHER_SIZE = {
     "convnextv2_atto": (100, 60),
     "mobilenetv3_small": (100, 60),
     "mobilenetv3_large": (100, 60),
+    "cait_xxs24": (100, 60),  # zero-padded to multiples of 16
+    "volo_d1": (100, 60),
+    "mobilevit_xxs": (100, 60),  # padded and masked to the patch
+    "levit_128s": (100, 60),  # offsets beyond the bias table clipped to its largest
+    "efficientformer_l1": (100, 60),
+    "swinv2_tiny": (37, 45),  # padded to the windows
+    "coat_lite_tiny": (37, 45),
+    "crossvit_tiny": (37, 45),  # position embeddings resized
+    "tnt_s": (33, 47),  # zero-padded to multiples of 16
+    "pit_ti": (33, 47),  # any size >= 16
+    "convit_tiny": (33, 47),
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -49,7 +72,20 @@ STAGES = {
     "convnextv2_atto": ("stages.[0-9]", 4),
     "mobilenetv3_small": ("blocks.[0-9]", 6),  # five bneck stages and the last 1x1 conv
     "mobilenetv3_large": ("blocks.[0-9]", 7),
+    "cait_xxs24": ("patch_embed.proj", 1),  # one resolution, token outputs (like ViT)
+    "volo_d1": ("stages.[0-9]", 4),
+    "mobilevit_xxs": ("stages.[0-9]", 5),
+    "levit_128s": ("stages.[0-9]", 3),
+    "efficientformer_l1": ("stages.[0-9]", 4),
+    "swinv2_tiny": ("layers.[0-9]", 4),
+    "coat_lite_tiny": ("stages.[0-2]", 3),  # the last stage ends in tokens (its class token feeds the head)
+    "crossvit_tiny": ("patch_embed.*.proj", 2),  # tokens after the two patch projections
+    "tnt_s": ("pixel_embed.proj", 1),  # one resolution: the pixel embedding's conv
+    "pit_ti": ("*.conv", 3),  # the stem's and the two pooling layers' depthwise convs
+    "convit_tiny": ("patch_embed.proj", 1),
 }
+# CaiT's LayerScale starts at 1e-5: the class token would hardly see the patches at init
+ATTACH_KW = {"cait_xxs24": dict(layer_scale=0.5)}
 
 
 @pytest.mark.parametrize("name", sorted(TIMM_PARAMS))
@@ -72,7 +108,7 @@ def test_forward_at_224_and_a_non_square_size(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_attach_after_each_stage(name: str) -> None:
     torch.manual_seed(0)
-    model = blockzoo.create_model(name, num_classes=5).eval()
+    model = blockzoo.create_model(name, num_classes=5, **ATTACH_KW.get(name, {})).eval()
     x = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
         before = model(x)

@@ -19,10 +19,13 @@ files (timm's ``reparam_conv``, after ``timm.utils.reparameterize_model``) the d
 form, ``deploy=True``, read from the file like a size. ``deploy=True`` with a
 training-form file loads it and then fuses.
 
-Where the mappings come from: timm 1.0 (``timm.models.resnet``, ``vision_transformer``,
-``mlp_mixer``, ``convmixer``, ``byobnet`` for RepVGG and MobileOne) and torchvision's
-``resnet`` (the same names as timm's ResNets). ``tests/fixtures/weights/`` holds, per
-model (and per form of a re-param model), the reference's tensor names
+Where the mappings come from: timm 1.0 (``timm.models.resnet``, ``vision_transformer``
+(ViT, DeiT), ``mlp_mixer``, ``convmixer``, ``byobnet`` for RepVGG, MobileOne and MobileViT,
+``swin_transformer``, ``swin_transformer_v2``, ``pvt_v2``, ``convnext``, ``mobilenetv3``,
+``cait``, ``volo``, ``levit``, ``efficientformer``, ``coat``, ``crossvit``, ``tnt``,
+``pit``, ``convit``) and torchvision's ``resnet`` (the same names as timm's ResNets).
+``tests/fixtures/weights/`` holds, per model (and per form of a re-param model), the
+reference's tensor names
 and shapes and its outputs for deterministic weights (``synthetic_tensor``), written
 by ``scripts/make_weight_fixtures.py`` where timm is installed; ``tests/test_weights.py``
 loads those weights through ``weights=`` and requires the same outputs.
@@ -1115,7 +1118,7 @@ _REP_BRANCH_SCALES = (
     (re.compile(r"\.conv_1x1\.bn\.weight$"), 0.6),
     (re.compile(r"\.conv_kxk\.\d+\.bn\.weight$"), 0.4),
     (re.compile(r"\.identity\.weight$"), 0.7),
-    # timm's MobileNetV3 (bbw): the BNs before its hard-swish / ReLU and the projection BNs
+    # timm's MobileNetV3: the BNs before its hard-swish / ReLU and the projection BNs
     (re.compile(r"^blocks\.\d+\.\d+\.bn[12]\.weight$"), 1.6),
     (re.compile(r"^blocks\.\d+\.\d+\.bn3\.weight$"), 1.3),
 )

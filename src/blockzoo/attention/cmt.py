@@ -57,7 +57,7 @@ def resize_relative_bias(table: torch.Tensor, grid: tuple[int, int], key_grid: t
                     tiny=dict(dim=4, num_heads=1, bias_size=(4, 4))),
     exempt={"grad": "in training mode the key-reduction conv's bias sits just before a batch-statistics "
                     "BatchNorm, which removes it exactly (gradient 0); it acts in eval through the "
-                    "running statistics and the authors' network has it (tests/test_backbones_bbe.py "
+                    "running statistics and the authors' network has it (tests/test_backbones_paper_only.py "
                     "checks the list)",
             "onnx": ONNX_EXEMPT},
 )

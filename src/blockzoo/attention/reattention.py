@@ -31,7 +31,8 @@ __all__ = ["ReAttention"]
                     tiny=dict(dim=4, num_heads=2)),
     exempt={"grad": "in training mode the bias of the head-mixing matrix sits just before a batch-statistics "
                     "BatchNorm over the maps, which removes it exactly (gradient 0); it acts in eval through "
-                    "the running statistics and the authors' code has it (tests/test_backbones_bbe.py checks "
+                    "the running statistics and the authors' code has it "
+                    "(tests/test_backbones_paper_only.py checks "
                     "the list)"},
 )
 class ReAttention(nn.Module):

@@ -31,7 +31,7 @@ __all__ = ["LocallyEnhancedFeedForward"]
                     tiny=dict(dim=3, hidden=6)),
     exempt={"grad": "in training mode each conv bias sits just before a batch-statistics BatchNorm, which "
                     "removes it exactly (gradient 0); the biases act in eval through the running statistics "
-                    "and the authors' network has them (tests/test_backbones_bbe.py checks the list)"},
+                    "and the authors' network has them (tests/test_backbones_paper_only.py checks the list)"},
 )
 class LocallyEnhancedFeedForward(nn.Module):
     r"""Locally-enhanced feed-forward: expand, depthwise k x k conv over the token map, project back.

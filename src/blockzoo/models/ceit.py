@@ -5,7 +5,7 @@ Paper: Incorporating Convolution Designs into Visual Transformers (Yuan et al., 
 2103.11816, ICCV 2021). Built from the catalogue's ``MultiHeadAttention``, ``PatchEmbed``,
 ``MLP`` and the mlp room's ``LocallyEnhancedFeedForward``. No reference implementation is
 installed here: the parameter count is checked against the paper's Table 2
-(tests/test_backbones_bbe.py).
+(tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D token width, N patch tokens,
 L encoder layers, K classes.
@@ -245,10 +245,10 @@ class CeiT(nn.Module):
     exempt={"grad": "in training mode LeFF's conv biases sit just before batch-statistics BatchNorms, which "
                     "remove them exactly, and the last layer's LeFF only changes patch tokens, which nothing "
                     "reads (LCA takes the class tokens): their gradients are 0, as in the paper's network "
-                    "(tests/test_backbones_bbe.py checks the list)"},
+                    "(tests/test_backbones_paper_only.py checks the list)"},
     example=Example(
         # Small width and two layers keep the generic tests fast; the constructor's defaults
-        # are the paper's CeiT-T (tests/test_backbones_bbe.py builds it).
+        # are the paper's CeiT-T (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, img_size=32, dim=16, depth=2, num_heads=2, i2t_channels=8),
         inputs=images("in_chans"), size=(32, 32), sizes=((33, 47), (20, 12)), out_shape=logits_shape,
         tiny=dict(num_classes=3, img_size=16, dim=4, depth=1, num_heads=1, i2t_channels=2, patch_size=2),

@@ -3,7 +3,7 @@
 Paper: CMT: Convolutional Neural Networks Meet Vision Transformers (Guo et al., arXiv
 2107.06263, CVPR 2022). Built from the attention room's ``LightweightMHSA`` (itself the
 catalogue's ``MultiHeadAttention``). No reference implementation is installed here: the
-parameter count is checked against the paper's Table 1 (tests/test_backbones_bbe.py).
+parameter count is checked against the paper's Table 1 (tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the width of stage i,
 k_i its key reduction, N tokens, K classes.
@@ -265,12 +265,13 @@ class CMT(nn.Module):
     exempt={"grad": "in training mode the biases just before a BatchNorm (the key-reduction conv's, each "
                     "IRFFN's middle BN and last conv's, the head conv's) are per-channel shifts that the "
                     "batch statistics remove exactly, so their gradient is 0; they act in eval through the "
-                    "running statistics, and the authors' network has them (tests/test_backbones_bbe.py "
+                    "running statistics, and the authors' network has them "
+                    "(tests/test_backbones_paper_only.py "
                     "checks that exactly these are zero)",
             "onnx": ONNX_EXEMPT},
     example=Example(
         # Small widths and one block per stage keep the generic tests fast; the constructor's
-        # defaults are the paper's CMT-Ti (tests/test_backbones_bbe.py builds it).
+        # defaults are the paper's CMT-Ti (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, img_size=64, stem_dim=8, dims=(8, 16, 16, 32),
                     depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), fc_dim=32),
         inputs=images("in_chans"), size=(64, 64), sizes=((33, 47), (72, 40)), out_shape=logits_shape,

@@ -3,7 +3,7 @@
 Paper: Container: Context Aggregation Network (Gao et al., arXiv 2106.01401, NeurIPS 2021),
 Sec. 3.3 (Container-Light). Built from the attention room's ``AffinityMixing``. No
 reference implementation is installed here: the parameter count is checked against the
-paper's Table 1 (tests/test_backbones_bbe.py).
+paper's Table 1 (tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the width of stage i,
 P_i its patch size, K classes.
@@ -190,11 +190,12 @@ class ContainerLight(nn.Module):
     exempt={"grad": "in training mode a per-channel constant just before a batch-statistics BatchNorm is "
                     "removed exactly: the last block's MLP bias (only the final BN follows it) and, on the "
                     "example's 2 x 2 last map, a few more biases of the last stage have a zero gradient; "
-                    "they act in eval through the running statistics (tests/test_backbones_bbe.py checks "
+                    "they act in eval through the running statistics (tests/test_backbones_paper_only.py "
+                    "checks "
                     "the list)"},
     example=Example(
         # Small widths and one block per stage keep the generic tests fast; the constructor's
-        # defaults are the paper's Container-Light (tests/test_backbones_bbe.py builds it).
+        # defaults are the paper's Container-Light (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=4),
         inputs=images("in_chans"), size=(64, 64), sizes=((33, 47), (64, 40)), out_shape=logits_shape,
         tiny=dict(num_classes=3, dims=(4, 8), depths=(1, 1), patch_sizes=(2, 2), mlp_ratios=(2, 2),

@@ -112,16 +112,17 @@ class ConvNeXtV2(nn.Module):
     ) -> None:
         super().__init__()
         dims, depths = tuple(dims), tuple(depths)
+        self._name = type(self).__name__
         require(len(dims) == len(depths) >= 1 and all(d >= 1 for d in depths),
-                f"ConvNeXtV2: dims={dims} and depths={depths} must be equally long, depths >= 1")
+                f"{self._name}: dims={dims} and depths={depths} must be equally long, depths >= 1")
         fk = dict(device=device, dtype=dtype)
         self.in_chans, self.num_classes = in_chans, num_classes
         self.min_size = 4 * 2 ** (len(dims) - 1)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4, **fk),
                                   create_norm(norm_layer, dims[0], eps=norm_eps, **fk))
         self.stages = nn.Sequential(*[
-            ConvNeXtV2Stage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, mlp_ratio=mlp_ratio,
-                            norm_layer=norm_layer, norm_eps=norm_eps, **fk)
+            self._stage(i, dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, mlp_ratio=mlp_ratio,
+                        norm_layer=norm_layer, norm_eps=norm_eps, **fk)
             for i in range(len(dims))
         ])
         self.num_features = dims[-1]
@@ -132,11 +133,15 @@ class ConvNeXtV2(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def _stage(self, i: int, *args: Any, **kwargs: Any) -> nn.Module:
+        """Stage ``i`` (HorNet builds its own kind here)."""
+        return ConvNeXtV2Stage(*args, **kwargs)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map (B, D_4, H / 32, W / 32) (rounded down)."""
-        dims = check_shape(x, "B C H W", name="ConvNeXtV2", C=self.in_chans)
+        dims = check_shape(x, "B C H W", name=self._name, C=self.in_chans)
         if dims["H"] < self.min_size or dims["W"] < self.min_size:
-            raise ShapeError(f"ConvNeXtV2: expected H, W >= {self.min_size} (total stride), "
+            raise ShapeError(f"{self._name}: expected H, W >= {self.min_size} (total stride), "
                              f"got {dims['H']}x{dims['W']}")
         return self.stages(self.stem(x))
 

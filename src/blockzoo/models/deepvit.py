@@ -3,7 +3,7 @@
 Paper: DeepViT: Towards Deeper Vision Transformer (Zhou et al., arXiv 2103.11886, 2021).
 Built from the catalogue's ``PatchEmbed``, ``MLP`` and the attention room's ``ReAttention``.
 No reference implementation is installed here: the parameter count is checked against the
-paper's table (tests/test_backbones_bbe.py).
+paper's table (tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D token width, N patch tokens,
 K classes.
@@ -163,10 +163,10 @@ class DeepViT(nn.Module):
     exempt={"grad": "in training mode each re-attention's head-mixing bias sits just before a "
                     "batch-statistics BatchNorm, which removes it exactly (gradient 0); it acts in eval "
                     "through the running statistics and the authors' code has it "
-                    "(tests/test_backbones_bbe.py checks the list)"},
+                    "(tests/test_backbones_paper_only.py checks the list)"},
     example=Example(
         # Small width and two blocks keep the generic tests fast; the constructor's defaults are
-        # the paper's DeepViT-16B (tests/test_backbones_bbe.py builds it).
+        # the paper's DeepViT-16B (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, img_size=32, dim=24, depth=2, num_heads=4),
         inputs=images("in_chans"), size=(32, 32), sizes=((33, 47), (20, 12)), out_shape=logits_shape,
         tiny=dict(num_classes=3, img_size=16, patch_size=8, dim=4, depth=1, num_heads=2),

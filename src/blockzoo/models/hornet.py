@@ -3,7 +3,7 @@
 Paper: HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions
 (Rao et al., arXiv 2207.14284, NeurIPS 2022). Built from the conv room's ``HorNetBlock`` and
 ``GnConv``. No reference implementation is installed here: the parameter count is checked
-against the paper's Table 1 (tests/test_backbones_bbe.py).
+against the paper's Table 1 (tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the width of stage i,
 n_i its gnConv order, K classes.
@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from blockzoo.act import LayerSpec, create_norm
-from blockzoo.checks import ShapeError, check_shape, require
+from blockzoo.checks import require
 from blockzoo.conv.hornet import HorNetBlock
 from blockzoo.models.classic import logits_shape
+from blockzoo.models.convnext import ConvNeXtV2
 from blockzoo.registry import Example, images, register
 
 __all__ = ["HorNet", "HorNetStage", "hornet_tiny"]
@@ -62,7 +63,7 @@ class HorNetStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class HorNet(nn.Module):
+class HorNet(ConvNeXtV2):
     r"""HorNet: 4 x 4 patchify stem, four stages of gnConv blocks of rising order, GAP, LayerNorm, head.
 
     Rao et al., "HorNet", arXiv 2207.14284, Sec. 3.2 and Table 1 / Appendix (model configs).
@@ -110,43 +111,18 @@ class HorNet(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        dims, depths, orders = tuple(dims), tuple(depths), tuple(orders)
-        require(len(dims) == len(depths) == len(orders) >= 1 and all(d >= 1 for d in depths),
-                f"HorNet: dims={dims}, depths={depths}, orders={orders} must be equally long, depths >= 1")
-        fk = dict(device=device, dtype=dtype)
-        self.in_chans, self.num_classes = in_chans, num_classes
-        self.min_size = 4 * 2 ** (len(dims) - 1)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4, **fk),
-                                  create_norm(norm_layer, dims[0], eps=norm_eps, **fk))
-        self.stages = nn.Sequential(*[
-            HorNetStage(dims[max(i - 1, 0)], dims[i], depths[i], orders[i], downsample=i > 0,
-                        norm_layer=norm_layer, norm_eps=norm_eps, kernel_size=kernel_size, scale=scale,
-                        mlp_ratio=mlp_ratio, layer_scale=layer_scale, **fk)
-            for i in range(len(dims))
-        ])
-        self.num_features = dims[-1]
-        self.norm = nn.LayerNorm(dims[-1], eps=norm_eps, **fk)
-        self.head = nn.Linear(dims[-1], num_classes, **fk)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        orders = tuple(orders)
+        require(len(orders) == len(tuple(dims)),
+                f"HorNet: dims={tuple(dims)}, depths={tuple(depths)}, orders={orders} must be equally long")
+        # read by _stage while the ConvNeXt skeleton (stem, stages, norm, head, init) is built
+        self._gn = dict(orders=orders, kernel_size=kernel_size, scale=scale, layer_scale=layer_scale)
+        super().__init__(in_chans, num_classes, dims=dims, depths=depths, mlp_ratio=mlp_ratio,
+                         norm_layer=norm_layer, norm_eps=norm_eps, device=device, dtype=dtype)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's map (B, D_4, H / 32, W / 32) (rounded down)."""
-        dims = check_shape(x, "B C H W", name="HorNet", C=self.in_chans)
-        if dims["H"] < self.min_size or dims["W"] < self.min_size:
-            raise ShapeError(f"HorNet: expected H, W >= {self.min_size} (total stride), "
-                             f"got {dims['H']}x{dims['W']}")
-        return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # logits = W LN(mean_{h,w} z_4) + b
-        return self.head(self.norm(self.forward_features(x).mean((2, 3))))  # (B, K)
-
-    def extra_repr(self) -> str:
-        return f"in_chans={self.in_chans}, num_classes={self.num_classes}"
+    def _stage(self, i: int, *args: Any, **kwargs: Any) -> nn.Module:
+        g = self._gn
+        return HorNetStage(*args[:3], g["orders"][i], kernel_size=g["kernel_size"], scale=g["scale"],
+                           layer_scale=g["layer_scale"], **kwargs)
 
 
 @register(
@@ -160,11 +136,12 @@ class HorNet(nn.Module):
     paper_numbers=dict(size=(224, 224), params="22M", macs="4.0G", source="Table 1 (HorNet-T 7x7)"),
     exempt={"grad": "a gnConv of order n multiplies n + 1 gated factors; at the authors' initialisation "
                     "(weights N(0, 0.02), layer scale 1e-6) the order-4 and order-5 blocks' gradients are "
-                    "below 1e-11 of the median, which the check counts as zero; tests/test_backbones_bbe.py "
+                    "below 1e-11 of the median, which the check counts as zero; "
+                    "tests/test_backbones_paper_only.py "
                     "re-initialises at unit scale and requires a non-zero gradient for every parameter"},
     example=Example(
         # Small widths and one block per stage keep the generic tests fast; the constructor's
-        # defaults are the paper's HorNet-T (tests/test_backbones_bbe.py builds it).
+        # defaults are the paper's HorNet-T (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)),
         inputs=images("in_chans"), size=(32, 32), sizes=((33, 47), (64, 40)), out_shape=logits_shape,
         tiny=dict(num_classes=3, dims=(4, 8), depths=(1, 1), orders=(2, 3), kernel_size=3),

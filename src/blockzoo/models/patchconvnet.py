@@ -4,7 +4,7 @@ attention-based pooling through a class token.
 Paper: Augmenting Convolutional networks with attention-based aggregation (Touvron et al.,
 arXiv 2112.13692, 2021). Built from the catalogue's ``SqueezeExcite``, ``MultiHeadAttention``
 and ``MLP``. No reference implementation is installed here: the parameter count is checked
-against the paper's table (tests/test_backbones_bbe.py).
+against the paper's table (tests/test_backbones_paper_only.py).
 
 Letters: B batch, C input channels (in_chans), H W spatial, D the trunk width, N = H W / 16^2
 patch positions, K classes.
@@ -192,7 +192,7 @@ class PatchConvNet(nn.Module):
     paper_numbers=dict(size=(224, 224), params="25.2M", macs="4.0G", source="Table 1 (S60)"),
     example=Example(
         # Small width and two blocks keep the generic tests fast; the constructor's defaults are
-        # the paper's S60 (tests/test_backbones_bbe.py builds it).
+        # the paper's S60 (tests/test_backbones_paper_only.py builds it).
         config=dict(in_chans=3, num_classes=10, dim=16, depth=2),
         inputs=images("in_chans"), size=(32, 32), sizes=((33, 47), (20, 12)), out_shape=logits_shape,
         tiny=dict(num_classes=3, dim=8, depth=1, layer_scale=1.0),

@@ -171,16 +171,16 @@ class SwinTransformer(nn.Module):
     ) -> None:
         super().__init__()
         depths, num_heads = tuple(depths), tuple(num_heads)
+        name = type(self).__name__
         require(len(depths) == len(num_heads) and len(depths) >= 1 and all(d >= 1 for d in depths),
-                f"SwinTransformer: depths={depths} and num_heads={num_heads} must be equally long, "
-                "depths >= 1")
+                f"{name}: depths={depths} and num_heads={num_heads} must be equally long, depths >= 1")
         fk = dict(device=device, dtype=dtype)
         self.in_chans, self.num_classes = in_chans, num_classes
         self.patch_embed = PatchEmbed(in_chans, dim, patch_size, pad=True, norm_layer=norm_layer, **fk)
         widths = [dim * 2**i for i in range(len(depths))]
         self.layers = nn.Sequential(*[
-            SwinStage(widths[max(i - 1, 0)], widths[i], depths[i], num_heads[i], window_size=window_size,
-                      downsample=i > 0, mlp_ratio=mlp_ratio, norm_layer=norm_layer, **fk)
+            self._stage(i, widths[max(i - 1, 0)], widths[i], depths[i], num_heads[i], window_size=window_size,
+                        downsample=i > 0, mlp_ratio=mlp_ratio, norm_layer=norm_layer, **fk)
             for i in range(len(depths))
         ])
         self.num_features = widths[-1]
@@ -192,9 +192,13 @@ class SwinTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def _stage(self, i: int, *args: Any, **kwargs: Any) -> nn.Module:
+        """Stage ``i`` (Swin V2 builds its own kind here)."""
+        return SwinStage(*args, **kwargs)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map (B, D_4, H / 32, W / 32) (sizes rounded up)."""
-        dims = check_shape(x, "B C H W", name="SwinTransformer", C=self.in_chans)
+        dims = check_shape(x, "B C H W", name=type(self).__name__, C=self.in_chans)
         gh, gw = self.patch_embed.grid(dims["H"], dims["W"])
         z = self.patch_embed(x)  # (B, gh gw, D_1), normalised
         z = z.transpose(1, 2).reshape(z.shape[0], -1, gh, gw)  # (B, D_1, gh, gw)

@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from blockzoo.act import LayerSpec, create_norm
-from blockzoo.attention.patch_embed import PatchEmbed
 from blockzoo.attention.swin import PatchMerging
 from blockzoo.attention.swinv2 import CosineWindowAttention
-from blockzoo.checks import check_shape, require
+from blockzoo.checks import require
 from blockzoo.mlp.mlp import MLP
 from blockzoo.models.classic import logits_shape
+from blockzoo.models.swin import SwinTransformer
 from blockzoo.registry import Example, images, register
 
 __all__ = ["SwinTransformerV2", "SwinV2Block", "SwinV2Stage", "swinv2_tiny"]
@@ -124,7 +124,7 @@ class SwinV2Stage(nn.Module):
         return f"dim={self.dim}, dim_out={self.dim_out}"
 
 
-class SwinTransformerV2(nn.Module):
+class SwinTransformerV2(SwinTransformer):
     r"""Swin Transformer V2: 4 x 4 patch embedding, four res-post-norm stages, LayerNorm, pooling, head.
 
     Liu et al., "Swin Transformer V2: Scaling Up Capacity and Resolution", arXiv
@@ -170,49 +170,17 @@ class SwinTransformerV2(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        depths, num_heads = tuple(depths), tuple(num_heads)
         pretrained = tuple(pretrained_window_sizes)
-        require(len(depths) == len(num_heads) and len(depths) >= 1 and all(d >= 1 for d in depths),
-                f"SwinTransformerV2: depths={depths} and num_heads={num_heads} must be equally long, "
-                "depths >= 1")
-        require(len(pretrained) >= len(depths),
+        require(len(pretrained) >= len(tuple(depths)),
                 f"SwinTransformerV2: pretrained_window_sizes={pretrained} needs one per stage "
-                f"({len(depths)})")
-        fk = dict(device=device, dtype=dtype)
-        self.in_chans, self.num_classes = in_chans, num_classes
-        self.patch_embed = PatchEmbed(in_chans, dim, patch_size, pad=True, norm_layer=norm_layer, **fk)
-        widths = [dim * 2**i for i in range(len(depths))]
-        self.layers = nn.Sequential(*[
-            SwinV2Stage(widths[max(i - 1, 0)], widths[i], depths[i], num_heads[i], window_size=window_size,
-                        downsample=i > 0, pretrained_window_size=pretrained[i], mlp_ratio=mlp_ratio,
-                        norm_layer=norm_layer, **fk)
-            for i in range(len(depths))
-        ])
-        self.num_features = widths[-1]
-        self.norm = create_norm(norm_layer, widths[-1], **fk)
-        self.head = nn.Linear(widths[-1], num_classes, **fk)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                f"({len(tuple(depths))})")
+        self._pretrained = pretrained  # read by _stage while the base class builds the stages
+        super().__init__(in_chans, num_classes, dim=dim, depths=depths, num_heads=num_heads,
+                         patch_size=patch_size, window_size=window_size, mlp_ratio=mlp_ratio,
+                         norm_layer=norm_layer, device=device, dtype=dtype)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's map (B, D_4, H / 32, W / 32) (sizes rounded up)."""
-        dims = check_shape(x, "B C H W", name="SwinTransformerV2", C=self.in_chans)
-        gh, gw = self.patch_embed.grid(dims["H"], dims["W"])
-        z = self.patch_embed(x)  # (B, gh gw, D_1), normalised
-        z = z.transpose(1, 2).reshape(z.shape[0], -1, gh, gw)  # (B, D_1, gh, gw)
-        return self.layers(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.forward_features(x)
-        # logits = W mean_{h,w} LN(z_4) + b
-        return self.head(self.norm(z.permute(0, 2, 3, 1)).mean((1, 2)))  # (B, K)
-
-    def extra_repr(self) -> str:
-        return f"in_chans={self.in_chans}, num_classes={self.num_classes}"
+    def _stage(self, i: int, *args: Any, **kwargs: Any) -> nn.Module:
+        return SwinV2Stage(*args, pretrained_window_size=self._pretrained[i], **kwargs)
 
 
 @register(

@@ -5,62 +5,20 @@ equations (float64)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 import blockzoo
 from blockzoo.attention.class_attention import ClassAttention, ClassAttentionBlock
 from blockzoo.attention.talking_heads import TalkingHeadsAttention
-from blockzoo.weights import fixture_input, synthetic_state_dict
 
-FIXTURES = Path(__file__).parent / "fixtures" / "weights"
-
-# Parameter counts at the default config (1000 classes) of PyTorch Image Models 1.0.31:
-# sum(p.numel() for p in timm.create_model(REF).parameters()) for REF in brackets.
-TIMM_PARAMS = {
-    "cait_xxs24": 11_956_264,  # cait_xxs24_224
-    "volo_d1": 26_632_040,  # volo_d1_224
-}
-
-# Where ``attach`` puts a block "after each stage" and how many places that is. CaiT has one
-# resolution and token outputs (like ViT): its one image-shaped place is the patch projection.
-STAGES = {
-    "cait_xxs24": ("patch_embed.proj", 1),
-    "volo_d1": ("stages.[0-9]", 4),
-}
-# CaiT's LayerScale starts at 1e-5: the class token would hardly see the patches at init
-ATTACH_KW = {"cait_xxs24": dict(layer_scale=0.5)}
+# the models of this file (the generic checks are tests/test_backbones.py's)
+MODELS = ("cait_xxs24", "volo_d1")
 
 
-@pytest.mark.parametrize("name", sorted(TIMM_PARAMS))
-def test_parameter_count_equals_the_reference(name: str) -> None:
-    model = blockzoo.create_model(name)
-    assert sum(p.numel() for p in model.parameters()) == TIMM_PARAMS[name]
 
-
-@pytest.mark.parametrize(("name", "fixture"), [("cait_xxs24", "cait_xxs24_224"), ("volo_d1", "volo_d1_224")])
-def test_timm_weights_give_timm_outputs(name: str, fixture: str, tmp_path: Path) -> None:
-    fx = json.loads((FIXTURES / f"{fixture}.json").read_text())
-    assert fx["model"] == name
-    path = tmp_path / f"{fixture}.safetensors"
-    save_file({k: v.contiguous() for k, v in synthetic_state_dict(fx["keys"]).items()}, str(path))
-    model = blockzoo.create_model(name, weights=path, **fx["kwargs"]).eval()
-    assert sum(p.numel() for p in model.parameters()) == fx["num_params"] == TIMM_PARAMS[name]
-    with torch.no_grad():
-        out = model(fixture_input(fx["input"])).double()
-    want = torch.tensor(fx["logits"], dtype=torch.float64)
-    # fp32 on both sides: equal to 1e-5 (relative to the logits' size, at least 1)
-    tol = 1e-5 * max(1.0, want.abs().max().item())
-    assert (out[:, :want.shape[1]] - want).abs().max().item() <= tol
-    assert (out.logsumexp(1) - torch.tensor(fx["logsumexp"], dtype=torch.float64)).abs().max().item() <= tol
-
-
-@pytest.mark.parametrize("name", sorted(TIMM_PARAMS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_non_square_size_is_zero_padded_to_the_models_multiple(name: str) -> None:
     torch.manual_seed(0)
     model = blockzoo.create_model(name, num_classes=7).eval()
@@ -72,24 +30,8 @@ def test_a_non_square_size_is_zero_padded_to_the_models_multiple(name: str) -> N
         torch.testing.assert_close(out, model(padded), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
-def test_attach_after_each_stage(name: str) -> None:
-    torch.manual_seed(0)
-    model = blockzoo.create_model(name, num_classes=5, **ATTACH_KW.get(name, {})).eval()
-    x = torch.randn(1, 3, 64, 48)
-    with torch.no_grad():
-        before = model(x)
-    after, n = STAGES[name]
-    model, where = blockzoo.attach(model, "se", after=after, example_input=x)
-    assert len(where) == n
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == before.shape == (1, 5)
-    assert not torch.allclose(out, before)  # the SE gates (in (0, 1)) change the features
-
-
 def test_models_reject_the_wrong_channels() -> None:
-    for name in TIMM_PARAMS:
+    for name in MODELS:
         model = blockzoo.create_model(name, num_classes=3)
         with pytest.raises(blockzoo.ShapeError, match=r"expected .*C=3"):
             model(torch.randn(1, 4, 32, 32))
@@ -213,7 +155,7 @@ def test_class_attention_block_updates_only_the_class_token(layer_scale) -> None
 
 
 def test_cait_and_volo_share_one_class_attention() -> None:
-    for name in TIMM_PARAMS:
+    for name in MODELS:
         model = blockzoo.create_model(name, num_classes=3)
         blocks = [m for m in model.modules() if isinstance(m, ClassAttentionBlock)]
         assert len(blocks) == 2

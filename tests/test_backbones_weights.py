@@ -1,4 +1,4 @@
-"""timm-layout weights for the issue-23 backbones on main (blockzoo.weights, branch bbw).
+"""timm-layout weights for the issue-23 backbones on main (blockzoo.weights).
 
 deit_tiny, deit_tiny_distilled, swin_tiny, pvt_v2_b0, convnextv2_atto and
 mobilenetv3_small / _large load PyTorch Image Models' state dicts. The fixtures
