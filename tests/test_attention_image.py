@@ -524,6 +524,9 @@ NO_ATTENTION_MAP = {
     "crossformer_cel": "the cross-scale embedding layer is convolutions only; CrossFormer's "
                        "attention lives in crossformer_sda / crossformer_lda",
     "patch_embed": "the ViT patch embedding is one strided convolution; no attention weights",
+    "conv_position_encoding": "CoaT's position encoding is a depthwise convolution; no attention weights",
+    "factorized_attention": "CoaT's factorized attention never forms query-key weights: softmax(K) is "
+                            "multiplied into V first (a d x d context per head)",
 }
 
 

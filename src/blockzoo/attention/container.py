@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from blockzoo.attention._attend import attend
+from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
@@ -80,6 +81,7 @@ class AffinityMixing(nn.Module):
             self.sa_weight = nn.Parameter(torch.zeros(1, **fk))
         else:
             self.register_parameter("sa_weight", None)
+        self.attn_map = AttentionMap("weights")  # A_dyn, (B, h, N, N), when recorded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="AffinityMixing", C=self.dim)
@@ -92,7 +94,7 @@ class AffinityMixing(nn.Module):
         nh, d = self.num_heads, self.head_dim
         tokens = qkv.flatten(2).transpose(1, 2)  # (B, N, 3C)
         q, k, vt = tokens.reshape(b, h * w, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
-        dyn = F.scaled_dot_product_attention(q, k, vt)  # A_dyn V: (B, h, N, d)
+        dyn = attend(q, k, vt, self.attn_map)  # A_dyn V: (B, h, N, d)
         dyn = dyn.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
         a = torch.sigmoid(self.sa_weight)
         # y = W_out (sigmoid(a) A_dyn V + (1 - sigmoid(a)) A_sta V)

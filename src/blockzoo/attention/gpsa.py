@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
@@ -110,6 +111,7 @@ class GatedPositionalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, **fk)
         self.pos_proj = nn.Linear(3, num_heads, **fk)
         self.gating_param = nn.Parameter(torch.ones(num_heads, **fk))
+        self.attn_map = AttentionMap("weights")  # the gated A (B, h, N, N): rows sum to 1
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -140,7 +142,7 @@ class GatedPositionalSelfAttention(nn.Module):
         positional = self.pos_proj(r).permute(2, 0, 1).softmax(-1)  # (h, N, N)
         gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (h, 1, 1)
         # A = (1 - sigma(lambda)) content + sigma(lambda) positional
-        return (1.0 - gate) * content + gate * positional, v
+        return self.attn_map((1.0 - gate) * content + gate * positional), v
 
     def attend_tokens(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """GPSA on tokens (B, N, C) of an H x W grid (row-major) -> (B, N, C)."""
