@@ -88,32 +88,31 @@ BUDGET: dict[str, tuple[int, str]] = {
     "swin_tiny": (91, "window partition/merge, shift masks and head merges of 12 shifted-window blocks"),
     "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
     # the issue-23 backbones and their blocks, budgeted as merged (not yet optimised)
-    "cait_xxs24": (168, "24 talking-heads layers x 7: the two head-mixing permutes, q k^T and "
-                   "weights @ v on permuted views, " + _HEADS),
+    "cait_xxs24": (7, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
+                   "and weights @ v on permuted views, " + _HEADS),
     "cmt_ti": (12, "3 clones per SDPA call on the reduced keys (x3 stages' blocks) and " + _HEADS),
-    "coat_lite_tiny": (24, "8 factorized attentions x 3: softmax(K)^T V, Q (K^T V) on head views, " + _HEADS),
-    "convit_tiny": (80, "10 GPSA blocks x 8: q k^T on head views, the (N, N) offset grid built per "
+    "coat_lite_tiny": (9, "3 factorized attentions x 3: softmax(K)^T V, Q (K^T V) on head views, " + _HEADS),
+    "convit_tiny": (8, "one GPSA block x 8: q k^T on head views, the (N, N) offset grid built per "
                     "call (4), " + _HEADS),
     "cosine_window_attention": (12, "window partition/merge (5), position indices (2), shift-mask ids "
                                 "(4), the heads' merge (1)"),
     "deepvit_16b": (8, "re-attention x 4 example blocks: q k^T on head views and " + _HEADS),
-    "efficientformer_l1": (4, "LeViT attention in the Meta3D block: SDPA with a bias (3), " + _HEADS),
     "factorized_attention": (4, "the fused qkv split, softmax(K)^T V, Q (K^T V), " + _HEADS),
     "gated_positional_self_attention": (9, "q k^T and a @ v on head views, the (N, N) offset grid "
                                         "built per call (4), the qkv split, " + _HEADS),
-    "levit_128s": (53, "LeViT attention x 11: SDPA with a bias (3 each), the activation's input, "
-                   "the residual Linear+BN's flattened view, " + _HEADS),
+    "levit_128s": (13, "LeViT attention x 3 (example config): SDPA with a bias (3 each), the "
+                   "activation's input, the residual Linear+BN's flattened view, " + _HEADS),
     "levit_attention": (5, "SDPA with a bias (3), the Linear+BN's flattened view, " + _HEADS),
     "lightweight_mhsa": (7, "separate q/k/v projections of strided views (3), SDPA with the learned "
                          "bias (3), " + _HEADS),
-    "mobilevit_xxs": (4, "unfold into patches and fold back in each of its two MobileViT blocks"),
+    "mobilevit_xxs": (2, "unfold into patches and fold back in its one MobileViT block"),
     "re_attention": (4, "q k^T on head views (2), " + _HEADS + " (2)"),
-    "swinv2_tiny": (83, "window partition/merge, position indices, shift-mask ids, SDPA with the "
-                    "cosine logits' bias and the head merges of 12 blocks, 3 patch mergings"),
+    "swinv2_tiny": (26, "window partition/merge, position indices, shift-mask ids, SDPA with the "
+                    "cosine logits' bias and the head merges of 3 blocks, a patch merging"),
     "talking_heads_attention": (7, "the two head-mixing permutes (2), q k^T and weights @ v on "
                                 "permuted views (2), " + _HEADS + " (3)"),
-    "tnt_s": (13, "the inner pixel tokens flattened per patch for the outer projection, 13 blocks"),
-    "volo_d1": (9, "outlook aggregation a @ v and its fold layout in 4 outlookers, the aux head's "
+    "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
+    "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
 
 }

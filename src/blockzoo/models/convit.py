@@ -193,9 +193,11 @@ class ConViT(nn.Module):
     output="logits",
     size_arg="img_size",
     paper_numbers=dict(size=(224, 224), params="6M", macs="1G", source="Table 1 (ConViT-Ti)"),
-    example=Example(config=dict(in_chans=3, num_classes=1000), inputs=images("in_chans"), size=(32, 32),
-                    out_shape=logits_shape,
-                    tiny=dict(num_classes=3, dim=8, depth=2, num_heads=4, local_layers=1, patch_size=8)),
+    example=Example(
+        config=dict(in_chans=3, num_classes=10, dim=8, depth=2, num_heads=4, local_layers=1, patch_size=8),
+        inputs=images("in_chans"), size=(32, 32),
+        out_shape=logits_shape,
+        tiny=dict(num_classes=3, dim=8, depth=2, num_heads=4, local_layers=1, patch_size=8)),
     exempt={"grad": "each GPSA's pos_proj.bias (kept for the released checkpoints) is constant over the keys "
                     "of a softmax: it never changes the output, so its gradient is exactly 0"},
 )

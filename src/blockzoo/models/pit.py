@@ -186,10 +186,13 @@ class PoolingVisionTransformer(nn.Module):
     output="logits",
     size_arg="img_size",
     paper_numbers=dict(size=(224, 224), params="4.9M", macs="0.7G", source="ImageNet results (PiT-Ti)"),
-    example=Example(config=dict(in_chans=3, num_classes=1000), inputs=images("in_chans"), size=(32, 32),
-                    sizes=((24, 40), (16, 16)), out_shape=logits_shape,
-                    tiny=dict(num_classes=3, base_dims=(4, 4), depths=(1, 1), num_heads=(1, 2),
-                              patch_size=8, stride=4)),
+    example=Example(
+        config=dict(in_chans=3, num_classes=10, base_dims=(4, 4), depths=(1, 1), num_heads=(1, 2),
+                    patch_size=8, stride=4),
+        inputs=images("in_chans"), size=(32, 32),
+        sizes=((24, 40), (16, 16)), out_shape=logits_shape,
+        tiny=dict(num_classes=3, base_dims=(4, 4), depths=(1, 1), num_heads=(1, 2),
+                  patch_size=8, stride=4)),
 )
 def pit_ti(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> PoolingVisionTransformer:
     """PiT-Ti: widths 64, 128, 256 (heads 2, 4, 8 of 32), blocks 2, 6, 4; 4,847,272 parameters.

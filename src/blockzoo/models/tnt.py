@@ -240,10 +240,13 @@ class TransformerInTransformer(nn.Module):
     output="logits",
     size_arg="img_size",
     paper_numbers=dict(size=(224, 224), params="23.8M", macs="5.2G", source="Table 1 (TNT-S)"),
-    example=Example(config=dict(in_chans=3, num_classes=1000), inputs=images("in_chans"), size=(16, 16),
-                    out_shape=logits_shape,
-                    tiny=dict(num_classes=3, dim=8, inner_dim=4, depth=1, num_heads=2, num_heads_inner=1,
-                              patch_size=8)),
+    example=Example(
+        config=dict(in_chans=3, num_classes=10, dim=8, inner_dim=4, depth=1, num_heads=2,
+                    num_heads_inner=1, patch_size=8),
+        inputs=images("in_chans"), size=(16, 16),
+        out_shape=logits_shape,
+        tiny=dict(num_classes=3, dim=8, inner_dim=4, depth=1, num_heads=2, num_heads_inner=1,
+                  patch_size=8)),
 )
 def tnt_s(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> TransformerInTransformer:
     """TNT-S: D = 384 (6 heads), c = 24 (4 heads), 4 x 4 pixels per 16 x 16 patch, 12 blocks; 23.8M params.
