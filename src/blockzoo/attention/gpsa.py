@@ -130,24 +130,31 @@ class GatedPositionalSelfAttention(nn.Module):
                     self.pos_proj.weight[p] = self.locality_strength * torch.tensor(
                         [2 * (col - center), 2 * (row - center), -1.0])
 
-    def attention(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gated attention weights A (B, h, N, N) and the values (B, h, N, d) for tokens x (B, N, C)."""
+    def attention(self, x: torch.Tensor, height: int, width: int,
+                  offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gated attention weights A (B, h, N, N) and the values (B, h, N, d) for tokens x (B, N, C).
+
+        ``offsets``: ``relative_offsets(height, width)`` when the caller already has it (a
+        network computes it once per forward for all its GPSA layers)."""
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         # softmax_j(Q_i K_j^T / sqrt(d))
         content = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(-1)  # (B, h, N, N)
-        r = relative_offsets(height, width, device=x.device, dtype=x.dtype)  # (N, N, 3)
+        if offsets is None:
+            offsets = relative_offsets(height, width, device=x.device, dtype=x.dtype)  # r: (N, N, 3)
+        r = offsets
         # softmax_j(v_pos^h . r_ij + b_h)
         positional = self.pos_proj(r).permute(2, 0, 1).softmax(-1)  # (h, N, N)
         gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (h, 1, 1)
         # A = (1 - sigma(lambda)) content + sigma(lambda) positional
         return self.attn_map((1.0 - gate) * content + gate * positional), v
 
-    def attend_tokens(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def attend_tokens(self, x: torch.Tensor, height: int, width: int,
+                      offsets: torch.Tensor | None = None) -> torch.Tensor:
         """GPSA on tokens (B, N, C) of an H x W grid (row-major) -> (B, N, C)."""
         check_shape(x, "B N C", name="GatedPositionalSelfAttention", N=height * width, C=self.dim)
-        a, v = self.attention(x, height, width)
+        a, v = self.attention(x, height, width, offsets)
         out = (a @ v).transpose(1, 2).reshape(x.shape)  # (B, N, C)
         return self.out_proj(out)
 

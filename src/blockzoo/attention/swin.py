@@ -57,6 +57,35 @@ def _unwindows(x: torch.Tensor, hp: int, wp: int, wh: int, ww: int) -> torch.Ten
     return x.reshape(b, hp, wp, c)
 
 
+def _into_windows(x: torch.Tensor, plan: tuple[int, int, int, int]) -> tuple[torch.Tensor, int, int]:
+    """A channels-last map (B, H, W, C) padded to whole windows, cyclically shifted by the
+    plan's (sh, sw) and cut into windows: (B, nW, N, C), and the padded Hp, Wp."""
+    _, h, w, _ = x.shape
+    wh, ww, sh, sw = plan
+    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    if hp > h or wp > w:
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
+    if sh or sw:
+        x = torch.roll(x, (-sh, -sw), (1, 2))  # the cyclic shift
+    return _windows(x, wh, ww), hp, wp
+
+
+def _out_of_windows(out: torch.Tensor, proj: nn.Module, b: int, size: tuple[int, int],
+                    padded: tuple[int, int], plan: tuple[int, int, int, int]) -> torch.Tensor:
+    """The attention output (B nW, h, N, d) merged over heads, projected, put back into the map,
+    unshifted and cropped to ``size``: (B, H, W, C)."""
+    bnw, nh, n, d = out.shape
+    wh, ww, sh, sw = plan
+    # An explicit contiguous copy: CPU SDPA may return (B nW, N, h, d)-strided memory, which
+    # torch.export then reshapes with a view that ONNX's decomposed SDPA cannot take.
+    out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B nW, N, h, d)
+    out = proj(out.view(b, bnw // b, n, nh * d))  # (B, nW, N, C)
+    x = _unwindows(out, *padded, wh, ww)  # (B, Hp, Wp, C)
+    if sh or sw:
+        x = torch.roll(x, (sh, sw), (1, 2))
+    return x[:, :size[0], :size[1]]  # (B, H, W, C)
+
+
 def window_plan(h: int, w: int, window: tuple[int, int], shift: tuple[int, int]) -> tuple[int, int, int, int]:
     """(M_h, M_w, s_h, s_w) used on an H x W map: along an axis no longer than its window,
     the window is the whole axis and that axis is not shifted (as the released code)."""
@@ -198,15 +227,9 @@ class ShiftedWindowAttention(nn.Module):
     def attend_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Window attention on a channels-last map (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
-        plan = wh, ww, sh, sw = self._plan(h, w)
-        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
-        if hp > h or wp > w:
-            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = torch.roll(x, (-sh, -sw), (1, 2))  # the cyclic shift
-        n, nh, d = wh * ww, self.num_heads, self.head_dim
-        win = _windows(x, wh, ww)  # (B, nW, N, C)
-        nw = win.shape[1]
+        plan = wh, ww, _, _ = self._plan(h, w)
+        win, hp, wp = _into_windows(x, plan)  # (B, nW, N, C)
+        n, nh, d, nw = wh * ww, self.num_heads, self.head_dim, win.shape[1]
         q, k, v = self.qkv(win).view(b * nw, n, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B nW, h, N, d)
         index = relative_position_index(wh, ww, self.window_size, device=x.device)  # (N, N)
         bias = self.relative_position_bias_table[index.flatten()].view(n, n, nh).permute(2, 0, 1)  # (h, N, N)
@@ -216,14 +239,7 @@ class ShiftedWindowAttention(nn.Module):
             bias = bias.expand(b, -1, -1, -1, -1).reshape(b * nw, nh, n, n)  # (B nW, h, N, N)
         # SoftMax(Q K^T / sqrt(d) + B) V
         out = attend(q, k, v, self.attn_map, bias)  # (B nW, h, N, d)
-        # An explicit contiguous copy: CPU SDPA may return (B nW, N, h, d)-strided memory, which
-        # torch.export then reshapes with a view that ONNX's decomposed SDPA cannot take.
-        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B nW, N, h, d)
-        out = self.proj(out.view(b, nw, n, nh * d))  # (B, nW, N, C)
-        x = _unwindows(out, hp, wp, wh, ww)  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = torch.roll(x, (sh, sw), (1, 2))
-        return x[:, :h, :w]  # (B, H, W, C)
+        return _out_of_windows(out, self.proj, b, (h, w), (hp, wp), plan)  # (B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="ShiftedWindowAttention", C=self.dim)

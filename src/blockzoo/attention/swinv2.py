@@ -20,8 +20,8 @@ from torch import nn
 from blockzoo.attention._attend import attend, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.attention.swin import (
-    _unwindows,
-    _windows,
+    _into_windows,
+    _out_of_windows,
     relative_position_index,
     shifted_window_mask,
     window_plan,
@@ -162,15 +162,9 @@ class CosineWindowAttention(nn.Module):
     def attend_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Window attention on a channels-last map (B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
-        plan = wh, ww, sh, sw = window_plan(h, w, self.window_size, self.shift_size)
-        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
-        if hp > h or wp > w:
-            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = torch.roll(x, (-sh, -sw), (1, 2))  # the cyclic shift
-        n, nh, d = wh * ww, self.num_heads, self.head_dim
-        win = _windows(x, wh, ww)  # (B, nW, N, C)
-        nw = win.shape[1]
+        plan = wh, ww, _, _ = window_plan(h, w, self.window_size, self.shift_size)
+        win, hp, wp = _into_windows(x, plan)  # (B, nW, N, C)
+        n, nh, d, nw = wh * ww, self.num_heads, self.head_dim, win.shape[1]
         bias = None
         if self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # k has no bias
@@ -186,12 +180,7 @@ class CosineWindowAttention(nn.Module):
             logit_bias = logit_bias.expand(b, -1, -1, -1, -1).reshape(b * nw, nh, n, n)
         # SoftMax(cos(q, k) / tau + B) V
         out = attend(q, k, v, self.attn_map, logit_bias, scale=1.0)  # (B nW, h, N, d)
-        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B nW, N, h, d)
-        out = self.proj(out.view(b, nw, n, nh * d))  # (B, nW, N, C)
-        x = _unwindows(out, hp, wp, wh, ww)  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = torch.roll(x, (sh, sw), (1, 2))
-        return x[:, :h, :w]  # (B, H, W, C)
+        return _out_of_windows(out, self.proj, b, (h, w), (hp, wp), plan)  # (B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="CosineWindowAttention", C=self.dim)

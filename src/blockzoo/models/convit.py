@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo.attention.gpsa import GatedPositionalSelfAttention
+from blockzoo.attention.gpsa import GatedPositionalSelfAttention, relative_offsets
 from blockzoo.attention.patch_embed import PatchEmbed, resize_grid_embedding
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
@@ -63,9 +63,10 @@ class GPSABlock(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(int(dim * mlp_ratio), dim, **fk)
 
-    def forward(self, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, height: int, width: int,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
         # z' = z + GPSA(LN(z));  z = z' + MLP(LN(z'))
-        z = z + self.attn.attend_tokens(self.norm1(z), height, width)
+        z = z + self.attn.attend_tokens(self.norm1(z), height, width, offsets)
         return z + self.fc2(self.act(self.fc1(self.norm2(z))))
 
 
@@ -167,8 +168,9 @@ class ConViT(nn.Module):
         gh, gw = self.patch_embed.grid(dims["H"], dims["W"])
         # z_0 = E x_p + E_pos
         z = self.patch_embed(x) + self.position_embedding(gh, gw)  # (B, N, D)
+        r = relative_offsets(gh, gw, device=z.device, dtype=z.dtype)  # (N, N, 3), shared by the GPSA layers
         for block in self.blocks[:self.local_layers]:
-            z = block(z, gh, gw)
+            z = block(z, gh, gw, r)
         z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], 1)  # (B, 1 + N, D)
         for block in self.blocks[self.local_layers:]:
             z = block(z)

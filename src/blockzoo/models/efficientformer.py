@@ -36,6 +36,7 @@ from blockzoo.conv.conv_bn_act import ConvBnAct
 from blockzoo.conv.efficientformer import EfficientFormerMeta4D
 from blockzoo.mlp.mlp import MLP
 from blockzoo.models.classic import logits_shape
+from blockzoo.models.levit import LeViTStage
 from blockzoo.registry import Example, images, register
 
 __all__ = ["EfficientFormer", "EfficientFormerMeta3D", "efficientformer_l1"]
@@ -73,18 +74,6 @@ class EfficientFormerMeta3D(nn.Module):
         x = x + self.scale1[:, None, None] * self.token_mixer(self.norm1(x))
         y = self.mlp(self.norm2(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, D, H, W)
         return x + self.scale2[:, None, None] * y
-
-
-class EfficientFormerStage(nn.Module):
-    """An optional strided conv-BN downsampling, then the stage's blocks."""
-
-    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.downsample = downsample if downsample is not None else nn.Identity()
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
 
 
 class EfficientFormer(nn.Module):
@@ -167,7 +156,7 @@ class EfficientFormer(nn.Module):
             blocks += [EfficientFormerMeta3D(dim, key_dim=key_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                              resolution=resolution,
                                              layer_scale=layer_scale, **fk) for _ in range(n3d)]
-            stages.append(EfficientFormerStage(down, blocks))
+            stages.append(LeViTStage(down, blocks))  # downsample, then blocks
         self.stages = nn.Sequential(*stages)
         self.num_features = dims[-1]
         self.norm = create_norm("layernorm2d", dims[-1], **fk)

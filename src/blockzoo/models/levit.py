@@ -102,7 +102,8 @@ class LeViTShrink(nn.Module):
 
 
 class LeViTStage(nn.Module):
-    """An optional shrink block, then ``depth`` LeViT blocks."""
+    """An optional downsampling module (LeViT's shrink block, EfficientFormer's strided conv-BN),
+    then the stage's blocks."""
 
     def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]) -> None:
         super().__init__()
