@@ -185,7 +185,8 @@ class PoolingVisionTransformer(nn.Module):
     input="image",
     output="logits",
     size_arg="img_size",
-    paper_numbers=dict(size=(224, 224), params="4.9M", macs="0.7G", source="ImageNet results (PiT-Ti)"),
+    paper_numbers=dict(size=(224, 224), params="4.9M", macs="0.71G",
+                       source="authors' README model table (PiT-Ti)"),
     example=Example(
         config=dict(in_chans=3, num_classes=10, base_dims=(4, 4), depths=(1, 1), num_heads=(1, 2),
                     patch_size=8, stride=4),
@@ -197,8 +198,8 @@ class PoolingVisionTransformer(nn.Module):
 def pit_ti(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> PoolingVisionTransformer:
     """PiT-Ti: widths 64, 128, 256 (heads 2, 4, 8 of 32), blocks 2, 6, 4; 4,847,272 parameters.
 
-    Heo et al., arXiv 2103.16302, Sec. 4 (PiT-Ti: 4.9M parameters, 0.7
-    GFLOPs at 224x224). Parameter count equal to PyTorch Image Models' ``pit_ti_224``
+    Heo et al., arXiv 2103.16302, Sec. 4 (PiT-Ti: 4.9M parameters, 0.71 GFLOPs at 224x224 in
+    the authors' README table). Parameter count equal to PyTorch Image Models' ``pit_ti_224``
     (4,847,272).
 
     Equation: see ``PoolingVisionTransformer`` and ``PiTPooling``.

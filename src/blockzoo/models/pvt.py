@@ -275,7 +275,8 @@ class PyramidVisionTransformerV2(nn.Module):
     year=2021,
     input="image",
     output="logits",
-    paper_numbers=dict(size=(224, 224), params="3.4M", macs="0.6G", source="Table 2"),
+    paper_numbers=dict(size=(224, 224), params="3.4M", macs="0.6G",
+                       source="Table 2 (README too); 3.4M excludes the 257,000-parameter head"),
     example=Example(
         # The default (paper) config, so ``info`` and the catalogue show B0's counts. At
         # 64 x 64 every reduced map keeps 2 x 2 keys (with one key, the queries could not
@@ -291,7 +292,8 @@ def pvt_v2_b0(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> PyramidV
 
     Wang et al., arXiv 2106.13797, Table 1 and Table 2 (B0: 3.4M parameters, 0.6 GFLOPs
     at 224x224). Parameter count equal to PyTorch Image Models' ``pvt_v2_b0`` (3,666,760),
-    the model that loads the authors' released weights; the paper's table prints 3.4M.
+    the model that loads the authors' released weights; the paper's table and the authors' README
+    print 3.4M, which is this count without the 257,000-parameter classifier (3,409,760).
 
     Equation: see ``PyramidVisionTransformerV2`` and ``SpatialReductionAttention``.
 

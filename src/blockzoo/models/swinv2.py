@@ -192,7 +192,8 @@ class SwinTransformerV2(SwinTransformer):
     input="image",
     output="logits",
     # The paper's tables list the larger models; SwinV2-T's numbers are the authors' model zoo's.
-    paper_numbers=dict(size=(256, 256), params="28M", macs="5.9G", source="authors' model zoo (README)"),
+    paper_numbers=dict(size=(256, 256), params="28M", macs="5.9G",
+                       source="authors' model zoo (MODELHUB.md, window 8)"),
     example=Example(
         # A small config keeps the generic tests fast; the constructor's defaults are the
         # paper's model (docs/catalogue.md measures it beside the paper's table).
