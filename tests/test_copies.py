@@ -114,6 +114,10 @@ BUDGET: dict[str, tuple[int, str]] = {
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
     "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
+    "hierarchical_mhsa": (4, "the grid partition of q, k, v and the merge back (2), SDPA's operand layout "
+                          "on the pooled keys, " + _HEADS),
+    "hatnet_tiny": (12, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
+                    "local+global blocks, the heads' merge of each"),
 
 }
 

@@ -110,6 +110,9 @@ from blockzoo.attention.graph import (
 from blockzoo.attention.halo import (
     HaloAttention,
 )
+from blockzoo.attention.hat import (
+    HierarchicalMHSA,
+)
 from blockzoo.attention.levit import (
     LeViTAttention,
     LinearNorm,
@@ -266,6 +269,7 @@ __all__ = [
     "GraphAttention",
     "GraphDotProductAttention",
     "HaloAttention",
+    "HierarchicalMHSA",
     "LeViTAttention",
     "LearnedPositionalEmbedding",
     "LightweightMHSA",

@@ -71,6 +71,13 @@ from blockzoo.models.efficientformer import (
     EfficientFormerMeta3D,
     efficientformer_l1,
 )
+from blockzoo.models.hatnet import (
+    HATBlock,
+    HATInvertedResidual,
+    HATNet,
+    HATStage,
+    hatnet_tiny,
+)
 from blockzoo.models.hornet import (
     HorNet,
     HorNetStage,
@@ -231,6 +238,10 @@ __all__ = [
     "EfficientFormer",
     "EfficientFormerMeta3D",
     "GPSABlock",
+    "HATBlock",
+    "HATInvertedResidual",
+    "HATNet",
+    "HATStage",
     "HorNet",
     "HorNetStage",
     "Image2Tokens",
@@ -297,6 +308,7 @@ __all__ = [
     "gmlp_tiny",
     "gru_classifier",
     "gru_tagger",
+    "hatnet_tiny",
     "hornet_tiny",
     "levit_128s",
     "lstm_classifier",
