@@ -226,6 +226,8 @@ def contnet_m(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> ConTNet:
 
     Deviations:
         The released ConT-M has 19,536,936 parameters, not the table's 19.2M (the released
-        ConT-S, 10,103,400, matches its 10.1M); this is the released model.
+        ConT-S, 10,103,400, matches its 10.1M); this is the released model. The table's
+        3.1G FLOPs are multiply-adds without the attention matrix products: at 224 x 224 we
+        count 3.44G MACs, of which Q K^T and A V are 0.35G (tests/test_backbones_bbg.py).
     """
     return ConTNet(in_chans, num_classes, **kw)
