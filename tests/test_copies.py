@@ -67,6 +67,7 @@ BUDGET: dict[str, tuple[int, str]] = {
     "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
     "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
+    "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
     "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
@@ -96,6 +97,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                     "call (4), " + _HEADS),
     "cosine_window_attention": (12, "window partition/merge (5), position indices (2), shift-mask ids "
                                 "(4), the heads' merge (1)"),
+    "contnet_m": (8, "patch partition and merge of its 8 patch-wise transformers (one each on the "
+                  "example's maps; one-patch maps partition as views)"),
     "deepvit_16b": (8, "re-attention x 4 example blocks: q k^T on head views and " + _HEADS),
     "factorized_attention": (4, "the fused qkv split, softmax(K)^T V, Q (K^T V), " + _HEADS),
     "gated_positional_self_attention": (9, "q k^T and a @ v on head views, the (N, N) offset grid "

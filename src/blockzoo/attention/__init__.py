@@ -51,6 +51,9 @@ from blockzoo.attention.coatnet import (
 from blockzoo.attention.container import (
     AffinityMixing,
 )
+from blockzoo.attention.contnet import (
+    PatchwiseTransformer,
+)
 from blockzoo.attention.coordinate import (
     CoordinateAttention,
 )
@@ -286,6 +289,7 @@ __all__ = [
     "ParNetAttention",
     "PatchEmbed",
     "PatchMerging",
+    "PatchwiseTransformer",
     "PerformerAttention",
     "PolarizedChannel",
     "PolarizedParallel",

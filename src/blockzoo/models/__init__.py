@@ -43,6 +43,11 @@ from blockzoo.models.container import (
     ContainerStage,
     container_light,
 )
+from blockzoo.models.contnet import (
+    ConTBlock,
+    ConTNet,
+    contnet_m,
+)
 from blockzoo.models.convit import (
     ConViT,
     GPSABlock,
@@ -223,6 +228,8 @@ __all__ = [
     "CoaTBlock",
     "CoaTLite",
     "CoaTStage",
+    "ConTBlock",
+    "ConTNet",
     "ConViT",
     "ContainerBlock",
     "ContainerLight",
@@ -297,6 +304,7 @@ __all__ = [
     "cmt_ti",
     "coat_lite_tiny",
     "container_light",
+    "contnet_m",
     "conv_out_len",
     "convit_tiny",
     "convnextv2_atto",
