@@ -114,6 +114,11 @@ BUDGET: dict[str, tuple[int, str]] = {
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
     "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
+    "shuffle_window_attention": (6, "shuffled window partition (1), the q, k, v projection of its transposed "
+                                 "view (1), position indices (2), heads (1), window merge (1)"),
+    "shuffle_transformer_t": (25, "2 shuffled-window blocks as shuffle_window_attention (12) and 2 "
+                              "regular ones as shifted_window_attention unshifted (13: its 3-D bias "
+                              "makes SDPA copy q, k, v)"),
 
 }
 

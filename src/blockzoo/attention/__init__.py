@@ -194,6 +194,9 @@ from blockzoo.attention.sge import (
 from blockzoo.attention.shuffle import (
     ShuffleAttention,
 )
+from blockzoo.attention.shuffle_window import (
+    ShuffleWindowAttention,
+)
 from blockzoo.attention.simam import (
     SimAM,
 )
@@ -299,6 +302,7 @@ __all__ = [
     "ShiftedWindowAttention",
     "ShortDistanceAttention",
     "ShuffleAttention",
+    "ShuffleWindowAttention",
     "SimAM",
     "SimplifiedSelfAttention",
     "SinusoidalPositionalEncoding",
