@@ -196,3 +196,11 @@ def test_network_errors() -> None:
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(ConfigError, match="equally long"):
         blockzoo.create_model("shuffle_transformer_t", dims=(8, 16), depths=(2,), num_heads=(1, 2))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_an_even_window_keeps_the_map_size() -> None:
+    # the NWC conv pads "same" (one less at the top / left for an even M)
+    blk = ShuffleBlock(8, 2, window_size=4, shuffle=True).eval()
+    with torch.no_grad():
+        assert blk(torch.randn(1, 8, 9, 6)).shape == (1, 8, 9, 6)
