@@ -33,6 +33,9 @@ PAPER_PARAMS = {
     # same count for 24 and 32 blocks rounds to the table's 36.3M and 48.1M)
     "deepvit_16b": (24_426_664, 24.5e6, 0.08e6),
     "patchconvnet_s60": (25_231_096, 25.2e6, 0.05e6),  # PatchConvNet Table 1, S60: "25.2M"
+    # Shuffle Transformer's ImageNet table, Shuffle-T: "29M"; equal to the authors' released
+    # model (28,532,482: tests/test_backbones_bbi.py)
+    "shuffle_transformer_t": (28_532_482, 29e6, 0.5e6),
 }
 
 # Multiply-adds at the paper's input size (our FLOP counter / 2), measured once; the paper's
@@ -44,6 +47,7 @@ MACS = {
     "ceit_t": ((224, 224), 1.395e9),  # paper 1.2G (the I2T stem alone is 0.12G here)
     "deepvit_16b": ((224, 224), 5.272e9),  # paper 5.1G
     "patchconvnet_s60": ((224, 224), 3.979e9),  # paper 4.0G
+    "shuffle_transformer_t": ((224, 224), 4.673e9),  # paper 4.6G
 }
 
 # Where ``attach`` puts a block "after each stage" (glob, places). CeiT has one resolution
@@ -55,6 +59,7 @@ STAGES = {
     "ceit_t": ("i2t.pool", 1),
     "deepvit_16b": ("patch_embed.proj", 1),
     "patchconvnet_s60": ("trunk", 1),  # one column at one resolution
+    "shuffle_transformer_t": ("stages.[0-9]", 2),  # the example has two stages
 }
 
 

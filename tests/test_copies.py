@@ -121,6 +121,11 @@ BUDGET: dict[str, tuple[int, str]] = {
                           "on the pooled keys, " + _HEADS),
     "hatnet_tiny": (12, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
                     "local+global blocks, the heads' merge of each"),
+    "shuffle_window_attention": (6, "shuffled window partition (1), the q, k, v projection of its transposed "
+                                 "view (1), position indices (2), heads (1), window merge (1)"),
+    "shuffle_transformer_t": (25, "2 shuffled-window blocks as shuffle_window_attention (12) and 2 "
+                              "regular ones as shifted_window_attention unshifted (13: its 3-D bias "
+                              "makes SDPA copy q, k, v)"),
 
 }
 

@@ -200,6 +200,9 @@ from blockzoo.attention.sge import (
 from blockzoo.attention.shuffle import (
     ShuffleAttention,
 )
+from blockzoo.attention.shuffle_window import (
+    ShuffleWindowAttention,
+)
 from blockzoo.attention.simam import (
     SimAM,
 )
@@ -307,6 +310,7 @@ __all__ = [
     "ShiftedWindowAttention",
     "ShortDistanceAttention",
     "ShuffleAttention",
+    "ShuffleWindowAttention",
     "SimAM",
     "SimplifiedSelfAttention",
     "SinusoidalPositionalEncoding",

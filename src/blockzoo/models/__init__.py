@@ -173,6 +173,12 @@ from blockzoo.models.sequence import (
     lstm_tagger,
     rnn_classifier,
 )
+from blockzoo.models.shuffle_transformer import (
+    ShuffleBlock,
+    ShuffleStage,
+    ShuffleTransformer,
+    shuffle_transformer_t,
+)
 from blockzoo.models.swin import (
     SwinBlock,
     SwinStage,
@@ -288,6 +294,9 @@ __all__ = [
     "RepNet",
     "RepVGG",
     "ResNet",
+    "ShuffleBlock",
+    "ShuffleStage",
+    "ShuffleTransformer",
     "SoftmaxRegression",
     "SwinBlock",
     "SwinStage",
@@ -339,6 +348,7 @@ __all__ = [
     "resnet50",
     "resnext50",
     "rnn_classifier",
+    "shuffle_transformer_t",
     "smlp_tiny",
     "swin_tiny",
     "swinv2_tiny",
