@@ -34,7 +34,7 @@ PAPER_PARAMS = {
     "deepvit_16b": (24_426_664, 24.5e6, 0.08e6),
     "patchconvnet_s60": (25_231_096, 25.2e6, 0.05e6),  # PatchConvNet Table 1, S60: "25.2M"
     # Shuffle Transformer's ImageNet table, Shuffle-T: "29M"; equal to the authors' released
-    # model (28,532,482: tests/test_backbones_bbi.py)
+    # model (28,532,482: tests/test_backbones_shuffle.py)
     "shuffle_transformer_t": (28_532_482, 29e6, 0.5e6),
 }
 

@@ -4,7 +4,7 @@ Paper: ConTNet: Why not use convolution and transformer at the same time? (Yan e
 arXiv 2104.13497, 2021). Built from the attention room's ``PatchwiseTransformer`` and the
 conv room's ``ConvBnAct``. No reference implementation is installed here: the parameter
 count is that of the authors' released ConT-M (yan-hao-tian/ConTNet, ``ConTNet.py``),
-checked in tests/test_backbones_bbg.py.
+checked in tests/test_backbones_contnet.py.
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the input width of stage i
 (D_0 = stem_dim, doubling), P patch side, K classes.
@@ -200,7 +200,7 @@ class ConTNet(nn.Module):
                        source="ImageNet table (ConT-M); ours without the attention products: 3.09G"),
     example=Example(
         # Small widths, one block per stage and small patches keep the generic tests fast; the
-        # constructor's defaults are the released ConT-M (tests/test_backbones_bbg.py builds it).
+        # constructor's defaults are the released ConT-M (tests/test_backbones_contnet.py builds it).
         config=dict(in_chans=3, num_classes=10, stem_dim=8, depths=(1, 1, 1, 1),
                     num_heads=(1, 2, 2, 4), patch_sizes=((4, 8), (4, 8), (2, 4), (2, 2))),
         inputs=images("in_chans"), size=(64, 64), sizes=((33, 47), (64, 40)), out_shape=logits_shape,
@@ -228,6 +228,6 @@ def contnet_m(in_chans: int = 3, num_classes: int = 1000, **kw: Any) -> ConTNet:
         The released ConT-M has 19,536,936 parameters, not the table's 19.2M (the released
         ConT-S, 10,103,400, matches its 10.1M); this is the released model. The table's
         3.1G FLOPs are multiply-adds without the attention matrix products: at 224 x 224 we
-        count 3.44G MACs, of which Q K^T and A V are 0.35G (tests/test_backbones_bbg.py).
+        count 3.44G MACs, of which Q K^T and A V are 0.35G (tests/test_backbones_contnet.py).
     """
     return ConTNet(in_chans, num_classes, **kw)

@@ -4,7 +4,7 @@ Paper: Vision Transformers with Hierarchical Attention (Liu et al., arXiv 2106.0
 Built from the attention room's ``HierarchicalMHSA`` and the conv room's ``ConvBnAct``.
 No reference implementation is installed here: the parameter count is checked against
 the authors' released model (yun-liu/HAT-Net ``HAT_Net.py``, README table: 12.7M) in
-tests/test_backbones_bbh.py.
+tests/test_backbones_hatnet.py.
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the width of stage i,
 G_i its grid, r_i its pooling ratio, e_i its FFN expansion, K classes.
@@ -239,7 +239,7 @@ class HATNet(nn.Module):
                        source="yun-liu/HAT-Net README table (HAT-Net-Tiny)"),
     example=Example(
         # Small widths, one block per stage and small grids keep the generic tests fast; the
-        # constructor's defaults are HAT-Net-Tiny (tests/test_backbones_bbh.py builds it).
+        # constructor's defaults are HAT-Net-Tiny (tests/test_backbones_hatnet.py builds it).
         config=dict(in_chans=3, num_classes=10, dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), head_dim=8,
                     expansions=(2, 2, 2, 2), grid_sizes=(4, 2, 2, 1), ds_ratios=(4, 2, 2, 1), stem_dim=8),
         inputs=images("in_chans"), size=(64, 64), sizes=((33, 47), (64, 40)), out_shape=logits_shape,

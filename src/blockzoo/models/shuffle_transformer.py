@@ -5,7 +5,7 @@ arXiv 2106.03650, 2021). Built from the attention room's ``ShuffleWindowAttentio
 Swin's ``ShiftedWindowAttention``) and the conv room's ``ConvBnAct``. No reference
 implementation is installed here: the parameter count equals the authors' released model
 (mulinmeng/Shuffle-Transformer, ``models/shuffle_transformer.py``, whose Shuffle-T training
-log prints 28,532,482), checked in tests/test_backbones_bbi.py.
+log prints 28,532,482), checked in tests/test_backbones_shuffle.py.
 
 Letters: B batch, C input channels (in_chans), H W spatial, D_i the width of stage i,
 M window, K classes.
@@ -252,7 +252,7 @@ class ShuffleTransformer(nn.Module):
                     "residual stream (the stem's 1 x 1 conv's, each block's attention output, NWC conv "
                     "and second MLP conv), whose every reader is a BatchNorm (the blocks' norms, the next "
                     "stage's merging norm); they act in eval through the running statistics, and the "
-                    "authors' network has them (tests/test_backbones_bbi.py checks that exactly these "
+                    "authors' network has them (tests/test_backbones_shuffle.py checks that exactly these "
                     "are zero)"},
     example=Example(
         # Small widths and two blocks a stage (a WMSA and a Shuffle-WMSA) keep the generic tests
