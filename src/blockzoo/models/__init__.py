@@ -182,6 +182,12 @@ from blockzoo.models.tnt import (
     TransformerInTransformer,
     tnt_s,
 )
+from blockzoo.models.twins import (
+    PCPVTBlock,
+    Twins,
+    TwinsStage,
+    pcpvt_small,
+)
 from blockzoo.models.vit import (
     VisionTransformer,
     deit_tiny,
@@ -256,6 +262,7 @@ __all__ = [
     "MultiScaleBlock",
     "Outlooker",
     "OverlapPatchEmbed",
+    "PCPVTBlock",
     "PVTv2Block",
     "PVTv2Stage",
     "PatchConvBlock",
@@ -279,6 +286,8 @@ __all__ = [
     "SwinV2Stage",
     "TNTBlock",
     "TransformerInTransformer",
+    "Twins",
+    "TwinsStage",
     "VOLOStage",
     "VisionTransformer",
     "cait_xxs24",
@@ -308,6 +317,7 @@ __all__ = [
     "mobileone_s0",
     "mobilevit_xxs",
     "patchconvnet_s60",
+    "pcpvt_small",
     "permutator_tiny",
     "pit_ti",
     "pvt_v2_b0",
