@@ -38,6 +38,7 @@ TIMM_PARAMS = {
     "pit_ti": 4_847_272,  # pit_ti_224
     "convit_tiny": 5_710_512,  # convit_tiny
     "pcpvt_small": 24_106_216,  # twins_pcpvt_small
+    "twins_svt_small": 24_060_776,  # twins_svt_small
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -61,6 +62,7 @@ OTHER_SIZE = {
     "pit_ti": (33, 47),  # any size >= 16
     "convit_tiny": (33, 47),
     "pcpvt_small": (100, 60),  # each patch embedding zero-pads to its patch
+    "twins_svt_small": (100, 60),  # and each LSA to its 7 x 7 groups
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -86,6 +88,7 @@ STAGES = {
     "pit_ti": ("*.conv", 3),  # the stem's and the two pooling layers' depthwise convs
     "convit_tiny": ("patch_embed.proj", 1),
     "pcpvt_small": ("stages.[0-9]", 4),
+    "twins_svt_small": ("stages.[0-9]", 4),
 }
 # CaiT's LayerScale starts at 1e-5: the class token would hardly see the patches at init
 ATTACH_KW = {"cait_xxs24": dict(layer_scale=0.5)}

@@ -1,7 +1,8 @@
-"""Twins-PCPVT-S (issue 23, "CPVT (PCPVT-S)"): timm-layout weights giving timm's outputs (fixture
-of scripts/make_weight_fixtures.py), the parameter count of timm's ``twins_pcpvt_small``, the
-whole network against a reference written from the papers' equations (float64), the PEG's
-place, the input sizes it takes and the layout's q / kv stacking.
+"""Twins-PCPVT-S (issue 23, "CPVT (PCPVT-S)") and Twins-SVT-S: timm-layout weights giving timm's
+outputs (fixtures of scripts/make_weight_fixtures.py), the parameter counts of timm's
+``twins_pcpvt_small`` / ``twins_svt_small``, the whole networks and the locally-grouped attention
+against references written from the papers' equations (float64), the PEG's place, the input
+sizes they take and the layout's q / kv stacking.
 
 (The generic tables of tests/test_backbones.py cover 224 and a non-square size, and
 ``attach`` after each of the four stages.)
@@ -18,30 +19,35 @@ import torch
 import torch.nn.functional as F
 
 import blockzoo
+from blockzoo.attention.twins import LocallyGroupedAttention
 from blockzoo.checks import FileFormatError
+from blockzoo.models.twins import TwinsBlock
 from blockzoo.weights import fixture_input, synthetic_state_dict
 
-FIXTURE = Path(__file__).parent / "fixtures" / "weights" / "twins_pcpvt_small.json"
-# sum(p.numel() for p in timm.create_model("twins_pcpvt_small").parameters()), timm 1.0.31
-TIMM_PCPVT_SMALL = 24_106_216
+FIXTURES = Path(__file__).parent / "fixtures" / "weights"
+# blockzoo name -> timm name and sum(p.numel() for p in timm.create_model(name).parameters()),
+# read once from timm 1.0.31 at the default config (1000 classes)
+TIMM = {"pcpvt_small": ("twins_pcpvt_small", 24_106_216), "twins_svt_small": ("twins_svt_small", 24_060_776)}
 
 
-def _fixture() -> dict:
-    return json.loads(FIXTURE.read_text())
+def _fixture(name: str = "pcpvt_small") -> dict:
+    return json.loads((FIXTURES / f"{TIMM[name][0]}.json").read_text())
 
 
-def test_pcpvt_small_has_timms_parameter_count() -> None:
-    model = blockzoo.create_model("pcpvt_small")
-    assert sum(p.numel() for p in model.parameters()) == TIMM_PCPVT_SMALL
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_parameter_count_equals_timms(name: str) -> None:
+    model = blockzoo.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == TIMM[name][1]
 
 
-def test_timm_weights_give_timm_outputs(tmp_path: Path) -> None:
-    fx = _fixture()
-    assert fx["timm_model"] == "twins_pcpvt_small" and fx["timm_version"] == "1.0.31"
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_timm_weights_give_timm_outputs(name: str, tmp_path: Path) -> None:
+    fx = _fixture(name)
+    assert fx["timm_model"] == TIMM[name][0] and fx["timm_version"] == "1.0.31"
     path = tmp_path / "w.pth"
     torch.save(synthetic_state_dict(fx["keys"]), path)
-    model = blockzoo.create_model("pcpvt_small", weights=path).eval()
-    assert sum(p.numel() for p in model.parameters()) == fx["num_params"] == TIMM_PCPVT_SMALL
+    model = blockzoo.create_model(name, weights=path).eval()
+    assert sum(p.numel() for p in model.parameters()) == fx["num_params"] == TIMM[name][1]
     with torch.no_grad():
         out = model(fixture_input(fx["input"])).double()
     want = torch.tensor(fx["logits"], dtype=torch.float64)
@@ -75,11 +81,52 @@ def _ln(z: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(z, z.shape[-1:], norm.weight, norm.bias, norm.eps)
 
 
+def _mhsa(mha, q_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
+    """Concat_j softmax(Q_j K_j^T / sqrt(d)) V_j W^O for tokens (L, C) and keys/values from (S, C)."""
+    c, nh = q_in.shape[-1], mha.num_heads
+    wq, wk, wv = mha.qkv.weight.chunk(3)
+    bq, bk, bv = mha.qkv.bias.chunk(3)
+    q, k, v = (t.view(t.shape[0], nh, c // nh).transpose(0, 1)
+               for t in (q_in @ wq.T + bq, kv_in @ wk.T + bk, kv_in @ wv.T + bv))
+    o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // nh), -1) @ v  # (h, L, d)
+    return o.transpose(0, 1).reshape(q_in.shape[0], c) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def _sra_reference(sra, a: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """SRA / GSA (arXiv 2102.12122, Eq. (3)-(4)): keys and values from LN(Conv_{R x R / R}(x))."""
+    b, _, c = a.shape
+    out = []
+    for i in range(b):
+        kv = a[i]
+        if sra.sr_ratio > 1:
+            m = F.conv2d(a[i].T.reshape(1, c, h, w), sra.sr.weight, sra.sr.bias, stride=sra.sr_ratio)
+            kv = _ln(m.flatten(2)[0].T, sra.norm)
+        out.append(_mhsa(sra.attn, a[i], kv))
+    return torch.stack(out)
+
+
+def _lsa_reference(lsa, a: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """LSA (arXiv 2104.13840, Eq. (1)), group by group: the k x k group at (gy, gx) of the map
+    zero-padded to multiples of k attends to itself only (padding included, as released)."""
+    b, _, c = a.shape
+    k = lsa.window_size
+    hp, wp = -(-h // k) * k, -(-w // k) * k
+    grid = torch.zeros(b, hp, wp, c, dtype=a.dtype)
+    grid[:, :h, :w] = a.view(b, h, w, c)
+    out = torch.zeros_like(grid)
+    for i in range(b):
+        for gy in range(0, hp, k):
+            for gx in range(0, wp, k):
+                g = grid[i, gy:gy + k, gx:gx + k].reshape(k * k, c)
+                out[i, gy:gy + k, gx:gx + k] = _mhsa(lsa.attn, g, g).view(k, k, c)
+    return out[:, :h, :w].reshape(b, h * w, c)
+
+
 def _reference(model, x: torch.Tensor) -> torch.Tensor:
-    """Twins-PCPVT (arXiv 2104.13840, Sec. 3.1) written out: per stage a p x p patch conv and LN,
-    PVT blocks z += SRA(LN z), z += MLP(LN z) with SRA's keys from LN(Conv_{R x R / R}) (arXiv
-    2102.12122, Eq. (3)-(4)), the PEG z += DWConv_{3x3}(z) after the first block (arXiv
-    2102.10882); LN of the last tokens, their mean, the head."""
+    """Twins (arXiv 2104.13840, Sec. 3) written out: per stage a p x p patch conv and LN, blocks
+    z += Attn(LN z), z += MLP(LN z) with Attn SRA / GSA, or LSA in SVT's odd-numbered blocks
+    (1st, 3rd, ...), the PEG z += DWConv_{3x3}(z) after the first block (arXiv 2102.10882); LN
+    of the last tokens, their mean, the head."""
     for stage in model.stages:
         p = stage.patch_embed.patch_size
         x = F.pad(x, (0, -x.shape[3] % p, 0, -x.shape[2] % p))
@@ -87,22 +134,9 @@ def _reference(model, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         z = _ln(x.flatten(2).transpose(1, 2), stage.patch_embed.norm)
         for j, blk in enumerate(stage.blocks):
-            a, sra = _ln(z, blk.norm1), blk.attn
-            r = sra.sr_ratio
-            if r > 1:
-                m = F.conv2d(a.transpose(1, 2).reshape(b, c, h, w), sra.sr.weight, sra.sr.bias, stride=r)
-                kv = _ln(m.flatten(2).transpose(1, 2), sra.norm)
-            else:
-                kv = a
-            nh = sra.attn.num_heads
-            wq, wk, wv = sra.attn.qkv.weight.chunk(3)
-            bq, bk, bv = sra.attn.qkv.bias.chunk(3)
-
-            q, k, v = (t.view(b, t.shape[1], nh, c // nh).transpose(1, 2)
-                       for t in (a @ wq.T + bq, kv @ wk.T + bk, kv @ wv.T + bv))
-            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // nh), -1)
-            o = (att @ v).transpose(1, 2).reshape(b, h * w, c)
-            z = z + o @ sra.attn.out_proj.weight.T + sra.attn.out_proj.bias
+            a = _ln(z, blk.norm1)
+            local = isinstance(blk.attn, LocallyGroupedAttention)
+            z = z + (_lsa_reference if local else _sra_reference)(blk.attn, a, h, w)
             fc1, fc2 = blk.mlp.layers[0], blk.mlp.layers[4]
             z = z + F.linear(F.gelu(F.linear(_ln(z, blk.norm2), fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
             if j == 0:  # PEG
@@ -114,18 +148,59 @@ def _reference(model, x: torch.Tensor) -> torch.Tensor:
     return F.linear(z.mean(1), model.head.weight, model.head.bias)
 
 
-@pytest.mark.parametrize("size", [(32, 32), (37, 50)])  # a multiple of 32; odd, non-square (padded)
-def test_pcpvt_equals_its_equations(size) -> None:
-    torch.manual_seed(0)
-    model = blockzoo.create_model("pcpvt_small", num_classes=5, dims=(8, 12, 16), depths=(2, 1, 2),
-                                  num_heads=(1, 2, 4), sr_ratios=(4, 2, 1), mlp_ratios=(2, 3, 2))
-    model = model.double().eval()
+def _randomise_norms(model: torch.nn.Module) -> None:
     for name, p in model.named_parameters():
         if "norm" in name:  # non-trivial affine norms
             torch.nn.init.normal_(p, mean=1.0 if name.endswith("weight") else 0.0, std=0.3)
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+@pytest.mark.parametrize("size", [(32, 32), (37, 50)])  # a multiple of 32; odd, non-square (padded)
+def test_twins_equals_its_equations(name: str, size) -> None:
+    torch.manual_seed(0)
+    svt = dict(window_sizes=(3, 2, 2)) if name == "twins_svt_small" else {}
+    model = blockzoo.create_model(name, num_classes=5, dims=(8, 12, 16), depths=(2, 1, 3),
+                                  num_heads=(1, 2, 4), sr_ratios=(4, 2, 1), mlp_ratios=(2, 3, 2), **svt)
+    model = model.double().eval()
+    _randomise_norms(model)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), _reference(model, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("size", "window"), [((6, 9), 3), ((7, 5), 3), ((2, 11), 4), ((4, 4), 1)])
+def test_lsa_equals_its_equations(size, window) -> None:
+    torch.manual_seed(0)
+    lsa = LocallyGroupedAttention(12, 3, window_size=window).double().eval()
+    x = torch.randn(2, 12, *size, dtype=torch.float64)
+    b, c, h, w = x.shape
+    want = _lsa_reference(lsa, x.flatten(2).transpose(1, 2), h, w).transpose(1, 2).reshape(b, c, h, w)
+    with torch.no_grad():
+        torch.testing.assert_close(lsa(x), want, rtol=1e-10, atol=1e-10)
+
+
+def test_lsa_keeps_each_group_to_itself() -> None:
+    torch.manual_seed(0)
+    lsa = LocallyGroupedAttention(8, 2, window_size=3).double().eval()
+    x = torch.randn(1, 8, 6, 6, dtype=torch.float64)
+    y = x.clone()
+    y[:, :, 4, 5] += 1.0  # a token of the bottom-right group
+    with torch.no_grad():
+        changed = (lsa(x) - lsa(y)).abs().amax(1)[0] > 0  # (H, W)
+    want = torch.zeros(6, 6, dtype=torch.bool)
+    want[3:, 3:] = True
+    assert torch.equal(changed, want)
+
+
+def test_svt_alternates_lsa_and_gsa() -> None:
+    model = blockzoo.create_model("twins_svt_small")
+    kinds = [[type(b.attn).__name__ for b in s.blocks] for s in model.stages]
+    assert kinds[1] == ["LocallyGroupedAttention", "SpatialReductionAttention"]
+    assert kinds[2] == ["LocallyGroupedAttention", "SpatialReductionAttention"] * 5
+    assert [s.blocks[1].attn.sr_ratio for s in model.stages] == [8, 4, 2, 1]
+    assert {s.blocks[0].attn.window_size for s in model.stages} == {7}
+    with pytest.raises(ValueError, match="window_size=7 \\(LSA\\) takes no sr_ratio"):
+        TwinsBlock(8, 2, sr_ratio=2, window_size=7)
 
 
 def test_the_peg_follows_the_first_block_only() -> None:
@@ -161,8 +236,9 @@ def test_pcpvt_small_is_the_papers_configuration() -> None:
     assert model.stages[0].patch_embed.norm.eps == model.stages[0].blocks[0].attn.norm.eps == 1e-5
 
 
-def test_pcpvt_names_its_smallest_input() -> None:
-    model = blockzoo.create_model("pcpvt_small", num_classes=3).eval()
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_twins_names_its_smallest_input(name: str) -> None:
+    model = blockzoo.create_model(name, num_classes=3).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 29, 29)).shape == (1, 3)
     with pytest.raises(blockzoo.ShapeError, match=r"input 28x64 gives stage 1 a 7x16 map, smaller than its "

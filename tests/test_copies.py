@@ -114,6 +114,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
     "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
+    "lsa": (2, "the map cut into k x k groups and the groups put back"),
+    "twins_svt_small": (6, "2 LSA blocks (example config): the zero-padded map cut into groups, put back "
+                        "and cropped"),
 
 }
 

@@ -842,14 +842,14 @@ def _convit_args(s: Shapes) -> dict[str, Any]:
                 mlp_ratio=_need(s, "blocks.0.fc1.weight", "ConViT")[0] / proj[0])
 
 
-# --------------------------------------------------------------------------- bbf: pcpvt_small
+# ------------------------------------------------------------------------- bbf: pcpvt_small, twins_svt_small
 
 
-# Twins-PCPVT (timm's ``Twins`` without windows): timm keeps each stage's parts in parallel
+# Twins-PCPVT and Twins-SVT (timm's ``Twins``): timm keeps each stage's parts in parallel
 # lists (``patch_embeds.i``, ``blocks.i.j``, ``pos_block.i``); blockzoo's ``stages.i`` holds
-# them. Its attention projects q and kv apart as PVT v2's does: ``prepare`` stacks q on kv
-# into the one ``qkv`` of blockzoo's SRA (a file with one half only is left as it is, and the
-# error names the other).
+# them. Its global attention (PCPVT's, SVT's GSA) projects q and kv apart as PVT v2's does:
+# ``prepare`` stacks q on kv into the one ``qkv`` of blockzoo's SRA (a file with one half only
+# is left as it is, and the error names the other); SVT's LSA has one ``qkv`` already.
 _TWINS_BLOCK = r"blocks\.(\d+)\.(\d+)"
 
 
@@ -874,8 +874,8 @@ _TWINS_RULES = (
 
 
 def _twins_args(s: Shapes) -> dict[str, Any]:
-    """Classes, input channels, the first patch and the stages' widths and depths; the heads and
-    reduction ratios are not in the shapes (PCPVT-S's)."""
+    """Classes, input channels, the first patch and the stages' widths and depths; the heads,
+    reduction ratios and groups are not in the shapes (the registered model's: PCPVT-S, SVT-S)."""
     stem = _need(s, "stages.0.patch_embed.proj.weight", "Twins")
     n = _count(s, r"stages\.(\d+)\..*")
     return dict(num_classes=_need(s, "head.weight", "Twins")[0], in_chans=stem[1], patch_size=stem[2],
@@ -944,8 +944,8 @@ register_layout(("pit_ti",), Layout("timm PoolingVisionTransformer (PiT)", _PIT_
                                     "*.conv"))
 register_layout(("convit_tiny",), Layout("timm ConVit", _CONVIT_RULES, _HEAD, _convit_args,
                                          "patch_embed.proj", prepare=_fuse_qk_v))
-register_layout(("pcpvt_small",), Layout("timm Twins (PCPVT)", _TWINS_RULES, _HEAD, _twins_args,
-                                         "stages.[0-9]", prepare=_twins_prepare))
+register_layout(("pcpvt_small", "twins_svt_small"), Layout("timm Twins", _TWINS_RULES, _HEAD, _twins_args,
+                                                           "stages.[0-9]", prepare=_twins_prepare))
 
 
 def layout_for(name: str) -> Layout:

@@ -223,6 +223,9 @@ from blockzoo.attention.transformer import (
 from blockzoo.attention.triplet import (
     TripletAttention,
 )
+from blockzoo.attention.twins import (
+    LocallyGroupedAttention,
+)
 from blockzoo.attention.ufo import (
     UFOAttention,
     xnorm,
@@ -273,6 +276,7 @@ __all__ = [
     "LinearNorm",
     "LinformerAttention",
     "LocalAttention",
+    "LocallyGroupedAttention",
     "LongDistanceAttention",
     "MUSEAttention",
     "MobileViTBlock",

@@ -183,10 +183,11 @@ from blockzoo.models.tnt import (
     tnt_s,
 )
 from blockzoo.models.twins import (
-    PCPVTBlock,
     Twins,
+    TwinsBlock,
     TwinsStage,
     pcpvt_small,
+    twins_svt_small,
 )
 from blockzoo.models.vit import (
     VisionTransformer,
@@ -262,7 +263,6 @@ __all__ = [
     "MultiScaleBlock",
     "Outlooker",
     "OverlapPatchEmbed",
-    "PCPVTBlock",
     "PVTv2Block",
     "PVTv2Stage",
     "PatchConvBlock",
@@ -287,6 +287,7 @@ __all__ = [
     "TNTBlock",
     "TransformerInTransformer",
     "Twins",
+    "TwinsBlock",
     "TwinsStage",
     "VOLOStage",
     "VisionTransformer",
@@ -334,6 +335,7 @@ __all__ = [
     "swinv2_tiny",
     "tabular_mlp",
     "tnt_s",
+    "twins_svt_small",
     "vit_base",
     "vit_small",
     "vit_tiny",
