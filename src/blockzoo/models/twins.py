@@ -181,9 +181,11 @@ class Twins(nn.Module):
     Deviations:
         The patch embeddings zero-pad H and W up to multiples of their patch (the released
         code's strided conv drops the last H mod p rows); on multiples of 32 the two agree.
-        The final LayerNorm is the model's, after the last stage, so ``attach`` after stage
-        4 sees its tokens before the norm (as timm's intermediate features). No dropout or
-        stochastic depth (training-recipe choices; eval outputs are the same).
+        SVT's LSA zero-pads its maps to whole groups exactly as the released code does
+        (``LocallyGroupedAttention``). The final LayerNorm is the model's, after the last
+        stage, so ``attach`` after stage 4 sees its tokens before the norm (as timm's
+        intermediate features). No dropout or stochastic depth (training-recipe choices;
+        eval outputs are the same).
     """
 
     def __init__(
