@@ -95,6 +95,10 @@ MODELS: list[tuple[str, str, dict, tuple[int, ...]]] = [
     ("tnt_s_patch16_224", "tnt_s", {}, (2, 3, 224, 224)),
     ("pit_ti_224", "pit_ti", {}, (2, 3, 224, 224)),
     ("convit_tiny", "convit_tiny", {}, (2, 3, 224, 224)),
+    # timm's Twins takes any multiple of 32: a non-square one (every reduced map keeps 2 x 3 keys)
+    ("twins_pcpvt_small", "pcpvt_small", {}, (2, 3, 64, 96)),
+    # 64 x 96: every LSA map (16 x 24 ... 2 x 3) is zero-padded to whole 7 x 7 groups
+    ("twins_svt_small", "twins_svt_small", {}, (2, 3, 64, 96)),
 ]
 
 # Re-param models whose fused (deploy) form gets a fixture of its own, <timm name>_deploy.json:

@@ -37,6 +37,8 @@ TIMM_PARAMS = {
     "tnt_s": 23_768_584,  # tnt_s_patch16_224
     "pit_ti": 4_847_272,  # pit_ti_224
     "convit_tiny": 5_710_512,  # convit_tiny
+    "pcpvt_small": 24_106_216,  # twins_pcpvt_small
+    "twins_svt_small": 24_060_776,  # twins_svt_small
 }
 
 # A non-square size each design takes (any size for these: they pad where they must).
@@ -59,6 +61,8 @@ OTHER_SIZE = {
     "tnt_s": (33, 47),  # zero-padded to multiples of 16
     "pit_ti": (33, 47),  # any size >= 16
     "convit_tiny": (33, 47),
+    "pcpvt_small": (100, 60),  # each patch embedding zero-pads to its patch
+    "twins_svt_small": (100, 60),  # and each LSA to its 7 x 7 groups
 }
 
 # Where ``attach`` puts a block "after each stage": a glob over qualified names, and how
@@ -83,6 +87,8 @@ STAGES = {
     "tnt_s": ("pixel_embed.proj", 1),  # one resolution: the pixel embedding's conv
     "pit_ti": ("*.conv", 3),  # the stem's and the two pooling layers' depthwise convs
     "convit_tiny": ("patch_embed.proj", 1),
+    "pcpvt_small": ("stages.[0-9]", 4),
+    "twins_svt_small": ("stages.[0-9]", 4),
 }
 # CaiT's LayerScale starts at 1e-5: the class token would hardly see the patches at init
 ATTACH_KW = {"cait_xxs24": dict(layer_scale=0.5)}

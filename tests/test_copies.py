@@ -126,6 +126,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "shuffle_transformer_t": (25, "2 shuffled-window blocks as shuffle_window_attention (12) and 2 "
                               "regular ones as shifted_window_attention unshifted (13: its 3-D bias "
                               "makes SDPA copy q, k, v)"),
+    "lsa": (2, "the map cut into k x k groups and the groups put back"),
+    "twins_svt_small": (6, "2 LSA blocks (example config): the zero-padded map cut into groups, put back "
+                        "and cropped"),
 
 }
 

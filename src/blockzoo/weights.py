@@ -842,6 +842,47 @@ def _convit_args(s: Shapes) -> dict[str, Any]:
                 mlp_ratio=_need(s, "blocks.0.fc1.weight", "ConViT")[0] / proj[0])
 
 
+# ------------------------------------------------------------------------- bbf: pcpvt_small, twins_svt_small
+
+
+# Twins-PCPVT and Twins-SVT (timm's ``Twins``): timm keeps each stage's parts in parallel
+# lists (``patch_embeds.i``, ``blocks.i.j``, ``pos_block.i``); blockzoo's ``stages.i`` holds
+# them. Its global attention (PCPVT's, SVT's GSA) projects q and kv apart as PVT v2's does:
+# ``prepare`` stacks q on kv into the one ``qkv`` of blockzoo's SRA (a file with one half only
+# is left as it is, and the error names the other); SVT's LSA has one ``qkv`` already.
+_TWINS_BLOCK = r"blocks\.(\d+)\.(\d+)"
+
+
+def _twins_prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for key in [k for k in tensors if re.fullmatch(rf"{_TWINS_BLOCK}\.attn\.q\.(weight|bias)", k)]:
+        kv = key.replace(".attn.q.", ".attn.kv.")
+        if kv in tensors:
+            tensors[key.replace(".attn.q.", ".attn.qkv.")] = torch.cat([tensors.pop(key), tensors.pop(kv)], 0)
+    return tensors
+
+
+_TWINS_RULES = (
+    Rule(r"patch_embeds\.(\d+)\.(proj|norm)\.(\w+)", r"stages.\1.patch_embed.\2.\3"),
+    Rule(rf"{_TWINS_BLOCK}\.(norm[12]|attn\.sr|attn\.norm)\.(\w+)", r"stages.\1.blocks.\2.\3.\4"),
+    Rule(rf"{_TWINS_BLOCK}\.attn\.qkv\.(\w+)", r"stages.\1.blocks.\2.attn.attn.qkv.\3"),
+    Rule(rf"{_TWINS_BLOCK}\.attn\.proj\.(\w+)", r"stages.\1.blocks.\2.attn.attn.out_proj.\3"),
+    Rule(rf"{_TWINS_BLOCK}\.mlp\.fc1\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.0.\3"),
+    Rule(rf"{_TWINS_BLOCK}\.mlp\.fc2\.(\w+)", r"stages.\1.blocks.\2.mlp.layers.4.\3"),
+    Rule(r"pos_block\.(\d+)\.proj\.0\.(\w+)", r"stages.\1.pos_block.proj.\2"),
+    _same("norm", "head"),
+)
+
+
+def _twins_args(s: Shapes) -> dict[str, Any]:
+    """Classes, input channels, the first patch and the stages' widths and depths; the heads,
+    reduction ratios and groups are not in the shapes (the registered model's: PCPVT-S, SVT-S)."""
+    stem = _need(s, "stages.0.patch_embed.proj.weight", "Twins")
+    n = _count(s, r"stages\.(\d+)\..*")
+    return dict(num_classes=_need(s, "head.weight", "Twins")[0], in_chans=stem[1], patch_size=stem[2],
+                dims=tuple(_need(s, f"stages.{i}.patch_embed.proj.weight", "Twins")[0] for i in range(n)),
+                depths=tuple(_count(s, rf"stages\.{i}\.blocks\.(\d+)\..*") for i in range(n)))
+
+
 # Registered model name -> its layout.
 LAYOUTS: dict[str, Layout] = {}
 
@@ -903,6 +944,8 @@ register_layout(("pit_ti",), Layout("timm PoolingVisionTransformer (PiT)", _PIT_
                                     "*.conv"))
 register_layout(("convit_tiny",), Layout("timm ConVit", _CONVIT_RULES, _HEAD, _convit_args,
                                          "patch_embed.proj", prepare=_fuse_qk_v))
+register_layout(("pcpvt_small", "twins_svt_small"), Layout("timm Twins", _TWINS_RULES, _HEAD, _twins_args,
+                                                           "stages.[0-9]", prepare=_twins_prepare))
 
 
 def layout_for(name: str) -> Layout:

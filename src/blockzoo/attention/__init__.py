@@ -232,6 +232,9 @@ from blockzoo.attention.transformer import (
 from blockzoo.attention.triplet import (
     TripletAttention,
 )
+from blockzoo.attention.twins import (
+    LocallyGroupedAttention,
+)
 from blockzoo.attention.ufo import (
     UFOAttention,
     xnorm,
@@ -283,6 +286,7 @@ __all__ = [
     "LinearNorm",
     "LinformerAttention",
     "LocalAttention",
+    "LocallyGroupedAttention",
     "LongDistanceAttention",
     "MUSEAttention",
     "MobileViTBlock",

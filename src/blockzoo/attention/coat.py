@@ -151,7 +151,9 @@ class FactorizedAttention(nn.Module):
 @register(
     name="conv_position_encoding",
     family="attention",
-    paper="Co-Scale Conv-Attentional Image Transformers",
+    # one operation under two names: CoaT's CPE and CPVT's PEG (arXiv 2102.10882, used by Twins-PCPVT)
+    paper="Co-Scale Conv-Attentional Image Transformers; Conditional Positional Encodings for Vision "
+          "Transformers (its PEG, 2102.10882)",
     arxiv="2104.06399",
     year=2021,
     input="image",
@@ -159,15 +161,17 @@ class FactorizedAttention(nn.Module):
                     tiny=dict(dim=3)),
 )
 class ConvPosEnc(nn.Module):
-    r"""CoaT's convolutional position encoding: a residual depthwise convolution of the token map.
+    r"""CoaT's convolutional position encoding, CPVT's PEG: a residual depthwise convolution of the token map.
 
-    Xu et al., arXiv 2104.06399, Sec. 4.2 and Fig. 3 (the same as CPVT's position encoding
-    generator, Chu et al., arXiv 2102.10882)::
+    Xu et al., arXiv 2104.06399, Sec. 4.2 and Fig. 3; the same operation is the position
+    encoding generator (PEG) of Chu et al., "Conditional Positional Encodings for Vision
+    Transformers", arXiv 2102.10882, Sec. 3.2 (its F a 3 x 3 depthwise conv, as Twins-PCPVT
+    uses after the first block of each stage, ``pcpvt_small``)::
 
         y = x + DepthwiseConv_{k x k}(x)         padding k // 2, per channel, with bias
 
     Args:
-        dim: C. kernel_size: k (CoaT: 3).
+        dim: C. kernel_size: k (CoaT and CPVT's PEG: 3).
 
     Shape:
         - Input: (B, C, H, W), C = dim, any H, W; output (B, C, H, W).

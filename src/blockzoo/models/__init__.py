@@ -200,6 +200,13 @@ from blockzoo.models.tnt import (
     TransformerInTransformer,
     tnt_s,
 )
+from blockzoo.models.twins import (
+    Twins,
+    TwinsBlock,
+    TwinsStage,
+    pcpvt_small,
+    twins_svt_small,
+)
 from blockzoo.models.vit import (
     VisionTransformer,
     deit_tiny,
@@ -306,6 +313,9 @@ __all__ = [
     "SwinV2Stage",
     "TNTBlock",
     "TransformerInTransformer",
+    "Twins",
+    "TwinsBlock",
+    "TwinsStage",
     "VOLOStage",
     "VisionTransformer",
     "cait_xxs24",
@@ -337,6 +347,7 @@ __all__ = [
     "mobileone_s0",
     "mobilevit_xxs",
     "patchconvnet_s60",
+    "pcpvt_small",
     "permutator_tiny",
     "pit_ti",
     "pvt_v2_b0",
@@ -354,6 +365,7 @@ __all__ = [
     "swinv2_tiny",
     "tabular_mlp",
     "tnt_s",
+    "twins_svt_small",
     "vit_base",
     "vit_small",
     "vit_tiny",
