@@ -177,3 +177,16 @@ def test_check_shape_messages() -> None:
     with pytest.raises(blockzoo.ShapeError, match="got list"):
         check_shape([1, 2], "B F", name="X")
     assert issubclass(blockzoo.ShapeError, ValueError)
+
+
+def test_paper_numbers_need_their_four_fields_and_take_only_checked_besides():
+    kw = dict(family="model", paper="P", arxiv="0000.00000", year=2021, input="image",
+              example=Example(config=dict(in_chans=3), inputs=images("in_chans"), size=(8, 8)))
+    base = dict(size=(224, 224), params="1M", macs="1G", source="Table 1")
+    with pytest.raises(ValueError, match="paper_numbers needs size, params, macs, source"):
+        no_macs = {k: base[k] for k in ("size", "params", "source")}
+        register(name="paper_numbers_missing_macs", paper_numbers=no_macs, **kw)
+    with pytest.raises(ValueError, match=r"got .*'typo'"):
+        register(name="paper_numbers_with_typo", paper_numbers={**base, "typo": 1}, **kw)
+    # Validation runs when register() is called, before anything is decorated (nothing registers).
+    assert callable(register(name="paper_numbers_with_checked", paper_numbers={**base, "checked": "a"}, **kw))

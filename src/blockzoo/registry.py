@@ -282,8 +282,10 @@ def register(
         paper_numbers: what the paper's table states for the entry at its default
             config, as printed there: ``size`` (H, W), ``params`` (``"28M"``), ``macs``
             (multiply-adds, the "FLOPs" of most vision papers: ``"4.5G"``; ``None`` when the
-            paper gives none) and ``source`` (``"Table 1(a)"``). ``docs/catalogue.md``
-            lists them beside the counts measured at that size.
+            paper gives none), ``source`` (``"Table 1(a)"``) and, optionally, ``checked``: what
+            the tests check the parameter count against when it is neither timm's model (an
+            entry with a weights layout) nor the paper's table (``"authors' code"``).
+            ``docs/catalogue.md`` lists them beside the counts measured at that size.
     """
     if family not in FAMILIES:
         raise ValueError(f"register({name!r}): family {family!r} not in {FAMILIES}")
@@ -299,9 +301,10 @@ def register(
         raise ValueError(f"register({name!r}): unknown exemption categories {sorted(bad_cats)}")
     if name != name.lower() or not name.replace("_", "").isalnum():
         raise ValueError(f"register: name {name!r} must be snake_case")
-    if paper_numbers is not None and set(paper_numbers) != {"size", "params", "macs", "source"}:
-        raise ValueError(f"register({name!r}): paper_numbers needs exactly size, params, macs, source; "
-                         f"got {sorted(paper_numbers)}")
+    needed = {"size", "params", "macs", "source"}
+    if paper_numbers is not None and not needed <= set(paper_numbers) <= needed | {"checked"}:
+        raise ValueError(f"register({name!r}): paper_numbers needs size, params, macs, source (optionally "
+                         f"checked); got {sorted(paper_numbers)}")
 
     def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not (getattr(builder, "__module__", None) or "").startswith("blockzoo."):

@@ -197,7 +197,8 @@ class ConTNet(nn.Module):
     input="image",
     output="logits",
     paper_numbers=dict(size=(224, 224), params="19.2M", macs="3.1G",
-                       source="ImageNet table (ConT-M); ours without the attention products: 3.09G"),
+                       source="ImageNet table (ConT-M); the released ConT-M has 19,536,936; ours without "
+                       "the attention products: 3.09G", checked="authors' code"),
     example=Example(
         # Small widths, one block per stage and small patches keep the generic tests fast; the
         # constructor's defaults are the released ConT-M (tests/test_backbones_contnet.py builds it).

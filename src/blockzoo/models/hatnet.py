@@ -236,7 +236,8 @@ class HATNet(nn.Module):
     input="image",
     output="logits",
     paper_numbers=dict(size=(224, 224), params="12.7M", macs="2.0G",
-                       source="yun-liu/HAT-Net README table (HAT-Net-Tiny)"),
+                       source="yun-liu/HAT-Net README table (HAT-Net-Tiny); the released code has 5,760 "
+                       "more, in norms it never calls", checked="authors' code"),
     example=Example(
         # Small widths, one block per stage and small grids keep the generic tests fast; the
         # constructor's defaults are HAT-Net-Tiny (tests/test_backbones_hatnet.py builds it).

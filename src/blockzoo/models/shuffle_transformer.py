@@ -245,7 +245,8 @@ class ShuffleTransformer(nn.Module):
     year=2021,
     input="image",
     output="logits",
-    paper_numbers=dict(size=(224, 224), params="29M", macs="4.6G", source="ImageNet-1K results (Shuffle-T)"),
+    paper_numbers=dict(size=(224, 224), params="29M", macs="4.6G", source="ImageNet-1K results (Shuffle-T)",
+                       checked="authors' code (training log: 28,532,482)"),
     exempt={"grad": "in training mode some biases are per-channel shifts that a BatchNorm's batch "
                     "statistics remove exactly, so their gradient is 0: the stem's two 3 x 3 convs' (a "
                     "BatchNorm follows), and in every stage but the last the biases added to the "
