@@ -229,6 +229,10 @@ class AOTCompiled(nn.Module):
         return entry
 
     def forward(self, *args: torch.Tensor) -> Any:
+        if torch.is_grad_enabled() and (self._trainable
+                                        or any(getattr(a, "requires_grad", False) for a in args)):
+            raise ConfigError(f"{self.name} (compiled, aot) is inference-only and has no backward: call it "
+                              f"under torch.no_grad() or torch.inference_mode()")
         last = self._last
         # Fast path: the same specs as the previous call (plain attribute comparisons).
         if last is not None and len(args) == len(last[0]) and all(
@@ -243,9 +247,6 @@ class AOTCompiled(nn.Module):
             key = _key(args)
             loader, out_spec, single = self._variants.get(key) or self._compile(key, args)
             self._last = (key, loader, out_spec, single)
-        if torch.is_grad_enabled() and (self._trainable or any(a.requires_grad for a in args)):
-            raise ConfigError(f"{self.name} (compiled, aot) is inference-only and has no backward: call it "
-                              f"under torch.no_grad() or torch.inference_mode()")
         outs = loader.boxed_run(list(args))
         return outs[0] if single else tree_unflatten(outs, out_spec)
 
