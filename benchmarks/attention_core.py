@@ -31,6 +31,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -131,14 +132,17 @@ def bench_mha(args: argparse.Namespace) -> None:
               f"| {tm['ours'] / tm['torch']:.2f} |")
 
 
-def _flex_sliding_window(full: nn.Module, x: torch.Tensor, h: int, w: int) -> Callable[[], object] | None:
-    """PyTorch's FlexAttention with a |i - j| <= w block mask (compiled: on CPU its eager form
-    is a reference implementation), on ``full``'s projections; None where it does not run."""
+def _flex_sliding_window(full: nn.Module, x: torch.Tensor, h: int, w: int,
+                         block_size: int = 128) -> tuple[Callable[[], object], float] | None:
+    """PyTorch's FlexAttention with a |i - j| <= w block mask of ``block_size`` blocks (compiled:
+    on CPU its eager form is a reference implementation), on ``full``'s projections; returns the
+    forward and its compile seconds, or None where it does not run."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         b, n, c = x.shape
-        mask = create_block_mask(lambda _b, _h, i, j: (i - j).abs() <= w, None, None, n, n, device="cpu")
+        mask = create_block_mask(lambda _b, _h, i, j: (i - j).abs() <= w, None, None, n, n, device="cpu",
+                                 BLOCK_SIZE=block_size)
         attend = torch.compile(flex_attention)
 
         def fn() -> torch.Tensor:
@@ -146,12 +150,29 @@ def _flex_sliding_window(full: nn.Module, x: torch.Tensor, h: int, w: int) -> Ca
             out = attend(q, k, v, block_mask=mask)
             return full.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
+        t0 = time.perf_counter()
         with torch.no_grad():
             fn()  # compiles here
-        return fn
+        return fn, time.perf_counter() - t0
     except Exception as e:  # report, don't hide
         print(f"FlexAttention did not run: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
         return None
+
+
+def _flex_eager_runs(x: torch.Tensor, h: int, w: int) -> None:
+    """Whether FlexAttention runs uncompiled on CPU, and what one call costs there (printed)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    b, n, c = x.shape
+    q = x.view(b, n, h, c // h).transpose(1, 2)
+    mask = create_block_mask(lambda _b, _h, i, j: (i - j).abs() <= w, None, None, n, n, device="cpu")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
+        t0 = time.perf_counter()
+        peak = peak_memory(lambda: flex_attention(q, q, q, block_mask=mask))  # one call, profiled
+        took = time.perf_counter() - t0
+    print(f"FlexAttention uncompiled (B={b}, h={h}, N={n}, d={c // h}): runs; one call {took:.1f} s "
+          f"(under the memory profiler), peak {mib(peak).strip()} MiB: the unfused reference path")
 
 
 def bench_local(args: argparse.Namespace) -> None:
@@ -184,13 +205,17 @@ def bench_local(args: argparse.Namespace) -> None:
         "full + N x N band mask, SDPA": run(lambda: full(x, attn_mask=band)),
         "full + band mask, explicit softmax": run(explicit),
     }
-    flex = _flex_sliding_window(full, x, h, w)
-    if flex is not None:
-        fns["FlexAttention sliding window (compiled)"] = run(flex)
+    if args.flex_eager:
+        _flex_eager_runs(x, h, w)
+    for bs in args.flex_blocks:
+        flex = _flex_sliding_window(full, x, h, w, bs)
+        if flex is not None:
+            fns[f"FlexAttention sliding window, blocks of {bs} (compiled)"] = run(flex[0])
+            with torch.no_grad():
+                print(f"FlexAttention, blocks of {bs}: compiled in {flex[1]:.1f} s, "
+                      f"max |FlexAttention - local| = {(flex[0]() - local(x)).abs().max().item():.2e}")
     with torch.no_grad():
         err = (local(x) - full(x, attn_mask=band)).abs().max().item()
-        if flex is not None:
-            print(f"max |FlexAttention - local| = {(flex() - local(x)).abs().max().item():.2e}")
     t = timed(fns, args.warmup, max(3, args.repeat // 2))
     mem = {k: peak_memory(f) for k, f in fns.items()}
     key = "local (blocked, O(N w))"
@@ -254,6 +279,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--only", choices=("mha", "local", "linear"), default=None)
+    p.add_argument("--flex-blocks", type=int, nargs="*", default=[128, 16],
+                   help="FlexAttention block-mask block sizes to time in section 2 (compiled each)")
+    p.add_argument("--flex-eager", action="store_true", help="also run FlexAttention uncompiled once (slow)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print("# attention_core benchmark")

@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from plain_elementwise import REFS as ELEMENTWISE_REFS  # beside this script
 from torch import nn
 
 import blockzoo
@@ -47,8 +48,10 @@ from blockzoo.bench.report import FORMATS, render
 
 REFS: dict[str, type[nn.Module]] = {}
 # Blocks whose forward is mostly elementwise / reduction work (no large matmul or conv):
-# the rows over which --compile's geometric mean is reported.
-ELEMENTWISE = ("se", "eca", "sge", "simam", "coord_attention", "grn")
+# the rows over which --compile's geometric mean is reported (the last three's references
+# are in plain_elementwise.py).
+ELEMENTWISE = ("se", "eca", "sge", "simam", "coord_attention", "grn", "cbam", "triplet_attention",
+               "shuffle_attention")
 
 
 def reference(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -366,6 +369,8 @@ class PlainMixer(nn.Module):
 
 # ---------------------------------------------------------------- the run
 
+REFS.update(ELEMENTWISE_REFS)  # after the references above, so the default order keeps them first
+
 
 def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     """The two configs of a block: (built block in eval mode, input args)."""
@@ -413,15 +418,15 @@ def time_pair(ours: Callable[[], object], plain: Callable[[], object], reps: int
 
 
 def run_row(name: str, cfg: str, block: nn.Module, args: tuple[torch.Tensor, ...], passes: int,
-            budget_s: float, compiled: bool = False) -> dict[str, object]:
+            budget_s: float, compiled: bool = False, aot: bool = False) -> dict[str, object]:
     row: dict[str, object] = {"block": name, "config": cfg}
     _randomise_bn(block)
     plain = REFS[name](block).eval()
     if compiled:
-        import torch._dynamo
+        import torch._dynamo as dynamo  # (``import torch._dynamo`` would make ``torch`` a local name here)
 
-        torch._dynamo.reset()
-        block = blockzoo.compile(block)
+        dynamo.reset()
+        block = blockzoo.compile(block, example_inputs=args, aot=True) if aot else blockzoo.compile(block)
     with torch.no_grad():
         want, got = block(*args), plain(*args)
         err = (want - got).abs().max().item() / max(want.abs().max().item(), 1e-12)
@@ -461,20 +466,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--format", choices=FORMATS, default="table")
     ap.add_argument("--compile", action="store_true", help="ours as blockzoo.compile(block), inductor")
+    ap.add_argument("--aot", action="store_true",
+                    help="with --compile: ours as blockzoo.compile(block, example_inputs=..., aot=True), "
+                         "torch.export + AOTInductor, no dynamo guards")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.only or list(REFS)
+    how = f" | ours compiled ({'AOTInductor' if args.aot else 'inductor'}), plain eager" * args.compile
     print(f"machine: {platform.machine()} | python {platform.python_version()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | eval, no_grad, fp32 | {args.passes} passes, "
           f"ours/plain alternated, min of per-pass medians"
-          f"{' | ours compiled (inductor), plain eager' if args.compile else ''}")
+          f"{how}")
     rows = []
     for name in names:
         for cfg, (block, inp) in configs(name).items():
             if cfg not in args.configs:
                 continue
             try:
-                rows.append(run_row(name, cfg, block, inp, args.passes, args.budget, args.compile))
+                rows.append(run_row(name, cfg, block, inp, args.passes, args.budget, args.compile, args.aot))
             except Exception as e:  # report, don't hide: the row says what failed
                 rows.append({"block": name, "config": cfg, "note": f"{type(e).__name__}: {str(e)[:80]}"})
     cols = ["block", "config", "ours us", "plain us", "plain/ours", "ratio q1", "ratio q3",

@@ -222,3 +222,28 @@ def test_compile_failure_keeps_the_eager_row(monkeypatch: pytest.MonkeyPatch,
     (row,) = data["rows"]
     assert row["fwd_ms"] > 0 and row["compiled_fwd_ms"] is None
     assert data["failures"] == [{"name": "se (compiled)", "error": "RuntimeError: no compiler here"}]
+
+
+def test_aot_compiled_forward_joins_the_row(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile --aot`` times ``blockzoo.compile(model, example_inputs=..., aot=True)`` (stood in
+    for here by the eager model, so no C++ is compiled) and leaves the train columns empty."""
+    import blockzoo.export
+
+    seen: dict[str, object] = {}
+
+    def fake_aot(module: torch.nn.Module, example_inputs: object, **kw: object) -> torch.nn.Module:
+        seen.update(kw, inputs=example_inputs, training=module.training)
+        return module
+
+    monkeypatch.setattr(blockzoo.export, "AOTCompiled", fake_aot)
+    assert main(["bench", "se", "--compile", "--aot", "--repeats", "1", "--warmup", "0", "--no-progress",
+                 "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["machine"]["compiled"] == "blockzoo.compile(aot=True), AOTInductor, forward only"
+    (row,) = data["rows"]
+    assert row["compiled_fwd_ms"] > 0
+    assert row["fwd_speedup"] == pytest.approx(row["fwd_ms"] / row["compiled_fwd_ms"])
+    assert row["compiled_train_ms"] is None and row["train_speedup"] is None and row["compile_s"] >= 0
+    assert data["failures"] == []
+    assert seen["training"] is False and [t.shape for t in seen["inputs"]] == [(8, 16, 8, 8)]

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import blockzoo
-from blockzoo.checks import ConfigError
-from blockzoo.export import registered_entries
+from blockzoo.checks import ConfigError, ShapeError
+from blockzoo.export import AOTCompiled, registered_entries
 from blockzoo.registry import Example, images, register, unregister
 
 
@@ -122,3 +122,65 @@ def test_undeclared_break_fails_when_compiled_now() -> None:
             blockzoo.compile(block, backend="aot_eager", example_inputs=(torch.zeros(1, 2, 4, 4),))
     finally:
         unregister("toy_break")
+
+
+# ---------------------------------------------------------------- aot=True: torch.export + AOTInductor
+
+
+def test_aot_needs_example_inputs_and_inductor() -> None:
+    block, args = _se()
+    with pytest.raises(ConfigError, match="aot=True needs example_inputs"):
+        blockzoo.compile(block, aot=True)
+    with pytest.raises(ConfigError, match=r"backend='aot_eager' and \[\] do not apply"):
+        blockzoo.compile(block, aot=True, example_inputs=args, backend="aot_eager")
+    with pytest.raises(ConfigError, match=r"\['mode'\] do not apply"):
+        blockzoo.compile(block, aot=True, example_inputs=args, mode="max-autotune")
+
+
+@pytest.mark.compile
+def test_aot_equal_refuses_other_inputs_and_is_a_snapshot() -> None:
+    """One AOTInductor compile (~15-40 s here): equal outputs, then every input it was not
+    compiled for is refused (max_variants=1) instead of being read with the wrong layout."""
+    block, args = _se()
+    fast = blockzoo.compile(block, example_inputs=args, aot=True, max_variants=1)
+    assert isinstance(fast, AOTCompiled) and fast.variants == 1
+    assert list(fast.state_dict()) == []  # holds a snapshot, not the module's parameters
+    (x,) = args
+    with torch.no_grad():
+        want = block(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast(x.clone()), want, rtol=1e-5, atol=1e-6)  # same specs, new tensor
+        strided = x.transpose(2, 3).contiguous().transpose(2, 3)  # same shape and values, other layout
+        for bad, what in ((x[:1], r"\(1, 16, 8, 8\) float32"),
+                          (strided, r"\(2, 16, 8, 8\) float32 strides \(1024, 64, 1, 8\)"),
+                          (x.double(), r"\(2, 16, 8, 8\) float64")):
+            with pytest.raises(ShapeError, match=rf"se \(compiled, aot\): no variant for input {what} and "
+                                                 r"max_variants=1 reached; compiled for: "
+                                                 r"\(2, 16, 8, 8\) float32$"):
+                fast(bad)
+        assert fast.variants == 1
+        # later changes to the module are not seen (documented: a snapshot, like export)
+        for p in block.parameters():
+            p.mul_(2.0)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"inference-only and has no backward: call it under torch.no_grad"):
+        fast(x)
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_aot_recompiles_for_new_specs() -> None:
+    """Two compiles: a new shape compiles a second variant, equal to eager there; a dtype the
+    weights do not take is refused with a ConfigError before any C++ is compiled."""
+    block, args = _se()
+    fast = blockzoo.compile(block, example_inputs=args, aot=True)
+    y = torch.randn(3, 16, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(y), block(y), rtol=1e-5, atol=1e-6)
+        assert fast.variants == 2
+        torch.testing.assert_close(fast(*args), block(*args), rtol=1e-5, atol=1e-6)
+        assert fast.variants == 2
+        with pytest.raises(ConfigError, match=r"se could not be compiled ahead of time for input "
+                                              r"\(3, 16, 5, 7\) float64: RuntimeError: mat1 and mat2"):
+            fast(y.double())
+        assert fast.variants == 2

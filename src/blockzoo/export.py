@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +23,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_unflatten
 
-from blockzoo.checks import ConfigError
+from blockzoo.checks import ConfigError, ShapeError
 from blockzoo.registry import ENTRY_ATTR, Spec, list_blocks, spec
 
-__all__ = ["compile", "export_onnx", "export_program", "outputs", "registered_entries", "run_onnx"]
+__all__ = ["AOTCompiled", "compile", "export_onnx", "export_program", "outputs", "registered_entries",
+           "run_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def compile(  # the package's verb, like torch.compile (shadows the builtin here
     backend: str = "inductor",
     fullgraph: bool | None = None,
     example_inputs: Sequence[Any] | None = None,
+    aot: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """``torch.compile`` of ``module``, honouring what the registry declares about it.
@@ -77,7 +80,14 @@ def compile(  # the package's verb, like torch.compile (shadows the builtin here
       compiled now (one call under ``torch.no_grad``), and a failure raises
       ``ConfigError`` naming the module, the backend and the compiler's first line.
 
-    Other keyword arguments (``mode``, ``dynamic``, ``options``) go to ``torch.compile``.
+    - ``aot=True`` (inference only) skips dynamo: the module is captured with
+      ``torch.export`` at ``example_inputs`` (required) and compiled ahead of time by
+      AOTInductor; the result is an ``AOTCompiled`` module, see there. Its call costs
+      a few microseconds where ``torch.compile``'s guards cost tens (docs/benchmarks.md).
+
+    Other keyword arguments (``mode``, ``dynamic``, ``options``) go to ``torch.compile``
+    (with ``aot=True`` only ``options``, given to AOTInductor as ``inductor_configs``, and
+    ``max_variants``).
     The result is PyTorch's ``OptimizedModule``: it shares ``module``'s parameters, and its
     ``state_dict`` keys carry the ``_orig_mod.`` prefix (save ``module``, not the result).
 
@@ -104,6 +114,14 @@ def compile(  # the package's verb, like torch.compile (shadows the builtin here
         p, s = breaks[0]
         raise ConfigError(f"blockzoo.compile: fullgraph=True but {s.name!r}{f' at {p!r}' if p else ''} "
                           f"declares graph breaks: {s.exempt['fullgraph']}")
+    if aot:
+        if example_inputs is None:
+            raise ConfigError("blockzoo.compile: aot=True needs example_inputs (the input to compile for)")
+        extra = sorted(set(kwargs) - {"options", "max_variants"})
+        if backend != "inductor" or extra:
+            raise ConfigError(f"blockzoo.compile: aot=True compiles with AOTInductor; backend={backend!r} "
+                              f"and {extra} do not apply")
+        return AOTCompiled(module, example_inputs, name=top.name if top is not None else None, **kwargs)
     compiled = torch.compile(module, backend=backend, fullgraph=fullgraph, **kwargs)
     if example_inputs is not None:
         name = top.name if top is not None else type(module).__name__
@@ -115,6 +133,125 @@ def compile(  # the package's verb, like torch.compile (shadows the builtin here
             raise ConfigError(f"blockzoo.compile: {name} could not be compiled (backend={backend!r}, "
                               f"fullgraph={fullgraph}): {type(e).__name__}: {first}") from e
     return compiled
+
+
+_Key = tuple[tuple[tuple[int, ...], tuple[int, ...], torch.dtype, torch.device], ...]
+
+
+def _key(args: Sequence[Any]) -> _Key:
+    return tuple((tuple(a.shape), a.stride(), a.dtype, a.device) for a in args)
+
+
+def _describe(key: _Key) -> str:
+    """``(8, 16, 8, 8) float32``, with the strides when they are not the contiguous ones."""
+    return ", ".join(f"{tuple(s)} {str(d).replace('torch.', '')}"
+                     + ("" if st == _contiguous(s) else f" strides {st}") for s, st, d, _ in key)
+
+
+def _contiguous(shape: Sequence[int]) -> tuple[int, ...]:
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(out))
+
+
+class AOTCompiled(nn.Module):
+    """An eval-mode module compiled ahead of time: ``torch.export`` then AOTInductor.
+
+    Built by ``blockzoo.compile(module, example_inputs=args, aot=True)``. A call runs the
+    compiled C++ entry point directly: no dynamo frame evaluation and no guard tree, only a
+    check that the tensors have exactly the shapes, strides, dtypes and devices of a
+    compiled variant (integer and dtype comparisons, ~1 us). The compiled code itself
+    checks nothing (fed another shape it reads out of bounds), so that check is what keeps
+    it correct: a call with new input specs compiles a new variant (seconds; like a
+    ``torch.compile`` recompile) up to ``max_variants``, then raises ``ShapeError``; a
+    variant that does not run or compile (e.g. a dtype the weights do not match: the eager
+    module runs once on the new input first) raises ``ConfigError``.
+
+    - Inference only: the compiled program has no backward. A call with autograd
+      recording, when ``module`` had trainable parameters or an input requires grad, raises
+      ``ConfigError`` (no silent missing gradients); run it under ``torch.no_grad()`` or
+      ``torch.inference_mode()``.
+    - Weights are a snapshot, as in ``export_program`` and ``export_onnx``: the module is
+      copied in eval mode when this is built (``module`` keeps its mode) and later changes
+      to ``module`` are not seen; compile again after training. (AOTInductor can take
+      user-managed weight tensors, but it folds some of them into its own constants, e.g.
+      SE's first bias, so in-place updates would be seen only in part.)
+    - Keyword arguments and non-tensor arguments are not supported (pass tensors
+      positionally).
+    """
+
+    def __init__(self, module: nn.Module, example_inputs: Sequence[Any], *, name: str | None = None,
+                 options: dict[str, Any] | None = None, max_variants: int = 8) -> None:
+        super().__init__()
+        if not all(isinstance(a, torch.Tensor) for a in example_inputs):
+            raise ConfigError("blockzoo.compile(aot=True): example_inputs must be tensors, got "
+                              + ", ".join(type(a).__name__ for a in example_inputs))
+        self.name = name or type(module).__name__
+        self.max_variants = max_variants
+        self._options = dict(options or {})
+        # A snapshot in eval mode (not a submodule: state_dict stays empty); every variant
+        # is compiled from it, so all of them compute with the same weights.
+        self._source = [copy.deepcopy(module).eval().requires_grad_(False)]
+        self._trainable = any(p.requires_grad for p in module.parameters())
+        self._variants: dict[_Key, tuple[Any, Any, bool]] = {}
+        self._last: tuple[_Key, Any, Any, bool] | None = None
+        self._compile(_key(example_inputs), tuple(example_inputs))
+
+    @property
+    def variants(self) -> int:
+        """How many input signatures have been compiled."""
+        return len(self._variants)
+
+    def _compile(self, key: _Key, args: tuple[torch.Tensor, ...]) -> tuple[Any, Any, bool]:
+        module = self._source[0]
+        if len(self._variants) >= self.max_variants:
+            raise ShapeError(f"{self.name} (compiled, aot): no variant for input {_describe(key)} and "
+                             f"max_variants={self.max_variants} reached; compiled for: "
+                             + "; ".join(_describe(k) for k in self._variants))
+        try:
+            with torch.no_grad():
+                module(*args)  # an input the module refuses fails here, not after seconds of C++
+                program = torch.export.export(module, args, strict=False)
+                with tempfile.TemporaryDirectory(prefix="blockzoo-aot-") as tmp:
+                    path = torch._inductor.aoti_compile_and_package(
+                        program, package_path=os.path.join(tmp, "model.pt2"), inductor_configs=self._options)
+                    runner = torch._inductor.aoti_load_package(path)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"blockzoo.compile: {self.name} could not be compiled ahead of time for input "
+                              f"{_describe(key)}: {type(e).__name__}: {first}") from e
+        out_spec = program.call_spec.out_spec
+        single = out_spec is not None and out_spec.is_leaf()
+        entry = (runner.loader, out_spec, single)
+        self._variants[key] = entry
+        return entry
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if torch.is_grad_enabled() and (self._trainable
+                                        or any(getattr(a, "requires_grad", False) for a in args)):
+            raise ConfigError(f"{self.name} (compiled, aot) is inference-only and has no backward: call it "
+                              f"under torch.no_grad() or torch.inference_mode()")
+        last = self._last
+        # Fast path: the same specs as the previous call (plain attribute comparisons).
+        if last is not None and len(args) == len(last[0]) and all(
+            type(a) is torch.Tensor and a.shape == s and a.dtype == d and a.device == dev and a.stride() == st
+            for a, (s, st, d, dev) in zip(args, last[0], strict=True)
+        ):
+            loader, out_spec, single = last[1], last[2], last[3]
+        else:
+            if not all(isinstance(a, torch.Tensor) for a in args):
+                raise ShapeError(f"{self.name} (compiled, aot): expected tensors, got "
+                                 + ", ".join(type(a).__name__ for a in args))
+            key = _key(args)
+            loader, out_spec, single = self._variants.get(key) or self._compile(key, args)
+            self._last = (key, loader, out_spec, single)
+        outs = loader.boxed_run(list(args))
+        return outs[0] if single else tree_unflatten(outs, out_spec)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, variants={len(self._variants)}"
 
 
 def _batch_shapes(args: Sequence[Any], batched: Sequence[int]) -> tuple[Any, ...]:

@@ -27,7 +27,10 @@ columns, same inputs, warm-up and repeats (the warm-up calls after the first one
 compiled code): ``compiled_fwd_ms`` / ``compiled_train_ms`` (medians), ``fwd_speedup``
 / ``train_speedup`` (eager median / compiled median) and ``compile_s`` (seconds of the
 first eval and first training call, where compiling happens). A block that fails to
-compile keeps its eager row and is listed in the failures as ``name (compiled)``.
+compile keeps its eager row and is listed in the failures as ``name (compiled)``. With
+``compile_aot=True`` (``--compile --aot``) the forward is ``blockzoo.compile(model,
+example_inputs=..., aot=True)`` (torch.export + AOTInductor, inference only): the train
+columns stay empty and ``compile_s`` is the ahead-of-time compile.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class BenchSettings:
     threads: int = field(default_factory=torch.get_num_threads)
     compile: bool = False
     compile_backend: str = "inductor"
+    compile_aot: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -137,7 +141,8 @@ def machine_info(settings: BenchSettings, peak_gflops: float | None = None) -> d
         repeats=settings.repeats,
     )
     if settings.compile:
-        info["compiled"] = f"blockzoo.compile, backend {settings.compile_backend}"
+        info["compiled"] = ("blockzoo.compile(aot=True), AOTInductor, forward only" if settings.compile_aot
+                            else f"blockzoo.compile, backend {settings.compile_backend}")
     if peak_gflops is not None:
         info["matmul_peak_gflops"] = round(peak_gflops, 1)
     return info
@@ -222,6 +227,19 @@ def _bench_compiled(model: torch.nn.Module, args: Sequence[Any], train_args: Seq
     from blockzoo.export import compile as compile_module
 
     dev = torch.device(settings.device)
+    if settings.compile_aot:
+        model.eval()
+        t0 = time.perf_counter()
+        fast = compile_module(model, example_inputs=tuple(args), aot=True)
+        compile_s = time.perf_counter() - t0
+
+        def aot_forward() -> None:
+            with torch.no_grad():
+                fast(*args)
+
+        fwd = time_call(aot_forward, warmup=settings.warmup, repeats=settings.repeats, device=dev)
+        return dict(compiled_fwd_ms=fwd.median_ms, compiled_train_ms=None,
+                    fwd_speedup=eager_fwd_ms / fwd.median_ms, train_speedup=None, compile_s=compile_s)
     torch._dynamo.reset()  # each entry compiles afresh: no recompile limit across entries
     try:
         fast = compile_module(model, backend=settings.compile_backend)

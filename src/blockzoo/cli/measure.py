@@ -56,7 +56,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         threads=torch.get_num_threads(),
-        compile=args.compile,
+        compile=args.compile or args.aot,
+        compile_aot=args.aot,
     )
     result = run_bench(names, settings, progress=not args.no_progress)
     print(bench_text(result, args.format))
@@ -95,6 +96,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time blockzoo.compile(model) (inductor; compiling takes seconds per entry): "
                    "compiled_fwd_ms, compiled_train_ms and the speed-ups join the table")
+    p.add_argument("--aot", action="store_true",
+                   help="with --compile: the compiled forward is blockzoo.compile(model, aot=True) "
+                   "(torch.export + AOTInductor, no dynamo guards; inference only: no train columns)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
