@@ -84,8 +84,12 @@ class ArenaSettings:
         return self.token_data if kind == "tokens" else self.image_data
 
 
+# Settings that mean nothing to the other arena, left out of its captions.
+_ATTENTION_ONLY = ("token_data", "width", "dim", "depth")
+_BACKBONES_ONLY = ("arena", "max_mflops")
+
+
 def settings_text(settings: ArenaSettings) -> str:
     """The settings that decide a result, as ``key=value, ...`` (for table captions)."""
-    return ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k not in ("blocks", "jobs")
-                     and (settings.arena == "backbones" or k not in ("arena", "max_mflops"))
-                     and (settings.arena == "attention" or k not in ("token_data", "width", "dim", "depth")))
+    hidden = {"blocks", "jobs", *(_ATTENTION_ONLY if settings.arena == "backbones" else _BACKBONES_ONLY)}
+    return ", ".join(f"{k}={v}" for k, v in asdict(settings).items() if k not in hidden)
