@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def arena_section(heading: str, csv_path: Path, settings: Any, command: str, not
         "training time (runs shared the 2-core machine with each other under --jobs and with other",
         "work: compare times within one table only); latency_ms: median eval forward of one test",
         "batch, measured after training, one model at a time.",
-        *(["", note] if note else []),
+        *(["", textwrap.fill(note, 96)] if note else []),
         "",
         arena_markdown(csv_path, ROOT / "docs", settings, png_name=csv_path.with_suffix(".png").name),
         "",
