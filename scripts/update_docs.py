@@ -5,6 +5,9 @@
     python scripts/update_docs.py --check       # exit 1 if either is stale
     python scripts/update_docs.py --benchmarks  # also re-measure docs/benchmarks.md and train
                                                 # the arena runs docs/arena*.csv lack (slow)
+    python scripts/update_docs.py --arena-only arena_backbones  # only that arena section of
+                                                # docs/benchmarks.md (trained first where its CSV
+                                                # lacks runs); the rest of the page as it is
 
 The README table is ``blockzoo list --format markdown`` between the markers.
 ``docs/catalogue.md`` is the same table with FLOPs at each entry's example
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +123,15 @@ def paper_numbers_section() -> list[str]:
     ]
 
 
+# The headings of the sections this script writes (bench and the arena runs).
+ARENA_HEADINGS = ("## blockzoo arena", "## blockzoo arena: cluttered digits", "## blockzoo arena: backbones")
+GENERATED = tuple(f"{h}\n" for h in ("## blockzoo bench", *ARENA_HEADINGS))
+
+
 def kept_sections(text: str) -> list[str]:
     """The ``## `` sections of docs/benchmarks.md that are not generated here, as they are."""
     sections = re.split(r"(?m)^(?=## )", text)[1:]
-    generated = ("## blockzoo bench\n", "## blockzoo arena\n", "## blockzoo arena: cluttered digits\n")
-    return [s.rstrip("\n") + "\n" for s in sections if not s.startswith(generated)]
+    return [s.rstrip("\n") + "\n" for s in sections if not s.startswith(GENERATED)]
 
 
 # The blocks of the cluttered-digits arena: the backbone and one block per mechanism (channel
@@ -132,51 +140,109 @@ def kept_sections(text: str) -> list[str]:
 CLUTTERED_BLOCKS = ("none", "se", "eca", "cbam", "coord_attention", "simam", "halo_attention")
 
 
-def arena_runs() -> list[tuple[str, Path, Any, str]]:
-    """The published arena runs: (heading, results CSV, settings, the command that trains them)."""
+def arena_runs() -> list[tuple[str, Path, Any, str, str]]:
+    """The published arena runs: (heading, results CSV, settings, the command that trains them,
+    a note on what the run compares)."""
     from blockzoo.bench.arena import ArenaSettings
 
-    return [
+    backbones = ArenaSettings.backbone_settings()
+    runs = [
         ("## blockzoo arena", ROOT / "docs" / "arena.csv", ArenaSettings(jobs=2),
-         "blockzoo arena --jobs 2 --threads 1 --csv docs/arena.csv"),
+         "blockzoo arena --jobs 2 --threads 1 --csv docs/arena.csv", ""),
         ("## blockzoo arena: cluttered digits", ROOT / "docs" / "arena_cluttered.csv",
          ArenaSettings(blocks=CLUTTERED_BLOCKS, image_data="cluttered_digits", epochs=8),
          f"blockzoo arena --blocks {','.join(CLUTTERED_BLOCKS)} --data image:cluttered_digits "
-         "--epochs 8 --seeds 3 --threads 1 --csv docs/arena_cluttered.csv"),
+         "--epochs 8 --seeds 3 --threads 1 --csv docs/arena_cluttered.csv", ""),
+        ("## blockzoo arena: backbones", ROOT / "docs" / "arena_backbones.csv", backbones,
+         "blockzoo arena --kind backbones --jobs 1 --threads 1 --csv docs/arena_backbones.csv",
+         "Every registered image classifier (family `model`, image input, class scores out; read from "
+         "the registry, so a model registered later is trained by the next `make docs`), trained whole "
+         "from scratch at its registered example config (`blockzoo info NAME`) with the data's channels "
+         "(1) and classes (10), all with the same optimiser and budget. The data rule: the 8x8 digits "
+         "are resized (bilinear; antialiased where they shrink) to each model's registered example "
+         "size, the size its conformance tests run at, which the `data` column names "
+         "(`digits@32x32`). Models whose forward pass of one image at that size costs more than "
+         f"{backbones.max_mflops:g} MFLOPs are not trained (listed under **Not trained here** with "
+         "their cost; `--max-mflops` raises the cap). The example configs are small (narrow, shallow) "
+         "for most transformers and the paper's full width for the others (ResNets, ViTs, "
+         "MobileNets): this ranks the registered examples at a small budget, not the papers' models."),
     ]
+    return runs
 
 
-def arena_sections(train: bool = True) -> list[str]:
-    """The arena sections of docs/benchmarks.md, each from its CSV (trained first where the CSV
-    lacks runs, unless ``train`` is False), with its table and plot."""
+def arena_section(heading: str, csv_path: Path, settings: Any, command: str, note: str,
+                  train: bool = True) -> str | None:
+    """One arena section of docs/benchmarks.md from its CSV (trained first where the CSV lacks
+    runs, unless ``train`` is False), with its table and plot; None without a CSV."""
+    from blockzoo.bench.arena import arena_markdown, run_arena, settings_text
+
+    if train:
+        run_arena(settings, csv_path)  # resumable: trains only what the CSV lacks
+    if not csv_path.exists():
+        return None
+    parts = [
+        heading,
+        "",
+        f"`{command}` (resumable: `make docs` trains only what the CSV lacks). Settings:",
+        f"{settings_text(settings)}. acc: test accuracy (%), mean ± std over seeds; train_s: mean",
+        "training time (runs shared the 2-core machine with each other under --jobs and with other",
+        "work: compare times within one table only); latency_ms: median eval forward of one test",
+        "batch, measured after training, one model at a time.",
+        *(["", textwrap.fill(note, 96)] if note else []),
+        "",
+        arena_markdown(csv_path, ROOT / "docs", settings, png_name=csv_path.with_suffix(".png").name),
+        "",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _arena_ready() -> bool:
     import importlib.util
 
     needs = ("blockzoo.train", "blockzoo.data", "blockzoo.attach")
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         print(f"arena skipped: {', '.join(missing)} not in this checkout", file=sys.stderr)
-        return []
-    from blockzoo.bench.arena import arena_markdown, run_arena, settings_text
+    return not missing
 
-    parts = []
-    for heading, csv_path, settings, command in arena_runs():
-        if train:
-            run_arena(settings, csv_path)  # resumable: trains only what the CSV lacks
-        if not csv_path.exists():
-            continue
-        parts += [
-            heading,
-            "",
-            f"`{command}` (resumable: `make docs` trains only what the CSV lacks). Settings:",
-            f"{settings_text(settings)}. acc: test accuracy (%), mean ± std over seeds; train_s: mean",
-            "training time (runs shared the 2-core machine with each other under --jobs and with other",
-            "work: compare times within one table only); latency_ms: median eval forward of one test",
-            "batch, measured after training, one model at a time.",
-            "",
-            arena_markdown(csv_path, ROOT / "docs", settings, png_name=csv_path.with_suffix(".png").name),
-            "",
-        ]
-    return parts
+
+def arena_sections(train: bool = True) -> list[str]:
+    """The arena sections of docs/benchmarks.md, each from its CSV (trained first where the CSV
+    lacks runs, unless ``train`` is False), with its table and plot."""
+    if not _arena_ready():
+        return []
+    sections = (arena_section(*run, train=train) for run in arena_runs())
+    return [s for s in sections if s is not None]
+
+
+def with_sections(text: str, fresh: dict[str, str]) -> str:
+    """``text`` (docs/benchmarks.md) with the ``## `` sections headed by ``fresh``'s keys replaced
+    by its values; a heading not yet there goes after the last generated section."""
+    head, *sections = re.split(r"(?m)^(?=## )", text)
+    left = dict(fresh)
+    out = [left.pop(s.split("\n", 1)[0], s) for s in sections]
+    generated = [i for i, s in enumerate(out) if s.startswith(GENERATED)]
+    at = generated[-1] + 1 if generated else len(out)
+    out[at:at] = list(left.values())
+    return head + "".join(out)
+
+
+def update_arenas(names: list[str], train: bool = True) -> None:
+    """Only the arena sections whose CSV stems are ``names`` (``arena_backbones``), in place
+    (trained first where the CSV lacks runs, unless ``train`` is False)."""
+    runs = {run[1].stem: run for run in arena_runs()}
+    unknown = [n for n in names if n not in runs]
+    if unknown:
+        raise SystemExit(f"--arena-only: no arena run {', '.join(unknown)} (there are: {', '.join(runs)})")
+    if not _arena_ready():
+        return
+    fresh = {}
+    for n in names:
+        section = arena_section(*runs[n], train=train)
+        if section is not None:
+            fresh[runs[n][0]] = section
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
+    BENCHMARKS.write_text(with_sections(text, fresh))
 
 
 def benchmarks_page(arena: bool = True) -> str:
@@ -235,8 +301,15 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check, change nothing")
     parser.add_argument("--benchmarks", action="store_true", help="also re-measure docs/benchmarks.md")
     parser.add_argument("--no-arena", action="store_true",
-                        help="with --benchmarks: train no arena runs, use docs/arena.csv as it is")
+                        help="with --benchmarks or --arena-only: train no arena runs, use the CSVs as is")
+    parser.add_argument("--arena-only", nargs="+", metavar="CSV_STEM",
+                        help="only these arena sections of docs/benchmarks.md (arena, arena_cluttered, "
+                        "arena_backbones): trained where the CSV lacks runs, the rest of the page kept")
     args = parser.parse_args()
+    if args.arena_only:
+        torch.set_num_threads(1)
+        update_arenas(args.arena_only, train=not args.no_arena)
+        return 0
     torch.set_num_threads(1)
     readme = ROOT / "README.md"
     old, new = readme.read_text(), updated_readme(readme.read_text())

@@ -105,19 +105,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 
-def cmd_arena(args: argparse.Namespace) -> int:
-    import torch
+def _arena_settings(args: argparse.Namespace) -> Any:
+    """The ``ArenaSettings`` of the arena options; a combination that means nothing is a ``CliError``."""
+    from blockzoo.bench.arena import ArenaSettings
 
-    from blockzoo.bench.arena import (
-        SUMMARY_COLUMNS,
-        ArenaSettings,
-        arena_latencies,
-        plot_arena,
-        run_arena,
-        summarize,
-    )
-    from blockzoo.bench.report import render
-
+    backbones = args.kind == "backbones"
     kw: dict[str, Any] = dict(blocks=tuple(b for b in (args.blocks or "").split(",") if b), jobs=args.jobs,
                               small_data=args.small_data)
     if args.data:
@@ -125,12 +117,41 @@ def cmd_arena(args: argparse.Namespace) -> int:
             kind, _, name = d.rpartition(":")
             if kind not in ("", "image", "tokens"):
                 raise CliError(f"--data {d!r}: expected image:NAME or tokens:NAME")
+            if backbones and kind == "tokens":
+                raise CliError(f"--data {d!r}: --kind backbones trains image classifiers; give image:NAME")
             kw["token_data" if kind == "tokens" else "image_data"] = name
     for opt in ("epochs", "seeds"):
         if getattr(args, opt) is not None:
             kw[opt] = getattr(args, opt)
-    settings = ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
-    csv_path = args.csv or ("arena_quick.csv" if args.quick else "arena.csv")
+    if args.max_mflops is not None:
+        if not backbones:
+            raise CliError("--max-mflops is the backbone arena's cost cap: use it with --kind backbones")
+        kw["max_mflops"] = args.max_mflops
+    if backbones:
+        if args.quick:
+            raise CliError("--quick is the attention arena's preview; with --kind backbones name the "
+                           "models (--blocks) and the budget (--epochs, --seeds)")
+        return ArenaSettings.backbone_settings(**kw)
+    return ArenaSettings.quick_settings(**kw) if args.quick else ArenaSettings(**kw)
+
+
+def cmd_arena(args: argparse.Namespace) -> int:
+    import torch
+
+    from blockzoo.bench.arena import (
+        SUMMARY_COLUMNS,
+        arena_latencies,
+        backbone_skips,
+        plot_arena,
+        run_arena,
+        summarize,
+    )
+    from blockzoo.bench.report import render
+
+    settings = _arena_settings(args)
+    backbones = settings.arena == "backbones"
+    default_csv = "arena_backbones.csv" if backbones else "arena_quick.csv" if args.quick else "arena.csv"
+    csv_path = args.csv or default_csv
     rows = run_arena(settings, csv_path, progress=not args.no_progress)
     summary = summarize(rows, arena_latencies(rows, settings))
     print(f"# results: {csv_path} ({len(rows)} runs); settings: "
@@ -142,27 +163,46 @@ def cmd_arena(args: argparse.Namespace) -> int:
     failed = [r for r in summary if r.get("error")]
     for r in failed:
         print(f"FAILED {r['kind']} {r['block']}: {r['error']}")
+    if backbones:
+        for model, why in backbone_skips(settings, list(settings.blocks) or None).items():
+            print(f"NOT TRAINED {model}: {why}")
     print(plot_arena(summary, args.plot or Path(csv_path).with_suffix(".png")))
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
 def add_arena(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("arena", help="train every attention block in the same backbone; compare")
-    p.add_argument("--blocks", help="comma-separated attention blocks (default: every candidate; "
-                   "--quick: 4 image and 2 token blocks, one per mechanism); 'none' is the backbone "
-                   "without attention")
+    p = sub.add_parser("arena", help="train every attention block (or image classifier) alike; compare")
+    p.add_argument("--kind", choices=("attention", "backbones"), default="attention",
+                   help="attention: every attention block inside the arena's small backbones (default); "
+                   "backbones: every registered image classifier (family model) whole, at its example config "
+                   "and size (the images resized to it)")
+    p.add_argument("--blocks", help="comma-separated attention blocks, or models with --kind backbones "
+                   "(default: every candidate; --quick: 4 image and 2 token blocks, one per mechanism); "
+                   "'none' is the backbone without attention")
     p.add_argument("--data", help="image:NAME and/or tokens:NAME (default image:digits,tokens:mnist1d; "
                    "image:cluttered_digits is the harder image task)")
-    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 6; --quick 3)")
-    p.add_argument("--seeds", type=positive_int, help="seeds per block (default 3; --quick 2)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per run (default 6; --quick and backbones 3)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per block (default 3; --quick and backbones 2)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel (processes of 1 thread)")
     p.add_argument("--quick", action="store_true",
                    help="a representative set of 6 blocks, 3 epochs, 2 seeds: a few minutes on one core")
+    p.add_argument("--max-mflops", type=_positive_float, metavar="M",
+                   help="--kind backbones: models whose forward pass of one image costs more than M MFLOPs "
+                   "are not trained, only listed (default 100)")
     p.add_argument("--small-data", action="store_true", help="each data set's small version (smoke tests)")
-    p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv)")
+    p.add_argument("--csv", help="results file, appended and resumed (default arena[_quick].csv; "
+                   "arena_backbones.csv with --kind backbones)")
     p.add_argument("--plot", help="scatter PNG (default: the CSV's name with .png)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_arena)
-
-

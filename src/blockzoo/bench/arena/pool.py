@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from blockzoo.bench.arena.candidates import plan
+from blockzoo.bench.arena.candidates import plan, run_data
 from blockzoo.bench.arena.one_run import train_one
 from blockzoo.bench.arena.results import append_row, read_results, results_for, run_key
 from blockzoo.bench.arena.settings import ArenaSettings
@@ -23,7 +23,7 @@ log = logging.getLogger("blockzoo.arena")
 def _job(runner: Callable[..., dict[str, Any]], kind: str, block: str, seed: int,
          settings: ArenaSettings) -> dict[str, Any]:
     torch.set_num_threads(1)
-    row: dict[str, Any] = dict(kind=kind, block=block, seed=seed, data=settings.data_for(kind),
+    row: dict[str, Any] = dict(kind=kind, block=block, seed=seed, data=run_data(settings, kind, block),
                                epochs=settings.epochs, small_data=settings.small_data)
     try:
         row.update(runner(kind, block, seed, settings), status="ok", error="")
@@ -40,7 +40,9 @@ def run_arena(
     runner: Callable[..., dict[str, Any]] = train_one,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every (block, seed) not already finished in ``csv_path``; append each result as it ends.
+    """Run every (block, seed) of ``plan(settings)`` not already finished in ``csv_path``;
+    append each result as it ends. The backbone arena's models over its cost cap are not in
+    the plan (``backbone_skips`` lists them).
 
     Returns the rows of these settings (old and new). ``settings.jobs > 1`` trains in
     that many processes (each with one thread); ``runner`` must then be picklable.
@@ -51,7 +53,7 @@ def run_arena(
     done = {run_key(r["kind"], r["block"], r["seed"], r["data"], r["epochs"], r["small_data"])
             for r in read_results(csv_path) if r["status"] == "ok"}
     todo = [(k, b, s) for k, b, s in plan(settings)
-            if run_key(k, b, s, settings.data_for(k), settings.epochs, settings.small_data) not in done]
+            if run_key(k, b, s, run_data(settings, k, b), settings.epochs, settings.small_data) not in done]
     log.info("arena: %d runs to do, %d already in %s", len(todo), len(done), csv_path)
     bar = tqdm(total=len(todo), desc="arena", unit="run", disable=not progress, leave=False)
     if settings.jobs <= 1:

@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from blockzoo.bench.arena.candidates import backbone_skips
 from blockzoo.bench.arena.one_run import measure_latency
 from blockzoo.bench.arena.results import read_results, results_for
-from blockzoo.bench.arena.settings import BASELINE, KINDS, ArenaSettings
+from blockzoo.bench.arena.settings import BACKBONE, BASELINE, KINDS, ArenaSettings
 
 __all__ = ["SUMMARY_COLUMNS", "arena_latencies", "arena_markdown", "plot_arena", "summarize"]
 
@@ -71,15 +72,18 @@ def summarize(rows: Iterable[Mapping[str, Any]],
 
 
 def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Accuracy (mean ± std over seeds) against inference latency, one panel per input kind."""
+    """Accuracy (mean ± std over seeds) against inference latency, one panel per row kind
+    (``image``, ``tokens`` attention; ``backbone`` models)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in summary if "acc_mean" in r and r.get("latency_ms") is not None]
-    kinds = [k for k in KINDS if any(r["kind"] == k for r in ok)] or ["image"]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False)
+    kinds = [k for k in (*KINDS, BACKBONE) if any(r["kind"] == k for r in ok)] or ["image"]
+    wide = BACKBONE in kinds  # one point per model: a larger panel keeps the names apart
+    fig, axes = plt.subplots(1, len(kinds), figsize=(sum(11 if k == BACKBONE else 6.5 for k in kinds),
+                                                     7 if wide else 4.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         rs = [r for r in ok if r["kind"] == kind]
         for r in rs:
@@ -93,7 +97,9 @@ def plot_arena(summary: Sequence[Mapping[str, Any]], path: str | Path, *, title:
         ax.set_xlabel("inference latency of one batch (ms, median)")
         ax.set_xscale("log")
         ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-        ax.set_title(f"{kind} attention on {rs[0]['data'] if rs else '-'}")
+        data = rs[0]["data"].split("@")[0] if rs else "-"
+        ax.set_title(f"image classifiers trained on {data}, each at its example size" if kind == BACKBONE
+                     else f"{kind} attention on {data}")
         ax.grid(alpha=0.3)
         if any(r["block"] == BASELINE for r in rs):
             ax.legend(fontsize=8, loc="lower right")
@@ -112,7 +118,8 @@ def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSet
                    png_name: str = "arena.png") -> str:
     """The arena table (markdown) and plot (``png_name`` in ``out_dir``) from a results CSV.
 
-    Latencies are measured now (``measure``), one block at a time.
+    Latencies are measured now (``measure``), one block at a time. The backbone arena's
+    models it does not train (``backbone_skips``) are listed with the reason.
     """
     from blockzoo.bench.report import render
 
@@ -123,5 +130,8 @@ def arena_markdown(csv_path: str | Path, out_dir: str | Path, settings: ArenaSet
     fails = [r for r in summary if r.get("error")]
     if fails:
         lines.append("\nFailed runs:\n" + "\n".join(f"- {r['block']}: {r['error']}" for r in fails))
+    skips = backbone_skips(settings, list(settings.blocks) or None) if settings.arena == "backbones" else {}
+    if skips:
+        lines.append("\nNot trained here:\n" + "\n".join(f"- {m}: {why}" for m, why in skips.items()))
     lines.append(f"\n![accuracy vs latency]({png.name})")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The arena's results CSV: its columns, reading it, appending one row, and which rows count.
 
-A run is identified by (kind, block, seed, data, epochs, small_data); a later call
+A run is identified by (kind, block, seed, data, epochs, small_data) (a backbone's
+``data`` also names the size it trains at, ``digits@32x32``); a later call
 skips the runs already ``ok`` in the file, so an interrupted arena resumes where it
 stopped and failed runs are re-tried.
 """
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from blockzoo.bench.arena.candidates import plan
+from blockzoo.bench.arena.candidates import plan, run_data
 from blockzoo.bench.arena.settings import ArenaSettings
 
 __all__ = ["ARENA_COLUMNS", "append_row", "read_results", "results_for", "run_key"]
@@ -62,7 +63,7 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
 
 def results_for(rows: Iterable[Mapping[str, Any]], settings: ArenaSettings) -> list[dict[str, Any]]:
     """The rows of ``settings``' plan (latest row per run)."""
-    wanted = {run_key(k, b, s, settings.data_for(k), settings.epochs, settings.small_data)
+    wanted = {run_key(k, b, s, run_data(settings, k, b), settings.epochs, settings.small_data)
               for k, b, s in plan(settings)}
     latest: dict[tuple, dict[str, Any]] = {}
     for r in rows:
