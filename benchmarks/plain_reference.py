@@ -418,9 +418,9 @@ def run_row(name: str, cfg: str, block: nn.Module, args: tuple[torch.Tensor, ...
     _randomise_bn(block)
     plain = REFS[name](block).eval()
     if compiled:
-        import torch._dynamo
+        import torch._dynamo as dynamo  # a bare `import torch._dynamo` here would make `torch` local
 
-        torch._dynamo.reset()
+        dynamo.reset()
         block = blockzoo.compile(block)
     with torch.no_grad():
         want, got = block(*args), plain(*args)

@@ -159,3 +159,134 @@ def test_se_fast_path_equals_the_module_path_and_hooks_still_fire() -> None:
     w1, w2 = se.fc1.weight.flatten(1), se.fc2.weight.flatten(1)
     want = x * torch.sigmoid(torch.relu(z @ w1.T + se.fc1.bias) @ w2.T + se.fc2.bias)[:, :, None, None]
     torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- blockzoo._fastcall
+
+
+def _double_inputs(s: object, batch: int = 3) -> tuple[torch.Tensor, ...]:
+    return tuple(t.double() if t.is_floating_point() else t for t in s.make_input(batch=batch))
+
+
+def _randomise_norms(block: nn.Module) -> None:
+    for m in block.modules():  # non-trivial eval statistics, so a skipped BN would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+
+
+_COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.ReLU, nn.GELU, nn.Sigmoid)
+
+
+@pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
+                                  "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
+                                  "mlp"])
+def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
+    """Blocks whose stock submodules run as functional ops when unhooked: the same output as
+    with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
+    any computing submodule still fires."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    _randomise_norms(block)
+    x = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(*x)
+        handle = register_module_forward_hook(lambda *_a: None)
+        try:
+            modules = block(*x)
+        finally:
+            handle.remove()
+        seen: set[nn.Module] = set()
+        want = {m for m in block.modules() if type(m) in _COMPUTE}
+        handles = [m.register_forward_hook(lambda m, *_a: seen.add(m)) for m in want]
+        try:
+            hooked = block(*x)
+        finally:
+            for h in handles:
+                h.remove()
+    assert want and seen == want
+    torch.testing.assert_close(fast, modules, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, hooked, rtol=1e-12, atol=1e-12)
+
+
+def test_simam_in_place_path_equals_the_autograd_path_and_keeps_the_input() -> None:
+    torch.manual_seed(0)
+    block = blockzoo.create("simam", channels=6)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    x0 = x.clone()
+    with torch.no_grad():
+        fast = block(x)
+    assert torch.equal(x, x0)
+    xg = x.clone().requires_grad_(True)
+    slow = block(xg)
+    slow.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    with record_attention(block) as maps, torch.no_grad():
+        y = block(x)
+    torch.testing.assert_close(y, x * maps["attn_map"], rtol=1e-12, atol=1e-12)
+
+
+def _stock_modules() -> list[tuple[nn.Module, tuple[int, ...]]]:
+    return [
+        (nn.Linear(5, 3), (4, 5)), (nn.Linear(5, 3, bias=False), (2, 4, 5)),
+        (nn.Conv1d(1, 1, 3, padding=1, bias=False), (2, 1, 7)),
+        (nn.Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 5)),
+        (nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), (2, 4, 5, 5)),
+        (nn.LayerNorm(5, eps=1e-3), (2, 3, 5)), (nn.BatchNorm2d(4).eval(), (2, 4, 3, 3)),
+        (nn.ReLU(), (3, 4)), (nn.ReLU(inplace=True), (3, 4)), (nn.GELU(approximate="tanh"), (3, 4)),
+        (nn.SiLU(), (3, 4)), (nn.ReLU6(), (3, 4)), (nn.Hardswish(), (3, 4)), (nn.Sigmoid(), (3, 4)),
+        (nn.Tanh(), (3, 4)), (nn.Identity(), (3, 4)), (nn.Dropout(0.5).eval(), (3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_stock_modules())))
+def test_fastcall_equals_the_module_call(index: int) -> None:
+    from blockzoo._fastcall import call
+
+    torch.manual_seed(index)
+    m, shape = _stock_modules()[index]
+    m = m.double()
+    if isinstance(m, nn.BatchNorm2d):
+        _randomise_norms(m)
+    x = 3 * torch.randn(shape, dtype=torch.float64)
+    want = m(x.clone())
+    got = call(m, x.clone())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fastcall_keeps_the_module_path_where_it_must() -> None:
+    """Training batch norm (its statistics update), live dropout, subclasses, parametrized
+    modules and hooked modules all run as modules."""
+    from torch.nn.utils import parametrize
+
+    from blockzoo._fastcall import call
+
+    bn = nn.BatchNorm2d(3).train()
+    call(bn, torch.randn(2, 3, 4, 4))
+    assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean, torch.zeros(3))
+    drop = nn.Dropout(0.5).train()
+    assert (call(drop, torch.ones(200)) == 0).any()
+
+    class Twice(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    twice, x = Twice(3, 3), torch.randn(2, 3)
+    torch.testing.assert_close(call(twice, x), twice(x))
+
+    class Scale(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 3 * w
+
+    lin = nn.Linear(3, 3)
+    parametrize.register_parametrization(lin, "weight", Scale())
+    torch.testing.assert_close(call(lin, x), x @ lin.weight.T + lin.bias)
+    fired: list[int] = []
+    plain = nn.Linear(3, 3)
+    plain.register_forward_pre_hook(lambda *_a: fired.append(1))
+    call(plain, x)
+    assert fired == [1]
