@@ -290,3 +290,54 @@ def test_fastcall_keeps_the_module_path_where_it_must() -> None:
     plain.register_forward_pre_hook(lambda *_a: fired.append(1))
     call(plain, x)
     assert fired == [1]
+
+
+def test_size_tables_are_built_once_per_size_and_mode() -> None:
+    """Swin's index and shift mask, GPSA's offsets: one tensor per (arguments, inference mode);
+    a table first built under inference_mode is not reused by a training step."""
+    from blockzoo.attention.gpsa import relative_offsets
+    from blockzoo.attention.swin import relative_position_index, shifted_window_mask
+
+    a = relative_offsets(3, 4, dtype=torch.float64)
+    assert relative_offsets(3, 4, dtype=torch.float64) is a
+    assert relative_offsets(4, 3, dtype=torch.float64) is not a
+    assert relative_position_index(2, 3, (4, 4)) is relative_position_index(2, 3, (4, 4))
+    plan = (4, 4, 2, 2)
+    m = shifted_window_mask(8, 8, 8, 8, plan, torch.device("cpu"), torch.float32)
+    assert m is shifted_window_mask(8, 8, 8, 8, plan, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        inf = relative_offsets(5, 5)
+    assert inf.is_inference() and not relative_offsets(5, 5).is_inference()
+
+    block = blockzoo.create("shifted_window_attention", dim=8, num_heads=2, window_size=4, shift_size=2)
+    x = torch.randn(2, 8, 8, 8)
+    with torch.inference_mode():
+        y0 = block(x)
+    y = block(x)
+    y.sum().backward()  # the tables built in inference mode would raise here if reused
+    torch.testing.assert_close(y.detach(), y0)
+    g = blockzoo.create("gated_positional_self_attention", dim=8, num_heads=4)
+    with torch.inference_mode():
+        g(torch.randn(1, 8, 7, 6))
+    g(torch.randn(1, 8, 7, 6)).sum().backward()
+    assert g.pos_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_repmlp_inference_merge_equals_the_autograd_path(groups: int) -> None:
+    """RepMLP without autograd adds y + v straight into the (B, C, H, W) output (train and
+    deploy forms): the same numbers as the autograd path, which keeps the merge copy."""
+    import copy
+
+    from blockzoo.mlp import RepMLPBlock
+
+    torch.manual_seed(0)
+    block = RepMLPBlock(8, (3, 2), groups=groups, kernel_sizes=(1, 3)).double().eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 8, 6, 4, dtype=torch.float64)
+    for form in (block, copy.deepcopy(block).reparameterize()):
+        with torch.no_grad():
+            fast = form(x)
+        slow = form(x.clone().requires_grad_(True))
+        assert fast.is_contiguous() and fast.shape == x.shape
+        torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
