@@ -32,6 +32,7 @@ elementwise and reduction work (pooling, gates, norms: what inductor fuses), iss
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import platform
 import statistics
@@ -362,6 +363,131 @@ class PlainMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.t2(F.gelu(self.t1(self.norm1(x).transpose(1, 2)))).transpose(1, 2)
         return x + self.c2(F.gelu(self.c1(self.norm2(x))))
+
+
+# ---------------------------------------------------------------- more families (issue 19, goal 3)
+
+
+@reference("cbam")
+class PlainCBAM(nn.Module):
+    """Woo et al. 1807.06521: M_c = sigmoid(MLP(avg) + MLP(max)), then
+    M_s = sigmoid(BN(conv7x7([mean_c; max_c]))), each multiplied in."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        mlp = b.channel_gate.mlp
+        self.fc1, self.fc2 = linear_from(mlp[0]), linear_from(mlp[2])
+        self.conv, self.bn = copy.deepcopy(b.spatial_gate.conv), copy.deepcopy(b.spatial_gate.bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def mlp(t: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(t)))
+
+        x = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
+        p = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.bn(self.conv(p)))
+
+
+@reference("external_attention")
+class PlainExternalAttention(nn.Module):
+    """Guo et al. 2105.02358: A = softmax over tokens of x M_k^T, l1-normalised over the
+    memory, out = A M_v^T."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.mk, self.mv, self.eps = linear_from(b.mk), linear_from(b.mv), b.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.mk(x).softmax(1)
+        return self.mv(a / (self.eps + a.sum(2, keepdim=True)))
+
+
+@reference("linear_attention")
+class PlainLinearAttention(nn.Module):
+    """Katharopoulos et al. 2006.16236: phi = elu + 1, out = phi(Q) (phi(K)^T V) / (phi(Q) sum phi(K))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.eps = b.num_heads, b.head_dim, b.eps
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        num = q @ (k.transpose(-1, -2) @ v)  # (B, h, N, d)
+        den = q @ k.sum(2, keepdim=True).transpose(-1, -2)  # (B, h, N, 1)
+        return self.proj((num / (den + self.eps)).transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
+@reference("gmlp")
+class PlainGMLP(nn.Module):
+    """Liu et al. 2105.08050: Z = gelu(LN(X) U), s(Z) = Z_1 * (W LN(Z_2) + b), Y = X + s(Z) V."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.gnorm = copy.deepcopy(b.norm), copy.deepcopy(b.sgu.norm)
+        self.proj_in, self.proj_out = linear_from(b.proj_in), linear_from(b.proj_out)
+        self.w = nn.Parameter(b.sgu.weight.detach().clone())
+        self.b = nn.Parameter(b.sgu.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1, z2 = F.gelu(self.proj_in(self.norm(x))).chunk(2, -1)
+        gate = torch.matmul(self.w, self.gnorm(z2)) + self.b[:, None]  # (B, N, D/2)
+        return x + self.proj_out(z1 * gate)
+
+
+@reference("resmlp")
+class PlainResMLP(nn.Module):
+    """Touvron et al. 2105.03404: Aff(x) = alpha x + beta; X = X + s_1 T(Lin_tok(T(Aff_1 X)));
+    Y = X + s_2 MLP(Aff_2 X)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.a1, self.b1 = b.norm1.alpha.detach().clone(), b.norm1.beta.detach().clone()
+        self.a2, self.b2 = b.norm2.alpha.detach().clone(), b.norm2.beta.detach().clone()
+        (self.tok,) = (linear_from(m) for m in b.token_mlp.layers if isinstance(m, nn.Linear))
+        self.c1, self.c2 = _mlp_linears(b.channel_mlp)
+        self.s1, self.s2 = b.scale1.detach().clone(), b.scale2.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.s1 * self.tok((self.a1 * x + self.b1).transpose(1, 2)).transpose(1, 2)
+        return x + self.s2 * self.c2(F.gelu(self.c1(self.a2 * x + self.b2)))
+
+
+@reference("convmixer_block")
+class PlainConvMixer(nn.Module):
+    """Trockman & Kolter 2201.09792: z' = BN(gelu(DWConv(z))) + z, y = BN(gelu(PWConv(z')))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.dw, self.bn1 = copy.deepcopy(b.dw), copy.deepcopy(b.bn1)
+        self.pw, self.bn2 = copy.deepcopy(b.pw), copy.deepcopy(b.bn2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(F.gelu(self.dw(x))) + x
+        return self.bn2(F.gelu(self.pw(x)))
+
+
+def _conv_bn(cba: nn.Module, act: nn.Module) -> nn.Sequential:
+    seq = _conv_bn_relu(cba)
+    seq[2] = act
+    return seq
+
+
+@reference("inverted_residual")
+class PlainInvertedResidual(nn.Module):
+    """Sandler et al. 1801.04381: 1x1 expand-BN-ReLU6, 3x3 depthwise-BN-ReLU6, 1x1 project-BN,
+    plus x when the shape is kept."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(b.expand, nn.ReLU6()), _conv_bn(b.dw, nn.ReLU6()),
+                                  _conv_bn(b.project, nn.Identity()))
+        self.residual = b.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
 
 
 # ---------------------------------------------------------------- the run

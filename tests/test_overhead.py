@@ -16,6 +16,7 @@ from blockzoo import checks
 from blockzoo.attention import SqueezeExcite
 from blockzoo.attention.maps import AttentionMap, record_attention
 from blockzoo.checks import ShapeError, check_shape
+from blockzoo.mlp.mixer import Affine
 
 
 @pytest.fixture
@@ -175,11 +176,14 @@ def _randomise_norms(block: nn.Module) -> None:
             m.running_var.uniform_(0.5, 2.0)
 
 
-_COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.ReLU, nn.GELU, nn.Sigmoid)
+_COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.GELU,
+            nn.Sigmoid, Affine)
 
 
 @pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
                                   "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
+                                  "cbam", "external_attention", "gmlp", "convmixer_block",
+                                  "inverted_residual",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as

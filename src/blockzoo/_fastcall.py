@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "invoke", "listened"]
+__all__ = ["call", "direct", "invoke", "listened"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -114,6 +114,20 @@ _DIRECT: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = 
     nn.Identity: lambda _m, x: x,
     nn.Dropout: _dropout,
 }
+
+
+def direct(cls: type[nn.Module]) -> Callable[[Callable[[nn.Module, torch.Tensor], torch.Tensor | None]],
+                                              Callable[[nn.Module, torch.Tensor], torch.Tensor | None]]:
+    """Decorator registering ``fn(module, x)`` as what :func:`call` runs for exactly ``cls``
+    (a blockzoo module whose forward is a line of tensor maths); ``fn`` must compute what
+    ``cls.forward`` computes, op for op, or return None to take the module path."""
+
+    def deco(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor | None]
+             ) -> Callable[[nn.Module, torch.Tensor], torch.Tensor | None]:
+        _DIRECT[cls] = fn
+        return fn
+
+    return deco
 
 
 def call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, invoke
+from blockzoo._fastcall import call, direct, invoke
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -58,6 +58,13 @@ class Affine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.alpha.numel()}"
+
+
+@direct(Affine)
+def _affine(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``Affine.forward`` without the module call (blockzoo._fastcall.call)."""
+    p = m._parameters
+    return p["alpha"] * x + p["beta"]
 
 
 def _example_cfg() -> dict[str, Any]:

@@ -146,7 +146,8 @@ class RepMLPBlock(nn.Module):
         p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
         p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
         flat = p.reshape(b * nh * nw, c * h * w, 1, 1)  # (B P, C h w, 1, 1)
-        if not (torch.is_grad_enabled() and (x.requires_grad or self.gp_fc1.weight.requires_grad)):
+        if not ((torch.is_grad_enabled() and (x.requires_grad or self.gp_fc1.weight.requires_grad))
+                or torch.compiler.is_compiling()):
             # Inference: the FC's output is added to v and written into the (B, C, H, W) output
             # by one strided add, instead of a transpose copy (deploy form), the sum y + v and
             # the merge copy: two full passes over the map fewer (RepMLP deploy, C=64 56x56:
