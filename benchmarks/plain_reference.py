@@ -490,6 +490,47 @@ class PlainInvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
+@reference("involution")
+class PlainInvolution(nn.Module):
+    """Li et al. 2103.06255, as the paper's PyTorch code: a per-position K x K kernel per group,
+    H = W_1 relu(BN(W_0 pool(X))), applied through ``F.unfold`` (B, C K K, H' W')."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.reduce = copy.deepcopy(b.pool), copy.deepcopy(b.reduce)
+        self.span = copy.deepcopy(b.span)
+        self.k, self.g, self.s, self.c = b.kernel_size, b.groups, b.stride, b.channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, k, g = x.shape[0], self.k, self.g
+        w = self.span(self.reduce.act(self.reduce.bn(self.reduce.conv(self.pool(x)))))  # (B, G K K, H', W')
+        h, wd = w.shape[-2:]
+        w = w.view(B, g, k * k, h, wd).unsqueeze(2)  # (B, G, 1, K K, H', W')
+        u = F.unfold(x, k, padding=(k - 1) // 2, stride=self.s).view(B, g, self.c // g, k * k, h, wd)
+        return (w * u).sum(3).view(B, self.c, h, wd)
+
+
+@reference("linformer_attention")
+class PlainLinformer(nn.Module):
+    """Wang et al. 2006.04768: softmax(Q (E K)^T / sqrt(d)) (F V), E, F: (k, n) projections."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.e = b.e.detach().clone()
+        self.f = self.e if b.f is None else b.f.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)
+        k = (self.e[:, :N] @ k).view(B, -1, self.h, self.d).transpose(1, 2)  # (B, h, k, d)
+        v = (self.f[:, :N] @ v).view(B, -1, self.h, self.d).transpose(1, 2)
+        q = q.view(B, N, self.h, self.d).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
 # ---------------------------------------------------------------- the run
 
 

@@ -183,7 +183,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
 @pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
                                   "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
-                                  "inverted_residual", "mbconv",
+                                  "inverted_residual", "mbconv", "involution",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
@@ -345,3 +345,23 @@ def test_repmlp_inference_merge_equals_the_autograd_path(groups: int) -> None:
         slow = form(x.clone().requires_grad_(True))
         assert fast.is_contiguous() and fast.shape == x.shape
         torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("stride", "size"), [(1, (8, 8)), (2, (9, 7)), (1, (40, 40)), (2, (41, 39))])
+def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.MonkeyPatch, stride: int,
+                                                          size: tuple[int, int]) -> None:
+    """Involution applies its kernels with one unfold on small maps and a per-tap loop on large
+    ones: the same output either way (float64, 1e-12), with hooks firing as modules."""
+    from blockzoo.conv import involution
+
+    torch.manual_seed(0)
+    block = blockzoo.create("involution", channels=8, kernel_size=3, group_channels=4, reduction=2,
+                            stride=stride).double().eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    with torch.no_grad():
+        monkeypatch.setattr(involution, "_UNFOLD_MAX", 0)
+        taps = block(x)
+        monkeypatch.setattr(involution, "_UNFOLD_MAX", 1 << 40)
+        unfold = block(x)
+    torch.testing.assert_close(unfold, taps, rtol=1e-12, atol=1e-12)
