@@ -531,6 +531,58 @@ class PlainLinformer(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
 
 
+@reference("sk")
+class PlainSK(nn.Module):
+    """Li et al. 1903.06586, as the paper's code: branch maps U_m (conv-BN-ReLU) stacked,
+    z = fc(GAP(sum_m U_m)), a = softmax over branches of A z, V = sum_m a_m U_m."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.branches = copy.deepcopy(b.branches)
+        self.fuse, self.select, self.c = copy.deepcopy(b.fuse), copy.deepcopy(b.select), b.channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([br(x) for br in self.branches], 1)  # (B, M, C, H, W)
+        z = self.fuse(u.sum(1).mean((2, 3), keepdim=True))
+        a = self.select(z).view(x.shape[0], -1, self.c, 1, 1).softmax(1)
+        return (a * u).sum(1)
+
+
+@reference("bam")
+class PlainBAM(nn.Module):
+    """Park et al. 1807.06514: M = sigmoid(M_c(GAP x) + M_s(x)), y = x + x M."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.mc, self.ms = copy.deepcopy(b.channel_branch), copy.deepcopy(b.spatial_branch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x * torch.sigmoid(self.mc(x.mean((2, 3), keepdim=True)) + self.ms(x))
+
+
+@reference("triplet_attention")
+class PlainTriplet(nn.Module):
+    """Misra et al. 2010.03045, as the paper's code: each branch rotates x, Z-pools
+    [max; mean] over its first axis, conv7x7-BN-sigmoid, scales and rotates back; mean of 3."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(nn.Sequential(copy.deepcopy(g.conv), copy.deepcopy(g.norm))
+                                   for g in (b.gate_cw, b.gate_ch, b.gate_hw))
+
+    @staticmethod
+    def _gate(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return x * torch.sigmoid(seq(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g_cw, g_ch, g_hw = self.gates
+        y1 = self._gate(g_cw, x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # pool over H: (C, W) plane
+        y2 = self._gate(g_ch, x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)  # pool over W: (H, C) plane
+        y3 = self._gate(g_hw, x)  # pool over C: (H, W) plane
+        return (y1 + y2 + y3) / 3
+
+
 # ---------------------------------------------------------------- the run
 
 

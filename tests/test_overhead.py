@@ -183,7 +183,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
 @pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
                                   "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
-                                  "inverted_residual", "mbconv", "involution",
+                                  "inverted_residual", "mbconv", "involution", "sk", "bam",
+                                  "triplet_attention",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as

@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "direct", "invoke", "listened"]
+__all__ = ["call", "direct", "invoke", "listened", "sequential"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -148,3 +148,13 @@ def invoke(m: nn.Module, *args: object, **kwargs: object) -> object:
     if listened(m):
         return m(*args, **kwargs)
     return m.forward(*args, **kwargs)
+
+
+def sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for an ``nn.Sequential``: its layers one by one through :func:`call`, without
+    the Sequential's own call, unless a hook listens to the Sequential itself."""
+    if type(seq) is not nn.Sequential or listened(seq):
+        return seq(x)
+    for m in seq._modules.values():
+        x = call(m, x)
+    return x
