@@ -366,3 +366,25 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
         monkeypatch.setattr(involution, "_UNFOLD_MAX", 1 << 40)
         unfold = block(x)
     torch.testing.assert_close(unfold, taps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk"])
+def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
+    """``torch.func.functional_call`` swaps the parameters the fast path reads from
+    ``_parameters``: the output is that of a copy holding those parameters."""
+    import copy
+
+    from torch.func import functional_call
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().eval()
+    x = s.make_input(batch=2)
+    params = {k: 2 * v.detach() for k, v in block.named_parameters()}
+    got = functional_call(block, {**params, **dict(block.named_buffers())}, x)
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        for _, v in twin.named_parameters():
+            v.mul_(2)
+        want = twin(*x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
