@@ -378,8 +378,8 @@ def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> Non
 
     s = blockzoo.spec(name)
     torch.manual_seed(0)
-    block = s.build_example().eval()
-    x = s.make_input(batch=2)
+    block = s.build_example().double().eval()
+    x = _double_inputs(s, batch=2)
     params = {k: 2 * v.detach() for k, v in block.named_parameters()}
     got = functional_call(block, {**params, **dict(block.named_buffers())}, x)
     twin = copy.deepcopy(block)
@@ -387,4 +387,4 @@ def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> Non
         for _, v in twin.named_parameters():
             v.mul_(2)
         want = twin(*x)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
