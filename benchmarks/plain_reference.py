@@ -32,6 +32,7 @@ elementwise and reduction work (pooling, gates, norms: what inductor fuses), iss
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import platform
 import statistics
@@ -365,6 +366,224 @@ class PlainMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.t2(F.gelu(self.t1(self.norm1(x).transpose(1, 2)))).transpose(1, 2)
         return x + self.c2(F.gelu(self.c1(self.norm2(x))))
+
+
+# ---------------------------------------------------------------- more families (issue 19, goal 3)
+
+
+@reference("cbam")
+class PlainCBAM(nn.Module):
+    """Woo et al. 1807.06521: M_c = sigmoid(MLP(avg) + MLP(max)), then
+    M_s = sigmoid(BN(conv7x7([mean_c; max_c]))), each multiplied in."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        mlp = b.channel_gate.mlp
+        self.fc1, self.fc2 = linear_from(mlp[0]), linear_from(mlp[2])
+        self.conv, self.bn = copy.deepcopy(b.spatial_gate.conv), copy.deepcopy(b.spatial_gate.bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def mlp(t: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(t)))
+
+        x = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
+        p = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.bn(self.conv(p)))
+
+
+@reference("external_attention")
+class PlainExternalAttention(nn.Module):
+    """Guo et al. 2105.02358: A = softmax over tokens of x M_k^T, l1-normalised over the
+    memory, out = A M_v^T."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.mk, self.mv, self.eps = linear_from(b.mk), linear_from(b.mv), b.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.mk(x).softmax(1)
+        return self.mv(a / (self.eps + a.sum(2, keepdim=True)))
+
+
+@reference("linear_attention")
+class PlainLinearAttention(nn.Module):
+    """Katharopoulos et al. 2006.16236: phi = elu + 1, out = phi(Q) (phi(K)^T V) / (phi(Q) sum phi(K))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.eps = b.num_heads, b.head_dim, b.eps
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        num = q @ (k.transpose(-1, -2) @ v)  # (B, h, N, d)
+        den = q @ k.sum(2, keepdim=True).transpose(-1, -2)  # (B, h, N, 1)
+        return self.proj((num / (den + self.eps)).transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
+@reference("gmlp")
+class PlainGMLP(nn.Module):
+    """Liu et al. 2105.08050: Z = gelu(LN(X) U), s(Z) = Z_1 * (W LN(Z_2) + b), Y = X + s(Z) V."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.norm, self.gnorm = copy.deepcopy(b.norm), copy.deepcopy(b.sgu.norm)
+        self.proj_in, self.proj_out = linear_from(b.proj_in), linear_from(b.proj_out)
+        self.w = nn.Parameter(b.sgu.weight.detach().clone())
+        self.b = nn.Parameter(b.sgu.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1, z2 = F.gelu(self.proj_in(self.norm(x))).chunk(2, -1)
+        gate = torch.matmul(self.w, self.gnorm(z2)) + self.b[:, None]  # (B, N, D/2)
+        return x + self.proj_out(z1 * gate)
+
+
+@reference("resmlp")
+class PlainResMLP(nn.Module):
+    """Touvron et al. 2105.03404: Aff(x) = alpha x + beta; X = X + s_1 T(Lin_tok(T(Aff_1 X)));
+    Y = X + s_2 MLP(Aff_2 X)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.a1, self.b1 = b.norm1.alpha.detach().clone(), b.norm1.beta.detach().clone()
+        self.a2, self.b2 = b.norm2.alpha.detach().clone(), b.norm2.beta.detach().clone()
+        (self.tok,) = (linear_from(m) for m in b.token_mlp.layers if isinstance(m, nn.Linear))
+        self.c1, self.c2 = _mlp_linears(b.channel_mlp)
+        self.s1, self.s2 = b.scale1.detach().clone(), b.scale2.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.s1 * self.tok((self.a1 * x + self.b1).transpose(1, 2)).transpose(1, 2)
+        return x + self.s2 * self.c2(F.gelu(self.c1(self.a2 * x + self.b2)))
+
+
+@reference("convmixer_block")
+class PlainConvMixer(nn.Module):
+    """Trockman & Kolter 2201.09792: z' = BN(gelu(DWConv(z))) + z, y = BN(gelu(PWConv(z')))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.dw, self.bn1 = copy.deepcopy(b.dw), copy.deepcopy(b.bn1)
+        self.pw, self.bn2 = copy.deepcopy(b.pw), copy.deepcopy(b.bn2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(F.gelu(self.dw(x))) + x
+        return self.bn2(F.gelu(self.pw(x)))
+
+
+def _conv_bn(cba: nn.Module, act: nn.Module) -> nn.Sequential:
+    seq = _conv_bn_relu(cba)
+    seq[2] = act
+    return seq
+
+
+@reference("inverted_residual")
+class PlainInvertedResidual(nn.Module):
+    """Sandler et al. 1801.04381: 1x1 expand-BN-ReLU6, 3x3 depthwise-BN-ReLU6, 1x1 project-BN,
+    plus x when the shape is kept."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(b.expand, nn.ReLU6()), _conv_bn(b.dw, nn.ReLU6()),
+                                  _conv_bn(b.project, nn.Identity()))
+        self.residual = b.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+@reference("involution")
+class PlainInvolution(nn.Module):
+    """Li et al. 2103.06255, as the paper's PyTorch code: a per-position K x K kernel per group,
+    H = W_1 relu(BN(W_0 pool(X))), applied through ``F.unfold`` (B, C K K, H' W')."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.reduce = copy.deepcopy(b.pool), copy.deepcopy(b.reduce)
+        self.span = copy.deepcopy(b.span)
+        self.k, self.g, self.s, self.c = b.kernel_size, b.groups, b.stride, b.channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, k, g = x.shape[0], self.k, self.g
+        w = self.span(self.reduce.act(self.reduce.bn(self.reduce.conv(self.pool(x)))))  # (B, G K K, H', W')
+        h, wd = w.shape[-2:]
+        w = w.view(B, g, k * k, h, wd).unsqueeze(2)  # (B, G, 1, K K, H', W')
+        u = F.unfold(x, k, padding=(k - 1) // 2, stride=self.s).view(B, g, self.c // g, k * k, h, wd)
+        return (w * u).sum(3).view(B, self.c, h, wd)
+
+
+@reference("linformer_attention")
+class PlainLinformer(nn.Module):
+    """Wang et al. 2006.04768: softmax(Q (E K)^T / sqrt(d)) (F V), E, F: (k, n) projections."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.e = b.e.detach().clone()
+        self.f = self.e if b.f is None else b.f.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)
+        k = (self.e[:, :N] @ k).view(B, -1, self.h, self.d).transpose(1, 2)  # (B, h, k, d)
+        v = (self.f[:, :N] @ v).view(B, -1, self.h, self.d).transpose(1, 2)
+        q = q.view(B, N, self.h, self.d).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
+@reference("sk")
+class PlainSK(nn.Module):
+    """Li et al. 1903.06586, as the paper's code: branch maps U_m (conv-BN-ReLU) stacked,
+    z = fc(GAP(sum_m U_m)), a = softmax over branches of A z, V = sum_m a_m U_m."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.branches = copy.deepcopy(b.branches)
+        self.fuse, self.select, self.c = copy.deepcopy(b.fuse), copy.deepcopy(b.select), b.channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([br(x) for br in self.branches], 1)  # (B, M, C, H, W)
+        z = self.fuse(u.sum(1).mean((2, 3), keepdim=True))
+        a = self.select(z).view(x.shape[0], -1, self.c, 1, 1).softmax(1)
+        return (a * u).sum(1)
+
+
+@reference("bam")
+class PlainBAM(nn.Module):
+    """Park et al. 1807.06514: M = sigmoid(M_c(GAP x) + M_s(x)), y = x + x M."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.mc, self.ms = copy.deepcopy(b.channel_branch), copy.deepcopy(b.spatial_branch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x * torch.sigmoid(self.mc(x.mean((2, 3), keepdim=True)) + self.ms(x))
+
+
+@reference("triplet_attention")
+class PlainTriplet(nn.Module):
+    """Misra et al. 2010.03045, as the paper's code: each branch rotates x, Z-pools
+    [max; mean] over its first axis, conv7x7-BN-sigmoid, scales and rotates back; mean of 3."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(nn.Sequential(copy.deepcopy(g.conv), copy.deepcopy(g.norm))
+                                   for g in (b.gate_cw, b.gate_ch, b.gate_hw))
+
+    @staticmethod
+    def _gate(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return x * torch.sigmoid(seq(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g_cw, g_ch, g_hw = self.gates
+        y1 = self._gate(g_cw, x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # pool over H: (C, W) plane
+        y2 = self._gate(g_ch, x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)  # pool over W: (H, C) plane
+        y3 = self._gate(g_hw, x)  # pool over C: (H, W) plane
+        return (y1 + y2 + y3) / 3
 
 
 # ---------------------------------------------------------------- the run

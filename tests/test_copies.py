@@ -72,37 +72,38 @@ BUDGET: dict[str, tuple[int, str]] = {
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
     "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
     "permute_mlp": (5, "height and width branches: permute to the mixed axis and back (4), channels"),
-    "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout, and the merge back"),
+    "repmlp": (3, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
+               "vector per partition; the merge back is the strided add of y + v into the output"),
     "resmlp": (1, _TOKEN_MLP),
     "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "rope": (2, "cos/sin tables cast to the input's dtype"),
     "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
     "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
-    "shifted_window_attention": (12, "window partition/merge (4), position indices (2), shift-mask "
-                                 "region ids (4), the bias per window (1), heads (1)"),
+    "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
+                                 "the position index and shift mask are built once per size"),
     "shuffle_attention": (2, "GroupNorm of the grouped view, and the channel shuffle"),
     "sinusoidal_pe": (1, "the float64 table cast to the input's dtype"),
     "smlp": (1, "the height-mixing linear on the transposed map"),
     "smlp_tiny": (2, "the height-mixing linear on the transposed map, 2 blocks"),
     "spatial_reduction_attention": (1, "the query projection of the channel-last tokens"),
-    "swin_tiny": (91, "window partition/merge, shift masks and head merges of 12 shifted-window blocks"),
+    "swin_tiny": (51, "window partition/merge, the bias per window and head merges of 12 shifted-window "
+                  "blocks (4 each), patch embedding/merging"),
     "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
     # the issue-23 backbones and their blocks, budgeted as merged (not yet optimised)
     "cait_xxs24": (7, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
                    "and weights @ v on permuted views, " + _HEADS),
     "cmt_ti": (12, "3 clones per SDPA call on the reduced keys (x3 stages' blocks) and " + _HEADS),
     "coat_lite_tiny": (9, "3 factorized attentions x 3: softmax(K)^T V, Q (K^T V) on head views, " + _HEADS),
-    "convit_tiny": (8, "one GPSA block x 8: q k^T on head views, the (N, N) offset grid built per "
-                    "call (4), " + _HEADS),
-    "cosine_window_attention": (12, "window partition/merge (5), position indices (2), shift-mask ids "
-                                "(4), the heads' merge (1)"),
+    "convit_tiny": (2, "one GPSA block: q, k, v into the head layout in one copy, " + _HEADS),
+    "cosine_window_attention": (4, "window partition and merge (2), the bias per window (1), the heads' "
+                                "merge (1); coordinates, index and shift mask are built once per size"),
     "contnet_m": (8, "patch partition and merge of its 8 patch-wise transformers (one each on the "
                   "example's maps; one-patch maps partition as views)"),
     "deepvit_16b": (8, "re-attention x 4 example blocks: q k^T on head views and " + _HEADS),
     "factorized_attention": (4, "the fused qkv split, softmax(K)^T V, Q (K^T V), " + _HEADS),
-    "gated_positional_self_attention": (9, "q k^T and a @ v on head views, the (N, N) offset grid "
-                                        "built per call (4), the qkv split, " + _HEADS),
+    "gated_positional_self_attention": (3, "the NCHW map as tokens for the qkv projection, q, k, v into "
+                                        "the head layout in one copy, " + _HEADS),
     "levit_128s": (13, "LeViT attention x 3 (example config): SDPA with a bias (3 each), the "
                    "activation's input, the residual Linear+BN's flattened view, " + _HEADS),
     "levit_attention": (5, "SDPA with a bias (3), the Linear+BN's flattened view, " + _HEADS),
@@ -110,8 +111,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                          "bias (3), " + _HEADS),
     "mobilevit_xxs": (2, "unfold into patches and fold back in its one MobileViT block"),
     "re_attention": (4, "q k^T on head views (2), " + _HEADS + " (2)"),
-    "swinv2_tiny": (26, "window partition/merge, position indices, shift-mask ids, SDPA with the "
-                    "cosine logits' bias and the head merges of 3 blocks, a patch merging"),
+    "swinv2_tiny": (14, "window partition/merge, the bias per window and the head merges of 3 blocks "
+                    "(4 each), a patch merging, the patch embedding"),
     "talking_heads_attention": (7, "the two head-mixing permutes (2), q k^T and weights @ v on "
                                 "permuted views (2), " + _HEADS + " (3)"),
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),

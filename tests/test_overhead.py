@@ -16,6 +16,7 @@ from blockzoo import checks
 from blockzoo.attention import SqueezeExcite
 from blockzoo.attention.maps import AttentionMap, record_attention
 from blockzoo.checks import ShapeError, check_shape
+from blockzoo.mlp.mixer import Affine
 
 
 @pytest.fixture
@@ -159,3 +160,231 @@ def test_se_fast_path_equals_the_module_path_and_hooks_still_fire() -> None:
     w1, w2 = se.fc1.weight.flatten(1), se.fc2.weight.flatten(1)
     want = x * torch.sigmoid(torch.relu(z @ w1.T + se.fc1.bias) @ w2.T + se.fc2.bias)[:, :, None, None]
     torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- blockzoo._fastcall
+
+
+def _double_inputs(s: object, batch: int = 3) -> tuple[torch.Tensor, ...]:
+    return tuple(t.double() if t.is_floating_point() else t for t in s.make_input(batch=batch))
+
+
+def _randomise_norms(block: nn.Module) -> None:
+    for m in block.modules():  # non-trivial eval statistics, so a skipped BN would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+
+
+_COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.GELU,
+            nn.Sigmoid, Affine)
+
+
+@pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
+                                  "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
+                                  "cbam", "external_attention", "gmlp", "convmixer_block",
+                                  "inverted_residual", "mbconv", "involution", "sk", "bam",
+                                  "triplet_attention",
+                                  "mlp"])
+def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
+    """Blocks whose stock submodules run as functional ops when unhooked: the same output as
+    with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
+    any computing submodule still fires."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    _randomise_norms(block)
+    x = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(*x)
+        handle = register_module_forward_hook(lambda *_a: None)
+        try:
+            modules = block(*x)
+        finally:
+            handle.remove()
+        seen: set[nn.Module] = set()
+        want = {m for m in block.modules() if type(m) in _COMPUTE}
+        handles = [m.register_forward_hook(lambda m, *_a: seen.add(m)) for m in want]
+        try:
+            hooked = block(*x)
+        finally:
+            for h in handles:
+                h.remove()
+    assert want and seen == want
+    torch.testing.assert_close(fast, modules, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, hooked, rtol=1e-12, atol=1e-12)
+
+
+def test_simam_in_place_path_equals_the_autograd_path_and_keeps_the_input() -> None:
+    torch.manual_seed(0)
+    block = blockzoo.create("simam", channels=6)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    x0 = x.clone()
+    with torch.no_grad():
+        fast = block(x)
+    assert torch.equal(x, x0)
+    xg = x.clone().requires_grad_(True)
+    slow = block(xg)
+    slow.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    with record_attention(block) as maps, torch.no_grad():
+        y = block(x)
+    torch.testing.assert_close(y, x * maps["attn_map"], rtol=1e-12, atol=1e-12)
+
+
+def _stock_modules() -> list[tuple[nn.Module, tuple[int, ...]]]:
+    return [
+        (nn.Linear(5, 3), (4, 5)), (nn.Linear(5, 3, bias=False), (2, 4, 5)),
+        (nn.Conv1d(1, 1, 3, padding=1, bias=False), (2, 1, 7)),
+        (nn.Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 5)),
+        (nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), (2, 4, 5, 5)),
+        (nn.LayerNorm(5, eps=1e-3), (2, 3, 5)), (nn.BatchNorm2d(4).eval(), (2, 4, 3, 3)),
+        (nn.ReLU(), (3, 4)), (nn.ReLU(inplace=True), (3, 4)), (nn.GELU(approximate="tanh"), (3, 4)),
+        (nn.SiLU(), (3, 4)), (nn.ReLU6(), (3, 4)), (nn.Hardswish(), (3, 4)), (nn.Sigmoid(), (3, 4)),
+        (nn.Tanh(), (3, 4)), (nn.Identity(), (3, 4)), (nn.Dropout(0.5).eval(), (3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_stock_modules())))
+def test_fastcall_equals_the_module_call(index: int) -> None:
+    from blockzoo._fastcall import call
+
+    torch.manual_seed(index)
+    m, shape = _stock_modules()[index]
+    m = m.double()
+    if isinstance(m, nn.BatchNorm2d):
+        _randomise_norms(m)
+    x = 3 * torch.randn(shape, dtype=torch.float64)
+    want = m(x.clone())
+    got = call(m, x.clone())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fastcall_keeps_the_module_path_where_it_must() -> None:
+    """Training batch norm (its statistics update), live dropout, subclasses, parametrized
+    modules and hooked modules all run as modules."""
+    from torch.nn.utils import parametrize
+
+    from blockzoo._fastcall import call
+
+    bn = nn.BatchNorm2d(3).train()
+    call(bn, torch.randn(2, 3, 4, 4))
+    assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean, torch.zeros(3))
+    drop = nn.Dropout(0.5).train()
+    assert (call(drop, torch.ones(200)) == 0).any()
+
+    class Twice(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    twice, x = Twice(3, 3), torch.randn(2, 3)
+    torch.testing.assert_close(call(twice, x), twice(x))
+
+    class Scale(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 3 * w
+
+    lin = nn.Linear(3, 3)
+    parametrize.register_parametrization(lin, "weight", Scale())
+    torch.testing.assert_close(call(lin, x), x @ lin.weight.T + lin.bias)
+    fired: list[int] = []
+    plain = nn.Linear(3, 3)
+    plain.register_forward_pre_hook(lambda *_a: fired.append(1))
+    call(plain, x)
+    assert fired == [1]
+
+
+def test_size_tables_are_built_once_per_size_and_mode() -> None:
+    """Swin's index and shift mask, GPSA's offsets: one tensor per (arguments, inference mode);
+    a table first built under inference_mode is not reused by a training step."""
+    from blockzoo.attention.gpsa import relative_offsets
+    from blockzoo.attention.swin import relative_position_index, shifted_window_mask
+
+    a = relative_offsets(3, 4, dtype=torch.float64)
+    assert relative_offsets(3, 4, dtype=torch.float64) is a
+    assert relative_offsets(4, 3, dtype=torch.float64) is not a
+    assert relative_position_index(2, 3, (4, 4)) is relative_position_index(2, 3, (4, 4))
+    plan = (4, 4, 2, 2)
+    m = shifted_window_mask(8, 8, 8, 8, plan, torch.device("cpu"), torch.float32)
+    assert m is shifted_window_mask(8, 8, 8, 8, plan, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        inf = relative_offsets(5, 5)
+    assert inf.is_inference() and not relative_offsets(5, 5).is_inference()
+
+    block = blockzoo.create("shifted_window_attention", dim=8, num_heads=2, window_size=4, shift_size=2)
+    x = torch.randn(2, 8, 8, 8)
+    with torch.inference_mode():
+        y0 = block(x)
+    y = block(x)
+    y.sum().backward()  # the tables built in inference mode would raise here if reused
+    torch.testing.assert_close(y.detach(), y0)
+    g = blockzoo.create("gated_positional_self_attention", dim=8, num_heads=4)
+    with torch.inference_mode():
+        g(torch.randn(1, 8, 7, 6))
+    g(torch.randn(1, 8, 7, 6)).sum().backward()
+    assert g.pos_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_repmlp_inference_merge_equals_the_autograd_path(groups: int) -> None:
+    """RepMLP without autograd adds y + v straight into the (B, C, H, W) output (train and
+    deploy forms): the same numbers as the autograd path, which keeps the merge copy."""
+    import copy
+
+    from blockzoo.mlp import RepMLPBlock
+
+    torch.manual_seed(0)
+    block = RepMLPBlock(8, (3, 2), groups=groups, kernel_sizes=(1, 3)).double().eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 8, 6, 4, dtype=torch.float64)
+    for form in (block, copy.deepcopy(block).reparameterize()):
+        with torch.no_grad():
+            fast = form(x)
+        slow = form(x.clone().requires_grad_(True))
+        assert fast.is_contiguous() and fast.shape == x.shape
+        torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("stride", "size"), [(1, (8, 8)), (2, (9, 7)), (1, (40, 40)), (2, (41, 39))])
+def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.MonkeyPatch, stride: int,
+                                                          size: tuple[int, int]) -> None:
+    """Involution applies its kernels with one unfold on small maps and a per-tap loop on large
+    ones: the same output either way (float64, 1e-12), with hooks firing as modules."""
+    from blockzoo.conv import involution
+
+    torch.manual_seed(0)
+    block = blockzoo.create("involution", channels=8, kernel_size=3, group_channels=4, reduction=2,
+                            stride=stride).double().eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    with torch.no_grad():
+        monkeypatch.setattr(involution, "_UNFOLD_MAX", 0)
+        taps = block(x)
+        monkeypatch.setattr(involution, "_UNFOLD_MAX", 1 << 40)
+        unfold = block(x)
+    torch.testing.assert_close(unfold, taps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk"])
+def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
+    """``torch.func.functional_call`` swaps the parameters the fast path reads from
+    ``_parameters``: the output is that of a copy holding those parameters."""
+    import copy
+
+    from torch.func import functional_call
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    x = _double_inputs(s, batch=2)
+    params = {k: 2 * v.detach() for k, v in block.named_parameters()}
+    got = functional_call(block, {**params, **dict(block.named_buffers())}, x)
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        for _, v in twin.named_parameters():
+            v.mul_(2)
+        want = twin(*x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import sequential
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -114,11 +115,13 @@ class BAM(nn.Module):
         self.attn_map = AttentionMap("channel_spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="BAM", C=self.channels)
-        mc = self.channel_branch(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
-        ms = self.spatial_branch(x)  # (B, 1, H, W)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="BAM", C=self.channels)  # raises, naming the misfit
+        mods = self._modules  # stock layers as their ops unless hooked (blockzoo._fastcall)
+        mc = sequential(mods["channel_branch"], x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
+        ms = sequential(mods["spatial_branch"], x)  # (B, 1, H, W)
         # M = sigmoid(M_c + M_s); y = x + x * M
-        m = self.attn_map(torch.sigmoid(mc + ms))  # (B, C, H, W)
+        m = mods["attn_map"](torch.sigmoid(mc + ms))  # (B, C, H, W)
         return x + x * m
 
     def extra_repr(self) -> str:

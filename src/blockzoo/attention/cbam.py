@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, invoke, listened
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -52,7 +54,19 @@ class CBAMChannelGate(nn.Module):
         avg = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
         mx = x.amax((2, 3), keepdim=True)  # (B, C, 1, 1)
         # M_c = sigmoid(MLP(avg) + MLP(max))
-        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        mlp = self._modules["mlp"]
+        fc1, act, fc2 = mlp._modules.values()
+        if type(fc1) is not nn.Conv2d or type(fc2) is not nn.Conv2d or listened(mlp, fc1, act, fc2):
+            return torch.sigmoid(mlp(avg) + mlp(mx))  # as modules, so their hooks fire
+        # Both pooled vectors through the shared MLP in one pass, as matrix products on
+        # (2B, C) with the 1x1 convs' own parameters (on a (B, C, 1, 1) tensor the two
+        # Sequential calls and 1x1 convs cost more than the maths; blockzoo._fastcall).
+        b = avg.shape[0]
+        z = torch.cat([avg.flatten(1), mx.flatten(1)])  # (2B, C)
+        p1, p2 = fc1._parameters, fc2._parameters
+        o = F.linear(call(act, F.linear(z, p1["weight"].flatten(1), p1["bias"])), p2["weight"].flatten(1),
+                     p2["bias"])  # (2B, C)
+        return torch.sigmoid(o[:b] + o[b:])[:, :, None, None]
 
 
 class CBAMSpatialGate(nn.Module):
@@ -78,8 +92,9 @@ class CBAMSpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (B, 2, H, W)
-        # M_s = sigmoid(BN(conv([avg; max])))
-        return torch.sigmoid(self.bn(self.conv(pooled)))
+        # M_s = sigmoid(BN(conv([avg; max]))); stock modules as their ops unless hooked
+        mods = self._modules
+        return torch.sigmoid(call(mods["bn"], call(mods["conv"], pooled)))
 
 
 @register(
@@ -157,9 +172,11 @@ class CBAM(nn.Module):
         self.spatial_map = AttentionMap("spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="CBAM", C=self.channels)
-        x = x * self.channel_map(self.channel_gate(x))  # (B, C, H, W)
-        return x * self.spatial_map(self.spatial_gate(x))
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="CBAM", C=self.channels)  # raises, naming the misfit
+        mods = self._modules
+        x = x * mods["channel_map"](invoke(mods["channel_gate"], x))  # (B, C, H, W)
+        return x * mods["spatial_map"](invoke(mods["spatial_gate"], x))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.channel_gate.hidden}, kernel_size={self.kernel_size}"

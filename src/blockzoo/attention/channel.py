@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
+from blockzoo._fastcall import call
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -229,11 +230,13 @@ class EfficientChannelAttention(nn.Module):
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="EfficientChannelAttention", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="EfficientChannelAttention", C=self.channels)  # raises
+        mods = self._modules
         z = x.mean((2, 3)).unsqueeze(1)  # (B, 1, C)
-        # s = sigmoid(conv1d_k(z))
-        s = self.gate(self.conv(z))  # (B, 1, C)
-        s = self.attn_map(s.transpose(1, 2).unsqueeze(-1))  # (B, C, 1, 1)
+        # s = sigmoid(conv1d_k(z)); the conv and gate as their ops unless hooked (blockzoo._fastcall)
+        s = call(mods["gate"], call(mods["conv"], z))  # (B, 1, C)
+        s = mods["attn_map"](s.transpose(1, 2).unsqueeze(-1))  # (B, C, 1, 1)
         return x * s
 
     def extra_repr(self) -> str:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
@@ -307,8 +308,11 @@ class MultiHeadAttention(nn.Module):
         average_attn_weights: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         name = "MultiHeadAttention"
-        dims = check_shape(query, "B L C", name=name, arg="query", C=self.dim)
-        b, n = dims["B"], dims["L"]
+        if isinstance(query, torch.Tensor) and query.ndim == 3 and query.shape[2] == self.dim:
+            b, n = query.shape[0], query.shape[1]
+        else:
+            check_shape(query, "B L C", name=name, arg="query", C=self.dim)  # raises, naming the misfit
+        mods = self._modules
         if key is None:
             key = query
         if value is None:
@@ -321,7 +325,8 @@ class MultiHeadAttention(nn.Module):
             check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)
         h, d = self.num_heads, self.head_dim
         if self_attn and self.fused_qkv:
-            q, k, v = self.qkv(query).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
+            # the projection as its functional op unless hooked (blockzoo._fastcall)
+            q, k, v = call(mods["qkv"], query).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
         else:
             q, k, v = self._project(query, key, value, self_attn)
             q = q.view(b, n, h, d).transpose(1, 2)  # (B, h, L, d)
@@ -333,17 +338,18 @@ class MultiHeadAttention(nn.Module):
         mask = None if attn_mask is None and key_padding_mask is None else merge_masks(
             attn_mask, key_padding_mask, batch=b, num_heads=h, length=n, source=s, dtype=q.dtype, name=name)
         p = self.dropout if self.training else 0.0
-        explicit = need_weights or self.attn_map.active
+        attn_map = mods["attn_map"]
+        explicit = need_weights or attn_map.active
         res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
         if explicit:
             out, weights = res
-            weights = self.attn_map(weights)  # (B, h, L, S)
+            weights = attn_map(weights)  # (B, h, L, S)
         else:
             out, weights = res, None
         out = out.transpose(1, 2).reshape(b, n, self.inner)  # (B, L, E)
-        out = self.out_proj(out)  # (B, L, C)
-        if self.training and self.proj_drop.p > 0:
-            out = self.proj_drop(out)
+        out = call(mods["out_proj"], out)  # (B, L, C)
+        if self.training and mods["proj_drop"].p > 0:
+            out = mods["proj_drop"](out)
         if not need_weights:
             return out
         return out, (weights.mean(dim=1) if average_attn_weights else weights)

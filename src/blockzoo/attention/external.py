@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, register, tokens
@@ -92,11 +93,13 @@ class ExternalAttention(nn.Module):
             self.mv.weight.copy_(self.mk.weight.T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B N C", name="ExternalAttention", C=self.dim)
-        a = self.mk(x).softmax(dim=1)  # (B, N, S), softmax over tokens
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="ExternalAttention", C=self.dim)  # raises, naming the misfit
+        mods = self._modules  # the memories as F.linear unless hooked (blockzoo._fastcall)
+        a = call(mods["mk"], x).softmax(dim=1)  # (B, N, S), softmax over tokens
         # A = A^ / (eps + sum_s A^)
-        a = self.attn_map(a / (self.eps + a.sum(dim=2, keepdim=True)))  # (B, N, S)
-        return self.mv(a)  # (B, N, C)
+        a = mods["attn_map"](a / (self.eps + a.sum(dim=2, keepdim=True)))  # (B, N, S)
+        return call(mods["mv"], a)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, memory_size={self.memory_size}"

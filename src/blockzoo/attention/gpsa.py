@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._memo import memo_table
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
@@ -22,8 +23,11 @@ from blockzoo.registry import Example, images, register
 __all__ = ["GatedPositionalSelfAttention", "relative_offsets"]
 
 
+@memo_table()
 def relative_offsets(height: int, width: int, *, device: Any = None, dtype: Any = None) -> torch.Tensor:
     """r_ij = (dx, dy, dx^2 + dy^2) for every query i and key j of an H x W grid (row-major): (N, N, 3).
+
+    Built once per arguments and shared (``blockzoo._memo``): do not modify it in place.
 
     dx = x_j - x_i (columns), dy = y_j - y_i (rows).
     """
@@ -138,7 +142,9 @@ class GatedPositionalSelfAttention(nn.Module):
         network computes it once per forward for all its GPSA layers)."""
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        # one copy into the head layout: q, k and v are then contiguous, and q k^T and a v run
+        # as batched products on them without the three copies of permuted views
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous()  # 3 x (B, h, N, d)
         # softmax_j(Q_i K_j^T / sqrt(d))
         content = (q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(-1)  # (B, h, N, N)
         if offsets is None:

@@ -72,12 +72,21 @@ class SimAM(nn.Module):
         self.attn_map = AttentionMap("channel_spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="SimAM", C=self.channels)
-        d = (x - x.mean((2, 3), keepdim=True)).pow(2)  # (B, C, H, W): (t - mu)^2
-        var = d.sum((2, 3), keepdim=True) / max(dims["H"] * dims["W"] - 1, 1)  # (B, C, 1, 1)
-        # 1/e* = (t - mu)^2 / (4 (sigma^2 + lambda)) + 1/2
-        inv_energy = d / (4 * (var + self.lambda_)) + 0.5
-        return x * self.attn_map(torch.sigmoid(inv_energy))
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="SimAM", C=self.channels)  # raises, naming the misfit
+        n = max(x.shape[2] * x.shape[3] - 1, 1)
+        if torch.is_grad_enabled() and x.requires_grad:
+            d = (x - x.mean((2, 3), keepdim=True)).pow(2)  # (B, C, H, W): (t - mu)^2
+            var = d.sum((2, 3), keepdim=True) / n  # (B, C, 1, 1)
+            # 1/e* = (t - mu)^2 / (4 (sigma^2 + lambda)) + 1/2
+            inv_energy = d / (4 * (var + self.lambda_)) + 0.5
+            return x * self.attn_map(torch.sigmoid(inv_energy))
+        # Without autograd the same ops, in place on the one (B, C, H, W) temporary: one
+        # allocation instead of five (the output is still a new tensor; x is not touched).
+        d = (x - x.mean((2, 3), keepdim=True)).square_()
+        var = d.sum((2, 3), keepdim=True).div_(n)
+        gate = d.div_(var.add_(self.lambda_).mul_(4)).add_(0.5).sigmoid_()
+        return x * self.attn_map(gate)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, lambda_={self.lambda_}"

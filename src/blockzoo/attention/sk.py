@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, sequential
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -130,14 +131,24 @@ class SelectiveKernel(nn.Module):
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="SelectiveKernel", C=self.channels)
-        u = torch.stack([branch(x) for branch in self.branches], 1)  # (B, M, C, H, W)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="SelectiveKernel", C=self.channels)  # raises, naming the misfit
+        m = self._modules  # stock layers as their ops unless hooked (blockzoo._fastcall)
+        # the branch maps U_m kept apart: no (B, M, C, H, W) stack, and the weighted sum below
+        # accumulates into one map (the same sums, in the same order, as stacking and summing)
+        u = [sequential(branch, x) for branch in m["branches"]]  # M x (B, C, H, W)
         # s = GAP(sum_m U_m); z = act(BN(W s))
-        z = self.fuse(u.sum(1).mean((2, 3), keepdim=True))  # (B, d, 1, 1)
-        logits = self.select(z).view(dims["B"], len(self.branches), self.channels, 1, 1)  # (B, M, C, 1, 1)
-        # a_m = softmax over branches of A_m z
-        a = self.attn_map(logits.softmax(1))  # (B, M, C, 1, 1)
-        return (a * u).sum(1)
+        total = u[0]
+        for um in u[1:]:
+            total = total + um
+        z = sequential(m["fuse"], total.mean((2, 3), keepdim=True))  # (B, d, 1, 1)
+        logits = call(m["select"], z).view(x.shape[0], len(u), self.channels, 1, 1)  # (B, M, C, 1, 1)
+        # a_m = softmax over branches of A_m z; V = sum_m a_m U_m
+        a = m["attn_map"](logits.softmax(1))  # (B, M, C, 1, 1)
+        out = a[:, 0] * u[0]
+        for i in range(1, len(u)):
+            out = torch.addcmul(out, a[:, i], u[i])
+        return out
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, kernel_sizes={self.kernel_sizes}, groups={self.groups}, "

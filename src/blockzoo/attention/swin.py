@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._memo import memo_table
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention._attend import attend, pair
 from blockzoo.attention.maps import AttentionMap
@@ -26,8 +27,11 @@ __all__ = ["PatchMerging", "ShiftedWindowAttention", "relative_position_index", 
            "window_plan"]
 
 
+@memo_table()
 def relative_position_index(wh: int, ww: int, table: tuple[int, int], device: Any = None) -> torch.Tensor:
     """(N, N) index into a ((2 T_h - 1)(2 T_w - 1))-row bias table, N = wh * ww.
+
+    Built once per arguments and shared (``blockzoo._memo``): do not modify it in place.
 
     Entry (i, j) is the row of the offset (dy, dx) = (y_i - y_j, x_i - x_j):
     (dy + T_h - 1) * (2 T_w - 1) + (dx + T_w - 1), T = ``table`` the window the table was
@@ -95,9 +99,12 @@ def window_plan(h: int, w: int, window: tuple[int, int], shift: tuple[int, int])
     return wh, ww, sh, sw
 
 
+@memo_table()
 def shifted_window_mask(h: int, w: int, hp: int, wp: int, plan: tuple[int, int, int, int], device: Any,
                         dtype: torch.dtype, cross: float = float("-inf")) -> torch.Tensor | None:
     """(nW, N, N) additive mask of the rolled, padded Hp x Wp map, or None when nothing is masked.
+
+    Built once per arguments and shared (``blockzoo._memo``): do not modify it in place.
 
     Keys in another sub-window of the rolled map than the query get ``cross`` (-inf; Swin
     V2 passes the released code's -100); padded keys get -inf for every real query. A

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._memo import memo_table
 from blockzoo.attention._attend import attend, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.attention.swin import (
@@ -32,9 +33,12 @@ from blockzoo.registry import Example, images, register
 __all__ = ["CosineWindowAttention", "log_spaced_coords"]
 
 
+@memo_table()
 def log_spaced_coords(wh: int, ww: int, norm: tuple[int, int], device: Any = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
     r"""((2 M_h - 1)(2 M_w - 1), 2) log-spaced relative coordinates, Eq. (4) of arXiv 2111.09883.
+
+    Built once per arguments and shared (``blockzoo._memo``): do not modify it in place.
 
     Every offset (dy, dx) of an M_h x M_w window, divided by (T - 1) per axis (T = ``norm``,
     the window the bias network was trained for; at least 1), scaled to [-8, 8] and mapped

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import check_shape, require
@@ -116,7 +117,8 @@ class TransformerEncoderBlock(nn.Module):
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         # W_2 dropout(act(W_1 x + b_1)) + b_2
-        return self.fc2(self.drop_ffn(self.act(self.fc1(x))))
+        mods = self._modules
+        return call(mods["fc2"], call(mods["drop_ffn"], call(mods["act"], call(mods["fc1"], x))))
 
     def forward(
         self,
@@ -126,13 +128,19 @@ class TransformerEncoderBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool | None = None,
     ) -> torch.Tensor:
-        check_shape(x, "B N C", name="TransformerEncoderBlock", C=self.dim)
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="TransformerEncoderBlock", C=self.dim)  # raises, naming the misfit
+        # Submodules from ``_modules``, run without ``nn.Module.__call__`` unless hooked
+        # (blockzoo._fastcall; the same ops, ~1-2 us less per module call).
+        mods = self._modules
+        attn, norm1, norm2 = mods["attn"], mods["norm1"], mods["norm2"]
+        drop1, drop2 = mods["drop1"], mods["drop2"]
         masks = dict(key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
         if self.norm_first:
-            x = x + self.drop1(self.attn(self.norm1(x), **masks))
-            return x + self.drop2(self._ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop1(self.attn(x, **masks)))
-        return self.norm2(x + self.drop2(self._ffn(x)))
+            x = x + call(drop1, invoke(attn, call(norm1, x), **masks))
+            return x + call(drop2, self._ffn(call(norm2, x)))
+        x = call(norm1, x + call(drop1, invoke(attn, x, **masks)))
+        return call(norm2, x + call(drop2, self._ffn(x)))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, norm_first={self.norm_first}"

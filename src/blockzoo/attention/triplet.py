@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -42,7 +43,8 @@ class _ZPoolGate(nn.Module):
         z = torch.stack([x.amax(self.dim), x.mean(self.dim)], 1)  # (B, 2, P, Q)
         if self.transpose:
             z = z.transpose(2, 3)  # (B, 2, Q, P)
-        g = torch.sigmoid(self.norm(self.conv(z)))  # (B, 1, P, Q) or (B, 1, Q, P)
+        m = self._modules  # the conv and norm as their ops unless hooked (blockzoo._fastcall)
+        g = torch.sigmoid(call(m["norm"], call(m["conv"], z)))  # (B, 1, P, Q) or (B, 1, Q, P)
         if self.transpose:
             g = g.transpose(2, 3)  # (B, 1, P, Q)
         return g.squeeze(1).unsqueeze(self.dim)  # broadcast back to x
@@ -114,10 +116,12 @@ class TripletAttention(nn.Module):
         self.hw_map = AttentionMap("spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="TripletAttention", C=self.channels)
-        g_cw = self.cw_map(self.gate_cw(x))  # (B, C, 1, W)
-        g_ch = self.ch_map(self.gate_ch(x))  # (B, C, H, 1)
-        g_hw = self.hw_map(self.gate_hw(x))  # (B, 1, H, W)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="TripletAttention", C=self.channels)  # raises, naming the misfit
+        m = self._modules
+        g_cw = m["cw_map"](invoke(m["gate_cw"], x))  # (B, C, 1, W)
+        g_ch = m["ch_map"](invoke(m["gate_ch"], x))  # (B, C, H, 1)
+        g_hw = m["hw_map"](invoke(m["gate_hw"], x))  # (B, 1, H, W)
         # y = 1/3 (x g_CW + x g_CH + x g_HW)
         return x * (g_cw + g_ch + g_hw) / 3
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import (
@@ -116,15 +117,19 @@ class CondConv(nn.Module):
         init_kernel_bank(self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="CondConv", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="CondConv", C=self.channels)  # raises, naming the misfit
         reach = self.dilation * (self.kernel_size - 1) + 1 - 2 * self.padding
-        if min(dims["H"], dims["W"]) < reach:
+        if x.shape[2] < reach or x.shape[3] < reach:
             raise_small("CondConv", x, reach)
+        mods, params = self._modules, self._parameters
         # r = sigmoid(R GAP(x))
-        r = self.attn_map(torch.sigmoid(self.route(self.dropout(x.mean((2, 3))))))  # (B, E)
+        r = torch.sigmoid(call(mods["route"], call(mods["dropout"], x.mean((2, 3)))))
+        r = mods["attn_map"](r)  # (B, E)
         # W(x) = sum_e r_e W_e
-        weight = (r @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])  # (B, O, C/g, k, k)
-        bias = None if self.bias is None else r @ self.bias  # (B, O)
+        bank, bank_bias = params["weight"], params["bias"]
+        weight = (r @ bank.flatten(1)).view(-1, *bank.shape[1:])  # (B, O, C/g, k, k)
+        bias = None if bank_bias is None else r @ bank_bias  # (B, O)
         return per_sample_conv(x, weight, bias, stride=self.stride, padding=self.padding,
                                dilation=self.dilation, groups=self.groups)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape
 from blockzoo.registry import Example, images, register
@@ -81,11 +82,13 @@ class ConvMixerBlock(nn.Module):
         self.bn2 = create_norm(norm_layer, channels, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="ConvMixerBlock", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="ConvMixerBlock", C=self.channels)  # raises, naming the misfit
+        m = self._modules  # stock modules as their ops unless hooked (blockzoo._fastcall)
         # z' = BN(act(DWConv(z))) + z
-        x = self.bn1(self.act1(self.dw(x))) + x
+        x = call(m["bn1"], call(m["act1"], call(m["dw"], x))) + x
         # y = BN(act(PWConv(z')))
-        return self.bn2(self.act2(self.pw(x)))
+        return call(m["bn2"], call(m["act2"], call(m["pw"], x)))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import invoke
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape
 from blockzoo.conv._functional import conv_out_shape
@@ -90,8 +91,10 @@ class DepthwiseSeparableConv(nn.Module):
         self.pw = ConvBnAct(channels, self.dim_out, 1, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="DepthwiseSeparableConv", C=self.channels)
-        return self.pw(self.dw(x))
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DepthwiseSeparableConv", C=self.channels)  # raises
+        mods = self._modules
+        return invoke(mods["pw"], invoke(mods["dw"], x))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dim_out={self.dim_out}"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -24,6 +25,9 @@ from blockzoo.registry import Example, images, register
 
 __all__ = ["Involution"]
 
+
+# Above this many elements of the unfolded (B, C K K, H' W') tensor the per-tap loop is used.
+_UNFOLD_MAX = 1 << 17
 
 @register(
     name="involution",
@@ -108,11 +112,20 @@ class Involution(nn.Module):
         self.attn_map = AttentionMap("kernel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="Involution", C=self.channels)
-        b, k, g, s = dims["B"], self.kernel_size, self.groups, self.stride
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="Involution", C=self.channels)  # raises, naming the misfit
+        b, k, g, s = x.shape[0], self.kernel_size, self.groups, self.stride
+        m = self._modules  # stock modules as their ops unless hooked (blockzoo._fastcall)
         # H_{i,j} = W_1 act(BN(W_0 pool(X)))
-        kernel = self.attn_map(self.span(self.reduce(self.pool(x))))  # (B, G K K, H', W')
+        kernel = m["attn_map"](call(m["span"], invoke(m["reduce"], call(m["pool"], x))))  # (B, G K K, H', W')
         h, w = kernel.shape[-2:]
+        if k % 2 and not torch.compiler.is_compiling() and x.numel() * k * k <= _UNFOLD_MAX:
+            # A small map: the K K taps below are 2 K K small ops, whose per-call cost is most
+            # of the time there; one unfold (B, C K K, H' W') and one product-sum do it in four
+            # ops (example config x8: 131 against 141 us, 9 alternating passes; at 8x64x32x32
+            # the taps are ~10x faster than the unfold, which holds K K copies of the input).
+            u = F.unfold(x, k, padding=k // 2, stride=s).view(b, g, self.group_channels, k * k, h, w)
+            return (kernel.view(b, g, 1, k * k, h, w) * u).sum(3).view(b, self.channels, h, w)
         kernel = kernel.reshape(b, g, k * k, 1, h, w)  # (B, G, K K, 1, H', W')
         xp = F.pad(x, (k // 2,) * 4)  # (B, C, H + K - 1, W + K - 1)
         xp = xp.reshape(b, g, self.group_channels, *xp.shape[-2:])  # (B, G, C/G, H + K - 1, W + K - 1)

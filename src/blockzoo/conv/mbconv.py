@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import invoke
 from blockzoo.act import LayerSpec
 from blockzoo.attention.channel import SqueezeExcite
 from blockzoo.checks import check_shape, require
@@ -131,8 +132,11 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and channels == self.dim_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)
-        f = self.project(self.se(self.dw(self.expand(x))))
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)  # raises, naming the misfit
+        # the ConvBnAct units' forwards without nn.Module.__call__ unless hooked (blockzoo._fastcall)
+        m = self._modules
+        f = invoke(m["project"], invoke(m["se"], invoke(m["dw"], invoke(m["expand"], x))))
         # y = x + F when the shape is kept
         return x + f if self.residual else f
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import require
@@ -57,11 +58,14 @@ class SpatialGatingUnit(nn.Module):
         self.attn_map = AttentionMap("gate")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        check_tokens(z, "SpatialGatingUnit", self.num_tokens, self.dim)
+        if (not isinstance(z, torch.Tensor) or z.ndim != 3 or z.shape[1] != self.num_tokens
+                or z.shape[2] != self.dim):
+            check_tokens(z, "SpatialGatingUnit", self.num_tokens, self.dim)  # raises, naming the misfit
+        mods, params = self._modules, self._parameters
         z1, z2 = z.chunk(2, dim=-1)  # (B, N, D/2) each
         # f(Z_2) = W LN(Z_2) + b, mixing across tokens
-        gate = torch.einsum("mn,bnd->bmd", self.weight, self.norm(z2)) + self.bias[:, None]  # (B, N, D/2)
-        return z1 * self.attn_map(gate)
+        gate = torch.einsum("mn,bnd->bmd", params["weight"], call(mods["norm"], z2)) + params["bias"][:, None]
+        return z1 * mods["attn_map"](gate)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_tokens={self.num_tokens}"
@@ -126,10 +130,13 @@ class GMLPBlock(nn.Module):
         self.proj_out = nn.Linear(self.hidden // 2, dim, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tokens(x, "GMLPBlock", self.num_tokens, self.dim)
+        if (not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != self.num_tokens
+                or x.shape[2] != self.dim):
+            check_tokens(x, "GMLPBlock", self.num_tokens, self.dim)  # raises, naming the misfit
+        mods = self._modules  # stock modules as their ops unless hooked (blockzoo._fastcall)
         # Y = X + s(act(norm(X) U)) V
-        z = self.act(self.proj_in(self.norm(x)))  # (B, N, D)
-        return x + self.proj_out(self.sgu(z))
+        z = call(mods["act"], call(mods["proj_in"], call(mods["norm"], x)))  # (B, N, D)
+        return x + call(mods["proj_out"], invoke(mods["sgu"], z))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_tokens={self.num_tokens}, hidden={self.hidden}"

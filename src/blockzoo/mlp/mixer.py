@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, direct, invoke
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -57,6 +58,13 @@ class Affine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.alpha.numel()}"
+
+
+@direct(Affine)
+def _affine(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``Affine.forward`` without the module call (blockzoo._fastcall.call)."""
+    p = m._parameters
+    return p["alpha"] * x + p["beta"]
 
 
 def _example_cfg() -> dict[str, Any]:
@@ -155,12 +163,18 @@ class MixerBlock(nn.Module):
             self.scale2 = nn.Parameter(torch.full((dim,), float(layer_scale), **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tokens(x, type(self).__name__, self.num_tokens, self.dim)
+        if (not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != self.num_tokens
+                or x.shape[2] != self.dim):
+            check_tokens(x, type(self).__name__, self.num_tokens, self.dim)  # raises, naming the misfit
+        # Submodules from ``_modules`` and run without ``nn.Module.__call__`` unless hooked
+        # (blockzoo._fastcall; the same ops, ~1-2 us less per module call).
+        mods, params = self._modules, self._parameters
+        scale1, scale2 = params["scale1"], params["scale2"]
         # T(MLP_tok(T(norm_1(X))))
-        t = self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)  # (B, N, C)
-        x = x + (t if self.scale1 is None else self.scale1 * t)
-        c = self.channel_mlp(self.norm2(x))  # (B, N, C)
-        return x + (c if self.scale2 is None else self.scale2 * c)
+        t = invoke(mods["token_mlp"], call(mods["norm1"], x).transpose(1, 2)).transpose(1, 2)  # (B, N, C)
+        x = x + (t if scale1 is None else scale1 * t)
+        c = invoke(mods["channel_mlp"], call(mods["norm2"], x))  # (B, N, C)
+        return x + (c if scale2 is None else scale2 * c)
 
     def extra_repr(self) -> str:
         return (

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, register, vectors
@@ -109,24 +110,24 @@ class MLP(nn.Module):
         self._flatten_leading = any(isinstance(m, nn.BatchNorm1d) for m in self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "* B F", name="MLP", F=self.in_features)
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-1] != self.in_features:
+            check_shape(x, "* B F", name="MLP", F=self.in_features)  # raises, naming the misfit
         if self._flatten_leading and x.dim() > 2:
             # BatchNorm1d reads dim 1 as features: flatten the leading dims.
             return self._run(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
         return self._run(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.layers(x)`` without the per-call cost of modules that do nothing: the
-        Sequential's own call, an ``nn.Identity`` (no norm) and a dropout that is off
-        (p = 0 or eval) are skipped unless a hook listens to them (``benchmarks/overhead.py``:
-        each skipped call is ~1-2 us, a large part of a small MLP's eval time)."""
+        """``self.layers(x)`` without the per-call cost of the modules: the Sequential's own
+        call is skipped, and each stock layer nobody hooks runs as its functional op
+        (``blockzoo._fastcall.call``: an ``nn.Identity`` and a dropout that is off run as
+        nothing, a ``nn.Linear`` as ``F.linear``; each module call skipped is ~1-2 us, a
+        large part of a small MLP's eval time)."""
         seq = self.layers
         if seq._forward_hooks or seq._forward_pre_hooks:
             return seq(x)
         for m in seq._modules.values():
-            idle = type(m) is nn.Identity or (type(m) is nn.Dropout and (m.p == 0 or not m.training))
-            if not idle or m._forward_hooks or m._forward_pre_hooks:
-                x = m(x)
+            x = call(m, x)
         return x
 
     def extra_repr(self) -> str:

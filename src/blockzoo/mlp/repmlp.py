@@ -23,10 +23,11 @@ from blockzoo.rep.fuse import ConvBN, conv_as_fc, mark_deployed
 __all__ = ["RepMLPBlock"]
 
 
-def _partition_fc(flat: torch.Tensor, fc: nn.Conv2d) -> torch.Tensor:
+def _partition_fc(flat: torch.Tensor, fc: nn.Conv2d, *, grouped: bool = False) -> torch.Tensor:
     """The grouped partition FC, ``fc`` (a grouped 1x1 conv on (B P, N, 1, 1)), as one
     batched matrix product over the groups: on CPU the grouped 1x1 convolution of a 1x1
-    "image" took ~2.6x as long as the same products through ``baddbmm``. Returns (B P, N)."""
+    "image" took ~2.6x as long as the same products through ``baddbmm``. Returns (B P, N),
+    or with ``grouped`` the product's own (g, B P, N / g) layout (no copy)."""
     bp, n, g = flat.shape[0], flat.shape[1], fc.groups
     w = fc.weight.view(g, n // g, n // g)  # (g, N/g out, N/g in)
     xs = flat.view(bp, g, n // g).transpose(0, 1)  # (g, B P, N/g)
@@ -34,7 +35,7 @@ def _partition_fc(flat: torch.Tensor, fc: nn.Conv2d) -> torch.Tensor:
         y = torch.bmm(xs, w.transpose(1, 2))
     else:
         y = torch.baddbmm(fc.bias.view(g, 1, n // g), xs, w.transpose(1, 2))  # (g, B P, N/g)
-    return y.transpose(0, 1).reshape(bp, n)
+    return y if grouped else y.transpose(0, 1).reshape(bp, n)
 
 
 @register(
@@ -145,6 +146,26 @@ class RepMLPBlock(nn.Module):
         p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
         p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
         flat = p.reshape(b * nh * nw, c * h * w, 1, 1)  # (B P, C h w, 1, 1)
+        if not ((torch.is_grad_enabled() and (x.requires_grad or self.gp_fc1.weight.requires_grad))
+                or torch.compiler.is_compiling()):
+            # Inference: the FC's output is added to v and written into the (B, C, H, W) output
+            # by one strided add, instead of a transpose copy (deploy form), the sum y + v and
+            # the merge copy: two full passes over the map fewer (RepMLP deploy, C=64 56x56:
+            # docs/benchmarks.md). The same sums as below, element by element.
+            g = self.groups
+            out = x.new_empty(b, c, hh, ww)
+            vv = v.view(b, nh, nw, g, c // g, 1, 1).permute(0, 3, 4, 1, 5, 2, 6)  # (B, g, C/g, nh, 1, nw, 1)
+            dst = out.view(b, g, c // g, nh, h, nw, w)
+            if self.fc is not None:
+                y = _partition_fc(flat, self.fc, grouped=True)  # (g, B P, C h w / g)
+                y = y.view(g, b, nh, nw, c // g, h, w).permute(1, 0, 4, 2, 5, 3, 6)
+            else:
+                y = self.fc3_bn(_partition_fc(flat, self.fc3).reshape(b * nh * nw, c, h, w))
+                for branch in self.local.values():
+                    y = y + branch(p)
+                y = y.view(b, nh, nw, g, c // g, h, w).permute(0, 3, 4, 1, 5, 2, 6)
+            torch.add(y, vv, out=dst)  # (B, g, C/g, nh, h, nw, w) = (B, C, H, W)
+            return out
         if self.fc is not None:
             y = _partition_fc(flat, self.fc).reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
         else:

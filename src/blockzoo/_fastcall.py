@@ -1,0 +1,160 @@
+"""Calling a stock submodule without ``nn.Module.__call__`` when nobody listens (issue 19).
+
+``nn.Module.__call__`` costs ~1-2 us per call on CPU (hook dictionaries, tracing state,
+the ``forward`` lookup), and ``module.weight`` another ~0.3 us through
+``nn.Module.__getattr__``. For a block at its example size that is 5-20 % of an eval
+forward spent on modules such as ``nn.Linear`` or ``nn.ReLU`` whose ``forward`` is one
+functional call. :func:`call` runs that functional call directly, on the module's own
+parameters, and so gives the same result as ``module(x)`` (the same ATen op on the same
+tensors), but only when this is provably the same computation:
+
+- the module's type is *exactly* one of the stock types below (a subclass, a
+  parametrized module -- ``torch.nn.utils.parametrize`` swaps in a subclass -- or any
+  other module runs as a module);
+- no hook listens: none of the module's own forward / backward (pre-)hooks and none of the
+  global ``nn.modules.module.register_module_*`` hooks (old-style weight / spectral norm
+  and pruning are forward pre-hooks, so they keep the module path too);
+- for batch norm: eval mode with running statistics (training updates them: module path);
+  for dropout: off (eval, or p = 0).
+
+Anything else is ``module(x)``. ``tests/test_overhead.py`` checks, per block using this,
+that the fast path equals the module path to 1e-12 in float64 and that hooks still fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.module import (
+    _global_backward_hooks,
+    _global_backward_pre_hooks,
+    _global_forward_hooks,
+    _global_forward_pre_hooks,
+)
+
+__all__ = ["call", "direct", "invoke", "listened", "sequential"]
+
+
+def listened(*mods: nn.Module) -> bool:
+    """True when a global module hook, or a hook of one of ``mods``, is registered."""
+    if (_global_forward_hooks or _global_forward_pre_hooks or _global_backward_hooks
+            or _global_backward_pre_hooks):
+        return True
+    for m in mods:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+    return False
+
+
+def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    p = m._parameters
+    return F.linear(x, p["weight"], p["bias"])
+
+
+def _conv(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    p = m._parameters
+    return m._conv_forward(x, p["weight"], p["bias"])
+
+
+def _layer_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    p = m._parameters
+    return F.layer_norm(x, m.normalized_shape, p["weight"], p["bias"], m.eps)
+
+
+def _batch_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    b = m._buffers
+    mean, var = b["running_mean"], b["running_var"]
+    if m.training or mean is None or x.dim() != 4:  # stats to update or a shape error: the module
+        return None
+    p = m._parameters
+    return torch.batch_norm(x, p["weight"], p["bias"], mean, var, False, 0.0, m.eps,
+                            torch.backends.cudnn.enabled)
+
+
+def _relu(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu_(x) if m.inplace else torch.relu(x)
+
+
+def _silu(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, m.inplace)
+
+
+def _relu6(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh(x, m.min_val, m.max_val, m.inplace)
+
+
+def _hardswish(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.hardswish(x, m.inplace)
+
+
+def _gelu(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate=m.approximate)
+
+
+def _dropout(m: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    return x if (m.p == 0 or not m.training) else None
+
+
+_DIRECT: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor | None]] = {
+    nn.Linear: _linear,
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.LayerNorm: _layer_norm,
+    nn.BatchNorm2d: _batch_norm,
+    nn.ReLU: _relu,
+    nn.SiLU: _silu,
+    nn.ReLU6: _relu6,
+    nn.Hardswish: _hardswish,
+    nn.GELU: _gelu,
+    nn.Sigmoid: lambda _m, x: torch.sigmoid(x),
+    nn.Tanh: lambda _m, x: torch.tanh(x),
+    nn.Identity: lambda _m, x: x,
+    nn.Dropout: _dropout,
+}
+
+
+def direct(cls: type[nn.Module]) -> Callable[[Callable[[nn.Module, torch.Tensor], torch.Tensor | None]],
+                                              Callable[[nn.Module, torch.Tensor], torch.Tensor | None]]:
+    """Decorator registering ``fn(module, x)`` as what :func:`call` runs for exactly ``cls``
+    (a blockzoo module whose forward is a line of tensor maths); ``fn`` must compute what
+    ``cls.forward`` computes, op for op, or return None to take the module path."""
+
+    def deco(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor | None]
+             ) -> Callable[[nn.Module, torch.Tensor], torch.Tensor | None]:
+        _DIRECT[cls] = fn
+        return fn
+
+    return deco
+
+
+def call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)``, run as its functional op when ``m`` is a stock module nobody hooks."""
+    f = _DIRECT.get(type(m))
+    if f is None or listened(m):
+        return m(x)
+    y = f(m, x)
+    return m(x) if y is None else y
+
+
+def invoke(m: nn.Module, *args: object, **kwargs: object) -> object:
+    """``m(*args, **kwargs)``, as ``m.forward(...)`` when no hook listens to ``m``.
+
+    For a block's own submodule that is a blockzoo block (whose forward then makes its
+    own :func:`call` decisions): skips ``nn.Module.__call__`` and nothing else.
+    """
+    if listened(m):
+        return m(*args, **kwargs)
+    return m.forward(*args, **kwargs)
+
+
+def sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for an ``nn.Sequential``: its layers one by one through :func:`call`, without
+    the Sequential's own call, unless a hook listens to the Sequential itself."""
+    if type(seq) is not nn.Sequential or listened(seq):
+        return seq(x)
+    for m in seq._modules.values():
+        x = call(m, x)
+    return x
