@@ -87,8 +87,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "smlp": (1, "the height-mixing linear on the transposed map"),
     "smlp_tiny": (2, "the height-mixing linear on the transposed map, 2 blocks"),
     "spatial_reduction_attention": (1, "the query projection of the channel-last tokens"),
-    "swin_tiny": (51, "window partition/merge, the bias per window and head merges of 12 shifted-window "
-                  "blocks (4 each), patch embedding/merging"),
+    "swin_tiny": (27, "window partition and merge of 12 window-attention blocks (2 each), the per-window "
+                  "bias of those with a shift mask, patch embedding/merging"),
     "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
     # the issue-23 backbones and their blocks, budgeted as merged (not yet optimised)
     "cait_xxs24": (7, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
@@ -122,11 +122,11 @@ BUDGET: dict[str, tuple[int, str]] = {
                           "on the pooled keys, " + _HEADS),
     "hatnet_tiny": (12, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
                     "local+global blocks, the heads' merge of each"),
-    "shuffle_window_attention": (6, "shuffled window partition (1), the q, k, v projection of its transposed "
-                                 "view (1), position indices (2), heads (1), window merge (1)"),
-    "shuffle_transformer_t": (25, "2 shuffled-window blocks as shuffle_window_attention (12) and 2 "
-                              "regular ones as shifted_window_attention unshifted (13: its 3-D bias "
-                              "makes SDPA copy q, k, v)"),
+    "shuffle_window_attention": (4, "shuffled window partition (1), the q, k, v projection of its transposed "
+                                 "view (1), heads (1), window merge (1)"),
+    "shuffle_transformer_t": (14, "2 shuffled-window blocks as shuffle_window_attention (8), 2 regular "
+                              "ones as shifted_window_attention unshifted (2 each), 2 in the stem and "
+                              "patch merging layouts"),
     "lsa": (2, "the map cut into k x k groups and the groups put back"),
     "twins_svt_small": (6, "2 LSA blocks (example config): the zero-padded map cut into groups, put back "
                         "and cropped"),

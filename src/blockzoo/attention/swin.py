@@ -244,6 +244,8 @@ class ShiftedWindowAttention(nn.Module):
         if mask is not None:
             bias = bias + mask[:, None]  # (nW, h, N, N)
             bias = bias.expand(b, -1, -1, -1, -1).reshape(b * nw, nh, n, n)  # (B nW, h, N, N)
+        else:
+            bias = bias[None]  # (1, h, N, N): with a 3-D mask CPU SDPA copies the strided q, k, v
         # SoftMax(Q K^T / sqrt(d) + B) V
         out = attend(q, k, v, self.attn_map, bias)  # (B nW, h, N, d)
         return _out_of_windows(out, self.proj, b, (h, w), (hp, wp), plan)  # (B, H, W, C)
