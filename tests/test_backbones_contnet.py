@@ -1,6 +1,6 @@
 """ConTNet-M (issue 23, paper-only: no reference implementation installed). Parameter count
 against the authors' released model, MACs against the paper's table, forwards at other
-sizes, ``attach`` after each stage, and the patch-wise transformer (STE) against an
+sizes (``attach``: test_backbones_paper_only.py), and the patch-wise transformer (STE) against an
 independent float64 reference written from the equations."""
 
 from __future__ import annotations
@@ -101,21 +101,6 @@ def test_full_model_forward_at_a_non_square_size(size: tuple[int, int]) -> None:
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
-
-
-def test_attach_after_each_stage() -> None:
-    torch.manual_seed(0)
-    s = blockzoo.spec("contnet_m")
-    model = blockzoo.create_model("contnet_m", **{**s.example.config, "num_classes": 5}).eval()
-    x = torch.randn(1, 3, 64, 48)
-    with torch.no_grad():
-        before = model(x)
-    model, where = blockzoo.attach(model, "se", after="stages.[0-9]", example_input=x)
-    assert len(where) == 4
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == before.shape == (1, 5)
-    assert not torch.allclose(out, before)
 
 
 # ------------------------------------------------------------------------ the STE

@@ -1,7 +1,8 @@
 """Paper-only backbones of issue 23 (no reference implementation installed): HorNet-T, CMT-Ti,
-Container-Light, CeiT-T. Parameter counts against the papers' tables, forwards at other
-sizes, ``attach`` after each stage, and the distinctive blocks' maths against independent
-references written from the papers' equations (float64)."""
+Container-Light, CeiT-T, DeepViT, PatchConvNet, Shuffle-T (``attach`` also ConTNet-M and
+HAT-Net-Tiny, whose counts and MACs their own files check). Parameter counts against the
+papers' tables, forwards at other sizes, ``attach`` after each stage, and the distinctive
+blocks' maths against independent references written from the papers' equations (float64)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ STAGES = {
     "deepvit_16b": ("patch_embed.proj", 1),
     "patchconvnet_s60": ("trunk", 1),  # one column at one resolution
     "shuffle_transformer_t": ("stages.[0-9]", 2),  # the example has two stages
+    # checked against the authors' released code in tests/test_backbones_{contnet,hatnet}.py
+    "contnet_m": ("stages.[0-9]", 4),
+    "hatnet_tiny": ("stages.[0-9]", 4),
 }
 
 
