@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.attention.swin import _unwindows, _windows
+from blockzoo.attention.swin import _unwindows, _windows, real_window_tokens
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -131,9 +131,7 @@ class PatchwiseTransformer(nn.Module):
         if hp == h and wp == w:
             return None
         p = self.patch_size
-        ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
-        pad = (ys[:, None] >= h) | (xs[None, :] >= w)  # (Hp, Wp)
-        pad = _windows(pad[None], p, p)  # (1, n_P, N)
+        pad = ~real_window_tokens(h, w, hp, wp, p, p, device)  # (n_P, N)
         return pad.expand(b, -1, -1).reshape(-1, p * p)  # (B n_P, N)
 
     def extra_repr(self) -> str:

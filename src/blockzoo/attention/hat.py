@@ -19,20 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._memo import memo_table
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
+from blockzoo.attention.swin import real_window_tokens
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["HierarchicalMHSA"]
 
 
+@memo_table()
 def _grid_key_mask(h: int, w: int, hp: int, wp: int, g: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
     """(n, 1, 1, G^2) additive mask: -inf on the padded positions of each G x G grid."""
-    ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
-    real = (ys[:, None] < h) & (xs[None, :] < w)  # (Hp, Wp)
-    real = real.reshape(hp // g, g, wp // g, g).transpose(1, 2).reshape(-1, g * g)  # (n, G^2)
-    return key_mask(real, dtype)[:, None, None, :]
+    return key_mask(real_window_tokens(h, w, hp, wp, g, g, device), dtype)[:, None, None, :]
 
 
 @register(

@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from blockzoo.attention._attend import attend, key_mask
-from blockzoo.attention.swin import ShiftedWindowAttention, _unwindows, _windows, relative_position_index
+from blockzoo.attention.swin import (
+    ShiftedWindowAttention,
+    _unwindows,
+    _windows,
+    real_window_tokens,
+    relative_position_index,
+)
 from blockzoo.checks import check_shape
 from blockzoo.registry import Example, images, register
 
@@ -128,9 +134,7 @@ class ShuffleWindowAttention(ShiftedWindowAttention):
         # 4-D (1, h, N, N): CPU SDPA copies strided q, k, v when the mask is 3-D
         bias = self.relative_position_bias_table[index.flatten()].view(n, n, nh).permute(2, 0, 1)[None]
         if hp > h or wp > w:
-            ys, xs = torch.arange(hp, device=x.device), torch.arange(wp, device=x.device)
-            real = (ys[:, None] < h) & (xs[None, :] < w)  # (Hp, Wp)
-            real = _windows(real[None, :, :, None], gh, gw)[0, :, :, 0].t()  # (nW, N)
+            real = real_window_tokens(h, w, hp, wp, gh, gw, x.device).t()  # (nW, N): the transposed partition
             mask = key_mask(real, x.dtype)[:, None, None, :]  # (nW, 1, 1, N): -inf on padded keys
             bias = (bias + mask).expand(b, -1, -1, -1, -1).reshape(b * nw, nh, n, n)  # (B nW, h, N, N)
         # SoftMax(Q K^T / sqrt(d) + B) V

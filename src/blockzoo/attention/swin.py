@@ -54,6 +54,16 @@ def _windows(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
     return x.reshape(b, (hp // wh) * (wp // ww), wh * ww, *rest)
 
 
+@memo_table()
+def real_window_tokens(h: int, w: int, hp: int, wp: int, wh: int, ww: int,
+                       device: Any = None) -> torch.Tensor:
+    """(nW, wh * ww) bool, True at the real tokens of each window of an H x W map zero-padded
+    at the bottom / right to Hp x Wp and cut into wh x ww windows (``_windows``' order)."""
+    ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
+    real = (ys[:, None] < h) & (xs[None, :] < w)  # (Hp, Wp)
+    return _windows(real[None], wh, ww)[0]
+
+
 def _unwindows(x: torch.Tensor, hp: int, wp: int, wh: int, ww: int) -> torch.Tensor:
     """(B, nW, wh * ww, C) -> (B, Hp, Wp, C), the inverse of ``_windows``."""
     b, c = x.shape[0], x.shape[-1]
