@@ -72,7 +72,10 @@ def main() -> None:
         "DBB 3x3": lambda: DiverseBranchBlock(c),
         "MobileOne dw 3x3 n=4": lambda: MobileOneBlock(c, groups=c, num_branches=4),
         "MobileOne pw 1x1 n=4": lambda: MobileOneBlock(c, kernel_size=1, num_branches=4),
-        "RepMLP part 7x7 g=4": lambda: RepMLPBlock(c, 7, groups=4, kernel_sizes=(1, 3)),
+        # the authors' RepMLP-Res50 blocks (DingXiaoH/RepMLP, repmlp_resnet.py: h = w = 7,
+        # fc3_groups 4 (Light), reparam_conv_k (1, 3, 5)); RepMLPNet (2112.11081) uses (1, 3)
+        "RepMLP 7x7 g=4 k=1,3,5": lambda: RepMLPBlock(c, 7, groups=4, kernel_sizes=(1, 3, 5)),
+        "RepMLP 7x7 g=4 k=1,3": lambda: RepMLPBlock(c, 7, groups=4, kernel_sizes=(1, 3)),
     }
     x = torch.randn(args.batch, c, args.size, args.size)
     print(f"machine: {_cpu_name()}; torch {torch.__version__}; threads {torch.get_num_threads()}")

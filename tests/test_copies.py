@@ -72,8 +72,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
     "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
     "permute_mlp": (5, "height and width branches: permute to the mixed axis and back (4), channels"),
-    "repmlp": (3, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
-               "vector per partition; the merge back is the strided add of y + v into the output"),
+    "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
+               "vector per partition, the merge back into (B, C, H, W) after y += v in place (a "
+               "strided add of y + v straight into the output was slower)"),
     "resmlp": (1, _TOKEN_MLP),
     "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),

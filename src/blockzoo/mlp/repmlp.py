@@ -73,7 +73,9 @@ class RepMLPBlock(nn.Module):
         partition_size: h (or (h, w)); H and W must be multiples, others raise
             ``ShapeError`` naming ``partition_size``.
         groups: g, groups of FC_3 and of the local convs (dividing C).
-        kernel_sizes: the local perceptron's odd kernel sizes (paper: 1, 3, 5, 7 up to h).
+        kernel_sizes: the local perceptron's odd kernel sizes, each at most the partition
+            size (the authors' RepMLP-Res50 blocks: 1, 3, 5 with 7 x 7 partitions; RepMLPNet,
+            arXiv 2112.11081: 1, 3, the default).
         reduction: FC_1's width is C / reduction.
         deploy: build the fused form directly (to load fused weights).
 
@@ -137,34 +139,42 @@ class RepMLPBlock(nn.Module):
             raise ShapeError(f"RepMLPBlock: H={hh} and W={ww} must be multiples of "
                              f"partition_size=({h}, {w}); got input {tuple(x.shape)}")
         nh, nw = dims["H"] // h, dims["W"] // w
+        p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
+        p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
+        flat = p.reshape(b * nh * nw, c * h * w, 1, 1)  # (B P, C h w, 1, 1)
+        inference = not ((torch.is_grad_enabled() and (x.requires_grad or self.gp_fc1.weight.requires_grad))
+                         or torch.compiler.is_compiling())
         # v = FC_2(ReLU(FC_1(BN(avgpool(X)))))
-        pooled = F.avg_pool2d(x, (h, w))  # (B, C, nh, nw)
+        if inference and self.gp_bn is None:
+            # deploy form: the partition means from the contiguous partition copy just made
+            # (rows of h w values) instead of a second pass over X by avg_pool2d
+            pooled = p.view(b, nh, nw, c, h * w).mean(-1).permute(0, 3, 1, 2)  # (B, C, nh, nw)
+        else:
+            pooled = F.avg_pool2d(x, (h, w))  # (B, C, nh, nw)
         if self.gp_bn is not None:
             pooled = self.gp_bn(pooled)
         v = self.gp_fc2(F.relu(self.gp_fc1(pooled)))  # (B, C, nh, nw)
         v = v.permute(0, 2, 3, 1).reshape(b * nh * nw, c, 1, 1)  # (B P, C, 1, 1)
-        p = x.reshape(b, c, nh, h, nw, w).permute(0, 2, 4, 1, 3, 5)  # (B, nh, nw, C, h, w)
-        p = p.reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
-        flat = p.reshape(b * nh * nw, c * h * w, 1, 1)  # (B P, C h w, 1, 1)
-        if not ((torch.is_grad_enabled() and (x.requires_grad or self.gp_fc1.weight.requires_grad))
-                or torch.compiler.is_compiling()):
-            # Inference: the FC's output is added to v and written into the (B, C, H, W) output
-            # by one strided add, instead of a transpose copy (deploy form), the sum y + v and
-            # the merge copy: two full passes over the map fewer (RepMLP deploy, C=64 56x56:
-            # docs/benchmarks.md). The same sums as below, element by element.
-            g = self.groups
-            out = x.new_empty(b, c, hh, ww)
-            vv = v.view(b, nh, nw, g, c // g, 1, 1).permute(0, 3, 4, 1, 5, 2, 6)  # (B, g, C/g, nh, 1, nw, 1)
-            dst = out.view(b, g, c // g, nh, h, nw, w)
+        if inference:
+            # Inference: v is added in place to the FC's own product, then one permuting copy
+            # writes the (B, C, H, W) output: no transpose copy of the (g, B P, N / g) product
+            # (deploy form), no separate sum y + v, no merge copy. The same sums as below,
+            # element by element. One broadcast add straight into the strided output was
+            # slower: a 7-D add with a broadcast operand and 7-element inner runs
+            # (docs/benchmarks.md, RepMLP deploy form).
+            g, cg = self.groups, c // self.groups
             if self.fc is not None:
                 y = _partition_fc(flat, self.fc, grouped=True)  # (g, B P, C h w / g)
-                y = y.view(g, b, nh, nw, c // g, h, w).permute(1, 0, 4, 2, 5, 3, 6)
+                y.view(g, b * nh * nw, cg, h * w).add_(v.view(b * nh * nw, g, cg, 1).transpose(0, 1))
+                y = y.view(g, b, nh, nw, cg, h, w).permute(1, 0, 4, 2, 5, 3, 6)  # (B, g, C/g, nh, h, nw, w)
             else:
                 y = self.fc3_bn(_partition_fc(flat, self.fc3).reshape(b * nh * nw, c, h, w))
                 for branch in self.local.values():
-                    y = y + branch(p)
-                y = y.view(b, nh, nw, g, c // g, h, w).permute(0, 3, 4, 1, 5, 2, 6)
-            torch.add(y, vv, out=dst)  # (B, g, C/g, nh, h, nw, w) = (B, C, H, W)
+                    y.add_(branch(p))
+                y.view(b * nh * nw, c, h * w).add_(v.view(b * nh * nw, c, 1))
+                y = y.view(b, nh, nw, g, cg, h, w).permute(0, 3, 4, 1, 5, 2, 6)
+            out = x.new_empty(b, c, hh, ww)
+            out.view(b, g, cg, nh, h, nw, w).copy_(y)
             return out
         if self.fc is not None:
             y = _partition_fc(flat, self.fc).reshape(b * nh * nw, c, h, w)  # (B P, C, h, w)
