@@ -592,6 +592,32 @@ def test_linear_attention_equals_its_quadratic_form(causal: bool) -> None:
     torch.testing.assert_close(m(x), m.proj(att.transpose(1, 2).reshape(2, 9, 8)))
 
 
+@pytest.mark.parametrize(("dim", "heads", "head_dim", "bias"),
+                         [(8, 2, None, True), (12, 3, 5, False), (6, 1, None, True)])
+def test_linear_attention_joint_heads_equal_the_per_head_products(
+        monkeypatch: pytest.MonkeyPatch, dim: int, heads: int, head_dim: int | None, bias: bool) -> None:
+    """Small inputs run all heads as one block-diagonal product: the same outputs and gradients as
+    the per-head products (float64, 1e-12), with and without autograd."""
+
+    la_module = __import__("sys").modules["blockzoo.attention.linear_attention"]
+    torch.manual_seed(0)
+    m = LinearAttention(dim, num_heads=heads, head_dim=head_dim, qkv_bias=bias).double()
+    x = _rand(3, 7, dim)
+    runs = {}
+    for label, limit in (("joint", 1 << 40), ("per_head", -1)):
+        monkeypatch.setattr(la_module, "_JOINT_HEADS_MAX_MACS", limit)
+        with torch.no_grad():
+            y_eval = m(x)
+        xg = x.clone().requires_grad_(True)
+        m.zero_grad()
+        y = m(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        runs[label] = (y_eval, y.detach(), xg.grad, m.qkv.weight.grad.clone())
+    for a, b in zip(runs["joint"], runs["per_head"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(runs["joint"][0], runs["joint"][1], rtol=1e-12, atol=1e-12)
+
+
 def _aft_reference(q, k, v, w):
     # Y_t = sigmoid(Q_t) * sum_t' exp(K_t' + w_tt') V_t' / sum_t' exp(K_t' + w_tt')
     e = (k[:, None, :, :] + w[None, :, :, None]).exp()  # (B, T, T', D)

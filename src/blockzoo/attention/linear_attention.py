@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
+from blockzoo._memo import memo_table
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
 
@@ -54,6 +56,45 @@ def linear_attention(
     return num / (den + eps)
 
 
+# Up to this many multiply-adds per product (B N (h d)^2), the heads run together as one
+# block-diagonal product on the token layout (below); above it, per head.
+_JOINT_HEADS_MAX_MACS = 1 << 18
+
+
+@memo_table()
+def _head_block_mask(heads: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(h d, h d): 1 where row and column belong to the same head, else 0."""
+    head = torch.arange(heads * head_dim, device=device) // head_dim
+    return (head[:, None] == head[None, :]).to(dtype)
+
+
+def _linear_attention_joint_heads(qkv: torch.Tensor, heads: int, head_dim: int, eps: float) -> torch.Tensor:
+    r"""Non-causal multi-head linear attention from the fused projection (B, N, 3 h d), all heads
+    at once on the token layout; returns the heads' outputs as (B, N, h d).
+
+    With K_phi, V (B, N, h d) and M the (h d, h d) block-diagonal head mask,
+    (K_phi^T V) * M holds every head's sum_j phi(K_j) V_j^T on its diagonal block, so
+    num = Q_phi ((K_phi^T V) * M) is each head's numerator, and each head's denominator is
+    the sum over its d columns of Q_phi * sum_j phi(K_j). The same sums as
+    :func:`linear_attention` per head, without a single head permute or copy: the (B, h, N, d)
+    operands of the per-head products are strided views that ``matmul`` copies (five copies
+    per call at the example size). It spends h times the multiply-adds of the per-head
+    products, so :class:`LinearAttention` takes it only for small products (where each call's
+    time is the ops' fixed cost, not their arithmetic).
+    """
+    b, n, _ = qkv.shape
+    c = heads * head_dim
+    qk = F.elu(qkv[..., : 2 * c])  # (B, N, 2 h d), contiguous
+    qk = qk.add_(1.0) if not torch.is_grad_enabled() else qk + 1.0
+    q, k, v = qk[..., :c], qk[..., c:], qkv[..., 2 * c:]  # (B, N, h d) views
+    kv = torch.bmm(k.transpose(1, 2), v)  # (B, h d, h d)
+    kv = kv.mul_(_head_block_mask(heads, head_dim, kv.device, kv.dtype)) if not torch.is_grad_enabled() \
+        else kv * _head_block_mask(heads, head_dim, kv.device, kv.dtype)
+    num = torch.bmm(q, kv).view(b, n, heads, head_dim)  # (B, N, h, d)
+    den = (q * k.sum(1, keepdim=True)).view(b, n, heads, head_dim).sum(-1, keepdim=True)  # (B, N, h, 1)
+    return (num / (den + eps)).view(b, n, c)
+
+
 @register(
     name="linear_attention",
     family="attention",
@@ -75,7 +116,11 @@ class LinearAttention(nn.Module):
         y    = Concat(heads) W^O,     Q, K, V = x W^Q, x W^K, x W^V
 
     Cost O(N d^2) time and O(d^2) state per head: linear in N. With ``causal=True`` the
-    sums run over j <= i (the recurrent form of eq. (8)-(9)).
+    sums run over j <= i (the recurrent form of eq. (8)-(9)). Small non-causal inputs
+    (B N (h d)^2 <= 2^18 multiply-adds) run all heads as one block-diagonal product on
+    the token layout, which needs no head permutes or copies; the result is the same. It
+    spends h times the multiply-adds, so FLOP counting (and compiling) takes the per-head
+    path.
 
     Args:
         dim: C, the token width.
@@ -119,9 +164,15 @@ class LinearAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = check_shape(x, "B N C", name="LinearAttention", C=self.dim).values()
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        qkv = call(self.qkv, x)  # (B, N, 3 h d)
+        # joint heads: eager only (the size test would specialise an exported batch), and not
+        # while a global module hook listens (FLOP counting: the paper's per-head products)
+        if (not self.causal and not torch.compiler.is_compiling() and not listened()
+                and b * n * (h * d) ** 2 <= _JOINT_HEADS_MAX_MACS):
+            return call(self.proj, _linear_attention_joint_heads(qkv, h, d, self.eps))  # (B, N, C)
+        q, k, v = qkv.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         out = linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=self.causal, eps=self.eps)
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+        return call(self.proj, out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, causal={self.causal}"
