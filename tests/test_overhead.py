@@ -388,3 +388,39 @@ def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> Non
             v.mul_(2)
         want = twin(*x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("groups", "size", "direct"),
+                         [(2, (5, 7), True), (2, (5, 7), False), (3, (4, 6), True), (1, (3, 3), True)])
+def test_shuffle_attention_fused_path_equals_the_module_path(monkeypatch: pytest.MonkeyPatch, groups: int,
+                                                              size: tuple[int, int], direct: bool) -> None:
+    """Shuffle attention folds W_2, b_2 into GN's affine and (even G, large maps) writes each half
+    straight to its shuffled channels: the same output and gradients as the paper's order of
+    operations, which runs while GN is hooked (float64, 1e-12)."""
+    from blockzoo.attention import shuffle
+
+    monkeypatch.setattr(shuffle, "_DIRECT_WRITE_MIN", 0 if direct else 1 << 40)
+    torch.manual_seed(0)
+    block = shuffle.ShuffleAttention(8 * groups, groups=groups, init_weight=0.7).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 8 * groups, *size, dtype=torch.float64)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y_eval = block(x)
+        xg = x.clone().requires_grad_(True)
+        block.zero_grad()
+        y = block(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return (y_eval, y.detach(), xg.grad, block.sweight.grad.clone(), block.gn.weight.grad.clone())
+
+    fused = run()
+    handle = block.gn.register_forward_hook(lambda *_: None)  # a listener: the module path
+    try:
+        plain = run()
+    finally:
+        handle.remove()
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -11,13 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import listened
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ShuffleAttention"]
+
+# From this many input elements on, each half's product is written straight into its shuffled
+# output channels; below, the ~10 view ops that takes cost more than the concatenation and the
+# shuffle copy it saves (docs/benchmarks.md, issue 19).
+_DIRECT_WRITE_MIN = 1 << 15
 
 
 @register(
@@ -92,6 +99,8 @@ class ShuffleAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="ShuffleAttention", C=self.channels)
         b, h, w = dims["B"], dims["H"], dims["W"]
+        if type(self.gn) is nn.GroupNorm and not listened(self.gn):
+            return self._fused(x, b, h, w)
         xg = x.reshape(b * self.groups, -1, h, w)  # (B G, 2c, H, W)
         x1, x2 = xg.chunk(2, dim=1)  # (B G, c, H, W) each
         # x'_k1 = sigmoid(W_1 GAP(x_k1) + b_1) * x_k1
@@ -101,6 +110,49 @@ class ShuffleAttention(nn.Module):
         g2 = self.spatial_map(torch.sigmoid(self.sweight * n2 + self.sbias))
         out = torch.cat([x1 * g1, x2 * g2], 1).reshape(b, 2, self.channels // 2, h, w)  # (B, 2, C/2, H, W)
         return out.transpose(1, 2).reshape(b, self.channels, h, w)  # channel shuffle, 2 groups
+
+    def _fused(self, x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """The same maps with fewer passes: W_2, b_2 folded into GN's affine,
+        W_2 (gamma n + beta) + b_2 = (W_2 gamma) n + (W_2 beta + b_2), one GroupNorm call giving
+        the spatial gate's argument; the channel gate's argument in one ``addcmul``; and, for an
+        even G, each half's product written straight to its shuffled channels of the output
+        (no concatenation, no shuffle copy).
+
+        The shuffle is a view: with G = 2 G', a group index splits into (i, g') = divmod(k, G'), the
+        concatenated channel (k, half, ch) is i C/2 + j with j = (g', half, ch), and the shuffle
+        puts it at output channel 2 j + i. So the output, seen as (B, G', 2, c, 2, H, W), takes
+        half ``half`` of group (i, g') at [:, g', half, :, i]."""
+        gs, c = self.groups, self.channels // (2 * self.groups)
+        grad = torch.is_grad_enabled()
+        xg = x.reshape(b * gs, 2 * c, h, w)  # (B G, 2c, H, W)
+        x1, x2 = xg.chunk(2, dim=1)  # (B G, c, H, W) each
+        # x'_k1 = sigmoid(W_1 GAP(x_k1) + b_1) * x_k1
+        g1 = torch.addcmul(self.cbias, self.cweight, x1.mean((2, 3), keepdim=True))  # (B G, c, 1, 1)
+        g1 = self.channel_map(g1.sigmoid() if grad else g1.sigmoid_())
+        # x'_k2 = sigmoid(W_2 GN(x_k2) + b_2) * x_k2
+        sw, sb = self.sweight.view(c), self.sbias.view(c)
+        gn = self.gn
+        g2 = F.group_norm(x2, c, sw * gn.weight, torch.addcmul(sb, sw, gn.bias), gn.eps)  # (B G, c, H, W)
+        g2 = self.spatial_map(g2.sigmoid() if grad else g2.sigmoid_())
+        # (a size test under compile or export would specialise the batch: there, concatenate)
+        if gs % 2 or torch.compiler.is_compiling() or x.numel() < _DIRECT_WRITE_MIN:
+            out = torch.cat([x1 * g1, x2 * g2], 1).reshape(b, 2, self.channels // 2, h, w)
+            return out.transpose(1, 2).reshape(b, self.channels, h, w)  # channel shuffle, 2 groups
+        half = gs // 2
+        out = x.new_empty(b, self.channels, h, w)
+        dst = out.view(b, half, 2, c, 2, h, w)  # (B, G', half, c, i, H, W)
+
+        def shuffled(t: torch.Tensor) -> torch.Tensor:  # (B G, c, ., .) -> (B, G', c, i, ., .)
+            return t.view(b, 2, half, c, t.shape[-2], t.shape[-1]).permute(0, 2, 3, 1, 4, 5)
+
+        if grad and (x.requires_grad or self.cweight.requires_grad):
+            # autograd cannot record into ``out=`` views: the same products, then one copy each
+            dst[:, :, 0].copy_(shuffled(x1) * shuffled(g1))
+            dst[:, :, 1].copy_(shuffled(x2) * shuffled(g2))
+            return out
+        torch.mul(shuffled(x1), shuffled(g1), out=dst[:, :, 0])
+        torch.mul(shuffled(x2), shuffled(g2), out=dst[:, :, 1])
+        return out
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}"
