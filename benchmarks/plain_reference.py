@@ -41,7 +41,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from plain_elementwise import REFS as ELEMENTWISE_REFS  # beside this script
+from plain_conv_mlp import REFS as CONV_MLP_REFS  # these five beside this script
+from plain_elementwise import REFS as ELEMENTWISE_REFS
+from plain_image_attention_a import REFS as IMAGE_A_REFS
+from plain_image_attention_b import REFS as IMAGE_B_REFS
+from plain_tokens import REFS as TOKEN_REFS
 from torch import nn
 
 import blockzoo
@@ -588,7 +592,33 @@ class PlainTriplet(nn.Module):
 
 # ---------------------------------------------------------------- the run
 
-REFS.update(ELEMENTWISE_REFS)  # after the references above, so the default order keeps them first
+# after the references above, so the default order keeps them first
+for _more in (ELEMENTWISE_REFS, IMAGE_A_REFS, IMAGE_B_REFS, TOKEN_REFS, CONV_MLP_REFS):
+    REFS.update(_more)
+
+# The registered entries that goal 3 covers: every image-attention, token-attention, MLP and
+# conv block. ``--check`` and tests/test_plain_reference.py list those still without a reference.
+COVERED_FAMILIES = (("attention", "image"), ("attention", "tokens"), ("mlp", "image"), ("mlp", "tokens"),
+                    ("mlp", "vector"), ("conv", "image"))
+
+
+def covered_names() -> list[str]:
+    """The registered names goal 3 asks a reference for, in registry order."""
+    return [n for n in blockzoo.list_blocks()
+            if (blockzoo.spec(n).family, blockzoo.spec(n).input) in COVERED_FAMILIES]
+
+
+def check(name: str, cfg: str = "example x8") -> float:
+    """The reference's max difference from our block relative to the output's scale (eval,
+    no_grad, float32, same weights; random BatchNorm statistics)."""
+    block, args = configs(name)[cfg]
+    _randomise_bn(block)
+    plain = REFS[name](block).eval()
+    with torch.no_grad():
+        want, got = block(*args), plain(*args)
+    if want.shape != got.shape:
+        raise AssertionError(f"{name}: reference gives {tuple(got.shape)}, ours {tuple(want.shape)}")
+    return (want - got).abs().max().item() / max(want.abs().max().item(), 1e-12)
 
 
 def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
@@ -688,9 +718,27 @@ def main() -> None:
     ap.add_argument("--aot", action="store_true",
                     help="with --compile: ours as blockzoo.compile(block, example_inputs=..., aot=True), "
                          "torch.export + AOTInductor, no dynamo guards")
+    ap.add_argument("--check", action="store_true",
+                    help="only check each reference against our block at every config (no timing), "
+                         "and list the covered entries without a reference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.only or list(REFS)
+    if args.check:
+        bad = 0
+        for name in names:
+            for cfg in args.configs:
+                try:
+                    err = check(name, cfg)
+                    verdict = "ok" if err <= 1e-4 else "DIFFERS"
+                except Exception as e:  # report every row
+                    err, verdict = float("nan"), f"{type(e).__name__}: {str(e)[:100]}"
+                bad += verdict != "ok"
+                print(f"{name:32s} {cfg:11s} max rel err {err:.2e}  {verdict}")
+        missing = [n for n in covered_names() if n not in REFS]
+        print(f"{len(REFS)} references; covered entries without one ({len(missing)}): "
+              f"{' '.join(missing) or '-'}")
+        raise SystemExit(1 if bad else 0)
     how = f" | ours compiled ({'AOTInductor' if args.aot else 'inductor'}), plain eager" * args.compile
     print(f"machine: {platform.machine()} | python {platform.python_version()} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | eval, no_grad, fp32 | {args.passes} passes, "
