@@ -84,12 +84,13 @@ def _linear_attention_joint_heads(qkv: torch.Tensor, heads: int, head_dim: int, 
     """
     b, n, _ = qkv.shape
     c = heads * head_dim
+    grad = torch.is_grad_enabled()
     qk = F.elu(qkv[..., : 2 * c])  # (B, N, 2 h d), contiguous
-    qk = qk.add_(1.0) if not torch.is_grad_enabled() else qk + 1.0
+    qk = qk + 1.0 if grad else qk.add_(1.0)
     q, k, v = qk[..., :c], qk[..., c:], qkv[..., 2 * c:]  # (B, N, h d) views
     kv = torch.bmm(k.transpose(1, 2), v)  # (B, h d, h d)
-    kv = kv.mul_(_head_block_mask(heads, head_dim, kv.device, kv.dtype)) if not torch.is_grad_enabled() \
-        else kv * _head_block_mask(heads, head_dim, kv.device, kv.dtype)
+    mask = _head_block_mask(heads, head_dim, kv.device, kv.dtype)
+    kv = kv * mask if grad else kv.mul_(mask)
     num = torch.bmm(q, kv).view(b, n, heads, head_dim)  # (B, N, h, d)
     den = (q * k.sum(1, keepdim=True)).view(b, n, heads, head_dim).sum(-1, keepdim=True)  # (B, N, h, 1)
     return (num / (den + eps)).view(b, n, c)
