@@ -56,7 +56,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "gru_tagger": (2, _PACKED),
     "halo_attention": (6, "block/halo partition of q, relative logits, SDPA's reshaped operands, merge"),
     "jordan_rnn": (48, _SCAN + " (T=8, 2 layers x 2 directions) and the masks' dtype"),
-    "linear_attention": (5, "K^T V and Q (K^T V) on head views (4) and " + _HEADS),
+    "linear_attention": (0, "at the example size all heads run as one block-diagonal product on the "
+                         "token layout; the per-head path (larger inputs) copies its head views for "
+                         "K^T V and Q (K^T V) (4) and " + _HEADS),
     "local_attention": (4, "block-local logits, the chunked output written in place, " + _HEADS),
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
