@@ -8,6 +8,9 @@ reader would write them in plain PyTorch, not from our blocks; they take our blo
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -180,3 +183,113 @@ class PlainClassCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.norm(x)
         return torch.cat([x[:, :1] + self.attn(z[:, :1], z), x[:, 1:]], 1)
+
+
+@_ref("emsa")
+class PlainEMSA(nn.Module):
+    """Zhang & Yang 2105.13677 (ResT), eq. (2), as its code on a 1-D sequence: K, V from a strided
+    depthwise conv + LayerNorm; A = InstanceNorm(softmax(Conv1x1(Q K^T / sqrt(d)))); A V W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, r, c = b.num_heads, b.head_dim, b.sr_ratio, b.dim
+        self.q, self.kv, self.proj = _linear(b.q), _linear(b.kv), _linear(b.proj)
+        self.sr = None
+        if r > 1:  # the 1-D version of the (r+1) x (r+1) stride-r conv: its central row
+            self.sr = nn.Conv1d(c, c, r + 1, stride=r, padding=r // 2, groups=c, bias=b.sr.bias is not None)
+            self.sr.weight.data.copy_(b.sr.weight.detach()[:, :, r // 2])
+            if b.sr.bias is not None:
+                self.sr.bias.data.copy_(b.sr.bias.detach())
+            self.norm = _layernorm(b.sr_norm)
+        self.transform = None
+        if self.h > 1:
+            self.transform = nn.Conv2d(self.h, self.h, 1, bias=False)
+            self.transform.weight.data.copy_(b.transform.weight.detach())
+            self.transform_norm = nn.InstanceNorm2d(self.h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.h, self.d).permute(0, 2, 1, 3)
+        if self.sr is not None:
+            x = self.norm(self.sr(x.permute(0, 2, 1)).permute(0, 2, 1))  # (B, M, C)
+        k, v = self.kv(x).reshape(B, -1, 2, self.h, self.d).permute(2, 0, 3, 1, 4)
+        attn = q @ k.transpose(-2, -1) * self.d ** -0.5
+        if self.transform is not None:
+            attn = self.transform_norm(self.transform(attn).softmax(dim=-1))
+        else:
+            attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+# ---------------------------------------------------------------- positional encodings
+
+
+@_ref("learned_pe")
+class PlainLearnedPE(nn.Module):
+    """Dosovitskiy et al. 2010.11929 (ViT): y = x + E_pos[:N], E_pos learned (max_len, C)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(b.weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pos_embed[: x.shape[1]]
+
+
+@_ref("sinusoidal_pe")
+class PlainSinusoidalPE(nn.Module):
+    """Vaswani et al. 1706.03762, Sec. 3.5: PE(pos, 2i) = sin(pos / base^(2i/C)), PE(pos, 2i+1) = cos(...);
+    y = x * scale + PE (the table built for the input's length, in float32)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.dim, self.base, self.scale = b.dim, b.base, b.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        pos = torch.arange(n, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32) * (-math.log(self.base) / self.dim))
+        pe = torch.zeros(n, self.dim)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: self.dim // 2])
+        return x * self.scale + pe
+
+
+@_ref("rope")
+class PlainRoPE(nn.Module):
+    """Su et al. 2104.09864 (RoFormer), eq. (34): y = x * cos(m theta) + rotate_every_two(x) * sin(m theta),
+    theta_i = base^(-2i/d), each angle repeated for its pair."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.dim, self.base = b.dim, b.base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-2]
+        theta = self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim)
+        angles = torch.arange(n, dtype=torch.float32)[:, None] * theta  # (N, d/2)
+        cos = angles.cos().repeat_interleave(2, -1)
+        sin = angles.sin().repeat_interleave(2, -1)
+        rot = torch.stack([-x[..., 1::2], x[..., 0::2]], -1).flatten(-2)  # (-x1, x0, -x3, x2, ...)
+        return x * cos + rot * sin
+
+
+# ---------------------------------------------------------------- MLP
+
+
+@_ref("mlp")
+class PlainMLP(nn.Module):
+    """Rumelhart et al. (Nature 1986): y = W_{L+1} act(... act(W_1 x + b_1) ...) + b_{L+1} (nn.Sequential)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for m in b.layers:
+            if isinstance(m, nn.Linear):
+                layers.append(_linear(m))
+            elif not isinstance(m, (nn.Identity, nn.Dropout)):  # activation (and norm, if any)
+                layers.append(copy.deepcopy(m))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
