@@ -293,3 +293,30 @@ class PlainMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# ---------------------------------------------------------------- token attention variants
+
+
+@_ref("local_attention")
+class PlainLocalAttention(nn.Module):
+    """Beltagy et al. 2004.05150 (Longformer), sliding window without global tokens: each query attends
+    to keys j in [i - w_l, i + w_r], softmax(q_i k_j / sqrt(d)) v_j; windows gathered with Tensor.unfold."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.left, self.right = b.window
+        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        w = self.left + self.right + 1
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        k = F.pad(k, (0, 0, self.left, self.right)).unfold(2, w, 1)  # (B, h, N, d, w)
+        v = F.pad(v, (0, 0, self.left, self.right)).unfold(2, w, 1)
+        scores = torch.einsum("bhnd,bhndw->bhnw", q, k) / math.sqrt(self.d)
+        j = torch.arange(N)[:, None] + torch.arange(-self.left, self.right + 1)  # (N, w) key positions
+        scores = scores.masked_fill((j < 0) | (j >= N), float("-inf"))
+        y = torch.einsum("bhnw,bhndw->bhnd", scores.softmax(-1), v)
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
