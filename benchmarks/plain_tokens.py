@@ -320,3 +320,34 @@ class PlainLocalAttention(nn.Module):
         scores = scores.masked_fill((j < 0) | (j >= N), float("-inf"))
         y = torch.einsum("bhnw,bhndw->bhnd", scores.softmax(-1), v)
         return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
+def _conv1d(m: nn.Conv1d) -> nn.Conv1d:
+    conv = nn.Conv1d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                     bias=m.bias is not None)
+    conv.load_state_dict(m.state_dict())
+    return conv
+
+
+@_ref("muse_attention")
+class PlainMUSE(nn.Module):
+    """Zhao et al. 1911.09483 (MUSE), Sec. 2: y = MHA(x) + sum_i softmax(alpha)_i PW_i(DW_{k_i}(V)),
+    V shared by the attention and the depthwise-separable conv branches."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h = b.num_heads
+        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.dw = nn.ModuleList(_conv1d(m) for m in b.depthwise)
+        self.pw = nn.ModuleList(_conv1d(m) for m in b.pointwise)
+        self.alpha = nn.Parameter(b.alpha.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C)
+        heads = [t.view(B, N, self.h, C // self.h).transpose(1, 2) for t in (q, k, v)]
+        att = self.proj(F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(B, N, C))
+        vc = v.transpose(1, 2)  # (B, C, N)
+        a = self.alpha.softmax(0)
+        conv = sum(a[i] * pw(dw(vc)) for i, (dw, pw) in enumerate(zip(self.dw, self.pw, strict=True)))
+        return att + conv.transpose(1, 2)
