@@ -351,3 +351,33 @@ class PlainMUSE(nn.Module):
         a = self.alpha.softmax(0)
         conv = sum(a[i] * pw(dw(vc)) for i, (dw, pw) in enumerate(zip(self.dw, self.pw, strict=True)))
         return att + conv.transpose(1, 2)
+
+
+@_ref("performer_attention")
+class PlainPerformer(nn.Module):
+    """Choromanski et al. 2009.14794 (FAVOR+, Lemma 1, eq. (4)): phi(x) = exp(omega x - |x|^2/2) / sqrt(m)
+    on x / d^(1/4), out = D^-1 phi(Q) (phi(K)^T V); the block's current omega (m, d)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.causal = b.num_heads, b.head_dim, b.causal
+        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.register_buffer("omega", b.features.detach().clone())
+
+    def phi(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
+        x = x * self.d ** -0.25
+        logits = x @ self.omega.T - (x ** 2).sum(-1, keepdim=True) / 2  # (B, h, N, m)
+        # stabiliser as the official code: per-row max for queries, global max for keys (cancels)
+        stab = logits.amax(-1, keepdim=True) if is_query else logits.amax((-2, -1), keepdim=True)
+        return torch.exp(logits - stab) / math.sqrt(self.omega.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        q, k = self.phi(q, True), self.phi(k, False)  # (B, h, N, m)
+        if self.causal:  # prefix sums of k_j v_j^T and k_j
+            kv = torch.einsum("bhnm,bhnd->bhnmd", k, v).cumsum(2)
+            y = torch.einsum("bhnm,bhnmd->bhnd", q, kv) / (q * k.cumsum(2)).sum(-1, keepdim=True)
+        else:
+            y = (q @ (k.transpose(-2, -1) @ v)) / (q @ k.sum(2)[..., None])
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
