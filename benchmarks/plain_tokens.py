@@ -381,3 +381,31 @@ class PlainPerformer(nn.Module):
         else:
             y = (q @ (k.transpose(-2, -1) @ v)) / (q @ k.sum(2)[..., None])
         return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
+
+
+def _conv2d(m: nn.Conv2d) -> nn.Conv2d:
+    conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                     bias=m.bias is not None)
+    conv.load_state_dict(m.state_dict())
+    return conv
+
+
+@_ref("re_attention")
+class PlainReAttention(nn.Module):
+    """Zhou et al. 2103.11886 (DeepViT), eq. (3), as its code: A = softmax(Q K^T / sqrt(d)),
+    A' = BN(Conv1x1_heads(A)), y = Concat(A' V) W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.reatten = _conv2d(b.reatten_matrix)
+        self.bn = nn.BatchNorm2d(self.h, eps=b.var_norm.eps)
+        self.bn.load_state_dict(b.var_norm.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(dim=-1)
+        attn = self.bn(self.reatten(attn))
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
