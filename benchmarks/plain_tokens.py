@@ -409,3 +409,44 @@ class PlainReAttention(nn.Module):
         attn = (q @ k.transpose(-2, -1) * self.d ** -0.5).softmax(dim=-1)
         attn = self.bn(self.reatten(attn))
         return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@_ref("separable_self_attention")
+class PlainSeparableSelfAttention(nn.Module):
+    """Mehta & Rastegari 2206.02680 (MobileViTv2), eq. (3)-(4), as its code: one fused projection to
+    [I | K | V]; c_s = softmax_N(x W_I), c_v = sum_N c_s K, y = (ReLU(V) * c_v) W_O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.c = b.dim
+        w = torch.cat([b.to_i.weight, b.to_k.weight, b.to_v.weight]).detach()
+        self.qkv = nn.Linear(self.c, 1 + 2 * self.c)  # W_I's bias: 0 (the softmax over N cancels it)
+        self.qkv.weight.data.copy_(w)
+        self.qkv.bias.data.zero_()
+        for i, m in ((1, b.to_k), (1 + self.c, b.to_v)):
+            if m.bias is not None:
+                self.qkv.bias.data[i:i + self.c].copy_(m.bias.detach())
+        self.out_proj = _linear(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv(x).split([1, self.c, self.c], dim=-1)
+        context_scores = F.softmax(query, dim=1)  # (B, N, 1)
+        context_vector = (key * context_scores).sum(dim=1, keepdim=True)  # (B, 1, C)
+        return self.out_proj(F.relu(value) * context_vector)
+
+
+@_ref("simplified_self_attention")
+class PlainSimplifiedSelfAttention(nn.Module):
+    """Vaswani et al. 1706.03762, eq. (1) with identity q/k/v projections: per head
+    softmax(x_i x_i^T / sqrt(d)) x_i, then W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h = b.num_heads
+        self.proj = _linear(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        heads = x.view(B, N, self.h, C // self.h).transpose(1, 2)
+        y = F.scaled_dot_product_attention(heads, heads, heads)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
