@@ -450,3 +450,48 @@ class PlainSimplifiedSelfAttention(nn.Module):
         heads = x.view(B, N, self.h, C // self.h).transpose(1, 2)
         y = F.scaled_dot_product_attention(heads, heads, heads)
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+@_ref("talking_heads_attention")
+class PlainTalkingHeads(nn.Module):
+    """Shazeer et al. 2003.02436, Sec. 4 (einsum algorithm; b_w as CaiT's code): L = Q K^T / sqrt(d),
+    W = softmax(P_l L) over keys, W' = P_w W + b_w, y = Concat(W' V) W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.qkv, self.out = _linear(b.qkv), _linear(b.out_proj)
+        self.p_l = nn.Parameter(b.proj_l.weight.detach().clone())
+        self.b_l = None if b.proj_l.bias is None else nn.Parameter(b.proj_l.bias.detach().clone())
+        self.p_w = nn.Parameter(b.proj_w.weight.detach().clone())
+        self.b_w = nn.Parameter(b.proj_w.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        logits = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(self.d)
+        logits = torch.einsum("bhnm,jh->bjnm", logits, self.p_l)
+        if self.b_l is not None:
+            logits = logits + self.b_l[:, None, None]
+        weights = torch.einsum("bhnm,jh->bjnm", logits.softmax(-1), self.p_w) + self.b_w[:, None, None]
+        y = torch.einsum("bhnm,bhmd->bnhd", weights, v)
+        return self.out(y.reshape(B, N, self.h * self.d))
+
+
+@_ref("ufo_attention")
+class PlainUFO(nn.Module):
+    """Song 2109.14382 (UFO-ViT), eqs. (5)-(7): per head, XNorm(Q) XNorm(K^T V), XNorm(a) = gamma a / ||a||_2
+    (over each query's channels, over K^T V's key-channel axis); then W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.gamma = nn.Parameter(b.gamma.detach().clone())  # (h, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        kv = k.transpose(-2, -1) @ v  # (B, h, d, d)
+        y = (self.gamma * F.normalize(q, dim=-1)) @ (self.gamma * F.normalize(kv, dim=-2))
+        return self.proj(y.transpose(1, 2).reshape(B, N, self.h * self.d))
