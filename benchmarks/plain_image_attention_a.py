@@ -8,6 +8,10 @@ reader would write them in plain PyTorch, not from our blocks; they take our blo
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 REFS: dict[str, type[nn.Module]] = {}
@@ -19,3 +23,50 @@ def _ref(name: str):  # a class decorator
         return cls
 
     return deco
+
+
+def _conv1x1(conv: nn.Module) -> nn.Conv2d:
+    """An ``nn.Conv2d`` (1x1) holding a 1x1 conv's weights."""
+    c = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+    c.load_state_dict(conv.state_dict())
+    return c
+
+
+def _copy_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A fresh ``nn.Conv2d`` with a conv's hyper-parameters and weights."""
+    c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    c.load_state_dict(conv.state_dict())
+    return c
+
+
+@_ref("acmix")
+class PlainACmix(nn.Module):
+    """Pan et al. 2111.14556, eq. (12)-(13) as the authors' code: shared 1x1 q, k, v; K_a x K_a
+    window attention through ``F.unfold``; light FC over the 3h maps then a grouped shift conv;
+    y = alpha F_att + beta F_conv."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.q, self.k, self.v = _conv1x1(b.q), _conv1x1(b.k), _conv1x1(b.v)
+        self.fc, self.dep_conv = _copy_conv(b.fc), _copy_conv(b.dep_conv)
+        self.rel_bias = nn.Parameter(b.rel_bias.detach().clone())  # (h, K_a^2)
+        self.alpha = nn.Parameter(b.alpha.detach().clone())
+        self.beta = nn.Parameter(b.beta.detach().clone())
+        self.h, self.d, self.ka, self.kc = b.num_heads, b.head_dim, b.kernel_att, b.kernel_conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h, d, ka, N = self.h, self.d, self.ka, H * W
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        # attention: each pixel's query against the keys of its window (outside pixels masked)
+        ku = F.unfold(k, ka, padding=ka // 2).view(B, h, d, ka * ka, N)
+        vu = F.unfold(v, ka, padding=ka // 2).view(B, h, d, ka * ka, N)
+        inside = F.unfold(torch.ones(1, 1, H, W, dtype=x.dtype), ka, padding=ka // 2).view(ka * ka, N) > 0
+        logits = torch.einsum("bhdn,bhdtn->bhtn", q.view(B, h, d, N), ku) / math.sqrt(d)
+        logits = (logits + self.rel_bias[:, :, None]).masked_fill(~inside, float("-inf"))
+        f_att = torch.einsum("bhtn,bhdtn->bhdn", logits.softmax(2), vu).reshape(B, C, H, W)
+        # convolution: f = FC([q; k; v]) per feature index, then the grouped shift conv
+        f = self.fc(torch.cat([q.view(B, h, d, N), k.view(B, h, d, N), v.view(B, h, d, N)], 1))
+        f_conv = self.dep_conv(f.permute(0, 2, 1, 3).reshape(B, -1, H, W))
+        return self.alpha * f_att + self.beta * f_conv
