@@ -70,3 +70,47 @@ class PlainACmix(nn.Module):
         f = self.fc(torch.cat([q.view(B, h, d, N), k.view(B, h, d, N), v.view(B, h, d, N)], 1))
         f_conv = self.dep_conv(f.permute(0, 2, 1, 3).reshape(B, -1, H, W))
         return self.alpha * f_att + self.beta * f_conv
+
+
+@_ref("affinity_mixing")
+class PlainAffinityMixing(nn.Module):
+    """Gao et al. 2106.01401, eq. (5) as Container-Light's code: [Q, K, V] = W_in x,
+    y = W_out (sigmoid(a) softmax(Q K^T / sqrt(d)) V + (1 - sigmoid(a)) DWConv(V))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv, self.conv2 = _copy_conv(b.conv1), _copy_conv(b.conv), _copy_conv(b.conv2)
+        self.a = None if b.sa_weight is None else nn.Parameter(b.sa_weight.detach().clone())
+        self.h, self.d = b.num_heads, b.head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.conv1(x)
+        static = self.conv(qkv[:, -C:])
+        if self.a is None:
+            return self.conv2(static)
+        q, k, v = qkv.view(B, 3, self.h, self.d, H * W).transpose(-1, -2).unbind(1)  # (B, h, N, d) each
+        dyn = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
+        a = torch.sigmoid(self.a)
+        return self.conv2(a * dyn + (1 - a) * static)
+
+
+@_ref("coatnet_relative_attention")
+class PlainCoAtNetRelAttention(nn.Module):
+    """Dai et al. 2106.04803, eq. (3): softmax_j(q_i . k_j / sqrt(d) + w[i - j]) v_j over all pixels,
+    w a (2 H_max - 1) x (2 W_max - 1) table per head indexed by the 2-D offset i - j."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.qkv, self.proj = _conv1x1(b.qkv), _conv1x1(b.proj)
+        self.table = nn.Parameter(b.rel_table.detach().clone())  # (h, 2 H_max - 1, 2 W_max - 1)
+        self.h, self.d, (self.mh, self.mw) = b.num_heads, b.head_dim, b.max_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()  # pixel i = (ys[i], xs[i])
+        bias = self.table[:, ys[:, None] - ys[None, :] + self.mh - 1, xs[:, None] - xs[None, :] + self.mw - 1]
+        q, k, v = self.qkv(x).view(B, 3, self.h, self.d, H * W).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
+        return self.proj(y.transpose(-1, -2).reshape(B, -1, H, W))
