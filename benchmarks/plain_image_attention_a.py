@@ -25,6 +25,16 @@ def _ref(name: str):  # a class decorator
     return deco
 
 
+def linear_from(conv_or_linear: nn.Module) -> nn.Linear:
+    """An ``nn.Linear`` holding a 1x1 conv's (or a linear's) weights."""
+    w = conv_or_linear.weight.detach()
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=conv_or_linear.bias is not None)
+    lin.weight.data.copy_(w.reshape(w.shape[0], w.shape[1]))
+    if conv_or_linear.bias is not None:
+        lin.bias.data.copy_(conv_or_linear.bias.detach())
+    return lin
+
+
 def _conv1x1(conv: nn.Module) -> nn.Conv2d:
     """An ``nn.Conv2d`` (1x1) holding a 1x1 conv's weights."""
     c = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
@@ -114,3 +124,43 @@ class PlainCoAtNetRelAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, 3, self.h, self.d, H * W).transpose(-1, -2).unbind(1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
         return self.proj(y.transpose(-1, -2).reshape(B, -1, H, W))
+
+
+@_ref("conv_position_encoding")
+class PlainConvPosEnc(nn.Module):
+    """Xu et al. 2104.06399 (CoaT's CPE; Chu et al. 2102.10882's PEG): y = x + DWConv_{k x k}(x)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.proj = _copy_conv(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x)
+
+
+@_ref("factorized_attention")
+class PlainFactorizedAttention(nn.Module):
+    """Xu et al. 2104.06399, eq. (8) as CoaT's code on tokens: (Q / sqrt(d)) (softmax_N(K)^T V)
+    + Q o DWConv(V), the heads split over depthwise kernels, then the output nn.Linear."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.h, self.d = b.num_heads, b.head_dim
+        self.convs = nn.ModuleList(_copy_conv(c) for c in b.crpe.conv_list) if b.crpe is not None else None
+        self.splits = None if b.crpe is None else [c.in_channels for c in b.crpe.conv_list]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        N = H * W
+        q, k, v = self.qkv(t).view(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        kv = torch.einsum("bhnk,bhnv->bhkv", k.softmax(dim=2), v)  # (B, h, d, d)
+        out = torch.einsum("bhnk,bhkv->bhnv", q, kv) / math.sqrt(self.d)
+        if self.convs is not None:
+            v_img = v.transpose(-1, -2).reshape(B, C, H, W)
+            parts = v_img.split(self.splits, 1)  # the heads of each kernel size
+            conv_v = torch.cat([conv(p) for conv, p in zip(self.convs, parts, strict=True)], 1)
+            out = out + q * conv_v.reshape(B, self.h, self.d, N).transpose(-1, -2)
+        y = self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return y.transpose(1, 2).reshape(B, C, H, W)
