@@ -164,3 +164,87 @@ class PlainFactorizedAttention(nn.Module):
             out = out + q * conv_v.reshape(B, self.h, self.d, N).transpose(-1, -2)
         y = self.proj(out.transpose(1, 2).reshape(B, N, C))
         return y.transpose(1, 2).reshape(B, C, H, W)
+
+
+def _windows(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """Swin's window_partition: (B, H, W, C) -> (B nW, wh ww, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, C)
+
+
+def _unwindows(x: torch.Tensor, wh: int, ww: int, B: int, H: int, W: int) -> torch.Tensor:
+    """Swin's window_reverse: (B nW, wh ww, C) -> (B, H, W, C)."""
+    x = x.view(B, H // wh, W // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, H, W, -1)
+
+
+def _swin_mask(H: int, W: int, wh: int, ww: int, sh: int, sw: int, cross: float) -> torch.Tensor:
+    """Swin's attention mask of the rolled map: (nW, N, N), ``cross`` between sub-windows."""
+    img = torch.zeros(1, H, W, 1)
+    cnt = 0
+    for hs in (slice(0, -wh), slice(-wh, -sh if sh else None), slice(-sh, None) if sh else slice(0, 0)):
+        for ws in (slice(0, -ww), slice(-ww, -sw if sw else None), slice(-sw, None) if sw else slice(0, 0)):
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    lab = _windows(img, wh, ww)[..., 0]  # (nW, N)
+    diff = lab[:, None, :] != lab[:, :, None]
+    return torch.zeros(diff.shape).masked_fill(diff, cross)
+
+
+@_ref("cosine_window_attention")
+class PlainCosineWindowAttention(nn.Module):
+    """Liu et al. 2111.09883, eq. (2)-(4) as the Swin V2 code: roll, window partition,
+    softmax(cos(q, k) / tau + 16 sigmoid(G(log-spaced offsets)) + mask) V, window reverse,
+    roll back (sizes a multiple of the window, or one window)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.window, self.shift, self.pretrained = b.window_size, b.shift_size, b.pretrained_window_size
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.q_bias = None if b.q_bias is None else nn.Parameter(b.q_bias.detach().clone())
+        self.v_bias = None if b.v_bias is None else nn.Parameter(b.v_bias.detach().clone())
+        self.logit_scale = nn.Parameter(b.logit_scale.detach().clone())  # (h, 1, 1)
+        self.cpb1, self.cpb2 = linear_from(b.cpb_mlp[0]), linear_from(b.cpb_mlp[2])
+
+    def position_bias(self, wh: int, ww: int) -> torch.Tensor:
+        ph, pw = self.pretrained if self.pretrained[0] > 0 else (wh, ww)
+        rh = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(ph - 1, 1)
+        rw = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(pw - 1, 1)
+        table = torch.stack(torch.meshgrid(rh, rw, indexing="ij"), -1) * 8  # (2wh-1, 2ww-1, 2)
+        table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+        table = self.cpb2(torch.relu(self.cpb1(table))).view(-1, self.h)  # (R, h)
+        coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2)
+        index = (rel[..., 0] + wh - 1) * (2 * ww - 1) + rel[..., 1] + ww - 1
+        return 16 * torch.sigmoid(table[index.flatten()].view(wh * ww, wh * ww, -1).permute(2, 0, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        (wh, ww), (sh, sw) = self.window, self.shift
+        if H <= wh:  # one window along the axis, no shift (as the released code)
+            wh, sh = H, 0
+        if W <= ww:
+            ww, sw = W, 0
+        t = x.permute(0, 2, 3, 1)
+        if sh or sw:
+            t = torch.roll(t, (-sh, -sw), (1, 2))
+        win = _windows(t, wh, ww)  # (B nW, N, C)
+        Bn, N, _ = win.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        q, k, v = F.linear(win, self.qkv.weight, bias).view(Bn, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)  # (B nW, h, N, N)
+        attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        attn = attn + self.position_bias(wh, ww)
+        if sh or sw:
+            mask = _swin_mask(H, W, wh, ww, sh, sw, -100.0)  # (nW, N, N)
+            nW = mask.shape[0]
+            attn = (attn.view(B, nW, self.h, N, N) + mask[None, :, None]).view(Bn, self.h, N, N)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(Bn, N, C)
+        t = _unwindows(self.proj(y), wh, ww, B, H, W)
+        if sh or sw:
+            t = torch.roll(t, (sh, sw), (1, 2))
+        return t.permute(0, 3, 1, 2)
