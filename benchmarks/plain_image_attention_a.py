@@ -8,6 +8,7 @@ reader would write them in plain PyTorch, not from our blocks; they take our blo
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -166,6 +167,12 @@ class PlainFactorizedAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, C, H, W)
 
 
+def _torch_copy(m: nn.Module) -> nn.Module:
+    """A copy of a module built only from ``torch.nn`` layers (conv, norms, activations)."""
+    assert all(type(s).__module__.startswith("torch.nn") for s in m.modules()), m
+    return copy.deepcopy(m)
+
+
 def _windows(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
     """Swin's window_partition: (B, H, W, C) -> (B nW, wh ww, C)."""
     B, H, W, C = x.shape
@@ -248,3 +255,28 @@ class PlainCosineWindowAttention(nn.Module):
         if sh or sw:
             t = torch.roll(t, (sh, sw), (1, 2))
         return t.permute(0, 3, 1, 2)
+
+
+@_ref("cot")
+class PlainCoT(nn.Module):
+    """Li 2107.12292, eq. (1)-(3) as the CoTNet release's CotLayer: K_1 = conv-BN-ReLU(x),
+    A = GN(W_delta ReLU(BN(W_theta [x; K_1]))), K_2(p) = sum_o A(p, o) V(p + o) with channel c using
+    head c mod G, then radix-2 split attention over {K_2, K_1}."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.key_embed, self.embed = _torch_copy(b.key_embed), _torch_copy(b.embed)
+        self.conv1x1, self.bn, self.act = _torch_copy(b.conv1x1), _torch_copy(b.bn), _torch_copy(b.act)
+        self.se = _torch_copy(b.se)
+        self.k, self.g = b.kernel_size, b.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        k, g = self.k, self.g
+        k1 = self.key_embed(x)
+        a = self.embed(torch.cat([x, k1], 1)).view(B, g, k * k, H, W)
+        a = a.repeat(1, C // g, 1, 1, 1)  # (B, C, K, H, W): channel c takes head c mod G
+        v = F.unfold(self.conv1x1(x), k, padding=k // 2).view(B, C, k * k, H, W)
+        k2 = self.act(self.bn((a * v).sum(2)))
+        s = self.se((k1 + k2).mean((2, 3), keepdim=True)).view(B, C, 2).softmax(2)
+        return s[:, :, 0, None, None] * k2 + s[:, :, 1, None, None] * k1
