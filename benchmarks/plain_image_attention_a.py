@@ -280,3 +280,37 @@ class PlainCoT(nn.Module):
         k2 = self.act(self.bn((a * v).sum(2)))
         s = self.se((k1 + k2).mean((2, 3), keepdim=True)).view(B, C, 2).softmax(2)
         return s[:, :, 0, None, None] * k2 + s[:, :, 1, None, None] * k1
+
+
+@_ref("criss_cross_attention")
+class PlainCrissCross(nn.Module):
+    """Huang et al. 1811.11721, eq. (1)-(2) as CCNet's pure-PyTorch module: column and row energies
+    by bmm (the pixel itself masked from the column), one softmax over both, y = gamma A V + x."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.query, self.key, self.value = _conv1x1(b.query), _conv1x1(b.key), _conv1x1(b.value)
+        self.gamma = nn.Parameter(b.gamma.detach().clone())
+        self.recurrence = b.recurrence
+
+    def _once(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        q_h = q.permute(0, 3, 1, 2).reshape(B * W, -1, H).transpose(1, 2)  # (B W, H, C'): columns
+        q_w = q.permute(0, 2, 1, 3).reshape(B * H, -1, W).transpose(1, 2)  # (B H, W, C'): rows
+        k_h, k_w = k.permute(0, 3, 1, 2).reshape(B * W, -1, H), k.permute(0, 2, 1, 3).reshape(B * H, -1, W)
+        v_h, v_w = v.permute(0, 3, 1, 2).reshape(B * W, -1, H), v.permute(0, 2, 1, 3).reshape(B * H, -1, W)
+        inf = torch.diag(torch.full((H,), float("-inf")))  # the pixel itself, counted in its row
+        e_h = (torch.bmm(q_h, k_h) + inf).view(B, W, H, H).permute(0, 2, 1, 3)  # (B, H, W, H)
+        e_w = torch.bmm(q_w, k_w).view(B, H, W, W)
+        a = torch.cat([e_h, e_w], 3).softmax(3)
+        a_h = a[..., :H].permute(0, 2, 1, 3).reshape(B * W, H, H)
+        a_w = a[..., H:].reshape(B * H, W, W)
+        out_h = torch.bmm(v_h, a_h.transpose(1, 2)).view(B, W, -1, H).permute(0, 2, 3, 1)
+        out_w = torch.bmm(v_w, a_w.transpose(1, 2)).view(B, H, -1, W).permute(0, 2, 1, 3)
+        return self.gamma * (out_h + out_w) + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.recurrence):
+            x = self._once(x)
+        return x
