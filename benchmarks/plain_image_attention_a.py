@@ -314,3 +314,78 @@ class PlainCrissCross(nn.Module):
         for _ in range(self.recurrence):
             x = self._once(x)
         return x
+
+
+@_ref("crossformer_cel")
+class PlainCrossFormerCEL(nn.Module):
+    """Wang et al. 2108.00154, Sec. 3.1: y = LN([conv_{K_1, s}(x); conv_{K_2, s}(x); ...]) over channels."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(_copy_conv(c) for c in b.convs)
+        self.norm = None
+        if isinstance(b.norm, nn.LayerNorm):
+            self.norm = nn.LayerNorm(b.dim_out, eps=b.norm.eps)
+            self.norm.load_state_dict(b.norm.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([conv(x) for conv in self.convs], 1)
+        return y if self.norm is None else self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _PlainCrossFormerAttention(nn.Module):
+    """Group attention of CrossFormer's code on tokens (sizes a multiple of the group / interval)."""
+
+    long: bool
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.h, self.d, self.size = b.num_heads, b.head_dim, b.size
+        self.dpb = None if b.dpb is None else _torch_copy(b.dpb.mlp)
+
+    def position_bias(self, gh: int, gw: int) -> torch.Tensor:
+        """DPB(i - j): the MLP on every offset of a gh x gw group, gathered to (h, M, M)."""
+        offs = torch.stack(torch.meshgrid(torch.arange(1 - gh, gh), torch.arange(1 - gw, gw), indexing="ij"))
+        pos = self.dpb(offs.flatten(1).t().float())  # ((2gh-1)(2gw-1), h)
+        coords = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (M, M, 2)
+        index = (rel[..., 0] + gh - 1) * (2 * gw - 1) + rel[..., 1] + gw - 1
+        return pos[index.flatten()].view(gh * gw, gh * gw, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        sh, sw = min(self.size[0], H), min(self.size[1], W)
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        if self.long:  # LDA: pixels I apart, group (i mod I, j mod I); gh = H / I members a side
+            gh, gw = H // sh, W // sw
+            t = t.reshape(B, gh, sh, gw, sw, C).permute(0, 2, 4, 1, 3, 5)
+        else:  # SDA: G x G adjacent pixels
+            gh, gw = sh, sw
+            t = t.reshape(B, H // sh, sh, W // sw, sw, C).permute(0, 1, 3, 2, 4, 5)
+        g = t.reshape(-1, gh * gw, C)  # (B n, M, C)
+        q, k, v = self.qkv(g).view(g.shape[0], gh * gw, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        bias = None if self.dpb is None else self.position_bias(gh, gw)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(g.shape)
+        y = self.proj(y)
+        if self.long:
+            y = y.view(B, sh, sw, gh, gw, C).permute(0, 3, 1, 4, 2, 5)
+        else:
+            y = y.view(B, H // sh, W // sw, sh, sw, C).permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+@_ref("crossformer_sda")
+class PlainCrossFormerSDA(_PlainCrossFormerAttention):
+    """Wang et al. 2108.00154, Sec. 3.2 (SDA): softmax(q k^T / sqrt(d) + DPB(i - j)) v within each
+    G x G group of adjacent pixels, as CrossFormer's code (tokens, nn.Linear, SDPA)."""
+
+    long = False
+
+
+@_ref("crossformer_lda")
+class PlainCrossFormerLDA(_PlainCrossFormerAttention):
+    """Wang et al. 2108.00154, Sec. 3.2 (LDA): softmax(q k^T / sqrt(d) + DPB(i - j)) v within each
+    group of pixels sampled every I pixels, as CrossFormer's code (tokens, nn.Linear, SDPA)."""
+
+    long = True
