@@ -389,3 +389,27 @@ class PlainCrossFormerLDA(_PlainCrossFormerAttention):
     group of pixels sampled every I pixels, as CrossFormer's code (tokens, nn.Linear, SDPA)."""
 
     long = True
+
+
+@_ref("danet")
+class PlainDANet(nn.Module):
+    """Fu et al. 1809.02983, eq. (2) (PAM, as the official PAM_Module: bmm energies, softmax)
+    and eq. (4) (CAM: softmax_i(x_i . x_j), the paper's sign), summed."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        p = b.position
+        self.query, self.key, self.value = _conv1x1(p.query), _conv1x1(p.key), _conv1x1(p.value)
+        self.alpha = nn.Parameter(p.alpha.detach().clone())
+        self.beta = nn.Parameter(b.channel.beta.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        # position attention: E_j = alpha sum_i s_ji D_i + x_j
+        q = self.query(x).view(B, -1, H * W).transpose(1, 2)  # (B, N, c)
+        s = torch.bmm(q, self.key(x).view(B, -1, H * W)).softmax(-1)  # (B, N, N)
+        pam = torch.bmm(self.value(x).view(B, C, H * W), s.transpose(1, 2)).view(B, C, H, W)
+        # channel attention: E_j = beta sum_i x_ji x_i + x_j
+        a = x.view(B, C, H * W)
+        cam = torch.bmm(torch.bmm(a, a.transpose(1, 2)).softmax(-1), a).view(B, C, H, W)
+        return (self.alpha * pam + x) + (self.beta * cam + x)
