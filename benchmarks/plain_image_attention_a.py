@@ -413,3 +413,53 @@ class PlainDANet(nn.Module):
         a = x.view(B, C, H * W)
         cam = torch.bmm(torch.bmm(a, a.transpose(1, 2)).softmax(-1), a).view(B, C, H, W)
         return (self.alpha * pam + x) + (self.beta * cam + x)
+
+
+@_ref("deformable_attention")
+class PlainDeformableAttention(nn.Module):
+    """Xia et al. 2201.00520, eq. (8)-(10) as DAT's code: offsets from a depthwise-conv/LN/GELU net on
+    q, keys and values at bilinear samples of x (grid_sample, align_corners), a bias bilinearly read
+    from the relative-position table at each continuous displacement, SDPA. Offsets in pixels
+    (s r tanh) and a fixed +-R table, as our block (see its deviations)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.proj = _conv1x1(b.q), _conv1x1(b.k), _conv1x1(b.v), _conv1x1(b.proj)
+        off = b.offset
+        self.off_conv, self.off_proj = _copy_conv(off[0]), _copy_conv(off[3])
+        self.off_norm = nn.LayerNorm(off[1].normalized_shape, eps=off[1].eps)
+        self.off_norm.load_state_dict(off[1].state_dict())
+        self.table = None if b.rpe_table is None else nn.Parameter(b.rpe_table.detach().clone())
+        self.h, self.g, self.d, self.r = b.num_heads, b.num_groups, b.head_dim, b.stride
+        self.s, self.R = b.offset_range, b.pos_range
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        g, h, d, r = self.g, self.h, self.d, self.r
+        q = self.q(x)
+        # offsets: theta(q) per group, (B g, Hk, Wk, 2) in pixels as (row, col)
+        o = self.off_conv(q.reshape(B * g, C // g, H, W))
+        o = self.off_proj(F.gelu(self.off_norm(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)))
+        Hk, Wk = o.shape[-2:]
+        o = self.s * r * o.tanh().permute(0, 2, 3, 1)
+        rows = (torch.arange(Hk, dtype=x.dtype) * r + (r - 1) / 2).clamp(max=H - 1)
+        cols = (torch.arange(Wk, dtype=x.dtype) * r + (r - 1) / 2).clamp(max=W - 1)
+        pos = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1) + o  # (B g, Hk, Wk, 2)
+        # normalised (x, y) grid for grid_sample with align_corners=True: pixel p -> 2 p / (L - 1) - 1
+        grid = torch.stack([2 * pos[..., 1] / (W - 1) - 1, 2 * pos[..., 0] / (H - 1) - 1], -1)
+        xs = F.grid_sample(x.reshape(B * g, C // g, H, W), grid, mode="bilinear", align_corners=True)
+        xs = xs.reshape(B, C, Hk, Wk)
+        M = Hk * Wk
+        qh = q.view(B, h, d, H * W).transpose(-2, -1)
+        kh = self.k(xs).view(B, h, d, M).transpose(-2, -1)
+        vh = self.v(xs).view(B, h, d, M).transpose(-2, -1)
+        bias = None
+        if self.table is not None:
+            qy, qx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            qpos = torch.stack([qy, qx], -1).to(x.dtype).reshape(1, H * W, 1, 2)
+            disp = (qpos - pos.reshape(B * g, 1, M, 2)) / self.R  # (B g, N, M, 2), table edge at +-1
+            table = self.table.reshape(g, h // g, *self.table.shape[1:]).repeat(B, 1, 1, 1)  # (B g, h/g, ...)
+            bias = F.grid_sample(table, disp.flip(-1), mode="bilinear", padding_mode="border",
+                                 align_corners=True).reshape(B, h, H * W, M)
+        y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)
+        return self.proj(y.transpose(-2, -1).reshape(B, C, H, W))
