@@ -463,3 +463,48 @@ class PlainDeformableAttention(nn.Module):
                                  align_corners=True).reshape(B, h, H * W, M)
         y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)
         return self.proj(y.transpose(-2, -1).reshape(B, C, H, W))
+
+
+@_ref("double_attention")
+class PlainDoubleAttention(nn.Module):
+    """Chen et al. 1810.11579, eq. (4)-(5): G = A softmax_N(B)^T (gather), Z = G softmax_n(V)
+    (distribute), y = x + W_z Z; written with torch.bmm."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.phi, self.theta, self.rho = _conv1x1(b.phi), _conv1x1(b.theta), _conv1x1(b.rho)
+        self.proj, self.residual = _conv1x1(b.proj), b.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        a = self.phi(x).view(B, -1, H * W)  # (B, m, N)
+        att_gather = F.softmax(self.theta(x).view(B, -1, H * W), dim=-1)  # (B, n, N)
+        att_distribute = F.softmax(self.rho(x).view(B, -1, H * W), dim=1)  # (B, n, N)
+        global_desc = torch.bmm(a, att_gather.permute(0, 2, 1))  # (B, m, n)
+        z = torch.bmm(global_desc, att_distribute).view(B, -1, H, W)
+        y = self.proj(z)
+        return x + y if self.residual else y
+
+
+@_ref("epsa")
+class PlainEPSA(nn.Module):
+    """Zhang et al. 2105.14447, eq. (1)-(6) as the release's PSAModule: each scale's grouped conv on
+    the whole input, one shared SE weight per scale, softmax across scales, weighted scales
+    concatenated in the paper's order."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(_copy_conv(c) for c in b.convs)
+        self.fc1, self.act, self.fc2 = _conv1x1(b.se[0]), _torch_copy(b.se[1]), _conv1x1(b.se[2])
+        self.split = b.split
+
+    def se_weight(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(f, 1)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        feats = [conv(x) for conv in self.convs]
+        att = torch.cat([self.se_weight(f) for f in feats], 1).view(B, len(feats), self.split, 1, 1)
+        att = att.softmax(1)
+        weighted = torch.cat(feats, 1).view(B, len(feats), self.split, H, W) * att
+        return weighted.reshape(B, C, H, W)
