@@ -508,3 +508,58 @@ class PlainEPSA(nn.Module):
         att = att.softmax(1)
         weighted = torch.cat(feats, 1).view(B, len(feats), self.split, H, W) * att
         return weighted.reshape(B, C, H, W)
+
+
+@_ref("gated_positional_self_attention")
+class PlainGPSA(nn.Module):
+    """d'Ascoli et al. 2103.10697, eq. (5)-(6) as ConViT's GPSA: A = (1 - sigma(lambda))
+    softmax(Q K^T / sqrt(d)) + sigma(lambda) softmax(v_pos . r_ij), renormalised by its row sums,
+    y = W_out (A V); offsets r_ij = (dx, dy, dx^2 + dy^2) built for an H x W grid (ConViT's code
+    assumes a square one)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.qkv, self.out_proj = linear_from(b.qkv), linear_from(b.out_proj)
+        self.pos_proj = linear_from(b.pos_proj)
+        self.gating_param = nn.Parameter(b.gating_param.detach().clone())
+        self.h, self.d = b.num_heads, b.head_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        q, k, v = self.qkv(t).reshape(B, N, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        ys, xs = ys.flatten().float(), xs.flatten().float()
+        dx, dy = xs[None, :] - xs[:, None], ys[None, :] - ys[:, None]
+        rel = torch.stack([dx, dy, dx**2 + dy**2], -1)  # (N, N, 3)
+        pos_score = self.pos_proj(rel).permute(2, 0, 1).softmax(-1)  # (h, N, N)
+        patch_score = (q @ k.transpose(-2, -1) / math.sqrt(self.d)).softmax(-1)  # (B, h, N, N)
+        gate = torch.sigmoid(self.gating_param).view(1, -1, 1, 1)
+        attn = (1.0 - gate) * patch_score + gate * pos_score
+        attn = attn / attn.sum(-1, keepdim=True)
+        y = self.out_proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        return y.transpose(1, 2).reshape(B, C, H, W)
+
+
+@_ref("global_filter")
+class PlainGlobalFilter(nn.Module):
+    """Rao et al. 2107.00645, eq. (3)-(4) as GFNet's GlobalFilter on channels-last tokens:
+    y = IFFT2(K * FFT2(x)) (orthonormal rfft2); at another input size K's real and imaginary parts
+    are first resized bilinearly (our block's extension, see its deviations)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.complex_weight = nn.Parameter(b.weight.detach().clone())  # (C, h, w // 2 + 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, C, H, W = x.shape
+        weight = self.complex_weight
+        if weight.shape[1:3] != (H, W // 2 + 1):
+            w = F.interpolate(weight.permute(3, 0, 1, 2).reshape(1, 2 * C, *weight.shape[1:3]),
+                              size=(H, W // 2 + 1), mode="bilinear", align_corners=True)
+            weight = w.view(2, C, H, W // 2 + 1).permute(1, 2, 3, 0)
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        spec = torch.fft.rfft2(t, dim=(1, 2), norm="ortho")  # (B, H, W // 2 + 1, C)
+        spec = spec * torch.view_as_complex(weight.contiguous()).permute(1, 2, 0)
+        return torch.fft.irfft2(spec, s=(H, W), dim=(1, 2), norm="ortho").permute(0, 3, 1, 2)
