@@ -633,6 +633,8 @@ def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     if "dim_out" in s.example.config:
         over["dim_out"] = 64
     size = (32, 32) if s.input == "image" else (256,)
+    if "max_size" in s.example.config:  # a size-bound table (CoAtNet's relative bias)
+        over["max_size"] = size[0]
     if s.size_arg and s.input == "tokens":  # a length-bound block (MLP-Mixer's token MLP)
         over[s.size_arg] = size[0]
     torch.manual_seed(0)
