@@ -128,6 +128,9 @@ class DynamicPositionBias(nn.Module):
     per head to every entry of that head's bias, the same for all keys, which the
     attention softmax cancels, so it could never change the output.
 
+    The authors' release has one more LayerNorm-ReLU-Linear round (four linear maps) at
+    width C / 16; this one has three linear maps at width ``hidden``.
+
     Args:
         num_heads: h, outputs per offset.
         hidden: the MLP's width.
@@ -245,6 +248,10 @@ class ShortDistanceAttention(_GroupAttention):
         - The block is the attention sublayer only (no norm, residual or MLP around it).
         - DPB's last linear map has no bias (CrossFormer's has one): one number per head
           for every key alike, the softmax cancels it (see ``DynamicPositionBias``).
+        - DPB's depth and width differ from the authors' release (cheerss/CrossFormer,
+          ``models/crossformer.py``: four linear maps with three LayerNorm-ReLU rounds, width
+          C / 16); ours has three linear maps, width max(C / 4, 4). Release checkpoints do
+          not load into it.
 
     Example:
         >>> sda = ShortDistanceAttention(32, group_size=4, num_heads=4)
@@ -293,6 +300,10 @@ class LongDistanceAttention(_GroupAttention):
         - The block is the attention sublayer only (no norm, residual or MLP around it).
         - DPB's last linear map has no bias (CrossFormer's has one): one number per head
           for every key alike, the softmax cancels it (see ``DynamicPositionBias``).
+        - DPB's depth and width differ from the authors' release (cheerss/CrossFormer,
+          ``models/crossformer.py``: four linear maps with three LayerNorm-ReLU rounds, width
+          C / 16); ours has three linear maps, width max(C / 4, 4). Release checkpoints do
+          not load into it.
 
     Example:
         >>> lda = LongDistanceAttention(32, interval=4, num_heads=4)
