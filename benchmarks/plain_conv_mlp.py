@@ -154,3 +154,120 @@ class PlainConvNeXtV2(nn.Module):
         g = torch.norm(h, p=2, dim=(1, 2), keepdim=True)
         h = self.gamma * (h * (g / (g.mean(-1, keepdim=True) + self.eps))) + self.beta + h
         return x + self.pwconv2(h).permute(0, 3, 1, 2)
+
+
+@_ref("dynamic_conv")
+class PlainDynamicConv(nn.Module):
+    """Chen et al. 1912.03458, Eq. (1)-(3): pi = softmax(W2 relu(W1 GAP(x)) / tau),
+    W~ = sum_k pi_k W_k, b~ = sum_k pi_k b_k, one conv per sample (as a grouped conv over the batch)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = _linear(b.fc1), _linear(b.fc2)
+        self.weight = nn.Parameter(b.weight.detach().clone())  # (K, O, C / g, k, k)
+        self.bias = None if b.bias is None else nn.Parameter(b.bias.detach().clone())  # (K, O)
+        self.tau = b.temperature
+        self.stride, self.padding, self.dilation, self.groups = b.stride, b.padding, b.dilation, b.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        O = self.weight.shape[1]
+        pi = torch.softmax(self.fc2(F.relu(self.fc1(x.mean((2, 3))))) / self.tau, -1)  # (B, K)
+        w = torch.einsum("bk,koiuv->boiuv", pi, self.weight).reshape(B * O, *self.weight.shape[2:])
+        bias = None if self.bias is None else (pi @ self.bias).reshape(-1)
+        y = F.conv2d(x.reshape(1, B * C, H, W), w, bias, self.stride, self.padding, self.dilation,
+                     self.groups * B)
+        return y.view(B, O, *y.shape[2:])
+
+
+@_ref("efficientformer_meta4d")
+class PlainMeta4D(nn.Module):
+    """Li et al. 2206.01191, Eq. (3)-(4): I = X + s1 (AvgPool3x3(X) - X) (PoolFormer's pool, padding
+    not counted), Y = I + s2 BN(conv1x1(GELU(BN(conv1x1(I)))))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.k = b.pool_size
+        self.s1 = nn.Parameter(b.scale1.detach().clone().view(-1, 1, 1))
+        self.s2 = nn.Parameter(b.scale2.detach().clone().view(-1, 1, 1))
+        self.fc1, self.norm1 = _conv(b.mlp[0].conv), _bn(b.mlp[0].bn)
+        self.fc2, self.norm2 = _conv(b.mlp[1].conv), _bn(b.mlp[1].bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.avg_pool2d(x, self.k, 1, self.k // 2, count_include_pad=False)
+        x = x + self.s1 * (pool - x)
+        return x + self.s2 * self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x)))))
+
+
+def _gnconv(g: nn.Module) -> nn.Module:
+    mods = nn.Module()
+    mods.proj_in, mods.dwconv, mods.proj_out = _conv(g.proj_in), _conv(g.dwconv), _conv(g.proj_out)
+    mods.pws = nn.ModuleList(_conv(c) for c in g.pws)
+    return mods
+
+
+@_ref("gnconv")
+class PlainGnConv(nn.Module):
+    """Rao et al. 2207.14284, Eq. (3.3)-(3.4) as the authors' code: [p0, q] = phi_in(x),
+    f = dwconv(q) / alpha split into C_0..C_{n-1}; p_{k+1} = g_k(p_k) * f_k; y = phi_out(p_n)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.m, self.dims, self.scale = _gnconv(b), list(b.dims), b.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        pwa, abc = torch.split(m.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
+        dw_list = torch.split(m.dwconv(abc) * self.scale, self.dims, dim=1)
+        x = pwa * dw_list[0]
+        for i, pw in enumerate(m.pws):
+            x = pw(x) * dw_list[i + 1]
+        return m.proj_out(x)
+
+
+@_ref("hornet_block")
+class PlainHorNetBlock(nn.Module):
+    """Rao et al. 2207.14284, Sec. 3.2 as the authors' code: x = x + gamma1 gnConv(LN(x)); then on
+    (B, H, W, C) tokens x = x + gamma2 Linear(GELU(Linear(LN(x))))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = _ln(b.norm1), _ln(b.norm2)
+        self.gnconv = PlainGnConv(b.gnconv)
+        self.pwconv1, self.pwconv2 = _linear(b.mlp.fc1), _linear(b.mlp.fc2)
+        one = torch.ones(b.dim)
+        self.gamma1 = nn.Parameter(one if b.gamma1 is None else b.gamma1.detach().clone().view(-1))
+        self.gamma2 = nn.Parameter(one if b.gamma2 is None else b.gamma2.detach().clone().view(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LN over channels
+        x = x + self.gamma1.view(-1, 1, 1) * self.gnconv(h)
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        t = self.gamma2 * self.pwconv2(F.gelu(self.pwconv1(self.norm2(t))))
+        return x + t.permute(0, 3, 1, 2)
+
+
+def _unit(u: nn.Module) -> nn.Sequential:
+    """A conv [-BN] -ReLU unit (Inception's every conv)."""
+    layers = [_conv(u.conv)] + ([] if isinstance(u.bn, nn.Identity) else [_bn(u.bn)])
+    return nn.Sequential(*layers, nn.ReLU())
+
+
+def _units(m: nn.Module) -> nn.Sequential:
+    return nn.Sequential(*(_unit(u) for u in m)) if isinstance(m, nn.Sequential) else _unit(m)
+
+
+@_ref("inception")
+class PlainInception(nn.Module):
+    """Szegedy et al. 1409.4842, Fig. 2(b): [conv1x1(x), conv3x3(conv1x1(x)), conv5x5(conv1x1(x)),
+    conv1x1(maxpool3x3(x))] concatenated over channels, ReLU after every conv."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.b1, self.b3, self.b5 = _units(b.branch1), _units(b.branch3), _units(b.branch5)
+        bp = b.branch_pool
+        self.proj = _unit(bp[1]) if isinstance(bp, nn.Sequential) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.proj(F.max_pool2d(x, 3, 1, 1))
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), pooled], 1)
