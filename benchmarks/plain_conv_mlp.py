@@ -271,3 +271,61 @@ class PlainInception(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.proj(F.max_pool2d(x, 3, 1, 1))
         return torch.cat([self.b1(x), self.b3(x), self.b5(x), pooled], 1)
+
+
+@_ref("patchconvnet_block")
+class PlainPatchConvBlock(nn.Module):
+    """Touvron et al. 2112.13692, Sec. 3 as the authors' Conv_blocks_se in a layer-scale block: on
+    (B, N, C) tokens x + gamma * map(LN(x)), map = conv1x1, GELU, dwconv3x3, GELU, SE, conv1x1."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.norm = _ln(b.norm)
+        self.conv1, self.dwconv, self.conv2 = _conv(b.conv1), _conv(b.dwconv), _conv(b.conv2)
+        self.se1, self.se2 = _linear(b.se.fc1), _linear(b.se.fc2)
+        self.gamma = nn.Parameter(b.gamma.detach().clone().view(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        h = self.norm(t).transpose(1, 2).reshape(B, C, H, W)
+        h = F.gelu(self.dwconv(F.gelu(self.conv1(h))))
+        h = h * torch.sigmoid(self.se2(F.relu(self.se1(h.mean((2, 3))))))[:, :, None, None]
+        t = t + self.gamma * self.conv2(h).reshape(B, C, H * W).transpose(1, 2)
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+@_ref("pit_pooling")
+class PlainPiTPooling(nn.Module):
+    """Heo et al. 2103.16302, Sec. 3.2: the token map through a depthwise (s+1)x(s+1) conv of stride s
+    with channel multiplier C'/C (one nn.Conv2d, groups = C); class tokens through nn.Linear."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.fc = _conv(b.conv), _linear(b.fc)
+
+    def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor | None = None):
+        y = self.conv(x)
+        return y if cls_tokens is None else (y, self.fc(cls_tokens))
+
+
+@_ref("leff")
+class PlainLeFF(nn.Module):
+    """Yuan et al. 2103.11816, Eq. (4)-(6): on (B, N, C) tokens GELU(BN(Linear_1)), restored to the
+    H x W map, GELU(BN(DWConv)), flattened, BN(Linear_2) (no GELU after it, as the authors' code)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = _linear(b.conv1), _linear(b.conv3)
+        self.dw = _conv(b.conv2)
+        self.bn1, self.bn3 = nn.BatchNorm1d(b.hidden, eps=b.bn1.eps), nn.BatchNorm1d(b.dim, eps=b.bn3.eps)
+        self.bn1.load_state_dict(b.bn1.state_dict())
+        self.bn3.load_state_dict(b.bn3.state_dict())
+        self.bn2 = _bn(b.bn2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        h = F.gelu(self.bn1(self.fc1(t).transpose(1, 2)))  # (B, E, N): BatchNorm1d over E
+        h = F.gelu(self.bn2(self.dw(h.reshape(B, -1, H, W)))).flatten(2).transpose(1, 2)  # (B, N, E)
+        return self.bn3(self.fc2(h).transpose(1, 2)).reshape(B, C, H, W)
