@@ -8,6 +8,7 @@ reader would write them in plain PyTorch, not from our blocks; they take our blo
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -71,3 +72,55 @@ class PlainHalo(nn.Module):
         y = logits.softmax(-1) @ v  # (B, n, h, b b, d)
         y = y.view(B, nh, nw, h, bs, bs, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, nh * bs, nw * bs, h * d)
         return self.proj(y[:, :H, :W]).permute(0, 3, 1, 2)
+
+
+def _linear_bn(ln: nn.Module) -> nn.Sequential:
+    """LeViT's Linear + BatchNorm1d over (tokens, features) as an ``nn.Linear`` and a copied BN."""
+    bn = copy.deepcopy(ln.bn) if isinstance(ln.bn, nn.BatchNorm1d) else nn.Identity()
+    return nn.Sequential(linear_from(ln.linear), bn)
+
+
+def _tokens_bn(seq: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
+    """``seq`` (Linear, BN1d) on (B, N, C) tokens: BN over all B N tokens, as LeViT's code."""
+    y = seq[0](t)
+    return seq[1](y.flatten(0, 1)).view_as(y)
+
+
+@_ref("levit_attention")
+class PlainLeViT(nn.Module):
+    """Graham et al. 2104.01136 Sec. 4.2-4.3: softmax(Q K^T / sqrt(d) + B^h[|dx|, |dy|]) V per head,
+    hard-swish, projection; Linear+BN projections; offsets past the R x R table clipped to R - 1."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.e, self.s, self.r = b.num_heads, b.key_dim, b.val_dim, b.stride, b.resolution
+        self.o = b.dim_out
+        if self.s == 1:
+            self.qkv = _linear_bn(b.qkv)
+        else:
+            self.kv, self.q = _linear_bn(b.kv), _linear_bn(b.q)
+        self.act, self.proj = copy.deepcopy(b.act), _linear_bn(b.proj)
+        self.ab = nn.Parameter(b.attention_biases.detach().clone())  # (h, R R)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        h, d, e, s, r = self.h, self.d, self.e, self.s, self.r
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        if s == 1:
+            q, k, v = _tokens_bn(self.qkv, t).view(B, H * W, h, 2 * d + e).split([d, d, e], -1)
+            hq, wq = H, W
+        else:
+            k, v = _tokens_bn(self.kv, t).view(B, H * W, h, d + e).split([d, e], -1)
+            xs = x[:, :, ::s, ::s]
+            hq, wq = xs.shape[-2:]
+            q = _tokens_bn(self.q, xs.flatten(2).transpose(1, 2)).view(B, hq * wq, h, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, N, *)
+        # |offset| per axis between query (s i, s j) and key (i', j'), clipped to the table
+        ky, kx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        qy, qx = torch.meshgrid(torch.arange(0, H, s), torch.arange(0, W, s), indexing="ij")
+        dy = (qy.reshape(-1, 1) - ky.reshape(1, -1)).abs().clamp(max=r - 1)
+        dx = (qx.reshape(-1, 1) - kx.reshape(1, -1)).abs().clamp(max=r - 1)
+        attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.ab[:, dy * r + dx]
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, hq * wq, h * e)
+        y = _tokens_bn(self.proj, self.act(y))
+        return y.transpose(1, 2).reshape(B, self.o, hq, wq)
