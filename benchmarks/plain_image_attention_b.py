@@ -124,3 +124,55 @@ class PlainLeViT(nn.Module):
         y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, hq * wq, h * e)
         y = _tokens_bn(self.proj, self.act(y))
         return y.transpose(1, 2).reshape(B, self.o, hq, wq)
+
+
+def _split_linear(lin: nn.Linear, n: int) -> list[nn.Linear]:
+    """A fused projection (e.g. qkv) as ``n`` separate ``nn.Linear`` (its output rows in ``n`` chunks)."""
+    ws = lin.weight.detach().chunk(n, 0)
+    bs = lin.bias.detach().chunk(n, 0) if lin.bias is not None else (None,) * n
+    out = []
+    for w, bias in zip(ws, bs, strict=True):
+        m = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+        m.weight.data.copy_(w)
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        out.append(m)
+    return out
+
+
+@_ref("lightweight_mhsa")
+class PlainLMHSA(nn.Module):
+    """Guo et al. 2107.06263 Eq. (3)-(4), as the authors' code: x' = BN(DWConv_{k, stride k}(x)),
+    head_j = softmax(Q_j K'_j^T / sqrt(d) + B_j) V'_j, W^O; B bilinearly resized off its grid."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.k = b.num_heads, b.sr_ratio
+        self.wq, self.wk, self.wv = _split_linear(b.attn.qkv, 3)
+        self.wo = linear_from(b.attn.out_proj)
+        self.sr = copy.deepcopy(b.sr) if b.sr is not None else None  # Conv2d (depthwise) + BatchNorm2d
+        self.pos = None if b.relative_pos is None else b.relative_pos.detach().clone()  # (h, N_0, M_0)
+        self.grid = b.bias_size
+
+    def _bias(self, H: int, W: int) -> torch.Tensor:
+        (H0, W0), k, h = self.grid, self.k, self.h
+        if (H0, W0) == (H, W):
+            return self.pos
+        # resize the query axes, then the key axes, each with bilinear interpolation
+        t = self.pos.view(h, H0, W0, -1).permute(0, 3, 1, 2)  # (h, M_0, H_0, W_0)
+        t = F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False)  # (h, M_0, H, W)
+        t = t.reshape(h, H0 // k, W0 // k, H * W).permute(0, 3, 1, 2)  # (h, N, h_0, w_0)
+        t = F.interpolate(t, size=(H // k, W // k), mode="bilinear", align_corners=False)
+        return t.flatten(2)  # (h, N, M)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.h
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        r = t if self.sr is None else self.sr(x).flatten(2).transpose(1, 2)  # (B, M, C)
+        q = self.wq(t).view(B, H * W, h, -1).transpose(1, 2)
+        k = self.wk(r).view(B, r.shape[1], h, -1).transpose(1, 2)
+        v = self.wv(r).view(B, r.shape[1], h, -1).transpose(1, 2)
+        bias = None if self.pos is None else self._bias(H, W)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
+        return self.wo(y.transpose(1, 2).reshape(B, H * W, C)).transpose(1, 2).reshape(B, C, H, W)
