@@ -176,3 +176,25 @@ class PlainLMHSA(nn.Module):
         bias = None if self.pos is None else self._bias(H, W)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, d)
         return self.wo(y.transpose(1, 2).reshape(B, H * W, C)).transpose(1, 2).reshape(B, C, H, W)
+
+
+@_ref("lsa")
+class PlainLSA(nn.Module):
+    """Chu et al. 2104.13840 Sec. 3.2 Eq. (1), as Twins' code: zero-pad to multiples of k, cut k x k
+    groups, MHSA (fused qkv nn.Linear, SDPA, W^O) inside each group, crop."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.k = b.attn.num_heads, b.window_size
+        self.qkv, self.proj = linear_from(b.attn.qkv), linear_from(b.attn.out_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        k, h = self.k, self.h
+        t = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, (-W) % k, 0, (-H) % k))  # (B, Hp, Wp, C)
+        Hp, Wp = t.shape[1:3]
+        g = t.view(B, Hp // k, k, Wp // k, k, C).transpose(2, 3).reshape(B, -1, k * k, C)  # (B, G, k k, C)
+        q, kk, v = self.qkv(g).view(*g.shape[:3], 3, h, C // h).permute(3, 0, 1, 4, 2, 5)  # (B, G, h, k k, d)
+        y = F.scaled_dot_product_attention(q, kk, v).transpose(2, 3).reshape(g.shape)
+        y = self.proj(y).view(B, Hp // k, Wp // k, k, k, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        return y[:, :H, :W].permute(0, 3, 1, 2)
