@@ -198,3 +198,30 @@ class PlainLSA(nn.Module):
         y = F.scaled_dot_product_attention(q, kk, v).transpose(2, 3).reshape(g.shape)
         y = self.proj(y).view(B, Hp // k, Wp // k, k, k, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         return y[:, :H, :W].permute(0, 3, 1, 2)
+
+
+@_ref("moa_attention")
+class PlainMOA(nn.Module):
+    """Patel et al. 2201.12903: z = W_r x; one query token per w x w window, keys/values from the
+    window grown by o (``F.unfold``), global MHSA over windows, W_u back to pixels, 1x1 conv."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.w, self.o, self.h, self.D, self.cr = b.window_size, b.overlap, b.num_heads, b.dim, b.reduced
+        self.reduce, self.expand = linear_from(b.reduce), linear_from(b.expand)
+        self.q, self.kv, self.unembed = linear_from(b.q), linear_from(b.kv), linear_from(b.unembed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        w, o, h, D, cr = self.w, self.o, self.h, self.D, self.cr
+        z = self.reduce(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C', H, W)
+        z = F.pad(z, (0, (-W) % w, 0, (-H) % w))
+        Hp, Wp = z.shape[-2:]
+        nh, nw = Hp // w, Wp // w
+        qp = z.view(B, cr, nh, w, nw, w).permute(0, 2, 4, 1, 3, 5).reshape(B, nh * nw, cr * w * w)
+        kp = F.unfold(z, w + 2 * o, stride=w, padding=o).transpose(1, 2)  # (B, n, C' (w + 2o)^2)
+        q = self.q(qp).view(B, -1, h, D // h).transpose(1, 2)
+        k, v = self.kv(kp).view(B, -1, 2, h, D // h).permute(2, 0, 3, 1, 4)
+        u = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, -1, D)
+        y = self.unembed(u).view(B, nh, nw, cr, w, w).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, cr)
+        return self.expand(y[:, :H, :W]).permute(0, 3, 1, 2)
