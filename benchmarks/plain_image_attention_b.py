@@ -225,3 +225,65 @@ class PlainMOA(nn.Module):
         u = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, -1, D)
         y = self.unembed(u).view(B, nh, nw, cr, w, w).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, cr)
         return self.expand(y[:, :H, :W]).permute(0, 3, 1, 2)
+
+
+def _plain_seq(seq: nn.Module) -> nn.Sequential:
+    """A conv-BN-act stack's torch layers (copies) in a plain ``nn.Sequential``."""
+    return nn.Sequential(*(copy.deepcopy(m) for m in seq))
+
+
+def _layer_norm(ln: nn.LayerNorm) -> nn.LayerNorm:
+    out = nn.LayerNorm(ln.normalized_shape, eps=ln.eps, bias=ln.bias is not None)
+    out.load_state_dict(ln.state_dict())
+    return out
+
+
+class _PreNormLayer(nn.Module):
+    """z = z + W_o MHSA(LN(z)); z = z + MLP(LN(z)) over (..., N, D), qkv one nn.Linear."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.h = layer.num_heads
+        self.norm1, self.norm2 = _layer_norm(layer.norm1), _layer_norm(layer.norm2)
+        self.qkv, self.proj = linear_from(layer.qkv), linear_from(layer.proj)
+        self.mlp = nn.Sequential(*(copy.deepcopy(m) for m in layer.mlp))
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        *lead, N, D = z.shape
+        q, k, v = self.qkv(self.norm1(z)).view(-1, N, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (L, h, N, d)
+        z = z + self.proj(y.transpose(1, 2).reshape(*lead, N, D))
+        return z + self.mlp(self.norm2(z))
+
+
+@_ref("mobilevit_block")
+class PlainMobileViT(nn.Module):
+    """Mehta & Rastegari 2110.02178: X_L = 1x1(conv-BN-act(X)); unfold p x p patches to (P, N, D);
+    pre-norm transformer across patches, LN; fold; X_F = conv1x1-BN-act; Y = conv-BN-act([X; X_F])."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.p, self.D = b.patch_size, b.dim
+        self.local = nn.Sequential(_plain_seq(b.local[0]), copy.deepcopy(b.local[1]))
+        self.layers = nn.ModuleList(_PreNormLayer(layer) for layer in b.layers)
+        self.norm = _layer_norm(b.norm)
+        self.proj, self.fuse = _plain_seq(b.proj), _plain_seq(b.fuse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        p, D = self.p, self.D
+        z = F.pad(self.local(x), (0, (-W) % p, 0, (-H) % p))
+        Hp, Wp = z.shape[-2:]
+        nh, nw = Hp // p, Wp // p
+        # unfold: (B, D, nh, p, nw, p) -> (B, p, p, nh, nw, D) -> (B P, N, D)
+        z = z.view(B, D, nh, p, nw, p).permute(0, 3, 5, 2, 4, 1).reshape(B * p * p, nh * nw, D)
+        mask = None
+        if (Hp, Wp) != (H, W):  # keys at padded pixels are masked
+            valid = F.pad(x.new_ones(H, W), (0, Wp - W, 0, Hp - H)) > 0.5
+            valid = valid.view(nh, p, nw, p).permute(1, 3, 0, 2).reshape(p * p, 1, 1, nh * nw)
+            mask = valid.repeat(B, 1, 1, 1)  # (B P, 1, 1, N), True = attend
+        for layer in self.layers:
+            z = layer(z, mask)
+        z = self.norm(z)
+        z = z.view(B, p, p, nh, nw, D).permute(0, 5, 3, 1, 4, 2).reshape(B, D, Hp, Wp)
+        return self.fuse(torch.cat([x, self.proj(z[:, :, :H, :W])], 1))
