@@ -287,3 +287,29 @@ class PlainMobileViT(nn.Module):
         z = self.norm(z)
         z = z.view(B, p, p, nh, nw, D).permute(0, 5, 3, 1, 4, 2).reshape(B, D, Hp, Wp)
         return self.fuse(torch.cat([x, self.proj(z[:, :, :H, :W])], 1))
+
+
+@_ref("outlook_attention")
+class PlainOutlook(nn.Module):
+    """Yuan et al. 2106.13112 Eq. (1)-(5), as VOLO's code on (B, H, W, C): v = W_v x, A = softmax(W_A
+    avgpool(x) / sqrt(d)) per centre (K^2 x K^2), Y = A v over the ``F.unfold`` window, ``F.fold``, W_o."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.K, self.s = b.num_heads, b.head_dim, b.kernel_size, b.stride
+        self.v, self.attn, self.proj = linear_from(b.v), linear_from(b.attn), linear_from(b.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h, d, K, s = self.h, self.d, self.K, self.s
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        v = self.v(t).permute(0, 3, 1, 2)  # (B, C, H, W)
+        v = F.unfold(v, K, padding=K // 2, stride=s)  # (B, C K K, L)
+        v = v.reshape(B, h, d, K * K, -1).permute(0, 1, 4, 3, 2)  # (B, h, L, K K, d)
+        L = v.shape[2]
+        pooled = F.avg_pool2d(x, s, s, ceil_mode=True).permute(0, 2, 3, 1)  # (B, H/s, W/s, C)
+        a = self.attn(pooled).reshape(B, L, h, K * K, K * K).transpose(1, 2)  # (B, h, L, K K, K K)
+        a = (a * d ** -0.5).softmax(-1)
+        y = (a @ v).permute(0, 1, 4, 3, 2).reshape(B, C * K * K, L)
+        y = F.fold(y, (H, W), K, padding=K // 2, stride=s)  # (B, C, H, W)
+        return self.proj(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
