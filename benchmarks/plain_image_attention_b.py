@@ -313,3 +313,18 @@ class PlainOutlook(nn.Module):
         y = (a @ v).permute(0, 1, 4, 3, 2).reshape(B, C * K * K, L)
         y = F.fold(y, (H, W), K, padding=K // 2, stride=s)  # (B, C, H, W)
         return self.proj(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@_ref("parnet_attention")
+class PlainParNet(nn.Module):
+    """Goyal et al. 2110.07641: y = SiLU(BN(conv1x1 x) + BN(conv3x3 x) + BN(x) * sigmoid(W GAP(BN(x))))."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.conv1x1, self.conv3x3 = _plain_seq(b.conv1x1), _plain_seq(b.conv3x3)
+        self.bn, self.fc, self.act = copy.deepcopy(b.skip_norm), linear_from(b.excite), copy.deepcopy(b.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.bn(x)
+        sse = s * torch.sigmoid(self.fc(s.mean((2, 3))))[:, :, None, None]
+        return self.act(self.conv1x1(x) + self.conv3x3(x) + sse)
