@@ -328,3 +328,27 @@ class PlainParNet(nn.Module):
         s = self.bn(x)
         sse = s * torch.sigmoid(self.fc(s.mean((2, 3))))[:, :, None, None]
         return self.act(self.conv1x1(x) + self.conv3x3(x) + sse)
+
+
+@_ref("patch_embed")
+class PlainPatchEmbed(nn.Module):
+    """Dosovitskiy et al. 2010.11929 Eq. (1): patches flattened to x_p in R^(p p C), z = E x_p + b
+    (one nn.Linear), tokens in row-major order, optional LayerNorm."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.p, self.pad = b.patch_size, b.pad
+        w = b.proj.weight.detach()  # (D, C, p, p) -> E: (D, p p C), the paper's (p1 p2 c) flattening
+        self.E = nn.Linear(w[0].numel(), w.shape[0], bias=b.proj.bias is not None)
+        self.E.weight.data.copy_(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
+        if b.proj.bias is not None:
+            self.E.bias.data.copy_(b.proj.bias.detach())
+        self.norm = _layer_norm(b.norm) if isinstance(b.norm, nn.LayerNorm) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        if self.pad:
+            x = F.pad(x, (0, -x.shape[3] % p, 0, -x.shape[2] % p))
+        B, C, H, W = x.shape
+        xp = x.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * C)
+        return self.norm(self.E(xp))
