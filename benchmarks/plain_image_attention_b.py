@@ -352,3 +352,43 @@ class PlainPatchEmbed(nn.Module):
         B, C, H, W = x.shape
         xp = x.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * C)
         return self.norm(self.E(xp))
+
+
+class _PlainPSA(nn.Module):
+    """Liu et al. 2107.00782 Eq. (1)-(5): A^ch = sigmoid(LN(W_z(W_v x softmax_N(W_q x)))),
+    A^sp = sigmoid(softmax_C(GAP(W_q x)) W_v x); parallel A^ch x + A^sp x, sequential A^sp(z) z."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        ch, sp = b.channel_branch, b.spatial_branch
+        self.ch_wv, self.ch_wq, self.ch_wz = copy.deepcopy(ch.wv), copy.deepcopy(ch.wq), copy.deepcopy(ch.wz)
+        self.ln = _layer_norm(ch.norm)
+        self.sp_wq, self.sp_wv = copy.deepcopy(sp.wq), copy.deepcopy(sp.wv)
+        self.sequential = b.mode == "sequential"
+
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.ch_wv(x).flatten(2)  # (B, C/2, N)
+        q = self.ch_wq(x).flatten(2).softmax(-1)  # (B, 1, N)
+        z = self.ch_wz(torch.matmul(v, q.transpose(1, 2))[..., None])  # (B, C, 1, 1)
+        return torch.sigmoid(self.ln(z.flatten(1)))[:, :, None, None]
+
+    def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.sp_wq(x).mean((2, 3)).softmax(-1)[:, None, :]  # (B, 1, C/2)
+        v = self.sp_wv(x)  # (B, C/2, H, W)
+        return torch.sigmoid(torch.matmul(q, v.flatten(2))).view(x.shape[0], 1, *x.shape[2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.channel_gate(x) * x
+        if self.sequential:
+            return self.spatial_gate(z) * z
+        return z + self.spatial_gate(x) * x
+
+
+@_ref("polarized_parallel")
+class PlainPSAParallel(_PlainPSA):
+    """Liu et al. 2107.00782 Eq. (1)-(4): y = A^ch(x) x + A^sp(x) x."""
+
+
+@_ref("polarized_sequential")
+class PlainPSASequential(_PlainPSA):
+    """Liu et al. 2107.00782 Eq. (1)-(3), (5): y = A^sp(z) z, z = A^ch(x) x."""
