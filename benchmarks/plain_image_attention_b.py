@@ -392,3 +392,55 @@ class PlainPSAParallel(_PlainPSA):
 @_ref("polarized_sequential")
 class PlainPSASequential(_PlainPSA):
     """Liu et al. 2107.00782 Eq. (1)-(3), (5): y = A^sp(z) z, z = A^ch(x) x."""
+
+
+def _win_partition(t: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, Hp, Wp, *) -> (B, nW, wh ww, *), Swin's ``window_partition``."""
+    B, Hp, Wp = t.shape[:3]
+    t = t.reshape(B, Hp // wh, wh, Wp // ww, ww, *t.shape[3:]).transpose(2, 3)
+    return t.reshape(B, (Hp // wh) * (Wp // ww), wh * ww, *t.shape[5:])
+
+
+@_ref("shifted_window_attention")
+class PlainSwin(nn.Module):
+    """Liu et al. 2103.14030 Sec. 3.2 Eq. (4), as Swin's code: roll by -s, window_partition,
+    softmax(Q K^T / sqrt(d) + B_hat[rel] + mask) V per window, W^O, window_reverse, roll back."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d = b.num_heads, b.head_dim
+        self.M, self.s = b.window_size, b.shift_size
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.table = nn.Parameter(b.relative_position_bias_table.detach().clone())  # ((2M-1)^2, h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        (Mh, Mw), (sh, sw), h, d = self.M, self.s, self.h, self.d
+        wh, sh = (H, 0) if H <= Mh else (Mh, sh)  # an axis within one window: one unshifted window
+        ww, sw = (W, 0) if W <= Mw else (Mw, sw)
+        t = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, (-W) % ww, 0, (-H) % wh))  # (B, Hp, Wp, C)
+        Hp, Wp = t.shape[1:3]
+        t = torch.roll(t, (-sh, -sw), (1, 2))
+        win = _win_partition(t, wh, ww)  # (B, nW, N, C)
+        nW, N = win.shape[1:3]
+        q, k, v = self.qkv(win).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d)
+        # relative position bias: offsets (dy, dx) within the window into the (2M-1)^2 table
+        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        rel = (ys[:, None] - ys[None, :] + Mh - 1) * (2 * Mw - 1) + (xs[:, None] - xs[None, :] + Mw - 1)
+        attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.table[rel].permute(2, 0, 1)  # (B, nW, h, N, N)
+        # shifted-window mask: label the sub-windows of the rolled map (the code's slices)
+        img = torch.zeros(Hp, Wp)
+        hs = (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)) if sh else (slice(None),)
+        ws = (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)) if sw else (slice(None),)
+        for i, a in enumerate(hs):
+            for j, c in enumerate(ws):
+                img[a, c] = 3 * i + j
+        real = torch.roll(F.pad(torch.ones(H, W), (0, Wp - W, 0, Hp - H)), (-sh, -sw), (0, 1)) > 0.5
+        lab, real = _win_partition(img[None], wh, ww)[0], _win_partition(real[None], wh, ww)[0]  # (nW, N)
+        blocked = (lab[:, :, None] != lab[:, None, :]) | (real[:, :, None] & ~real[:, None, :])
+        attn = attn.masked_fill(blocked[:, None], float("-inf"))
+        y = (attn.softmax(-1) @ v).transpose(2, 3).reshape(B, nW, N, h * d)
+        y = self.proj(y).view(B, Hp // wh, Wp // ww, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        y = torch.roll(y, (sh, sw), (1, 2))
+        return y[:, :H, :W].permute(0, 3, 1, 2)
