@@ -444,3 +444,46 @@ class PlainSwin(nn.Module):
         y = self.proj(y).view(B, Hp // wh, Wp // ww, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         y = torch.roll(y, (sh, sw), (1, 2))
         return y[:, :H, :W].permute(0, 3, 1, 2)
+
+
+@_ref("shuffle_window_attention")
+class PlainShuffleWindow(nn.Module):
+    """Huang et al. 2106.03650, as its code's rearranges: window (i, j) = {x[a g_h + i, b g_w + j]}
+    ('(ws1 hh) (ws2 ww)'), per window softmax(Q K^T / sqrt(d) + B_hat[rel]) V, W^O, tokens put back."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.M, self.shuffle = b.num_heads, b.head_dim, b.window_size, b.shuffle
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
+        self.table = nn.Parameter(b.relative_position_bias_table.detach().clone())
+
+    def _split(self, t: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+        """(B, Hp, Wp, *) -> (B, g_h, g_w, wh, ww, *): shuffled '(ws hh)' or regular '(hh ws)' axes."""
+        B, Hp, Wp = t.shape[:3]
+        gh, gw = Hp // wh, Wp // ww
+        if self.shuffle:
+            return t.reshape(B, wh, gh, ww, gw, *t.shape[3:]).permute(0, 2, 4, 1, 3, *range(5, t.dim() + 2))
+        return t.reshape(B, gh, wh, gw, ww, *t.shape[3:]).permute(0, 1, 3, 2, 4, *range(5, t.dim() + 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        (Mh, Mw), h, d = self.M, self.h, self.d
+        wh, ww = min(H, Mh), min(W, Mw)
+        t = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, (-W) % ww, 0, (-H) % wh))  # (B, Hp, Wp, C)
+        Hp, Wp = t.shape[1:3]
+        gh, gw, N = Hp // wh, Wp // ww, wh * ww
+        win = self._split(t, wh, ww).reshape(B, gh * gw, N, C)
+        q, k, v = self.qkv(win).view(B, gh * gw, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d)
+        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        rel = (ys[:, None] - ys[None, :] + Mh - 1) * (2 * Mw - 1) + (xs[:, None] - xs[None, :] + Mw - 1)
+        attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.table[rel].permute(2, 0, 1)
+        real = F.pad(torch.ones(1, H, W), (0, Wp - W, 0, Hp - H)) > 0.5
+        real = self._split(real, wh, ww).reshape(gh * gw, N)
+        attn = attn.masked_fill(~real[:, None, None, :], float("-inf"))  # padded keys
+        y = self.proj((attn.softmax(-1) @ v).transpose(2, 3).reshape(B, gh, gw, wh, ww, h * d))
+        if self.shuffle:  # back: (B, g_h, g_w, wh, ww, C) -> (B, wh, g_h, ww, g_w, C)
+            y = y.permute(0, 3, 1, 4, 2, 5)
+        else:
+            y = y.permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)
