@@ -487,3 +487,32 @@ class PlainShuffleWindow(nn.Module):
         else:
             y = y.permute(0, 1, 3, 2, 4, 5)
         return y.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)
+
+
+@_ref("spatial_reduction_attention")
+class PlainSRA(nn.Module):
+    """Wang et al. 2102.12122 Eq. (3)-(4), as PVT's code: q = W^Q x; SR(x) = LN(Conv_{R, stride R}(x));
+    k, v = W^KV SR(x) (one nn.Linear); softmax(Q K^T / sqrt(d)) V per head; W^O."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h = b.attn.num_heads
+        wq, wk, wv = _split_linear(b.attn.qkv, 3)
+        self.q = wq
+        self.kv = nn.Linear(wk.in_features, 2 * wk.out_features, bias=wk.bias is not None)
+        self.kv.weight.data.copy_(torch.cat([wk.weight.data, wv.weight.data]))
+        if wk.bias is not None:
+            self.kv.bias.data.copy_(torch.cat([wk.bias.data, wv.bias.data]))
+        self.proj = linear_from(b.attn.out_proj)
+        self.sr = copy.deepcopy(b.sr) if b.sr is not None else None
+        self.norm = _layer_norm(b.norm) if b.sr is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.h
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        r = t if self.sr is None else self.norm(self.sr(x).flatten(2).transpose(1, 2))  # (B, M, C)
+        q = self.q(t).view(B, H * W, h, C // h).transpose(1, 2)
+        k, v = self.kv(r).view(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        return self.proj(y).transpose(1, 2).reshape(B, C, H, W)
