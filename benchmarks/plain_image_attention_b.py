@@ -516,3 +516,48 @@ class PlainSRA(nn.Module):
         k, v = self.kv(r).view(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
         return self.proj(y).transpose(1, 2).reshape(B, C, H, W)
+
+
+@_ref("hierarchical_mhsa")
+class PlainHMHSA(nn.Module):
+    """Liu et al. 2106.03180 Sec. 3, as HAT-Net's code: A0 = MHSA within G x G grids of GN(x) W^qkv,
+    X1 = GN(x + A0), P = GN(AvgPool_r X1), A1 = softmax((X1 W^q)(P W^k)^T / sqrt(d)) P W^v,
+    out = (A1 + X1) W^p (G = 1: MHSA(GN(x)) W^p)."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        self.h, self.d, self.G, self.r = b.num_heads, b.head_dim, b.grid_size, b.ds_ratio
+        self.norm, self.qkv, self.proj = copy.deepcopy(b.norm), copy.deepcopy(b.qkv), copy.deepcopy(b.proj)
+        if self.G > 1:
+            self.grid_norm, self.ds_norm = copy.deepcopy(b.grid_norm), copy.deepcopy(b.ds_norm)
+            self.q, self.kv = copy.deepcopy(b.q), copy.deepcopy(b.kv)
+
+    def _local(self, qkv: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = qkv.shape
+        G, h, d = self.G, self.h, self.d
+        qkv = F.pad(qkv, (0, (-W) % G, 0, (-H) % G))
+        Hp, Wp = qkv.shape[-2:]
+        gh, gw = Hp // G, Wp // G
+        q, k, v = qkv.view(B, 3, h, d, gh, G, gw, G).permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(
+            3, B, gh * gw, h, G * G, d)
+        attn = (q @ k.transpose(-1, -2)) * d ** -0.5  # (B, n, h, G^2, G^2)
+        real = F.pad(qkv.new_ones(H, W), (0, Wp - W, 0, Hp - H)) > 0.5
+        real = real.view(gh, G, gw, G).transpose(1, 2).reshape(gh * gw, G * G)  # (n, G^2)
+        attn = attn.masked_fill(~real[:, None, None, :], float("-inf"))  # padded keys
+        a = (attn.softmax(-1) @ v).view(B, gh, gw, h, G, G, d).permute(0, 3, 6, 1, 4, 2, 5)
+        return a.reshape(B, h * d, Hp, Wp)[:, :, :H, :W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h, d = self.h, self.d
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        if self.G == 1:
+            q, k, v = qkv.view(B, 3, h, d, H * W).permute(1, 0, 2, 4, 3)
+            a = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(a.transpose(-1, -2).reshape(B, C, H, W))
+        x1 = self.grid_norm(x + self._local(qkv))
+        p = F.avg_pool2d(x1, self.r, self.r, ceil_mode=True) if self.r > 1 else x1
+        q = self.q(x1).view(B, h, d, H * W).transpose(-1, -2)  # (B, h, N, d)
+        k, v = self.kv(self.ds_norm(p)).view(B, 2, h, d, -1).transpose(-1, -2).unbind(1)  # (B, h, M, d)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
+        return self.proj(a + x1)
