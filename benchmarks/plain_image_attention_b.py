@@ -561,3 +561,45 @@ class PlainHMHSA(nn.Module):
         k, v = self.kv(self.ds_norm(p)).view(B, 2, h, d, -1).transpose(-1, -2).unbind(1)  # (B, h, M, d)
         a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(B, C, H, W)
         return self.proj(a + x1)
+
+
+@_ref("patchwise_transformer")
+class PlainPatchwiseTransformer(nn.Module):
+    """Yan et al. 2104.13497 Sec. 3, as ConTNet's code: per P x P patch, X + concat(E_row[i], E_col[j]),
+    then ``nn.TransformerEncoderLayer`` (post-norm, GELU) over the patch's P^2 tokens."""
+
+    def __init__(self, b: nn.Module) -> None:
+        super().__init__()
+        enc = b.encoder
+        C, self.p = b.dim, b.patch_size
+        self.layer = nn.TransformerEncoderLayer(C, enc.attn.num_heads, enc.fc1.out_features, dropout=0.0,
+                                                activation="gelu", batch_first=True,
+                                                norm_first=enc.norm_first, layer_norm_eps=enc.norm1.eps)
+        a = self.layer.self_attn
+        for (w, bias), src in (((a.in_proj_weight, a.in_proj_bias), enc.attn.qkv),
+                               ((a.out_proj.weight, a.out_proj.bias), enc.attn.out_proj)):
+            w.data.copy_(src.weight.detach())
+            bias.data.copy_(src.bias.detach() if src.bias is not None else torch.zeros_like(bias))
+        for mine, theirs in ((self.layer.linear1, enc.fc1), (self.layer.linear2, enc.fc2),
+                             (self.layer.norm1, enc.norm1), (self.layer.norm2, enc.norm2)):
+            mine.load_state_dict(theirs.state_dict())
+        p, half = self.p, C // 2
+        pos = torch.cat([b.pos_row.detach()[:, None, :].expand(p, p, half),
+                         b.pos_col.detach()[None, :, :].expand(p, p, half)], -1)  # (P, P, C)
+        self.pos = nn.Parameter(pos.reshape(p * p, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        p = self.p
+        t = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, (-W) % p, 0, (-H) % p))  # (B, Hp, Wp, C)
+        Hp, Wp = t.shape[1:3]
+        nh, nw = Hp // p, Wp // p
+        z = t.view(B, nh, p, nw, p, C).transpose(2, 3).reshape(B * nh * nw, p * p, C) + self.pos
+        pad = None
+        if (Hp, Wp) != (H, W):  # padded tokens are masked out as keys
+            real = F.pad(x.new_ones(H, W), (0, Wp - W, 0, Hp - H)) > 0.5
+            pad = ~real.view(nh, p, nw, p).transpose(1, 2).reshape(1, nh * nw, p * p)
+            pad = pad.expand(B, -1, -1).reshape(-1, p * p)
+        z = self.layer(z, src_key_padding_mask=pad)
+        z = z.view(B, nh, nw, p, p, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        return z[:, :H, :W].permute(0, 3, 1, 2)
