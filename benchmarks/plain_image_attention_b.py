@@ -50,7 +50,8 @@ class PlainHalo(nn.Module):
         idx = u[None, :] - i[:, None] + self.b - 1  # (b, w): table row of offset u - s - i
         rh, rw = b.rel_h.detach()[idx], b.rel_w.detach()[idx]  # (b, w, d)
         # r[(i_h, i_w), (u_h, u_w)] = r^H[u_h - i_h] + r^W[u_w - i_w]
-        self.rel = (rh[:, None, :, None] + rw[None, :, None, :]).reshape(self.b ** 2, w * w, -1)
+        rel = (rh[:, None, :, None] + rw[None, :, None, :]).reshape(self.b ** 2, w * w, -1)
+        self.register_buffer("rel", rel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
@@ -116,8 +117,10 @@ class PlainLeViT(nn.Module):
             q = _tokens_bn(self.q, xs.flatten(2).transpose(1, 2)).view(B, hq * wq, h, d)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, N, *)
         # |offset| per axis between query (s i, s j) and key (i', j'), clipped to the table
-        ky, kx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-        qy, qx = torch.meshgrid(torch.arange(0, H, s), torch.arange(0, W, s), indexing="ij")
+        dev = x.device
+        ky, kx = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
+        qy, qx = torch.meshgrid(torch.arange(0, H, s, device=dev), torch.arange(0, W, s, device=dev),
+                                indexing="ij")
         dy = (qy.reshape(-1, 1) - ky.reshape(1, -1)).abs().clamp(max=r - 1)
         dx = (qx.reshape(-1, 1) - kx.reshape(1, -1)).abs().clamp(max=r - 1)
         attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.ab[:, dy * r + dx]
@@ -151,7 +154,8 @@ class PlainLMHSA(nn.Module):
         self.wq, self.wk, self.wv = _split_linear(b.attn.qkv, 3)
         self.wo = linear_from(b.attn.out_proj)
         self.sr = copy.deepcopy(b.sr) if b.sr is not None else None  # Conv2d (depthwise) + BatchNorm2d
-        self.pos = None if b.relative_pos is None else b.relative_pos.detach().clone()  # (h, N_0, M_0)
+        pos = None if b.relative_pos is None else b.relative_pos.detach().clone()  # (h, N_0, M_0)
+        self.register_buffer("pos", pos)
         self.grid = b.bias_size
 
     def _bias(self, H: int, W: int) -> torch.Tensor:
@@ -425,18 +429,19 @@ class PlainSwin(nn.Module):
         nW, N = win.shape[1:3]
         q, k, v = self.qkv(win).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d)
         # relative position bias: offsets (dy, dx) within the window into the (2M-1)^2 table
-        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        dev = x.device
+        ys, xs = torch.meshgrid(torch.arange(wh, device=dev), torch.arange(ww, device=dev), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         rel = (ys[:, None] - ys[None, :] + Mh - 1) * (2 * Mw - 1) + (xs[:, None] - xs[None, :] + Mw - 1)
         attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.table[rel].permute(2, 0, 1)  # (B, nW, h, N, N)
         # shifted-window mask: label the sub-windows of the rolled map (the code's slices)
-        img = torch.zeros(Hp, Wp)
+        img = x.new_zeros(Hp, Wp)
         hs = (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)) if sh else (slice(None),)
         ws = (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)) if sw else (slice(None),)
         for i, a in enumerate(hs):
             for j, c in enumerate(ws):
                 img[a, c] = 3 * i + j
-        real = torch.roll(F.pad(torch.ones(H, W), (0, Wp - W, 0, Hp - H)), (-sh, -sw), (0, 1)) > 0.5
+        real = torch.roll(F.pad(x.new_ones(H, W), (0, Wp - W, 0, Hp - H)), (-sh, -sw), (0, 1)) > 0.5
         lab, real = _win_partition(img[None], wh, ww)[0], _win_partition(real[None], wh, ww)[0]  # (nW, N)
         blocked = (lab[:, :, None] != lab[:, None, :]) | (real[:, :, None] & ~real[:, None, :])
         attn = attn.masked_fill(blocked[:, None], float("-inf"))
@@ -474,11 +479,12 @@ class PlainShuffleWindow(nn.Module):
         gh, gw, N = Hp // wh, Wp // ww, wh * ww
         win = self._split(t, wh, ww).reshape(B, gh * gw, N, C)
         q, k, v = self.qkv(win).view(B, gh * gw, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d)
-        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        dev = x.device
+        ys, xs = torch.meshgrid(torch.arange(wh, device=dev), torch.arange(ww, device=dev), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         rel = (ys[:, None] - ys[None, :] + Mh - 1) * (2 * Mw - 1) + (xs[:, None] - xs[None, :] + Mw - 1)
         attn = (q @ k.transpose(-1, -2)) * d ** -0.5 + self.table[rel].permute(2, 0, 1)
-        real = F.pad(torch.ones(1, H, W), (0, Wp - W, 0, Hp - H)) > 0.5
+        real = F.pad(x.new_ones(1, H, W), (0, Wp - W, 0, Hp - H)) > 0.5
         real = self._split(real, wh, ww).reshape(gh * gw, N)
         attn = attn.masked_fill(~real[:, None, None, :], float("-inf"))  # padded keys
         y = self.proj((attn.softmax(-1) @ v).transpose(2, 3).reshape(B, gh, gw, wh, ww, h * d))
