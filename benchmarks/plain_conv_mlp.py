@@ -339,6 +339,7 @@ def _mlp_linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear]:
     return _linear(a), _linear(b)
 
 
+@_ref("permute_mlp")
 class PlainWeightedPermuteMLP(nn.Module):
     """Hou et al. 2106.12368, Sec. 3.2 as the authors' WeightedPermuteMLP on (B, H, W, C): FC over
     (H, S) of each segment and column, over (W, S) of each segment and row, over C; split attention
@@ -431,6 +432,7 @@ class PlainS2MLP(nn.Module):
         return t.permute(0, 3, 1, 2)
 
 
+@_ref("smlp")
 class PlainSparseMLP(nn.Module):
     """Tang et al. 2109.05422, Eq. (4)-(6): X_H = W_H mixing along H, X_W along W (shared by all
     channels; einsum), Y = conv1x1_fuse([X, X_H, X_W])."""
@@ -448,10 +450,3 @@ class PlainSparseMLP(nn.Module):
         x_h = torch.einsum("bchw,gh->bcgw", x, self.wh) + self.bh[:, None]
         x_w = torch.einsum("bchw,vw->bchv", x, self.ww) + self.bw
         return self.fuse(torch.cat([x, x_h, x_w], 1))
-
-
-# Size-bound image blocks (their FCs fix H and W): each passes at the example config and at 64 channels
-# on 32 x 32 maps, but ``plain_reference.configs`` widens only the channels of an image block, so its
-# "large" build keeps height=8, width=6 and our block refuses the 32 x 32 input. Registered once
-# ``configs`` also sets the map size of such blocks (see the report to the lead).
-SIZE_BOUND: dict[str, type[nn.Module]] = {"permute_mlp": PlainWeightedPermuteMLP, "smlp": PlainSparseMLP}

@@ -628,12 +628,21 @@ def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     torch.manual_seed(0)
     out["example x8"] = (s.build_example().eval(), s.make_input(batch=8))
     over: dict[str, object] = {}
+    cfg = s.example.config
+    size = (32, 32) if s.input == "image" else (256,)
+    map_bound = s.input == "image" and "height" in cfg and "width" in cfg  # FCs over H, W (sMLP, ViP)
     if s.width_arg:
         over[s.width_arg] = 64
-    if "dim_out" in s.example.config:
+        # hidden widths grow with the width (LeFF's and S2-MLP's hidden, a bottleneck's width)
+        grow = 64 / cfg[s.width_arg] if isinstance(cfg.get(s.width_arg), int) else 1
+        for key in ("hidden",) + (() if map_bound else ("width",)):
+            if isinstance(cfg.get(key), int):
+                over[key] = max(1, round(cfg[key] * grow))
+    if "dim_out" in cfg:
         over["dim_out"] = 64
-    size = (32, 32) if s.input == "image" else (256,)
-    if "max_size" in s.example.config:  # a size-bound table (CoAtNet's relative bias)
+    if map_bound:
+        over["height"], over["width"] = size
+    if "max_size" in cfg:  # a size-bound table (CoAtNet's relative bias)
         over["max_size"] = size[0]
     if s.size_arg and s.input == "tokens":  # a length-bound block (MLP-Mixer's token MLP)
         over[s.size_arg] = size[0]
@@ -643,13 +652,19 @@ def configs(name: str) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
 
 
 def _randomise_bn(m: nn.Module) -> None:
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-        if type(bn).__name__ == "GlobalResponseNorm":  # gamma = beta = 0 at init: the identity
-            bn.weight.data.uniform_(-1.0, 1.0)
-            bn.bias.data.uniform_(-1.0, 1.0)
+    """Random BatchNorm statistics (1-D and 2-D), and random values for every parameter that
+    starts at or near zero (layer scales of 1e-6, zero gates, GRN's gamma and beta): with those
+    at their initial values a block is nearly the identity, and a reference that returned its
+    input would pass the check."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
+                bn.running_mean.copy_(torch.rand(bn.running_mean.shape, generator=g) - 0.5)
+                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) * 1.5 + 0.5)
+        for p in m.parameters():
+            if p.numel() and p.abs().max().item() <= 1e-3:
+                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
 
 
 def time_pair(ours: Callable[[], object], plain: Callable[[], object], reps: int,
