@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require_divides
@@ -68,16 +70,21 @@ class SimplifiedSelfAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = check_shape(x, "B N C", name="SimplifiedSelfAttention", C=self.dim).values()
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="SimplifiedSelfAttention", C=self.dim)  # raises, naming the misfit
+        b, n, c = x.shape
         h = self.num_heads
         heads = x.view(b, n, h, c // h).transpose(1, 2)  # (B, h, N, d)
         p = self.dropout if self.training else 0.0
-        if self.attn_map.active:
+        m = self._modules  # submodules without nn.Module.__getattr__
+        attn_map = m["attn_map"]
+        if attn_map.active:
             out, w = scaled_dot_product_attention(heads, heads, heads, None, p, return_weights=True)
-            self.attn_map(w)  # (B, h, N, N)
+            attn_map(w)  # (B, h, N, N)
         else:
-            out = scaled_dot_product_attention(heads, heads, heads, None, p)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+            out = F.scaled_dot_product_attention(heads, heads, heads, dropout_p=p)
+        # the projection as its functional op unless hooked (blockzoo._fastcall)
+        return call(m["proj"], out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
