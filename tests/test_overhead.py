@@ -425,3 +425,24 @@ def test_shuffle_attention_fused_path_equals_the_module_path(monkeypatch: pytest
         handle.remove()
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_shuffle_attention_reads_a_parametrized_weight() -> None:
+    """The fused path reads ``_parameters``; a parametrization (which moves ``cweight`` out of it)
+    takes the module path and gives the output of the parametrized value (float64, 1e-12)."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    torch.manual_seed(0)
+    block = blockzoo.create("shuffle_attention", channels=16, groups=4, init_weight=0.5).double()
+    x = torch.randn(2, 16, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        block.cweight.mul_(2)
+        want = block(x)
+        block.cweight.div_(2)
+        parametrize.register_parametrization(block, "cweight", Double())
+        got = block(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
