@@ -185,7 +185,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
                                   "inverted_residual", "mbconv", "involution", "sk", "bam",
                                   "triplet_attention", "resnet_basic", "resnet_bottleneck", "resnext_block",
-                                  "simplified_self_attention",
+                                  "simplified_self_attention", "mobilevit_block",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as

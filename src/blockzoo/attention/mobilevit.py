@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, direct, invoke, sequential
 from blockzoo.act import LayerSpec, create_act, create_norm, without_bias
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
@@ -31,6 +32,14 @@ class _ConvNormAct(nn.Sequential):
             nn.BatchNorm2d(cout, **fk),
             create_act(act, **fk),
         )
+
+
+@direct(_ConvNormAct)
+def _conv_norm_act(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``_ConvNormAct.forward`` (nn.Sequential's) with each layer through :func:`call`."""
+    for layer in m._modules.values():
+        x = call(layer, x)
+    return x
 
 
 class _TransformerLayer(nn.Module):
@@ -52,13 +61,15 @@ class _TransformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         *lead, N, D = x.shape
         h, e = self.num_heads, self.head_dim
-        qkv = self.qkv(self.norm1(x)).view(*lead, N, 3, h, e)
+        # stock submodules nobody hooks run as their functional op (blockzoo._fastcall)
+        m = self._modules
+        qkv = call(m["qkv"], call(m["norm1"], x)).view(*lead, N, 3, h, e)
         q, k, v = qkv.movedim(-3, 0).transpose(-3, -2)  # (..., h, N, e) each
         # x = x + W_o softmax(q k^T / sqrt(e)) v
-        y = attend(q, k, v, self.attn_map, bias=mask, scale=1.0 / math.sqrt(e))  # (..., h, N, e)
-        x = x + self.proj(y.transpose(-3, -2).reshape(*lead, N, D))
+        y = attend(q, k, v, m["attn_map"], bias=mask, scale=1.0 / math.sqrt(e))  # (..., h, N, e)
+        x = x + call(m["proj"], y.transpose(-3, -2).reshape(*lead, N, D))
         # x = x + MLP(LN(x))
-        return x + self.mlp(self.norm2(x))
+        return x + sequential(m["mlp"], call(m["norm2"], x))
 
 
 @register(
@@ -163,10 +174,13 @@ class MobileViTBlock(nn.Module):
         self.fuse = _ConvNormAct(2 * channels, channels, kernel_size, act_layer, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="MobileViTBlock", C=self.channels)
-        B, H, W = dims["B"], dims["H"], dims["W"]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="MobileViTBlock", C=self.channels)  # raises, naming the misfit
+        B, _, H, W = x.shape
         p, D = self.patch_size, self.dim
-        z, _, _ = pad_to_multiple(self.local(x), p, p)  # (B, D, Hp, Wp)
+        # submodules without nn.Module.__call__ unless hooked (blockzoo._fastcall): ~25 calls
+        mods = self._modules
+        z, _, _ = pad_to_multiple(sequential(mods["local"], x), p, p)  # (B, D, Hp, Wp)
         Hp, Wp = z.shape[-2:]
         nh, nw = Hp // p, Wp // p
         # unfold: pixel i of each patch forms one sequence of N = nh * nw tokens
@@ -177,13 +191,14 @@ class MobileViTBlock(nn.Module):
             valid[:H, :W] = True
             valid = valid.view(nh, p, nw, p).permute(1, 3, 0, 2).reshape(p * p, 1, 1, nh * nw)  # (P, 1, 1, N)
             mask = key_mask(valid, z.dtype)
-        for layer in self.layers:
-            z = layer(z, mask)
-        z = self.norm(z)
+        layers = mods["layers"]
+        for layer in (layers._modules.values() if type(layers) is nn.ModuleList else layers):
+            z = invoke(layer, z, mask)
+        z = call(mods["norm"], z)
         # fold back to the map
         z = z.view(B, p, p, nh, nw, D).permute(0, 5, 3, 1, 4, 2).reshape(B, D, Hp, Wp)  # (B, D, Hp, Wp)
-        xf = self.proj(z[:, :, :H, :W])  # (B, C, H, W)
-        return self.fuse(torch.cat([x, xf], dim=1))
+        xf = call(mods["proj"], z[:, :, :H, :W])  # (B, C, H, W)
+        return call(mods["fuse"], torch.cat([x, xf], dim=1))
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, dim={self.dim}, depth={self.depth}, "
