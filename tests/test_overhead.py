@@ -13,6 +13,7 @@ from torch import nn
 
 import blockzoo
 from blockzoo import checks
+from blockzoo.act import LayerNorm2d
 from blockzoo.attention import SqueezeExcite
 from blockzoo.attention.maps import AttentionMap, record_attention
 from blockzoo.checks import ShapeError, check_shape
@@ -177,7 +178,7 @@ def _randomise_norms(block: nn.Module) -> None:
 
 
 _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.GELU,
-            nn.Sigmoid, Affine)
+            nn.Sigmoid, Affine, LayerNorm2d)
 
 
 @pytest.mark.parametrize("name", ["conv_bn_act", "depthwise_separable", "condconv", "eca",
@@ -185,7 +186,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
                                   "inverted_residual", "mbconv", "involution", "sk", "bam",
                                   "triplet_attention", "resnet_basic", "resnet_bottleneck", "resnext_block",
-                                  "simplified_self_attention", "mobilevit_block",
+                                  "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
@@ -246,7 +247,16 @@ def _stock_modules() -> list[tuple[nn.Module, tuple[int, ...]]]:
         (nn.ReLU(), (3, 4)), (nn.ReLU(inplace=True), (3, 4)), (nn.GELU(approximate="tanh"), (3, 4)),
         (nn.SiLU(), (3, 4)), (nn.ReLU6(), (3, 4)), (nn.Hardswish(), (3, 4)), (nn.Sigmoid(), (3, 4)),
         (nn.Tanh(), (3, 4)), (nn.Identity(), (3, 4)), (nn.Dropout(0.5).eval(), (3, 4)),
+        (_random_affine(LayerNorm2d(4, eps=1e-3)), (2, 4, 3, 5)),
     ]
+
+
+def _random_affine(m: nn.Module) -> nn.Module:
+    """Random weight and bias (the default ones and zeros would hide a skipped affine)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p))
+    return m
 
 
 @pytest.mark.parametrize("index", range(len(_stock_modules())))

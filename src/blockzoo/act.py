@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import direct
 from blockzoo.registry import unknown_name
 
 __all__ = ["ACTIVATIONS", "NORMS", "LayerNorm2d", "LayerSpec", "create_act", "create_norm", "without_bias"]
@@ -69,6 +71,14 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+@direct(LayerNorm2d)
+def _layer_norm_2d(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LayerNorm2d.forward`` as its functional op, for ``blockzoo._fastcall.call``."""
+    p = m._parameters
+    y = F.layer_norm(x.permute(0, 2, 3, 1), m.normalized_shape, p["weight"], p["bias"], m.eps)
+    return y.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
 def _layernorm(dim: int, **kw: Any) -> nn.Module:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import create_norm
 from blockzoo.attention.channel import SqueezeExcite
 from blockzoo.attention.dot_product import MultiHeadAttention
@@ -76,10 +77,14 @@ class PatchConvBlock(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim, 1, 1), layer_scale, **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="PatchConvBlock", C=self.dim)
-        h = self.act(self.dwconv(self.act(self.conv1(self.norm(x)))))  # (B, C, H, W)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.dim:
+            check_shape(x, "B C H W", name="PatchConvBlock", C=self.dim)  # raises, naming the misfit
+        # submodules without nn.Module.__call__ unless hooked (blockzoo._fastcall)
+        m = self._modules
+        act = m["act"]
+        h = call(act, call(m["dwconv"], call(act, call(m["conv1"], call(m["norm"], x)))))  # (B, C, H, W)
         # y = x + gamma * W_2 SE(h)
-        return x + self.gamma * self.conv2(self.se(h))
+        return torch.addcmul(x, self.gamma, call(m["conv2"], invoke(m["se"], h)))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
