@@ -187,6 +187,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "inverted_residual", "mbconv", "involution", "sk", "bam",
                                   "triplet_attention", "resnet_basic", "resnet_bottleneck", "resnext_block",
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
+                                  "dynamic_conv",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as

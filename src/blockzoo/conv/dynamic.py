@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -129,13 +130,16 @@ class DynamicConv(nn.Module):
         nn.init.zeros_(self.fc1.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="DynamicConv", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DynamicConv", C=self.channels)  # raises, naming the misfit
         reach = self.dilation * (self.kernel_size - 1) + 1 - 2 * self.padding
-        if min(dims["H"], dims["W"]) < reach:
+        if x.shape[2] < reach or x.shape[3] < reach:
             raise_small("DynamicConv", x, reach)
-        z = self.fc2(self.act(self.fc1(x.mean((2, 3)))))  # (B, K)
+        # the attention's stock submodules as functional ops unless hooked (blockzoo._fastcall)
+        m = self._modules
+        z = call(m["fc2"], call(m["act"], call(m["fc1"], x.mean((2, 3)))))  # (B, K)
         # pi = softmax(z / tau)
-        pi = self.attn_map(torch.softmax(z / self.temperature, dim=-1))  # (B, K)
+        pi = m["attn_map"](torch.softmax(z / self.temperature, dim=-1))  # (B, K)
         # W~ = sum_k pi_k W_k,  b~ = sum_k pi_k b_k
         weight = (pi @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])  # (B, O, C/g, k, k)
         bias = None if self.bias is None else pi @ self.bias  # (B, O)
