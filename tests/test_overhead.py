@@ -457,3 +457,24 @@ def test_shuffle_attention_reads_a_parametrized_weight() -> None:
         parametrize.register_parametrization(block, "cweight", Double())
         got = block(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_squeeze_excite_with_a_parametrized_conv_takes_the_module_path() -> None:
+    """A parametrization moves fc1's weight out of ``_parameters``: SE must compute with the
+    parametrized weight (module path), not fail or read a stale tensor."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    torch.manual_seed(0)
+    se = SqueezeExcite(8, reduction=2).double().eval()
+    x = torch.randn(2, 8, 5, 3, dtype=torch.float64)
+    w1 = se.fc1.weight.detach().clone()
+    parametrize.register_parametrization(se.fc1, "weight", Doubled())
+    z = x.mean((2, 3))
+    h = torch.relu(z @ (2 * w1.flatten(1)).T + se.fc1.bias)
+    s = torch.sigmoid(h @ se.fc2.weight.flatten(1).T + se.fc2.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(se(x), x * s[:, :, None, None], rtol=1e-12, atol=1e-12)

@@ -106,9 +106,12 @@ class SqueezeExcite(nn.Module):
         # Submodules read from ``_modules``, not through nn.Module.__getattr__ (~0.4 us each here).
         mods = self._modules
         fc1, act, fc2, gate = mods["fc1"], mods["act"], mods["fc2"], mods["gate"]
-        if (_global_forward_hooks or _global_forward_pre_hooks or fc1._forward_hooks or fc2._forward_hooks
-                or act._forward_hooks or gate._forward_hooks or fc1._forward_pre_hooks
-                or fc2._forward_pre_hooks or act._forward_pre_hooks or gate._forward_pre_hooks):
+        # (a parametrized conv is a subclass whose weight is not in ``_parameters``: module path)
+        if (type(fc1) is not nn.Conv2d or type(fc2) is not nn.Conv2d
+                or _global_forward_hooks or _global_forward_pre_hooks
+                or fc1._forward_hooks or fc2._forward_hooks or act._forward_hooks or gate._forward_hooks
+                or fc1._forward_pre_hooks or fc2._forward_pre_hooks
+                or act._forward_pre_hooks or gate._forward_pre_hooks):
             z = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
             return x * mods["attn_map"](gate(fc2(act(fc1(z)))))  # as modules, so their hooks fire
         # The same maps as matrix products on the pooled (B, C) vector, without four module
