@@ -478,3 +478,34 @@ def test_squeeze_excite_with_a_parametrized_conv_takes_the_module_path() -> None
     s = torch.sigmoid(h @ se.fc2.weight.flatten(1).T + se.fc2.bias)
     with torch.no_grad():
         torch.testing.assert_close(se(x), x * s[:, :, None, None], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "owner", "attr"), [("condconv", "CondConv", "weight"),
+                                                      ("gmlp", "SpatialGatingUnit", "weight"),
+                                                      ("resmlp", "ResMLPBlock", "scale1"),
+                                                      ("shuffle_attention", "ShuffleAttention", "cweight")])
+def test_a_parametrized_own_parameter_is_used(name: str, owner: str, attr: str) -> None:
+    """Blocks that read their own parameters from ``_parameters`` (no ``__getattr__``) still see
+    a parametrized one: doubling it through a parametrization equals doubling the tensor."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    def find(block: nn.Module) -> nn.Module:
+        return next(m for m in block.modules() if type(m).__name__ == owner)
+
+    spec = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = spec.build_example().double().eval()
+    x = tuple(a.double() for a in spec.make_input(batch=2))
+    doubled = spec.build_example().double().eval()
+    with torch.no_grad():
+        getattr(find(block), attr).add_(0.25)  # away from 0 or 1, where doubling could be invisible
+        doubled.load_state_dict(block.state_dict())
+        getattr(find(doubled), attr).mul_(2)
+        want = doubled(*x)
+    parametrize.register_parametrization(find(block), attr, Doubled())
+    with torch.no_grad():
+        torch.testing.assert_close(block(*x), want, rtol=1e-12, atol=1e-12)

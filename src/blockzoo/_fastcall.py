@@ -35,7 +35,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "direct", "invoke", "listened", "sequential"]
+__all__ = ["call", "direct", "invoke", "listened", "own", "sequential"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -47,6 +47,14 @@ def listened(*mods: nn.Module) -> bool:
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return True
     return False
+
+
+def own(m: nn.Module, name: str) -> torch.Tensor | None:
+    """``m.<name>`` for a parameter of ``m`` itself, without ``nn.Module.__getattr__`` when it is
+    a plain parameter; a parametrized one (``torch.nn.utils.parametrize`` moves it out of
+    ``_parameters``) is computed through the attribute as usual."""
+    params = m._parameters
+    return params[name] if name in params else getattr(m, name)
 
 
 def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

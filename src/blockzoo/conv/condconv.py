@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import call, own
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import (
@@ -122,12 +122,12 @@ class CondConv(nn.Module):
         reach = self.dilation * (self.kernel_size - 1) + 1 - 2 * self.padding
         if x.shape[2] < reach or x.shape[3] < reach:
             raise_small("CondConv", x, reach)
-        mods, params = self._modules, self._parameters
+        mods = self._modules
         # r = sigmoid(R GAP(x))
         r = torch.sigmoid(call(mods["route"], call(mods["dropout"], x.mean((2, 3)))))
         r = mods["attn_map"](r)  # (B, E)
         # W(x) = sum_e r_e W_e
-        bank, bank_bias = params["weight"], params["bias"]
+        bank, bank_bias = own(self, "weight"), own(self, "bias")
         weight = (r @ bank.flatten(1)).view(-1, *bank.shape[1:])  # (B, O, C/g, k, k)
         bias = None if bank_bias is None else r @ bank_bias  # (B, O)
         return per_sample_conv(x, weight, bias, stride=self.stride, padding=self.padding,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, invoke
+from blockzoo._fastcall import call, invoke, own
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import require
@@ -61,10 +61,11 @@ class SpatialGatingUnit(nn.Module):
         if (not isinstance(z, torch.Tensor) or z.ndim != 3 or z.shape[1] != self.num_tokens
                 or z.shape[2] != self.dim):
             check_tokens(z, "SpatialGatingUnit", self.num_tokens, self.dim)  # raises, naming the misfit
-        mods, params = self._modules, self._parameters
+        mods = self._modules
         z1, z2 = z.chunk(2, dim=-1)  # (B, N, D/2) each
         # f(Z_2) = W LN(Z_2) + b, mixing across tokens
-        gate = torch.einsum("mn,bnd->bmd", params["weight"], call(mods["norm"], z2)) + params["bias"][:, None]
+        w, b = own(self, "weight"), own(self, "bias")
+        gate = torch.einsum("mn,bnd->bmd", w, call(mods["norm"], z2)) + b[:, None]
         return z1 * mods["attn_map"](gate)
 
     def extra_repr(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, direct, invoke
+from blockzoo._fastcall import call, direct, invoke, own
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -168,8 +168,8 @@ class MixerBlock(nn.Module):
             check_tokens(x, type(self).__name__, self.num_tokens, self.dim)  # raises, naming the misfit
         # Submodules from ``_modules`` and run without ``nn.Module.__call__`` unless hooked
         # (blockzoo._fastcall; the same ops, ~1-2 us less per module call).
-        mods, params = self._modules, self._parameters
-        scale1, scale2 = params["scale1"], params["scale2"]
+        mods = self._modules
+        scale1, scale2 = own(self, "scale1"), own(self, "scale2")
         # T(MLP_tok(T(norm_1(X))))
         t = invoke(mods["token_mlp"], call(mods["norm1"], x).transpose(1, 2)).transpose(1, 2)  # (B, N, C)
         x = x + (t if scale1 is None else scale1 * t)
