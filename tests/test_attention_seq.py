@@ -537,6 +537,43 @@ def test_patch_embed_is_a_linear_map_of_flattened_patches() -> None:
     torch.testing.assert_close(padded(x), pe(x))
 
 
+@pytest.mark.parametrize(("pad", "size", "norm"), [(False, (8, 12), None), (True, (9, 10), "layernorm")])
+def test_patch_embed_small_input_im2col_equals_the_onednn_conv(
+        monkeypatch: pytest.MonkeyPatch, pad: bool, size: tuple[int, int], norm: str | None) -> None:
+    """Small CPU inputs run the patch convolution as im2col + GEMM (``thnn_conv2d``), larger ones
+    and hooked ones as ``nn.Conv2d``: the same output and gradients (float64, 1e-12)."""
+    from blockzoo.attention import patch_embed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(3, 8, 4, pad=pad, norm_layer=norm).double()
+    x = _rand(2, 3, *size)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y_eval = pe(x)
+        xg = x.clone().requires_grad_(True)
+        pe.zero_grad()
+        y = pe(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y_eval, y.detach(), xg.grad, pe.proj.weight.grad.clone(), pe.proj.bias.grad.clone()
+
+    calls: list[int] = []
+    thnn = torch._C._nn.thnn_conv2d
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d", lambda *a: calls.append(1) or thnn(*a))
+    im2col = run()
+    assert len(calls) == 2  # the eval and the autograd call both took the im2col path
+    monkeypatch.setattr(patch_embed, "_IM2COL_MAX", 0)
+    onednn = run()
+    handle = pe.proj.register_forward_hook(lambda *_: None)  # a listener: the module path
+    monkeypatch.setattr(patch_embed, "_IM2COL_MAX", 1 << 40)
+    hooked = run()
+    handle.remove()
+    assert len(calls) == 2
+    for a, b, c in zip(im2col, onednn, hooked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- linear-complexity family
 
 
