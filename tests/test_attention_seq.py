@@ -277,6 +277,74 @@ def test_learned_pe_uses_first_rows_and_rejects_long_inputs() -> None:
         pe(torch.randn(2, 7, 4))
 
 
+@pytest.mark.parametrize(("n", "scale"), [(6, 1.0), (6, 2.5), (9, 1.0)])
+def test_position_tables_are_shared_and_outputs_equal_the_formula(n: int, scale: float) -> None:
+    """Sinusoidal: the table is built once per (length, device, dtype) and ``x * scale + PE``
+    is unchanged (no multiply at scale 1); learned: ``x + P[:N]`` with or without the slice
+    (N = max_len); the same outputs and gradients as the formula (float64, exact), and a hook
+    on the dropout still fires."""
+    from blockzoo.attention.positional import _shared_sinusoidal_table
+
+    pe = SinusoidalPositionalEncoding(6, scale=scale).eval()
+    x = _rand(2, n, 6).requires_grad_(True)
+    y = pe(x)
+    want = x * scale + sinusoidal_table(n, 6, dtype=D64)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g * scale, rtol=0, atol=0)
+    table = _shared_sinusoidal_table(n, 6, pe.base, x.device, D64)
+    assert _shared_sinusoidal_table(n, 6, pe.base, x.device, D64) is table
+    assert _shared_sinusoidal_table(n, 6, pe.base, x.device, torch.float32) is not table
+    learned = LearnedPositionalEmbedding(6, max_len=9).double().eval()  # n = 9: no slice
+    z = learned(x)
+    torch.testing.assert_close(z, x + learned.weight[:n], rtol=0, atol=0)
+    z.backward(g)
+    torch.testing.assert_close(learned.weight.grad[:n], g.sum(0), rtol=0, atol=0)
+    fired: list[nn.Module] = []
+    for block in (pe, learned):
+        handle = block.drop.register_forward_hook(lambda m, *_: fired.append(m))
+        block(x)
+        handle.remove()
+    assert fired == [pe.drop, learned.drop]
+
+
+@pytest.mark.parametrize("dtype", [D64, torch.float32])
+def test_rope_complex_product_equals_the_pairwise_rotation(dtype: torch.dtype) -> None:
+    """RoPE rotates each pair as one complex product by a shared e^(i m theta) table; the same
+    outputs and gradients as ``apply_rotary`` (float64 to 1e-12), for tokens, heads made by a
+    transpose, an offset; an input with an odd storage offset (no complex view) and float16
+    take the pairwise path."""
+    from blockzoo.attention.positional import _rotary_phases, apply_rotary, rotary_angles
+
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == D64 else dict(rtol=1e-6, atol=1e-6)
+    rope = RotaryEmbedding(8)
+    qkv = _rand(2, 5, 3 * 8, dtype=dtype)
+    heads = qkv.view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)[1]  # (B, h, N, d=4) strided, as MHA's k
+    rope4 = RotaryEmbedding(4)
+    odd = _rand(2 * 5 * 8 + 1, dtype=dtype)[1:].view(2, 5, 8)  # storage offset 1
+    cases = [(rope, _rand(2, 5, 8, dtype=dtype), 0), (rope, _rand(3, 2, 7, 8, dtype=dtype), 11),
+             (rope4, heads, 0), (rope4, heads, 3), (rope, odd, 2)]
+    for block, x, offset in cases:
+        xg = x.detach().clone().requires_grad_(True)
+        y = block(xg, offset=offset)
+        xw = x.detach().clone().requires_grad_(True)
+        want = apply_rotary(xw, rotary_angles(x.shape[-2], block.dim, offset=offset))
+        torch.testing.assert_close(y, want, **tol)
+        assert y.shape == x.shape and y.dtype == dtype
+        g = torch.randn_like(y)
+        y.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(xg.grad, xw.grad, **tol)
+        with torch.no_grad():
+            torch.testing.assert_close(block(x, offset=offset), want, **tol)
+    phase = _rotary_phases(5, 8, 10000.0, 0, torch.device("cpu"), dtype)
+    assert _rotary_phases(5, 8, 10000.0, 0, torch.device("cpu"), dtype) is phase
+    half = _rand(2, 5, 8, dtype=torch.float16)
+    want = apply_rotary(half, rotary_angles(5, 8))
+    torch.testing.assert_close(rope(half), want, rtol=0, atol=0)
+
+
 def _dot_at(rope: RotaryEmbedding, q: torch.Tensor, k: torch.Tensor, m: int, n: int) -> torch.Tensor:
     return (rope(q[None, None], offset=m) * rope(k[None, None], offset=n)).sum()
 
