@@ -763,6 +763,35 @@ def test_aft_variants_equal_the_paper_formula() -> None:
     torch.testing.assert_close(conv(x), conv.proj(out))
 
 
+@pytest.mark.parametrize(("t", "kernel_size", "heads"),
+                         [(7, 3, 2), (2, 5, 3), (1, 3, 1), (9, 1, 2), (12, 7, 3)])
+def test_aft_conv_shifted_sums_equal_the_depthwise_conv(monkeypatch: pytest.MonkeyPatch, t: int,
+                                                        kernel_size: int, heads: int) -> None:
+    """Eager AFT-conv sums s shifted taps channels-last instead of calling conv1d twice (which it
+    still does while compiling): the same outputs and gradients (float64, 1e-12), for sequences
+    shorter than the kernel too."""
+    torch.manual_seed(0)
+    conv = AFTConv(6, kernel_size=kernel_size, num_heads=heads).double()
+    with torch.no_grad():
+        conv.pos_bias.normal_()
+    x = _rand(2, t, 6)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y_eval = conv(x)
+        xg = x.clone().requires_grad_(True)
+        conv.zero_grad()
+        y = conv(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y_eval, y.detach(), xg.grad, conv.pos_bias.grad.clone(), conv.qkv.weight.grad.clone()
+
+    taps = run()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the conv1d path
+    convs = run()
+    for a, b in zip(taps, convs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_linformer_projects_along_the_sequence_and_slices_for_short_inputs() -> None:
     m = LinformerAttention(8, seq_len=12, num_heads=2, proj_len=3).double().eval()
     x = _rand(2, 12, 8)
