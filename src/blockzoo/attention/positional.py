@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import listened
 from blockzoo._memo import memo_table
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, register, tokens
@@ -28,6 +28,14 @@ __all__ = [
     "rotary_angles",
     "sinusoidal_table",
 ]
+
+
+def _dropout(drop: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``drop(y)``: ``y`` itself, without a module call, when the dropout is off (eval or p = 0)
+    and no hook listens (``_fastcall.call`` for dropout, inlined: these blocks are one add)."""
+    if type(drop) is nn.Dropout and (drop.p == 0 or not drop.training) and not listened(drop):
+        return y
+    return drop(y)
 
 
 def sinusoidal_table(
@@ -112,7 +120,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         pe = _shared_sinusoidal_table(shape[1], self.dim, self.base, x.device, x.dtype)  # (N, C)
         if self.scale != 1:  # x * 1 is x: no op, no copy
             x = x * self.scale
-        return call(self._modules["drop"], x + pe)  # (B, N, C)
+        return _dropout(self._modules["drop"], x + pe)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}, scale={self.scale}"
@@ -181,7 +189,7 @@ class LearnedPositionalEmbedding(nn.Module):
         pos = self._parameters["weight"]  # (max_len, C)
         if torch.compiler.is_compiling() or n != self.max_len:
             pos = pos[:n]  # (N, C)
-        return call(self._modules["drop"], x + pos)  # (B, N, C)
+        return _dropout(self._modules["drop"], x + pos)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_len={self.max_len}"
