@@ -786,6 +786,12 @@ def test_aft_conv_shifted_sums_equal_the_depthwise_conv(monkeypatch: pytest.Monk
         return y_eval, y.detach(), xg.grad, conv.pos_bias.grad.clone(), conv.qkv.weight.grad.clone()
 
     taps = run()
+    # a dispatch mode (FLOP counter) sees the conv form: its multiply-adds are counted
+    from blockzoo.bench.flops import count_flops
+
+    b, d = x.shape[0], conv.hidden_dim
+    linears = 2 * b * t * 6 * 3 * d + 2 * b * t * d * 6
+    assert count_flops(conv, (x,)) == linears + 2 * (2 * b * d * t * kernel_size)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the conv1d path
     convs = run()
     for a, b in zip(taps, convs, strict=True):

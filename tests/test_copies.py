@@ -39,7 +39,8 @@ _PACKED = "pad_packed_sequence writes the packed output of each direction into t
 _TOKEN_MLP = "the token MLP is an nn.Linear on the transposed (B, C, N) tokens: one copy per block"
 BUDGET: dict[str, tuple[int, str]] = {
     "acmix": (1, "the shift-conv input is the (B, d, K^2, H, W) attention-path projection regrouped"),
-    "aft_conv": (1, "the per-head position kernel expanded onto the channels (reshape of an expand)"),
+    "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels (the conv "
+                 "form, run under the counter's dispatch mode; eager: the reshape of its expand)"),
     "axial_attention": (3, "NCHW -> tokens once, the second axis' tokens, tokens -> NCHW output"),
     "coatnet_relative_attention": (2, "SDPA's float bias made contiguous, " + _HEADS),
     "criss_cross_attention": (7, "einsum of the column/row energies and aggregations permutes operands"),

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from blockzoo._fastcall import call
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -315,7 +316,9 @@ class AFTConv(_AFTBase):
         q, k, v, _ = self._qkv(x, "AFTConv")
         d, h, s = self.hidden_dim, self.num_heads, self.kernel_size
         ek = (k - k.amax(dim=1, keepdim=True).detach()).exp()  # (B, T, D)
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # compiling, tracing, or under a dispatch mode (the FLOP and copy counters): the conv form,
+        # whose multiply-adds the FLOP counter counts
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or is_in_torch_dispatch_mode():
             ek = ek.transpose(1, 2)  # (B, D, T)
             ekv = ek * v.transpose(1, 2)  # (B, D, T)
             kernel = (self.pos_bias.exp() - 1).repeat_interleave(d // h, dim=0)[:, None]  # (D, 1, s)
