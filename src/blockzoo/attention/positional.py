@@ -14,8 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    _global_backward_hooks,
+    _global_backward_pre_hooks,
+    _global_forward_hooks,
+    _global_forward_pre_hooks,
+)
 
-from blockzoo._fastcall import listened
 from blockzoo._memo import memo_table
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, register, tokens
@@ -32,8 +37,12 @@ __all__ = [
 
 def _dropout(drop: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """``drop(y)``: ``y`` itself, without a module call, when the dropout is off (eval or p = 0)
-    and no hook listens (``_fastcall.call`` for dropout, inlined: these blocks are one add)."""
-    if type(drop) is nn.Dropout and (drop.p == 0 or not drop.training) and not listened(drop):
+    and no hook listens (``_fastcall.call`` and ``listened`` for one dropout, inlined: these
+    blocks are one add, where ~0.3 us of call overhead shows)."""
+    if ((drop.p == 0 or not drop.training) and type(drop) is nn.Dropout
+            and not (drop._forward_hooks or drop._forward_pre_hooks or drop._backward_hooks
+                     or drop._backward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks
+                     or _global_backward_hooks or _global_backward_pre_hooks)):
         return y
     return drop(y)
 
