@@ -301,12 +301,19 @@ def test_position_tables_are_shared_and_outputs_equal_the_formula(n: int, scale:
     torch.testing.assert_close(z, x + learned.weight[:n], rtol=0, atol=0)
     z.backward(g)
     torch.testing.assert_close(learned.weight.grad[:n], g.sum(0), rtol=0, atol=0)
+    from torch.nn.modules.module import register_module_forward_hook
+
     fired: list[nn.Module] = []
     for block in (pe, learned):
         handle = block.drop.register_forward_hook(lambda m, *_: fired.append(m))
         block(x)
         handle.remove()
-    assert fired == [pe.drop, learned.drop]
+        handle = register_module_forward_hook(lambda m, *_: fired.append(m))  # a global hook
+        try:
+            block(x)
+        finally:
+            handle.remove()
+    assert fired == [pe.drop, pe.drop, pe, learned.drop, learned.drop, learned]
 
 
 @pytest.mark.parametrize("dtype", [D64, torch.float32])
