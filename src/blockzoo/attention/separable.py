@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape
 from blockzoo.registry import Example, register, tokens
@@ -79,12 +80,15 @@ class SeparableSelfAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B N C", name="SeparableSelfAttention", C=self.dim)
-        scores = self.attn_map(self.to_i(x).softmax(dim=1))  # (B, N, 1)
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.dim:  # integer tests first; the message on failure only
+            check_shape(x, "B N C", name="SeparableSelfAttention", C=self.dim)
+        mods = self._modules
+        scores = mods["attn_map"](call(mods["to_i"], x).softmax(dim=1))  # (B, N, 1)
         scores = F.dropout(scores, self.dropout, self.training) if self.dropout > 0 else scores
         # c_v = sum_n c_s[n] K[n]
-        context = (scores * self.to_k(x)).sum(dim=1, keepdim=True)  # (B, 1, C)
-        return self.proj(F.relu(self.to_v(x)) * context)  # (B, N, C)
+        context = (scores * call(mods["to_k"], x)).sum(dim=1, keepdim=True)  # (B, 1, C)
+        return call(mods["proj"], F.relu(call(mods["to_v"], x)) * context)  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
