@@ -484,7 +484,9 @@ def test_squeeze_excite_with_a_parametrized_conv_takes_the_module_path() -> None
 @pytest.mark.parametrize(("name", "owner", "attr"), [("condconv", "CondConv", "weight"),
                                                       ("gmlp", "SpatialGatingUnit", "weight"),
                                                       ("resmlp", "ResMLPBlock", "scale1"),
-                                                      ("shuffle_attention", "ShuffleAttention", "cweight")])
+                                                      ("shuffle_attention", "ShuffleAttention", "cweight"),
+                                                      ("grn", "GlobalResponseNorm", "weight"),
+                                                      ("learned_pe", "LearnedPositionalEmbedding", "weight")])
 def test_a_parametrized_own_parameter_is_used(name: str, owner: str, attr: str) -> None:
     """Blocks that read their own parameters from ``_parameters`` (no ``__getattr__``) still see
     a parametrized one: doubling it through a parametrization equals doubling the tensor."""

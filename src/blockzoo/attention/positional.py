@@ -21,6 +21,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
+from blockzoo._fastcall import own
 from blockzoo._memo import memo_table
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, register, tokens
@@ -195,7 +196,7 @@ class LearnedPositionalEmbedding(nn.Module):
             raise ShapeError(
                 f"LearnedPositionalEmbedding: input has N={n} tokens, more than max_len={self.max_len}"
             )
-        pos = self._parameters["weight"]  # (max_len, C)
+        pos = own(self, "weight")  # (max_len, C)
         if torch.compiler.is_compiling() or n != self.max_len:
             pos = pos[:n]  # (N, C)
         return _dropout(self._modules["drop"], x + pos)  # (B, N, C)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import own
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -68,8 +69,8 @@ class GlobalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
             check_shape(x, "B C H W", name="GlobalResponseNorm", C=self.channels)  # raises, naming it
-        p = self._parameters  # not through nn.Module.__getattr__: a few us per call at small sizes
-        gamma, beta = p["weight"].view(-1, 1, 1), p["bias"].view(-1, 1, 1)  # (C, 1, 1)
+        # not through nn.Module.__getattr__ (a few us per call at small sizes) unless parametrized
+        gamma, beta = own(self, "weight").view(-1, 1, 1), own(self, "bias").view(-1, 1, 1)  # (C, 1, 1)
         # G_c = ||X_c||_2 over H, W;  N_c = G_c / (mean_j G_j + eps)
         g = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         n = g / (g.mean(1, keepdim=True) + self.eps)
