@@ -512,3 +512,36 @@ def test_a_parametrized_own_parameter_is_used(name: str, owner: str, attr: str) 
     parametrize.register_parametrization(find(block), attr, Doubled())
     with torch.no_grad():
         torch.testing.assert_close(block(*x), want, rtol=1e-12, atol=1e-12)
+
+
+class _TimesOneAndHalf(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 1.5 * w
+
+
+@pytest.mark.parametrize("name", blockzoo.list_blocks())
+def test_every_entry_computes_with_parametrized_parameters(name: str) -> None:
+    """Every parameter of every submodule put under ``torch.nn.utils.parametrize`` (w -> 1.5 w):
+    the same output as the plain copy with its parameters scaled by 1.5 (float64, 1e-10 of the
+    output's scale). Fast paths that read ``_parameters`` directly would raise or read the raw
+    tensor instead."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    spec = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = spec.build_example().double().eval()
+    x = tuple(a.double() if a.is_floating_point() else a for a in spec.make_input(batch=2))
+    scaled = copy.deepcopy(block)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1.5)
+        want = scaled(*x)
+    for m in list(block.modules()):
+        for pname in [n for n, p in m._parameters.items() if p is not None]:
+            parametrize.register_parametrization(m, pname, _TimesOneAndHalf(), unsafe=True)
+    with torch.no_grad():
+        got = block(*x)
+    want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
+    assert (got - want).abs().max().item() <= 1e-10 * max(want.abs().max().item(), 1.0)
