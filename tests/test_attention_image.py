@@ -426,6 +426,38 @@ def test_polarized_self_attention_composition(mode: str) -> None:
         PolarizedSelfAttention(8, mode="both")
 
 
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_polarized_reordered_products_equal_the_module_path_with_gradients(mode: str) -> None:
+    """The branches' fast path pools before W_v / W_q (the same products in another order):
+    equal, in float64, to every 1x1 conv run as a module on the whole map (a global hook
+    forces that path), outputs, maps and gradients."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    torch.manual_seed(0)
+    psa = PolarizedSelfAttention(8, mode=mode).double()
+    with torch.no_grad():
+        psa.channel_branch.norm.weight.uniform_(0.5, 1.5)
+        psa.channel_branch.norm.bias.uniform_(-0.5, 0.5)
+    x = _x(2, 8, 4, 5).requires_grad_()
+    params = list(psa.parameters())
+    outs = []
+    for hooked in (False, True):
+        handle = register_module_forward_hook(lambda *_a: None) if hooked else None
+        try:
+            with record_attention(psa) as maps:
+                y = psa(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        grads = torch.autograd.grad((y * y.detach().cos()).sum(), [x, *params])
+        outs.append((y, *maps.values(), *grads))
+    assert len(outs[0]) == len(outs[1]) == 1 + 4 + 1 + len(params)  # y, four maps, gradients
+    for fast, modules in zip(*outs, strict=True):
+        torch.testing.assert_close(fast, modules, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # and without autograd or a recording
+        torch.testing.assert_close(psa(x), outs[1][0], rtol=1e-12, atol=1e-12)
+
+
 def test_polarized_entries_are_the_two_layouts() -> None:
     assert blockzoo.create("polarized_parallel", channels=8).mode == "parallel"
     assert blockzoo.create("polarized_sequential", channels=8).mode == "sequential"

@@ -184,7 +184,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "multi_head_attention", "transformer_encoder_block", "mixer", "resmlp",
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
                                   "inverted_residual", "mbconv", "involution", "sk", "bam",
-                                  "triplet_attention", "danet", "double_attention",
+                                  "triplet_attention", "danet", "double_attention", "polarized_parallel",
+                                  "polarized_sequential",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
@@ -369,7 +370,7 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
-                                  "danet", "double_attention"])
+                                  "danet", "double_attention", "polarized_parallel", "polarized_sequential"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
