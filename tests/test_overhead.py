@@ -185,7 +185,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "cbam", "external_attention", "gmlp", "convmixer_block",
                                   "inverted_residual", "mbconv", "involution", "sk", "bam",
                                   "triplet_attention", "danet", "double_attention", "polarized_parallel",
-                                  "polarized_sequential",
+                                  "polarized_sequential", "s2mlp",
                                   "mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
@@ -370,7 +370,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
-                                  "danet", "double_attention", "polarized_parallel", "polarized_sequential"])
+                                  "danet", "double_attention", "polarized_parallel", "polarized_sequential",
+                                  "s2mlp"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
