@@ -221,6 +221,46 @@ def test_danet_recorded_position_map_is_softmax_over_hw() -> None:
     assert maps["channel.attn_map"].shape == (1, 1, 8, 8)
 
 
+def _danet_sdpa(da: DANet, x: torch.Tensor) -> torch.Tensor:
+    """DANet as it was computed before its two-bmm CPU path: both modules through SDPA."""
+    pam, cam = da.position, da.channel
+    q, k, v = (conv(x).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (pam.query, pam.key, pam.value))
+    p = F.scaled_dot_product_attention(q, k, v, scale=1.0).squeeze(1).transpose(1, 2).reshape_as(x)
+    a = x.flatten(2).unsqueeze(1)
+    c = F.scaled_dot_product_attention(a, a, a, scale=1.0).squeeze(1).view_as(x)
+    return (pam.alpha * p + x) + (cam.beta * c + x)
+
+
+@pytest.mark.parametrize("size", [(4, 5), (1, 1)])
+def test_danet_bmm_path_equals_the_sdpa_path_with_gradients(size, monkeypatch) -> None:
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from blockzoo.attention import danet
+
+    torch.manual_seed(0)
+    da = DANet(16, reduction=4).double()
+    with torch.no_grad():
+        da.position.alpha.fill_(0.7)
+        da.channel.beta.fill_(-0.4)
+        da.position.key.weight.mul_(3)
+    x = (_x(2, 16, *size) * 0.5).requires_grad_()
+    params = list(da.parameters())
+    outs = {}
+    for how in ("bmm", "fused", "modules", "sdpa"):
+        monkeypatch.setattr(danet, "_fused", lambda _x, f=how == "fused": f)
+        handle = register_module_forward_hook(lambda *_a: None) if how == "modules" else None
+        try:
+            y = _danet_sdpa(da, x) if how == "sdpa" else da(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        outs[how] = (y, *torch.autograd.grad((y * y.detach().cos()).sum(), [x, *params]))
+    for how in ("bmm", "fused", "modules"):
+        for got, want in zip(outs[how], outs["sdpa"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert (outs["bmm"][0] - 2 * x).abs().max() > 0.1  # both modules change the input
+
+
 def test_danet_starts_as_identity_with_paper_init() -> None:
     x = _x(2, 8, 4, 5)
     torch.testing.assert_close(DANet(8).double()(x), 2 * x)  # PAM(x) + CAM(x), both identity
@@ -384,6 +424,38 @@ def test_polarized_self_attention_composition(mode: str) -> None:
         torch.testing.assert_close(y, (x * ach) * asp)
     with pytest.raises(ValueError, match="mode"):
         PolarizedSelfAttention(8, mode="both")
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_polarized_reordered_products_equal_the_module_path_with_gradients(mode: str) -> None:
+    """The branches' fast path pools before W_v / W_q (the same products in another order):
+    equal, in float64, to every 1x1 conv run as a module on the whole map (a global hook
+    forces that path), outputs, maps and gradients."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    torch.manual_seed(0)
+    psa = PolarizedSelfAttention(8, mode=mode).double()
+    with torch.no_grad():
+        psa.channel_branch.norm.weight.uniform_(0.5, 1.5)
+        psa.channel_branch.norm.bias.uniform_(-0.5, 0.5)
+    x = _x(2, 8, 4, 5).requires_grad_()
+    params = list(psa.parameters())
+    outs = []
+    for hooked in (False, True):
+        handle = register_module_forward_hook(lambda *_a: None) if hooked else None
+        try:
+            with record_attention(psa) as maps:
+                y = psa(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        grads = torch.autograd.grad((y * y.detach().cos()).sum(), [x, *params])
+        outs.append((y, *maps.values(), *grads))
+    assert len(outs[0]) == len(outs[1]) == 1 + 4 + 1 + len(params)  # y, four maps, gradients
+    for fast, modules in zip(*outs, strict=True):
+        torch.testing.assert_close(fast, modules, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # and without autograd or a recording
+        torch.testing.assert_close(psa(x), outs[1][0], rtol=1e-12, atol=1e-12)
 
 
 def test_polarized_entries_are_the_two_layouts() -> None:

@@ -96,6 +96,33 @@ def test_criss_cross_reference_loop():
     assert torch.allclose(m(x)[0], ref, atol=1e-10)
 
 
+def _criss_cross_einsum(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
+    """The block as it was computed before its batched-matmul path (einsum on (B, C, H, W))."""
+    for _ in range(m.recurrence):
+        H = x.shape[2]
+        q, k, v = m.query(x), m.key(x), m.value(x)
+        e_col = torch.einsum("bcij,bckj->bijk", q, k)
+        e_col = e_col.masked_fill(torch.eye(H, dtype=torch.bool)[:, None, :], float("-inf"))
+        a = torch.cat([e_col, torch.einsum("bcij,bcik->bijk", q, k)], dim=-1).softmax(dim=-1)
+        y = torch.einsum("bijk,bckj->bcij", a[..., :H], v) + torch.einsum("bijk,bcik->bcij", a[..., H:], v)
+        x = m.gamma * y + x
+    return x
+
+
+@pytest.mark.parametrize(("size", "recurrence"), [((5, 7), 2), ((1, 4), 1), ((6, 1), 1)])
+def test_criss_cross_matmul_path_equals_the_einsum_path_with_gradients(size, recurrence):
+    m = _rand_params(CrissCrossAttention(8, reduction=2, gamma_init=0.8, recurrence=recurrence)).double()
+    x = _img(8, *size).requires_grad_()
+    params = list(m.parameters())
+    got, want = m(x), _criss_cross_einsum(m, x)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    seed = got.detach().cos()
+    for g, w in zip(torch.autograd.grad((got * seed).sum(), [x, *params]),
+                    torch.autograd.grad((want * seed).sum(), [x, *params]), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- axial
 
 

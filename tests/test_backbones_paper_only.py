@@ -279,6 +279,47 @@ def test_affinity_mixing_equals_the_equation() -> None:
     torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)
 
 
+def _affinity_mixing_sdpa(m: AffinityMixing, x: torch.Tensor) -> torch.Tensor:
+    """The block as computed before its bmm / fused paths: SDPA on the conv's layout."""
+    b, c, h, w = x.shape
+    qkv = m.conv1(x)
+    static = m.conv(qkv[:, -c:])
+    tokens = qkv.flatten(2).transpose(1, 2)  # (B, N, 3C)
+    q, k, v = tokens.reshape(b, h * w, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4)
+    dyn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+    a = torch.sigmoid(m.sa_weight)
+    return m.conv2(a * dyn + (1 - a) * static)
+
+
+@pytest.mark.parametrize("bmm_max", [0, 1 << 20])
+def test_affinity_mixing_paths_equal_sdpa_with_gradients_and_maps(monkeypatch: pytest.MonkeyPatch,
+                                                                 bmm_max: int) -> None:
+    """Both dynamic paths (two bmm's up to _BMM_MAX_TOKENS tokens, fused SDPA on a token copy
+    beyond) equal SDPA on the conv's layout in float64, outputs and gradients; the recorded map
+    is the (B, h, N, N) softmax either way."""
+    from blockzoo.attention import container
+    from blockzoo.attention.maps import record_attention
+
+    monkeypatch.setattr(container, "_BMM_MAX_TOKENS", bmm_max)
+    torch.manual_seed(0)
+    m = AffinityMixing(8, num_heads=2).double()
+    with torch.no_grad():
+        m.sa_weight.fill_(0.3)
+    x = torch.randn(2, 8, 5, 3, dtype=torch.float64, requires_grad=True)
+    params = list(m.parameters())
+    got, want = m(x), _affinity_mixing_sdpa(m, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    seed = want.detach().cos()
+    for g, r in zip(torch.autograd.grad((got * seed).sum(), [x, *params]),
+                    torch.autograd.grad((want * seed).sum(), [x, *params]), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    with record_attention(m) as maps, torch.no_grad():
+        torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)
+    a = maps["attn_map"]
+    assert a.shape == (2, 2, 15, 15)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, 15, dtype=a.dtype))
+
+
 def test_affinity_mixing_static_only() -> None:
     torch.manual_seed(0)
     m = AffinityMixing(8, num_heads=2, dynamic=False).double()

@@ -43,7 +43,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                  "form, run under the counter's dispatch mode; eager: the reshape of its expand)"),
     "axial_attention": (3, "NCHW -> tokens once, the second axis' tokens, tokens -> NCHW output"),
     "coatnet_relative_attention": (2, "SDPA's float bias made contiguous, " + _HEADS),
-    "criss_cross_attention": (7, "einsum of the column/row energies and aggregations permutes operands"),
+    "criss_cross_attention": (7, "batched matmuls of the column/row energies and aggregations fold "
+                              "permuted q, k, v and weights"),
     "crossformer_lda": (2, "group partition of q, k, v and the group merge of the output"),
     "crossformer_sda": (2, "group partition of q, k, v and the group merge of the output"),
     "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),

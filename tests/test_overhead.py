@@ -188,7 +188,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "triplet_attention", "resnet_basic", "resnet_bottleneck", "resnext_block",
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
-                                  "patch_embed"])
+                                  "patch_embed", "danet", "double_attention", "polarized_parallel",
+                                  "polarized_sequential", "s2mlp"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -381,7 +382,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
-                                  "separable_self_attention", "patch_embed"])
+                                  "separable_self_attention", "patch_embed", "danet", "double_attention",
+                                  "polarized_parallel", "polarized_sequential", "s2mlp"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""

@@ -11,14 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.attention._attend import attend
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["AffinityMixing"]
+
+# Up to this many tokens the dynamic affinity runs as two bmm's on the (B, 3C, N) conv
+# output; beyond it as SDPA's fused kernel on one (B, N, 3C) copy of it (SDPA on the
+# conv's own layout, d not innermost, takes its unfused math path, slower than both).
+_BMM_MAX_TOKENS = 128
 
 
 @register(
@@ -84,21 +90,34 @@ class AffinityMixing(nn.Module):
         self.attn_map = AttentionMap("weights")  # A_dyn, (B, h, N, N), when recorded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="AffinityMixing", C=self.dim)
-        b, c, h, w = dims["B"], dims["C"], dims["H"], dims["W"]
-        qkv = self.conv1(x)  # (B, 3C, H, W) or (B, C, H, W)
-        v = qkv[:, -c:]  # (B, C, H, W)
-        static = self.conv(v)  # A_sta V
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.dim:
+            check_shape(x, "B C H W", name="AffinityMixing", C=self.dim)  # raises, naming the misfit
+        c, mods = self.dim, self._modules
+        qkv = call(mods["conv1"], x)  # (B, 3C, H, W) or (B, C, H, W)
+        static = call(mods["conv"], qkv[:, -c:])  # A_sta V
         if self.sa_weight is None:
-            return self.conv2(static)
-        nh, d = self.num_heads, self.head_dim
-        tokens = qkv.flatten(2).transpose(1, 2)  # (B, N, 3C)
-        q, k, vt = tokens.reshape(b, h * w, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
-        dyn = attend(q, k, vt, self.attn_map)  # A_dyn V: (B, h, N, d)
-        dyn = dyn.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
-        a = torch.sigmoid(self.sa_weight)
+            return call(mods["conv2"], static)
+        dyn = self._dynamic(qkv)  # A_dyn V: (B, C, H, W)
         # y = W_out (sigmoid(a) A_dyn V + (1 - sigmoid(a)) A_sta V)
-        return self.conv2(a * dyn + (1 - a) * static)
+        return call(mods["conv2"], torch.lerp(static, dyn, torch.sigmoid(self.sa_weight)))
+
+    def _dynamic(self, qkv: torch.Tensor) -> torch.Tensor:
+        """A_dyn V = softmax(Q K^T / sqrt(d)) V per head, (B, C, H, W), from the (B, 3C, H, W) projection."""
+        b, _, h, w = qkv.shape
+        nh, d, n, c = self.num_heads, self.head_dim, h * w, self.dim
+        amap = self._modules["attn_map"]
+        if torch.compiler.is_compiling() or n > _BMM_MAX_TOKENS:
+            t = qkv.flatten(2).transpose(1, 2).contiguous()  # (B, N, 3C)
+            q, k, v = t.view(b, n, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d), d innermost
+            if not amap.active:
+                out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+                return out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W)
+        # on the conv's layout, heads as a batch: (B h, d, N) each
+        q, k, v = qkv.view(b, 3, nh, d, n).transpose(0, 1).reshape(3, b * nh, d, n)  # one copy
+        a = torch.bmm(q.transpose(1, 2), k).mul_(d ** -0.5).softmax(-1)  # (B h, N, N)
+        if amap.active or amap._forward_hooks or amap._forward_pre_hooks:
+            a = amap(a.view(b, nh, n, n)).reshape(b * nh, n, n)  # A_dyn, (B, h, N, N)
+        return torch.bmm(v, a.transpose(1, 2)).view(b, c, h, w)  # V A^T
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, dynamic={self.dynamic}"

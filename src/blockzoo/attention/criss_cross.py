@@ -13,11 +13,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
+from blockzoo._memo import memo_table
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
 __all__ = ["CrissCrossAttention"]
+
+
+@memo_table()
+def _self_mask(h: int, device: torch.device) -> torch.Tensor:
+    """(H, H) boolean identity: the pixel itself, dropped from its column's energies."""
+    return torch.eye(h, dtype=torch.bool, device=device)
 
 
 @register(
@@ -97,23 +105,25 @@ class CrissCrossAttention(nn.Module):
 
     def _once(self, x: torch.Tensor) -> torch.Tensor:
         H = x.shape[2]
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        # d over the column: e_col[b, i, j, i'] = Q[:, i, j] . K[:, i', j]
-        e_col = torch.einsum("bcij,bckj->bijk", q, k)  # (B, H, W, H)
+        mods = self._modules
+        q, k, v = call(mods["query"], x), call(mods["key"], x), call(mods["value"], x)
+        # d over the column, batched over (b, j): e_col[b, j, i, i'] = Q[:, i, j] . K[:, i', j]
+        e_col = torch.matmul(q.permute(0, 3, 2, 1), k.permute(0, 3, 1, 2))  # (B, W, H, H)
         # the pixel itself belongs to the row part: drop it from the column part
-        eye = torch.eye(H, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H)
-        e_col = e_col.masked_fill(eye, float("-inf"))
-        # d over the row: e_row[b, i, j, j'] = Q[:, i, j] . K[:, i, j']
-        e_row = torch.einsum("bcij,bcik->bijk", q, k)  # (B, H, W, W)
+        e_col = e_col.masked_fill_(_self_mask(H, x.device), float("-inf"))
+        # d over the row, batched over (b, i): e_row[b, i, j, j'] = Q[:, i, j] . K[:, i, j']
+        e_row = torch.matmul(q.permute(0, 2, 3, 1), k.permute(0, 2, 1, 3))  # (B, H, W, W)
         # A_u = softmax over the H + W - 1 pixels of the cross
-        a = self.attn_map(torch.cat([e_col, e_row], dim=-1).softmax(dim=-1))  # (B, H, W, H+W)
-        a_col, a_row = a[..., :H], a[..., H:]
-        # y_u = sum_t A_{u,t} V_t, over the column and the row
-        y = torch.einsum("bijk,bckj->bcij", a_col, v) + torch.einsum("bijk,bcik->bcij", a_row, v)
-        return self.gamma * y + x
+        a = torch.cat([e_col.transpose(1, 2), e_row], dim=-1)  # (B, H, W, H+W)
+        a = mods["attn_map"](a.softmax(dim=-1))
+        # y_u = sum_t A_{u,t} V_t, over the column (batched over (b, j)) and the row (over (b, i))
+        y_col = torch.matmul(a[..., :H].transpose(1, 2), v.permute(0, 3, 2, 1))  # (B, W, H, C)
+        y = torch.matmul(a[..., H:], v.permute(0, 2, 3, 1)) + y_col.transpose(1, 2)  # (B, H, W, C)
+        return torch.addcmul(x, self.gamma, y.permute(0, 3, 1, 2))  # gamma y + x, (B, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="CrissCrossAttention", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="CrissCrossAttention", C=self.channels)  # raises
         for _ in range(self.recurrence):
             x = self._once(x)
         return x

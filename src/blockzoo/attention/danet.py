@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -20,16 +21,18 @@ from blockzoo.registry import Example, images, register
 __all__ = ["DANet", "DANetChannelAttention", "DANetPositionAttention"]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, amap: AttentionMap) -> torch.Tensor:
-    """softmax(q k^T) v without the 1/sqrt(d) scale (DANet's energies are unscaled).
+def _fused(x: torch.Tensor) -> bool:
+    """Whether PAM runs as fused SDPA (no N x N map in memory): off the CPU only. On the CPU
+    SDPA has no fused kernel for a value width (C) other than the query width (c), and its
+    math path costs more than PAM's two bmm's."""
+    return x.device.type != "cpu"
 
-    q, k: (B, 1, L, c); v: (B, 1, L, e). SDPA normally; the explicit path while the
-    attention map is being recorded.
-    """
-    if amap.active:
-        w = amap(torch.softmax(q @ k.transpose(-2, -1), dim=-1))  # (B, 1, L, L)
-        return w @ v
-    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+def _weights(amap: AttentionMap, s: torch.Tensor) -> torch.Tensor:
+    """The (B, L, L) softmax weights through ``amap`` as (B, 1, L, L), when someone listens."""
+    if amap._recording or amap._forward_hooks or amap._forward_pre_hooks:
+        return amap(s.unsqueeze(1)).squeeze(1)
+    return s
 
 
 class DANetPositionAttention(nn.Module):
@@ -68,15 +71,26 @@ class DANetPositionAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="DANetPositionAttention", C=self.channels)
-        b, h, w = dims["B"], dims["H"], dims["W"]
-        q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, c)
-        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, c)
-        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
-        # E = alpha * softmax(C'^T B') D + x
-        out = _attend(q, k, v, self.attn_map)  # (B, 1, N, C)
-        out = out.squeeze(1).transpose(1, 2).reshape(b, self.channels, h, w)  # (B, C, H, W)
-        return self.alpha * out + x
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DANetPositionAttention", C=self.channels)  # raises
+        return torch.addcmul(x, self.alpha, self._attend(x))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_i s_ji D_i, (B, C, H, W)."""
+        b, ch, h, w = x.shape
+        mods = self._modules
+        q = call(mods["query"], x).flatten(2)  # (B, c, N)
+        k = call(mods["key"], x).flatten(2)  # (B, c, N)
+        v = call(mods["value"], x).flatten(2)  # (B, C, N)
+        amap = mods["attn_map"]
+        if amap.active or not _fused(x):
+            # s_ji = softmax_i(B'_i . C'_j), unscaled (B, N, N)
+            s = _weights(amap, torch.bmm(q.transpose(1, 2), k).softmax(-1))
+            return torch.bmm(v, s.transpose(1, 2)).view(b, ch, h, w)  # D s^T
+        # fused SDPA (no N x N map in memory), energies unscaled as in the paper
+        out = F.scaled_dot_product_attention(q.transpose(1, 2).unsqueeze(1), k.transpose(1, 2).unsqueeze(1),
+                                             v.transpose(1, 2).unsqueeze(1), scale=1.0)  # (B, 1, N, C)
+        return out.squeeze(1).transpose(1, 2).reshape(b, ch, h, w)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, qk_channels={self.qk_channels}"
@@ -113,11 +127,17 @@ class DANetChannelAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="DANetChannelAttention", C=self.channels)
-        a = x.flatten(2).unsqueeze(1)  # (B, 1, C, N)
-        # E = beta * softmax(A A^T) A + x
-        out = _attend(a, a, a, self.attn_map).squeeze(1)  # (B, C, N)
-        return self.beta * out.view_as(x) + x
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DANetChannelAttention", C=self.channels)  # raises
+        return torch.addcmul(x, self.beta, self._attend(x))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_i x_ji x_i, (B, C, H, W): two bmm's (the C x C map is small; N is SDPA's head
+        width here, where its fused kernels gain nothing)."""
+        a = x.flatten(2)  # (B, C, N)
+        # x_ji = softmax_i(x_i . x_j) (B, C, C)
+        s = _weights(self._modules["attn_map"], torch.bmm(a, a.transpose(1, 2)).softmax(-1))
+        return torch.bmm(s, a).view_as(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -161,7 +181,7 @@ class DANet(nn.Module):
         The segmentation head's 3x3 convolutions before and after each module belong
         to the head, not to the attention, and are left out; the two modules' outputs
         are summed as in the paper. Softmax energies are unscaled, as in the paper
-        (SDPA is called with ``scale=1``). PAM follows the official ``PAM_Module``
+        (no 1/sqrt(c)). PAM follows the official ``PAM_Module``
         (junfu1115/DANet): query/key width C // 8, value C -> C, all with biases, except
         the key conv's bias, which the softmax over the keys cancels (see
         ``DANetPositionAttention``). CAM follows the paper's Eq. 3, not the official
@@ -182,8 +202,14 @@ class DANet(nn.Module):
         self.channel = DANetChannelAttention(channels, init_scale=init_scale, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="DANet", C=self.channels)
-        return self.position(x) + self.channel(x)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DANet", C=self.channels)  # raises, naming the misfit
+        mods = self._modules
+        pam, cam = mods["position"], mods["channel"]
+        if listened(pam, cam):
+            return pam(x) + cam(x)
+        # PAM(x) + CAM(x) = (alpha P + x) + (beta Q + x), three elementwise ops
+        return torch.addcmul(torch.addcmul(x, pam.alpha, pam._attend(x)), cam.beta, cam._attend(x)) + x
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -87,16 +88,18 @@ class DoubleAttention(nn.Module):
         self.distribute_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="DoubleAttention", C=self.channels)
-        b, h, w = dims["B"], dims["H"], dims["W"]
-        a = self.phi(x).flatten(2)  # (B, m, N)
-        gather = self.gather_map(self.theta(x).flatten(2).softmax(-1))  # (B, n, N)
-        distribute = self.distribute_map(self.rho(x).flatten(2).softmax(1))  # (B, n, N)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DoubleAttention", C=self.channels)  # raises, naming the misfit
+        b, _, h, w = x.shape
+        mods = self._modules  # the convs as functional ops unless hooked (_fastcall)
+        a = call(mods["phi"], x).flatten(2)  # (B, m, N)
+        gather = mods["gather_map"](call(mods["theta"], x).flatten(2).softmax(-1))  # (B, n, N)
+        distribute = mods["distribute_map"](call(mods["rho"], x).flatten(2).softmax(1))  # (B, n, N)
         # G = A softmax_N(Bm)^T
-        g = a @ gather.transpose(1, 2)  # (B, m, n)
+        g = torch.bmm(a, gather.transpose(1, 2))  # (B, m, n)
         # Z_i = G softmax_n(V_i)
-        z = (g @ distribute).view(b, self.c_m, h, w)  # (B, m, H, W)
-        y = self.proj(z)
+        z = torch.bmm(g, distribute).view(b, self.c_m, h, w)  # (B, m, H, W)
+        y = call(mods["proj"], z)
         return x + y if self.residual else y
 
     def extra_repr(self) -> str:

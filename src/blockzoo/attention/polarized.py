@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import listened
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ConfigError, check_shape
 from blockzoo.registry import Example, images, register
@@ -24,6 +26,12 @@ __all__ = [
     "PolarizedSequential",
     "PolarizedSpatial",
 ]
+
+
+def _stock(*mods: nn.Module) -> bool:
+    """True when ``mods`` are exactly the stock convs / LayerNorm built here and nobody hooks
+    them: their weights may then be applied in another order (see the branches' forward)."""
+    return all(type(m) in (nn.Conv2d, nn.LayerNorm) for m in mods) and not listened(*mods)
 
 
 class PolarizedChannel(nn.Module):
@@ -63,6 +71,17 @@ class PolarizedChannel(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = self._modules
+        wv, wq, wz, norm = mods["wv"], mods["wq"], mods["wz"], mods["norm"]
+        if _stock(wv, wq, wz, norm):
+            # The same products in a cheaper order: W_v (x softmax_N(W_q x)) pools x first,
+            # so W_v maps one (C,) vector per sample instead of all N positions; W_z is a
+            # linear map of that vector (no 1x1 conv call on a 1x1 map).
+            q = mods["attn_map"](wq._conv_forward(x, wq.weight, None).flatten(2).softmax(-1))  # (B, 1, N)
+            xq = torch.bmm(x.flatten(2), q.transpose(1, 2)).squeeze(-1)  # (B, C)
+            z = F.linear(F.linear(xq, wv.weight.flatten(1)), wz.weight.flatten(1))  # (B, C)
+            z = F.layer_norm(z, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            return torch.sigmoid(z)[:, :, None, None]  # (B, C, 1, 1)
         v = self.wv(x).flatten(2)  # (B, C/2, N)
         q = self.attn_map(self.wq(x).flatten(2).softmax(-1))  # (B, 1, N)
         # W_v(x) softmax(W_q(x)): one attention-weighted pool over the N positions
@@ -105,6 +124,15 @@ class PolarizedSpatial(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = self._modules
+        wq, wv = mods["wq"], mods["wv"]
+        if _stock(wq, wv):
+            # The same products in a cheaper order: GAP(W_q x) = W_q GAP(x), and
+            # q (W_v x) = (q W_v) x, so neither 1x1 conv runs over the N positions.
+            q = mods["attn_map"](F.linear(x.mean((2, 3)), wq.weight.flatten(1)).softmax(-1))  # (B, C/2)
+            qv = torch.mm(q, wv.weight.flatten(1)).unsqueeze(1)  # (B, 1, C)
+            s = torch.bmm(qv, x.flatten(2)).view(x.shape[0], 1, x.shape[2], x.shape[3])  # (B, 1, H, W)
+            return torch.sigmoid(s)
         q = self.attn_map(self.wq(x).mean((2, 3)).softmax(-1)).unsqueeze(1)  # (B, 1, C/2)
         v = self.wv(x)  # (B, C/2, H, W)
         # softmax(GAP(W_q x)) W_v(x)
@@ -164,13 +192,20 @@ class PolarizedSelfAttention(nn.Module):
         self.spatial_map = AttentionMap("spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)
-        z = x * self.channel_map(self.channel_branch(x))  # (B, C, H, W)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)  # raises
+        mods = self._modules
+        ch, sp = mods["channel_branch"], mods["spatial_branch"]
+        if listened(ch, sp):
+            ch_gate, sp_gate = ch, sp
+        else:  # the branches' forward without nn.Module.__call__
+            ch_gate, sp_gate = ch.forward, sp.forward
+        z = x * mods["channel_map"](ch_gate(x))  # (B, C, H, W)
         if self.mode == "parallel":
             # y = A^ch(x) x + A^sp(x) x
-            return z + x * self.spatial_map(self.spatial_branch(x))
+            return torch.addcmul(z, x, mods["spatial_map"](sp_gate(x)))
         # y = A^sp(z) z, z = A^ch(x) x
-        return z * self.spatial_map(self.spatial_branch(z))
+        return z * mods["spatial_map"](sp_gate(z))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, mode={self.mode!r}"

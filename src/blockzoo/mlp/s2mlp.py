@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke, listened
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -46,17 +47,22 @@ class SpatialShift(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="SpatialShift", C=self.channels)
-        g = self.channels // 4
-        out = x.clone()
-        out[:, 0:g, :, 1:] = x[:, 0:g, :, :-1]
-        out[:, g:2 * g, :, :-1] = x[:, g:2 * g, :, 1:]
-        out[:, 2 * g:3 * g, 1:, :] = x[:, 2 * g:3 * g, :-1, :]
-        out[:, 3 * g:4 * g, :-1, :] = x[:, 3 * g:4 * g, 1:, :]
-        return out
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="SpatialShift", C=self.channels)  # raises, naming the misfit
+        return _shift(x, self.channels // 4)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def _shift(x: torch.Tensor, g: int) -> torch.Tensor:
+    """``SpatialShift``'s four shifts on (B, C, H, W), groups of ``g`` channels."""
+    out = x.clone()
+    out[:, 0:g, :, 1:] = x[:, 0:g, :, :-1]
+    out[:, g:2 * g, :, :-1] = x[:, g:2 * g, :, 1:]
+    out[:, 2 * g:3 * g, 1:, :] = x[:, 2 * g:3 * g, :-1, :]
+    out[:, 3 * g:4 * g, :-1, :] = x[:, 3 * g:4 * g, 1:, :]
+    return out
 
 
 @register(
@@ -115,13 +121,18 @@ class S2MLPBlock(nn.Module):
         self.mlp = MLP(channels, (self.hidden,), channels, act_layer=act_layer, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="S2MLPBlock", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="S2MLPBlock", C=self.channels)  # raises, naming the misfit
+        mods = self._modules  # stock layers as functional ops unless hooked (_fastcall)
         t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        u = self.act(self.fc1(self.norm1(t))).permute(0, 3, 1, 2)  # (B, C, H, W)
+        u = call(mods["act"], call(mods["fc1"], call(mods["norm1"], t))).permute(0, 3, 1, 2)  # (B, C, H, W)
+        shift = mods["shift"]
+        fast = type(shift) is SpatialShift and not listened(shift)
+        u = _shift(u, shift.channels // 4) if fast else shift(u)
         # U = X + FC_2(S(act(FC_1(LN(X)))))
-        t = t + self.fc2(self.shift(u).permute(0, 2, 3, 1))  # (B, H, W, C)
+        t = t + call(mods["fc2"], u.permute(0, 2, 3, 1))  # (B, H, W, C)
         # Y = U + MLP(LN(U))
-        t = t + self.mlp(self.norm2(t))
+        t = t + invoke(mods["mlp"], call(mods["norm2"], t))
         return t.permute(0, 3, 1, 2)  # (B, C, H, W)
 
     def extra_repr(self) -> str:
