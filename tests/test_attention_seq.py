@@ -737,6 +737,50 @@ def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
         EMSA(8, sr_ratio=3)
 
 
+def _emsa_written_out(m: EMSA, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """EMSA as first written: Q K^T / sqrt(d), the 1x1 conv, softmax, IN by mean and var."""
+    b, n, c = x.shape
+    h, d = m.num_heads, m.head_dim
+    q = m.q(x).view(b, n, h, d).transpose(1, 2)
+    z = m.sr(x.transpose(1, 2).reshape(b, c, *hw))
+    k, v = m.kv(m.sr_norm(z.flatten(2).transpose(1, 2))).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+    a = m.transform((q @ k.transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
+    mean = a.mean(dim=(-2, -1), keepdim=True)
+    var = a.var(dim=(-2, -1), unbiased=False, keepdim=True)
+    a = (a - mean) / (var + 1e-5).sqrt()
+    return m.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("hw", [(6, 5), (1, 1)])
+def test_emsa_folded_scale_and_layer_norm_equal_the_written_out_maths(hw: tuple[int, int]) -> None:
+    # the 1/sqrt(d) folded into the 1x1 conv's weight and IN as a layer norm over (N, M):
+    # outputs and gradients equal the explicit mean / var computation to 1e-12 (float64)
+    torch.manual_seed(0)
+    m = EMSA(8, num_heads=4, sr_ratio=2).double()
+    x = _rand(2, hw[0] * hw[1], 8, dtype=D64).requires_grad_()
+    for training in (False, True):
+        m.train(training)
+        got = m(x, hw=hw)
+        want = _emsa_written_out(m, x, hw)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(got)
+        grads = torch.autograd.grad(got, [x, *m.parameters()], g)
+        wants = torch.autograd.grad(want, [x, *m.parameters()], g)
+        for a, b in zip(grads, wants, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # hooks on the submodules (run as functional ops when unhooked) still fire, the output unchanged
+    seen = []
+    mods = (m.q, m.sr, m.sr_norm, m.kv, m.transform, m.proj)
+    handles = [mod.register_forward_hook(lambda mod, *_a: seen.append(mod)) for mod in mods]
+    try:
+        hooked = m(x, hw=hw)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(seen) == set(mods)
+    torch.testing.assert_close(hooked, _emsa_written_out(m, x, hw), rtol=1e-12, atol=1e-12)
+
+
 def test_emsa_has_no_bias_that_cannot_change_its_output() -> None:
     # h > 1: IN makes every row of A sum to 0, so a shift of V (W^V's bias, the norm's
     # shift) adds sum_m A[n, m] b = 0; a shift of K and the 1x1 conv's bias are
