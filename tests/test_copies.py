@@ -54,7 +54,7 @@ BUDGET: dict[str, tuple[int, str]] = {
     "gru": (2, _PACKED),
     "gru_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "gru_tagger": (2, _PACKED),
-    "halo_attention": (6, "block/halo partition of q, relative logits, SDPA's reshaped operands, merge"),
+    "halo_attention": (4, "block partition of q, the window gather of k and of v, the merge"),
     "jordan_rnn": (48, _SCAN + " (T=8, 2 layers x 2 directions) and the masks' dtype"),
     "linear_attention": (0, "at the example size all heads run as one block-diagonal product on the "
                          "token layout; the per-head path (larger inputs) copies its head views for "
