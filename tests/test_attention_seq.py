@@ -347,8 +347,8 @@ def test_local_window_equals_band_masked_full_attention(n: int, window, block) -
                                                     (64, 2, 4), (70, (3, 1), 8)])  # last two: tokens padded
 def test_local_window_inference_chunks_equal_band_masked_full_attention(
         monkeypatch: pytest.MonkeyPatch, n: int, window, block) -> None:
-    """Under no_grad the blocks run a chunk at a time with an in-place softmax; with a tiny
-    chunk budget every few blocks are a chunk, and the result is still full band attention."""
+    """Under no_grad the blocks run a chunk at a time; with a tiny chunk budget every few
+    blocks are a chunk, and the result is still full band attention."""
     import blockzoo.attention.local as local
 
     monkeypatch.setattr(local, "_CHUNK_ELEMENTS", 1)
@@ -373,6 +373,35 @@ def test_local_attention_module_equals_its_dense_band_path() -> None:
     torch.testing.assert_close(fast, dense)
     w = maps["attn_map"]
     assert (w[..., ~band_mask(37, 3, 3)] == 0).all()
+
+
+@pytest.mark.parametrize(("n", "window", "block"), [(8, 2, 3), (7, (1, 3), None), (64, 2, 4)])
+def test_local_attention_blocked_paths_equal_the_dense_band_to_1e_12(n: int, window, block) -> None:
+    # short inputs pad the projection once, long ones the tokens; with and without autograd
+    # (one chunk under no_grad: the autograd path's maths), outputs and gradients equal the
+    # dense band-masked attention, and hooks on the projections still fire
+    torch.manual_seed(0)
+    m = LocalAttention(12, window=window, num_heads=3, block_size=block).double().eval()
+    x = _rand(2, n, 12).requires_grad_()
+    with record_attention(m):
+        dense = m(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), dense, rtol=1e-12, atol=1e-12)
+    got = m(x)
+    torch.testing.assert_close(got, dense, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    params = [x, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(dense, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    seen = []
+    handles = [c.register_forward_hook(lambda c, *_a: seen.append(c)) for c in (m.qkv, m.proj)]
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), dense, rtol=1e-12, atol=1e-12)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [m.qkv, m.proj]
 
 
 def _peak_bytes(fn, tmp_path) -> int:

@@ -59,7 +59,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "linear_attention": (0, "at the example size all heads run as one block-diagonal product on the "
                          "token layout; the per-head path (larger inputs) copies its head views for "
                          "K^T V and Q (K^T V) (4) and " + _HEADS),
-    "local_attention": (4, "block-local logits, the chunked output written in place, " + _HEADS),
+    "local_attention": (4, "the blocked queries, the unfolded keys and values the batched matmuls "
+                        "copy, " + _HEADS),
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "lstm_tagger": (2, _PACKED),
