@@ -532,6 +532,31 @@ def test_crossformer_padding_path_equals_unpadded(monkeypatch, cls, arg):
     assert torch.allclose(m(x), y, atol=1e-10)
 
 
+@pytest.mark.parametrize("cls, arg", [(ShortDistanceAttention, "group_size"),
+                                      (LongDistanceAttention, "interval")])
+@pytest.mark.parametrize("size", [(6, 9), (5, 7)])
+def test_crossformer_grouped_projection_equals_the_conv_path(cls, arg, size):
+    # unhooked, the C input channels are grouped and then projected (F.linear); a hook on the
+    # qkv conv keeps the conv-then-group path: outputs and gradients equal to 1e-12 (float64),
+    # padded sizes included, and the hooks fire
+    m = _rand_params(cls(8, num_heads=2, **{arg: 3})).double()
+    x = _img(8, *size).requires_grad_()
+    fast = m(x)
+    seen = []
+    handles = [c.register_forward_hook(lambda c, *_a: seen.append(c)) for c in (m.qkv, m.proj)]
+    try:
+        conv = m(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [m.qkv, m.proj]
+    torch.testing.assert_close(fast, conv, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(fast)
+    params = [x, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(fast, params, g), torch.autograd.grad(conv, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_crossformer_group_larger_than_image_shrinks():
     m = _rand_params(ShortDistanceAttention(8, group_size=7, num_heads=2)).double().eval()
     x = _img(8, 3, 5)  # one group: global attention over the image
