@@ -110,7 +110,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                                         "the head layout in one copy, " + _HEADS),
     "levit_128s": (13, "LeViT attention x 3 (example config): SDPA with a bias (3 each), the "
                    "activation's input, the residual Linear+BN's flattened view, " + _HEADS),
-    "levit_attention": (5, "SDPA with a bias (3), the Linear+BN's flattened view, " + _HEADS),
+    "levit_attention": (5, "head views of q, k, v copied by the batched matmuls (3), the Linear+BN's "
+                        "flattened view, " + _HEADS),
     "lightweight_mhsa": (7, "separate q/k/v projections of strided views (3), SDPA with the learned "
                          "bias (3), " + _HEADS),
     "mobilevit_xxs": (2, "unfold into patches and fold back in its one MobileViT block"),
