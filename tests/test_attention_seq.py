@@ -164,6 +164,24 @@ def test_mha_matches_torch_multihead_attention(case: str, cross: bool) -> None:
     torch.testing.assert_close(got_heads, want_heads, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_mha_one_key_value_source_equals_separate_projections(bias: bool) -> None:
+    # key is value: one product with the (2E, C) rows of the fused weight; the same tensor's
+    # copy as value takes the three separate products: outputs and gradients to 1e-12
+    torch.manual_seed(0)
+    m = MultiHeadAttention(8, 2, qkv_bias=bias).double()
+    x, src = _rand(2, 5, 8).requires_grad_(), _rand(2, 7, 8).requires_grad_()
+    one = m(x, src, src)
+    sep = m(x, src, src.clone())
+    torch.testing.assert_close(one, sep, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(one)
+    params = [x, src, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(one, params, g), torch.autograd.grad(sep, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(blockzoo.ShapeError, match="key"):
+        m(x, _rand(3, 7, 8), _rand(3, 7, 8))  # a batch that is not the query's still raises
+
+
 def test_mha_separate_projections_kdim_vdim_match_torch() -> None:
     ref = nn.MultiheadAttention(12, 3, kdim=5, vdim=7, batch_first=True).eval()
     ours = MultiHeadAttention(12, num_heads=3, kdim=5, vdim=7, fused_qkv=False).eval()
