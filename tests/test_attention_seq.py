@@ -164,6 +164,24 @@ def test_mha_matches_torch_multihead_attention(case: str, cross: bool) -> None:
     torch.testing.assert_close(got_heads, want_heads, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_mha_one_key_value_source_equals_separate_projections(bias: bool) -> None:
+    # key is value: one product with the (2E, C) rows of the fused weight; the same tensor's
+    # copy as value takes the three separate products: outputs and gradients to 1e-12
+    torch.manual_seed(0)
+    m = MultiHeadAttention(8, 2, qkv_bias=bias).double()
+    x, src = _rand(2, 5, 8).requires_grad_(), _rand(2, 7, 8).requires_grad_()
+    one = m(x, src, src)
+    sep = m(x, src, src.clone())
+    torch.testing.assert_close(one, sep, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(one)
+    params = [x, src, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(one, params, g), torch.autograd.grad(sep, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(blockzoo.ShapeError, match="key"):
+        m(x, _rand(3, 7, 8), _rand(3, 7, 8))  # a batch that is not the query's still raises
+
+
 def test_mha_separate_projections_kdim_vdim_match_torch() -> None:
     ref = nn.MultiheadAttention(12, 3, kdim=5, vdim=7, batch_first=True).eval()
     ours = MultiHeadAttention(12, num_heads=3, kdim=5, vdim=7, fused_qkv=False).eval()
@@ -422,8 +440,8 @@ def test_local_window_equals_band_masked_full_attention(n: int, window, block) -
                                                     (64, 2, 4), (70, (3, 1), 8)])  # last two: tokens padded
 def test_local_window_inference_chunks_equal_band_masked_full_attention(
         monkeypatch: pytest.MonkeyPatch, n: int, window, block) -> None:
-    """Under no_grad the blocks run a chunk at a time with an in-place softmax; with a tiny
-    chunk budget every few blocks are a chunk, and the result is still full band attention."""
+    """Under no_grad the blocks run a chunk at a time; with a tiny chunk budget every few
+    blocks are a chunk, and the result is still full band attention."""
     import blockzoo.attention.local as local
 
     monkeypatch.setattr(local, "_CHUNK_ELEMENTS", 1)
@@ -448,6 +466,35 @@ def test_local_attention_module_equals_its_dense_band_path() -> None:
     torch.testing.assert_close(fast, dense)
     w = maps["attn_map"]
     assert (w[..., ~band_mask(37, 3, 3)] == 0).all()
+
+
+@pytest.mark.parametrize(("n", "window", "block"), [(8, 2, 3), (7, (1, 3), None), (64, 2, 4)])
+def test_local_attention_blocked_paths_equal_the_dense_band_to_1e_12(n: int, window, block) -> None:
+    # short inputs pad the projection once, long ones the tokens; with and without autograd
+    # (one chunk under no_grad: the autograd path's maths), outputs and gradients equal the
+    # dense band-masked attention, and hooks on the projections still fire
+    torch.manual_seed(0)
+    m = LocalAttention(12, window=window, num_heads=3, block_size=block).double().eval()
+    x = _rand(2, n, 12).requires_grad_()
+    with record_attention(m):
+        dense = m(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), dense, rtol=1e-12, atol=1e-12)
+    got = m(x)
+    torch.testing.assert_close(got, dense, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    params = [x, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(dense, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    seen = []
+    handles = [c.register_forward_hook(lambda c, *_a: seen.append(c)) for c in (m.qkv, m.proj)]
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), dense, rtol=1e-12, atol=1e-12)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [m.qkv, m.proj]
 
 
 def _peak_bytes(fn, tmp_path) -> int:
@@ -882,6 +929,50 @@ def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
         r(_rand(2, 30, 8), hw=(4, 5))
     with pytest.raises(ValueError, match="even"):
         EMSA(8, sr_ratio=3)
+
+
+def _emsa_written_out(m: EMSA, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """EMSA as first written: Q K^T / sqrt(d), the 1x1 conv, softmax, IN by mean and var."""
+    b, n, c = x.shape
+    h, d = m.num_heads, m.head_dim
+    q = m.q(x).view(b, n, h, d).transpose(1, 2)
+    z = m.sr(x.transpose(1, 2).reshape(b, c, *hw))
+    k, v = m.kv(m.sr_norm(z.flatten(2).transpose(1, 2))).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+    a = m.transform((q @ k.transpose(-1, -2)) / math.sqrt(d)).softmax(-1)
+    mean = a.mean(dim=(-2, -1), keepdim=True)
+    var = a.var(dim=(-2, -1), unbiased=False, keepdim=True)
+    a = (a - mean) / (var + 1e-5).sqrt()
+    return m.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("hw", [(6, 5), (1, 1)])
+def test_emsa_folded_scale_and_layer_norm_equal_the_written_out_maths(hw: tuple[int, int]) -> None:
+    # the 1/sqrt(d) folded into the 1x1 conv's weight and IN as a layer norm over (N, M):
+    # outputs and gradients equal the explicit mean / var computation to 1e-12 (float64)
+    torch.manual_seed(0)
+    m = EMSA(8, num_heads=4, sr_ratio=2).double()
+    x = _rand(2, hw[0] * hw[1], 8, dtype=D64).requires_grad_()
+    for training in (False, True):
+        m.train(training)
+        got = m(x, hw=hw)
+        want = _emsa_written_out(m, x, hw)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(got)
+        grads = torch.autograd.grad(got, [x, *m.parameters()], g)
+        wants = torch.autograd.grad(want, [x, *m.parameters()], g)
+        for a, b in zip(grads, wants, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # hooks on the submodules (run as functional ops when unhooked) still fire, the output unchanged
+    seen = []
+    mods = (m.q, m.sr, m.sr_norm, m.kv, m.transform, m.proj)
+    handles = [mod.register_forward_hook(lambda mod, *_a: seen.append(mod)) for mod in mods]
+    try:
+        hooked = m(x, hw=hw)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(seen) == set(mods)
+    torch.testing.assert_close(hooked, _emsa_written_out(m, x, hw), rtol=1e-12, atol=1e-12)
 
 
 def test_emsa_has_no_bias_that_cannot_change_its_output() -> None:

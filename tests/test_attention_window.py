@@ -259,6 +259,30 @@ def test_halo_equals_reference_loop(size):
     assert torch.allclose(m(x), _halo_reference(m, x), atol=1e-10)
 
 
+@pytest.mark.parametrize("size", [(5, 7), (4, 4)])
+def test_halo_batched_products_equal_the_loop_with_gradients(size):
+    # the written-out path (the combined relative table, the key mask added in place to the
+    # relative logits, baddbmm, windows from Tensor.unfold): output and gradients equal the
+    # per-pixel loop to 1e-12 in float64, and hooks on the 1x1 convs still fire
+    torch.manual_seed(0)
+    m = _rand_params(HaloAttention(8, block_size=2, halo_size=1, num_heads=2, qkv_bias=True)).double()
+    x = _img(8, *size).requires_grad_()
+    got, want = m(x), _halo_reference(m, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    params = [x, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    seen = []
+    handles = [c.register_forward_hook(lambda c, *_a: seen.append(c)) for c in (m.q, m.kv, m.proj)]
+    try:
+        torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [m.q, m.kv, m.proj]
+
+
 def _pad_extra(extra):
     """A pad_to_multiple that adds ``extra`` more rows/columns than needed (forces the pad path)."""
 
@@ -533,6 +557,31 @@ def test_crossformer_padding_path_equals_unpadded(monkeypatch, cls, arg):
     y = m(x)
     monkeypatch.setattr(cf, "pad_to_multiple", _pad_extra(1))
     assert torch.allclose(m(x), y, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls, arg", [(ShortDistanceAttention, "group_size"),
+                                      (LongDistanceAttention, "interval")])
+@pytest.mark.parametrize("size", [(6, 9), (5, 7)])
+def test_crossformer_grouped_projection_equals_the_conv_path(cls, arg, size):
+    # unhooked, the C input channels are grouped and then projected (F.linear); a hook on the
+    # qkv conv keeps the conv-then-group path: outputs and gradients equal to 1e-12 (float64),
+    # padded sizes included, and the hooks fire
+    m = _rand_params(cls(8, num_heads=2, **{arg: 3})).double()
+    x = _img(8, *size).requires_grad_()
+    fast = m(x)
+    seen = []
+    handles = [c.register_forward_hook(lambda c, *_a: seen.append(c)) for c in (m.qkv, m.proj)]
+    try:
+        conv = m(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == [m.qkv, m.proj]
+    torch.testing.assert_close(fast, conv, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(fast)
+    params = [x, *m.parameters()]
+    for a, b in zip(torch.autograd.grad(fast, params, g), torch.autograd.grad(conv, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_crossformer_group_larger_than_image_shrinks():

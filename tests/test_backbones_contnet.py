@@ -158,6 +158,44 @@ def test_patchwise_transformer_equals_the_per_patch_reference(size, patch, norm_
         torch.testing.assert_close(m(x), _ste_reference(m, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_patchwise_fused_inference_equals_the_module_path(norm_first: bool) -> None:
+    # whole patches under no_grad run PyTorch's fused encoder layer; it equals the module path
+    # (forced by a hook on the encoder, which fires) to 1e-12 in float64
+    torch.manual_seed(0)
+    m = PatchwiseTransformer(8, num_heads=2, patch_size=4, norm_first=norm_first).double().eval()
+    enc = m.encoder
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_()
+        x = torch.randn(2, 8, 8, 12, dtype=torch.float64)
+        z = torch.randn(6, 16, 8, dtype=torch.float64)
+        assert enc._fused(z) is not None  # the fused kernel does run here
+        torch.testing.assert_close(enc._fused(z), enc(z), rtol=1e-12, atol=1e-12)
+        fused = m(x)
+        seen = []
+        handle = enc.register_forward_hook(lambda *_a: seen.append(1))
+        try:
+            hooked = m(x)
+        finally:
+            handle.remove()
+    assert seen == [1]
+    torch.testing.assert_close(fused, hooked, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused, _ste_reference(m, x), rtol=1e-10, atol=1e-10)
+    # where the kernel would not compute the same, no fused result: autograd, training, odd
+    # heads, a hook on a submodule
+    assert enc._fused(z) is None  # autograd on
+    with torch.no_grad():
+        handle = enc.fc1.register_forward_hook(lambda *_a: None)
+        try:
+            assert enc._fused(z) is None
+        finally:
+            handle.remove()
+        assert PatchwiseTransformer(8, num_heads=1, patch_size=4).eval().encoder._fused(z.float()) is None
+        m.train()
+        assert enc._fused(z) is None
+
+
 def test_position_embedding_is_rows_on_the_first_half_columns_on_the_second() -> None:
     m = PatchwiseTransformer(4, patch_size=3)
     with torch.no_grad():

@@ -82,8 +82,9 @@ def _levit_reference(attn: LeViTAttention, x: torch.Tensor) -> torch.Tensor:
         k, v = kv[..., :d], kv[..., d:]
         sub = torch.stack([x[:, :, y, xx] for y, xx in qpos], 1)  # (B, N_q, C)
         q = attn.q(sub).view(b, len(qpos), nh, d)
-    bias = torch.tensor([[[table[h, min(abs(qy - ky), r - 1), min(abs(qx - kx), r - 1)].item()
-                           for ky, kx in kpos] for qy, qx in qpos] for h in range(nh)], dtype=x.dtype)
+    iy = torch.tensor([[min(abs(qy - ky), r - 1) for ky, kx in kpos] for qy, qx in qpos])  # (N_q, N)
+    ix = torch.tensor([[min(abs(qx - kx), r - 1) for ky, kx in kpos] for qy, qx in qpos])
+    bias = table[:, iy, ix]  # (h, N_q, N): B[h, min(|dy|, R-1), min(|dx|, R-1)]
     logits = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d) + bias
     y = torch.einsum("bhqk,bkhe->bqhe", logits.softmax(-1), v).reshape(b, len(qpos), nh * e)
     out = attn.proj(attn.act(y))
@@ -110,6 +111,24 @@ def test_levit_attention_matches_the_paper_equation(stride: int, size: tuple[int
         got = attn(x)
         assert got.shape == (2, attn.dim_out, -(-size[0] // stride), -(-size[1] // stride))
         torch.testing.assert_close(got, _levit_reference(attn, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride,size,norm", [(1, (6, 3), True), (2, (5, 7), True), (1, (4, 4), False)])
+def test_levit_written_out_attention_equals_the_reference_with_gradients(stride, size, norm) -> None:
+    # the explicit products (q scaled, the bias added in place) against the position-by-position
+    # reference: outputs and gradients to 1e-12 in float64, in training (BN batch statistics)
+    torch.manual_seed(0)
+    attn = LeViTAttention(8, 12 if stride == 2 else None, key_dim=3, num_heads=2, attn_ratio=2.0,
+                          stride=stride, resolution=5, norm=norm).double()
+    with torch.no_grad():
+        attn.attention_biases.normal_()
+    x = torch.randn(2, 8, *size, dtype=torch.float64, requires_grad=True)
+    got, want = attn(x), _levit_reference(attn, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    params = [x, *attn.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_levit_attention_bias_moves_the_output() -> None:

@@ -45,8 +45,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "coatnet_relative_attention": (2, "SDPA's float bias made contiguous, " + _HEADS),
     "criss_cross_attention": (7, "batched matmuls of the column/row energies and aggregations fold "
                               "permuted q, k, v and weights"),
-    "crossformer_lda": (2, "group partition of q, k, v and the group merge of the output"),
-    "crossformer_sda": (2, "group partition of q, k, v and the group merge of the output"),
+    "crossformer_lda": (2, "input grouped (then projected to q, k, v), output merged"),
+    "crossformer_sda": (2, "input grouped (then projected to q, k, v), output merged"),
     "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),
     "elman_rnn": (2, _PACKED),
     "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
@@ -56,9 +56,10 @@ BUDGET: dict[str, tuple[int, str]] = {
     "gru": (2, _PACKED),
     "gru_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "gru_tagger": (2, _PACKED),
-    "halo_attention": (6, "block/halo partition of q, relative logits, SDPA's reshaped operands, merge"),
+    "halo_attention": (4, "block partition of q, the window gather of k and of v, the merge"),
     "jordan_rnn": (48, _SCAN + " (T=8, 2 layers x 2 directions) and the masks' dtype"),
-    "local_attention": (4, "block-local logits, the chunked output written in place, " + _HEADS),
+    "local_attention": (4, "the blocked queries, the unfolded keys and values the batched matmuls "
+                        "copy, " + _HEADS),
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "lstm_tagger": (2, _PACKED),
@@ -106,7 +107,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                                         "the head layout in one copy, " + _HEADS),
     "levit_128s": (13, "LeViT attention x 3 (example config): SDPA with a bias (3 each), the "
                    "activation's input, the residual Linear+BN's flattened view, " + _HEADS),
-    "levit_attention": (5, "SDPA with a bias (3), the Linear+BN's flattened view, " + _HEADS),
+    "levit_attention": (5, "head views of q, k, v copied by the batched matmuls (3), the Linear+BN's "
+                        "flattened view, " + _HEADS),
     "lightweight_mhsa": (7, "separate q/k/v projections of strided views (3), SDPA with the learned "
                          "bias (3), " + _HEADS),
     "mobilevit_xxs": (2, "unfold into patches and fold back in its one MobileViT block"),

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import listened
 from blockzoo.attention.swin import _unwindows, _windows, real_window_tokens
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
@@ -122,7 +123,11 @@ class PatchwiseTransformer(nn.Module):
         n_p = z.shape[1]
         # X[i, j] + concat(E_row[i], E_col[j])
         z = (z + self.position_embedding()).reshape(b * n_p, p * p, c)  # (B n_P, N, C)
-        z = self.encoder(z, key_padding_mask=self._padding(h, w, hp, wp, b, x.device))  # (B n_P, N, C)
+        pad = self._padding(h, w, hp, wp, b, x.device)  # (B n_P, N) or None
+        # inference on whole patches: PyTorch's fused encoder layer where it computes the same
+        # (nn.TransformerEncoderLayer's eval path; its explicit attention suits short patches)
+        y = None if pad is not None or listened(self.encoder) else self.encoder._fused(z)
+        z = self.encoder(z, key_padding_mask=pad) if y is None else y  # (B n_P, N, C)
         z = _unwindows(z.reshape(b, n_p, p * p, c), hp, wp, p, p)  # (B, Hp, Wp, C)
         return z[:, :h, :w].permute(0, 3, 1, 2)  # (B, C, H, W)
 

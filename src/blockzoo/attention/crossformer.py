@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -183,15 +185,27 @@ class _GroupAttention(nn.Module):
         h, d = self.num_heads, self.head_dim
         # a side larger than the image shrinks to it (no group is then all padding)
         sh, sw = min(self.size[0], H), min(self.size[1], W)
-        qkv, _, _ = pad_to_multiple(self.qkv(x), sh, sw)  # (B, 3C, Hp, Wp)
-        Hp, Wp = qkv.shape[-2:]
+        # the grouping commutes with the 1x1 projection: unless the projection is hooked (or a
+        # map recorded), group the C input channels (one copy of C, not of 3C), then project
+        # each group's tokens (padded pixels project to the bias: masked keys, cropped queries)
+        fast = type(self.qkv) is nn.Conv2d and not self.attn_map.active and not listened(self.qkv)
+        src, _, _ = pad_to_multiple(x if fast else self.qkv(x), sh, sw)  # (B, C or 3C, Hp, Wp)
+        Hp, Wp = src.shape[-2:]
         a, b = Hp // sh, Wp // sw
         # SDA: groups (a, b) of sh x sw adjacent pixels; LDA: groups (sh, sw) of a x b pixels I apart
         gh, gw = (a, b) if self.long else (sh, sw)
-        qkv = qkv.view(B, 3, h, d, a, sh, b, sw)
-        perm = (1, 0, 5, 7, 2, 4, 6, 3) if self.long else (1, 0, 4, 6, 2, 5, 7, 3)
         n = Hp * Wp // (gh * gw)
-        q, k, v = qkv.permute(*perm).reshape(3, B, n, h, gh * gw, d)  # (B, n, h, M, d) each
+        if fast:
+            xperm = (0, 3, 5, 2, 4, 1) if self.long else (0, 2, 4, 3, 5, 1)
+            g = src.view(B, self.channels, a, sh, b, sw).permute(*xperm)  # (B, groups, members, C)
+            g = g.reshape(B, n, gh * gw, self.channels)  # (B, n, M, C)
+            w = self.qkv.weight
+            qkv = F.linear(g, w.view(w.shape[0], w.shape[1]), self.qkv.bias)  # (B, n, M, 3C)
+            q, k, v = qkv.view(B, n, gh * gw, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (B, n, h, M, d) each
+        else:
+            qkv = src.view(B, 3, h, d, a, sh, b, sw)
+            perm = (1, 0, 5, 7, 2, 4, 6, 3) if self.long else (1, 0, 4, 6, 2, 5, 7, 3)
+            q, k, v = qkv.permute(*perm).reshape(3, B, n, h, gh * gw, d)  # (B, n, h, M, d) each
         bias = self.dpb(gh, gw) if self.dpb is not None else None  # (h, M, M)
         if Hp != H or Wp != W:
             valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
@@ -207,7 +221,7 @@ class _GroupAttention(nn.Module):
         else:
             y = y.view(B, a, b, h, sh, sw, d).permute(0, 3, 6, 1, 4, 2, 5)  # (B, h, d, a, sh, b, sw)
         y = y.reshape(B, self.channels, Hp, Wp)[:, :, :H, :W]  # (B, C, H, W)
-        return self.proj(y)
+        return call(self.proj, y)
 
 
 _SDA_EXAMPLE = Example(config=dict(channels=16, group_size=4, num_heads=2), inputs=images(),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import call, own
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
@@ -291,6 +291,12 @@ class MultiHeadAttention(nn.Module):
             return self.q_proj(query), self.k_proj(key), self.v_proj(value)
         if self_attn:
             return self.qkv(query).chunk(3, dim=-1)  # 3 x (B, L, E)
+        if key is value:  # keys and values of one source: one product with the (2E, C) rows
+            e = self.inner
+            weight, bias = own(self.qkv, "weight"), own(self.qkv, "bias")
+            q = F.linear(query, weight[:e], None if bias is None else bias[:e])
+            kv = F.linear(key, weight[e:], None if bias is None else bias[e:])  # (B, S, 2E)
+            return (q, *kv.chunk(2, dim=-1))
         w = self.qkv.weight.chunk(3, dim=0)
         b = self.qkv.bias.chunk(3, dim=0) if self.qkv.bias is not None else (None, None, None)
         return F.linear(query, w[0], b[0]), F.linear(key, w[1], b[1]), F.linear(value, w[2], b[2])
@@ -320,6 +326,9 @@ class MultiHeadAttention(nn.Module):
         self_attn = key is query and value is query
         if self_attn and self.kdim == self.dim and self.vdim == self.dim:
             s = n  # key and value are the query, already checked
+        elif (isinstance(key, torch.Tensor) and key.ndim == 3 and key.shape[0] == b
+              and key.shape[2] == self.kdim and (value is key and self.vdim == self.kdim)):
+            s = key.shape[1]  # one (B, S, C) source of keys and values, checked by integers
         else:
             s = check_shape(key, "B S C", name=name, arg="key", B=b, C=self.kdim)["S"]
             check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -50,8 +51,9 @@ class EMSA(nn.Module):
 
     The 1 x 1 convolution mixes the h attention maps ("multi-head interaction") and
     instance normalisation (IN, no affine, eps 1e-5, as ``nn.InstanceNorm2d``) re-balances
-    them; both only when h > 1, as in ResT. IN is written out so that a single-entry map
-    (N = M = 1) gives 0 in training too (``nn.InstanceNorm2d`` raises there).
+    them; both only when h > 1, as in ResT. IN is computed as a layer norm over each head's
+    N x M map (the same maths), so that a single-entry map (N = M = 1) gives 0 in training
+    too (``nn.InstanceNorm2d`` raises there).
 
     Args:
         dim: C, the token width.
@@ -131,30 +133,34 @@ class EMSA(nn.Module):
             z = F.conv2d(x.transpose(1, 2)[:, :, None], row, self.sr.bias, stride=(1, r),
                          padding=(0, r // 2), groups=c)  # (B, C, 1, M)
         else:
-            z = self.sr(x.transpose(1, 2).reshape(b, c, *hw))  # (B, C, H/r, W/r)
-        return self.sr_norm(z.flatten(2).transpose(1, 2))  # (B, M, C)
+            z = call(self.sr, x.transpose(1, 2).reshape(b, c, *hw))  # (B, C, H/r, W/r)
+        return call(self.sr_norm, z.flatten(2).transpose(1, 2))  # (B, M, C)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         b, n, c = check_shape(x, "B N C", name="EMSA", C=self.dim).values()
         if hw is not None and hw[0] * hw[1] != n:
             raise ShapeError(f"EMSA: hw={tuple(hw)} does not match N={n} tokens")
         h, d = self.num_heads, self.head_dim
-        q = self.q(x).view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
+        q = call(self.q, x).view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
         kv_in = self._reduce(x, hw) if self.sr_ratio > 1 else x  # (B, M, C)
-        k, v = self.kv(kv_in).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
-        # Q K^T / sqrt(d)
-        a = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # (B, h, N, M)
+        k, v = call(self.kv, kv_in).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
+        a = q @ k.transpose(-1, -2)  # (B, h, N, M)
         if h > 1:
-            a = self.transform(a).softmax(dim=-1)  # (B, h, N, M)
-            # IN: each head's map normalised over its N x M entries (no affine, eps 1e-5)
-            mean = a.mean(dim=(-2, -1), keepdim=True)
-            var = a.var(dim=(-2, -1), unbiased=False, keepdim=True)
-            a = (a - mean) / (var + 1e-5).sqrt()
+            # Conv_1x1(Q K^T / sqrt(d)), the 1/sqrt(d) folded into the h x h weight (one pass
+            # over the map fewer), then the softmax
+            if listened(self.transform):
+                a = self.transform(a / math.sqrt(d))
+            else:
+                a = F.conv2d(a, self.transform.weight / math.sqrt(d))
+            a = a.softmax(dim=-1)  # (B, h, N, M)
+            # IN: each head's map normalised over its N x M entries (no affine, eps 1e-5),
+            # which is a layer norm over the last two axes (one fused op; 0 for N = M = 1)
+            a = F.layer_norm(a, a.shape[-2:], eps=1e-5)
         else:
-            a = a.softmax(dim=-1)
+            a = (a / math.sqrt(d)).softmax(dim=-1)
         a = self.attn_map(a)
         a = F.dropout(a, self.dropout, self.training) if self.dropout > 0 else a
-        return self.proj((a @ v).transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+        return call(self.proj, (a @ v).transpose(1, 2).reshape(b, n, c))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}"

@@ -16,12 +16,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
+from blockzoo._fastcall import call
+from blockzoo._memo import memo_table
+from blockzoo.attention._attend import key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["HaloAttention"]
+
+
+@memo_table()
+def _halo_tables(H: int, W: int, nh: int, nw: int, b: int, s: int, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relative-table rows idx (b, w) and the additive key mask (nh nw, w*w) of each
+    block's window: 0 inside the image, -inf outside (the halo beyond the border, the
+    bottom/right padding)."""
+    w = b + 2 * s
+    u = torch.arange(w, device=device)
+    idx = u[None, :] - s - torch.arange(b, device=device)[:, None] + (b + s - 1)  # (b, w)
+
+    def axis(n: int, size: int) -> torch.Tensor:
+        pos = torch.arange(n, device=device)[:, None] * b - s + u  # (n, w) image row / column
+        return (pos >= 0) & (pos < size)
+
+    valid = axis(nh, H)[:, None, :, None] & axis(nw, W)[None, :, None, :]  # (nh, nw, w, w)
+    return idx, key_mask(valid.reshape(nh * nw, w * w), dtype)
 
 
 @register(
@@ -112,13 +132,6 @@ class HaloAttention(nn.Module):
         nn.init.normal_(self.rel_h, std=self.head_dim ** -0.5)
         nn.init.normal_(self.rel_w, std=self.head_dim ** -0.5)
 
-    def _rel_index(self, device: torch.device) -> torch.Tensor:
-        """idx[i, u] = (u - s) - i + (b + s - 1): table row of a key at window offset u."""
-        b, s = self.block_size, self.halo_size
-        i = torch.arange(b, device=device)
-        u = torch.arange(self.win, device=device)
-        return u[None, :] - s - i[:, None] + (b + s - 1)  # (b, w)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="HaloAttention", C=self.channels)
         B, H, W = dims["B"], dims["H"], dims["W"]
@@ -126,26 +139,32 @@ class HaloAttention(nn.Module):
         xp, _, _ = pad_to_multiple(x, b, b)
         Hp, Wp = xp.shape[-2:]
         nh, nw = Hp // b, Wp // b
-        q = self.q(xp).view(B, h, d, nh, b, nw, b)
-        q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, h, nh * nw, b * b, d)  # (B, h, n, b*b, d)
-        kv = F.unfold(self.kv(xp), kernel_size=w, stride=b, padding=s)  # (B, 2*h*d*w*w, n)
-        k, v = kv.view(B, 2, h, d, w * w, nh * nw).permute(1, 0, 2, 5, 4, 3)  # (B, h, n, w*w, d)
-        # keys outside the image (halo beyond the border, bottom/right padding) are masked
-        valid = F.pad(x.new_ones(1, 1, H, W), (0, Wp - W, 0, Hp - H))
-        valid = F.unfold(valid, kernel_size=w, stride=b, padding=s)[0].T > 0.5  # (n, w*w)
-        mask = key_mask(valid, x.dtype)[:, None, :]  # (n, 1, w*w)
-        # relative logits q_i . (r^H[j_h - i_h] + r^W[j_w - i_w])
-        idx = self._rel_index(x.device)
-        qb = q.view(B, h, nh * nw, b, b, d)
-        lh = torch.einsum("...ijd,iud->...iju", qb, self.rel_h[idx])  # (B, h, n, b, b, w)
-        lw = torch.einsum("...ijd,jvd->...ijv", qb, self.rel_w[idx])  # (B, h, n, b, b, w)
-        rel = (lh[..., :, None] + lw[..., None, :]).reshape(B, h, nh * nw, b * b, w * w)
+        n = nh * nw
+        idx, mask = _halo_tables(H, W, nh, nw, b, s, x.device, x.dtype)  # (b, w), (n, w*w)
+        q = call(self.q, xp).view(B, h, d, nh, b, nw, b)
+        q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(B * h * n, b * b, d)  # (B h n, b*b, d)
+        # each block's w x w window of keys / values: views into the map zero-padded by s
+        # (Tensor.unfold; one copy per operand below, cheaper than F.unfold's im2col)
+        kv = F.pad(call(self.kv, xp), (s, s, s, s)).unfold(2, w, b).unfold(3, w, b)  # (B, 2hd, nh, nw, w, w)
+        k, v = kv.reshape(B, 2, h, d, nh, nw, w, w).unbind(1)  # (B, h, d, nh, nw, w, w)
         scale = 1.0 / math.sqrt(d)
-        # y = softmax((q k^T + q r) / sqrt(d)) v
-        y = attend(q, k, v, self.attn_map, bias=rel * scale + mask, scale=scale)  # (B, h, n, b*b, d)
+        # r_{i,j} = (r^H[j_h - i_h] + r^W[j_w - i_w]) / sqrt(d) for the b*b queries i and the
+        # w*w window keys j of a block (the same for every block)
+        r = self.rel_h[idx][:, None, :, None] + self.rel_w[idx][None, :, None, :]  # (b, b, w, w, d)
+        r = (r * scale).view(b * b, w * w, d)
+        # relative logits q_i . r_{i,j}, one product per query position i, plus the key mask
+        rel = torch.bmm(q.transpose(0, 1), r.transpose(-1, -2))  # (b*b, B h n, w*w)
+        rel = rel.view(b * b, B * h, n, w * w).add_(mask).view(b * b, B * h * n, w * w)
+        # A = softmax(q k^T / sqrt(d) + rel): the batched products written out (the fused
+        # attention kernel is slower on these many small windows)
+        kt = k.permute(0, 1, 3, 4, 2, 5, 6).reshape(B * h * n, d, w * w)  # (B h n, d, w*w)
+        a = torch.baddbmm(rel.transpose(0, 1), q, kt, alpha=scale)  # (B h n, b*b, w*w)
+        a = self.attn_map(a.softmax(dim=-1).view(B, h, n, b * b, w * w))  # (B, h, n, b*b, w*w)
+        v = v.permute(0, 1, 3, 4, 5, 6, 2).reshape(B * h * n, w * w, d)  # (B h n, w*w, d)
+        y = torch.bmm(a.view(B * h * n, b * b, w * w), v)  # (B h n, b*b, d)
         y = y.view(B, h, nh, nw, b, b, d).permute(0, 1, 6, 2, 4, 3, 5)  # (B, h, d, nh, b, nw, b)
         y = y.reshape(B, h * d, Hp, Wp)[:, :, :H, :W]  # (B, h*d, H, W)
-        return self.proj(y)
+        return call(self.proj, y)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, block_size={self.block_size}, "

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._memo import memo_table
 from blockzoo.act import LayerSpec, create_act
-from blockzoo.attention._attend import attend
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -44,6 +44,19 @@ class LinearNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.linear(x)
         return self.bn(y.flatten(0, -2)).view_as(y)  # BN over every position of every sample
+
+
+@memo_table()
+def _bias_index(height: int, width: int, s: int, r: int, device: Any) -> torch.Tensor:
+    """LeViTAttention.bias_index, built once per size (shared: not to be modified)."""
+
+    def offsets(n: int) -> torch.Tensor:
+        q = torch.arange(0, n, s, device=device)
+        return (q[:, None] - torch.arange(n, device=device)[None, :]).abs().clamp(max=r - 1)  # (n_q, n)
+
+    dy, dx = offsets(height), offsets(width)
+    idx = dy[:, None, :, None] * r + dx[None, :, None, :]  # (H_q, W_q, H, W)
+    return idx.reshape(dy.shape[0] * dx.shape[0], height * width)
 
 
 def _out(shape: tuple[int, ...], cfg: dict[str, Any]) -> tuple[int, ...]:
@@ -148,15 +161,7 @@ class LeViTAttention(nn.Module):
 
     def bias_index(self, height: int, width: int, device: Any = None) -> torch.Tensor:
         """(N_q, N) indices into the (R R) table: R min(|s i - x'|, R-1) + min(|s j - y'|, R-1)."""
-        s, r = self.stride, self.resolution
-
-        def offsets(n: int) -> torch.Tensor:
-            q = torch.arange(0, n, s, device=device)
-            return (q[:, None] - torch.arange(n, device=device)[None, :]).abs().clamp(max=r - 1)  # (n_q, n)
-
-        dy, dx = offsets(height), offsets(width)
-        idx = dy[:, None, :, None] * r + dx[None, :, None, :]  # (H_q, W_q, H, W)
-        return idx.reshape(dy.shape[0] * dx.shape[0], height * width)
+        return _bias_index(height, width, self.stride, self.resolution, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="LeViTAttention", C=self.dim)
@@ -173,7 +178,10 @@ class LeViTAttention(nn.Module):
             q = self.q(xs.flatten(2).transpose(1, 2)).view(B, hq * wq, h, d).transpose(1, 2)  # (B, h, N_q, d)
         # A = Q K^T / sqrt(d) + B[|dx|, |dy|];  Y = softmax(A) V
         bias = self.attention_biases[:, self.bias_index(H, W, x.device)]  # (h, N_q, N)
-        y = attend(q, k, v, self.attn_map, bias=bias, scale=d ** -0.5)  # (B, h, N_q, e)
+        # written out: with a float bias and e != d, SDPA takes its generic path (a safe
+        # softmax with extra passes over the logits); the bias is added in place
+        a = ((q * d ** -0.5) @ k.transpose(-1, -2)).add_(bias)  # (B, h, N_q, N)
+        y = self.attn_map(a.softmax(dim=-1)) @ v  # (B, h, N_q, e)
         y = self.proj(self.act(y.transpose(1, 2).reshape(B, hq * wq, h * e)))  # (B, N_q, O)
         return y.transpose(1, 2).reshape(B, self.dim_out, hq, wq)
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
+from blockzoo._memo import memo_table
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -38,6 +40,7 @@ def band_mask(length: int, left: int, right: int, *, device: Any = None) -> torc
     return (off >= -left) & (off <= right)
 
 
+@memo_table()
 def _block_mask(n: int, b: int, left: int, right: int, device: Any) -> torch.Tensor:
     """(nb, b, K) mask of the blocked layout; padded queries may see padded keys."""
     nb = -(-n // b)
@@ -49,6 +52,12 @@ def _block_mask(n: int, b: int, left: int, right: int, device: Any) -> torch.Ten
     i = start + r  # (nb, b, 1) query position
     key_ok = (j >= 0) & (j < n)
     return band & (key_ok | (i >= n))  # (nb, b, K)
+
+
+@memo_table()
+def _block_mask_out(n: int, b: int, left: int, right: int, device: Any) -> torch.Tensor:
+    """The keys _block_mask excludes (nb, b, K): what the explicit path fills with -inf."""
+    return ~_block_mask(n, b, left, right, device)
 
 
 def local_window_attention(
@@ -73,8 +82,8 @@ def local_window_attention(
     ``F.scaled_dot_product_attention`` with a (b, K) band mask (on CPU an explicit batched
     softmax, which measured about 2x faster than SDPA's masked CPU path), so memory is
     O(N * (b + left + right)) rather than O(N^2); under ``no_grad`` the blocks run a chunk
-    at a time with the softmax in place, so the logits never take more than an eighth of
-    q's size (peak memory O(N d)). It equals full attention with ``band_mask(N, left, right)``.
+    at a time, so the logits never take more than an eighth of q's size (peak memory
+    O(N d)). It equals full attention with ``band_mask(N, left, right)``.
 
     Args:
         q, k, v: (B, h, N, d) queries, keys, values of the same length.
@@ -115,27 +124,27 @@ def _blocked(
     qb = qp.view(b_, h, nb, b, d) if qp.is_contiguous() else qp.reshape(b_, h, nb, b, d)  # (B, h, nb, b, d)
     kt = kp.unfold(2, kk, b)  # (B, h, nb, d, K), a view
     vb = vp.unfold(2, kk, b).transpose(-1, -2)  # (B, h, nb, K, d), a view
-    mask = _block_mask(n, b, left, right, qp.device)  # (nb, b, K)
     if not (qp.device.type != "cpu" if use_sdpa is None else use_sdpa):
         # On CPU, SDPA with a mask takes its generic path, about 2x slower than this.
         s = d**-0.5 if scale is None else scale
-        if (torch.is_grad_enabled() and any(t.requires_grad for t in (qp, kp, vp))) or dropout_p > 0:
-            # softmax(q k^T * scale + band) v, per block
-            w = (qb @ kt).mul_(s).masked_fill_(~mask, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
-            w = F.dropout(w, dropout_p) if dropout_p > 0 else w
-            return (w @ vb).permute(0, 2, 3, 1, 4)  # (B, nb, b, h, d)
-        # Inference: a chunk of blocks at a time, softmax in place, each chunk's output
-        # written straight into the (B, nb, b, h, d) result (the caller's layout).
-        out = qp.new_empty(b_, nb, b, h, d)
+        masked = _block_mask_out(n, b, left, right, qp.device)  # (nb, b, K), True = no key
         # per sample (the batch cancels, so an export with a dynamic batch sees no guard on it)
         chunk = max(1, max(_CHUNK_ELEMENTS, h * nq * d // 8) // (h * b * kk))
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in (qp, kp, vp))) or dropout_p > 0 \
+                or chunk >= nb:
+            # softmax(q k^T * scale + band) v, per block (all blocks fit one chunk, or autograd)
+            w = (qb @ kt).mul_(s).masked_fill_(masked, float("-inf")).softmax(dim=-1)  # (B, h, nb, b, K)
+            w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+            return (w @ vb).permute(0, 2, 3, 1, 4)  # (B, nb, b, h, d)
+        # Inference on long inputs: a chunk of blocks at a time, each chunk's output written
+        # straight into the (B, nb, b, h, d) result (the caller's layout).
+        out = qp.new_empty(b_, nb, b, h, d)
         for t in range(0, nb, chunk):
             c = slice(t, t + chunk)
-            w = (qb[:, :, c] @ kt[:, :, c]).mul_(s).masked_fill_(~mask[c], float("-inf"))  # (B, h, c, b, K)
-            w = w.sub_(w.amax(-1, keepdim=True)).exp_()
-            w = w.div_(w.sum(-1, keepdim=True))
-            out[:, c].copy_((w @ vb[:, :, c]).permute(0, 2, 3, 1, 4))
+            w = (qb[:, :, c] @ kt[:, :, c]).mul_(s).masked_fill_(masked[c], float("-inf"))  # (B, h, c, b, K)
+            out[:, c].copy_((w.softmax(dim=-1) @ vb[:, :, c]).permute(0, 2, 3, 1, 4))
         return out
+    mask = _block_mask(n, b, left, right, qp.device)  # (nb, b, K)
     out = F.scaled_dot_product_attention(
         qb.reshape(b_, h * nb, b, d), kt.transpose(-1, -2).reshape(b_, h * nb, kk, d),
         vb.reshape(b_, h * nb, kk, d), attn_mask=mask.repeat(h, 1, 1), dropout_p=dropout_p, scale=scale,
@@ -237,16 +246,16 @@ class LocalAttention(nn.Module):
         blk = self.block_size or max(left, right, 16)
         pad = -n % blk
         if (left + right + pad) * 8 > n:  # short sequences: padding the tokens would add > 1/8 work
-            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
-            out = local_window_attention(q, k, v, self.window, block_size=self.block_size, dropout_p=p)
-            return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
-        # Pad the tokens, not q, k and v: the padded rows' projections are masked keys and
-        # discarded queries, and q, k, v stay views of one qkv buffer (no padded copies).
-        qkv = self.qkv(F.pad(x, (0, 0, left, pad + right)))  # (B, left + nb*b + right, 3 h d)
+            # pad the projection once (zero rows: masked keys and discarded queries)
+            qkv = F.pad(call(self.qkv, x), (0, 0, left, pad + right))  # (B, left + nb*b + right, 3 h d)
+        else:
+            # Pad the tokens, not q, k and v: the padded rows' projections are masked keys and
+            # discarded queries, and q, k, v stay views of one qkv buffer (no padded copies).
+            qkv = call(self.qkv, F.pad(x, (0, 0, left, pad + right)))  # (B, left + nb*b + right, 3 h d)
         q, k, v = qkv.view(b, -1, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, left + nb*b + right, d)
         out = _blocked(q[:, :, left:left + n + pad], k, v, n, left, right, blk, p, None, None)
         del qkv, q, k, v  # (peak memory: the projection below need not hold them)
-        return self.proj(out.flatten(1, 2)[:, :n].flatten(2))  # (B, N, C)
+        return call(self.proj, out.flatten(1, 2)[:, :n].flatten(2))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window={self.window}, num_heads={self.num_heads}, head_dim={self.head_dim}"

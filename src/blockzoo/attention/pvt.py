@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import ShapeError, check_shape, require
@@ -100,8 +101,8 @@ class SpatialReductionAttention(nn.Module):
         b, _, c = x.shape
         # SR(x) = LN(Conv_{R x R, stride R}(x))
         img = x.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
-        kv = self.norm(self.sr(img).flatten(2).transpose(1, 2))  # (B, M, C)
-        return self.attn(x, kv, kv)
+        kv = call(self.norm, call(self.sr, img).flatten(2).transpose(1, 2))  # (B, M, C)
+        return invoke(self.attn, x, kv, kv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="SpatialReductionAttention", C=self.dim)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, invoke
+from blockzoo._fastcall import call, invoke, listened
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import check_shape, require
@@ -119,6 +119,40 @@ class TransformerEncoderBlock(nn.Module):
         # W_2 dropout(act(W_1 x + b_1)) + b_2
         mods = self._modules
         return call(mods["fc2"], call(mods["drop_ffn"], call(mods["act"], call(mods["fc1"], x))))
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``forward(x)`` without masks as PyTorch's fused inference kernel
+        (``torch._transformer_encoder_layer_fwd``, what ``nn.TransformerEncoderLayer`` runs in
+        eval), or None where that kernel would not compute exactly this block: autograd,
+        training, compiling or tracing, any hook or recorded map, a submodule that is not the
+        stock one, odd h (as PyTorch's own guard). Its attention is explicit (bmm, softmax):
+        faster than the fused SDPA kernel on many short sequences (PatchwiseTransformer's
+        patches), slower on long ones, so callers opt in; forward never calls it."""
+        if (torch.is_grad_enabled() or self.training or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or torch.jit.is_scripting()
+                or not torch.backends.mha.get_fastpath_enabled() or torch.is_autocast_enabled()
+                or x.device.type not in ("cpu", "cuda")):
+            return None
+        mods = self._modules
+        attn, norm1, norm2, fc1, fc2, act = (mods[k] for k in ("attn", "norm1", "norm2", "fc1", "fc2", "act"))
+        if type(attn) is not MultiHeadAttention or attn.training or not attn.fused_qkv or attn.causal \
+                or attn.rope is not None or attn.inner != self.dim or attn.num_heads % 2 \
+                or attn.attn_map.active:
+            return None
+        qkv, out = attn._modules["qkv"], attn._modules["out_proj"]
+        if not (type(qkv) is type(out) is type(fc1) is type(fc2) is nn.Linear
+                and type(norm1) is type(norm2) is nn.LayerNorm and norm1.eps == norm2.eps
+                and (type(act) is nn.ReLU or (type(act) is nn.GELU and act.approximate == "none"))):
+            return None
+        args = (qkv.weight, qkv.bias, out.weight, out.bias, norm1.weight, norm1.bias, norm2.weight,
+                norm2.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        if any(a is None for a in args) or torch.overrides.has_torch_function((x, *args)) \
+                or listened(attn, qkv, out, norm1, norm2, fc1, fc2, act, mods["drop_ffn"], mods["drop1"],
+                            mods["drop2"], attn._modules["proj_drop"]):
+            return None
+        return torch._transformer_encoder_layer_fwd(
+            x, self.dim, attn.num_heads, args[0], args[1], args[2], args[3], type(act) is nn.GELU,
+            self.norm_first, norm1.eps, *args[4:], None, None)
 
     def forward(
         self,
