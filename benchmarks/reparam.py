@@ -37,8 +37,10 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.bias is not None:  # (DBB's 1x1-avg branch has a BatchNorm without a bias)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model
 
 
