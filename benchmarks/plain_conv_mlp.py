@@ -1,26 +1,14 @@
-"""Plain-PyTorch references for more blocks (issue 19, goal 3: every image-attention,
-token-attention, MLP and conv block has one).
-
-Imported by ``plain_reference.py``, which checks each against our block (same weights, max
-relative difference <= 1e-4) before timing it. Written from the papers' equations the way a
-reader would write them in plain PyTorch, not from our blocks; they take our block's weights.
-"""
+"""Plain-PyTorch references of the conv blocks and the image MLPs (issue 19, goal 3; the
+rules they follow are in ``plain_common.py``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from plain_common import linear_from, reference_registry  # beside this file
 from torch import nn
 
-REFS: dict[str, type[nn.Module]] = {}
-
-
-def _ref(name: str):  # a class decorator
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        REFS[name] = cls
-        return cls
-
-    return deco
+REFS, _ref = reference_registry()
 
 
 def _conv(c: nn.Module) -> nn.Conv2d:
@@ -35,16 +23,6 @@ def _bn(n: nn.Module) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(n.num_features, eps=n.eps)
     bn.load_state_dict(n.state_dict())
     return bn
-
-
-def _linear(m: nn.Module) -> nn.Linear:
-    """An ``nn.Linear`` holding a 1x1 conv's (or a linear's) weights."""
-    w = m.weight.detach()
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
-    lin.weight.data.copy_(w.reshape(w.shape[0], w.shape[1]))
-    if m.bias is not None:
-        lin.bias.data.copy_(m.bias.detach())
-    return lin
 
 
 def _ln(n: nn.Module) -> nn.LayerNorm:
@@ -123,7 +101,7 @@ class PlainMBConv(nn.Module):
         self.expand = (nn.Identity() if isinstance(b.expand, nn.Identity)
                        else nn.Sequential(_conv(b.expand.conv), _bn(b.expand.bn), nn.SiLU()))
         self.dw = nn.Sequential(_conv(b.dw.conv), _bn(b.dw.bn), nn.SiLU())
-        self.se1, self.se2 = _linear(b.se.fc1), _linear(b.se.fc2)
+        self.se1, self.se2 = linear_from(b.se.fc1), linear_from(b.se.fc2)
         self.project = nn.Sequential(_conv(b.project.conv), _bn(b.project.bn))
         self.residual = b.residual
 
@@ -143,7 +121,7 @@ class PlainConvNeXtV2(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.dwconv, self.norm = _conv(b.conv_dw), _ln(b.norm)
-        self.pwconv1, self.pwconv2 = _linear(b.mlp.fc1), _linear(b.mlp.fc2)
+        self.pwconv1, self.pwconv2 = linear_from(b.mlp.fc1), linear_from(b.mlp.fc2)
         self.gamma = nn.Parameter(b.mlp.grn.weight.detach().clone())
         self.beta = nn.Parameter(b.mlp.grn.bias.detach().clone())
         self.eps = b.mlp.grn.eps
@@ -163,7 +141,7 @@ class PlainDynamicConv(nn.Module):
 
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
-        self.fc1, self.fc2 = _linear(b.fc1), _linear(b.fc2)
+        self.fc1, self.fc2 = linear_from(b.fc1), linear_from(b.fc2)
         self.weight = nn.Parameter(b.weight.detach().clone())  # (K, O, C / g, k, k)
         self.bias = None if b.bias is None else nn.Parameter(b.bias.detach().clone())  # (K, O)
         self.tau = b.temperature
@@ -234,7 +212,7 @@ class PlainHorNetBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = _ln(b.norm1), _ln(b.norm2)
         self.gnconv = PlainGnConv(b.gnconv)
-        self.pwconv1, self.pwconv2 = _linear(b.mlp.fc1), _linear(b.mlp.fc2)
+        self.pwconv1, self.pwconv2 = linear_from(b.mlp.fc1), linear_from(b.mlp.fc2)
         one = torch.ones(b.dim)
         self.gamma1 = nn.Parameter(one if b.gamma1 is None else b.gamma1.detach().clone().view(-1))
         self.gamma2 = nn.Parameter(one if b.gamma2 is None else b.gamma2.detach().clone().view(-1))
@@ -282,7 +260,7 @@ class PlainPatchConvBlock(nn.Module):
         super().__init__()
         self.norm = _ln(b.norm)
         self.conv1, self.dwconv, self.conv2 = _conv(b.conv1), _conv(b.dwconv), _conv(b.conv2)
-        self.se1, self.se2 = _linear(b.se.fc1), _linear(b.se.fc2)
+        self.se1, self.se2 = linear_from(b.se.fc1), linear_from(b.se.fc2)
         self.gamma = nn.Parameter(b.gamma.detach().clone().view(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -302,7 +280,7 @@ class PlainPiTPooling(nn.Module):
 
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
-        self.conv, self.fc = _conv(b.conv), _linear(b.fc)
+        self.conv, self.fc = _conv(b.conv), linear_from(b.fc)
 
     def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor | None = None):
         y = self.conv(x)
@@ -316,7 +294,7 @@ class PlainLeFF(nn.Module):
 
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
-        self.fc1, self.fc2 = _linear(b.conv1), _linear(b.conv3)
+        self.fc1, self.fc2 = linear_from(b.conv1), linear_from(b.conv3)
         self.dw = _conv(b.conv2)
         self.bn1, self.bn3 = nn.BatchNorm1d(b.hidden, eps=b.bn1.eps), nn.BatchNorm1d(b.dim, eps=b.bn3.eps)
         self.bn1.load_state_dict(b.bn1.state_dict())
@@ -336,7 +314,7 @@ class PlainLeFF(nn.Module):
 
 def _mlp_linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear]:
     a, b = (m for m in mlp.layers if isinstance(m, nn.Linear))
-    return _linear(a), _linear(b)
+    return linear_from(a), linear_from(b)
 
 
 @_ref("permute_mlp")
@@ -348,8 +326,8 @@ class PlainWeightedPermuteMLP(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.s = b.segment_size
-        self.mlp_h, self.mlp_w, self.mlp_c = _linear(b.fc_h), _linear(b.fc_w), _linear(b.fc_c)
-        self.proj = _linear(b.proj)
+        self.mlp_h, self.mlp_w, self.mlp_c = linear_from(b.fc_h), linear_from(b.fc_w), linear_from(b.fc_c)
+        self.proj = linear_from(b.proj)
         self.fc1, self.fc2 = _mlp_linears(b.reweight)
         # the authors read the reweight output as (C, 3); ours holds it as (3, C): same rows, reordered
         c = b.channels
@@ -422,7 +400,7 @@ class PlainS2MLP(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.norm1, self.norm2 = _ln(b.norm1), _ln(b.norm2)
-        self.fc1, self.fc2 = _linear(b.fc1), _linear(b.fc2)
+        self.fc1, self.fc2 = linear_from(b.fc1), linear_from(b.fc2)
         self.fc3, self.fc4 = _mlp_linears(b.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

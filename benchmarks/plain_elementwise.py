@@ -15,17 +15,10 @@ projections.
 from __future__ import annotations
 
 import torch
+from plain_common import reference_registry  # beside this file
 from torch import nn
 
-REFS: dict[str, type[nn.Module]] = {}
-
-
-def _ref(name: str):  # a class decorator
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        REFS[name] = cls
-        return cls
-
-    return deco
+REFS, _ref = reference_registry()
 
 
 @_ref("shuffle_attention")

@@ -1,10 +1,5 @@
-"""Plain-PyTorch references for more blocks (issue 19, goal 3: every image-attention,
-token-attention, MLP and conv block has one).
-
-Imported by ``plain_reference.py``, which checks each against our block (same weights, max
-relative difference <= 1e-4) before timing it. Written from the papers' equations the way a
-reader would write them in plain PyTorch, not from our blocks; they take our block's weights.
-"""
+"""Plain-PyTorch references of image-attention blocks, halo attention to ConTNet's patch-wise
+layer (issue 19, goal 3; the rules they follow are in ``plain_common.py``)."""
 
 from __future__ import annotations
 
@@ -13,27 +8,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from plain_common import linear_from, reference_registry  # beside this file
 from torch import nn
 
-REFS: dict[str, type[nn.Module]] = {}
-
-
-def _ref(name: str):  # a class decorator
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        REFS[name] = cls
-        return cls
-
-    return deco
-
-
-def linear_from(conv_or_linear: nn.Module) -> nn.Linear:
-    """An ``nn.Linear`` holding a 1x1 conv's (or a linear's) weights."""
-    w = conv_or_linear.weight.detach()
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=conv_or_linear.bias is not None)
-    lin.weight.data.copy_(w.reshape(w.shape[0], w.shape[1]))
-    if conv_or_linear.bias is not None:
-        lin.bias.data.copy_(conv_or_linear.bias.detach())
-    return lin
+REFS, _ref = reference_registry()
 
 
 @_ref("halo_attention")

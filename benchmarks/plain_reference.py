@@ -41,7 +41,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from plain_conv_mlp import REFS as CONV_MLP_REFS  # these five beside this script
+from plain_common import linear_from, reference_registry  # these six beside this script
+from plain_conv_mlp import REFS as CONV_MLP_REFS
 from plain_elementwise import REFS as ELEMENTWISE_REFS
 from plain_image_attention_a import REFS as IMAGE_A_REFS
 from plain_image_attention_b import REFS as IMAGE_B_REFS
@@ -51,30 +52,12 @@ from torch import nn
 import blockzoo
 from blockzoo.bench.report import FORMATS, render
 
-REFS: dict[str, type[nn.Module]] = {}
+REFS, reference = reference_registry()
 # Blocks whose forward is mostly elementwise / reduction work (no large matmul or conv):
 # the rows over which --compile's geometric mean is reported (the last three's references
 # are in plain_elementwise.py).
 ELEMENTWISE = ("se", "eca", "sge", "simam", "coord_attention", "grn", "cbam", "triplet_attention",
                "shuffle_attention")
-
-
-def reference(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        REFS[name] = cls
-        return cls
-
-    return deco
-
-
-def linear_from(conv_or_linear: nn.Module) -> nn.Linear:
-    """An ``nn.Linear`` holding a 1x1 conv's (or a linear's) weights."""
-    w = conv_or_linear.weight.detach()
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=conv_or_linear.bias is not None)
-    lin.weight.data.copy_(w.reshape(w.shape[0], w.shape[1]))
-    if conv_or_linear.bias is not None:
-        lin.bias.data.copy_(conv_or_linear.bias.detach())
-    return lin
 
 
 # ---------------------------------------------------------------- channel / spatial gates

@@ -1,10 +1,5 @@
-"""Plain-PyTorch references for more blocks (issue 19, goal 3: every image-attention,
-token-attention, MLP and conv block has one).
-
-Imported by ``plain_reference.py``, which checks each against our block (same weights, max
-relative difference <= 1e-4) before timing it. Written from the papers' equations the way a
-reader would write them in plain PyTorch, not from our blocks; they take our block's weights.
-"""
+"""Plain-PyTorch references of the token-attention blocks, the position encodings and the MLP
+(issue 19, goal 3; the rules they follow are in ``plain_common.py``)."""
 
 from __future__ import annotations
 
@@ -13,27 +8,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from plain_common import linear_from, reference_registry  # beside this file
 from torch import nn
 
-REFS: dict[str, type[nn.Module]] = {}
-
-
-def _ref(name: str):  # a class decorator
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        REFS[name] = cls
-        return cls
-
-    return deco
-
-
-def _linear(m: nn.Module) -> nn.Linear:
-    """An ``nn.Linear`` holding a linear's (or a 1x1 conv's) weights."""
-    w = m.weight.detach()
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
-    lin.weight.data.copy_(w.reshape(w.shape[0], w.shape[1]))
-    if m.bias is not None:
-        lin.bias.data.copy_(m.bias.detach())
-    return lin
+REFS, _ref = reference_registry()
 
 
 def _layernorm(m: nn.Module) -> nn.LayerNorm:
@@ -49,7 +27,7 @@ def _layernorm(m: nn.Module) -> nn.LayerNorm:
 class _PlainAFT(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
 
 
 @_ref("aft_full")
@@ -126,8 +104,8 @@ class _PlainClassAttn(nn.Module):
     def __init__(self, mha: nn.Module) -> None:
         super().__init__()
         self.h, self.d = mha.num_heads, mha.head_dim
-        self.q, self.k, self.v = _linear(mha.q_proj), _linear(mha.k_proj), _linear(mha.v_proj)
-        self.proj = _linear(mha.out_proj)
+        self.q, self.k, self.v = linear_from(mha.q_proj), linear_from(mha.k_proj), linear_from(mha.v_proj)
+        self.proj = linear_from(mha.out_proj)
 
     def forward(self, cls: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         B, N, _ = z.shape
@@ -159,7 +137,7 @@ class PlainClassAttentionBlock(nn.Module):
         self.norm1, self.norm2 = _layernorm(b.norm1), _layernorm(b.norm2)
         self.attn = _PlainClassAttn(b.attn)
         fc1, fc2 = (m for m in b.mlp.layers if isinstance(m, nn.Linear))
-        self.mlp = nn.Sequential(_linear(fc1), nn.GELU(), _linear(fc2))
+        self.mlp = nn.Sequential(linear_from(fc1), nn.GELU(), linear_from(fc2))
         one = torch.ones(b.dim)
         self.s1 = nn.Parameter(one.clone() if b.scale1 is None else b.scale1.detach().clone())
         self.s2 = nn.Parameter(one.clone() if b.scale2 is None else b.scale2.detach().clone())
@@ -193,7 +171,7 @@ class PlainEMSA(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h, self.d, r, c = b.num_heads, b.head_dim, b.sr_ratio, b.dim
-        self.q, self.kv, self.proj = _linear(b.q), _linear(b.kv), _linear(b.proj)
+        self.q, self.kv, self.proj = linear_from(b.q), linear_from(b.kv), linear_from(b.proj)
         self.sr = None
         if r > 1:  # the 1-D version of the (r+1) x (r+1) stride-r conv: its central row
             self.sr = nn.Conv1d(c, c, r + 1, stride=r, padding=r // 2, groups=c, bias=b.sr.bias is not None)
@@ -286,7 +264,7 @@ class PlainMLP(nn.Module):
         layers: list[nn.Module] = []
         for m in b.layers:
             if isinstance(m, nn.Linear):
-                layers.append(_linear(m))
+                layers.append(linear_from(m))
             elif not isinstance(m, (nn.Identity, nn.Dropout)):  # activation (and norm, if any)
                 layers.append(copy.deepcopy(m))
         self.net = nn.Sequential(*layers)
@@ -307,7 +285,7 @@ class PlainLocalAttention(nn.Module):
         super().__init__()
         self.h, self.d = b.num_heads, b.head_dim
         self.left, self.right = b.window
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -337,7 +315,7 @@ class PlainMUSE(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h = b.num_heads
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
         self.dw = nn.ModuleList(_conv1d(m) for m in b.depthwise)
         self.pw = nn.ModuleList(_conv1d(m) for m in b.pointwise)
         self.alpha = nn.Parameter(b.alpha.detach().clone())
@@ -361,7 +339,7 @@ class PlainPerformer(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h, self.d, self.causal = b.num_heads, b.head_dim, b.causal
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
         self.register_buffer("omega", b.features.detach().clone())
 
     def phi(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
@@ -398,7 +376,7 @@ class PlainReAttention(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h, self.d = b.num_heads, b.head_dim
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
         self.reatten = _conv2d(b.reatten_matrix)
         self.bn = nn.BatchNorm2d(self.h, eps=b.var_norm.eps)
         self.bn.load_state_dict(b.var_norm.state_dict())
@@ -426,7 +404,7 @@ class PlainSeparableSelfAttention(nn.Module):
         for i, m in ((1, b.to_k), (1 + self.c, b.to_v)):
             if m.bias is not None:
                 self.qkv.bias.data[i:i + self.c].copy_(m.bias.detach())
-        self.out_proj = _linear(b.proj)
+        self.out_proj = linear_from(b.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         query, key, value = self.qkv(x).split([1, self.c, self.c], dim=-1)
@@ -443,7 +421,7 @@ class PlainSimplifiedSelfAttention(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h = b.num_heads
-        self.proj = _linear(b.proj)
+        self.proj = linear_from(b.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -460,7 +438,7 @@ class PlainTalkingHeads(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h, self.d = b.num_heads, b.head_dim
-        self.qkv, self.out = _linear(b.qkv), _linear(b.out_proj)
+        self.qkv, self.out = linear_from(b.qkv), linear_from(b.out_proj)
         self.p_l = nn.Parameter(b.proj_l.weight.detach().clone())
         self.b_l = None if b.proj_l.bias is None else nn.Parameter(b.proj_l.bias.detach().clone())
         self.p_w = nn.Parameter(b.proj_w.weight.detach().clone())
@@ -486,7 +464,7 @@ class PlainUFO(nn.Module):
     def __init__(self, b: nn.Module) -> None:
         super().__init__()
         self.h, self.d = b.num_heads, b.head_dim
-        self.qkv, self.proj = _linear(b.qkv), _linear(b.proj)
+        self.qkv, self.proj = linear_from(b.qkv), linear_from(b.proj)
         self.gamma = nn.Parameter(b.gamma.detach().clone())  # (h, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
