@@ -30,11 +30,14 @@ _IM2COL_MAX = 16384
 
 
 def _patch_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for the stride-p, unpadded p x p patch convolution; on a small CPU input,
-    the same convolution as im2col + GEMM instead of oneDNN (the same sums, another order)."""
+    """``conv(x)`` for the stride-p, unpadded p x p patch convolution; on a small CPU input
+    without autograd, the same convolution as im2col + GEMM instead of oneDNN (the same sums,
+    another order)."""
+    # inference only: thnn_conv2d's backward refuses some weight-gradient layouts ("grad_weight
+    # must be contiguous", seen in CoaT's, PCPVT's and Twins-SVT's patch embeddings)
     if (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and x.numel() <= _IM2COL_MAX
-            and type(conv) is nn.Conv2d and not listened(conv)):
+            and not torch.is_grad_enabled() and type(conv) is nn.Conv2d and not listened(conv)):
         p = conv._parameters
         return torch._C._nn.thnn_conv2d(x, p["weight"], conv.kernel_size, p["bias"], conv.stride, 0)
     return call(conv, x)
