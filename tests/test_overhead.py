@@ -547,3 +547,23 @@ def test_every_entry_computes_with_parametrized_parameters(name: str) -> None:
         got = block(*x)
     want, got = (want[0], got[0]) if isinstance(want, tuple) else (want, got)
     assert (got - want).abs().max().item() <= 1e-10 * max(want.abs().max().item(), 1.0)
+
+
+def test_shuffle_attention_trains_with_the_channel_gate_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any trainable parameter, not only x or W_1, needs the autograd-safe write of the shuffled
+    halves: with W_1 frozen and x not requiring grad, W_2 still gets the module path's gradient."""
+    from blockzoo.attention import shuffle
+
+    monkeypatch.setattr(shuffle, "_DIRECT_WRITE_MIN", 0)
+    torch.manual_seed(0)
+    block = shuffle.ShuffleAttention(16, groups=2, init_weight=0.7).double()
+    block.cweight.requires_grad_(False)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    weights = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).view_as(x)
+    (block(x) * weights).sum().backward()
+    fused = block.sweight.grad.clone()
+    block.zero_grad()
+    handle = block.gn.register_forward_hook(lambda *_: None)  # a listener: the module path
+    (block(x) * weights).sum().backward()
+    handle.remove()
+    torch.testing.assert_close(fused, block.sweight.grad, rtol=1e-12, atol=1e-12)

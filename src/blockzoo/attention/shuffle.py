@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import listened
+from blockzoo._fastcall import listened, own
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
@@ -100,10 +100,8 @@ class ShuffleAttention(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
             check_shape(x, "B C H W", name="ShuffleAttention", C=self.channels)  # raises, naming the misfit
         b, _, h, w = x.shape
-        mods = self._modules
-        gn = mods["gn"]
-        # (a parametrization moves a parameter out of ``_parameters``, which the fused path reads)
-        if type(gn) is nn.GroupNorm and not listened(gn) and "parametrizations" not in mods:
+        gn = self._modules["gn"]
+        if type(gn) is nn.GroupNorm and not listened(gn):
             return self._fused(x, b, h, w)
         xg = x.reshape(b * self.groups, -1, h, w)  # (B G, 2c, H, W)
         x1, x2 = xg.chunk(2, dim=1)  # (B G, c, H, W) each
@@ -112,8 +110,13 @@ class ShuffleAttention(nn.Module):
         # x'_k2 = sigmoid(W_2 GN(x_k2) + b_2) * x_k2
         n2 = self.gn(x2)  # (B G, c, H, W)
         g2 = self.spatial_map(torch.sigmoid(self.sweight * n2 + self.sbias))
-        out = torch.cat([x1 * g1, x2 * g2], 1).reshape(b, 2, self.channels // 2, h, w)  # (B, 2, C/2, H, W)
-        return out.transpose(1, 2).reshape(b, self.channels, h, w)  # channel shuffle, 2 groups
+        return self._concat_shuffle(x1 * g1, x2 * g2)
+
+    def _concat_shuffle(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """cat_k [y_k1, y_k2] along channels, then ``channel_shuffle(., 2)``: (B, C, H, W)."""
+        b, h, w = y1.shape[0] // self.groups, y1.shape[-2], y1.shape[-1]
+        out = torch.cat([y1, y2], 1).reshape(b, 2, self.channels // 2, h, w)  # (B, 2, C/2, H, W)
+        return out.transpose(1, 2).reshape(b, self.channels, h, w)
 
     def _fused(self, x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
         """The same maps with fewer passes: W_2, b_2 folded into GN's affine,
@@ -128,25 +131,24 @@ class ShuffleAttention(nn.Module):
         half ``half`` of group (i, g') at [:, g', half, :, i]."""
         gs, c = self.groups, self.channels // (2 * self.groups)
         grad = torch.is_grad_enabled()
-        # parameters and submodules read from their dicts, not through nn.Module.__getattr__
-        # (~0.3 us each, eleven of them per call)
-        p, mods = self._parameters, self._modules
+        # parameters and submodules read without nn.Module.__getattr__ (~0.3 us each, eleven of
+        # them per call); ``own`` still honours a parametrized parameter
+        mods = self._modules
         gn = mods["gn"]
-        gp = gn._parameters
         xg = x.reshape(b * gs, 2 * c, h, w)  # (B G, 2c, H, W)
         x1, x2 = xg.chunk(2, dim=1)  # (B G, c, H, W) each
         # x'_k1 = sigmoid(W_1 GAP(x_k1) + b_1) * x_k1
-        g1 = torch.addcmul(p["cbias"], p["cweight"], x1.mean((2, 3), keepdim=True))  # (B G, c, 1, 1)
+        gap = x1.mean((2, 3), keepdim=True)  # (B G, c, 1, 1)
+        g1 = torch.addcmul(own(self, "cbias"), own(self, "cweight"), gap)
         g1 = mods["channel_map"](g1.sigmoid() if grad else g1.sigmoid_())
         # x'_k2 = sigmoid(W_2 GN(x_k2) + b_2) * x_k2
-        sw, sb = p["sweight"].view(c), p["sbias"].view(c)
-        g2 = F.group_norm(x2, c, sw * gp["weight"], torch.addcmul(sb, sw, gp["bias"]), gn.eps)
+        sw, sb = own(self, "sweight").view(c), own(self, "sbias").view(c)
+        g2 = F.group_norm(x2, c, sw * own(gn, "weight"), torch.addcmul(sb, sw, own(gn, "bias")), gn.eps)
         # g2: (B G, c, H, W)
         g2 = mods["spatial_map"](g2.sigmoid() if grad else g2.sigmoid_())
         # (a size test under compile or export would specialise the batch: there, concatenate)
         if gs % 2 or torch.compiler.is_compiling() or x.numel() < _DIRECT_WRITE_MIN:
-            out = torch.cat([x1 * g1, x2 * g2], 1).reshape(b, 2, self.channels // 2, h, w)
-            return out.transpose(1, 2).reshape(b, self.channels, h, w)  # channel shuffle, 2 groups
+            return self._concat_shuffle(x1 * g1, x2 * g2)
         half = gs // 2
         out = x.new_empty(b, self.channels, h, w)
         dst = out.view(b, half, 2, c, 2, h, w)  # (B, G', half, c, i, H, W)
@@ -154,8 +156,9 @@ class ShuffleAttention(nn.Module):
         def shuffled(t: torch.Tensor) -> torch.Tensor:  # (B G, c, ., .) -> (B, G', c, i, ., .)
             return t.view(b, 2, half, c, t.shape[-2], t.shape[-1]).permute(0, 2, 3, 1, 4, 5)
 
-        if grad and (x.requires_grad or p["cweight"].requires_grad):
-            # autograd cannot record into ``out=`` views: the same products, then one copy each
+        if grad:
+            # autograd cannot record into ``out=`` views (any parameter may be the trainable one):
+            # the same products, then one copy each
             dst[:, :, 0].copy_(shuffled(x1) * shuffled(g1))
             dst[:, :, 1].copy_(shuffled(x2) * shuffled(g2))
             return out
