@@ -5,7 +5,8 @@
 2. Local-window attention (w = 16, i.e. offsets -16..16) vs full attention at N = 4096:
    time and peak CPU memory, as ratios local / full, against three "full" references:
    fused SDPA, SDPA with the N x N band mask (the exact equivalent), and the explicit
-   softmax path.
+   softmax path. Then both local-window methods (blocked, per query) over a grid of
+   configurations, with the one the CPU cost model picks.
 3. Each linear-complexity entry's forward time at N = 256, 1024, 4096, with the growth
    factor per 4x of N (4 = linear, 16 = quadratic); multi-head attention as a contrast.
 
@@ -235,6 +236,47 @@ def bench_local(args: argparse.Namespace) -> None:
         m_local = peak_memory(run(lambda xs=xs: local(xs)))
         m_full = peak_memory(run(lambda xs=xs, bm=bm: full(xs, attn_mask=bm)))
         print(f"| {size} | {mib(m_local)} | {mib(m_full)} |")
+    bench_local_methods(args)
+
+
+# (B, N, C, h, w, block_size) for the per-query vs blocked table: the plain-reference
+# benchmark's large config (b = 3) and example, short and default blocks, long windows
+LOCAL_METHOD_CONFIGS = (
+    (8, 8, 16, 4, 2, 3), (8, 32, 16, 4, 2, 3), (8, 256, 64, 4, 2, 3), (8, 256, 64, 4, 2, 1),
+    (8, 256, 64, 4, 4, 4), (8, 256, 64, 4, 8, 4), (8, 256, 64, 4, 2, None), (8, 256, 64, 4, 4, None),
+    (8, 512, 64, 1, 2, None), (4, 1024, 64, 4, 8, None), (4, 1024, 256, 8, 4, None),
+    (1, 1024, 64, 4, 16, 8), (1, 4096, 64, 4, 16, None), (1, 2048, 512, 8, 16, None),
+)
+
+
+def bench_local_methods(args: argparse.Namespace) -> None:
+    """Both local-window methods on CPU, with the one the cost model picks: the data behind
+    ``blockzoo.attention.local._per_query_wins``."""
+    import blockzoo.attention.local as local_mod
+
+    print("\n### local_attention: per-query vs blocked method (forward, eval, no_grad, whole block)")
+    print("| B | N | C | h | w | block | blocked ms | per-query ms | blocked / per-query | model picks |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for b, n, c, h, w, bs in LOCAL_METHOD_CONFIGS:
+        torch.manual_seed(0)
+        m = LocalAttention(c, window=w, num_heads=h, block_size=bs).eval()
+        x = torch.randn(b, n, c)
+
+        def forced(method: str, m: nn.Module = m, x: torch.Tensor = x) -> Callable[[], object]:
+            def f() -> object:
+                local_mod._FORCE = method
+                try:
+                    with torch.no_grad():
+                        return m(x)
+                finally:
+                    local_mod._FORCE = None
+            return f
+
+        t = timed({"blocked": forced("blocked"), "per_query": forced("per_query")}, args.warmup, args.repeat)
+        picks = "per-query" if local_mod._per_query_wins(
+            b * h, n, w, w, c // h, bs or max(w, 16), torch.device("cpu")) else "blocked"
+        print(f"| {b} | {n} | {c} | {h} | {w} | {bs or f'{max(w, 16)} (default)'} | {ms(t['blocked'])} | "
+              f"{ms(t['per_query'])} | {t['blocked'] / t['per_query']:.2f} | {picks} |")
 
 
 LINEAR = {
@@ -278,7 +320,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=10)
-    p.add_argument("--only", choices=("mha", "local", "linear"), default=None)
+    p.add_argument("--only", choices=("mha", "local", "local-methods", "linear"), default=None,
+                   help="one section (local-methods: only the per-query vs blocked table)")
     p.add_argument("--flex-blocks", type=int, nargs="*", default=[128, 16],
                    help="FlexAttention block-mask block sizes to time in section 2 (compiled each)")
     p.add_argument("--flex-eager", action="store_true", help="also run FlexAttention uncompiled once (slow)")
@@ -292,6 +335,8 @@ def main() -> None:
         bench_mha(args)
     if args.only in (None, "local"):
         bench_local(args)
+    if args.only == "local-methods":
+        bench_local_methods(args)
     if args.only in (None, "linear"):
         bench_linear(args)
 

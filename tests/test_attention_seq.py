@@ -425,15 +425,46 @@ def test_mha_with_rope_is_translation_invariant() -> None:
 # --------------------------------------------------------------------------- local window
 
 
+_LOCAL_METHODS = ("blocked", "per_query")
+
+
+@pytest.mark.parametrize("method", _LOCAL_METHODS)
 @pytest.mark.parametrize(("n", "window", "block"), [(1, 0, None), (9, 2, 3), (23, 3, None), (30, (4, 0), 5),
-                                                    (17, (1, 6), 4), (40, 5, 1)])
-def test_local_window_equals_band_masked_full_attention(n: int, window, block) -> None:
+                                                    (17, (1, 6), 4), (40, 5, 1), (3, (5, 2), 2)])
+def test_local_window_equals_band_masked_full_attention(
+        monkeypatch: pytest.MonkeyPatch, method: str, n: int, window, block) -> None:
+    import blockzoo.attention.local as local
+
+    monkeypatch.setattr(local, "_FORCE", method)
     q, k, v = _rand(2, 3, n, 4), _rand(2, 3, n, 4), _rand(2, 3, n, 4)
     left, right = (window, window) if isinstance(window, int) else window
     want = scaled_dot_product_attention(q, k, v, band_mask(n, left, right), reference=True)
-    for use_sdpa in (False, True):  # explicit blocks (CPU default) and SDPA blocks (GPU default)
+    for use_sdpa in (False, True):  # explicit (CPU default) and SDPA blocks (GPU default)
         got = local_window_attention(q, k, v, window, block_size=block, use_sdpa=use_sdpa)
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the in-place inference forms
+        got = local_window_attention(q, k, v, window, block_size=block)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    g = torch.randn_like(want)
+    got = torch.autograd.grad(local_window_attention(qg, kg, vg, window, block_size=block), (qg, kg, vg), g)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    ref = scaled_dot_product_attention(qg, kg, vg, band_mask(n, left, right), reference=True)
+    for a, b in zip(got, torch.autograd.grad(ref, (qg, kg, vg), g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_local_window_cost_model_takes_per_query_only_for_short_blocks() -> None:
+    """The per-query method is chosen where the blocked one is mostly tiny-matmul overhead
+    (the benchmark's N = 256, w = 2, b = 3), the blocked one for long windows (N = 4096,
+    w = 16, the memory goal's configuration) and on a tiny input (N = 8)."""
+    from blockzoo.attention.local import _per_query_wins
+
+    cpu = torch.device("cpu")
+    assert _per_query_wins(8 * 4, 256, 2, 2, 16, 3, cpu)
+    assert not _per_query_wins(4, 4096, 16, 16, 16, 16, cpu)
+    assert not _per_query_wins(8 * 4, 8, 2, 2, 4, 3, cpu)
+    assert not _per_query_wins(8 * 4, 256, 2, 2, 16, 3, torch.device("meta"))  # CPU only
 
 
 @pytest.mark.parametrize(("n", "window", "block"), [(9, 2, 3), (30, (4, 0), 5), (17, (1, 6), 4), (40, 5, 1),
@@ -468,11 +499,17 @@ def test_local_attention_module_equals_its_dense_band_path() -> None:
     assert (w[..., ~band_mask(37, 3, 3)] == 0).all()
 
 
-@pytest.mark.parametrize(("n", "window", "block"), [(8, 2, 3), (7, (1, 3), None), (64, 2, 4)])
-def test_local_attention_blocked_paths_equal_the_dense_band_to_1e_12(n: int, window, block) -> None:
-    # short inputs pad the projection once, long ones the tokens; with and without autograd
-    # (one chunk under no_grad: the autograd path's maths), outputs and gradients equal the
-    # dense band-masked attention, and hooks on the projections still fire
+@pytest.mark.parametrize("method", _LOCAL_METHODS)
+@pytest.mark.parametrize(("n", "window", "block"), [(8, 2, 3), (7, (1, 3), None), (64, 2, 4), (3, (4, 1), 2)])
+def test_local_attention_blocked_paths_equal_the_dense_band_to_1e_12(
+        monkeypatch: pytest.MonkeyPatch, method: str, n: int, window, block) -> None:
+    # blocked: short inputs pad the projection once, long ones the tokens; per query: views of
+    # the projection; with and without autograd (one chunk under no_grad: the autograd
+    # path's maths), outputs and gradients equal the dense band-masked attention, and hooks
+    # on the projections still fire
+    import blockzoo.attention.local as local
+
+    monkeypatch.setattr(local, "_FORCE", method)
     torch.manual_seed(0)
     m = LocalAttention(12, window=window, num_heads=3, block_size=block).double().eval()
     x = _rand(2, n, 12).requires_grad_()

@@ -71,7 +71,7 @@ def local_window_attention(
     scale: float | None = None,
     use_sdpa: bool | None = None,
 ) -> torch.Tensor:
-    r"""Softmax attention of each query to the keys within its window, blocked.
+    r"""Softmax attention of each query to the keys within its window, blocked or per query.
 
     Equation, for query i::
 
@@ -83,7 +83,11 @@ def local_window_attention(
     softmax, which measured about 2x faster than SDPA's masked CPU path), so memory is
     O(N * (b + left + right)) rather than O(N^2); under ``no_grad`` the blocks run a chunk
     at a time, so the logits never take more than an eighth of q's size (peak memory
-    O(N d)). It equals full attention with ``band_mask(N, left, right)``.
+    O(N d)). On CPU, where a cost model predicts it faster (short blocks next to the window:
+    the blocks' b x K matmuls are mostly call overhead, and K = b + left + right logits a
+    query are computed where left + 1 + right are needed), each query is instead scored
+    against exactly its own keys, one key offset at a time (W elementwise passes, memory
+    O(N W)). Either way it equals full attention with ``band_mask(N, left, right)``.
 
     Args:
         q, k, v: (B, h, N, d) queries, keys, values of the same length.
@@ -100,11 +104,102 @@ def local_window_attention(
     left, right = (window, window) if isinstance(window, int) else window
     n = q.shape[2]
     b = block_size or max(left, right, 16)
+    if not use_sdpa and _per_query_wins(q.shape[0] * q.shape[1], n, left, right, q.shape[3], b, q.device):
+        return _per_query(q, k, v, 2, left, right, dropout_p, scale)
     pad = -n % b
     qp = F.pad(q, (0, 0, 0, pad)) if pad else q  # (B, h, nb*b, d)
     kp, vp = (F.pad(t, (0, 0, left, pad + right)) for t in (k, v))  # (B, h, nb*b + left + right, d)
     out = _blocked(qp, kp, vp, n, left, right, b, dropout_p, scale, use_sdpa)  # (B, nb, b, h, d)
     return out.flatten(1, 2)[:, :n].transpose(1, 2)  # (B, h, N, d)
+
+
+def _per_query(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, left: int, right: int,
+    dropout_p: float, scale: float | None,
+) -> torch.Tensor:
+    """Each query against its own ``left + 1 + right`` keys, one key offset at a time.
+
+    ``q``, ``k``, ``v`` have their N positions along ``dim``; the other dimensions are
+    batch-like and the last is d: (B, h, N, d), or the projection's (B, N, h, d) views.
+    Returns ``q``'s shape.
+
+    The logits of offset o are one elementwise product of q with k shifted by o - left (only
+    the rows whose key exists; the others are -inf), the (W, ...) stack's softmax runs over
+    its leading axis, and the output is W multiply-adds. No tiny matmuls and no wasted keys:
+    on short sequences with a small window that is what the blocked method pays for (it
+    computes b + left + right logits a query, in b x K matmuls).
+    """
+    n, d, width = q.shape[dim], q.shape[-1], left + 1 + right
+    s = d**-0.5 if scale is None else scale
+    inf = float("-inf")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        pad = (0, 0) * (q.dim() - 1 - dim) + (left, right)
+        kp, vp = F.pad(k, pad), F.pad(v, pad)  # row r is position r - left
+        logits = torch.stack([(q * kp.narrow(dim, o, n)).sum(-1) for o in range(width)])  # (W, *q.shape[:-1])
+        edge = _edge_mask(n, left, right, dim, q.dim(), q.device)  # True: the key lies off the sequence
+        w = logits.mul(s).masked_fill(edge, inf).softmax(dim=0)
+        w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+        return sum(w[o].unsqueeze(-1) * vp.narrow(dim, o, n) for o in range(width))
+    logits = q.new_empty(width, *q.shape[:-1])
+    for o in range(width):
+        lo, hi = max(0, left - o), min(n, n + left - o)  # the queries whose key i + o - left exists
+        if hi > lo:
+            torch.sum(q.narrow(dim, lo, hi - lo) * k.narrow(dim, lo + o - left, hi - lo), -1,
+                      out=logits[o].narrow(dim, lo, hi - lo))
+        end = min(n, max(lo, hi))  # (with no such query, every row is filled below)
+        logits[o].narrow(dim, 0, min(lo, n)).fill_(inf)
+        logits[o].narrow(dim, end, n - end).fill_(inf)
+    w = logits.mul_(s).softmax(dim=0)
+    w = F.dropout(w, dropout_p) if dropout_p > 0 else w
+    out = w[left].unsqueeze(-1) * v  # the query's own key (always there)
+    for o in range(width):
+        lo, hi = max(0, left - o), min(n, n + left - o)
+        if o != left and hi > lo:
+            out.narrow(dim, lo, hi - lo).addcmul_(w[o].narrow(dim, lo, hi - lo).unsqueeze(-1),
+                                                  v.narrow(dim, lo + o - left, hi - lo))
+    return out
+
+
+# Which method a call takes: None chooses by the cost model below; "per_query" or "blocked"
+# forces one (for tests and benchmarks/attention_core.py, which times both).
+_FORCE: str | None = None
+
+
+def _per_query_wins(batch_heads: int, n: int, left: int, right: int, d: int, b: int,
+                    device: torch.device) -> bool:
+    """True when :func:`_per_query` should beat the blocked method (CPU only; elsewhere the
+    blocks are one SDPA call and W elementwise passes would be W times the kernel launches).
+
+    A cost model in microseconds, fitted to 1-thread timings on an x86 core
+    (``benchmarks/attention_core.py --only local-methods`` prints both methods' times and
+    this choice over a grid of configurations):
+
+    - blocked: ~0.9 us of matmul and softmax call overhead per (sample, head, block), plus
+      0.15 ns per (query, key, d) at GEMM speed, K = b + left + right keys a query;
+    - per-query: ~30 us of calls per key offset, plus 1.1 ns per (query, offset, d)
+      elementwise, W = left + 1 + right offsets.
+
+    The per-query method is taken only when predicted 15 % faster, so a misprediction near
+    the crossover costs little. It wins on short blocks (the tiny b x K matmuls are mostly
+    call overhead) and loses on long windows, where the blocked matmuls run at GEMM speed.
+    """
+    if _FORCE is not None:
+        return _FORCE == "per_query"
+    if device.type != "cpu":
+        return False
+    width, kk = left + 1 + right, b + left + right
+    blocked = batch_heads * -(-n // b) * 0.9 + batch_heads * n * kk * d * 0.15e-3
+    per_query = width * 30 + batch_heads * n * width * d * 1.1e-3
+    return per_query < 0.85 * blocked
+
+
+@memo_table()
+def _edge_mask(n: int, left: int, right: int, dim: int, ndim: int, device: Any) -> torch.Tensor:
+    """Bool, True where key offset o of query i lies off the sequence (before 0 or from N on),
+    shaped to broadcast against the (W, *q.shape[:-1]) logits of a q with ``ndim`` dims and
+    its N positions along ``dim``: (W, 1, ..., N, 1, ...)."""
+    j = torch.arange(n, device=device) + torch.arange(-left, right + 1, device=device)[:, None]  # (W, N)
+    return ((j < 0) | (j >= n)).view(left + 1 + right, *(1,) * dim, n, *(1,) * (ndim - 2 - dim))
 
 
 # On inference, the blocks' logits are computed a chunk of blocks at a time so that, per
@@ -174,9 +269,11 @@ class LocalAttention(nn.Module):
         y = Concat(heads) W^O,    q, k, v = x W^Q, x W^K, x W^V
 
     Computed blockwise (``local_window_attention``): never an N x N matrix, memory
-    O(N * w); where that adds at most N / 8 rows, the tokens, not q, k and v, are padded to
-    the blocks, so q, k, v stay views of one projection (at N = 4096, w = 16 an inference
-    forward peaks below fused full SDPA's).
+    O(N * w). On CPU, where short blocks would make the blocked method mostly matmul-call
+    overhead, each query is scored against exactly its 2w + 1 keys, one offset at a time,
+    on views of the projection. In the blocked method, where padding adds at most N / 8
+    rows, the tokens, not q, k and v, are padded to the blocks, so q, k, v stay views of one
+    projection (at N = 4096, w = 16 an inference forward peaks below fused full SDPA's).
     While ``attn_map`` is recorded, the dense banded weights (B, h, N, N) are computed
     instead, for figures.
 
@@ -189,7 +286,8 @@ class LocalAttention(nn.Module):
         qkv_bias: biases on the q, k, v projections.
         dropout: dropout on the attention weights.
         block_size: the query block of the blocked computation (default
-            max(w, 16)); it changes speed only, never the result.
+            max(w, 16)); it changes speed only, never the result (and a small one on CPU
+            may make the per-query method the faster, which is then taken).
 
     Shape:
         - Input: (B, N, C), C = dim, any N.
@@ -244,6 +342,10 @@ class LocalAttention(nn.Module):
             return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
         left, right = self.window
         blk = self.block_size or max(left, right, 16)
+        if _per_query_wins(b * h, n, left, right, d, blk, x.device):
+            q, k, v = call(self.qkv, x).view(b, n, 3, h, d).unbind(2)  # 3 x (B, N, h, d), views
+            out = _per_query(q, k, v, 1, left, right, p, None)  # (B, N, h, d)
+            return call(self.proj, out.flatten(2))  # (B, N, C)
         pad = -n % blk
         if (left + right + pad) * 8 > n:  # short sequences: padding the tokens would add > 1/8 work
             # pad the projection once (zero rows: masked keys and discarded queries)
