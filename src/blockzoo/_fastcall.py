@@ -23,6 +23,7 @@ that the fast path equals the module path to 1e-12 in float64 and that hooks sti
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "direct", "invoke", "listened", "own", "sequential"]
+__all__ = ["call", "conv_bn", "direct", "invoke", "listened", "own", "sequential"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -166,3 +167,74 @@ def sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for m in seq._modules.values():
         x = call(m, x)
     return x
+
+
+# ---------------------------------------------------------------------------- conv + BN folding
+
+# Folded (weight, bias) per BatchNorm2d, with weak references to the tensors they were
+# computed from and each one's address and version: an in-place change (an optimiser step,
+# load_state_dict's copy_, ``.data =``) changes a version or an address, and a ``.to()`` or a
+# new parameter is another object, so the fold is redone.
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+# Folds of at most this many weight elements are kept (1 MiB in float32 each, so the extra
+# memory is bounded by the small convolutions, where a fold per call would cost more than the
+# norm it saves); larger weights are folded per call when the output is at least 8x the weight.
+_KEEP_ELEMENTS = 1 << 18
+
+
+def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; for a stock ``Conv2d`` and an eval-mode ``BatchNorm2d`` that nobody
+    hooks, with autograd off or nothing requiring grad, one convolution with the norm folded
+    into it::
+
+        W' = W * gamma / sqrt(var + eps),    b' = (b - mean) * gamma / sqrt(var + eps) + beta
+
+    the same affine map, one pass over the output fewer (the fold's rounding differs from the
+    norm's by a few ulps). Training, autograd, hooks, ``torch.compile`` / ``torch.func``
+    transforms, or any other module types take the module path, ``call(bn, call(conv, x))``.
+    """
+    folded = _fold(conv, bn, x)
+    if folded is None:
+        return call(bn, call(conv, x))
+    return F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if (type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or bn.training
+            or type(x) is not torch.Tensor or x.dim() != 4 or conv.padding_mode != "zeros"
+            or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active() or listened(conv, bn)):
+        return None
+    cp, bp, bb = conv._parameters, bn._parameters, bn._buffers
+    if not ("weight" in cp and "bias" in cp and "weight" in bp and "bias" in bp):
+        return None  # a parametrized tensor (computed through the attribute): the module path
+    mean, var = bb["running_mean"], bb["running_var"]
+    tensors = (cp["weight"], cp["bias"], bp["weight"], bp["bias"], mean, var)
+    if mean is None or bn.num_features != tensors[0].shape[0] or (torch.is_grad_enabled()
+                        and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 bn.eps, torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
+        return None
+    hit = _FOLDED.get(bn)
+    # (equal states have their None tensors in the same places)
+    if hit is not None and hit[1] == state and all(
+            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+        return hit[2], hit[3]
+    w = tensors[0]
+    keep = w.numel() <= _KEEP_ELEMENTS
+    if not keep and x.numel() // max(1, x.shape[1]) * w.shape[0] < 8 * w.numel():
+        return None  # a large weight on a small input: folding per call costs more than the norm
+    with torch.no_grad():
+        scale = torch.rsqrt(var + bn.eps)
+        if tensors[2] is not None:
+            scale = scale * tensors[2]
+        bias = -mean * scale if tensors[1] is None else (tensors[1] - mean) * scale
+        if tensors[3] is not None:
+            bias = bias + tensors[3]
+        weight = w * scale.view(-1, 1, 1, 1)
+    if keep:
+        _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
+    return weight, bias

@@ -185,7 +185,7 @@ def _per_query_wins(batch_heads: int, n: int, left: int, right: int, d: int, b: 
     """
     if _FORCE is not None:
         return _FORCE == "per_query"
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.compiler.is_compiling():  # (traced: no guard on the batch)
         return False
     width, kk = left + 1 + right, b + left + right
     blocked = batch_heads * -(-n // b) * 0.9 + batch_heads * n * kk * d * 0.15e-3

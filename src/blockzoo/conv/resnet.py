@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, direct
+from blockzoo._fastcall import call, conv_bn, direct
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import make_attention
@@ -53,9 +53,10 @@ class Shortcut(nn.Module):
 
 @direct(Shortcut)
 def _shortcut_direct(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``Shortcut.forward`` with its conv and norm through :func:`call` (their own hooks still fire)."""
+    """``Shortcut.forward`` through :func:`conv_bn` (their own hooks still fire; in eval without
+    autograd, the norm folded into the conv)."""
     mods = m._modules
-    return call(mods["bn"], call(mods["conv"], x))
+    return conv_bn(mods["conv"], mods["bn"], x)
 
 
 def _shortcut(channels: int, dim_out: int, stride: int, norm_layer: LayerSpec, fk: dict) -> nn.Module:
@@ -157,8 +158,8 @@ class BasicBlock(nn.Module):
         # op on the same tensors, without nn.Module.__call__, ~1-2 us per module)
         m = self._modules
         # F(x) = BN_2(conv(act(BN_1(conv(x)))))
-        f = call(m["act1"], call(m["bn1"], call(m["conv1"], x)))
-        f = call(m["bn2"], call(m["conv2"], f))
+        f = call(m["act1"], conv_bn(m["conv1"], m["bn1"], x))
+        f = conv_bn(m["conv2"], m["bn2"], f)
         # y = act(A(F(x)) + S(x))
         return call(m["act2"], call(m["attn"], f) + call(m["shortcut"], x))
 
@@ -264,10 +265,10 @@ class Bottleneck(nn.Module):
             check_shape(x, "B C H W", name=type(self).__name__, C=self.channels)  # raises, naming the misfit
         # stock submodules nobody hooks run as their functional op (blockzoo._fastcall)
         m = self._modules
-        h = call(m["act1"], call(m["bn1"], call(m["conv1"], x)))
-        h = call(m["act2"], call(m["bn2"], call(m["conv2"], h)))
+        h = call(m["act1"], conv_bn(m["conv1"], m["bn1"], x))
+        h = call(m["act2"], conv_bn(m["conv2"], m["bn2"], h))
         # F(x) = BN_3(conv1x1(h))
-        f = call(m["bn3"], call(m["conv3"], h))
+        f = conv_bn(m["conv3"], m["bn3"], h)
         # y = act(A(F(x)) + S(x))
         return call(m["act3"], call(m["attn"], f) + call(m["shortcut"], x))
 
