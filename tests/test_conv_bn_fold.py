@@ -124,13 +124,30 @@ def test_gradient_through_the_input_of_a_frozen_eval_network() -> None:
     torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-12)
 
 
+def test_sequential_folds_each_conv_followed_by_a_norm() -> None:
+    from blockzoo._fastcall import sequential
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(4, 5, 3, padding=1), nn.Conv2d(5, 6, 1, bias=False), nn.BatchNorm2d(6),
+                        nn.ReLU(), nn.BatchNorm2d(6), nn.Conv2d(6, 3, 1)).double().eval()
+    for bn in (seq[2], seq[4]):
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(sequential(seq, x), seq(x), rtol=1e-12, atol=1e-12)
+    assert seq[2] in _fastcall._FOLDED and seq[4] not in _fastcall._FOLDED  # (a ReLU before the second)
+
+
 class _Double(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return 2 * w
 
 
 @pytest.mark.parametrize("name", ["conv_bn_act", "resnet_basic", "resnet_bottleneck", "resnext_block",
-                                  "depthwise_separable", "mbconv", "inverted_residual"])
+                                  "depthwise_separable", "mbconv", "inverted_residual", "cot", "leff", "sk",
+                                  "bam"])
 def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
     """Each block's eval output with the folds equals the same block with every fold refused
     (a forward pre-hook on the norms sends them down the module path)."""

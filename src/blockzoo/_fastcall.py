@@ -160,13 +160,24 @@ def invoke(m: nn.Module, *args: object, **kwargs: object) -> object:
 
 
 def sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)`` for an ``nn.Sequential``: its layers one by one through :func:`call`, without
-    the Sequential's own call, unless a hook listens to the Sequential itself."""
+    """``seq(x)`` for an ``nn.Sequential``: its layers one by one through :func:`call` (a
+    ``Conv2d`` followed by a ``BatchNorm2d`` through :func:`conv_bn`), without the Sequential's
+    own call, unless a hook listens to the Sequential itself."""
     if type(seq) is not nn.Sequential or listened(seq):
         return seq(x)
-    for m in seq._modules.values():
-        x = call(m, x)
-    return x
+    mods = seq._modules
+    pending = None  # a Conv2d waiting to see whether a BatchNorm2d follows
+    for m in mods.values():
+        if pending is not None:
+            if type(m) is nn.BatchNorm2d:
+                x, pending = conv_bn(pending, m, x), None
+                continue
+            x, pending = call(pending, x), None
+        if type(m) is nn.Conv2d:
+            pending = m
+        else:
+            x = call(m, x)
+    return x if pending is None else call(pending, x)
 
 
 # ---------------------------------------------------------------------------- conv + BN folding

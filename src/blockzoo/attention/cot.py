@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import sequential
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -145,17 +146,18 @@ class ContextualTransformer(nn.Module):
         dims = check_shape(x, "B C H W", name="ContextualTransformer", C=self.channels)
         b, h, w = dims["B"], dims["H"], dims["W"]
         c, k, g = self.channels, self.kernel_size, self.num_heads
-        k1 = self.key_embed(x)  # (B, C, H, W)
+        k1 = sequential(self.key_embed, x)  # (B, C, H, W)
         # A = GN(W_delta W_theta [Q; K_1]), one weight per head, offset and position
-        a = self.attn_map(self.embed(torch.cat([x, k1], 1)).view(b, g, k * k, h, w))  # (B, G, K, H, W)
-        v = self.conv1x1(x)  # (B, C, H, W)
+        a = sequential(self.embed, torch.cat([x, k1], 1)).view(b, g, k * k, h, w)
+        a = self.attn_map(a)  # (B, G, K, H, W)
+        v = sequential(self.conv1x1, x)  # (B, C, H, W)
         # channel j G + i of the window unfold is aggregated by head i
         vw = F.unfold(v, k, padding=k // 2).view(b, c // g, g, k * k, h, w)  # (B, C/G, G, K, H, W)
         # K_2(p) = sum_o A(p, o) V(p + o)
         k2 = (a.unsqueeze(1) * vw).sum(3).reshape(b, c, h, w)  # (B, C, H, W)
         k2 = self.act(self.bn(k2))
         # split attention over {K_2, K_1}: logits laid out (C, 2), softmax over the pair
-        s = self.se((k1 + k2).mean((2, 3), keepdim=True)).view(b, c, 2)  # (B, C, 2)
+        s = sequential(self.se, (k1 + k2).mean((2, 3), keepdim=True)).view(b, c, 2)  # (B, C, 2)
         f = self.fuse_map(s.softmax(2).transpose(1, 2)[..., None, None])  # (B, 2, C, 1, 1)
         return f[:, 0] * k2 + f[:, 1] * k1
 

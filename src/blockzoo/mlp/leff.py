@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, conv_bn
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, images, register
@@ -79,9 +80,10 @@ class LocallyEnhancedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B C H W", name="LocallyEnhancedFeedForward", C=self.dim)
-        h = self.act(self.bn1(self.conv1(x)))  # x_1: (B, E, H, W)
-        h = self.act(self.bn2(self.conv2(h)))  # x_2: (B, E, H, W)
-        return self.bn3(self.conv3(h))  # y: (B, C, H, W)
+        m = self._modules  # (eval without autograd: each norm folded into its conv, conv_bn)
+        h = call(m["act"], conv_bn(m["conv1"], m["bn1"], x))  # x_1: (B, E, H, W)
+        h = call(m["act"], conv_bn(m["conv2"], m["bn2"], h))  # x_2: (B, E, H, W)
+        return conv_bn(m["conv3"], m["bn3"], h)  # y: (B, C, H, W)
 
     def forward_tokens(self, z: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """LeFF on [x_c; x_p] (B, 1 + H W, C): the patch tokens as an H x W map, x_c unchanged."""
