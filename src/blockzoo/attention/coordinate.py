@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, conv_bn
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -97,10 +98,11 @@ class CoordinateAttention(nn.Module):
         zh = x.mean(3, keepdim=True)  # (B, C, H, 1)
         zw = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
         # f = act(BN(F_1([z^h; z^w])))
-        f = self.act(self.norm(self.conv1(torch.cat([zh, zw], 2))))  # (B, c, H + W, 1)
+        m = self._modules  # (eval without autograd: the norm folded into F_1, conv_bn)
+        f = call(m["act"], conv_bn(m["conv1"], m["norm"], torch.cat([zh, zw], 2)))  # (B, c, H + W, 1)
         fh, fw = f.split([h, w], 2)
-        gh = self.h_map(torch.sigmoid(self.conv_h(fh)))  # (B, C, H, 1)
-        gw = self.w_map(torch.sigmoid(self.conv_w(fw)).transpose(2, 3))  # (B, C, 1, W)
+        gh = self.h_map(torch.sigmoid(call(m["conv_h"], fh)))  # (B, C, H, 1)
+        gw = self.w_map(torch.sigmoid(call(m["conv_w"], fw)).transpose(2, 3))  # (B, C, 1, W)
         return x * gh * gw
 
     def extra_repr(self) -> str:
