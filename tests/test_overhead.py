@@ -567,3 +567,40 @@ def test_shuffle_attention_trains_with_the_channel_gate_frozen(monkeypatch: pyte
     (block(x) * weights).sum().backward()
     handle.remove()
     torch.testing.assert_close(fused, block.sweight.grad, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- branch tka: token attention
+
+
+def _sdpa_kernels(fn: object) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autograd_path() -> None:
+    """A learned relative bias (a parameter, so its views require grad even under no_grad) is
+    detached for SDPA when no grad is recorded: the fused CPU kernel runs instead of the math
+    one, with the same output in float64; with grad on, the bias still gets its gradient."""
+    torch.manual_seed(0)
+    s = blockzoo.spec("lightweight_mhsa")
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(x)
+        kernels = _sdpa_kernels(lambda: block(x))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
+    slow = block(x)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    slow.square().sum().backward()
+    assert block.relative_pos.grad is not None and block.relative_pos.grad.abs().sum() > 0
+    q, k, v = torch.randn(3, 2, 2, 5, 4, dtype=torch.float64)
+    mask = nn.Parameter(torch.randn(2, 5, 5, dtype=torch.float64)[None])
+    from blockzoo.attention.dot_product import scaled_dot_product_attention
+
+    with torch.no_grad():
+        got = scaled_dot_product_attention(q, k, v, mask)
+    want = scaled_dot_product_attention(q, k, v, mask, reference=True)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
