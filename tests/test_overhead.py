@@ -604,3 +604,22 @@ def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autogra
         got = scaled_dot_product_attention(q, k, v, mask)
     want = scaled_dot_product_attention(q, k, v, mask, reference=True)
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention"])
+def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> None:
+    """Without autograd these blocks take inference-only kernels (a folded norm, im2col for a
+    small patch convolution, the fused SDPA); in float64 the output equals the autograd path's
+    (module calls, oneDNN, math SDPA), and that path still trains."""
+    torch.manual_seed(0)
+    s = blockzoo.spec(name)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        _randomise_norms(block)
+    x = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(*x)
+    slow = block(*x)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    slow.square().sum().backward()
+    assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
