@@ -238,3 +238,15 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     if keep:
         _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
     return weight, bias
+
+
+# ---------------------------------------------------------------------------- branch tka
+
+
+def folded_conv_bn(conv: nn.Module, bn: nn.Module,
+                   x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (weight, bias) of ``bn(conv(x))`` folded into one convolution, exactly those
+    :func:`conv_bn` convolves with (cached, refolded on any change), for a caller that applies
+    the folded map with another kernel (a 1 x 1 convolution as a matrix product); None wherever
+    :func:`conv_bn` takes the module path."""
+    return _fold(conv, bn, x)
