@@ -607,7 +607,7 @@ def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autogra
 
 
 @pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
-                                  "re_attention"])
+                                  "re_attention", "muse_attention"])
 def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> None:
     """Without autograd these blocks take inference-only kernels (a folded norm, im2col for a
     small patch convolution, the fused SDPA); in float64 the output equals the autograd path's
@@ -624,3 +624,31 @@ def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> N
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
     slow.square().sum().backward()
     assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+def test_muse_merged_convs_follow_every_parameter_change() -> None:
+    """MUSE's merged convolution (cached per block) is rebuilt after any in-place change of
+    alpha, a conv weight or bias, or the output bias; each time the no-grad output equals the
+    autograd path's (the separate convolutions) in float64."""
+    torch.manual_seed(0)
+    s = blockzoo.spec("muse_attention")
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s)
+    with torch.no_grad():
+        block.alpha.normal_()
+    for change in (None, "alpha", "depthwise.1.weight", "depthwise.2.bias", "pointwise.0.weight",
+                   "pointwise.2.bias", "proj.bias"):
+        if change is not None:
+            with torch.no_grad():
+                block.get_parameter(change).add_(0.5)
+        with torch.no_grad():
+            fast = block(x)
+        torch.testing.assert_close(fast, block(x).detach(), rtol=1e-12, atol=1e-12)
+    hooked: list[int] = []
+    handle = block.depthwise[1].register_forward_hook(lambda *_a: hooked.append(1))
+    try:
+        with torch.no_grad():
+            block(x)
+    finally:
+        handle.remove()
+    assert hooked == [1]

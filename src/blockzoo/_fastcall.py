@@ -250,3 +250,38 @@ def folded_conv_bn(conv: nn.Module, bn: nn.Module,
     the folded map with another kernel (a 1 x 1 convolution as a matrix product); None wherever
     :func:`conv_bn` takes the module path."""
     return _fold(conv, bn, x)
+
+
+# Tensors derived from parameters (merged weights), per owning module and key, with weak
+# references to the tensors they were computed from and each one's address and version, as
+# the folds above: any in-place change, ``.data =``, ``.to()`` or new parameter rebuilds them.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
+
+
+def derived(owner: nn.Module, key: str, tensors: tuple[torch.Tensor | None, ...],
+            build: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+    """``build(*tensors)`` (run without autograd), kept per ``(owner, key)`` until one of
+    ``tensors`` changes; None where no cached value may stand in for the computation on the
+    parameters (autograd recording through one of them, ``torch.compile``, tracing,
+    ``torch.func`` transforms, inference tensors): the caller then takes its module path."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter
+        return None
+    per = _DERIVED.get(owner)
+    hit = None if per is None else per.get(key)
+    if hit is not None and hit[1] == state and all(
+            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+        return hit[2]
+    with torch.no_grad():
+        value = build(*tensors)
+    if per is None:
+        per = _DERIVED[owner] = {}
+    per[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, value)
+    return value
