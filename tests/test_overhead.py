@@ -607,7 +607,7 @@ def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autogra
 
 
 @pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
-                                  "re_attention", "muse_attention"])
+                                  "re_attention", "muse_attention", "performer_attention"])
 def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> None:
     """Without autograd these blocks take inference-only kernels (a folded norm, im2col for a
     small patch convolution, the fused SDPA); in float64 the output equals the autograd path's
