@@ -189,7 +189,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
-                                  "polarized_sequential", "s2mlp"])
+                                  "polarized_sequential", "s2mlp", "linformer_attention", "ufo_attention",
+                                  "performer_attention"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -652,3 +653,33 @@ def test_muse_merged_convs_follow_every_parameter_change() -> None:
     finally:
         handle.remove()
     assert hooked == [1]
+
+
+@pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
+                                  "re_attention", "muse_attention", "performer_attention",
+                                  "linformer_attention"])
+def test_token_attention_no_grad_reads_parameters_swapped_by_functional_call(name: str) -> None:
+    """Under no_grad (the inference paths, with their cached folds and merged weights),
+    ``torch.func.functional_call`` swaps in other parameters: the output is that of a copy
+    holding them, and a later plain call is the block's own again."""
+    import copy
+
+    from torch.func import functional_call
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        _randomise_norms(block)
+    x = _double_inputs(s, batch=2)
+    params = {k: 2 * v.detach() for k, v in block.named_parameters()}
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        own_out = block(*x)
+        got = functional_call(block, {**params, **dict(block.named_buffers())}, x)
+        for _, v in twin.named_parameters():
+            v.mul_(2)
+        want = twin(*x)
+        again = block(*x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again, own_out, rtol=1e-12, atol=1e-12)
