@@ -683,3 +683,24 @@ def test_token_attention_no_grad_reads_parameters_swapped_by_functional_call(nam
         again = block(*x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(again, own_out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 4, 10, 15, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_last_equals_softmax(length: int, dtype: torch.dtype) -> None:
+    """``_fastcall.softmax_last_`` (in place on a short CPU axis) equals ``softmax(-1)``,
+    -inf entries included, and leaves autograd inputs alone."""
+    from blockzoo._fastcall import softmax_last_
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, length, dtype=dtype) * 4
+    x[0, 0, 0] = float("-inf")
+    want = x.softmax(-1)
+    with torch.no_grad():
+        got = softmax_last_(x.clone())
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    y = x.clone().requires_grad_()
+    out = softmax_last_(y)
+    assert out is not y and out.requires_grad
+    torch.testing.assert_close(out.detach(), want, rtol=tol, atol=tol)

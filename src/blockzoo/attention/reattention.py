@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, folded_conv_bn
+from blockzoo._fastcall import call, folded_conv_bn, softmax_last_
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
@@ -103,7 +103,7 @@ class ReAttention(nn.Module):
         mods = self._modules
         qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
-        a = torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5).softmax(-1)  # A: (B h, N, N)
+        a = softmax_last_(torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5))  # A: (B h, N, N)
         folded = folded_conv_bn(mods["reatten_matrix"], mods["var_norm"], a.view(b, h, n, n))
         if folded is None:
             return None
