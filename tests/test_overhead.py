@@ -694,7 +694,8 @@ def test_softmax_last_equals_softmax(length: int, dtype: torch.dtype) -> None:
 
     torch.manual_seed(0)
     x = torch.randn(3, 5, length, dtype=dtype) * 4
-    x[0, 0, 0] = float("-inf")
+    if length > 1:  # a masked entry (a whole row of -inf is NaN either way)
+        x[0, 0, 0] = float("-inf")
     want = x.softmax(-1)
     with torch.no_grad():
         got = softmax_last_(x.clone())
