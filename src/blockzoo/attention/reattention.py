@@ -101,13 +101,14 @@ class ReAttention(nn.Module):
         the norm folded into Theta, W' A + b' (the 1 x 1 convolution, then the norm: two passes
         over the (B, h, N, N) maps and oneDNN's fixed cost)."""
         mods = self._modules
-        qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
-        q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
-        a = softmax_last_(torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5))  # A: (B h, N, N)
-        folded = folded_conv_bn(mods["reatten_matrix"], mods["var_norm"], a.view(b, h, n, n))
+        # decided before any work (x[:, None] stands in for the 4-D maps: the fold reads its rank)
+        folded = folded_conv_bn(mods["reatten_matrix"], mods["var_norm"], x[:, None])
         if folded is None:
             return None
         weight, bias = folded  # (h, h, 1, 1), (h,)
+        qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
+        a = softmax_last_(torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5))  # A: (B h, N, N)
         # A' = W' A + b', over the head axis at every (query, key) pair
         a = torch.baddbmm(bias.view(1, h, 1), weight.view(1, h, h).expand(b, h, h), a.view(b, h, n * n))
         out = torch.bmm(a.view(b * h, n, n), v).view(b, h, n, d)  # (B, h, N, d)
