@@ -147,7 +147,7 @@ class _Double(nn.Module):
 
 @pytest.mark.parametrize("name", ["conv_bn_act", "resnet_basic", "resnet_bottleneck", "resnext_block",
                                   "depthwise_separable", "mbconv", "inverted_residual", "cot", "leff", "sk",
-                                  "bam", "coord_attention"])
+                                  "bam", "coord_attention", "lightweight_mhsa", "re_attention"])
 def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
     """Each block's eval output with the folds equals the same block with every fold refused
     (a forward pre-hook on the norms sends them down the module path)."""

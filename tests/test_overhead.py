@@ -189,7 +189,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
-                                  "polarized_sequential", "s2mlp"])
+                                  "polarized_sequential", "s2mlp", "linformer_attention", "ufo_attention",
+                                  "performer_attention"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -567,3 +568,140 @@ def test_shuffle_attention_trains_with_the_channel_gate_frozen(monkeypatch: pyte
     (block(x) * weights).sum().backward()
     handle.remove()
     torch.testing.assert_close(fused, block.sweight.grad, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- branch tka: token attention
+
+
+def _sdpa_kernels(fn: object) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autograd_path() -> None:
+    """A learned relative bias (a parameter, so its views require grad even under no_grad) is
+    detached for SDPA when no grad is recorded: the fused CPU kernel runs instead of the math
+    one, with the same output in float64; with grad on, the bias still gets its gradient."""
+    torch.manual_seed(0)
+    s = blockzoo.spec("lightweight_mhsa")
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(x)
+        kernels = _sdpa_kernels(lambda: block(x))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
+    slow = block(x)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    slow.square().sum().backward()
+    assert block.relative_pos.grad is not None and block.relative_pos.grad.abs().sum() > 0
+    q, k, v = torch.randn(3, 2, 2, 5, 4, dtype=torch.float64)
+    mask = nn.Parameter(torch.randn(2, 5, 5, dtype=torch.float64)[None])
+    from blockzoo.attention.dot_product import scaled_dot_product_attention
+
+    with torch.no_grad():
+        got = scaled_dot_product_attention(q, k, v, mask)
+    want = scaled_dot_product_attention(q, k, v, mask, reference=True)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
+                                  "re_attention", "muse_attention", "performer_attention"])
+def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> None:
+    """Without autograd these blocks take inference-only kernels (a folded norm, im2col for a
+    small patch convolution, the fused SDPA); in float64 the output equals the autograd path's
+    (module calls, oneDNN, math SDPA), and that path still trains."""
+    torch.manual_seed(0)
+    s = blockzoo.spec(name)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        _randomise_norms(block)
+    x = _double_inputs(s)
+    with torch.no_grad():
+        fast = block(*x)
+    slow = block(*x)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    slow.square().sum().backward()
+    assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+def test_muse_merged_convs_follow_every_parameter_change() -> None:
+    """MUSE's merged convolution (cached per block) is rebuilt after any in-place change of
+    alpha, a conv weight or bias, or the output bias; each time the no-grad output equals the
+    autograd path's (the separate convolutions) in float64."""
+    torch.manual_seed(0)
+    s = blockzoo.spec("muse_attention")
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s)
+    with torch.no_grad():
+        block.alpha.normal_()
+    for change in (None, "alpha", "depthwise.1.weight", "depthwise.2.bias", "pointwise.0.weight",
+                   "pointwise.2.bias", "proj.bias"):
+        if change is not None:
+            with torch.no_grad():
+                block.get_parameter(change).add_(0.5)
+        with torch.no_grad():
+            fast = block(x)
+        torch.testing.assert_close(fast, block(x).detach(), rtol=1e-12, atol=1e-12)
+    hooked: list[int] = []
+    handle = block.depthwise[1].register_forward_hook(lambda *_a: hooked.append(1))
+    try:
+        with torch.no_grad():
+            block(x)
+    finally:
+        handle.remove()
+    assert hooked == [1]
+
+
+@pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
+                                  "re_attention", "muse_attention", "performer_attention",
+                                  "linformer_attention"])
+def test_token_attention_no_grad_reads_parameters_swapped_by_functional_call(name: str) -> None:
+    """Under no_grad (the inference paths, with their cached folds and merged weights),
+    ``torch.func.functional_call`` swaps in other parameters: the output is that of a copy
+    holding them, and a later plain call is the block's own again."""
+    import copy
+
+    from torch.func import functional_call
+
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        _randomise_norms(block)
+    x = _double_inputs(s, batch=2)
+    params = {k: 2 * v.detach() for k, v in block.named_parameters()}
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        own_out = block(*x)
+        got = functional_call(block, {**params, **dict(block.named_buffers())}, x)
+        for _, v in twin.named_parameters():
+            v.mul_(2)
+        want = twin(*x)
+        again = block(*x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again, own_out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 4, 10, 15, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_last_equals_softmax(length: int, dtype: torch.dtype) -> None:
+    """``_fastcall.softmax_last_`` (in place on a short CPU axis) equals ``softmax(-1)``,
+    -inf entries included, and leaves autograd inputs alone."""
+    from blockzoo._fastcall import softmax_last_
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, length, dtype=dtype) * 4
+    if length > 1:  # a masked entry (a whole row of -inf is NaN either way)
+        x[0, 0, 0] = float("-inf")
+    want = x.softmax(-1)
+    with torch.no_grad():
+        got = softmax_last_(x.clone())
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    y = x.clone().requires_grad_()
+    out = softmax_last_(y)
+    assert out is not y and out.requires_grad
+    torch.testing.assert_close(out.detach(), want, rtol=tol, atol=tol)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import conv_bn, invoke, listened
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, images, register
@@ -161,17 +162,22 @@ class LightweightMHSA(nn.Module):
         if self.sr is not None:
             # x' = BN(DWConv_{k x k / k}(x))
             img = x.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
-            kv = self.sr(img).flatten(2).transpose(1, 2)  # (B, M, C)
+            sr = self.sr
+            if type(sr) is nn.Sequential and not listened(sr):  # the BatchNorm folded into the conv in eval
+                kv = conv_bn(*sr._modules.values(), img)
+            else:
+                kv = sr(img)
+            kv = kv.flatten(2).transpose(1, 2)  # (B, M, C)
         else:
             kv = x
         if bias is None:
-            return self.attn(x, kv, kv)
+            return invoke(self.attn, x, kv, kv)
         require(bias_size is not None, "LightweightMHSA: a bias needs the bias_size it was learned at")
         grid = (int(bias_size[0]), int(bias_size[1]))
         b_ = resize_relative_bias(bias, grid, self.key_grid(*grid), (height, width),
                                   self.key_grid(height, width))
         # softmax(Q K'^T / sqrt(d) + B) V'
-        return self.attn(x, kv, kv, attn_mask=b_.to(x.dtype).unsqueeze(0).expand(b, -1, -1, -1))
+        return invoke(self.attn, x, kv, kv, attn_mask=b_.to(x.dtype).unsqueeze(0).expand(b, -1, -1, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="LightweightMHSA", C=self.dim)

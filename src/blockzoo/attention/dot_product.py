@@ -85,6 +85,10 @@ def scaled_dot_product_attention(
         torch.Size([2, 4, 10, 8])
     """
     if not (reference or return_weights):
+        if attn_mask is not None and attn_mask.requires_grad and not torch.is_grad_enabled():
+            # a learned float mask (a relative bias) under no_grad: its views keep requires_grad,
+            # which sends SDPA to its unfused math kernel; detached it takes the fused one
+            attn_mask = attn_mask.detach()
         if is_causal and attn_mask is not None:  # SDPA takes one or the other: merge them
             tril = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
             if attn_mask.dtype == torch.bool:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, own
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -108,25 +109,31 @@ class LinformerAttention(nn.Module):
                 nn.init.normal_(p, std=1.0 / math.sqrt(self.seq_len))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = check_shape(x, "B N C", name="LinformerAttention", C=self.dim).values()
+        if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == self.dim):
+            check_shape(x, "B N C", name="LinformerAttention", C=self.dim)  # raises, naming the misfit
+        b, n = x.shape[0], x.shape[1]
         if n > self.seq_len:
             raise ShapeError(f"LinformerAttention: input has N={n} tokens, more than seq_len={self.seq_len}")
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, h*d)
-        e = self.e[:, :n]
-        f = e if self.f is None else self.f[:, :n]
+        mods = self._modules
+        # the projections as functional ops unless hooked (blockzoo._fastcall)
+        q, k, v = call(mods["qkv"], x).chunk(3, dim=-1)  # 3 x (B, N, h*d)
+        e, f = own(self, "e"), own(self, "f")  # f: None when shared
+        if torch.compiler.is_compiling() or n != self.seq_len:  # the first N columns
+            e, f = e[:, :n], (None if f is None else f[:, :n])
+        f = e if f is None else f
         # E K, F V along the sequence, as one batched product with E broadcast (stride 0): ``e @ k``
         # folds the batch into rows and so copies k and the product (tests/test_copies.py)
         k = torch.bmm(e.expand(b, -1, -1), k).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
         v = torch.bmm(f.expand(b, -1, -1), v).view(b, self.proj_len, h, d).transpose(1, 2)  # (B, h, k, d)
         q = q.view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
         p = self.dropout if self.training else 0.0
-        if self.attn_map.active:
+        if mods["attn_map"].active:
             out, w = scaled_dot_product_attention(q, k, v, None, p, return_weights=True)
-            self.attn_map(w)  # (B, h, N, k)
+            mods["attn_map"](w)  # (B, h, N, k)
         else:
             out = scaled_dot_product_attention(q, k, v, None, p)
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+        return call(mods["proj"], out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, seq_len={self.seq_len}, num_heads={self.num_heads}, "

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, derived, listened, own
 from blockzoo.attention.dot_product import scaled_dot_product_attention
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -93,8 +95,14 @@ class MUSEAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = check_shape(x, "B N C", name="MUSEAttention", C=self.dim).values()
+        if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == self.dim):
+            check_shape(x, "B N C", name="MUSEAttention", C=self.dim)  # raises, naming the misfit
+        b, n, c = x.shape
         h = self.num_heads
+        if not torch.is_grad_enabled() and not self._modules["attn_map"].active:
+            out = self._inference(x, b, n, c, h)
+            if out is not None:
+                return out
         q, k, v = self.qkv(x).view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         p = self.dropout if self.training else 0.0
         if self.attn_map.active:
@@ -109,6 +117,69 @@ class MUSEAttention(nn.Module):
         branches = zip(weights, self.depthwise, self.pointwise, strict=True)
         conv = sum(wi * pw(dw(vc)) for wi, dw, pw in branches)  # (B, C, N)
         return att + conv.transpose(1, 2)  # (B, N, C)
+
+    def _merged_convs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The conv branches and the output bias as one k_max-wide convolution (weight (C, C,
+        k_max), bias (C,)): sum_i softmax(alpha)_i PW_i(DW_i(V)) + b^O is linear in V with
+        all kernels centred, so M[o, c, t] = sum_i a_i W^P_i[o, c] W^D_i[c, t - (k_max - k_i) / 2]
+        and b = sum_i a_i (W^P_i b^D_i + b^P_i) + b^O; kept until a parameter changes.
+        None when a submodule is hooked, not a stock Conv1d, or a parameter is parametrized."""
+        mods = self._modules
+        dws, pws = list(mods["depthwise"]._modules.values()), list(mods["pointwise"]._modules.values())
+        convs = (*dws, *pws)
+        if (listened(mods["depthwise"], mods["pointwise"], mods["proj"], *convs)
+                or any(type(m) is not nn.Conv1d or m.padding_mode != "zeros" for m in convs)
+                or type(mods["proj"]) is not nn.Linear):
+            return None
+        tensors = [self._parameters.get("alpha"), mods["proj"]._parameters.get("bias")]
+        for m in convs:
+            p = m._parameters
+            if "weight" not in p or "bias" not in p or p["weight"] is None:
+                return None
+            tensors += [p["weight"], p["bias"]]
+        if tensors[0] is None:
+            return None
+        k_max = max(self.kernel_sizes)
+        count = len(dws)
+
+        def build(alpha: torch.Tensor, out_bias: torch.Tensor | None,
+                  *wb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            a = alpha.softmax(0)
+            w0 = wb[0]
+            weight = w0.new_zeros(self.dim, self.dim, k_max)
+            bias = w0.new_zeros(self.dim) if out_bias is None else out_bias.clone()
+            for i in range(count):
+                wd, bd = wb[2 * i], wb[2 * i + 1]  # (C, 1, k_i), (C,)
+                wp, bp = wb[2 * (count + i)][:, :, 0], wb[2 * (count + i) + 1]  # (C, C), (C,)
+                k = wd.shape[-1]
+                off = (k_max - k) // 2
+                weight[:, :, off:off + k] += a[i] * wp[:, :, None] * wd[:, 0][None]
+                if bd is not None:
+                    bias += a[i] * (wp @ bd)
+                if bp is not None:
+                    bias += a[i] * bp
+            return weight, bias
+
+        return derived(self, "convs", tuple(tensors), build)
+
+    def _inference(self, x: torch.Tensor, b: int, n: int, c: int, h: int) -> torch.Tensor | None:
+        """``forward`` without autograd (None where the branches cannot be merged): the conv
+        branches and W^O's bias as one convolution of V (``_merged_convs``; was 2 x len(
+        kernel_sizes) convolutions, scalings and sums), and the attention's output projection
+        accumulated onto it in one batched product."""
+        merged = self._merged_convs()
+        if merged is None:
+            return None
+        weight, bias = merged
+        mods = self._modules
+        q, k, v = call(mods["qkv"], x).view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        p = self.dropout if self.training else 0.0
+        att = scaled_dot_product_attention(q, k, v, None, p).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+        vc = v.transpose(1, 2).reshape(b, n, c).transpose(1, 2)  # (B, C, N)
+        conv = F.conv1d(vc, weight, bias, padding=weight.shape[-1] // 2)  # (B, C, N)
+        w_o = own(mods["proj"], "weight")
+        # att W^O^T + (sum_i a_i PW_i(DW_i(V)) + b^O)
+        return torch.baddbmm(conv.transpose(1, 2), att, w_o.t().expand(b, c, c))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, kernel_sizes={self.kernel_sizes}"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention.linear_attention import linear_attention
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
@@ -155,11 +156,37 @@ class PerformerAttention(nn.Module):
                                             generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = check_shape(x, "B N C", name="PerformerAttention", C=self.dim).values()
+        if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == self.dim):
+            check_shape(x, "B N C", name="PerformerAttention", C=self.dim)  # raises, naming the misfit
+        b, n = x.shape[0], x.shape[1]
         h, d = self.num_heads, self.head_dim
+        if not (self.causal or torch.is_grad_enabled()):
+            return self._inference(x, b, n, h, d)
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         out = favor_attention(q, k, v, self.features, causal=self.causal)  # (B, h, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+
+    def _inference(self, x: torch.Tensor, b: int, n: int, h: int, d: int) -> torch.Tensor:
+        """Non-causal ``forward`` without autograd, with what cancels in D^-1 phi(Q') (phi(K')^T V)
+        left out: 1 / sqrt(m) (a factor of numerator and denominator alike) and, for the
+        queries, |q'|^2 / 2 (constant along the row, so the row-max shift removes it exactly:
+        phi(q') is exp(q' omega^T - max_row(q' omega^T)) up to such factors); d^(-1/4) goes
+        into omega, q, k, v are laid out per head in one copy for ``bmm``, and the maps are
+        shifted and exponentiated in place."""
+        mods = self._modules
+        qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
+        s = d ** -0.25
+        omega = self._buffers["features"] * s  # (m, d), omega / d^(1/4)
+        fq = torch.matmul(q, omega.t())  # (B h, N, m): q' omega^T
+        fq = fq.sub_(fq.amax(-1, keepdim=True)).exp_()
+        fk = torch.matmul(k, omega.t())  # (B h, N, m): k' omega^T - |k'|^2 / 2, shifted by its max
+        fk.sub_(k.square().sum(-1, keepdim=True), alpha=s * s / 2)
+        fk = fk.sub_(fk.amax((-2, -1), keepdim=True)).exp_()
+        kv = torch.bmm(fk.transpose(1, 2), v)  # (B h, m, d): phi(K')^T V
+        den = torch.bmm(fq, fk.sum(1).unsqueeze(-1))  # (B h, N, 1): phi(Q') phi(K')^T 1_N
+        out = torch.bmm(fq, kv).div_(den).view(b, h, n, d)  # (B, h, N, d)
+        return call(mods["proj"], out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

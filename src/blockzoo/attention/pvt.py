@@ -18,6 +18,7 @@ from torch import nn
 from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
+from blockzoo.attention.patch_embed import _patch_conv
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.registry import Example, images, register
 
@@ -101,7 +102,7 @@ class SpatialReductionAttention(nn.Module):
         b, _, c = x.shape
         # SR(x) = LN(Conv_{R x R, stride R}(x))
         img = x.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
-        kv = call(self.norm, call(self.sr, img).flatten(2).transpose(1, 2))  # (B, M, C)
+        kv = call(self.norm, _patch_conv(self.sr, img).flatten(2).transpose(1, 2))  # (B, M, C)
         return invoke(self.attn, x, kv, kv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, folded_conv_bn, softmax_last_
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
@@ -77,14 +78,41 @@ class ReAttention(nn.Module):
         self.attn_map = AttentionMap("weights")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = check_shape(x, "B N C", name="ReAttention", C=self.dim).values()
+        if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == self.dim):
+            check_shape(x, "B N C", name="ReAttention", C=self.dim)  # raises, naming the misfit
+        b, n, c = x.shape
         h, d = self.num_heads, self.head_dim
+        mods = self._modules
+        if not torch.is_grad_enabled() and not mods["attn_map"].active:
+            out = self._inference(x, b, n, h, d)
+            if out is not None:
+                return out
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         a = self.attn_map((q @ k.transpose(-1, -2) * d ** -0.5).softmax(-1))  # A: (B, h, N, N)
         # A' = BN(Theta A + theta), mixing the h maps at every (query, key) pair
         a = self.var_norm(self.reatten_matrix(a))  # (B, h, N, N)
         out = (a @ v).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.proj(out)
+
+    def _inference(self, x: torch.Tensor, b: int, n: int, h: int, d: int) -> torch.Tensor | None:
+        """``forward`` without autograd, None where the norm cannot be folded (hooks, training,
+        tracing): q, k, v laid out per head in one copy for plain ``bmm`` (``matmul`` copied
+        each permuted view), and BN(Theta A + theta) as one batched product of A's h maps with
+        the norm folded into Theta, W' A + b' (the 1 x 1 convolution, then the norm: two passes
+        over the (B, h, N, N) maps and oneDNN's fixed cost)."""
+        mods = self._modules
+        # decided before any work (x[:, None] stands in for the 4-D maps: the fold reads its rank)
+        folded = folded_conv_bn(mods["reatten_matrix"], mods["var_norm"], x[:, None])
+        if folded is None:
+            return None
+        weight, bias = folded  # (h, h, 1, 1), (h,)
+        qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
+        a = softmax_last_(torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5))  # A: (B h, N, N)
+        # A' = W' A + b', over the head axis at every (query, key) pair
+        a = torch.baddbmm(bias.view(1, h, 1), weight.view(1, h, h).expand(b, h, h), a.view(b, h, n * n))
+        out = torch.bmm(a.view(b * h, n, n), v).view(b, h, n, d)  # (B, h, N, d)
+        return call(mods["proj"], out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"

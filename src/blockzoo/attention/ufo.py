@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, own
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens
 
@@ -91,13 +92,33 @@ class UFOAttention(nn.Module):
         self.gamma = nn.Parameter(torch.ones(num_heads, 1, 1, **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = check_shape(x, "B N C", name="UFOAttention", C=self.dim).values()
+        if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[2] == self.dim):
+            check_shape(x, "B N C", name="UFOAttention", C=self.dim)  # raises, naming the misfit
+        b, n = x.shape[0], x.shape[1]
         h, d = self.num_heads, self.head_dim
+        if not torch.is_grad_enabled():
+            return self._inference(x, b, n, h, d)
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         kv = k.transpose(-1, -2) @ v  # (B, h, d, d)
         # XNorm(Q) XNorm(K^T V)
         out = xnorm(q, self.gamma, -1, self.eps) @ xnorm(kv, self.gamma, -2, self.eps)  # (B, h, N, d)
         return self.proj(out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
+
+    def _inference(self, x: torch.Tensor, b: int, n: int, h: int, d: int) -> torch.Tensor:
+        """``forward`` without autograd: q, k, v laid out per head in one copy (instead of the
+        three that ``matmul`` makes of the permuted views) for plain ``bmm``; the norms in place,
+        and both gammas (per head, scalars) applied once on the output:
+        XNorm(Q) XNorm(K^T V) = gamma^2 (Q (K^T V / ||K^T V||)) / ||Q||, each norm + eps."""
+        mods = self._modules
+        qkv = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        q, k, v = qkv.reshape(3, b * h, n, d).unbind(0)  # 3 x (B h, N, d), contiguous
+        kv = torch.bmm(k.transpose(1, 2), v)  # (B h, d, d)
+        kv.div_(torch.linalg.vector_norm(kv, dim=-2, keepdim=True).add_(self.eps))
+        out = torch.bmm(q, kv).view(b, h, n, d)  # (B, h, N, d)
+        gamma = own(self, "gamma")
+        norm_q = torch.linalg.vector_norm(q, dim=-1, keepdim=True).add_(self.eps)  # (B h, N, 1)
+        out.mul_(gamma * gamma).div_(norm_q.view(b, h, n, 1))
+        return call(mods["proj"], out.transpose(1, 2).reshape(b, n, h * d))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
