@@ -607,6 +607,25 @@ def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autogra
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
 
 
+def test_attend_detaches_a_learned_bias_without_grad() -> None:
+    """``_attend.attend`` (CoAtNet, CrossFormer, DAT, HAT, MoA) gives SDPA a learned bias
+    detached when no grad is recorded: the fused CPU kernel, the same output in float64."""
+    from blockzoo.attention._attend import attend
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 5, 4, dtype=torch.float64)
+    bias = nn.Parameter(torch.randn(2, 5, 5, dtype=torch.float64))
+    idle = AttentionMap("weights")
+    with torch.no_grad():
+        got = attend(q, k, v, idle, bias=bias)
+        kernels = _sdpa_kernels(lambda: attend(q, k, v, idle, bias=bias))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
+    want = ((q @ k.transpose(-1, -2)) * 0.5 + bias).softmax(-1) @ v
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    attend(q, k, v, idle, bias=bias).sum().backward()  # with grad on, the bias still learns
+    assert bias.grad is not None and bias.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", ["lightweight_mhsa", "spatial_reduction_attention", "ufo_attention",
                                   "re_attention", "muse_attention", "performer_attention"])
 def test_token_attention_inference_path_equals_the_autograd_path(name: str) -> None:

@@ -43,7 +43,13 @@ def attend(
     Shape: q (..., N, d), k (..., M, d), v (..., M, e) -> (..., N, e).
     """
     if not attn_map.active:
+        if bias is not None and bias.requires_grad and not torch.is_grad_enabled():
+            # a learned bias under no_grad: its views keep requires_grad, which sends SDPA to
+            # its unfused math kernel on CPU; detached, it takes the fused one
+            bias = bias.detach()
         if q.dim() == 4:
+            if bias is not None and bias.dim() < 4:  # (SDPA's fused CPU kernel takes 4-D masks only)
+                bias = bias[(None,) * (4 - bias.dim())]
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         # Other ranks go through a 4-D view (ONNX's attention takes only 4-D inputs):
         # the leading dims merge into (L, h), h the last of them.
