@@ -598,11 +598,13 @@ def test_learned_mask_takes_the_fused_kernel_without_grad_and_equals_the_autogra
     slow.square().sum().backward()
     assert block.relative_pos.grad is not None and block.relative_pos.grad.abs().sum() > 0
     q, k, v = torch.randn(3, 2, 2, 5, 4, dtype=torch.float64)
-    mask = nn.Parameter(torch.randn(2, 5, 5, dtype=torch.float64)[None])
+    mask = nn.Parameter(torch.randn(2, 5, 5, dtype=torch.float64))  # 3-D: viewed as 4-D for the fused kernel
     from blockzoo.attention.dot_product import scaled_dot_product_attention
 
     with torch.no_grad():
         got = scaled_dot_product_attention(q, k, v, mask)
+        kernels = _sdpa_kernels(lambda: scaled_dot_product_attention(q, k, v, mask))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels, kernels
     want = scaled_dot_product_attention(q, k, v, mask, reference=True)
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
 

@@ -89,6 +89,8 @@ def scaled_dot_product_attention(
             # a learned float mask (a relative bias) under no_grad: its views keep requires_grad,
             # which sends SDPA to its unfused math kernel; detached it takes the fused one
             attn_mask = attn_mask.detach()
+        if attn_mask is not None and attn_mask.dim() == 3 and q.dim() == 4:
+            attn_mask = attn_mask[None]  # (a 3-D mask sends SDPA to its math kernel on CPU; 4-D: fused)
         if is_causal and attn_mask is not None:  # SDPA takes one or the other: merge them
             tril = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
             if attn_mask.dtype == torch.bool:
