@@ -189,7 +189,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
-                                  "polarized_sequential", "s2mlp"])
+                                  "polarized_sequential", "s2mlp", "class_attention", "class_attention_block",
+                                  "class_cross_attention"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -383,7 +384,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
                                   "separable_self_attention", "patch_embed", "danet", "double_attention",
-                                  "polarized_parallel", "polarized_sequential", "s2mlp"])
+                                  "polarized_parallel", "polarized_sequential", "s2mlp",
+                                  "class_attention_block", "class_cross_attention"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
@@ -567,3 +569,33 @@ def test_shuffle_attention_trains_with_the_channel_gate_frozen(monkeypatch: pyte
     (block(x) * weights).sum().backward()
     handle.remove()
     torch.testing.assert_close(fused, block.sweight.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_scale", [None, 0.3])
+def test_class_attention_block_equals_its_equation_with_module_calls(layer_scale: float | None) -> None:
+    """The block's fast path (functional submodules, addcmul for the layer scales) equals the
+    equation written with module calls, in float64, outputs and gradients."""
+    from blockzoo.attention.class_attention import ClassAttentionBlock
+
+    torch.manual_seed(0)
+    block = ClassAttentionBlock(8, num_heads=2, mlp_ratio=2.0, layer_scale=layer_scale).double()
+    if layer_scale is not None:
+        with torch.no_grad():
+            block.scale1.uniform_(0.5, 1.5)
+            block.scale2.uniform_(-1.5, -0.5)
+    x = torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True)
+
+    def equation(x: torch.Tensor) -> torch.Tensor:
+        s1 = 1 if block.scale1 is None else block.scale1
+        s2 = 1 if block.scale2 is None else block.scale2
+        z = block.norm1(x)
+        cls = x[:, :1] + s1 * block.attn(z)
+        cls = cls + s2 * block.mlp(block.norm2(cls))
+        return torch.cat([cls, x[:, 1:]], 1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), equation(x), rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(block(x).square().sum(), [x, *block.parameters()])
+    want = torch.autograd.grad(equation(x).square().sum(), [x, *block.parameters()])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

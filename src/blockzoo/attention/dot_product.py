@@ -287,8 +287,9 @@ class MultiHeadAttention(nn.Module):
     def _project(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, self_attn: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.fused_qkv:
-            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        mods = self._modules
+        if not self.fused_qkv:  # each projection as its functional op unless hooked (_fastcall)
+            return call(mods["q_proj"], query), call(mods["k_proj"], key), call(mods["v_proj"], value)
         if self_attn:
             return self.qkv(query).chunk(3, dim=-1)  # 3 x (B, L, E)
         if key is value:  # keys and values of one source: one product with the (2E, C) rows
@@ -349,7 +350,10 @@ class MultiHeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         attn_map = mods["attn_map"]
         explicit = need_weights or attn_map.active
-        res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
+        if not explicit and mask is None and not causal:  # the fused kernel, without the wrapper's tests
+            res = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
         if explicit:
             out, weights = res
             weights = attn_map(weights)  # (B, h, L, S)
