@@ -92,8 +92,10 @@ BUDGET: dict[str, tuple[int, str]] = {
                   "bias of those with a shift mask, patch embedding/merging"),
     "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
     # the issue-23 backbones and their blocks, budgeted as merged (not yet optimised)
-    "cait_xxs24": (7, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
-                   "and weights @ v on permuted views, " + _HEADS),
+    "cait_xxs24": (8, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
+                   "and weights @ v on permuted views, " + _HEADS + "; the class-attention layer's "
+                   "one-query path merges its (h, B, d) heads to (B, h d) (B E elements, where the "
+                   "projected path projected all N keys and values)"),
     "cmt_ti": (12, "3 clones per SDPA call on the reduced keys (x3 stages' blocks) and " + _HEADS),
     "coat_lite_tiny": (9, "3 factorized attentions x 3: softmax(K)^T V, Q (K^T V) on head views, " + _HEADS),
     "convit_tiny": (2, "one GPSA block: q, k, v into the head layout in one copy, " + _HEADS),

@@ -599,3 +599,50 @@ def test_class_attention_block_equals_its_equation_with_module_calls(layer_scale
     want = torch.autograd.grad(equation(x).square().sum(), [x, *block.parameters()])
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("dim", "heads", "head_dim", "kdim", "bias"),
+                         [(8, 2, None, None, True), (8, 1, None, None, False), (6, 3, 4, 5, True)])
+def test_one_query_reassociated_path_equals_the_projected_path(monkeypatch: pytest.MonkeyPatch, dim: int,
+                                                               heads: int, head_dim: int | None,
+                                                               kdim: int | None, bias: bool) -> None:
+    """One query over many keys (class attention): softmax((q W_k) z^T) (A z) W_v equals
+    projecting every key and value, in float64, with random biases (the key bias cancels);
+    with autograd, a hook or a recording the projected path runs."""
+    from blockzoo.attention import dot_product
+    from blockzoo.attention.dot_product import MultiHeadAttention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(dim, heads, head_dim=head_dim, kdim=kdim, vdim=kdim, qkv_bias=bias,
+                             fused_qkv=False).double().eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.normal_()
+    z = torch.randn(3, 40, mha.kdim, dtype=torch.float64)
+    q = torch.randn(3, 1, dim, dtype=torch.float64)
+    taken: list[int] = []
+    one_query = MultiHeadAttention._one_query
+    monkeypatch.setattr(MultiHeadAttention, "_one_query",
+                        lambda self, *a: taken.append(1) or one_query(self, *a))
+    with torch.no_grad():
+        fast = mha(q, z, z)
+        assert taken
+        monkeypatch.setattr(dot_product, "_ONE_QUERY_MIN_KEYS", 10 ** 9)
+        projected = mha(q, z, z)
+    torch.testing.assert_close(fast, projected, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(dot_product, "_ONE_QUERY_MIN_KEYS", 1)
+    taken.clear()
+    seen: list[int] = []
+    handle = mha.k_proj.register_forward_hook(lambda *_a: seen.append(1))
+    with torch.no_grad():
+        hooked = mha(q, z, z)
+    handle.remove()
+    assert seen  # the hook fired: the keys were projected
+    torch.testing.assert_close(hooked, fast, rtol=1e-12, atol=1e-12)
+    with record_attention(mha) as maps, torch.no_grad():
+        mha(q, z, z)
+    assert maps
+    zg = z.clone().requires_grad_()
+    out = mha(q, zg, zg)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), fast, rtol=1e-12, atol=1e-12)
