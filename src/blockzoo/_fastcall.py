@@ -238,3 +238,37 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     if keep:
         _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
     return weight, bias
+
+
+# ---------------------------------------------------------------------------- branch tkb: derived tensors
+
+# Tensors computed from parameters alone (a position bias's exponential), per owning module and
+# key, with weak references to their sources and each one's address and version, as the folds
+# above: an optimiser step, load_state_dict, ``.data =`` or ``.to()`` rebuilds them.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def derived(owner: nn.Module, key: object, sources: tuple[torch.Tensor, ...],
+            build: Callable[..., torch.Tensor]) -> torch.Tensor | None:
+    """``build(*sources)``, kept per ``(owner, key)`` until a source changes; None where it may not
+    be kept (autograd on, ``torch.compile`` / ``jit.trace`` / ``torch.func``, inference tensors):
+    the caller then computes it in line as before."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()
+            or any(type(t) is not torch.Tensor and type(t) is not nn.Parameter for t in sources)):
+        return None
+    try:
+        state = (*((t.data_ptr(), t._version) for t in sources), torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key on
+        return None
+    table = _DERIVED.get(owner)
+    if table is None:
+        table = _DERIVED[owner] = {}
+    hit = table.get(key)
+    if hit is not None and hit[1] == state and all(r() is t for r, t in zip(hit[0], sources, strict=True)):
+        return hit[2]
+    value = build(*sources)
+    if len(table) >= 8:  # a few sizes per owner
+        del table[next(iter(table))]
+    table[key] = (tuple(weakref.ref(t) for t in sources), state, value)
+    return value
