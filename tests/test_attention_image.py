@@ -682,3 +682,36 @@ def test_sk_default_groups_are_the_papers() -> None:
     assert sk.fuse[0].out_channels == 32  # d = max(C / r, L) = max(4, 32)
     with pytest.raises(ValueError, match="groups=32"):
         blockzoo.create("sk", channels=48)
+
+
+@pytest.mark.parametrize(("kernels", "stride", "merge"), [((2, 4), 2, True), ((4, 8, 16), 4, True),
+                                                         ((2, 4), 2, False)])
+def test_crossformer_cel_eval_paths_equal_the_autograd_path(monkeypatch: pytest.MonkeyPatch,
+                                                            kernels: tuple[int, ...], stride: int,
+                                                            merge: bool) -> None:
+    """CEL without autograd (the convolutions merged into one with zero-padded kernels on small
+    inputs, the concatenation written channels-last for the LayerNorm) equals the autograd path
+    in float64, and follows an in-place change of a weight."""
+    from blockzoo.attention import crossformer
+
+    if not merge:
+        monkeypatch.setattr(crossformer, "_MERGE_EXTRA_MACS", -1)
+    torch.manual_seed(0)
+    cel = crossformer.CrossScaleEmbedding(3, 12, kernel_sizes=kernels, stride=stride).double().eval()
+    with torch.no_grad():
+        for p in cel.parameters():
+            p.normal_()
+    merged: list[bool] = []
+    run = crossformer.CrossScaleEmbedding._merged
+    monkeypatch.setattr(crossformer.CrossScaleEmbedding, "_merged",
+                        lambda self, *a: merged.append((y := run(self, *a)) is not None) or y)
+    for _ in range(2):
+        x = torch.randn(2, 3, 13, 10, dtype=torch.float64)
+        with torch.no_grad():
+            fast = cel(x)
+        slow = cel(x)
+        assert merged[-2] is merge and not merged[-1]
+        assert fast.stride() == slow.stride()
+        torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            cel.convs[0].weight.mul_(-2.0)  # the kept padded kernels must follow

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -249,7 +250,7 @@ _DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary
 
 
 def derived(owner: nn.Module, key: object, sources: tuple[torch.Tensor, ...],
-            build: Callable[..., torch.Tensor]) -> torch.Tensor | None:
+            build: Callable[..., Any]) -> Any:
     """``build(*sources)``, kept per ``(owner, key)`` until a source changes; None where it may not
     be kept (autograd on, ``torch.compile`` / ``jit.trace`` / ``torch.func``, inference tensors):
     the caller then computes it in line as before."""
