@@ -715,3 +715,30 @@ def test_crossformer_cel_eval_paths_equal_the_autograd_path(monkeypatch: pytest.
         torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
         with torch.no_grad():
             cel.convs[0].weight.mul_(-2.0)  # the kept padded kernels must follow
+
+
+@pytest.mark.parametrize("name", ["crossformer_sda", "crossformer_lda"])
+def test_crossformer_kept_position_bias_equals_the_autograd_path(name: str) -> None:
+    """SDA / LDA without autograd keep the DPB's (h, M, M) bias per group size: the output equals
+    the autograd path in float64, follows an in-place change of a DPB weight, and a hook on the
+    DPB's MLP still fires (it then runs per call)."""
+    torch.manual_seed(0)
+    block = blockzoo.spec(name).build_example().double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_()
+    x = torch.randn(2, block.channels, 8, 12, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            fast = block(x)
+        torch.testing.assert_close(fast, block(x), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            block.dpb.mlp[-1].weight.mul_(-3.0)  # the kept bias must follow
+    seen: list[int] = []
+    handle = block.dpb.mlp[0].register_forward_hook(lambda *_a: seen.append(1))
+    with torch.no_grad():
+        hooked = block(x)
+    handle.remove()
+    assert seen
+    with torch.no_grad():
+        torch.testing.assert_close(hooked, block(x), rtol=1e-12, atol=1e-12)

@@ -216,6 +216,18 @@ class DynamicPositionBias(nn.Module):
         return bias.reshape(gh * gw, gh * gw, -1).permute(2, 0, 1)  # (h, M, M)
 
 
+def _position_bias(dpb: nn.Module | None, gh: int, gw: int) -> torch.Tensor | None:
+    """``dpb(gh, gw)``; without autograd, kept per group size until a DPB parameter changes (a
+    function of its parameters and two integers), unless a hook listens to the DPB or its MLP."""
+    if dpb is None:
+        return None
+    if type(dpb) is DynamicPositionBias and not listened(*dpb.modules()):
+        bias = derived(dpb, (gh, gw), tuple(dpb.parameters()), lambda *_: dpb.forward(gh, gw))
+        if bias is not None:
+            return bias
+    return dpb(gh, gw)
+
+
 class _GroupAttention(nn.Module):
     """Multi-head self-attention within groups of tokens, with DPB; the grouping is the subclass's."""
 
@@ -261,7 +273,7 @@ class _GroupAttention(nn.Module):
             qkv = src.view(B, 3, h, d, a, sh, b, sw)
             perm = (1, 0, 5, 7, 2, 4, 6, 3) if self.long else (1, 0, 4, 6, 2, 5, 7, 3)
             q, k, v = qkv.permute(*perm).reshape(3, B, n, h, gh * gw, d)  # (B, n, h, M, d) each
-        bias = self.dpb(gh, gw) if self.dpb is not None else None  # (h, M, M)
+        bias = _position_bias(self.dpb, gh, gw)  # (h, M, M) or None
         if Hp != H or Wp != W:
             valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
             valid[:H, :W] = True
