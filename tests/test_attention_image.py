@@ -742,3 +742,33 @@ def test_crossformer_kept_position_bias_equals_the_autograd_path(name: str) -> N
     assert seen
     with torch.no_grad():
         torch.testing.assert_close(hooked, block(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("window", "merge"), [(None, True), (None, False), (3, True)])
+def test_factorized_attention_eval_path_equals_the_autograd_path(monkeypatch: pytest.MonkeyPatch,
+                                                                 window: int | None, merge: bool) -> None:
+    """Factorized attention without autograd (CRPE's kernels merged into one zero-padded depthwise
+    convolution on small inputs, the scale on the (d, d) context, Q o conv added in place) equals
+    the autograd path in float64 and follows an in-place change of a CRPE kernel."""
+    from blockzoo.attention import coat
+
+    if not merge:
+        monkeypatch.setattr(coat, "_MERGE_EXTRA_MACS", -1)
+    torch.manual_seed(0)
+    kw = {} if window is None else {"crpe_window": window}
+    attn = coat.FactorizedAttention(16, num_heads=8, **kw).double().eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.uniform_(-0.5, 0.5)
+    used: list[bool] = []
+    conv_v = coat.ConvRelPosEnc.conv_v
+    monkeypatch.setattr(coat.ConvRelPosEnc, "conv_v",
+                        lambda self, *a: used.append((y := conv_v(self, *a)) is not None) or y)
+    for _ in range(2):
+        x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+        with torch.no_grad():
+            fast = attn(x)
+        assert used and used[-1]
+        torch.testing.assert_close(fast, attn(x), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            attn.crpe.conv_list[0].weight.mul_(-3.0)  # the kept kernels must follow
