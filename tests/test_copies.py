@@ -66,7 +66,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "mixer": (1, _TOKEN_MLP),
     "mixer_tiny": (2, _TOKEN_MLP),
     "mnist1d_paper_gru": (3, "the GRU's (T, B, H) output returned batch-first, then flattened"),
-    "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
+    "moa_attention": (3, "the eval path's channels-last input to the reduce map, the query windows and "
+                      "their fold back (in place of unfold's and fold's im2col / col2im, not counted)"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
     "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
     "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
