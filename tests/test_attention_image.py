@@ -682,3 +682,93 @@ def test_sk_default_groups_are_the_papers() -> None:
     assert sk.fuse[0].out_channels == 32  # d = max(C / r, L) = max(4, 32)
     with pytest.raises(ValueError, match="groups=32"):
         blockzoo.create("sk", channels=48)
+
+
+@pytest.mark.parametrize(("kernels", "stride", "merge"), [((2, 4), 2, True), ((4, 8, 16), 4, True),
+                                                         ((2, 4), 2, False)])
+def test_crossformer_cel_eval_paths_equal_the_autograd_path(monkeypatch: pytest.MonkeyPatch,
+                                                            kernels: tuple[int, ...], stride: int,
+                                                            merge: bool) -> None:
+    """CEL without autograd (the convolutions merged into one with zero-padded kernels on small
+    inputs, the concatenation written channels-last for the LayerNorm) equals the autograd path
+    in float64, and follows an in-place change of a weight."""
+    from blockzoo.attention import crossformer
+
+    if not merge:
+        monkeypatch.setattr(crossformer, "_MERGE_EXTRA_MACS", -1)
+    torch.manual_seed(0)
+    cel = crossformer.CrossScaleEmbedding(3, 12, kernel_sizes=kernels, stride=stride).double().eval()
+    with torch.no_grad():
+        for p in cel.parameters():
+            p.normal_()
+    merged: list[bool] = []
+    run = crossformer.CrossScaleEmbedding._merged
+    monkeypatch.setattr(crossformer.CrossScaleEmbedding, "_merged",
+                        lambda self, *a: merged.append((y := run(self, *a)) is not None) or y)
+    for _ in range(2):
+        x = torch.randn(2, 3, 13, 10, dtype=torch.float64)
+        with torch.no_grad():
+            fast = cel(x)
+        slow = cel(x)
+        assert merged[-2] is merge and not merged[-1]
+        assert fast.stride() == slow.stride()
+        torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            cel.convs[0].weight.mul_(-2.0)  # the kept padded kernels must follow
+
+
+@pytest.mark.parametrize("name", ["crossformer_sda", "crossformer_lda"])
+def test_crossformer_kept_position_bias_equals_the_autograd_path(name: str) -> None:
+    """SDA / LDA without autograd keep the DPB's (h, M, M) bias per group size: the output equals
+    the autograd path in float64, follows an in-place change of a DPB weight, and a hook on the
+    DPB's MLP still fires (it then runs per call)."""
+    torch.manual_seed(0)
+    block = blockzoo.spec(name).build_example().double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_()
+    x = torch.randn(2, block.channels, 8, 12, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            fast = block(x)
+        torch.testing.assert_close(fast, block(x), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            block.dpb.mlp[-1].weight.mul_(-3.0)  # the kept bias must follow
+    seen: list[int] = []
+    handle = block.dpb.mlp[0].register_forward_hook(lambda *_a: seen.append(1))
+    with torch.no_grad():
+        hooked = block(x)
+    handle.remove()
+    assert seen
+    with torch.no_grad():
+        torch.testing.assert_close(hooked, block(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("window", "merge"), [(None, True), (None, False), (3, True)])
+def test_factorized_attention_eval_path_equals_the_autograd_path(monkeypatch: pytest.MonkeyPatch,
+                                                                 window: int | None, merge: bool) -> None:
+    """Factorized attention without autograd (CRPE's kernels merged into one zero-padded depthwise
+    convolution on small inputs, the scale on the (d, d) context, Q o conv added in place) equals
+    the autograd path in float64 and follows an in-place change of a CRPE kernel."""
+    from blockzoo.attention import coat
+
+    if not merge:
+        monkeypatch.setattr(coat, "_MERGE_EXTRA_MACS", -1)
+    torch.manual_seed(0)
+    kw = {} if window is None else {"crpe_window": window}
+    attn = coat.FactorizedAttention(16, num_heads=8, **kw).double().eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.uniform_(-0.5, 0.5)
+    used: list[bool] = []
+    conv_v = coat.ConvRelPosEnc.conv_v
+    monkeypatch.setattr(coat.ConvRelPosEnc, "conv_v",
+                        lambda self, *a: used.append((y := conv_v(self, *a)) is not None) or y)
+    for _ in range(2):
+        x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+        with torch.no_grad():
+            fast = attn(x)
+        assert used and used[-1]
+        torch.testing.assert_close(fast, attn(x), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            attn.crpe.conv_list[0].weight.mul_(-3.0)  # the kept kernels must follow

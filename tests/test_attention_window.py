@@ -703,3 +703,34 @@ def test_cancelled_biases_are_not_parameters(make, gone, kept) -> None:
     keys = set(make().state_dict())
     assert not keys & set(gone)
     assert set(kept) <= keys
+
+
+@pytest.mark.parametrize(("kw", "size"), [({}, (8, 8)), ({}, (7, 10)),
+                                          ({"window_size": 3, "overlap": 2, "reduction": 8, "num_heads": 2,
+                                            "dim": 8}, (7, 9))])
+def test_moa_eval_path_equals_the_autograd_path(kw: dict, size: tuple[int, int]) -> None:
+    """MOA without autograd (channels-last linear maps for the 1 x 1 convolutions, query windows and
+    their fold as views, the key-value projection of the grown windows as one strided convolution)
+    equals the autograd path (unfold, linear, fold) in float64; a hook on the kv projection takes
+    the module path and fires."""
+    from blockzoo.attention.moa import MultiResolutionOverlappedAttention
+
+    cfg = {"channels": 16, "window_size": 2, "overlap": 1, "reduction": 2, "num_heads": 2, **kw}
+    channels = 32 if kw else 16
+    cfg["channels"] = channels
+    torch.manual_seed(0)
+    moa = MultiResolutionOverlappedAttention(**cfg).double().eval()
+    with torch.no_grad():
+        for p in moa.parameters():
+            p.uniform_(-0.5, 0.5)
+    x = torch.randn(2, channels, *size, dtype=torch.float64)
+    with torch.no_grad():
+        fast = moa(x)
+    torch.testing.assert_close(fast, moa(x), rtol=1e-12, atol=1e-12)
+    seen: list[int] = []
+    handle = moa.kv.register_forward_hook(lambda *_a: seen.append(1))
+    with torch.no_grad():
+        hooked = moa(x)
+    handle.remove()
+    assert seen
+    torch.testing.assert_close(hooked, fast, rtol=1e-12, atol=1e-12)

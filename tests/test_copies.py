@@ -66,7 +66,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "mixer": (1, _TOKEN_MLP),
     "mixer_tiny": (2, _TOKEN_MLP),
     "mnist1d_paper_gru": (3, "the GRU's (T, B, H) output returned batch-first, then flattened"),
-    "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
+    "moa_attention": (3, "the eval path's channels-last input to the reduce map, the query windows and "
+                      "their fold back (in place of unfold's and fold's im2col / col2im, not counted)"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
     "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
     "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
@@ -92,8 +93,10 @@ BUDGET: dict[str, tuple[int, str]] = {
                   "bias of those with a shift mask, patch embedding/merging"),
     "ufo_attention": (4, "K^T V and the XNorm'd product on head views (3), " + _HEADS),
     # the issue-23 backbones and their blocks, budgeted as merged (not yet optimised)
-    "cait_xxs24": (7, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
-                   "and weights @ v on permuted views, " + _HEADS),
+    "cait_xxs24": (8, "one talking-heads layer (example config): the two head-mixing permutes, q k^T "
+                   "and weights @ v on permuted views, " + _HEADS + "; the class-attention layer's "
+                   "one-query path merges its (h, B, d) heads to (B, h d) (B E elements, where the "
+                   "projected path projected all N keys and values)"),
     "cmt_ti": (12, "3 clones per SDPA call on the reduced keys (x3 stages' blocks) and " + _HEADS),
     "coat_lite_tiny": (9, "3 factorized attentions x 3: softmax(K)^T V, Q (K^T V) on head views, " + _HEADS),
     "convit_tiny": (2, "one GPSA block: q, k, v into the head layout in one copy, " + _HEADS),

@@ -190,7 +190,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
                                   "polarized_sequential", "s2mlp", "linformer_attention", "ufo_attention",
-                                  "performer_attention"])
+                                  "performer_attention", "class_attention", "class_attention_block",
+                                  "class_cross_attention"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -384,7 +385,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
                                   "separable_self_attention", "patch_embed", "danet", "double_attention",
-                                  "polarized_parallel", "polarized_sequential", "s2mlp"])
+                                  "polarized_parallel", "polarized_sequential", "s2mlp",
+                                  "class_attention_block", "class_cross_attention"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
@@ -726,3 +728,79 @@ def test_softmax_last_equals_softmax(length: int, dtype: torch.dtype) -> None:
     out = softmax_last_(y)
     assert out is not y and out.requires_grad
     torch.testing.assert_close(out.detach(), want, rtol=tol, atol=tol)
+
+@pytest.mark.parametrize("layer_scale", [None, 0.3])
+def test_class_attention_block_equals_its_equation_with_module_calls(layer_scale: float | None) -> None:
+    """The block's fast path (functional submodules, addcmul for the layer scales) equals the
+    equation written with module calls, in float64, outputs and gradients."""
+    from blockzoo.attention.class_attention import ClassAttentionBlock
+
+    torch.manual_seed(0)
+    block = ClassAttentionBlock(8, num_heads=2, mlp_ratio=2.0, layer_scale=layer_scale).double()
+    if layer_scale is not None:
+        with torch.no_grad():
+            block.scale1.uniform_(0.5, 1.5)
+            block.scale2.uniform_(-1.5, -0.5)
+    x = torch.randn(3, 6, 8, dtype=torch.float64, requires_grad=True)
+
+    def equation(x: torch.Tensor) -> torch.Tensor:
+        s1 = 1 if block.scale1 is None else block.scale1
+        s2 = 1 if block.scale2 is None else block.scale2
+        z = block.norm1(x)
+        cls = x[:, :1] + s1 * block.attn(z)
+        cls = cls + s2 * block.mlp(block.norm2(cls))
+        return torch.cat([cls, x[:, 1:]], 1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), equation(x), rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(block(x).square().sum(), [x, *block.parameters()])
+    want = torch.autograd.grad(equation(x).square().sum(), [x, *block.parameters()])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("dim", "heads", "head_dim", "kdim", "bias"),
+                         [(8, 2, None, None, True), (8, 1, None, None, False), (6, 3, 4, 5, True)])
+def test_one_query_reassociated_path_equals_the_projected_path(monkeypatch: pytest.MonkeyPatch, dim: int,
+                                                               heads: int, head_dim: int | None,
+                                                               kdim: int | None, bias: bool) -> None:
+    """One query over many keys (class attention): softmax((q W_k) z^T) (A z) W_v equals
+    projecting every key and value, in float64, with random biases (the key bias cancels);
+    with autograd, a hook or a recording the projected path runs."""
+    from blockzoo.attention import dot_product
+    from blockzoo.attention.dot_product import MultiHeadAttention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(dim, heads, head_dim=head_dim, kdim=kdim, vdim=kdim, qkv_bias=bias,
+                             fused_qkv=False).double().eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.normal_()
+    z = torch.randn(3, 40, mha.kdim, dtype=torch.float64)
+    q = torch.randn(3, 1, dim, dtype=torch.float64)
+    taken: list[int] = []
+    one_query = MultiHeadAttention._one_query
+    monkeypatch.setattr(MultiHeadAttention, "_one_query",
+                        lambda self, *a: taken.append(1) or one_query(self, *a))
+    with torch.no_grad():
+        fast = mha(q, z, z)
+        assert taken
+        monkeypatch.setattr(dot_product, "_ONE_QUERY_MIN_KEYS", 10 ** 9)
+        projected = mha(q, z, z)
+    torch.testing.assert_close(fast, projected, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(dot_product, "_ONE_QUERY_MIN_KEYS", 1)
+    taken.clear()
+    seen: list[int] = []
+    handle = mha.k_proj.register_forward_hook(lambda *_a: seen.append(1))
+    with torch.no_grad():
+        hooked = mha(q, z, z)
+    handle.remove()
+    assert seen  # the hook fired: the keys were projected
+    torch.testing.assert_close(hooked, fast, rtol=1e-12, atol=1e-12)
+    with record_attention(mha) as maps, torch.no_grad():
+        mha(q, z, z)
+    assert maps
+    zg = z.clone().requires_grad_()
+    out = mha(q, zg, zg)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), fast, rtol=1e-12, atol=1e-12)

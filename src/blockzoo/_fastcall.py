@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +252,7 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return weight, bias
 
 
-# ---------------------------------------------------------------------------- branch tka
+# ---------------------------------------------------------------------------- derived tensors
 
 
 def folded_conv_bn(conv: nn.Module, bn: nn.Module,
@@ -263,38 +264,42 @@ def folded_conv_bn(conv: nn.Module, bn: nn.Module,
     return _fold(conv, bn, x)
 
 
-# Tensors derived from parameters (merged weights), per owning module and key, with weak
-# references to the tensors they were computed from and each one's address and version, as
-# the folds above: any in-place change, ``.data =``, ``.to()`` or new parameter rebuilds them.
-_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
+# Tensors computed from parameters alone (merged weights, a position bias's exponential), per
+# owning module and key, with weak references to their sources and each one's address and
+# version, as the folds above: an optimiser step, load_state_dict, ``.data =``, ``.to()`` or a
+# new parameter rebuilds them.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def derived(owner: nn.Module, key: str, tensors: tuple[torch.Tensor | None, ...],
-            build: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
-    """``build(*tensors)`` (run without autograd), kept per ``(owner, key)`` until one of
-    ``tensors`` changes; None where no cached value may stand in for the computation on the
-    parameters (autograd recording through one of them, ``torch.compile``, tracing,
-    ``torch.func`` transforms, inference tensors): the caller then takes its module path."""
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active()):
-        return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+def derived(owner: nn.Module, key: object, sources: tuple[torch.Tensor | None, ...],
+            build: Callable[..., Any]) -> Any:
+    """``build(*sources)`` (run without autograd), kept per ``(owner, key)`` until a source
+    changes (at most 8 keys per owner: a few input sizes); None where no kept value may stand
+    in for the computation: autograd on, ``torch.compile`` / ``jit.trace`` / ``torch.func``,
+    tensor subclasses, inference tensors. The caller then computes in line as before."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()
+            or any(t is not None and type(t) is not torch.Tensor and type(t) is not nn.Parameter
+                   for t in sources)):
         return None
     try:
-        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in sources),
                  torch.is_inference_mode_enabled())
-    except RuntimeError:  # an inference tensor has no version counter
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key on
         return None
-    per = _DERIVED.get(owner)
-    hit = None if per is None else per.get(key)
+    table = _DERIVED.get(owner)
+    if table is None:
+        table = _DERIVED[owner] = {}
+    hit = table.get(key)
+    # (equal states have their None sources in the same places)
     if hit is not None and hit[1] == state and all(
-            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+            r is None or r() is t for r, t in zip(hit[0], sources, strict=True)):
         return hit[2]
     with torch.no_grad():
-        value = build(*tensors)
-    if per is None:
-        per = _DERIVED[owner] = {}
-    per[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, value)
+        value = build(*sources)
+    if len(table) >= 8:
+        del table[next(iter(table))]
+    table[key] = (tuple(None if t is None else weakref.ref(t) for t in sources), state, value)
     return value
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import call, derived, own
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
@@ -35,6 +35,25 @@ def aft_weighted_average(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> t
     ek = (k - k.amax(dim=1, keepdim=True).detach()).exp()  # (B, T, D)
     ew = (w - w.amax(dim=1, keepdim=True).detach()).exp()  # (T, T)
     return (ew @ (ek * v)) / (ew @ ek)  # (B, T, D)
+
+
+def _exp_rows(w: torch.Tensor) -> torch.Tensor:
+    """exp(w - max_t' w_tt'), the row-shifted exponential of a (T, T) position bias."""
+    return (w - w.amax(dim=1, keepdim=True)).exp()
+
+
+def _aft_eval(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ew: torch.Tensor) -> torch.Tensor:
+    """sigmoid(Q) * (ew @ (exp(K) V)) / (ew @ exp(K)) without autograd, for ``ew`` = exp(w) row-
+    shifted (T, T): exp(K) V and exp(K) side by side in one (T, B, 2D) buffer, so both sums are
+    one (T, T) @ (T, B 2D) product instead of two batched ones. Shape: q, k, v (B, T, D)."""
+    b, t, d = k.shape
+    buf = torch.empty((t, b, 2 * d), dtype=k.dtype, device=k.device)  # (T, B, 2D)
+    e = buf.transpose(0, 1)  # (B, T, 2D) view
+    ek = torch.sub(k, k.amax(dim=1, keepdim=True), out=e[..., d:]).exp_()  # exp(K - max_t K)
+    torch.mul(ek, v, out=e[..., :d])  # exp(K) V
+    sums = torch.mm(ew, buf.view(t, b * 2 * d)).view(t, b, 2 * d).transpose(0, 1)  # (B, T, 2D)
+    y = torch.sigmoid(q)  # (B, T, D), fresh
+    return y.mul_(sums[..., :d]).div_(sums[..., d:])
 
 
 def _window_sums(e: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -132,6 +151,9 @@ class AFTFull(_AFTBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, n = self._qkv(x, "AFTFull")
         self._check_len(n, "AFTFull", self.max_len)
+        ew = derived(self, n, (own(self, "pos_bias"),), lambda w: _exp_rows(w[:n, :n]))
+        if ew is not None:
+            return call(self._modules["proj"], _aft_eval(q, k, v, ew))
         # Y_t = sigmoid(Q_t) * sum exp(K + w) V / sum exp(K + w)
         y = q.sigmoid() * aft_weighted_average(k, v, self.pos_bias[:n, :n])  # (B, T, D)
         return self.proj(y)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke, own
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import check_shape, require
@@ -99,7 +100,8 @@ class ClassAttention(MultiHeadAttention):
             self.k_proj.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        check_shape(x, "B N C", name="ClassAttention", C=self.dim)
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="ClassAttention", C=self.dim)  # raises, naming the misfit
         # out_CA = W_o softmax(Q K^T / sqrt(d)) V,  Q from x_class, K and V from z
         return super().forward(x[:, :1], x, x)  # (B, 1, C)
 
@@ -180,14 +182,17 @@ class ClassAttentionBlock(nn.Module):
             self.scale2 = nn.Parameter(torch.full((dim,), float(layer_scale), **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B N C", name="ClassAttentionBlock", C=self.dim)
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="ClassAttentionBlock", C=self.dim)  # raises, naming the misfit
+        mods = self._modules
+        s1, s2 = own(self, "scale1"), own(self, "scale2")
         cls = x[:, :1]  # (B, 1, C)
-        # x_class' = x_class + diag(s_1) CA(LN_1(z))
-        a = self.attn(self.norm1(x))
-        cls = cls + (a if self.scale1 is None else self.scale1 * a)
+        # x_class' = x_class + diag(s_1) CA(LN_1(z))  (submodules without their call cost unless hooked)
+        a = invoke(mods["attn"], call(mods["norm1"], x))
+        cls = cls + a if s1 is None else torch.addcmul(cls, s1, a)
         # x_class'' = x_class' + diag(s_2) MLP(LN_2(x_class'))
-        m = self.mlp(self.norm2(cls))
-        cls = cls + (m if self.scale2 is None else self.scale2 * m)
+        m = invoke(mods["mlp"], call(mods["norm2"], cls))
+        cls = cls + m if s2 is None else torch.addcmul(cls, s2, m)
         return torch.cat([cls, x[:, 1:]], 1)  # (B, N, C)
 
     def extra_repr(self) -> str:

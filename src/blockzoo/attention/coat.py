@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, derived, listened
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
@@ -22,6 +24,22 @@ __all__ = ["ConvPosEnc", "ConvRelPosEnc", "FactorizedAttention"]
 
 # The released code's split of the heads over depthwise kernels: kernel size -> heads.
 CRPE_WINDOW = {3: 2, 5: 3, 7: 3}
+
+
+# CRPE's kernels run as one depthwise convolution (each zero-padded to the largest) while this
+# costs at most this many extra multiply-adds (about the fixed cost of a small convolution).
+_MERGE_EXTRA_MACS = 1 << 20
+
+
+def _pad_depthwise(convs: list[nn.Module], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Depthwise weights zero-padded, centred, to k x k and stacked along the channels; biases too."""
+    ws, bs = [], []
+    for c in convs:
+        w, bias = c._parameters["weight"], c._parameters["bias"]
+        p = (k - w.shape[-1]) // 2
+        ws.append(F.pad(w, (p, p, p, p)))
+        bs.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else bias)
+    return torch.cat(ws), (None if all(c._parameters["bias"] is None for c in convs) else torch.cat(bs))
 
 
 class ConvRelPosEnc(nn.Module):
@@ -55,6 +73,33 @@ class ConvRelPosEnc(nn.Module):
             nn.Conv2d(c, c, k, padding=k // 2, groups=c, device=device, dtype=dtype)
             for k, c in zip(window, self.splits, strict=True)
         ])
+
+    def conv_v(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+        """DWConv(V) as (B, h, N, d) for eval without autograd, the kernels of all sizes run as one
+        depthwise convolution with each zero-padded (centred) to the largest while that costs at
+        most _MERGE_EXTRA_MACS more (kept until a weight changes), else one per size; None: the
+        caller uses ``forward``."""
+        convs = list(self.conv_list)
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or listened(self, *convs) or any(
+                type(c) is not nn.Conv2d or "weight" not in c._parameters or "bias" not in c._parameters
+                or c.padding_mode != "zeros" for c in convs)):
+            return None
+        b, nh, n, d = v.shape
+        h, w = size
+        k = max(c.kernel_size[0] for c in convs)
+        extra = sum(c.in_channels * (k * k - c.kernel_size[0] ** 2) for c in convs)
+        img = v.transpose(-1, -2).reshape(b, nh * d, h, w)  # (B, h d, H, W): channel = head * d + c
+        if len(convs) > 1 and b * n * extra > _MERGE_EXTRA_MACS:  # one convolution per kernel size
+            parts = img.split(self.splits, 1)
+            conv = torch.cat([call(c, part) for c, part in zip(convs, parts, strict=True)], 1)
+            return conv.reshape(b, nh, d, n).transpose(-1, -2)  # (B, h, N, d)
+        params = tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"])
+                       if t is not None)
+        wb = derived(self, "merged", params, lambda *_: _pad_depthwise(convs, k))
+        if wb is None:
+            return None
+        conv = F.conv2d(img, wb[0], wb[1], 1, k // 2, 1, nh * d)  # (B, h d, H, W)
+        return conv.reshape(b, nh, d, n).transpose(-1, -2)  # (B, h, N, d)
 
     def forward(self, q: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, nh, n, d = v.shape
@@ -128,19 +173,28 @@ class FactorizedAttention(nn.Module):
         """Conv-attention of (B, prefix + H W, C) tokens; ``crpe`` defaults to the block's own."""
         b, n, c = x.shape
         nh, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(b, n, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        mods = self._modules
+        q, k, v = call(mods["qkv"], x).view(b, n, 3, nh, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        crpe = self.crpe if crpe is None else crpe
+        conv = (crpe.conv_v(v, size) if type(crpe) is ConvRelPosEnc and not prefix and not listened(crpe)
+                else None)
+        if conv is not None:  # eval without autograd: the scale on the (d, d) context, Q o conv in place
+            context = (k.softmax(dim=2).transpose(-1, -2) @ v).mul_(d**-0.5)  # (B, h, d, d)
+            out = torch.matmul(q, context).addcmul_(q, conv)  # (B, h, N, d)
+            return call(mods["proj"], out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
         # (Q / sqrt(d)) (softmax_N(K)^T V)
         context = k.softmax(dim=2).transpose(-1, -2) @ v  # (B, h, d, d)
         out = (q @ context) * d**-0.5  # (B, h, N, d)
-        crpe = self.crpe if crpe is None else crpe
         if crpe is not None:
             # + Q o DepthwiseConv(V) on the image tokens; the class tokens get none
             pos = crpe(q[:, :, prefix:], v[:, :, prefix:], size)  # (B, h, H W, d)
             out = torch.cat([out[:, :, :prefix], out[:, :, prefix:] + pos], 2) if prefix else out + pos
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+        return call(mods["proj"], out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = check_shape(x, "B C H W", name="FactorizedAttention", C=self.dim).values()
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.dim:
+            check_shape(x, "B C H W", name="FactorizedAttention", C=self.dim)  # raises, naming the misfit
+        b, c, h, w = x.shape
         y = self.attend_tokens(x.flatten(2).transpose(1, 2), (h, w))  # (B, H W, C)
         return y.transpose(1, 2).reshape(b, c, h, w)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, listened
+from blockzoo._fastcall import call, derived, listened
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -108,16 +108,71 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = _ChannelLayerNorm(dim_out, **fk) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="CrossScaleEmbedding", C=self.channels)
-        if dims["H"] < self.stride or dims["W"] < self.stride:
-            raise ShapeError(f"CrossScaleEmbedding: input {dims['H']}x{dims['W']} is smaller than "
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="CrossScaleEmbedding", C=self.channels)  # raises, naming it
+        H, W = x.shape[2], x.shape[3]
+        if H < self.stride or W < self.stride:
+            raise ShapeError(f"CrossScaleEmbedding: input {H}x{W} is smaller than "
                              f"stride={self.stride}; H, W >= {self.stride} work")
+        mods = self._modules
         # y = LN([conv_K1(x); conv_K2(x); ...])
-        return self.norm(torch.cat([c(x) for c in self.convs], dim=1))  # (B, D, H/s, W/s)
+        convs = list(mods["convs"]._modules.values())
+        merged = self._merged(convs, x)
+        ys = [call(c, x) for c in convs] if merged is None else [merged]  # (B, D_i, H/s, W/s) each
+        norm = mods["norm"]
+        if (type(norm) is _ChannelLayerNorm and not torch.is_grad_enabled() and not listened(norm)
+                and not torch.compiler.is_compiling() and "weight" in norm._parameters
+                and "bias" in norm._parameters):
+            # the concatenation written channels-last, so the LayerNorm over channels reads it as
+            # it lies (the module path copies the permuted map first); the same output and strides
+            y0 = ys[0]
+            cat = y0.new_empty((y0.shape[0], y0.shape[2], y0.shape[3], self.dim_out))  # (B, H/s, W/s, D)
+            torch.cat(ys, 1, out=cat.permute(0, 3, 1, 2))
+            p = norm._parameters
+            y = F.layer_norm(cat, norm.normalized_shape, p["weight"], p["bias"], norm.eps)  # (B, H/s, W/s, D)
+            return y.permute(0, 3, 1, 2)  # (B, D, H/s, W/s)
+        return call(norm, torch.cat(ys, dim=1))  # (B, D, H/s, W/s)
+
+    def _merged(self, convs: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
+        """All the convolutions as one, each smaller kernel zero-padded to the largest (they share
+        stride and centres), for small inputs where a convolution's fixed cost outweighs the
+        padded kernels' extra products (at most _MERGE_EXTRA_MACS); eval without autograd on
+        stock unhooked convolutions only, the padded weight kept until a weight changes."""
+        if len(convs) < 2 or torch.is_grad_enabled() or torch.compiler.is_compiling() or any(
+                type(c) is not nn.Conv2d or "weight" not in c._parameters or "bias" not in c._parameters
+                or c.padding_mode != "zeros" for c in convs) or listened(*convs):
+            return None
+        k, s = self.kernel_sizes[-1], self.stride
+        extra = sum(c.out_channels * (k * k - c.kernel_size[0] * c.kernel_size[1]) for c in convs)
+        if x.shape[0] * (x.shape[2] // s) * (x.shape[3] // s) * extra * self.channels > _MERGE_EXTRA_MACS:
+            return None
+        params = tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"]))
+        wb = derived(self, "merged", tuple(t for t in params if t is not None),
+                     lambda *_: _pad_kernels(convs, k))
+        if wb is None:
+            return None
+        return F.conv2d(x, wb[0], wb[1], s, (k - s) // 2)  # (B, D, H/s, W/s)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, dim_out={self.dim_out}, kernel_sizes={self.kernel_sizes}, "
                 f"stride={self.stride}")
+
+
+# CEL's convolutions run as one with zero-padded kernels while this costs at most this many extra
+# multiply-adds (about the fixed cost of one small convolution on one CPU core).
+_MERGE_EXTRA_MACS = 1 << 20
+
+
+def _pad_kernels(convs: list[nn.Module], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The convolutions' weights zero-padded, centred, to k x k and stacked; their biases stacked."""
+    ws, bs = [], []
+    for c in convs:
+        w, b = c._parameters["weight"], c._parameters["bias"]
+        p = (k - w.shape[-1]) // 2
+        ws.append(F.pad(w, (p, p, p, p)))
+        bs.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b)
+    bias = None if all(c._parameters["bias"] is None for c in convs) else torch.cat(bs)
+    return torch.cat(ws), bias
 
 
 class DynamicPositionBias(nn.Module):
@@ -159,6 +214,18 @@ class DynamicPositionBias(nn.Module):
         rw = iw[:, None] - iw[None, :] + gw - 1  # (gw, gw)
         bias = table[rh[:, None, :, None], rw[None, :, None, :]]  # (gh, gw, gh, gw, h)
         return bias.reshape(gh * gw, gh * gw, -1).permute(2, 0, 1)  # (h, M, M)
+
+
+def _position_bias(dpb: nn.Module | None, gh: int, gw: int) -> torch.Tensor | None:
+    """``dpb(gh, gw)``; without autograd, kept per group size until a DPB parameter changes (a
+    function of its parameters and two integers), unless a hook listens to the DPB or its MLP."""
+    if dpb is None:
+        return None
+    if type(dpb) is DynamicPositionBias and not listened(*dpb.modules()):
+        bias = derived(dpb, (gh, gw), tuple(dpb.parameters()), lambda *_: dpb.forward(gh, gw))
+        if bias is not None:
+            return bias
+    return dpb(gh, gw)
 
 
 class _GroupAttention(nn.Module):
@@ -206,7 +273,7 @@ class _GroupAttention(nn.Module):
             qkv = src.view(B, 3, h, d, a, sh, b, sw)
             perm = (1, 0, 5, 7, 2, 4, 6, 3) if self.long else (1, 0, 4, 6, 2, 5, 7, 3)
             q, k, v = qkv.permute(*perm).reshape(3, B, n, h, gh * gw, d)  # (B, n, h, M, d) each
-        bias = self.dpb(gh, gw) if self.dpb is not None else None  # (h, M, M)
+        bias = _position_bias(self.dpb, gh, gw)  # (h, M, M) or None
         if Hp != H or Wp != W:
             valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
             valid[:H, :W] = True

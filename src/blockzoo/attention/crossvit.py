@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, invoke
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.dot_product import MultiHeadAttention
 from blockzoo.checks import check_shape
@@ -81,11 +82,13 @@ class ClassCrossAttention(nn.Module):
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
         """y_cls = x'_cls + CA(LN(x')): (B, N, C) -> (B, 1, C)."""
-        z = self.norm1(x)
-        return x[:, :1] + self.attn(z[:, :1], z, z)  # (B, 1, C)
+        mods = self._modules  # submodules without their call cost unless hooked (_fastcall)
+        z = call(mods["norm1"], x)
+        return x[:, :1] + invoke(mods["attn"], z[:, :1], z, z)  # (B, 1, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B N C", name="ClassCrossAttention", C=self.dim)
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="ClassCrossAttention", C=self.dim)  # raises, naming the misfit
         return torch.cat([self.forward_cls(x), x[:, 1:]], 1)  # (B, N, C)
 
     def extra_repr(self) -> str:

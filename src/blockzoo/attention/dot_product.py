@@ -24,12 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, own
+from blockzoo._fastcall import call, listened, own
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["MultiHeadAttention", "causal_mask", "merge_masks", "scaled_dot_product_attention"]
+
+# One query over at least this many keys is reassociated (``MultiHeadAttention._one_query``):
+# below it the standard path's fewer, larger ops cost less than the saved projections.
+_ONE_QUERY_MIN_KEYS = 16
 
 
 def causal_mask(length: int, source_length: int | None = None, *, device: Any = None) -> torch.Tensor:
@@ -293,8 +297,9 @@ class MultiHeadAttention(nn.Module):
     def _project(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, self_attn: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.fused_qkv:
-            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        mods = self._modules
+        if not self.fused_qkv:  # each projection as its functional op unless hooked (_fastcall)
+            return call(mods["q_proj"], query), call(mods["k_proj"], key), call(mods["v_proj"], value)
         if self_attn:
             return self.qkv(query).chunk(3, dim=-1)  # 3 x (B, L, E)
         if key is value:  # keys and values of one source: one product with the (2E, C) rows
@@ -306,6 +311,38 @@ class MultiHeadAttention(nn.Module):
         w = self.qkv.weight.chunk(3, dim=0)
         b = self.qkv.bias.chunk(3, dim=0) if self.qkv.bias is not None else (None, None, None)
         return F.linear(query, w[0], b[0]), F.linear(key, w[1], b[1]), F.linear(value, w[2], b[2])
+
+    def _one_query(self, query: torch.Tensor, z: torch.Tensor, b: int, s: int) -> torch.Tensor | None:
+        """One query over keys and values of one source z (class attention), reassociated:
+        q_h (W_k,h z_j) = (q_h W_k,h) z_j and sum_j a_j W_v,h z_j = W_v,h (sum_j a_j z_j), so the
+        S keys and values are never projected (O(h S C) instead of O(S C E) per sample; the key
+        bias shifts every logit of the query alike and cancels in the softmax, the value bias is
+        added once as the weights sum to 1). Eval without autograd on stock unhooked Linears
+        only; None: the standard path."""
+        mods = self._modules
+        qm, km, vm = mods["q_proj"], mods["k_proj"], mods["v_proj"]
+        if (type(qm) is not nn.Linear or type(km) is not nn.Linear or type(vm) is not nn.Linear
+                or self.kdim != self.vdim or listened(qm, km, vm) or torch.jit.is_tracing()
+                or torch._C._are_functorch_transforms_active()):
+            return None
+        qp, kp, vp = qm._parameters, km._parameters, vm._parameters
+        if not ("weight" in qp and "bias" in qp and "weight" in kp and "bias" in kp
+                and "weight" in vp and "bias" in vp):
+            return None  # a parametrized tensor (computed through the attribute): the standard path
+        wq, bq, wk, wv, bv = qp["weight"], qp["bias"], kp["weight"], vp["weight"], vp["bias"]
+        if torch.is_grad_enabled() and (query.requires_grad or z.requires_grad or any(
+                t is not None and t.requires_grad for t in (wq, bq, wk, kp["bias"], wv, bv))):
+            return None
+        h, d, c = self.num_heads, self.head_dim, self.kdim
+        q = F.linear(query.reshape(b, self.dim), wq, bq).mul_(d ** -0.5)  # (B, E), scaled as SDPA does
+        qk = torch.bmm(q.view(b, h, d).transpose(0, 1), wk.view(h, d, c))  # (h, B, C): q_h W_k,h
+        attn = torch.bmm(qk.transpose(0, 1), z.transpose(1, 2)).softmax(-1)  # (B, h, S)
+        az = torch.bmm(attn, z)  # (B, h, C): sum_j a_j z_j
+        out = torch.bmm(az.transpose(0, 1), wv.view(h, d, c).transpose(1, 2))  # (h, B, d): W_v,h (A z)
+        out = out.transpose(0, 1).reshape(b, 1, self.inner)  # (B, 1, E)
+        if bv is not None:
+            out = out + bv
+        return call(mods["out_proj"], out)  # (B, 1, C)
 
     def forward(
         self,
@@ -339,6 +376,14 @@ class MultiHeadAttention(nn.Module):
             s = check_shape(key, "B S C", name=name, arg="key", B=b, C=self.kdim)["S"]
             check_shape(value, "B S C", name=name, arg="value", B=b, S=s, C=self.vdim)
         h, d = self.num_heads, self.head_dim
+        if (n == 1 and value is key and not self.fused_qkv and not torch.compiler.is_compiling()
+                and s >= _ONE_QUERY_MIN_KEYS and attn_mask is None and key_padding_mask is None
+                and not need_weights and self.rope is None
+                and not (self.causal if is_causal is None else is_causal) and not mods["attn_map"]._recording
+                and not (self.training and (self.dropout > 0 or mods["proj_drop"].p > 0))):
+            out = self._one_query(query, key, b, s)
+            if out is not None:
+                return out
         if self_attn and self.fused_qkv:
             # the projection as its functional op unless hooked (blockzoo._fastcall)
             q, k, v = call(mods["qkv"], query).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
@@ -355,7 +400,10 @@ class MultiHeadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         attn_map = mods["attn_map"]
         explicit = need_weights or attn_map.active
-        res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
+        if not explicit and mask is None and not causal:  # the fused kernel, without the wrapper's tests
+            res = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            res = scaled_dot_product_attention(q, k, v, mask, p, causal, return_weights=explicit)
         if explicit:
             out, weights = res
             weights = attn_map(weights)  # (B, h, L, S)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.attention._attend import attend, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -131,6 +132,13 @@ class MultiResolutionOverlappedAttention(nn.Module):
         dims = check_shape(x, "B C H W", name="MultiResolutionOverlappedAttention", C=self.channels)
         B, H, W = dims["B"], dims["H"], dims["W"]
         w, o, h, D = self.window_size, self.overlap, self.num_heads, self.dim
+        mods = self._modules
+        stock = (("reduce", nn.Conv2d), ("expand", nn.Conv2d), ("kv", nn.Linear))
+        if (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not self.attn_map.active
+                and all(type(mods[m]) is t and "weight" in mods[m]._parameters
+                        and "bias" in mods[m]._parameters for m, t in stock)
+                and not listened(mods["reduce"], mods["expand"], mods["kv"])):
+            return self._forward_tokens(x, B, H, W)
         z, _, _ = pad_to_multiple(self.reduce(x), w, w)  # (B, C', Hp, Wp)
         Hp, Wp = z.shape[-2:]
         qp = F.unfold(z, w, stride=w).transpose(1, 2)  # (B, n, C' w w)
@@ -143,6 +151,34 @@ class MultiResolutionOverlappedAttention(nn.Module):
         u = self.unembed(u.transpose(1, 2).reshape(B, n, D))  # (B, n, C' w w)
         y = F.fold(u.transpose(1, 2), (Hp, Wp), w, stride=w)  # (B, C', Hp, Wp)
         return self.expand(y[:, :, :H, :W])
+
+    def _forward_tokens(self, x: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+        """``forward`` in eval without autograd, channels-last: the 1 x 1 convolutions as linear maps
+        over the channels, the non-overlapping query windows and their fold back as views and one
+        reshape each (``F.unfold`` / ``F.fold`` with stride = kernel copy through im2col / col2im),
+        the key-value projection of the unfolded grown windows as one strided convolution (no
+        (B, n, C' (w+2o)^2) patch matrix); the same products. The output is (B, C, H, W) with
+        channels-last strides."""
+        w, o, h, D, cr = self.window_size, self.overlap, self.num_heads, self.dim, self.reduced
+        mods = self._modules
+        rp, ep, kvp = mods["reduce"]._parameters, mods["expand"]._parameters, mods["kv"]._parameters
+        z = F.linear(x.permute(0, 2, 3, 1), rp["weight"].reshape(cr, -1), rp["bias"])  # (B, H, W, C')
+        z = F.pad(z, (0, 0, 0, (-W) % w, 0, (-H) % w)).permute(0, 3, 1, 2)  # (B, C', Hp, Wp), a view
+        Hp, Wp = z.shape[2], z.shape[3]
+        nh, nw = Hp // w, Wp // w
+        n = nh * nw
+        qp = z.reshape(B, cr, nh, w, nw, w).permute(0, 2, 4, 1, 3, 5).reshape(B, n, cr * w * w)
+        q = call(mods["q"], qp).view(B, n, h, D // h).transpose(1, 2)  # (B, h, n, d)
+        kw = w + 2 * o
+        # K, V = W_kv unfold(z): the projection of the grown windows is a (w+2o) conv of stride w
+        kv = F.conv2d(z, kvp["weight"].reshape(2 * D, cr, kw, kw), kvp["bias"], w, o)  # (B, 2D, nh, nw)
+        k, v = kv.view(B, 2, h, D // h, n).permute(1, 0, 2, 4, 3)  # (B, h, n, d) each
+        # U = softmax(Q K^T / sqrt(d)) V, global over the windows
+        u = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(D // h))  # (B, h, n, d)
+        u = call(mods["unembed"], u.transpose(1, 2).reshape(B, n, D))  # (B, n, C' w w)
+        y = u.view(B, nh, nw, cr, w, w).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, cr)[:, :H, :W]  # fold
+        out = F.linear(y, ep["weight"].reshape(self.channels, cr), ep["bias"])  # (B, H, W, C)
+        return out.permute(0, 3, 1, 2)  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, window_size={self.window_size}, overlap={self.overlap}, "
