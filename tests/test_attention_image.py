@@ -330,6 +330,21 @@ def test_s2_attention_no_grad_path_equals_autograd_path() -> None:
     torch.testing.assert_close(s2(x.requires_grad_()), fast, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 4, 1, 6), (3, 8, 2, 1)])
+def test_s2_attention_gather_path_equals_copy_path_and_autograd(shape: tuple[int, ...],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import blockzoo.attention.s2 as s2_module
+
+    s2 = S2Attention(shape[1]).double().eval()
+    x = _x(*shape)
+    with torch.no_grad():
+        gathered = s2(x)  # small: the three branches by one index_select
+        monkeypatch.setattr(s2_module, "_GATHER_MAX", 0)
+        copied = s2(x)  # the slice-copy path of large inputs
+    torch.testing.assert_close(gathered, copied, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2(x.requires_grad_()), gathered, rtol=1e-12, atol=1e-12)
+
+
 def test_s2_attention_split_weights_sum_to_one() -> None:
     s2 = S2Attention(8).double().eval()
     x = _x(2, 8, 4, 5)

@@ -80,7 +80,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "resmlp": (1, _TOKEN_MLP),
     "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
-    "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
     "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
     "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
                                  "the position index and shift mask are built once per size"),
