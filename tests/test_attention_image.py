@@ -586,6 +586,37 @@ def test_parnet_attention_branches() -> None:
     torch.testing.assert_close(gate, torch.sigmoid(pa.excite(s.mean((2, 3), keepdim=True))))
 
 
+def _parnet_random() -> ParNetAttention:
+    pa = ParNetAttention(8).double().eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in pa.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+        for bn in pa.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.copy_(torch.randn(8, generator=g, dtype=torch.float64))
+                bn.running_var.copy_(torch.rand(8, generator=g, dtype=torch.float64) + 0.5)
+    return pa
+
+
+def test_parnet_attention_merged_inference_path_equals_module_path() -> None:
+    pa = _parnet_random()
+    x = _x(2, 8, 5, 4)
+    want = pa(x)  # grad enabled: the branches as modules
+    with torch.no_grad():
+        torch.testing.assert_close(pa(x), want, rtol=1e-12, atol=1e-12)  # one merged 3x3 conv
+        torch.testing.assert_close(pa(x), want, rtol=1e-12, atol=1e-12)  # merge reused
+        pa.conv1x1[1].running_var.mul_(2.0)  # any source change: refolded, remerged
+        pa.conv3x3[0].weight.add_(0.25)
+        got = pa(x)
+    torch.testing.assert_close(got, pa(x), rtol=1e-12, atol=1e-12)
+    seen = []
+    pa.conv1x1.register_forward_hook(lambda *_: seen.append(1))  # a hook: the module path
+    with torch.no_grad():
+        torch.testing.assert_close(pa(x), got, rtol=1e-12, atol=1e-12)
+    assert seen == [1]
+
+
 # ----------------------------------------------------------------- catalogue-wide
 
 
