@@ -541,6 +541,18 @@ def test_deformable_offsets_move_the_keys():
     assert maps["attn_map"].shape == (2, 2, 36, 9)  # (B, h, N, M)
 
 
+@pytest.mark.parametrize(("shape", "pos_bias"), [((2, 8, 6, 6), True), ((1, 8, 5, 7), True),
+                                               ((3, 8, 1, 3), True), ((2, 8, 6, 5), False)])
+def test_deformable_inference_path_equals_sdpa_path(shape, pos_bias):
+    m = _rand_params(DeformableAttention(8, num_heads=2, num_groups=2, stride=2, pos_bias=pos_bias))
+    m = m.double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    want = m(x)  # grad enabled: SDPA (attend)
+    with torch.no_grad():
+        got = m(x)  # two matmuls on the projections' layouts
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- CrossFormer
 
 

@@ -47,7 +47,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                               "permuted q, k, v and weights"),
     "crossformer_lda": (2, "input grouped (then projected to q, k, v), output merged"),
     "crossformer_sda": (2, "input grouped (then projected to q, k, v), output merged"),
-    "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),
+    "deformable_attention": (1, "the per-group position-bias table regrouped (the heads need no merge: "
+                             "inference computes y^T in the output's layout)"),
     "elman_rnn": (2, _PACKED),
     "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
     "gmlp": (1, "einsum of the spatial gating unit over the token axis"),
