@@ -330,6 +330,21 @@ def test_s2_attention_no_grad_path_equals_autograd_path() -> None:
     torch.testing.assert_close(s2(x.requires_grad_()), fast, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 5, 3), (1, 4, 1, 6), (3, 8, 2, 1)])
+def test_s2_attention_gather_path_equals_copy_path_and_autograd(shape: tuple[int, ...],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import blockzoo.attention.s2 as s2_module
+
+    s2 = S2Attention(shape[1]).double().eval()
+    x = _x(*shape)
+    with torch.no_grad():
+        gathered = s2(x)  # small: the three branches by one index_select
+        monkeypatch.setattr(s2_module, "_GATHER_MAX", 0)
+        copied = s2(x)  # the slice-copy path of large inputs
+    torch.testing.assert_close(gathered, copied, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2(x.requires_grad_()), gathered, rtol=1e-12, atol=1e-12)
+
+
 def test_s2_attention_split_weights_sum_to_one() -> None:
     s2 = S2Attention(8).double().eval()
     x = _x(2, 8, 4, 5)
@@ -569,6 +584,37 @@ def test_parnet_attention_branches() -> None:
     s = pa.skip_norm(x)
     torch.testing.assert_close(y, F.silu(pa.conv1x1(x) + pa.conv3x3(x) + s * gate))
     torch.testing.assert_close(gate, torch.sigmoid(pa.excite(s.mean((2, 3), keepdim=True))))
+
+
+def _parnet_random() -> ParNetAttention:
+    pa = ParNetAttention(8).double().eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in pa.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+        for bn in pa.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.copy_(torch.randn(8, generator=g, dtype=torch.float64))
+                bn.running_var.copy_(torch.rand(8, generator=g, dtype=torch.float64) + 0.5)
+    return pa
+
+
+def test_parnet_attention_merged_inference_path_equals_module_path() -> None:
+    pa = _parnet_random()
+    x = _x(2, 8, 5, 4)
+    want = pa(x)  # grad enabled: the branches as modules
+    with torch.no_grad():
+        torch.testing.assert_close(pa(x), want, rtol=1e-12, atol=1e-12)  # one merged 3x3 conv
+        torch.testing.assert_close(pa(x), want, rtol=1e-12, atol=1e-12)  # merge reused
+        pa.conv1x1[1].running_var.mul_(2.0)  # any source change: refolded, remerged
+        pa.conv3x3[0].weight.add_(0.25)
+        got = pa(x)
+    torch.testing.assert_close(got, pa(x), rtol=1e-12, atol=1e-12)
+    seen = []
+    pa.conv1x1.register_forward_hook(lambda *_: seen.append(1))  # a hook: the module path
+    with torch.no_grad():
+        torch.testing.assert_close(pa(x), got, rtol=1e-12, atol=1e-12)
+    assert seen == [1]
 
 
 # ----------------------------------------------------------------- catalogue-wide

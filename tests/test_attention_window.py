@@ -210,6 +210,37 @@ def test_coatnet_bias_enters_the_logits():
     assert torch.allclose(m(x), y, atol=1e-10)  # SDPA path
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 4, 5), (1, 8, 1, 1), (3, 8, 6, 2)])
+def test_coatnet_inference_path_equals_sdpa_path(shape):
+    m = _rand_params(RelativeAttention2d(8, num_heads=2, max_size=6)).double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    want = m(x)  # grad enabled: the SDPA path
+    with torch.no_grad():
+        assert torch.allclose(m(x), want, rtol=0, atol=1e-12)  # matmul path, bias built
+        assert torch.allclose(m(x), want, rtol=0, atol=1e-12)  # bias reused
+    with torch.inference_mode():
+        assert torch.allclose(m(x), want, rtol=0, atol=1e-12)
+
+
+def test_coatnet_inference_bias_follows_the_table():
+    m = _rand_params(RelativeAttention2d(8, num_heads=2, max_size=6)).double().eval()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        m(x)  # the bias is kept
+        m.rel_table.mul_(3.0)  # in place: a new version
+        got = m(x)
+    assert torch.allclose(got, m(x), rtol=0, atol=1e-12)
+    other = _rand_params(RelativeAttention2d(8, num_heads=2, max_size=6), seed=2).double().eval()
+    m.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        got = m(x)
+    assert torch.allclose(got, other(x), rtol=0, atol=1e-12)
+    m.resize_table(7)  # a new table object
+    with torch.no_grad():
+        got = m(x)
+    assert torch.allclose(got, m(x), rtol=0, atol=1e-12)
+
+
 def test_coatnet_beyond_table_raises_and_resize_extends():
     m = RelativeAttention2d(8, num_heads=2, max_size=(4, 5))
     with pytest.raises(ShapeError, match="H <= 4, W <= 5"):
@@ -508,6 +539,18 @@ def test_deformable_offsets_move_the_keys():
     with record_attention(m) as maps:
         m(x)
     assert maps["attn_map"].shape == (2, 2, 36, 9)  # (B, h, N, M)
+
+
+@pytest.mark.parametrize(("shape", "pos_bias"), [((2, 8, 6, 6), True), ((1, 8, 5, 7), True),
+                                               ((3, 8, 1, 3), True), ((2, 8, 6, 5), False)])
+def test_deformable_inference_path_equals_sdpa_path(shape, pos_bias):
+    m = _rand_params(DeformableAttention(8, num_heads=2, num_groups=2, stride=2, pos_bias=pos_bias))
+    m = m.double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    want = m(x)  # grad enabled: SDPA (attend)
+    with torch.no_grad():
+        got = m(x)  # two matmuls on the projections' layouts
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- CrossFormer

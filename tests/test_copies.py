@@ -47,7 +47,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                               "permuted q, k, v and weights"),
     "crossformer_lda": (2, "input grouped (then projected to q, k, v), output merged"),
     "crossformer_sda": (2, "input grouped (then projected to q, k, v), output merged"),
-    "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),
+    "deformable_attention": (1, "the per-group position-bias table regrouped (the heads need no merge: "
+                             "inference computes y^T in the output's layout)"),
     "elman_rnn": (2, _PACKED),
     "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
     "gmlp": (1, "einsum of the spatial gating unit over the token axis"),
@@ -81,7 +82,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "resmlp": (1, _TOKEN_MLP),
     "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
-    "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
     "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
     "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
                                  "the position index and shift mask are built once per size"),

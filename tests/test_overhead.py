@@ -161,6 +161,8 @@ def test_se_fast_path_equals_the_module_path_and_hooks_still_fire() -> None:
     w1, w2 = se.fc1.weight.flatten(1), se.fc2.weight.flatten(1)
     want = x * torch.sigmoid(torch.relu(z @ w1.T + se.fc1.bias) @ w2.T + se.fc2.bias)[:, :, None, None]
     torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # ReLU and sigmoid in place on the fresh products
+        torch.testing.assert_close(se(x), want, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- blockzoo._fastcall

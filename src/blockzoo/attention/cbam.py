@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, invoke, listened
+from blockzoo._fastcall import call, conv_bn, invoke, listened
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -51,22 +51,25 @@ class CBAMChannelGate(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        mx = x.amax((2, 3), keepdim=True)  # (B, C, 1, 1)
         # M_c = sigmoid(MLP(avg) + MLP(max))
         mlp = self._modules["mlp"]
         fc1, act, fc2 = mlp._modules.values()
         if type(fc1) is not nn.Conv2d or type(fc2) is not nn.Conv2d or listened(mlp, fc1, act, fc2):
+            avg = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+            mx = x.amax((2, 3), keepdim=True)  # (B, C, 1, 1)
             return torch.sigmoid(mlp(avg) + mlp(mx))  # as modules, so their hooks fire
         # Both pooled vectors through the shared MLP in one pass, as matrix products on
         # (2B, C) with the 1x1 convs' own parameters (on a (B, C, 1, 1) tensor the two
         # Sequential calls and 1x1 convs cost more than the maths; blockzoo._fastcall).
-        b = avg.shape[0]
-        z = torch.cat([avg.flatten(1), mx.flatten(1)])  # (2B, C)
+        b, c = x.shape[0], x.shape[1]
+        z = torch.cat([x.mean((2, 3)), x.amax((2, 3))])  # (2B, C)
         p1, p2 = fc1._parameters, fc2._parameters
-        o = F.linear(call(act, F.linear(z, p1["weight"].flatten(1), p1["bias"])), p2["weight"].flatten(1),
-                     p2["bias"])  # (2B, C)
-        return torch.sigmoid(o[:b] + o[b:])[:, :, None, None]
+        h = F.linear(z, p1["weight"].flatten(1), p1["bias"])  # (2B, C/r)
+        inplace = not (torch.is_grad_enabled() and h.requires_grad)  # fresh tensors, no graph
+        h = h.relu_() if inplace and type(act) is nn.ReLU else call(act, h)
+        o = F.linear(h, p2["weight"].flatten(1), p2["bias"])  # (2B, C)
+        s = torch.add(o[:b], o[b:])
+        return (s.sigmoid_() if inplace else torch.sigmoid(s)).view(b, c, 1, 1)
 
 
 class CBAMSpatialGate(nn.Module):
@@ -94,7 +97,12 @@ class CBAMSpatialGate(nn.Module):
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (B, 2, H, W)
         # M_s = sigmoid(BN(conv([avg; max]))); stock modules as their ops unless hooked
         mods = self._modules
-        return torch.sigmoid(call(mods["bn"], call(mods["conv"], pooled)))
+        # (conv_bn: the norm folded into the conv in inference, both as modules otherwise)
+        conv, bn = mods["conv"], mods["bn"]
+        z = conv_bn(conv, bn, pooled)  # (B, 1, H, W)
+        if (torch.is_grad_enabled() and z.requires_grad) or listened(conv, bn):  # a hook may hold z
+            return torch.sigmoid(z)
+        return z.sigmoid_()
 
 
 @register(
@@ -176,7 +184,11 @@ class CBAM(nn.Module):
             check_shape(x, "B C H W", name="CBAM", C=self.channels)  # raises, naming the misfit
         mods = self._modules
         x = x * mods["channel_map"](invoke(mods["channel_gate"], x))  # (B, C, H, W)
-        return x * mods["spatial_map"](invoke(mods["spatial_gate"], x))
+        m_s = mods["spatial_map"](invoke(mods["spatial_gate"], x))  # (B, 1, H, W)
+        if (torch.is_grad_enabled() and (x.requires_grad or m_s.requires_grad)) \
+                or listened(mods["spatial_gate"]):  # (a hook may hold x', the gate's input)
+            return x * m_s
+        return x.mul_(m_s)  # x' is this call's own tensor
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.channel_gate.hidden}, kernel_size={self.kernel_size}"

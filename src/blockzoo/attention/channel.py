@@ -119,10 +119,14 @@ class SqueezeExcite(nn.Module):
         # (docs/benchmarks.md, "SE and GRN"). The parameters are the convs' own.
         p1, p2 = fc1._parameters, fc2._parameters
         z = x.mean((2, 3))  # (B, C)
-        # s = sigmoid(W_2 act(W_1 z + b_1) + b_2)
-        h = _call(act, F.linear(z, p1["weight"].flatten(1), p1["bias"]))
-        s = _call(gate, F.linear(h, p2["weight"].flatten(1), p2["bias"]))
-        return x * mods["attn_map"](s[:, :, None, None])  # (B, C, H, W)
+        # s = sigmoid(W_2 act(W_1 z + b_1) + b_2); a stock ReLU / sigmoid in place on the
+        # fresh (B, C/r) and (B, C) products when autograd is off
+        h = F.linear(z, p1["weight"].flatten(1), p1["bias"])
+        inplace = not (torch.is_grad_enabled() and h.requires_grad)
+        h = h.relu_() if inplace and type(act) is nn.ReLU else _call(act, h)
+        s = F.linear(h, p2["weight"].flatten(1), p2["bias"])
+        s = s.sigmoid_() if inplace and type(gate) is nn.Sigmoid else _call(gate, s)
+        return x * mods["attn_map"](s.view(s.shape[0], s.shape[1], 1, 1))  # (B, C, H, W)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.hidden}"

@@ -9,18 +9,27 @@ Letters: B batch, C channels, H W spatial, N = H*W positions, h heads, d head di
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention._attend import attend, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
 __all__ = ["RelativeAttention2d"]
+
+# The gathered bias w[i - j] per block, for inference: a function of the table and the input
+# size only, kept with a weak reference to the table and its address and version (an
+# optimiser step, load_state_dict's copy_, ``.data =`` or a new table rebuilds it). Biases of
+# at most this many elements are kept (1 MiB in float32); larger ones are gathered per call.
+_BIAS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_BIAS_KEEP = 1 << 18
 
 
 @register(
@@ -129,16 +138,48 @@ class RelativeAttention2d(nn.Module):
         self.rel_table = nn.Parameter(new.contiguous())
         self.max_size = (mh, mw)
 
+    def _inference_bias(self, H: int, W: int, dtype: torch.dtype) -> torch.Tensor:
+        """``relative_bias(H, W).to(dtype)`` without autograd, reused while the table is unchanged."""
+        table = self._parameters.get("rel_table")
+        try:
+            state = (None if table is None else (table.data_ptr(), table._version), H, W, dtype,
+                     self.max_size, torch.is_inference_mode_enabled())
+        except RuntimeError:  # an inference tensor has no version counter: nothing to key on
+            state = None
+        hit = _BIAS.get(self)
+        if state is not None and table is not None and hit is not None and hit[1] == state \
+                and hit[0]() is table:
+            return hit[2]
+        bias = self.relative_bias(H, W).to(dtype)
+        if state is not None and table is not None and bias.numel() <= _BIAS_KEEP:
+            _BIAS[self] = (weakref.ref(table), state, bias)
+        return bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="RelativeAttention2d", C=self.channels)
-        B, H, W = dims["B"], dims["H"], dims["W"]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="RelativeAttention2d", C=self.channels)  # raises
+        B, _, H, W = x.shape
         h, d = self.num_heads, self.head_dim
-        bias = self.relative_bias(H, W).to(x.dtype)  # (h, N, N)
-        q, k, v = self.qkv(x).view(B, 3, h, d, H * W).permute(1, 0, 2, 4, 3)  # (B, h, N, d) each
-        # y = softmax(q k^T / sqrt(d) + w[i - j]) v
-        y = attend(q, k, v, self.attn_map, bias=bias, scale=1.0 / math.sqrt(d))  # (B, h, N, d)
-        y = y.transpose(-2, -1).reshape(B, h * d, H, W)  # (B, h*d, H, W)
-        return self.proj(y)
+        mods = self._modules
+        if (torch.is_grad_enabled() or mods["attn_map"].active or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            bias = self.relative_bias(H, W).to(x.dtype)  # (h, N, N)
+            q, k, v = call(mods["qkv"], x).view(B, 3, h, d, H * W).permute(1, 0, 2, 4, 3)  # (B, h, N, d)
+            # y = softmax(q k^T / sqrt(d) + w[i - j]) v
+            y = attend(q, k, v, mods["attn_map"], bias=bias, scale=1.0 / math.sqrt(d))  # (B, h, N, d)
+            y = y.transpose(-2, -1).reshape(B, h * d, H, W)  # (B, h*d, H, W)
+            return call(mods["proj"], y)
+        # Inference: the bias built once per table and size, and the attention as two matmuls
+        # on the (B, h, d, N) layout of the projection. SDPA with a float mask takes its
+        # unfused math path here, whose safe softmax makes three extra passes over the
+        # (B, h, N, N) logits; and y^T = v A^T lands as (B, h, d, N), the output's own layout.
+        bias = self._inference_bias(H, W, x.dtype)  # (h, N, N)
+        q, k, v = call(mods["qkv"], x).view(B, 3, h, d, H * W).unbind(1)  # (B, h, d, N) each
+        # A = softmax(q k^T / sqrt(d) + w[i - j])
+        logits = torch.matmul((q * (1.0 / math.sqrt(d))).transpose(-2, -1), k).add_(bias)  # (B, h, N, N)
+        a = logits.softmax(-1)
+        y = torch.matmul(v, a.transpose(-2, -1))  # (B, h, d, N): (A v)^T
+        return call(mods["proj"], y.view(B, h * d, H, W))
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

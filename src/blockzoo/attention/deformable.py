@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call
 from blockzoo.attention._attend import attend
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
@@ -151,10 +152,12 @@ class DeformableAttention(nn.Module):
         return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)  # (Hk, Wk, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="DeformableAttention", C=self.channels)
-        B, H, W = dims["B"], dims["H"], dims["W"]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="DeformableAttention", C=self.channels)  # raises
+        B, _, H, W = x.shape
         G, gc, h, d = self.num_groups, self.group_channels, self.num_heads, self.head_dim
-        q = self.q(x)  # (B, C, H, W)
+        mods = self._modules  # stock convs as their ops unless hooked (blockzoo._fastcall)
+        q = call(mods["q"], x)  # (B, C, H, W)
         # dp = s r tanh(theta_offset(q)), in pixels, (row, col)
         dp = self.offset(q.reshape(B * G, gc, H, W))  # (B*G, 2, Hk, Wk)
         Hk, Wk = dp.shape[-2:]
@@ -168,8 +171,8 @@ class DeformableAttention(nn.Module):
         xs = xs.reshape(B, self.channels, Hk, Wk)
         M = Hk * Wk
         qh = q.view(B, h, d, H * W).transpose(-2, -1)  # (B, h, N, d)
-        kh = self.k(xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
-        vh = self.v(xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
+        kh = call(mods["k"], xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
+        vh = call(mods["v"], xs).view(B, h, d, M).transpose(-2, -1)  # (B, h, M, d)
         bias = None
         if self.rpe_table is not None:
             ii = torch.arange(H, device=x.device, dtype=x.dtype)
@@ -182,9 +185,21 @@ class DeformableAttention(nn.Module):
             bias = F.grid_sample(table, (disp / self.pos_range).flip(-1), mode="bilinear",
                                  padding_mode="border", align_corners=True)  # (B*G, h/G, N, M)
             bias = bias.reshape(B, h, H * W, M)
-        # y = softmax(q k^T / sqrt(d) + B) v
-        y = attend(qh, kh, vh, self.attn_map, bias=bias, scale=1.0 / math.sqrt(d))  # (B, h, N, d)
-        return self.proj(y.transpose(-2, -1).reshape(B, self.channels, H, W))
+        if (torch.is_grad_enabled() or self.attn_map.active or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            # y = softmax(q k^T / sqrt(d) + B) v
+            y = attend(qh, kh, vh, self.attn_map, bias=bias, scale=1.0 / math.sqrt(d))  # (B, h, N, d)
+            return call(mods["proj"], y.transpose(-2, -1).reshape(B, self.channels, H, W))
+        # Inference: two matmuls on the (B, h, d, .) layouts of the projections. SDPA with a
+        # float bias takes its unfused math path here (a safe softmax: three extra passes over
+        # the (B, h, N, M) logits), and y^T = v A^T lands as (B, h, d, N), the output's layout.
+        qs = qh.transpose(-2, -1) * (1.0 / math.sqrt(d))  # (B, h, d, N), contiguous
+        logits = torch.matmul(qs.transpose(-2, -1), kh.transpose(-2, -1))  # (B, h, N, M): q k^T / sqrt(d)
+        if bias is not None:
+            logits = logits.add_(bias)
+        a = logits.softmax(-1)  # (B, h, N, M)
+        y = torch.matmul(vh.transpose(-2, -1), a.transpose(-2, -1))  # (B, h, d, N)
+        return call(mods["proj"], y.view(B, self.channels, H, W))
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_heads={self.num_heads}, num_groups={self.num_groups}, "

@@ -7,17 +7,49 @@ Letters: B batch, C channels, H W spatial.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import _fold, call, listened
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ParNetAttention"]
+
+# BN(conv_1x1 x) + BN(conv_3x3 x) as one 3x3 convolution (RepVGG's merge: each branch's norm
+# folded into its conv by ``_fastcall._fold``, the 1x1 kernel added at the 3x3 centre), per
+# block, for inference; keyed weakly on the two folds, which ``_fold`` keeps while their
+# sources are unchanged (a refold is a new tensor, and so a new merge).
+_MERGED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _merged_branches(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    c1, c3 = block._modules["conv1x1"], block._modules["conv3x3"]
+    if (type(c1) is not nn.Sequential or type(c3) is not nn.Sequential or len(c1) != 2 or len(c3) != 2
+            or listened(c1, c3)):
+        return None
+    conv1, conv3 = c1[0], c3[0]
+    if (type(conv1) is not nn.Conv2d or type(conv3) is not nn.Conv2d or conv1.kernel_size != (1, 1)
+            or conv3.kernel_size != (3, 3) or conv1.stride != (1, 1) or conv3.stride != (1, 1)
+            or conv1.padding != (0, 0) or conv3.padding != (1, 1) or conv1.dilation != (1, 1)
+            or conv3.dilation != (1, 1) or conv1.groups != 1 or conv3.groups != 1):
+        return None
+    f1, f3 = _fold(conv1, c1[1], x), _fold(conv3, c3[1], x)
+    if f1 is None or f3 is None:
+        return None
+    hit = _MERGED.get(block)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], (*f1, *f3), strict=True)):
+        return hit[1]
+    with torch.no_grad():
+        merged = (f3[0] + F.pad(f1[0], (1, 1, 1, 1)), f3[1] + f1[1])
+    _MERGED[block] = (tuple(weakref.ref(t) for t in (*f1, *f3)), merged)
+    return merged
 
 
 @register(
@@ -80,7 +112,20 @@ class ParNetAttention(nn.Module):
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="ParNetAttention", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="ParNetAttention", C=self.channels)  # raises
+        mods = self._modules
+        merged = _merged_branches(self, x)  # None under autograd, training, hooks, tracing
+        if merged is not None:
+            # Inference: b_1 + b_3 as one 3x3 convolution; SSE added in place; act in place.
+            s = call(mods["skip_norm"], x)
+            z = s.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+            gate = mods["attn_map"](call(mods["excite"], z).sigmoid_())
+            y = F.conv2d(x, merged[0], merged[1], 1, 1).addcmul_(s, gate)
+            act = mods["act"]
+            if type(act) is nn.SiLU and not listened(act):
+                return F.silu(y, inplace=True)  # y is this call's own tensor
+            return call(act, y)
         s = self.skip_norm(x)
         # SSE = BN(x) * sigmoid(W GAP(BN(x)))
         gate = self.attn_map(torch.sigmoid(self.excite(s.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call
+from blockzoo._memo import memo_table
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -50,6 +52,29 @@ def _shift_cat(x: torch.Tensor, order: str) -> torch.Tensor:
         else:
             parts.append(torch.cat([p.narrow(d, 1, n - 1), p.narrow(d, n - 1, 1)], d))
     return torch.cat(parts, 1)
+
+
+@memo_table()
+def _shift_index(c: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Flat source positions in one sample of (3, C, H, W) for [shift_hw(x_1); shift_wh(x_2); x_3]:
+    the three branches of S²-attention gathered by one ``index_select`` (3 C H W int64)."""
+    hh, ww = torch.arange(h, device=device), torch.arange(w, device=device)
+    moves = {("h", 1): ((hh - 1).clamp_(min=0), ww), ("h", -1): ((hh + 1).clamp_(max=h - 1), ww),
+             ("w", 1): (hh, (ww - 1).clamp_(min=0)), ("w", -1): (hh, (ww + 1).clamp_(max=w - 1))}
+    idx = torch.arange(3 * c * h * w, device=device).view(3, c, h, w)
+    q = c // 4
+    for k, axes in enumerate(("hhww", "wwhh")):
+        for i, (axis, step) in enumerate(zip(axes, (1, -1, 1, -1), strict=True)):
+            hi, wi = moves[axis, step]
+            ch = torch.arange(k * c + i * q, k * c + (i + 1) * q, device=device)
+            idx[k, i * q:(i + 1) * q] = (ch[:, None, None] * h + hi[None, :, None]) * w + wi[None, None, :]
+    return idx.flatten()
+
+
+# The gather reads every element through an index (~1.4 ns each on one CPU core), the slice
+# copies stream them: the gather wins below this many output elements per call, where the
+# copies' 34 op calls cost more than the data.
+_GATHER_MAX = 1 << 17
 
 
 def spatial_shift(x: torch.Tensor, order: str = "hw") -> torch.Tensor:
@@ -128,28 +153,40 @@ class S2Attention(nn.Module):
         self.attn_map = AttentionMap("channel")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="S2Attention", C=self.channels)
-        t = self.expand(x).view(dims["B"], 3, self.channels, dims["H"], dims["W"])  # [x_1; x_2; x_3]
+        c = self.channels
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != c:
+            check_shape(x, "B C H W", name="S2Attention", C=c)  # raises, naming the misfit
+        b, _, h, w = x.shape
+        mods = self._modules
+        t = call(mods["expand"], x)  # (B, 3C, H, W): [x_1; x_2; x_3]
         if torch.is_grad_enabled() and t.requires_grad:
             # Under autograd the concatenating form: the in-place form below would record a
             # CopySlices node per slice copy, each cloning the whole gradient in backward.
+            t = t.view(b, 3, c, h, w)
             u = torch.stack([_shift_cat(t[:, 0], "hw"), _shift_cat(t[:, 1], "wh"), t[:, 2]], 1)
             z = u.sum(1).mean((2, 3))  # (B, C)
+        elif (not torch.compiler.is_compiling() and t.numel() <= _GATHER_MAX
+              and t.is_contiguous()):
+            # Small inference: all three branches by one gather (u_3 = x_3 copied as is).
+            u = torch.index_select(t.view(b, -1), 1, _shift_index(c, h, w, t.device))
+            u = u.view(b, 3, c, h, w)
+            z = u.sum((1, 3, 4)).div_(h * w)  # (B, C): sum_k GAP(u_k)
         else:
             # Inference: the two shifted branches written into one copy, u_3 = x_3 left in place.
+            t = t.view(b, 3, c, h, w)
             u = t[:, :2].clone()  # (B, 2, C, H, W)
             _shift_into(u[:, 0], t[:, 0], "hw")
             _shift_into(u[:, 1], t[:, 1], "wh")
             z = u.mean((3, 4)).sum(1) + t[:, 2].mean((2, 3))  # (B, C)
         # a = softmax_k(W_b act(W_a z))
-        a = self.attn_fc2(self.act(self.attn_fc1(z))).view(dims["B"], 3, self.channels)  # (B, 3, C)
-        a = self.attn_map(a.softmax(1)[..., None, None])  # (B, 3, C, 1, 1)
+        a = call(mods["attn_fc2"], call(mods["act"], call(mods["attn_fc1"], z))).view(b, 3, c)
+        a = mods["attn_map"](a.softmax(1).view(b, 3, c, 1, 1))  # (B, 3, C, 1, 1)
         # y = W_2 sum_k a_k u_k
         if u.shape[1] == 3:
-            return self.proj((a * u).sum(1))
+            return call(mods["proj"], (a * u).sum(1))
         # accumulated in one (B, C, H, W) tensor instead of a (B, 3, C, H, W) product
         y = (t[:, 2] * a[:, 2]).addcmul_(u[:, 0], a[:, 0]).addcmul_(u[:, 1], a[:, 1])
-        return self.proj(y)
+        return call(mods["proj"], y)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

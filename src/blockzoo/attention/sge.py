@@ -77,17 +77,20 @@ class SpatialGroupEnhance(nn.Module):
         self.attn_map = AttentionMap("spatial")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="SpatialGroupEnhance", C=self.channels)
-        b, h, w = dims["B"], dims["H"], dims["W"]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="SpatialGroupEnhance", C=self.channels)  # raises
+        b, _, h, w = x.shape
         xg = x.view(b, self.groups, -1, h, w)  # (B, G, C/G, H, W)
         g = xg.mean((3, 4), keepdim=True)  # (B, G, C/G, 1, 1)
         # c_i = g . x_i
         c = (g * xg).sum(2, keepdim=True)  # (B, G, 1, H, W)
-        mu = c.mean((3, 4), keepdim=True)
-        var = (c - mu).pow(2).sum((3, 4), keepdim=True) / max(h * w - 1, 1)
-        # c^ = (c - mu) / (sigma + eps); a = gamma c^ + beta
-        a = self.weight * (c - mu) / (var.sqrt() + self.eps) + self.bias
-        gate = self.attn_map(torch.sigmoid(a))  # (B, G, 1, H, W)
+        dev = c - c.mean((3, 4), keepdim=True)  # c - mu
+        var = (dev * dev).sum((3, 4), keepdim=True) / max(h * w - 1, 1)
+        # c^ = (c - mu) / (sigma + eps); a = gamma c^ + beta: the per-group factor
+        # gamma / (sigma + eps) on the (B, G, 1, 1, 1) statistics, one pass over the map
+        a = torch.addcmul(self.bias, dev, self.weight / (var.sqrt() + self.eps))
+        a = torch.sigmoid(a) if torch.is_grad_enabled() else torch.sigmoid_(a)
+        gate = self.attn_map(a)  # (B, G, 1, H, W)
         return (xg * gate).view_as(x)
 
     def extra_repr(self) -> str:

@@ -83,10 +83,14 @@ class SimAM(nn.Module):
             return x * self.attn_map(torch.sigmoid(inv_energy))
         # Without autograd the same ops, in place on the one (B, C, H, W) temporary: one
         # allocation instead of five (the output is still a new tensor; x is not touched).
+        # 4 (sigma^2 + lambda) as sum * (4 / n) + 4 lambda: two scalar ops instead of three.
         d = (x - x.mean((2, 3), keepdim=True)).square_()
-        var = d.sum((2, 3), keepdim=True).div_(n)
-        gate = d.div_(var.add_(self.lambda_).mul_(4)).add_(0.5).sigmoid_()
-        return x * self.attn_map(gate)
+        var4 = d.sum((2, 3), keepdim=True).mul_(4 / n).add_(4 * self.lambda_)  # (B, C, 1, 1)
+        gate = d.div_(var4).add_(0.5).sigmoid_()
+        amap = self.attn_map
+        if amap._recording or amap._forward_hooks or amap._forward_pre_hooks:
+            return x * amap(gate)  # the map keeps the gate itself
+        return gate.mul_(x)  # nobody holds the gate: the product written over it
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, lambda_={self.lambda_}"

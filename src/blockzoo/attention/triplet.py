@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, invoke
+from blockzoo._fastcall import conv_bn, invoke, listened
 from blockzoo.act import LayerSpec, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -44,7 +44,13 @@ class _ZPoolGate(nn.Module):
         if self.transpose:
             z = z.transpose(2, 3)  # (B, 2, Q, P)
         m = self._modules  # the conv and norm as their ops unless hooked (blockzoo._fastcall)
-        g = torch.sigmoid(call(m["norm"], call(m["conv"], z)))  # (B, 1, P, Q) or (B, 1, Q, P)
+        conv, norm = m["conv"], m["norm"]
+        # (conv_bn: in inference the norm folded into the conv; both as modules otherwise)
+        g = conv_bn(conv, norm, z)  # (B, 1, P, Q) or (B, 1, Q, P)
+        if (torch.is_grad_enabled() and g.requires_grad) or listened(conv, norm):  # a hook may hold g
+            g = torch.sigmoid(g)
+        else:
+            g = g.sigmoid_()
         if self.transpose:
             g = g.transpose(2, 3)  # (B, 1, P, Q)
         return g.squeeze(1).unsqueeze(self.dim)  # broadcast back to x
@@ -123,7 +129,11 @@ class TripletAttention(nn.Module):
         g_ch = m["ch_map"](invoke(m["gate_ch"], x))  # (B, C, H, 1)
         g_hw = m["hw_map"](invoke(m["gate_hw"], x))  # (B, 1, H, W)
         # y = 1/3 (x g_CW + x g_CH + x g_HW)
-        return x * (g_cw + g_ch + g_hw) / 3
+        if torch.is_grad_enabled() and (x.requires_grad or g_cw.requires_grad or g_ch.requires_grad
+                                        or g_hw.requires_grad):
+            return x * (g_cw + g_ch + g_hw) / 3
+        # the same products without autograd, in place on the one (B, C, H, W) sum
+        return torch.add(g_cw, g_ch).add_(g_hw).mul_(x).div_(3)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
