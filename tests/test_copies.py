@@ -36,7 +36,6 @@ COPY_OPS = frozenset({_ATEN.clone.default, _ATEN.copy_.default, _ATEN.copy.defau
 _HEADS = "the (B, h, N, d) -> (B, N, h d) merge of the heads before the output projection"
 _SCAN = "the recurrent scan writes each step's state into its (T, B, H) buffer"
 _PACKED = "pad_packed_sequence writes the packed output of each direction into the padded tensor"
-_TOKEN_MLP = "the token MLP is an nn.Linear on the transposed (B, C, N) tokens: one copy per block"
 BUDGET: dict[str, tuple[int, str]] = {
     "acmix": (1, "the shift-conv input is the (B, d, K^2, H, W) attention-path projection regrouped"),
     "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels (the conv "
@@ -63,8 +62,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "lstm_tagger": (2, _PACKED),
-    "mixer": (1, _TOKEN_MLP),
-    "mixer_tiny": (2, _TOKEN_MLP),
     "mnist1d_paper_gru": (3, "the GRU's (T, B, H) output returned batch-first, then flattened"),
     "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
@@ -77,8 +74,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
                "vector per partition, the merge back into (B, C, H, W) after y += v in place (a "
                "strided add of y + v straight into the output was slower)"),
-    "resmlp": (1, _TOKEN_MLP),
-    "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
     "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),

@@ -246,3 +246,61 @@ def test_model_arguments() -> None:
                               dim=8)
     assert m(torch.randn(1, 2, 8, 12)).shape == (1, 5)
     assert m.blocks[0].num_tokens == 6 and blockzoo.spec("mixer_tiny").output == "logits"
+
+
+def _module_path(block: nn.Module, *x: torch.Tensor) -> torch.Tensor:
+    """``block(*x)`` with a global forward hook registered: every fast path takes its module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda *_a: None)
+    try:
+        return block(*x)
+    finally:
+        handle.remove()
+
+
+def _jitter(block: nn.Module, scale: float = 0.3) -> None:
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize(("cls", "kw"), [(ResMLPBlock, {}), (MixerBlock, {}),
+                                         (MixerBlock, {"token_bias": False}),
+                                         (MixerBlock, {"act_layer": "relu", "token_hidden": 5})])
+def test_mixer_folded_path_equals_the_module_path_and_refolds(cls, kw) -> None:
+    """Without autograd the Mixer / ResMLP fold their norms, scales and biases into cached
+    tensors (``_fastcall.param_fold``): the same output as every module run in the paper's order
+    (float64, 1e-12), redone after an in-place change, a new parameter, a new submodule."""
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    block = cls(6, 7, channel_hidden=9, **kw).double().eval()
+    _jitter(block)
+    x = torch.randn(3, 7, 6, dtype=f64)
+
+    def same() -> None:
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), _module_path(block, x), rtol=1e-12, atol=1e-12)
+
+    same()
+    assert block in _fastcall._PARAM_FOLDS  # the folded path ran
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.25)
+            same()
+    block.channel_mlp.layers[-1].weight = nn.Parameter(torch.randn(6, 9, dtype=f64))
+    same()
+    block.channel_mlp.layers[2] = nn.Tanh()
+    same()
+    block.norm1.load_state_dict({k: v * 2 for k, v in block.norm1.state_dict().items()})
+    same()
+    xt = torch.randn(3, 6, 7, dtype=f64).transpose(1, 2)  # a non-contiguous input
+    with torch.no_grad():
+        torch.testing.assert_close(block(xt), _module_path(block, xt), rtol=1e-12, atol=1e-12)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), _module_path(block, x), rtol=1e-12, atol=1e-12)
+    # autograd takes the module path and its gradients are the module path's
+    xg = x.clone().requires_grad_(True)
+    block(xg).sum().backward()
+    assert xg.grad is not None and all(p.grad is not None for p in block.parameters())

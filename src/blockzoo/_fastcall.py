@@ -238,3 +238,43 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     if keep:
         _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
     return weight, bias
+
+
+# ---------------------------------------------------------------------------- mlpx: cached parameter folds
+
+# Folds of several parameters into fewer tensors (a per-channel scale into the projection
+# after it, a bias carried through a linear map), per (owner module, key): kept with weak
+# references to the modules and tensors they were computed from and each tensor's address and
+# version, so that an in-place change, a new parameter, ``.data =``, a ``.to()`` or a swapped
+# submodule redoes the fold (the same rules as ``conv_bn``'s).
+_PARAM_FOLDS: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
+
+
+def param_fold(owner: nn.Module, key: str, mods: tuple[nn.Module, ...],
+               tensors: tuple[torch.Tensor | None, ...],
+               build: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+    """``build(*tensors)``, computed without autograd and kept until any of ``tensors`` or
+    ``mods`` changes; None where a cached fold must not stand in for the parameters: autograd
+    recording, ``torch.compile`` / ``torch.jit`` tracing, ``torch.func`` transforms, a hook
+    listening to one of ``mods`` (the caller then runs its module path)."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active() or listened(*mods)):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
+        return None
+    folds = _PARAM_FOLDS.get(owner)
+    hit = None if folds is None else folds.get(key)
+    if (hit is not None and hit[2] == state and len(hit[0]) == len(mods)
+            and all(r() is m for r, m in zip(hit[0], mods, strict=True))
+            and all(r is None or r() is t for r, t in zip(hit[1], tensors, strict=True))):
+        return hit[3]
+    with torch.no_grad():
+        out = build(*tensors)
+    if folds is None:
+        folds = _PARAM_FOLDS[owner] = {}
+    folds[key] = (tuple(weakref.ref(m) for m in mods),
+                  tuple(None if t is None else weakref.ref(t) for t in tensors), state, out)
+    return out
