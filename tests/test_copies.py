@@ -49,8 +49,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "deformable_attention": (2, "the per-group position-bias table regrouped, " + _HEADS),
     "elman_rnn": (2, _PACKED),
     "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
-    "gmlp": (1, "einsum of the spatial gating unit over the token axis"),
-    "gmlp_tiny": (2, "einsum of the spatial gating unit over the token axis, 2 blocks"),
     "graph_attention": (2, "alpha @ z on the (B, h, N, d) heads and " + _HEADS),
     "gru": (2, _PACKED),
     "gru_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),

@@ -304,3 +304,30 @@ def test_mixer_folded_path_equals_the_module_path_and_refolds(cls, kw) -> None:
     xg = x.clone().requires_grad_(True)
     block(xg).sum().backward()
     assert xg.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_gmlp_in_place_path_without_autograd_equals_the_equation_and_records_the_gate() -> None:
+    """Without autograd the gate is multiplied and the residual added in place: the same output
+    as the equation (float64, 1e-12), a recorded gate that is f(Z_2) itself (not the product),
+    and a forward hook on proj_out that sees its own output unchanged."""
+    torch.manual_seed(0)
+    blk = GMLPBlock(4, 5, hidden=6).double()
+    _jitter(blk)
+    sgu = blk.sgu
+    x = torch.randn(2, 5, 4, dtype=f64)
+    z = F.gelu(_lin(blk.proj_in, F.layer_norm(x, (4,), blk.norm.weight, blk.norm.bias))).detach()
+    z1, z2 = z[..., :3], z[..., 3:]
+    f = (sgu.weight @ F.layer_norm(z2, (3,), sgu.norm.weight, sgu.norm.bias) + sgu.bias[:, None]).detach()
+    want = (x + _lin(blk.proj_out, z1 * f)).detach()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+            with record_attention(blk) as maps:
+                torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(maps["sgu.attn_map"], f, rtol=1e-12, atol=1e-12)
+    seen = []
+    handle = blk.proj_out.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        blk(x)
+    handle.remove()
+    torch.testing.assert_close(seen[0], want - x, rtol=1e-12, atol=1e-12)
