@@ -67,8 +67,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
-    "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
-    "permute_mlp": (5, "height and width branches: permute to the mixed axis and back (4), channels"),
+    "permutator_tiny": (4, "the Permute-MLP's inputs to FC_H and FC_W permuted, 2 blocks"),
+    "permute_mlp": (2, "FC_W's input permuted to (B, G, H, W S), and FC_H's on maps narrower than "
+                    "_BMM_MIN_COLUMNS (the outputs stay strided views; FC_C and proj on (C, H W))"),
     "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
                "vector per partition, the merge back into (B, C, H, W) after y += v in place (a "
                "strided add of y + v straight into the output was slower)"),

@@ -331,3 +331,29 @@ def test_gmlp_in_place_path_without_autograd_equals_the_equation_and_records_the
         blk(x)
     handle.remove()
     torch.testing.assert_close(seen[0], want - x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bmm_min", [0, 1 << 30])
+@pytest.mark.parametrize(("bias", "s"), [(True, 2), (False, 3)])
+def test_permute_mlp_channels_first_path_equals_the_module_path(monkeypatch, bmm_min, bias, s) -> None:
+    """Without autograd the Permute-MLP runs on (B, C, H, W) as it lies (FC_H reordered and
+    cached, batched matmuls or one copy and one matmul): the same output and branch weights as
+    the (H, W, C) path every hook forces (float64, 1e-12), refolded after an in-place change."""
+    from blockzoo.mlp import permutator
+
+    monkeypatch.setattr(permutator, "_BMM_MIN_COLUMNS", bmm_min)
+    torch.manual_seed(0)
+    blk = WeightedPermuteMLP(12, 5, 4, segment_size=s, bias=bias).double().eval()
+    _jitter(blk)
+    x = torch.randn(3, 12, 5, 4, dtype=f64)
+    for xin in (x, x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):  # NCHW and NHWC memory
+        with torch.no_grad():
+            with record_attention(blk) as got_maps:
+                got = blk(xin)
+            with record_attention(blk) as want_maps:
+                want = _module_path(blk, xin)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_maps["attn_map"], want_maps["attn_map"], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        blk.fc_h.weight.add_(0.5)
+        torch.testing.assert_close(blk(x), _module_path(blk, x), rtol=1e-12, atol=1e-12)
