@@ -357,3 +357,27 @@ def test_permute_mlp_channels_first_path_equals_the_module_path(monkeypatch, bmm
     with torch.no_grad():
         blk.fc_h.weight.add_(0.5)
         torch.testing.assert_close(blk(x), _module_path(blk, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gather_max", [0, 1 << 30])
+@pytest.mark.parametrize(("c", "size"), [(8, (5, 4)), (6, (3, 7)), (16, (1, 2))])
+def test_s2mlp_gather_shift_and_in_place_residuals_equal_the_autograd_path(monkeypatch, gather_max, c,
+                                                                           size) -> None:
+    """The shift as one index_select from a cached index (small maps) equals the five copies,
+    and the residuals added in place without autograd equal the autograd path (float64, 1e-12,
+    channels beyond 4 (C // 4) unshifted)."""
+    from blockzoo.mlp import s2mlp
+
+    monkeypatch.setattr(s2mlp, "_GATHER_MAX", gather_max)
+    torch.manual_seed(0)
+    blk = S2MLPBlock(c, hidden=5).double().eval()
+    _jitter(blk)
+    x = torch.randn(2, c, *size, dtype=f64)
+    want = blk(x).detach()  # autograd on: the out-of-place path
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(_module_path(blk, x), want, rtol=1e-12, atol=1e-12)
+    u = torch.randn(3, *size, c, dtype=f64)
+    idx = s2mlp._shift_index(*size, c, c // 4, u.device)
+    want = s2mlp._shift(u.permute(0, 3, 1, 2), c // 4).permute(0, 2, 3, 1)
+    torch.testing.assert_close(u.reshape(3, -1)[:, idx].view_as(u), want, rtol=0, atol=0)
