@@ -75,8 +75,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                "strided add of y + v straight into the output was slower)"),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "s2_attention": (9, "the two shifted branches written into one buffer: 1 clone + 8 slice copies"),
-    "s2mlp": (5, "the (B, H, W, C) layout made once; on maps above _GATHER_MAX the spatial shift's "
-              "clone and four slice copies (the paper's code), on smaller ones one gather"),
+    "s2mlp": (1, "the (B, H, W, C) layout made once (the shift is a gather up to _GATHER_MAX; larger "
+              "maps add its clone and four slice copies, the paper's code)"),
     "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
                                  "the position index and shift mask are built once per size"),
     "shuffle_attention": (2, "GroupNorm of the grouped view, and the channel shuffle"),
