@@ -328,3 +328,25 @@ def test_mbconv_default_expansion_is_the_papers() -> None:
     assert m.expand_ratio == 6
     assert m.expand.conv.out_channels == 96
     assert m.se.fc1.out_channels == 4  # SE width: se_ratio 0.25 of the block's input C
+
+
+@pytest.mark.parametrize(("stride", "groups", "bias"), [(1, 1, True), (2, 2, False)])
+def test_condconv_per_sample_loop_equals_the_grouped_convolution(monkeypatch, stride, groups, bias) -> None:
+    """On large maps CondConv runs B ordinary convolutions instead of one of B groups: the same
+    output and gradients (float64, 1e-12)."""
+    from blockzoo.conv import condconv
+
+    torch.manual_seed(0)
+    conv = CondConv(4, 6, 3, num_experts=3, stride=stride, groups=groups, bias=bias).double()
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64)
+
+    def run(loop_min: int) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(condconv, "_LOOP_MIN_MACS", loop_min)
+        conv.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        y = conv(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y.detach(), xg.grad, conv.weight.grad.clone()
+
+    for a, b in zip(run(0), run(1 << 40), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
