@@ -350,3 +350,41 @@ def test_condconv_per_sample_loop_equals_the_grouped_convolution(monkeypatch, st
 
     for a, b in zip(run(0), run(1 << 40), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds() -> None:
+    """Without autograd Meta4D computes I with one lerp and folds s_2 and the second norm into
+    the second convolution (cached): the module path's output (float64, 1e-12), redone after
+    the norm's statistics, eps or the scale change; training mode keeps the module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    torch.manual_seed(0)
+    block = randomize_bn(blockzoo.create("efficientformer_meta4d", channels=6)).double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+
+    def same() -> None:
+        with torch.no_grad():
+            got = block(x)
+            handle = register_module_forward_hook(lambda *_a: None)
+            try:
+                want = block(x)
+            finally:
+                handle.remove()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    same()
+    bn = block.mlp[1].bn
+    with torch.no_grad():
+        bn.running_var.mul_(2.0)
+        same()
+        block.scale2.add_(0.5)
+        same()
+    bn.eps = 0.25
+    same()
+    block.train()
+    with torch.no_grad():
+        y = block(x)
+    assert bn.num_batches_tracked.item() == 1 and y.shape == x.shape  # the module path updated its stats

@@ -252,17 +252,19 @@ _PARAM_FOLDS: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.W
 
 def param_fold(owner: nn.Module, key: str, mods: tuple[nn.Module, ...],
                tensors: tuple[torch.Tensor | None, ...],
-               build: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+               build: Callable[..., tuple[torch.Tensor, ...]],
+               extra: tuple = ()) -> tuple[torch.Tensor, ...] | None:
     """``build(*tensors)``, computed without autograd and kept until any of ``tensors`` or
-    ``mods`` changes; None where a cached fold must not stand in for the parameters: autograd
-    recording, ``torch.compile`` / ``torch.jit`` tracing, ``torch.func`` transforms, a hook
-    listening to one of ``mods`` (the caller then runs its module path)."""
+    ``mods`` changes, or any of the plain values ``extra`` (an eps) the fold reads; None where a
+    cached fold must not stand in for the parameters: autograd recording, ``torch.compile`` /
+    ``torch.jit`` tracing, ``torch.func`` transforms, a hook listening to one of ``mods`` (the
+    caller then runs its module path)."""
     if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
             or torch._C._are_functorch_transforms_active() or listened(*mods)):
         return None
     try:
         state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
-                 torch.is_inference_mode_enabled())
+                 torch.is_inference_mode_enabled(), *extra)
     except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
         return None
     folds = _PARAM_FOLDS.get(owner)
