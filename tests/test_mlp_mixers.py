@@ -381,3 +381,16 @@ def test_s2mlp_gather_shift_and_in_place_residuals_equal_the_autograd_path(monke
     idx = s2mlp._shift_index(*size, c, c // 4, u.device)
     want = s2mlp._shift(u.permute(0, 3, 1, 2), c // 4).permute(0, 2, 3, 1)
     torch.testing.assert_close(u.reshape(3, -1)[:, idx].view_as(u), want, rtol=0, atol=0)
+
+
+def test_mixer_with_a_per_channel_prelu_keeps_its_layout() -> None:
+    """A per-channel PReLU reads dim 1 as channels, so the folded path (another layout) must not
+    run it: the output equals the module path (float64, 1e-12)."""
+    torch.manual_seed(0)
+    blk = MixerBlock(6, 7, token_hidden=4, channel_hidden=9).double().eval()
+    blk.token_mlp.layers[2] = nn.PReLU(6, dtype=f64)  # (B, C, D_S): C = 6 channels at dim 1
+    blk.channel_mlp.layers[2] = nn.PReLU(7, dtype=f64)  # (B, N, D_C): N = 7 at dim 1
+    _jitter(blk)
+    x = torch.randn(3, 7, 6, dtype=f64)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), _module_path(blk, x), rtol=1e-12, atol=1e-12)

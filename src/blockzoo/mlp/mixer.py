@@ -202,8 +202,8 @@ class MixerBlock(nn.Module):
         tl, cl = tuple(tseq._modules.values()), tuple(cseq._modules.values())
         if (type(tseq) is not nn.Sequential or type(cseq) is not nn.Sequential or len(cl) != 5
                 or type(cl[0]) is not nn.Linear or type(cl[1]) is not nn.Identity
-                or type(cl[4]) is not nn.Linear):
-            return None
+                or type(cl[4]) is not nn.Linear or not _elementwise(cl[2])):
+            return None  # (an activation with parameters, a per-channel PReLU, reads the layout)
         mlist = (n1, tm, tseq, *tl, n2, cm, cseq, *cl)
         p, c1, c2 = self._parameters, cl[0]._parameters, cl[4]._parameters
         if not ("scale1" in p and "scale2" in p and "weight" in c1 and "bias" in c1
@@ -230,7 +230,8 @@ class MixerBlock(nn.Module):
             return torch.addmm(z2, h, w2t).view(B, N, C)
         if (type(n1) is not nn.LayerNorm or type(n2) is not nn.LayerNorm or n2.normalized_shape != (C,)
                 or len(tl) != 5 or type(tl[0]) is not nn.Linear or type(tl[1]) is not nn.Identity
-                or type(tl[4]) is not nn.Linear or p["scale1"] is not None or p["scale2"] is not None):
+                or type(tl[4]) is not nn.Linear or not _elementwise(tl[2]) or p["scale1"] is not None
+                or p["scale2"] is not None):
             return None
         t1, t2 = tl[0]._parameters, tl[4]._parameters
         if not ("weight" in t1 and "bias" in t1 and "weight" in t2 and "bias" in t2):
@@ -256,6 +257,12 @@ class MixerBlock(nn.Module):
             f"dim={self.dim}, num_tokens={self.num_tokens}, token_hidden={self.token_mlp.hidden_features}, "
             f"channel_hidden={self.channel_hidden}, layer_scale={self.layer_scale}"
         )
+
+
+def _elementwise(act: nn.Module) -> bool:
+    """An activation without parameters, buffers or submodules: it acts elementwise, whatever
+    the layout of its input."""
+    return not (act._parameters or act._buffers or act._modules)
 
 
 def _fold_resmlp(alpha1: torch.Tensor, beta1: torch.Tensor, a: torch.Tensor, a_bias: torch.Tensor | None,
