@@ -328,3 +328,114 @@ def test_mbconv_default_expansion_is_the_papers() -> None:
     assert m.expand_ratio == 6
     assert m.expand.conv.out_channels == 96
     assert m.se.fc1.out_channels == 4  # SE width: se_ratio 0.25 of the block's input C
+
+
+@pytest.mark.parametrize(("stride", "groups", "bias"), [(1, 1, True), (2, 2, False)])
+def test_condconv_per_sample_loop_equals_the_grouped_convolution(monkeypatch, stride, groups, bias) -> None:
+    """On large maps CondConv runs B ordinary convolutions instead of one of B groups: the same
+    output and gradients (float64, 1e-12)."""
+    from blockzoo.conv import condconv
+
+    torch.manual_seed(0)
+    conv = CondConv(4, 6, 3, num_experts=3, stride=stride, groups=groups, bias=bias).double()
+    x = torch.randn(3, 4, 7, 6, dtype=torch.float64)
+
+    def run(loop_min: int) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(condconv, "_LOOP_MIN_MACS", loop_min)
+        conv.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        y = conv(xg)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y.detach(), xg.grad, conv.weight.grad.clone()
+
+    for a, b in zip(run(0), run(1 << 40), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds() -> None:
+    """Without autograd Meta4D computes I with one lerp and folds s_2 and the second norm into
+    the second convolution (cached): the module path's output (float64, 1e-12), redone after
+    the norm's statistics, eps or the scale change; training mode keeps the module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    torch.manual_seed(0)
+    block = randomize_bn(blockzoo.create("efficientformer_meta4d", channels=6)).double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+
+    def same() -> None:
+        with torch.no_grad():
+            got = block(x)
+            handle = register_module_forward_hook(lambda *_a: None)
+            try:
+                want = block(x)
+            finally:
+                handle.remove()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    same()
+    bn = block.mlp[1].bn
+    with torch.no_grad():
+        bn.running_var.mul_(2.0)
+        same()
+        block.scale2.add_(0.5)
+        same()
+    bn.eps = 0.25
+    same()
+    block.train()
+    with torch.no_grad():
+        y = block(x)
+    assert bn.num_batches_tracked.item() == 1 and y.shape == x.shape  # the module path updated its stats
+
+
+@pytest.mark.parametrize("norm", [None, "batchnorm"])
+def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
+    """Without autograd the three 1x1 convolutions on x run as one (norms folded, cached) and the
+    3x3 max pool as a separable maximum: the module path's output (float64, 1e-12), redone after
+    a weight changes; training mode keeps the module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    block = blockzoo.create("inception", channels=6, out_1x1=3, red_3x3=4, out_3x3=5, red_5x5=2, out_5x5=3,
+                            pool_proj=2, norm_layer=norm)
+    block = randomize_bn(block).double().eval()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+
+    def same() -> None:
+        with torch.no_grad():
+            got = block(x)
+            handle = register_module_forward_hook(lambda *_a: None)
+            try:
+                want = block(x)
+            finally:
+                handle.remove()
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    same()
+    assert block in _fastcall._DERIVED
+    with torch.no_grad():
+        block.branch5[0].conv.weight.add_(0.5)
+    same()
+    block.train()
+    with torch.no_grad():
+        block(x)
+    if norm:
+        assert block.branch1.bn.num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_max_pool_same_equals_max_pool2d(k) -> None:
+    from blockzoo._fastcall import max_pool_same
+
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    x[0, 0, 2, 2] = float("nan")
+    x[1, 1, 0, 0] = float("inf")
+    x[1, 2] = float("-inf")
+    want = F.max_pool2d(x, k, 1, k // 2)
+    torch.testing.assert_close(max_pool_same(x, k), want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(max_pool_same(x[:, :, :1, :2], k), F.max_pool2d(x[:, :, :1, :2], k, 1, k // 2),
+                               rtol=0, atol=0, equal_nan=True)

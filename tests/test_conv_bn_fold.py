@@ -174,3 +174,28 @@ def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
         for h in handles:
             h.remove()
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+
+
+def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
+    """MobileViT's conv-BN-act units run through ``conv_bn``: in eval without autograd each norm
+    is folded (kept in ``_FOLDED``) and the block's output equals the module path (float64)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    torch.manual_seed(0)
+    block = blockzoo.spec("mobilevit_block").build_example().double().eval()
+    with torch.no_grad():
+        for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    x = torch.randn(2, 16, 6, 8, dtype=torch.float64)
+    with torch.no_grad():
+        got = block(x)
+        assert all(bn in _fastcall._FOLDED for bn in block.modules() if isinstance(bn, nn.BatchNorm2d))
+        handle = register_module_forward_hook(lambda *_a: None)
+        try:
+            want = block(x)
+        finally:
+            handle.remove()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -36,7 +36,6 @@ COPY_OPS = frozenset({_ATEN.clone.default, _ATEN.copy_.default, _ATEN.copy.defau
 _HEADS = "the (B, h, N, d) -> (B, N, h d) merge of the heads before the output projection"
 _SCAN = "the recurrent scan writes each step's state into its (T, B, H) buffer"
 _PACKED = "pad_packed_sequence writes the packed output of each direction into the padded tensor"
-_TOKEN_MLP = "the token MLP is an nn.Linear on the transposed (B, C, N) tokens: one copy per block"
 BUDGET: dict[str, tuple[int, str]] = {
     "acmix": (1, "the shift-conv input is the (B, d, K^2, H, W) attention-path projection regrouped"),
     "aft_conv": (1, "repeat_interleave of the per-head position kernel onto the channels (the conv "
@@ -51,8 +50,6 @@ BUDGET: dict[str, tuple[int, str]] = {
                              "inference computes y^T in the output's layout)"),
     "elman_rnn": (2, _PACKED),
     "emsa": (4, "batched matmuls of permuted q/k/v views (2) and " + _HEADS),
-    "gmlp": (1, "einsum of the spatial gating unit over the token axis"),
-    "gmlp_tiny": (2, "einsum of the spatial gating unit over the token axis, 2 blocks"),
     "graph_attention": (2, "alpha @ z on the (B, h, N, d) heads and " + _HEADS),
     "gru": (2, _PACKED),
     "gru_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
@@ -64,8 +61,6 @@ BUDGET: dict[str, tuple[int, str]] = {
     "lstm": (2, _PACKED),
     "lstm_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
     "lstm_tagger": (2, _PACKED),
-    "mixer": (1, _TOKEN_MLP),
-    "mixer_tiny": (2, _TOKEN_MLP),
     "mnist1d_paper_gru": (3, "the GRU's (T, B, H) output returned batch-first, then flattened"),
     "moa_attention": (3, "the eval path's channels-last input to the reduce map, the query windows and "
                       "their fold back (in place of unfold's and fold's im2col / col2im, not counted)"),
@@ -74,15 +69,15 @@ BUDGET: dict[str, tuple[int, str]] = {
     "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
-    "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
-    "permute_mlp": (5, "height and width branches: permute to the mixed axis and back (4), channels"),
+    "permutator_tiny": (4, "the Permute-MLP's inputs to FC_H and FC_W permuted, 2 blocks"),
+    "permute_mlp": (2, "FC_W's input permuted to (B, G, H, W S), and FC_H's on maps narrower than "
+                    "_BMM_MIN_COLUMNS (the outputs stay strided views; FC_C and proj on (C, H W))"),
     "repmlp": (4, "partition into (B P, C, h, w), the grouped FC's layout (train form), the global "
                "vector per partition, the merge back into (B, C, H, W) after y += v in place (a "
                "strided add of y + v straight into the output was slower)"),
-    "resmlp": (1, _TOKEN_MLP),
-    "resmlp_tiny": (2, _TOKEN_MLP),
     "rnn_classifier": (3, _PACKED + "; last hidden state of both directions flattened"),
-    "s2mlp": (5, "the spatial shift: one clone and four slice copies (the paper's code)"),
+    "s2mlp": (1, "the (B, H, W, C) layout made once (the shift is a gather up to _GATHER_MAX; larger "
+              "maps add its clone and four slice copies, the paper's code)"),
     "shifted_window_attention": (4, "window partition and merge (2), the bias per window (1), heads (1); "
                                  "the position index and shift mask are built once per size"),
     "shuffle_attention": (2, "GroupNorm of the grouped view, and the channel shuffle"),

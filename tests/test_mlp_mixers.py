@@ -246,3 +246,151 @@ def test_model_arguments() -> None:
                               dim=8)
     assert m(torch.randn(1, 2, 8, 12)).shape == (1, 5)
     assert m.blocks[0].num_tokens == 6 and blockzoo.spec("mixer_tiny").output == "logits"
+
+
+def _module_path(block: nn.Module, *x: torch.Tensor) -> torch.Tensor:
+    """``block(*x)`` with a global forward hook registered: every fast path takes its module path."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda *_a: None)
+    try:
+        return block(*x)
+    finally:
+        handle.remove()
+
+
+def _jitter(block: nn.Module, scale: float = 0.3) -> None:
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize(("cls", "kw"), [(ResMLPBlock, {}), (MixerBlock, {}),
+                                         (MixerBlock, {"token_bias": False}),
+                                         (MixerBlock, {"act_layer": "relu", "token_hidden": 5})])
+def test_mixer_folded_path_equals_the_module_path_and_refolds(cls, kw) -> None:
+    """Without autograd the Mixer / ResMLP fold their norms, scales and biases into cached
+    tensors (``_fastcall.param_fold``): the same output as every module run in the paper's order
+    (float64, 1e-12), redone after an in-place change, a new parameter, a new submodule."""
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    block = cls(6, 7, channel_hidden=9, **kw).double().eval()
+    _jitter(block)
+    x = torch.randn(3, 7, 6, dtype=f64)
+
+    def same() -> None:
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), _module_path(block, x), rtol=1e-12, atol=1e-12)
+
+    same()
+    assert block in _fastcall._DERIVED  # the folded path ran
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.25)
+            same()
+    block.channel_mlp.layers[-1].weight = nn.Parameter(torch.randn(6, 9, dtype=f64))
+    same()
+    block.channel_mlp.layers[2] = nn.Tanh()
+    same()
+    block.norm1.load_state_dict({k: v * 2 for k, v in block.norm1.state_dict().items()})
+    same()
+    xt = torch.randn(3, 6, 7, dtype=f64).transpose(1, 2)  # a non-contiguous input
+    with torch.no_grad():
+        torch.testing.assert_close(block(xt), _module_path(block, xt), rtol=1e-12, atol=1e-12)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), _module_path(block, x), rtol=1e-12, atol=1e-12)
+    # autograd takes the module path and its gradients are the module path's
+    xg = x.clone().requires_grad_(True)
+    block(xg).sum().backward()
+    assert xg.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_gmlp_in_place_path_without_autograd_equals_the_equation_and_records_the_gate() -> None:
+    """Without autograd the gate is multiplied and the residual added in place: the same output
+    as the equation (float64, 1e-12), a recorded gate that is f(Z_2) itself (not the product),
+    and a forward hook on proj_out that sees its own output unchanged."""
+    torch.manual_seed(0)
+    blk = GMLPBlock(4, 5, hidden=6).double()
+    _jitter(blk)
+    sgu = blk.sgu
+    x = torch.randn(2, 5, 4, dtype=f64)
+    z = F.gelu(_lin(blk.proj_in, F.layer_norm(x, (4,), blk.norm.weight, blk.norm.bias))).detach()
+    z1, z2 = z[..., :3], z[..., 3:]
+    f = (sgu.weight @ F.layer_norm(z2, (3,), sgu.norm.weight, sgu.norm.bias) + sgu.bias[:, None]).detach()
+    want = (x + _lin(blk.proj_out, z1 * f)).detach()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+            with record_attention(blk) as maps:
+                torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(maps["sgu.attn_map"], f, rtol=1e-12, atol=1e-12)
+    seen = []
+    handle = blk.proj_out.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        blk(x)
+    handle.remove()
+    torch.testing.assert_close(seen[0], want - x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bmm_min", [0, 1 << 30])
+@pytest.mark.parametrize(("bias", "s"), [(True, 2), (False, 3)])
+def test_permute_mlp_channels_first_path_equals_the_module_path(monkeypatch, bmm_min, bias, s) -> None:
+    """Without autograd the Permute-MLP runs on (B, C, H, W) as it lies (FC_H reordered and
+    cached, batched matmuls or one copy and one matmul): the same output and branch weights as
+    the (H, W, C) path every hook forces (float64, 1e-12), refolded after an in-place change."""
+    from blockzoo.mlp import permutator
+
+    monkeypatch.setattr(permutator, "_BMM_MIN_COLUMNS", bmm_min)
+    torch.manual_seed(0)
+    blk = WeightedPermuteMLP(12, 5, 4, segment_size=s, bias=bias).double().eval()
+    _jitter(blk)
+    x = torch.randn(3, 12, 5, 4, dtype=f64)
+    for xin in (x, x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):  # NCHW and NHWC memory
+        with torch.no_grad():
+            with record_attention(blk) as got_maps:
+                got = blk(xin)
+            with record_attention(blk) as want_maps:
+                want = _module_path(blk, xin)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_maps["attn_map"], want_maps["attn_map"], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        blk.fc_h.weight.add_(0.5)
+        torch.testing.assert_close(blk(x), _module_path(blk, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gather_max", [0, 1 << 30])
+@pytest.mark.parametrize(("c", "size"), [(8, (5, 4)), (6, (3, 7)), (16, (1, 2))])
+def test_s2mlp_gather_shift_and_in_place_residuals_equal_the_autograd_path(monkeypatch, gather_max, c,
+                                                                           size) -> None:
+    """The shift as one index_select from a cached index (small maps) equals the five copies,
+    and the residuals added in place without autograd equal the autograd path (float64, 1e-12,
+    channels beyond 4 (C // 4) unshifted)."""
+    from blockzoo.mlp import s2mlp
+
+    monkeypatch.setattr(s2mlp, "_GATHER_MAX", gather_max)
+    torch.manual_seed(0)
+    blk = S2MLPBlock(c, hidden=5).double().eval()
+    _jitter(blk)
+    x = torch.randn(2, c, *size, dtype=f64)
+    want = blk(x).detach()  # autograd on: the out-of-place path
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(_module_path(blk, x), want, rtol=1e-12, atol=1e-12)
+    u = torch.randn(3, *size, c, dtype=f64)
+    idx = s2mlp._shift_index(*size, c, c // 4, u.device)
+    want = s2mlp._shift(u.permute(0, 3, 1, 2), c // 4).permute(0, 2, 3, 1)
+    torch.testing.assert_close(u.reshape(3, -1)[:, idx].view_as(u), want, rtol=0, atol=0)
+
+
+def test_mixer_with_a_per_channel_prelu_keeps_its_layout() -> None:
+    """A per-channel PReLU reads dim 1 as channels, so the folded path (another layout) must not
+    run it: the output equals the module path (float64, 1e-12)."""
+    torch.manual_seed(0)
+    blk = MixerBlock(6, 7, token_hidden=4, channel_hidden=9).double().eval()
+    blk.token_mlp.layers[2] = nn.PReLU(6, dtype=f64)  # (B, C, D_S): C = 6 channels at dim 1
+    blk.channel_mlp.layers[2] = nn.PReLU(7, dtype=f64)  # (B, N, D_C): N = 7 at dim 1
+    _jitter(blk)
+    x = torch.randn(3, 7, 6, dtype=f64)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), _module_path(blk, x), rtol=1e-12, atol=1e-12)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, direct, invoke, sequential
+from blockzoo._fastcall import call, conv_bn, direct, invoke, sequential
 from blockzoo.act import LayerSpec, create_act, create_norm, without_bias
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple
 from blockzoo.attention.maps import AttentionMap
@@ -36,10 +36,15 @@ class _ConvNormAct(nn.Sequential):
 
 @direct(_ConvNormAct)
 def _conv_norm_act(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``_ConvNormAct.forward`` (nn.Sequential's) with each layer through :func:`call`."""
-    for layer in m._modules.values():
-        x = call(layer, x)
-    return x
+    """``_ConvNormAct.forward`` (nn.Sequential's) with each layer through :func:`call`, the
+    conv and norm through ``conv_bn`` (in eval without autograd: one convolution, the norm
+    folded in)."""
+    layers = tuple(m._modules.values())
+    if len(layers) != 3:
+        for layer in layers:
+            x = call(layer, x)
+        return x
+    return call(layers[2], conv_bn(layers[0], layers[1], x))
 
 
 class _TransformerLayer(nn.Module):

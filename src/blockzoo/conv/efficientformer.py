@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import listened, param_fold
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape, require
 from blockzoo.conv.conv_bn_act import ConvBnAct
@@ -98,13 +99,63 @@ class EfficientFormerMeta4D(nn.Module):
         self.scale2 = nn.Parameter(torch.full((channels,), float(layer_scale), **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="EfficientFormerMeta4D", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="EfficientFormerMeta4D", C=self.channels)  # raises
         k = self.pool_size
         pooled = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)  # (B, C, H, W)
+        if not torch.is_grad_enabled():
+            y = self._folded(x, pooled)
+            if y is not None:
+                return y
         # I = X + s_1 (Pool(X) - X)
         x = x + self.scale1[:, None, None] * (pooled - x)
         # Y = I + s_2 MLP(I)
         return x + self.scale2[:, None, None] * self.mlp(x)
 
+    def _folded(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor | None:
+        """The forward without autograd: I as one ``lerp`` (X + s_1 (Pool(X) - X)), and s_2 with
+        the second BatchNorm folded into the second 1x1 convolution (cached,
+        ``_fastcall.param_fold``), whose output takes I in place. None (the module path) for
+        another structure, training-mode norms, a hook, a parametrized tensor."""
+        p, mlp = self._parameters, self._modules["mlp"]
+        if type(mlp) is not nn.Sequential or len(mlp) != 2 or "scale1" not in p or "scale2" not in p:
+            return None
+        first, second = mlp[0], mlp[1]
+        if type(first) is not ConvBnAct or type(second) is not ConvBnAct:
+            return None
+        conv, bn, act = second._modules["conv"], second._modules["bn"], second._modules["act"]
+        if (type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or type(act) is not nn.Identity
+                or bn.training):
+            return None
+        cp, bp, bb = conv._parameters, bn._parameters, bn._buffers
+        if not ("weight" in cp and "bias" in cp and "weight" in bp and "bias" in bp and "running_mean" in bb
+                and bb["running_mean"] is not None):
+            return None
+        f = param_fold(self, "meta4d", (mlp, second, conv, bn, act),
+                       (cp["weight"], cp["bias"], bp["weight"], bp["bias"], bb["running_mean"],
+                        bb["running_var"], p["scale2"]),
+                       lambda *t: _fold_scaled_conv_bn(bn.eps, *t), extra=(bn.eps,))
+        if f is None or listened(first):
+            return None
+        # I = X + s_1 (Pool(X) - X)
+        i = torch.lerp(x, pooled, p["scale1"][:, None, None])
+        # Y = I + s_2 BN(conv(GELU(BN(conv(I)))))
+        h = first.forward(i)
+        return F.conv2d(h, f[0], f[1], conv.stride, conv.padding, conv.dilation, conv.groups).add_(i)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pool_size={self.pool_size}, mlp_ratio={self.mlp_ratio}"
+
+
+def _fold_scaled_conv_bn(eps: float, w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None,
+                         beta: torch.Tensor | None, mean: torch.Tensor, var: torch.Tensor, s: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``s * BN(conv(h))`` as one convolution: W' = W s gamma / sqrt(var + eps),
+    b' = s ((b - mean) gamma / sqrt(var + eps) + beta)."""
+    scale = torch.rsqrt(var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    bias = -mean * scale if b is None else (b - mean) * scale
+    if beta is not None:
+        bias = bias + beta
+    return w * (scale * s).view(-1, 1, 1, 1), bias * s

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import max_pool_same, param_fold
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape, require
 from blockzoo.conv.conv_bn_act import ConvBnAct
@@ -118,9 +120,88 @@ class InceptionBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="InceptionBlock", C=self.channels)
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="InceptionBlock", C=self.channels)  # raises, naming the misfit
+        if not torch.is_grad_enabled():
+            y = self._shared_input(x)
+            if y is not None:
+                return y
         # y = [b1(x), b3(x), b5(x), bpool(x)] along C
         return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], 1)
 
+    def _shared_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The forward without autograd: the three 1x1 convolutions that read x (branch 1 and the
+        3x3 and 5x5 reductions) run as one, their weights (each norm folded in) concatenated and
+        cached (``_fastcall.param_fold``), one ReLU in place on the result; a 3x3 max pool of
+        stride 1 as ``_fastcall.max_pool_same``. None (the module path) for another structure
+        (no reductions, another activation, a training norm) or a hook."""
+        mods = self._modules
+        b1, b3, b5, bp = mods["branch1"], mods["branch3"], mods["branch5"], mods["branch_pool"]
+        if type(b3) is not nn.Sequential or type(b5) is not nn.Sequential:
+            return None
+        if type(bp) is nn.Sequential and (len(bp) != 2 or type(bp[1]) is not ConvBnAct):
+            return None
+        first = (b1, b3[0], b5[0])
+        tensors: list[torch.Tensor | None] = []
+        mlist: list[nn.Module] = [b3, b5, b3[1], b5[1], bp, *(bp if type(bp) is nn.Sequential else ())]
+        eps = []
+        for u in first:
+            conv, bn, act = u._modules["conv"], u._modules["bn"], u._modules["act"]
+            cp = conv._parameters
+            if (type(u) is not ConvBnAct or type(conv) is not nn.Conv2d or type(act) is not nn.ReLU
+                    or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0)
+                    or conv.groups != 1 or "weight" not in cp or "bias" not in cp):
+                return None
+            tensors += [cp["weight"], cp["bias"]]
+            if type(bn) is nn.BatchNorm2d:
+                bb, bq = bn._buffers, bn._parameters
+                if bn.training or bb["running_mean"] is None or "weight" not in bq or "bias" not in bq:
+                    return None
+                tensors += [bq["weight"], bq["bias"], bb["running_mean"], bb["running_var"]]
+                eps.append(bn.eps)
+            elif type(bn) is nn.Identity:
+                tensors += [None, None, None, None]
+                eps.append(None)
+            else:
+                return None
+            mlist += [u, conv, bn, act]
+        f = param_fold(self, "1x1", tuple(mlist), tuple(tensors), lambda *t: _fold_1x1(eps, *t),
+                       extra=tuple(eps))
+        if f is None:
+            return None
+        o1, r3 = b1._modules["conv"].out_channels, b3[0]._modules["conv"].out_channels
+        y = torch.relu_(F.conv2d(x, f[0], f[1]))  # (B, o1 + r3 + r5, H, W)
+        y3, y5 = b3[1].forward(y[:, o1:o1 + r3]), b5[1].forward(y[:, o1 + r3:])
+        pool = bp[0] if type(bp) is nn.Sequential else bp
+        if (type(pool) is nn.MaxPool2d and pool.kernel_size in (3, (3, 3)) and pool.stride in (1, (1, 1))
+                and pool.padding in (1, (1, 1)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+                and not pool.return_indices):
+            p = max_pool_same(x, 3)  # the same maxima as the pooling kernel, which is slow on CPU
+        else:
+            p = pool(x)
+        if pool is not bp:
+            p = bp[1].forward(p)
+        return torch.cat([y[:, :o1], y3, y5, p], 1)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dim_out={self.dim_out}"
+
+
+def _fold_1x1(eps: list[float | None], *t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three 1x1 conv [+ eval BatchNorm] units on the same input as one convolution: each norm
+    folded into its conv (W' = W gamma / sqrt(var + eps), b' = (b - mean) gamma / sqrt(var +
+    eps) + beta), the weights and biases concatenated over the output channels."""
+    weights, biases = [], []
+    for i, e in enumerate(eps):
+        w, b, gamma, beta, mean, var = t[6 * i:6 * i + 6]
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b
+        if e is not None:
+            scale = torch.rsqrt(var + e)
+            if gamma is not None:
+                scale = scale * gamma
+            w, b = w * scale.view(-1, 1, 1, 1), (b - mean) * scale
+            if beta is not None:
+                b = b + beta
+        weights.append(w)
+        biases.append(b)
+    return torch.cat(weights), torch.cat(biases)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, invoke, own
+from blockzoo._fastcall import call, invoke, listened, own
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import require
@@ -65,8 +65,13 @@ class SpatialGatingUnit(nn.Module):
         z1, z2 = z.chunk(2, dim=-1)  # (B, N, D/2) each
         # f(Z_2) = W LN(Z_2) + b, mixing across tokens
         w, b = own(self, "weight"), own(self, "bias")
-        gate = torch.einsum("mn,bnd->bmd", w, call(mods["norm"], z2)) + b[:, None]
-        return z1 * mods["attn_map"](gate)
+        # one batched matmul with the bias as its addend, on (B, N, D/2) as it lies (an einsum
+        # or a matmul of the 2-D W with the 3-D norm permutes and copies)
+        gate = torch.baddbmm(b[:, None], w.expand(z.shape[0], -1, -1), call(mods["norm"], z2))  # (B, N, D/2)
+        am = mods["attn_map"]
+        if not (torch.is_grad_enabled() or am._recording or am._forward_hooks or am._forward_pre_hooks):
+            return gate.mul_(z1)  # a fresh gate nobody else sees: multiplied in place
+        return z1 * am(gate)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_tokens={self.num_tokens}"
@@ -137,7 +142,10 @@ class GMLPBlock(nn.Module):
         mods = self._modules  # stock modules as their ops unless hooked (blockzoo._fastcall)
         # Y = X + s(act(norm(X) U)) V
         z = call(mods["act"], call(mods["proj_in"], call(mods["norm"], x)))  # (B, N, D)
-        return x + call(mods["proj_out"], invoke(mods["sgu"], z))
+        proj_out = mods["proj_out"]
+        y = call(proj_out, invoke(mods["sgu"], z))
+        # without autograd and hooks the projection's fresh output takes the residual in place
+        return x + y if torch.is_grad_enabled() or y is x or listened(proj_out) else y.add_(x)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_tokens={self.num_tokens}, hidden={self.hidden}"

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, direct, invoke, own
+from blockzoo._fastcall import call, direct, invoke, own, param_fold
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -166,6 +167,10 @@ class MixerBlock(nn.Module):
         if (not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != self.num_tokens
                 or x.shape[2] != self.dim):
             check_tokens(x, type(self).__name__, self.num_tokens, self.dim)  # raises, naming the misfit
+        if not torch.is_grad_enabled():
+            y = self._folded(x)
+            if y is not None:
+                return y
         # Submodules from ``_modules`` and run without ``nn.Module.__call__`` unless hooked
         # (blockzoo._fastcall; the same ops, ~1-2 us less per module call).
         mods = self._modules
@@ -176,11 +181,121 @@ class MixerBlock(nn.Module):
         c = invoke(mods["channel_mlp"], call(mods["norm2"], x))  # (B, N, C)
         return x + (c if scale2 is None else scale2 * c)
 
+    def _folded(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The forward without autograd, with constants folded into cached tensors
+        (``_fastcall.param_fold``) and the token mixing as a batched matmul on (B, N, C), no
+        transposes; None (the module path) for any other structure, a hook, a parametrized
+        tensor, or where a fold must not be used. Two forms:
+
+        - ResMLP (Affine norms, one token linear A, a): Aff_1 and s_1 fold into
+          ``Z = X + k * (A X) + R`` (k = s_1 alpha_1, R = s_1 (A 1 beta_1^T + a 1^T)); Aff_2
+          into the first channel linear, s_2 into the second, whose bias rides on Z.
+        - Mixer (LayerNorms): the token MLP as ``W_1 X + b_1`` and ``W_2 H`` on (B, ., C);
+          its output bias b_2 (one number per token) is added after norm_2, which removes
+          such a per-token shift exactly, and joins the channel MLP's output bias.
+        """
+        mods = self._modules
+        n1, tm, n2, cm = mods["norm1"], mods["token_mlp"], mods["norm2"], mods["channel_mlp"]
+        if type(tm) is not MLP or type(cm) is not MLP:
+            return None
+        tseq, cseq = tm._modules["layers"], cm._modules["layers"]
+        tl, cl = tuple(tseq._modules.values()), tuple(cseq._modules.values())
+        if (type(tseq) is not nn.Sequential or type(cseq) is not nn.Sequential or len(cl) != 5
+                or type(cl[0]) is not nn.Linear or type(cl[1]) is not nn.Identity
+                or type(cl[4]) is not nn.Linear or not _elementwise(cl[2])):
+            return None  # (an activation with parameters, a per-channel PReLU, reads the layout)
+        mlist = (n1, tm, tseq, *tl, n2, cm, cseq, *cl)
+        p, c1, c2 = self._parameters, cl[0]._parameters, cl[4]._parameters
+        if not ("scale1" in p and "scale2" in p and "weight" in c1 and "bias" in c1
+                and "weight" in c2 and "bias" in c2):
+            return None  # a parametrized tensor: computed through the attribute, the module path
+        B, N, C = x.shape
+        if type(n1) is Affine and type(n2) is Affine and len(tl) == 1 and type(tl[0]) is nn.Linear:
+            a1, a2, t = n1._parameters, n2._parameters, tl[0]._parameters
+            if not ("alpha" in a1 and "beta" in a1 and "alpha" in a2 and "beta" in a2
+                    and "weight" in t and "bias" in t):
+                return None
+            f = param_fold(self, "resmlp", mlist,
+                           (a1["alpha"], a1["beta"], t["weight"], t["bias"], p["scale1"], a2["alpha"],
+                            a2["beta"], c1["weight"], c1["bias"], c2["weight"], c2["bias"], p["scale2"]),
+                           _fold_resmlp)
+            if f is None:
+                return None
+            A, k, r, w1, b1, w2t = f
+            z = torch.addcmul(r, torch.bmm(A.expand(B, -1, -1), x), k).add_(x)  # (B, N, C): Z + s_2 b_2
+            z2 = z.reshape(B * N, C)
+            h = F.linear(z2, w1, b1)  # (B N, D_C)
+            for m in cl[1:4]:  # norm, act, dropout
+                h = call(m, h)
+            return torch.addmm(z2, h, w2t).view(B, N, C)
+        if (type(n1) is not nn.LayerNorm or type(n2) is not nn.LayerNorm or n2.normalized_shape != (C,)
+                or len(tl) != 5 or type(tl[0]) is not nn.Linear or type(tl[1]) is not nn.Identity
+                or type(tl[4]) is not nn.Linear or not _elementwise(tl[2]) or p["scale1"] is not None
+                or p["scale2"] is not None):
+            return None
+        t1, t2 = tl[0]._parameters, tl[4]._parameters
+        if not ("weight" in t1 and "bias" in t1 and "weight" in t2 and "bias" in t2):
+            return None
+        f = param_fold(self, "mixer", mlist, (t1["weight"], t1["bias"], t2["weight"], t2["bias"], c2["bias"]),
+                       _fold_mixer)
+        if f is None:
+            return None
+        w1, b1, w2, bias = f
+        h = call(n1, x)  # (B, N, C)
+        h = torch.matmul(w1, h) if b1 is None else torch.baddbmm(b1, w1.expand(B, -1, -1), h)  # (B, D_S, C)
+        for m in tl[1:4]:  # norm, act, dropout
+            h = call(m, h)
+        v = torch.baddbmm(x, w2.expand(B, -1, -1), h)  # (B, N, C): U less b_2 (norm_2 removes it)
+        h = F.linear(call(n2, v), c1["weight"], c1["bias"])  # (B, N, D_C)
+        for m in cl[1:4]:
+            h = call(m, h)
+        y = torch.addmm(v.reshape(B * N, C), h.reshape(B * N, -1), c2["weight"].t()).view(B, N, C)
+        return y if bias is None else y.add_(bias)
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_tokens={self.num_tokens}, token_hidden={self.token_mlp.hidden_features}, "
             f"channel_hidden={self.channel_hidden}, layer_scale={self.layer_scale}"
         )
+
+
+def _elementwise(act: nn.Module) -> bool:
+    """An activation without parameters, buffers or submodules: it acts elementwise, whatever
+    the layout of its input."""
+    return not (act._parameters or act._buffers or act._modules)
+
+
+def _fold_resmlp(alpha1: torch.Tensor, beta1: torch.Tensor, a: torch.Tensor, a_bias: torch.Tensor | None,
+                 s1: torch.Tensor, alpha2: torch.Tensor, beta2: torch.Tensor, w1: torch.Tensor,
+                 b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None, s2: torch.Tensor
+                 ) -> tuple[torch.Tensor, ...]:
+    """ResMLP's constants: Z + s_2 b_2 = X + k * (A X) + r, and the channel MLP on it (see
+    ``MixerBlock._folded``)."""
+    k = s1 * alpha1  # (C,)
+    r = a.sum(1, keepdim=True) * beta1  # (N, C): A 1 beta_1^T
+    if a_bias is not None:
+        r = r + a_bias[:, None]
+    r = r * s1
+    w1f = w1 * alpha2  # (D_C, C)
+    b1f = w1 @ beta2 if b1 is None else torch.addmv(b1, w1, beta2)
+    w2f = w2 * s2[:, None]  # (C, D_C)
+    if b2 is not None:
+        b2f = b2 * s2
+        r = r + b2f
+        b1f = b1f - w1f @ b2f  # the first linear sees Z + s_2 b_2
+    return a, k, r, w1f, b1f, w2f.t()
+
+
+def _fold_mixer(w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
+                c2_bias: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The Mixer's token biases as columns, and b_2 (per token) joined with the channel MLP's
+    output bias (per channel) into one (N, C) table (see ``MixerBlock._folded``)."""
+    bias = None
+    if b2 is not None:
+        bias = b2[:, None] if c2_bias is None else b2[:, None] + c2_bias
+    elif c2_bias is not None:
+        bias = c2_bias
+    return w1, None if b1 is None else b1[:, None], w2, bias
 
 
 @register(
