@@ -238,3 +238,50 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     if keep:
         _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
     return weight, bias
+
+
+# ---------------------------------------------------------------------------- branch ima: scale folds
+
+# Per (module, key): the projection's (weight, bias) with a constant scale folded in, with the
+# same invalidation as _FOLDED (weak identity, address and version of every source tensor, and
+# the scale's value), so an optimiser step, a load or a .to() refolds.
+_SCALED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
+
+
+def scaled_projection(owner: nn.Module, key: str, weight: torch.Tensor, bias: torch.Tensor | None,
+                      scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(scale * weight, scale * bias)``, ``scale`` a number or a tensor of ``weight.shape[0]``
+    elements (one per output), so that ``proj(x; W', b') = scale * proj(x; W, b)`` for any linear
+    map ``proj`` with output channels first in its weight (``F.linear``, ``F.conv2d``): the
+    multiplication by ``scale`` costs no pass over the output. Kept per ``(owner, key)`` and redone
+    when any source tensor or the scale changes.
+
+    None (the caller then multiplies as before) while autograd would record (grad mode on), while
+    compiling, tracing or under a functorch transform, for an inference tensor (no version counter),
+    or for weights above ``_KEEP_ELEMENTS`` elements.
+    """
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active() or weight.numel() > _KEEP_ELEMENTS):
+        return None
+    tensors = (weight, bias) + ((scale,) if isinstance(scale, torch.Tensor) else ())
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 None if isinstance(scale, torch.Tensor) else float(scale), torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
+        return None
+    table = _SCALED.get(owner)
+    hit = None if table is None else table.get(key)
+    if hit is not None and hit[1] == state and all(
+            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+        return hit[2], hit[3]
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != weight.shape[0]:
+            return None
+        s = scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+        new_w, new_b = weight * s, None if bias is None else bias * scale.reshape(-1)
+    else:
+        new_w, new_b = weight * scale, None if bias is None else bias * scale
+    if table is None:
+        table = _SCALED[owner] = {}
+    table[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, new_w, new_b)
+    return new_w, new_b
