@@ -189,7 +189,8 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "simplified_self_attention", "mobilevit_block", "patchconvnet_block",
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
-                                  "polarized_sequential", "s2mlp"])
+                                  "polarized_sequential", "s2mlp", "gnconv", "hornet_block",
+                                  "convnextv2_block"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -383,7 +384,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
                                   "separable_self_attention", "patch_embed", "danet", "double_attention",
-                                  "polarized_parallel", "polarized_sequential", "s2mlp"])
+                                  "polarized_parallel", "polarized_sequential", "s2mlp", "gnconv",
+                                  "hornet_block", "convnextv2_block", "grn", "global_filter"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
@@ -567,3 +569,25 @@ def test_shuffle_attention_trains_with_the_channel_gate_frozen(monkeypatch: pyte
     (block(x) * weights).sum().backward()
     handle.remove()
     torch.testing.assert_close(fused, block.sweight.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["grn", "convnextv2_block"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_grn_and_convnextv2_eval_path_equals_the_autograd_path(name: str, channels_last: bool) -> None:
+    """Without autograd GRN forms its statistics in place with cached 0-dim constants and the
+    ConvNeXt V2 block runs on channels-last tokens: the same output (and layout) as with grad
+    mode on, to 1e-12 in float64."""
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.rand_like(p) - 0.5)  # GRN's gamma and beta start at zero
+    (x,) = _double_inputs(s)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = block(x)
+    with torch.no_grad():
+        got = block(x)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    assert got.stride() == want.stride()

@@ -18,6 +18,7 @@ from torch import nn
 from blockzoo._fastcall import call, listened, scaled_projection
 from blockzoo.act import LayerNorm2d, LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
+from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise
 from blockzoo.registry import Example, images, register
 
 __all__ = ["GnConv", "HorNetBlock"]
@@ -217,7 +218,7 @@ class HorNetBlock(nn.Module):
         layers = mlp._modules
         fc1, act, fc2 = layers.get("fc1"), layers.get("act"), layers.get("fc2")
         if (type(norm2) is not LayerNorm2d or type(mlp) is not nn.Sequential or len(layers) != 3
-                or type(act) not in _ELEMENTWISE or not _is_pointwise(fc1) or not _is_pointwise(fc2)
+                or type(act) not in ELEMENTWISE_ACTS or not is_pointwise(fc1) or not is_pointwise(fc2)
                 or listened(mlp, norm2, fc1, act, fc2, self.gnconv)):
             return None
         p1, p2 = fc1._parameters, fc2._parameters
@@ -246,13 +247,3 @@ class HorNetBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
-
-
-# activations that act on each element alone (so on (B, H, W, C) tokens as on (B, C, H, W))
-_ELEMENTWISE = (nn.GELU, nn.ReLU, nn.SiLU, nn.ReLU6, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Identity)
-
-
-def _is_pointwise(conv: nn.Module | None) -> bool:
-    """A stock 1 x 1 conv, stride 1, no padding, one group: a linear map over channels."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
