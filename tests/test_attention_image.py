@@ -120,6 +120,31 @@ def test_eca_gate_only_sees_k_neighbouring_channels() -> None:
     torch.testing.assert_close(g1.flatten(1), torch.sigmoid(F.conv1d(z, eca.conv.weight, padding=1))[:, 0])
 
 
+@pytest.mark.parametrize(("channels", "kernel_size", "size"),
+                         [(32, 3, (4, 5)), (7, 5, (3, 3)), (64, 7, (1, 1))])
+def test_eca_band_path_equals_the_conv_path(channels: int, kernel_size: int, size: tuple[int, int]) -> None:
+    # without autograd: GAP and the conv across channels as one product with the conv's banded
+    # matrix (cached); the same output and map as the conv path (grad mode on), refolded after
+    # an in-place change of the kernel, and with a dilated conv
+    eca = EfficientChannelAttention(channels, kernel_size=kernel_size).double().eval()
+    x = _x(3, channels, *size)
+    for step in range(3):
+        with record_attention(eca) as maps:
+            want = eca(x)
+            want_map = maps["attn_map"].clone()
+            with torch.no_grad():
+                got = eca(x)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(maps["attn_map"], want_map, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            got = eca(x)  # (nobody recording)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            eca.conv.weight.mul_(-2.0)
+        if step == 1:
+            eca.conv.dilation, eca.conv.padding = (2,), (kernel_size - 1,)
+
+
 # ----------------------------------------------------------------- SimAM
 
 

@@ -305,3 +305,46 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor | float:
             _SCALARS.clear()
         hit = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
     return hit
+
+
+# Per Conv1d: its one-channel kernel as a banded (L_in, L_out) matrix, optionally divided by a
+# count, so that the conv over a length-L signal is one matrix product (a 1-channel Conv1d on
+# CPU goes through a ~50 us convolution call at any size). Same invalidation as _FOLDED.
+_BANDS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def conv1d_band(conv: nn.Module, length: int, divisor: int = 1) -> torch.Tensor | None:
+    """For a stock one-channel ``Conv1d`` (stride 1, zero padding, one group, no bias) nobody
+    hooks, the matrix M (L, L_out) with ``conv(z.unsqueeze(1)).squeeze(1) == z @ M / divisor`` for
+    z of shape (N, L), cached while no source tensor changes; None (use the conv) while autograd
+    records, compiling, tracing, under functorch transforms, or for any other conv."""
+    if (type(conv) is not nn.Conv1d or conv.in_channels != 1 or conv.out_channels != 1
+            or conv.stride != (1,) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str) or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active() or listened(conv)):
+        return None
+    params = conv._parameters
+    weight = params.get("weight")
+    if weight is None or params.get("bias", 0) is not None or length > 4096:
+        return None  # a parametrized weight, a bias, or a matrix too large to keep
+    try:
+        state = (weight.data_ptr(), weight._version, length, divisor, torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter
+        return None
+    hit = _BANDS.get(conv)
+    if hit is not None and hit[1] == state and hit[0]() is weight:
+        return hit[2]
+    (k,), (pad,), (dil,) = conv.kernel_size, conv.padding, conv.dilation
+    out_len = length + 2 * pad - dil * (k - 1)
+    if out_len < 1:
+        return None
+    with torch.no_grad():
+        taps = weight.reshape(k) / divisor
+        band = weight.new_zeros(length, out_len)
+        o = torch.arange(out_len, device=weight.device)
+        for j in range(k):  # y[o] = sum_j w[j] z[o + j dil - pad]
+            i = o + j * dil - pad
+            ok = (i >= 0) & (i < length)
+            band[i[ok], o[ok]] += taps[j]
+    _BANDS[conv] = (weakref.ref(weight), state, band)
+    return band
