@@ -190,7 +190,7 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "dynamic_conv", "mlp", "separable_self_attention", "aft_simple", "aft_conv",
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
                                   "polarized_sequential", "s2mlp", "gnconv", "hornet_block",
-                                  "convnextv2_block"])
+                                  "convnextv2_block", "conv_position_encoding"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -385,7 +385,8 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
                                   "separable_self_attention", "patch_embed", "danet", "double_attention",
                                   "polarized_parallel", "polarized_sequential", "s2mlp", "gnconv",
-                                  "hornet_block", "convnextv2_block", "grn", "global_filter"])
+                                  "hornet_block", "convnextv2_block", "grn", "global_filter",
+                                  "pit_pooling", "conv_position_encoding", "eca"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
@@ -591,3 +592,26 @@ def test_grn_and_convnextv2_eval_path_equals_the_autograd_path(name: str, channe
         got = block(x)
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
     assert got.stride() == want.stride()
+
+
+@pytest.mark.parametrize("name", ["conv_position_encoding", "pit_pooling"])
+@pytest.mark.parametrize("size", [(6, 7), (40, 40)])
+def test_small_grouped_conv_and_residual_fold_equal_the_autograd_path(name: str,
+                                                                       size: tuple[int, int]) -> None:
+    """Without autograd a small depthwise conv runs through a channels-last copy (and CPE's
+    residual is folded into the kernel's centre tap, cached): the same output and layout as
+    with grad mode on, to 1e-12 in float64, also after an in-place change of the kernel."""
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s, batch=2)
+    x = torch.randn(2, x.shape[1], *size, dtype=torch.float64)
+    for _ in range(2):
+        want = block(x)
+        with torch.no_grad():
+            got = block(x)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        assert got.stride() == want.stride()
+        with torch.no_grad():
+            for p in block.parameters():
+                p.mul_(-1.5)

@@ -248,6 +248,33 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 _SCALED: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
 
+def _kept(owner: nn.Module, key: str, tensors: tuple, extra: tuple,
+          build: Callable[[], tuple | None]) -> tuple | None:
+    """``build()`` (a tuple of tensors computed from ``tensors``), kept per ``(owner, key)`` and
+    rebuilt when a source tensor (weak identity, address, version) or ``extra`` changes; None while
+    autograd records, compiling, tracing or under functorch transforms, or for inference tensors."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 *extra, torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
+        return None
+    table = _SCALED.get(owner)
+    hit = None if table is None else table.get(key)
+    if hit is not None and hit[1] == state and all(
+            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+        return hit[2]
+    made = build()
+    if made is None:
+        return None
+    if table is None:
+        table = _SCALED[owner] = {}
+    table[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, made)
+    return made
+
+
 def scaled_projection(owner: nn.Module, key: str, weight: torch.Tensor, bias: torch.Tensor | None,
                       scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``(scale * weight, scale * bias)``, ``scale`` a number or a tensor of ``weight.shape[0]``
@@ -260,31 +287,48 @@ def scaled_projection(owner: nn.Module, key: str, weight: torch.Tensor, bias: to
     compiling, tracing or under a functorch transform, for an inference tensor (no version counter),
     or for weights above ``_KEEP_ELEMENTS`` elements.
     """
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active() or weight.numel() > _KEEP_ELEMENTS):
+    if weight.numel() > _KEEP_ELEMENTS:
         return None
-    tensors = (weight, bias) + ((scale,) if isinstance(scale, torch.Tensor) else ())
-    try:
-        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
-                 None if isinstance(scale, torch.Tensor) else float(scale), torch.is_inference_mode_enabled())
-    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
+    is_tensor = isinstance(scale, torch.Tensor)
+
+    def build() -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        with torch.no_grad():
+            if is_tensor:
+                if scale.numel() != weight.shape[0]:
+                    return None
+                s = scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+                return weight * s, None if bias is None else bias * scale.reshape(-1)
+            return weight * scale, None if bias is None else bias * scale
+
+    return _kept(owner, key, (weight, bias) + ((scale,) if is_tensor else ()),
+                 (None if is_tensor else float(scale),), build)
+
+
+def residual_depthwise(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """For a stock depthwise ``Conv2d`` (one input channel per group, as many outputs as inputs,
+    stride 1, odd kernel, padding k // 2, zero padding), the (weight, bias) with the identity added
+    to the kernel's centre tap, so that ``conv(x; W', b) = x + conv(x)``: the residual sum costs
+    no pass. Kept per conv and redone when the kernel changes; None where that does not hold or
+    as :func:`_kept` says (the caller then adds as before)."""
+    if type(conv) is not nn.Conv2d or listened(conv):
         return None
-    table = _SCALED.get(owner)
-    hit = None if table is None else table.get(key)
-    if hit is not None and hit[1] == state and all(
-            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
-        return hit[2], hit[3]
-    if isinstance(scale, torch.Tensor):
-        if scale.numel() != weight.shape[0]:
-            return None
-        s = scale.reshape((-1,) + (1,) * (weight.dim() - 1))
-        new_w, new_b = weight * s, None if bias is None else bias * scale.reshape(-1)
-    else:
-        new_w, new_b = weight * scale, None if bias is None else bias * scale
-    if table is None:
-        table = _SCALED[owner] = {}
-    table[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, new_w, new_b)
-    return new_w, new_b
+    params = conv._parameters
+    weight = params.get("weight")
+    kh, kw = conv.kernel_size
+    if (weight is None or "bias" not in params or conv.groups != conv.in_channels
+            or conv.out_channels != conv.in_channels or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.padding != (kh // 2, kw // 2) or kh % 2 == 0 or kw % 2 == 0
+            or conv.padding_mode != "zeros" or weight.numel() > _KEEP_ELEMENTS):
+        return None
+    bias = params["bias"]
+
+    def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            w = weight.clone()
+            w[:, 0, kh // 2, kw // 2] += 1
+        return w, bias
+
+    return _kept(conv, "residual_depthwise", (weight, bias), (), build)
 
 
 # A Python number in a tensor op is wrapped into a tensor and converted on every call (~2-3 us
@@ -348,3 +392,24 @@ def conv1d_band(conv: nn.Module, length: int, divisor: int = 1) -> torch.Tensor 
             band[i[ok], o[ok]] += taps[j]
     _BANDS[conv] = (weakref.ref(weight), state, band)
     return band
+
+
+# Below this many input elements a grouped (depthwise) conv of a (B, C, H, W)-contiguous map runs
+# faster on CPU as a channels-last copy, the conv, and a copy back (the convolution call reorders
+# a (B, C, H, W) map internally; at 8 x 8 x 6 x 6 it took 47 us against 35 us with both copies,
+# benchmarks/plain_reference.py's conv_position_encoding and pit_pooling rows); above it, not.
+_SMALL_GROUPED = 1 << 15
+
+
+def grouped_conv(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv._conv_forward(x, weight, bias)`` for a grouped ``Conv2d``; on a small
+    (B, C, H, W)-contiguous CPU map in eager mode without autograd, through a channels-last copy,
+    the output copied back to (B, C, H, W)-contiguous (the same values and layout)."""
+    if (conv.groups > 1 and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and x.numel() <= _SMALL_GROUPED and x.dim() == 4
+            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)):
+        y = conv._conv_forward(x.contiguous(memory_format=torch.channels_last), weight, bias)
+        return y.contiguous()
+    return conv._conv_forward(x, weight, bias)
