@@ -92,15 +92,16 @@ class GlobalResponseNorm(nn.Module):
 def _grn_eval(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
               spatial: tuple[int, int], channel: int) -> torch.Tensor:
     """GRN without autograd (gamma, beta shaped to broadcast over ``x``): the (B, C) statistics
-    in place on their fresh tensors and Y = beta + X (1 + gamma N) in one pass over the map."""
+    in place on their fresh tensors, their numbers as cached 0-dim tensors."""
     # G_c = ||X_c||_2 over H, W;  N_c = G_c / (mean_j G_j + eps)
     g = torch.linalg.vector_norm(x, dim=spatial, keepdim=True)  # (B, C, 1, 1) or (B, 1, 1, C)
     # (the mean as the sum divided by C, as torch.mean computes it, and the numbers as cached
     # 0-dim tensors: each Python number costs a conversion per call)
     mean = g.sum(channel, keepdim=True).div_(scalar(g.shape[channel], g))
     n = g.div_(mean.add_(scalar(eps, g)))
-    # Y = gamma (X N) + beta + X = beta + X (gamma N + 1)
-    return torch.addcmul(beta, x, torch.addcmul(scalar(1.0, g), gamma, n))
+    # Y = gamma (X N) + beta + X = X (gamma N + 1) + beta (two passes: an addcmul whose first
+    # operand is the broadcast beta ran 3.6x slower at 8 x 64 x 32 x 32 on CPU)
+    return (x * torch.addcmul(scalar(1.0, g), gamma, n)).add_(beta)
 
 
 @register(
