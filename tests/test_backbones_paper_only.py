@@ -455,7 +455,9 @@ def test_patchconvnet_pooling_reads_every_position_through_one_class_token() -> 
 
 @pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gnconv_and_hornet_block_eval_path_equals_the_module_path(order: int, channels_last: bool) -> None:
+@pytest.mark.parametrize("size", [(6, 7), (30, 30)])  # below and above the channels-last copy's bound
+def test_gnconv_and_hornet_block_eval_path_equals_the_module_path(order: int, channels_last: bool,
+                                                                  size: tuple[int, int]) -> None:
     # without autograd: 1/alpha and gamma_2 folded (cached), the MLP on tokens, products in
     # place, the convs on channels-last maps; with grad mode on: the module path. Equal in
     # float64, with the output in the input's layout, and refolded after an in-place change.
@@ -467,7 +469,7 @@ def test_gnconv_and_hornet_block_eval_path_equals_the_module_path(order: int, ch
         with torch.no_grad():
             for prm in m.parameters():
                 prm.add_(torch.rand_like(prm) - 0.5)
-        x = torch.randn(3, 16, 6, 7, dtype=torch.float64)
+        x = torch.randn(3, 16, *size, dtype=torch.float64)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for step in range(2):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, listened, scaled_projection
+from blockzoo._fastcall import _SMALL_GROUPED, call, listened, scaled_projection
 from blockzoo.act import LayerNorm2d, LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise
@@ -118,9 +118,11 @@ class GnConv(nn.Module):
         if folded is None:
             return None
         dims = self.dims
-        # the convs on channels-last maps (the depthwise k x k runs 1.5-3x faster there on CPU):
-        # a (B, C, H, W)-contiguous input is copied once, and the output copied back
-        back = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+        # on a small map the convs run on channels-last copies (the depthwise k x k runs 1.5x
+        # faster there on CPU): a (B, C, H, W)-contiguous input is copied once, the output copied
+        # back; at 8 x 64 x 32 x 32 the two copies cost more than that gains
+        back = (x.numel() <= _SMALL_GROUPED and x.is_contiguous()
+                and not x.is_contiguous(memory_format=torch.channels_last))
         if back:
             x = x.contiguous(memory_format=torch.channels_last)
         # [p_0, q_0 .. q_{n-1}] = phi_in(x)
