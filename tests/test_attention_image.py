@@ -120,6 +120,31 @@ def test_eca_gate_only_sees_k_neighbouring_channels() -> None:
     torch.testing.assert_close(g1.flatten(1), torch.sigmoid(F.conv1d(z, eca.conv.weight, padding=1))[:, 0])
 
 
+@pytest.mark.parametrize(("channels", "kernel_size", "size"),
+                         [(32, 3, (4, 5)), (7, 5, (3, 3)), (64, 7, (1, 1))])
+def test_eca_band_path_equals_the_conv_path(channels: int, kernel_size: int, size: tuple[int, int]) -> None:
+    # without autograd: GAP and the conv across channels as one product with the conv's banded
+    # matrix (cached); the same output and map as the conv path (grad mode on), refolded after
+    # an in-place change of the kernel, and with a dilated conv
+    eca = EfficientChannelAttention(channels, kernel_size=kernel_size).double().eval()
+    x = _x(3, channels, *size)
+    for step in range(3):
+        with record_attention(eca) as maps:
+            want = eca(x)
+            want_map = maps["attn_map"].clone()
+            with torch.no_grad():
+                got = eca(x)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(maps["attn_map"], want_map, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            got = eca(x)  # (nobody recording)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            eca.conv.weight.mul_(-2.0)
+        if step == 1:
+            eca.conv.dilation, eca.conv.padding = (2,), (kernel_size - 1,)
+
+
 # ----------------------------------------------------------------- SimAM
 
 
@@ -550,6 +575,33 @@ def test_gfnet_equals_explicit_fourier_filter_and_identity_filter() -> None:
         gf.weight[..., 0] = 1.0  # K = 1: the layer is the identity
     torch.testing.assert_close(gf(x), x)
     torch.testing.assert_close(gf(_x(1, 4, 5, 11)), _x(1, 4, 5, 11))  # interpolated K = 1 still
+
+
+def test_gfnet_fast_path_equals_filter_for_product() -> None:
+    # eval without autograd: a complex view of the weight and an in-place product; with autograd
+    # or a recording: filter_for's copy; all equal the explicit product, gradients too
+    gf = GlobalFilter(4, 6, 8).double()
+    x = _x(3, 4, 6, 8)
+    k = gf.filter_for(6, 8).detach()
+    want = torch.fft.irfft2(torch.fft.rfft2(x, norm="ortho") * k, s=(6, 8), norm="ortho")
+    with torch.no_grad():
+        torch.testing.assert_close(gf(x), want, rtol=0, atol=1e-12)
+        x9 = _x(3, 4, 6, 9)  # W = 9: the same W // 2 + 1, the same filter
+        want9 = torch.fft.irfft2(torch.fft.rfft2(x9, norm="ortho") * k, s=(6, 9), norm="ortho")
+        torch.testing.assert_close(gf(x9), want9, rtol=0, atol=1e-12)
+    with record_attention(gf) as maps:
+        with torch.no_grad():
+            torch.testing.assert_close(gf(x), want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(next(iter(maps.values())), k, rtol=0, atol=0)
+    xg = x.clone().requires_grad_(True)
+    gf(xg).square().sum().backward()
+    wg, gx = gf.weight.grad.clone(), xg.grad.clone()
+    gf.weight.grad = None
+    xr = x.clone().requires_grad_(True)
+    kr = torch.complex(gf.weight[..., 0], gf.weight[..., 1])
+    torch.fft.irfft2(torch.fft.rfft2(xr, norm="ortho") * kr, s=(6, 8), norm="ortho").square().sum().backward()
+    torch.testing.assert_close(gx, xr.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(wg, gf.weight.grad, rtol=0, atol=1e-12)
 
 
 def test_gfnet_is_a_circular_convolution() -> None:

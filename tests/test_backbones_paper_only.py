@@ -451,3 +451,33 @@ def test_patchconvnet_pooling_reads_every_position_through_one_class_token() -> 
     per_region = x.grad.abs().reshape(1, 3, 4, 16, 3, 16).sum((0, 1, 3, 5))
     assert (per_region > 0).all()
     assert len(model.trunk) == 1 and model.pool.cls_token.shape == (1, 1, 16)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(6, 7), (30, 30)])  # below and above the channels-last copy's bound
+def test_gnconv_and_hornet_block_eval_path_equals_the_module_path(order: int, channels_last: bool,
+                                                                  size: tuple[int, int]) -> None:
+    # without autograd: 1/alpha and gamma_2 folded (cached), the MLP on tokens, products in
+    # place, the convs on channels-last maps; with grad mode on: the module path. Equal in
+    # float64, with the output in the input's layout, and refolded after an in-place change.
+    from blockzoo.conv.hornet import HorNetBlock
+
+    torch.manual_seed(order)
+    for m in (GnConv(16, order, kernel_size=5).double().eval(),
+              HorNetBlock(16, order, kernel_size=5, layer_scale=0.5).double().eval()):
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.add_(torch.rand_like(prm) - 0.5)
+        x = torch.randn(3, 16, *size, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for step in range(2):
+            want = m(x)  # grad mode on: the module path
+            with torch.no_grad():
+                got = m(x)
+            torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+            assert got.stride() == want.stride()
+            with torch.no_grad():  # an optimiser-like step: the folds must be redone
+                for prm in m.parameters():
+                    prm.mul_(1.5 + step)

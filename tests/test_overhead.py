@@ -193,7 +193,9 @@ _COMPUTE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm2d, nn.Re
                                   "patch_embed", "danet", "double_attention", "polarized_parallel",
                                   "polarized_sequential", "s2mlp", "linformer_attention", "ufo_attention",
                                   "performer_attention", "class_attention", "class_attention_block",
-                                  "class_cross_attention"])
+                                  "class_cross_attention", "gnconv", "hornet_block",
+                                  "convnextv2_block", "conv_position_encoding", "epsa",
+                                  "criss_cross_attention"])
 def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> None:
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
@@ -388,7 +390,10 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",
                                   "separable_self_attention", "patch_embed", "danet", "double_attention",
                                   "polarized_parallel", "polarized_sequential", "s2mlp",
-                                  "class_attention_block", "class_cross_attention"])
+                                  "class_attention_block", "class_cross_attention", "gnconv",
+                                  "hornet_block", "convnextv2_block", "grn", "global_filter",
+                                  "pit_pooling", "conv_position_encoding", "eca", "epsa",
+                                  "criss_cross_attention"])
 def test_fast_path_reads_parameters_swapped_by_functional_call(name: str) -> None:
     """``torch.func.functional_call`` swaps the parameters the fast path reads from
     ``_parameters``: the output is that of a copy holding those parameters."""
@@ -806,3 +811,67 @@ def test_one_query_reassociated_path_equals_the_projected_path(monkeypatch: pyte
     out = mha(q, zg, zg)
     assert out.requires_grad
     torch.testing.assert_close(out.detach(), fast, rtol=1e-12, atol=1e-12)
+
+@pytest.mark.parametrize("name", ["grn", "convnextv2_block", "epsa", "criss_cross_attention"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_grn_and_convnextv2_eval_path_equals_the_autograd_path(name: str, channels_last: bool) -> None:
+    """Without autograd GRN forms its statistics in place with cached 0-dim constants, the
+    ConvNeXt V2 block runs on channels-last tokens, EPSA's convs on a channels-last copy and its
+    SE as matrix products, criss-cross attention's Q, K, V as one cached product on tokens: the
+    same output (and layout) as with grad mode on, to 1e-12 in float64."""
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.rand_like(p) - 0.5)  # GRN's gamma and beta start at zero
+    (x,) = _double_inputs(s)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = block(x)
+    with torch.no_grad():
+        got = block(x)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    assert got.stride() == want.stride()
+
+
+@pytest.mark.parametrize("name", ["conv_position_encoding", "pit_pooling"])
+@pytest.mark.parametrize("size", [(6, 7), (40, 40)])
+def test_small_grouped_conv_and_residual_fold_equal_the_autograd_path(name: str,
+                                                                       size: tuple[int, int]) -> None:
+    """Without autograd a small depthwise conv runs through a channels-last copy (and CPE's
+    residual is folded into the kernel's centre tap, cached): the same output and layout as
+    with grad mode on, to 1e-12 in float64, also after an in-place change of the kernel."""
+    s = blockzoo.spec(name)
+    torch.manual_seed(0)
+    block = s.build_example().double().eval()
+    (x,) = _double_inputs(s, batch=2)
+    x = torch.randn(2, x.shape[1], *size, dtype=torch.float64)
+    for _ in range(2):
+        want = block(x)
+        with torch.no_grad():
+            got = block(x)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        assert got.stride() == want.stride()
+        with torch.no_grad():
+            for p in block.parameters():
+                p.mul_(-1.5)
+
+
+def test_criss_cross_token_path_equals_the_conv_path_with_recurrence_and_refolds() -> None:
+    torch.manual_seed(0)
+    block = blockzoo.create("criss_cross_attention", channels=16, reduction=4, recurrence=2).double().eval()
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            block.gamma.add_(0.7)
+        with record_attention(block) as maps:
+            want = block(x)
+            want_map = next(iter(maps.values())).clone()
+            with torch.no_grad():
+                got = block(x)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(next(iter(maps.values())), want_map, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():  # an in-place change of a projection: the fused weight is rebuilt
+            block.value.weight.mul_(-1.5)
+            block.key.weight.add_(0.25)

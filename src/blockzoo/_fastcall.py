@@ -351,3 +351,131 @@ def max_pool_same(x: torch.Tensor, k: int) -> torch.Tensor:
     for i in range(2, k):
         torch.maximum(o, r[..., i:h + i, :], out=o)
     return o
+def scaled_projection(owner: nn.Module, key: str, weight: torch.Tensor, bias: torch.Tensor | None,
+                      scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(scale * weight, scale * bias)``, ``scale`` a number or a tensor of ``weight.shape[0]``
+    elements (one per output), so that ``proj(x; W', b') = scale * proj(x; W, b)`` for any linear
+    map ``proj`` with output channels first in its weight (``F.linear``, ``F.conv2d``): the
+    multiplication by ``scale`` costs no pass over the output. Kept per ``(owner, key)`` and redone
+    when any source tensor or the scale changes.
+
+    None (the caller then multiplies as before) while autograd would record (grad mode on), while
+    compiling, tracing or under a functorch transform, for an inference tensor (no version counter),
+    or for weights above ``_KEEP_ELEMENTS`` elements (see :func:`derived`).
+    """
+    if weight.numel() > _KEEP_ELEMENTS:
+        return None
+    is_tensor = isinstance(scale, torch.Tensor)
+
+    def build() -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        with torch.no_grad():
+            if is_tensor:
+                if scale.numel() != weight.shape[0]:
+                    return None
+                s = scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+                return weight * s, None if bias is None else bias * scale.reshape(-1)
+            return weight * scale, None if bias is None else bias * scale
+
+    return derived(owner, key, (weight, bias) + ((scale,) if is_tensor else ()), lambda *_: build(),
+                   extra=(None if is_tensor else float(scale),))
+
+
+def residual_depthwise(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """For a stock depthwise ``Conv2d`` (one input channel per group, as many outputs as inputs,
+    stride 1, odd kernel, padding k // 2, zero padding), the (weight, bias) with the identity added
+    to the kernel's centre tap, so that ``conv(x; W', b) = x + conv(x)``: the residual sum costs
+    no pass. Kept per conv and redone when the kernel changes; None where that does not hold or
+    as :func:`_kept` says (the caller then adds as before)."""
+    if type(conv) is not nn.Conv2d or listened(conv):
+        return None
+    params = conv._parameters
+    weight = params.get("weight")
+    kh, kw = conv.kernel_size
+    if (weight is None or "bias" not in params or conv.groups != conv.in_channels
+            or conv.out_channels != conv.in_channels or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.padding != (kh // 2, kw // 2) or kh % 2 == 0 or kw % 2 == 0
+            or conv.padding_mode != "zeros" or weight.numel() > _KEEP_ELEMENTS):
+        return None
+    bias = params["bias"]
+
+    def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            w = weight.clone()
+            w[:, 0, kh // 2, kw // 2] += 1
+        return w, bias
+
+    return derived(conv, "residual_depthwise", (weight, bias), lambda *_: build())
+
+
+# A Python number in a tensor op is wrapped into a tensor and converted on every call (~2-3 us
+# on CPU at small sizes, more than the op); a 0-dim tensor of the operand's dtype and device
+# gives the same result (the op computes in that dtype either way) for a lookup.
+_SCALARS: dict[tuple, torch.Tensor] = {}
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """``value`` as a cached 0-dim tensor of ``like``'s dtype and device, for eval paths without
+    autograd; the number itself while compiling or tracing (the graph stays as it was)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return value
+    key = (value, like.dtype, like.device, torch.is_inference_mode_enabled())
+    hit = _SCALARS.get(key)
+    if hit is None:
+        if len(_SCALARS) >= 256:
+            _SCALARS.clear()
+        hit = _SCALARS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return hit
+
+
+def conv1d_band(conv: nn.Module, length: int, divisor: int = 1) -> torch.Tensor | None:
+    """For a stock one-channel ``Conv1d`` (stride 1, zero padding, one group, no bias) nobody
+    hooks, the banded matrix M (L, L_out) with ``conv(z.unsqueeze(1)).squeeze(1) == z @ M /
+    divisor`` for z of shape (N, L): the conv over a length-L signal as one matrix product (a
+    one-channel Conv1d on CPU goes through a ~50 us convolution call at any size). Kept per
+    (conv, L, divisor) by :func:`derived`; None (use the conv) where that says so, or for any
+    other conv."""
+    if (type(conv) is not nn.Conv1d or conv.in_channels != 1 or conv.out_channels != 1
+            or conv.stride != (1,) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str) or listened(conv)):
+        return None
+    params = conv._parameters
+    weight = params.get("weight")
+    if weight is None or params.get("bias", 0) is not None or length > 4096:
+        return None  # a parametrized weight, a bias, or a matrix too large to keep
+    (k,), (pad,), (dil,) = conv.kernel_size, conv.padding, conv.dilation
+    out_len = length + 2 * pad - dil * (k - 1)
+    if out_len < 1:
+        return None
+
+    def build(weight: torch.Tensor) -> torch.Tensor:
+        taps = weight.reshape(k) / divisor
+        band = weight.new_zeros(length, out_len)
+        o = torch.arange(out_len, device=weight.device)
+        for j in range(k):  # y[o] = sum_j w[j] z[o + j dil - pad]
+            i = o + j * dil - pad
+            ok = (i >= 0) & (i < length)
+            band[i[ok], o[ok]] += taps[j]
+        return band
+
+    return derived(conv, ("band", length, divisor), (weight,), build)
+
+
+# Below this many input elements a grouped (depthwise) conv of a (B, C, H, W)-contiguous map runs
+# faster on CPU as a channels-last copy, the conv, and a copy back (the convolution call reorders
+# a (B, C, H, W) map internally; at 8 x 8 x 6 x 6 it took 47 us against 35 us with both copies,
+# benchmarks/plain_reference.py's conv_position_encoding and pit_pooling rows); above it, not.
+_SMALL_GROUPED = 1 << 15
+
+
+def grouped_conv(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv._conv_forward(x, weight, bias)`` for a grouped ``Conv2d``; on a small
+    (B, C, H, W)-contiguous CPU map in eager mode without autograd, through a channels-last copy,
+    the output copied back to (B, C, H, W)-contiguous (the same values and layout)."""
+    if (conv.groups > 1 and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and x.numel() <= _SMALL_GROUPED and x.dim() == 4
+            and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)):
+        y = conv._conv_forward(x.contiguous(memory_format=torch.channels_last), weight, bias)
+        return y.contiguous()
+    return conv._conv_forward(x, weight, bias)

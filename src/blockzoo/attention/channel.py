@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import call, conv1d_band
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
@@ -240,6 +240,14 @@ class EfficientChannelAttention(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
             check_shape(x, "B C H W", name="EfficientChannelAttention", C=self.channels)  # raises
         mods = self._modules
+        band = None
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling()) and type(mods["gate"]) in _GATES:
+            band = conv1d_band(mods["conv"], x.shape[1], max(1, x.shape[2] * x.shape[3]))
+        if band is not None and band.dtype == x.dtype and band.device == x.device and x.numel():
+            # without autograd: GAP and the k-tap conv across channels as the spatial sum times
+            # the conv's banded (C, C) matrix divided by H W (cached), one matrix product
+            s = call(mods["gate"], torch.mm(x.sum((2, 3)), band))  # (B, C)
+            return x * mods["attn_map"](s.view(s.shape[0], -1, 1, 1))  # (B, C, 1, 1)
         z = x.mean((2, 3)).unsqueeze(1)  # (B, 1, C)
         # s = sigmoid(conv1d_k(z)); the conv and gate as their ops unless hooked (blockzoo._fastcall)
         s = call(mods["gate"], call(mods["conv"], z))  # (B, 1, C)
@@ -248,3 +256,8 @@ class EfficientChannelAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}"
+
+
+# gates acting on each element alone (so on (B, C) as on (B, 1, C)); PReLU's slopes are per channel
+_GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU,
+          nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus)

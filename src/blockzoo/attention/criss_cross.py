@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call
+from blockzoo._fastcall import call, derived, listened
 from blockzoo._memo import memo_table
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
+from blockzoo.conv._functional import is_pointwise
 from blockzoo.registry import Example, images, register
 
 __all__ = ["CrissCrossAttention"]
@@ -121,11 +122,55 @@ class CrissCrossAttention(nn.Module):
         y = torch.matmul(a[..., H:], v.permute(0, 2, 3, 1)) + y_col.transpose(1, 2)  # (B, H, W, C)
         return torch.addcmul(x, self.gamma, y.permute(0, 3, 1, 2))  # gamma y + x, (B, C, H, W)
 
+    def _qkv_tokens(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Without autograd, for stock unhooked 1 x 1 convs: the query, key and value maps as one
+        (2 C' + C, C) weight and bias (the key's absent bias as zeros), cached; else None."""
+        mods = self._modules
+        qm, km, vm = mods["query"], mods["key"], mods["value"]
+        if (torch.is_grad_enabled() or not (is_pointwise(qm) and is_pointwise(km) and is_pointwise(vm))
+                or listened(qm, km, vm)):
+            return None
+        pq, pk, pv = qm._parameters, km._parameters, vm._parameters
+        if not all(n in p for p in (pq, pk, pv) for n in ("weight", "bias")):
+            return None  # a parametrized tensor: the module path
+        tensors = (pq["weight"], pq["bias"], pk["weight"], pk["bias"], pv["weight"], pv["bias"])
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                w = torch.cat([t.flatten(1) for t in tensors[::2]])  # (2 C' + C, C)
+                b = torch.cat([t if t is not None else w.new_zeros(m.out_channels)
+                               for t, m in zip(tensors[1::2], (qm, km, vm), strict=True)])
+            return w, b
+
+        return derived(self, "criss_cross.qkv", tensors, lambda *_: build())
+
+    def _once_tokens(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``_once`` with Q, K, V as one matrix product on (B, H, W, C) tokens: the row products
+        read V in place and only the column pass copies it (three 1 x 1 convs ran per sample and
+        both passes copied V out of (B, C, H, W))."""
+        H, c = x.shape[2], self.qk_channels
+        t = torch.nn.functional.linear(x.permute(0, 2, 3, 1), w, b)  # (B, H, W, 2C' + C)
+        q, k, v = t.split([c, c, self.channels], dim=-1)
+        # d over the column, batched over (b, j): e_col[b, j, i, i'] = Q[:, i, j] . K[:, i', j]
+        e_col = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))  # (B, W, H, H)
+        # the pixel itself belongs to the row part: drop it from the column part
+        e_col = e_col.masked_fill_(_self_mask(H, x.device), float("-inf"))
+        # d over the row, batched over (b, i): e_row[b, i, j, j'] = Q[:, i, j] . K[:, i, j']
+        e_row = torch.matmul(q, k.transpose(2, 3))  # (B, H, W, W)
+        # A_u = softmax over the H + W - 1 pixels of the cross
+        a = torch.cat([e_col.transpose(1, 2), e_row], dim=-1)  # (B, H, W, H+W)
+        a = self._modules["attn_map"](a.softmax(dim=-1))
+        # y_u = sum_t A_{u,t} V_t, over the column (batched over (b, j)) and the row (over (b, i))
+        y_col = torch.matmul(a[..., :H].transpose(1, 2), v.transpose(1, 2))  # (B, W, H, C)
+        y = torch.matmul(a[..., H:], v).add_(y_col.transpose(1, 2))  # (B, H, W, C)
+        return torch.addcmul(x, self.gamma, y.permute(0, 3, 1, 2))  # gamma y + x, (B, C, H, W)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
             check_shape(x, "B C H W", name="CrissCrossAttention", C=self.channels)  # raises
+        fused = self._qkv_tokens()
         for _ in range(self.recurrence):
-            x = self._once(x)
+            x = self._once(x) if fused is None else self._once_tokens(x, *fused)
         return x
 
     def extra_repr(self) -> str:

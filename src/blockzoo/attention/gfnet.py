@@ -97,14 +97,29 @@ class GlobalFilter(nn.Module):
         return torch.complex(weight[..., 0], weight[..., 1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="GlobalFilter", C=self.channels)
-        h, w = dims["H"], dims["W"]
+        shape = x.shape
+        if len(shape) != 4 or shape[1] != self.channels:  # (integer tests first; the message on failure)
+            check_shape(x, "B C H W", name="GlobalFilter", C=self.channels)
+        h, w = shape[2], shape[3]
         in_dtype = x.dtype
         work = x if in_dtype in (torch.float32, torch.float64) else x.float()
-        k = self.attn_map(self.filter_for(h, w))  # (C, H, W // 2 + 1) complex
+        weight = self._parameters.get("weight")
+        attn_map = self.attn_map
+        if (weight is not None and weight.dtype == in_dtype and weight.is_contiguous()
+                and h == self.height and w // 2 + 1 == self.width // 2 + 1
+                and not (attn_map._recording or attn_map._forward_hooks or attn_map._forward_pre_hooks)):
+            # the filter at its own size, nobody recording it: a complex view of the weight
+            # (filter_for's torch.complex copies its two halves into a new tensor)
+            k = torch.view_as_complex(weight)  # (C, H, W // 2 + 1) complex
+        else:
+            k = attn_map(self.filter_for(h, w))  # (C, H, W // 2 + 1) complex
         # X = FFT2(x); y = IFFT2(K * X)
         spec = torch.fft.rfft2(work, dim=(2, 3), norm="ortho")  # (B, C, H, W // 2 + 1)
-        y = torch.fft.irfft2(spec * k, s=(h, w), dim=(2, 3), norm="ortho")  # (B, C, H, W)
+        if k.dtype != spec.dtype or (torch.is_grad_enabled() and (spec.requires_grad or k.requires_grad)):
+            spec = spec * k
+        else:
+            spec.mul_(k)  # (a fresh spectrum nobody differentiates: in place)
+        y = torch.fft.irfft2(spec, s=(h, w), dim=(2, 3), norm="ortho")  # (B, C, H, W)
         return y.to(in_dtype)
 
     def extra_repr(self) -> str:

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blockzoo._fastcall import call, listened
 from blockzoo.act import LayerSpec, create_act
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
+from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise
 from blockzoo.registry import Example, images, register
 
 __all__ = ["PyramidSplitAttention"]
@@ -117,6 +120,10 @@ class PyramidSplitAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = check_shape(x, "B C H W", name="PyramidSplitAttention", C=self.channels)
         b, h, w = dims["B"], dims["H"], dims["W"]
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            fast = self._forward_eval(x, b, h, w)
+            if fast is not None:
+                return fast
         # F_i = conv_i(x): every scale reads the whole input
         f = torch.stack([conv(x) for conv in self.convs], 1)  # (B, S, c, H, W)
         # Z_i = SE(F_i), one module for all scales
@@ -125,5 +132,43 @@ class PyramidSplitAttention(nn.Module):
         att = self.attn_map(z.view(b, -1, self.split, 1, 1).softmax(1))  # (B, S, c, 1, 1)
         return (att * f).reshape(b, self.channels, h, w)
 
+    def _forward_eval(self, x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor | None:
+        """forward without autograd for the stock layout (nobody hooked): the grouped convs on a
+        channels-last copy of x (2-3x faster on CPU than on (B, C, H, W) at small sizes; the
+        scales are then stacked into (B, S, c, H, W) as before), the SE's 1 x 1 convs on the
+        pooled (B S, c) vectors as matrix products, the weighting in place. None otherwise."""
+        convs, se = list(self.convs._modules.values()), self.se
+        layers = list(se._modules.values()) if type(se) is nn.Sequential else []
+        if (len(layers) != 4 or not is_pointwise(layers[0]) or type(layers[1]) not in ELEMENTWISE_ACTS
+                or not is_pointwise(layers[2]) or type(layers[3]) is not nn.Sigmoid
+                or any(type(c) is not nn.Conv2d or "weight" not in c._parameters for c in convs)
+                or listened(self.convs, se, *convs, *layers)):
+            return None
+        p1, p2 = layers[0]._parameters, layers[2]._parameters
+        if not all(k in p for p in (p1, p2) for k in ("weight", "bias")):
+            return None  # a parametrized tensor: the module path
+        nchw = x.is_contiguous()
+        if not (nchw or x.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        # a small (B, C, H, W) map: the convs on a channels-last copy (at 8 x 64 x 32 x 32 the
+        # 9 x 9 conv gains nothing there and the copy costs)
+        xc = x.contiguous(memory_format=torch.channels_last) if nchw and x.numel() <= _SMALL else x
+        # F_i = conv_i(x): every scale reads the whole input
+        fs = [c._conv_forward(xc, c._parameters["weight"], c._parameters["bias"]) for c in convs]
+        if xc is x:
+            f = torch.stack(fs, 1)  # (B, S, c, H, W), in x's layout as before
+        else:
+            f = x.new_empty((b, len(fs), self.split, h, w))  # (B, S, c, H, W), contiguous as before
+            torch.stack(fs, 1, out=f)
+        # Z_i = SE(F_i), one module for all scales
+        z = F.linear(f.mean((3, 4)).flatten(0, 1), p1["weight"].flatten(1), p1["bias"])  # (B S, hidden)
+        z = F.linear(call(layers[1], z), p2["weight"].flatten(1), p2["bias"]).sigmoid_()  # (B S, c)
+        # att_i = softmax over the S scales of Z_i
+        att = self.attn_map(z.view(b, -1, self.split, 1, 1).softmax(1))  # (B, S, c, 1, 1)
+        return f.mul_(att).view(b, self.channels, h, w)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_sizes={self.kernel_sizes}, groups={self.groups}"
+
+
+_SMALL = 1 << 15  # input elements up to which EPSA's convs run on a channels-last copy

@@ -121,3 +121,13 @@ def init_kernel_bank(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         weight.uniform_(-bound, bound)
         if bias is not None:
             bias.uniform_(-bound, bound)
+
+
+# activations that act on each element alone (so on (B, H, W, C) tokens as on (B, C, H, W))
+ELEMENTWISE_ACTS = (nn.GELU, nn.ReLU, nn.SiLU, nn.ReLU6, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Identity)
+
+
+def is_pointwise(conv: nn.Module | None) -> bool:
+    """A stock 1 x 1 conv, stride 1, no padding, one group: a linear map over channels."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)

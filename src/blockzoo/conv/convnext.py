@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import own
-from blockzoo.act import LayerSpec, create_act, create_norm
+from blockzoo._fastcall import call, listened, own, scalar
+from blockzoo.act import LayerNorm2d, LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
+from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ConvNeXtV2Block", "GlobalResponseNorm"]
@@ -71,6 +73,8 @@ class GlobalResponseNorm(nn.Module):
             check_shape(x, "B C H W", name="GlobalResponseNorm", C=self.channels)  # raises, naming it
         # not through nn.Module.__getattr__ (a few us per call at small sizes) unless parametrized
         gamma, beta = own(self, "weight").view(-1, 1, 1), own(self, "bias").view(-1, 1, 1)  # (C, 1, 1)
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            return _grn_eval(x, gamma, beta, self.eps, (2, 3), 1)
         # G_c = ||X_c||_2 over H, W;  N_c = G_c / (mean_j G_j + eps)
         g = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         n = g / (g.mean(1, keepdim=True) + self.eps)
@@ -83,6 +87,21 @@ class GlobalResponseNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, eps={self.eps}"
+
+
+def _grn_eval(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
+              spatial: tuple[int, int], channel: int) -> torch.Tensor:
+    """GRN without autograd (gamma, beta shaped to broadcast over ``x``): the (B, C) statistics
+    in place on their fresh tensors, their numbers as cached 0-dim tensors."""
+    # G_c = ||X_c||_2 over H, W;  N_c = G_c / (mean_j G_j + eps)
+    g = torch.linalg.vector_norm(x, dim=spatial, keepdim=True)  # (B, C, 1, 1) or (B, 1, 1, C)
+    # (the mean as the sum divided by C, as torch.mean computes it, and the numbers as cached
+    # 0-dim tensors: each Python number costs a conversion per call)
+    mean = g.sum(channel, keepdim=True).div_(scalar(g.shape[channel], g))
+    n = g.div_(mean.add_(scalar(eps, g)))
+    # Y = gamma (X N) + beta + X = X (gamma N + 1) + beta (two passes: an addcmul whose first
+    # operand is the broadcast beta ran 3.6x slower at 8 x 64 x 32 x 32 on CPU)
+    return (x * torch.addcmul(scalar(1.0, g), gamma, n)).add_(beta)
 
 
 @register(
@@ -148,9 +167,44 @@ class ConvNeXtV2Block(nn.Module):
         self.mlp.add_module("fc2", nn.Conv2d(hidden, dim, 1, **fk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_shape(x, "B C H W", name="ConvNeXtV2Block", C=self.dim)
+        shape = x.shape
+        if len(shape) != 4 or shape[1] != self.dim:  # (integer tests first; the message on failure)
+            check_shape(x, "B C H W", name="ConvNeXtV2Block", C=self.dim)
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            fast = self._forward_eval(x)
+            if fast is not None:
+                return fast
         # y = x + W_2 GRN(GELU(W_1 LN(DWConv(x)) + b_1)) + b_2
         return x + self.mlp(self.norm(self.conv_dw(x)))
+
+    def _forward_eval(self, x: torch.Tensor) -> torch.Tensor | None:
+        """forward without autograd, for the stock layout (a LayerNorm2d norm, an MLP of 1 x 1
+        conv, elementwise activation, GRN, 1 x 1 conv; nobody hooked), as the paper's code runs
+        it: the depthwise conv on a channels-last map (1.5-3x faster on CPU than on (B, C, H, W)),
+        whose (B, H, W, C) tokens the norm reads without a copy; the MLP as two matrix products
+        on those tokens (a 1 x 1 conv on the norm's channels-last output copies and loops per
+        sample); GRN's statistics in place. None otherwise (the module path)."""
+        mlp, norm, dw = self.mlp, self.norm, self.conv_dw
+        layers = mlp._modules
+        fc1, act, grn, fc2 = (layers.get(k) for k in ("fc1", "act", "grn", "fc2"))
+        if (type(norm) is not LayerNorm2d or type(mlp) is not nn.Sequential or len(layers) != 4
+                or type(dw) is not nn.Conv2d or type(act) not in ELEMENTWISE_ACTS
+                or type(grn) is not GlobalResponseNorm or not is_pointwise(fc1) or not is_pointwise(fc2)
+                or listened(dw, norm, mlp, fc1, act, grn, fc2)):
+            return None
+        p1, p2, pg, ln = fc1._parameters, fc2._parameters, grn._parameters, norm._parameters
+        w1, w2, gamma, beta = p1.get("weight"), p2.get("weight"), pg.get("weight"), pg.get("bias")
+        if (w1 is None or w2 is None or gamma is None or beta is None or "bias" not in p1
+                or "bias" not in p2 or "weight" not in ln or "bias" not in ln):
+            return None  # a parametrized tensor: the module path
+        h = call(dw, x if x.is_contiguous(memory_format=torch.channels_last)
+                 else x.contiguous(memory_format=torch.channels_last))  # (B, C, H, W), channels-last
+        t = F.layer_norm(h.permute(0, 2, 3, 1), norm.normalized_shape, ln["weight"], ln["bias"],
+                         norm.eps)  # (B, H, W, C)
+        t = call(act, F.linear(t, w1.flatten(1), p1["bias"]))  # (B, H, W, E)
+        t = _grn_eval(t, gamma, beta, grn.eps, (1, 2), 3)
+        # y = x + W_2 GRN(GELU(W_1 LN(DWConv(x)) + b_1)) + b_2
+        return torch.add(x, F.linear(t, w2.flatten(1), p2["bias"]).permute(0, 3, 1, 2))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

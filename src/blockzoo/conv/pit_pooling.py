@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import grouped_conv, listened
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
@@ -79,11 +80,18 @@ class PiTPooling(nn.Module):
 
     def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        dims = check_shape(x, "B C H W", name="PiTPooling", C=self.dim)
-        y = self.conv(x)  # (B, C', H', W')
+        shape = x.shape
+        if len(shape) != 4 or shape[1] != self.dim:  # (integer tests first; the message on failure)
+            check_shape(x, "B C H W", name="PiTPooling", C=self.dim)
+        conv = self.conv
+        params = conv._parameters
+        if type(conv) is nn.Conv2d and "weight" in params and "bias" in params and not listened(conv):
+            y = grouped_conv(conv, x, params["weight"], params["bias"])  # (B, C', H', W')
+        else:
+            y = conv(x)
         if cls_tokens is None:
             return y
-        check_shape(cls_tokens, "B T C", name="PiTPooling", arg="cls_tokens", B=dims["B"], C=self.dim)
+        check_shape(cls_tokens, "B T C", name="PiTPooling", arg="cls_tokens", B=shape[0], C=self.dim)
         # t' = W_fc t + b_fc
         return y, self.fc(cls_tokens)  # (B, T, C')
 
