@@ -231,6 +231,42 @@ def _danet_sdpa(da: DANet, x: torch.Tensor) -> torch.Tensor:
     return (pam.alpha * p + x) + (cam.beta * c + x)
 
 
+@pytest.mark.parametrize("reduction", [4, 1])
+def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
+    """Without autograd, PAM's q, k, v run as one stacked 1x1 conv, and from
+    _SDPA_MIN_POSITIONS positions on as one projection to zero-padded q, k and v through SDPA;
+    both equal the module-by-module path (float64), and both follow a weight change."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from blockzoo import _fastcall
+    from blockzoo.attention import danet
+
+    torch.manual_seed(0)
+    da = DANet(8, reduction=reduction).double().eval()
+    with torch.no_grad():
+        da.position.alpha.fill_(0.7)
+        da.channel.beta.fill_(-0.4)
+    pam = da.position
+    for size, minimum in (((3, 5), 10 ** 9), ((3, 5), 15), ((4, 4), 15)):
+        monkeypatch.setattr(danet, "_SDPA_MIN_POSITIONS", minimum)
+        x = _x(2, 8, *size)
+        for _ in range(2):  # the second time after a weight change: the cached stacks follow
+            _fastcall._DERIVED.pop(pam, None)
+            with torch.no_grad():
+                got = da(x)
+                key = "padded_qkv" if size[0] * size[1] >= minimum else "stacked_pointwise"
+                assert set(_fastcall._DERIVED[pam]) == {key}  # the new path ran
+                handle = register_module_forward_hook(lambda *_a: None)  # the module path
+                try:
+                    want = da(x)
+                finally:
+                    handle.remove()
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            with torch.no_grad():
+                pam.key.weight.mul_(-2.0)
+                pam.value.bias.add_(0.5)
+
+
 @pytest.mark.parametrize("size", [(4, 5), (1, 1)])
 def test_danet_bmm_path_equals_the_sdpa_path_with_gradients(size, monkeypatch) -> None:
     from torch.nn.modules.module import register_module_forward_hook

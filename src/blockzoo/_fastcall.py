@@ -36,7 +36,7 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "conv_bn", "direct", "invoke", "listened", "own", "sequential"]
+__all__ = ["call", "conv_bn", "direct", "invoke", "listened", "own", "sequential", "stacked_pointwise"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -249,3 +249,73 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     if keep:
         _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
     return weight, bias
+
+
+# ------------------------------------------------ branch mix: tensors derived from parameters, cached
+
+# Per owner module and key: (weak references to the source tensors, each one's address and
+# version, the derived tensors), as _FOLDED: any change of a source (an optimiser step,
+# load_state_dict, a new parameter, ``.data =``, ``.to()``) rebuilds.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def derived(owner: nn.Module, key: str, tensors: tuple[torch.Tensor | None, ...],
+            build: Callable[..., tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...] | None:
+    """``build(*tensors)`` (run without autograd), kept per ``owner`` and ``key`` and rebuilt when
+    any of ``tensors`` changes; None (the caller computes from the parameters) under
+    ``torch.compile`` / tracing / ``torch.func`` transforms, or when autograd records and one of
+    ``tensors`` requires grad. The caller checks its input (grad, hooks, module types)."""
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
+                 torch.is_inference_mode_enabled())
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key on
+        return None
+    store = _DERIVED.get(owner)
+    if store is None:
+        store = _DERIVED[owner] = {}
+    hit = store.get(key)
+    if hit is not None and hit[1] == state and all(
+            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
+        return hit[2]
+    with torch.no_grad():
+        out = build(*tensors)
+    store[key] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, out)
+    return out
+
+
+def _pointwise(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
+            and m.padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
+            and "weight" in m._parameters and "bias" in m._parameters)
+
+
+def pointwise_params(convs: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
+    """The (weight, bias) pairs of stock 1x1 ``Conv2d``'s (stride 1, no padding, dilation 1,
+    one group, plain parameters) that nobody hooks, for an input ``x`` that autograd does not
+    record; None otherwise (the caller then runs the modules)."""
+    if (type(x) is not torch.Tensor or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
+            or listened(*convs) or not all(_pointwise(c) for c in convs)):
+        return None
+    return tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"]))
+
+
+def _stack(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ws, bs = tensors[0::2], tensors[1::2]
+    bias = None
+    if any(b is not None for b in bs):
+        bias = torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in zip(ws, bs, strict=True)])
+    return torch.cat(ws, 0), bias
+
+
+def stacked_pointwise(owner: nn.Module, convs: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor | None:
+    """``torch.cat([conv(x) for conv in convs], 1)`` as one convolution over the stacked
+    weights (one pass over ``x``, one call), when :func:`pointwise_params` and :func:`derived`
+    apply (the stack kept per ``owner``); None otherwise: the caller runs the convs."""
+    params = pointwise_params(convs, x)
+    wb = None if params is None else derived(owner, "stacked_pointwise", params, _stack)
+    return None if wb is None else F.conv2d(x, wb[0], wb[1])
