@@ -943,6 +943,18 @@ def test_separable_attention_context_scores_and_formula() -> None:
     torch.testing.assert_close(y, m.proj(F.relu(m.to_v(x)) * cv))
 
 
+def test_separable_attention_eval_path_equals_the_autograd_path() -> None:
+    # without autograd: c_v as one bmm and the gate in place; equal to the autograd path (1e-12)
+    torch.manual_seed(0)
+    m = SeparableSelfAttention(8).double().eval()
+    x = _rand(2, 10, 8)
+    with torch.no_grad():
+        got = m(x)
+    torch.testing.assert_close(got, m(x).detach(), rtol=1e-12, atol=1e-12)
+    cv = (m.to_i(x).softmax(1) * m.to_k(x)).sum(1, keepdim=True)
+    torch.testing.assert_close(got, m.proj(F.relu(m.to_v(x)) * cv).detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
     m = EMSA(8, num_heads=1, sr_ratio=1).double()
     x = _rand(2, 9, 8)

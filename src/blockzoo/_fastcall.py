@@ -36,7 +36,8 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "conv_bn", "direct", "invoke", "listened", "own", "sequential", "stacked_pointwise"]
+__all__ = ["call", "conv_bn", "derived", "direct", "invoke", "listened", "own", "pointwise_params",
+           "sequential", "stacked_pointwise"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -319,3 +320,4 @@ def stacked_pointwise(owner: nn.Module, convs: tuple[nn.Module, ...], x: torch.T
     params = pointwise_params(convs, x)
     wb = None if params is None else derived(owner, "stacked_pointwise", params, _stack)
     return None if wb is None else F.conv2d(x, wb[0], wb[1])
+
