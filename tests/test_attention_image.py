@@ -560,6 +560,25 @@ def test_csra_logits_are_average_plus_lambda_attention() -> None:
     assert blockzoo.spec("csra").example.out_shape((2, 8, 3, 3), {"num_classes": 5}) == (2, 5)
 
 
+def test_csra_cached_normalised_weights_equal_the_autograd_path_and_follow_changes() -> None:
+    # without autograd the normalised (T K, C) classes are kept; equal to the autograd path
+    # (computed per call) to 1e-12 in float64, also after an in-place change and a new weight
+    from blockzoo import _fastcall
+
+    head = ResidualAttentionHead(8, 5, temperatures=(2.0, math.inf), lam=0.3).double().eval()
+    x = _x(3, 8, 4, 6)
+    for step in range(3):
+        with torch.no_grad():
+            got = head(x)
+        assert "normalised" in _fastcall._DERIVED[head]
+        torch.testing.assert_close(got, head(x).detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            if step == 0:
+                head.heads[0].weight.mul_(-2.0).add_(0.1)
+            else:
+                head.heads[1].weight = torch.nn.Parameter(torch.randn_like(head.heads[1].weight))
+
+
 def test_gfnet_equals_explicit_fourier_filter_and_identity_filter() -> None:
     gf = GlobalFilter(4, 6, 8).double()
     x = _x(2, 4, 6, 8)
