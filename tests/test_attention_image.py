@@ -410,7 +410,9 @@ def test_sge_gate_is_sigmoid_of_normalised_similarity() -> None:
         c = (xg * xg.mean((2, 3), keepdim=True)).sum(1, keepdim=True)
         chat = (c - c.mean((2, 3), keepdim=True)) / (c.std((2, 3), keepdim=True) + sge.eps)
         gate = torch.sigmoid(sge.weight[0, gi] * chat + sge.bias[0, gi])
-        torch.testing.assert_close(y[:, 4 * gi: 4 * gi + 4], xg * gate[:, 0:1])
+        torch.testing.assert_close(y[:, 4 * gi: 4 * gi + 4], xg * gate[:, 0:1], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the in-place sigmoid without autograd: the same output
+        torch.testing.assert_close(sge(x), y.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_shuffle_attention_with_constant_gates_is_a_channel_shuffle() -> None:
