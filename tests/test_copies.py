@@ -69,7 +69,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "moa_attention": (2, "q and the shared k, v split into heads of the pooled tokens"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
     "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
-    "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
+    "patchwise_transformer": (1, "the patches put back (the cut into patches is written by the "
+                              "position-embedding add)"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
     "permutator_tiny": (8, "height/width permutes of the Permute-MLP, 2 blocks"),
@@ -115,8 +116,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "re_attention": (4, "q k^T on head views (2), " + _HEADS + " (2)"),
     "swinv2_tiny": (14, "window partition/merge, the bias per window and the head merges of 3 blocks "
                     "(4 each), a patch merging, the patch embedding"),
-    "talking_heads_attention": (7, "the two head-mixing permutes (2), q k^T and weights @ v on "
-                                "permuted views (2), " + _HEADS + " (3)"),
+    "talking_heads_attention": (4, "q k^T and weights @ v on permuted q, k, v views (3), " + _HEADS
+                                + " (the head mixes are matmuls over the maps, no permute)"),
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
     "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
