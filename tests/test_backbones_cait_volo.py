@@ -123,6 +123,14 @@ def test_talking_heads_eval_path_equals_the_autograd_path(logit_bias: bool) -> N
             attn.proj_w.bias.add_(0.5)
             if logit_bias:
                 attn.proj_l.bias.add_(1.0)
+    seen = []  # a hook on the map: the module path, and the hook fires
+    handle = attn.attn_map.register_forward_hook(lambda *_a: seen.append(1))
+    try:
+        with torch.no_grad():
+            attn(x)
+    finally:
+        handle.remove()
+    assert seen == [1]
 
 
 def test_talking_heads_checks_its_arguments() -> None:

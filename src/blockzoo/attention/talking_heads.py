@@ -129,7 +129,7 @@ class TalkingHeadsAttention(nn.Module):
         mods = self._modules
         pl, pw, drop = mods["proj_l"], mods["proj_w"], mods["attn_drop"]
         if (mods["attn_map"].active or type(pl) is not nn.Linear or type(pw) is not nn.Linear
-                or (drop.training and drop.p > 0) or listened(pl, pw, drop)
+                or (drop.training and drop.p > 0) or listened(pl, pw, drop, mods["attn_map"])
                 or "weight" not in pl._parameters or "weight" not in pw._parameters):
             return None
         mixes = derived(self, "talk", (pl._parameters["weight"], pl._parameters["bias"],
