@@ -99,7 +99,7 @@ class DANetPositionAttention(nn.Module):
         mods = self._modules
         qm, km, vm = mods["query"], mods["key"], mods["value"]
         if (not torch.compiler.is_compiling() and h * w >= _SDPA_MIN_POSITIONS and x.device.type == "cpu"
-                and not mods["attn_map"].active):
+                and not mods["attn_map"].active and not listened(mods["attn_map"])):
             out = self._padded_sdpa(x)
             if out is not None:
                 return out
