@@ -256,6 +256,42 @@ def _danet_sdpa(da: DANet, x: torch.Tensor) -> torch.Tensor:
     return (pam.alpha * p + x) + (cam.beta * c + x)
 
 
+@pytest.mark.parametrize("reduction", [4, 1])
+def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
+    """Without autograd, PAM's q, k, v run as one stacked 1x1 conv, and from
+    _SDPA_MIN_POSITIONS positions on as one projection to zero-padded q, k and v through SDPA;
+    both equal the module-by-module path (float64), and both follow a weight change."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from blockzoo import _fastcall
+    from blockzoo.attention import danet
+
+    torch.manual_seed(0)
+    da = DANet(8, reduction=reduction).double().eval()
+    with torch.no_grad():
+        da.position.alpha.fill_(0.7)
+        da.channel.beta.fill_(-0.4)
+    pam = da.position
+    for size, minimum in (((3, 5), 10 ** 9), ((3, 5), 15), ((4, 4), 15)):
+        monkeypatch.setattr(danet, "_SDPA_MIN_POSITIONS", minimum)
+        x = _x(2, 8, *size)
+        for _ in range(2):  # the second time after a weight change: the cached stacks follow
+            _fastcall._DERIVED.pop(pam, None)
+            with torch.no_grad():
+                got = da(x)
+                key = "padded_qkv" if size[0] * size[1] >= minimum else "stacked_pointwise"
+                assert set(_fastcall._DERIVED[pam]) == {key}  # the new path ran
+                handle = register_module_forward_hook(lambda *_a: None)  # the module path
+                try:
+                    want = da(x)
+                finally:
+                    handle.remove()
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            with torch.no_grad():
+                pam.key.weight.mul_(-2.0)
+                pam.value.bias.add_(0.5)
+
+
 @pytest.mark.parametrize("size", [(4, 5), (1, 1)])
 def test_danet_bmm_path_equals_the_sdpa_path_with_gradients(size, monkeypatch) -> None:
     from torch.nn.modules.module import register_module_forward_hook
@@ -414,7 +450,9 @@ def test_sge_gate_is_sigmoid_of_normalised_similarity() -> None:
         c = (xg * xg.mean((2, 3), keepdim=True)).sum(1, keepdim=True)
         chat = (c - c.mean((2, 3), keepdim=True)) / (c.std((2, 3), keepdim=True) + sge.eps)
         gate = torch.sigmoid(sge.weight[0, gi] * chat + sge.bias[0, gi])
-        torch.testing.assert_close(y[:, 4 * gi: 4 * gi + 4], xg * gate[:, 0:1])
+        torch.testing.assert_close(y[:, 4 * gi: 4 * gi + 4], xg * gate[:, 0:1], rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the in-place sigmoid without autograd: the same output
+        torch.testing.assert_close(sge(x), y.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_shuffle_attention_with_constant_gates_is_a_channel_shuffle() -> None:
@@ -562,6 +600,25 @@ def test_csra_logits_are_average_plus_lambda_attention() -> None:
               for w in (c.weight.flatten(1) for c in head.heads))
     torch.testing.assert_close(head(x), avg)
     assert blockzoo.spec("csra").example.out_shape((2, 8, 3, 3), {"num_classes": 5}) == (2, 5)
+
+
+def test_csra_cached_normalised_weights_equal_the_autograd_path_and_follow_changes() -> None:
+    # without autograd the normalised (T K, C) classes are kept; equal to the autograd path
+    # (computed per call) to 1e-12 in float64, also after an in-place change and a new weight
+    from blockzoo import _fastcall
+
+    head = ResidualAttentionHead(8, 5, temperatures=(2.0, math.inf), lam=0.3).double().eval()
+    x = _x(3, 8, 4, 6)
+    for step in range(3):
+        with torch.no_grad():
+            got = head(x)
+        assert "normalised" in _fastcall._DERIVED[head]
+        torch.testing.assert_close(got, head(x).detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            if step == 0:
+                head.heads[0].weight.mul_(-2.0).add_(0.1)
+            else:
+                head.heads[1].weight = torch.nn.Parameter(torch.randn_like(head.heads[1].weight))
 
 
 def test_gfnet_equals_explicit_fourier_filter_and_identity_filter() -> None:

@@ -943,6 +943,18 @@ def test_separable_attention_context_scores_and_formula() -> None:
     torch.testing.assert_close(y, m.proj(F.relu(m.to_v(x)) * cv))
 
 
+def test_separable_attention_eval_path_equals_the_autograd_path() -> None:
+    # without autograd: c_v as one bmm and the gate in place; equal to the autograd path (1e-12)
+    torch.manual_seed(0)
+    m = SeparableSelfAttention(8).double().eval()
+    x = _rand(2, 10, 8)
+    with torch.no_grad():
+        got = m(x)
+    torch.testing.assert_close(got, m(x).detach(), rtol=1e-12, atol=1e-12)
+    cv = (m.to_i(x).softmax(1) * m.to_k(x)).sum(1, keepdim=True)
+    torch.testing.assert_close(got, m.proj(F.relu(m.to_v(x)) * cv).detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_emsa_without_reduction_and_one_head_is_plain_attention() -> None:
     m = EMSA(8, num_heads=1, sr_ratio=1).double()
     x = _rand(2, 9, 8)
@@ -1011,6 +1023,37 @@ def test_emsa_folded_scale_and_layer_norm_equal_the_written_out_maths(hw: tuple[
             handle.remove()
     assert set(seen) == set(mods)
     torch.testing.assert_close(hooked, _emsa_written_out(m, x, hw), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("heads", "sr", "n"),
+                         [(4, 2, 8), (4, 2, 9), (2, 4, 10), (1, 4, 7), (2, 2, 2), (2, 8, 3)])
+def test_emsa_eval_path_equals_the_autograd_path(heads: int, sr: int, n: int) -> None:
+    # without autograd: the reduction as per-tap multiply-adds on the token layout and the
+    # head mix as a matmul with a cached scaled weight; equal to the autograd path (1e-12),
+    # also after the weights change in place
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    m = EMSA(8, num_heads=heads, sr_ratio=sr).double().eval()
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_()
+    x = _rand(2, n, 8)
+    calls = []
+    real = m._reduce_taps
+    m._reduce_taps = lambda z: calls.append(1) or real(z)
+    for _ in range(2):
+        with torch.no_grad():
+            got = m(x)
+        assert calls and calls.pop() == 1
+        if heads > 1:
+            assert "transform" in _fastcall._DERIVED[m]
+        torch.testing.assert_close(got, m(x).detach(), rtol=1e-12, atol=1e-12)
+        assert not calls  # autograd on: the conv path
+        with torch.no_grad():
+            m.sr.weight.mul_(-1.5)
+            if heads > 1:
+                m.transform.weight.add_(0.5)
 
 
 def test_emsa_has_no_bias_that_cannot_change_its_output() -> None:

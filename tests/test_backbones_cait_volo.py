@@ -99,6 +99,40 @@ def test_the_biases_before_the_softmax_change_nothing() -> None:
             torch.testing.assert_close(attn(x), before, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("logit_bias", [False, True])
+def test_talking_heads_eval_path_equals_the_autograd_path(logit_bias: bool) -> None:
+    # without autograd: the scale folded into a cached P_l, each head mix one batched matmul;
+    # equal to the module path (autograd on) to 1e-12 in float64, also after the mixes change
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    attn = TalkingHeadsAttention(12, num_heads=3, logit_bias=logit_bias).double().eval()
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_()
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    for _ in range(2):
+        _fastcall._DERIVED.pop(attn, None)
+        with torch.no_grad():
+            got = attn(x)
+        assert "talk" in _fastcall._DERIVED[attn]  # the eval path ran
+        torch.testing.assert_close(got, attn(x).detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, _talking_heads_reference(attn, x).detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            attn.proj_l.weight.mul_(-1.5)
+            attn.proj_w.bias.add_(0.5)
+            if logit_bias:
+                attn.proj_l.bias.add_(1.0)
+    seen = []  # a hook on the map: the module path, and the hook fires
+    handle = attn.attn_map.register_forward_hook(lambda *_a: seen.append(1))
+    try:
+        with torch.no_grad():
+            attn(x)
+    finally:
+        handle.remove()
+    assert seen == [1]
+
+
 def test_talking_heads_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="num_heads=5 must divide dim=16"):
         TalkingHeadsAttention(16, num_heads=5)

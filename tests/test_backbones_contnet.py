@@ -196,6 +196,29 @@ def test_patchwise_fused_inference_equals_the_module_path(norm_first: bool) -> N
         assert enc._fused(z) is None
 
 
+def test_patchwise_windows_written_with_the_embedding_equal_the_windowing_path() -> None:
+    # without autograd and padding, X + E is written straight into patch order with a cached
+    # embedding; it equals the windowing path (taken with autograd on) to 1e-12 in float64,
+    # and follows in-place changes of the embedding
+    from blockzoo import _fastcall
+
+    torch.manual_seed(0)
+    m = PatchwiseTransformer(8, num_heads=2, patch_size=4).double().eval()
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_()
+    x = torch.randn(2, 8, 8, 12, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            got = m(x)
+        assert "position_embedding" in _fastcall._DERIVED[m]  # the new path ran
+        want = m(x).detach()  # autograd on: the windowing path and the module encoder
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            m.pos_row.mul_(-3.0)
+            m.pos_col.add_(1.0)
+
+
 def test_position_embedding_is_rows_on_the_first_half_columns_on_the_second() -> None:
     m = PatchwiseTransformer(4, patch_size=3)
     with torch.no_grad():

@@ -160,6 +160,29 @@ def test_hierarchical_mhsa_equals_the_looped_reference(size, grid, ratio, heads)
         torch.testing.assert_close(m(x), _hmhsa_reference(m, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("transposed_max", [10 ** 9, 0])
+@pytest.mark.parametrize(("size", "grid", "ratio"), [((8, 8), 4, 2), ((7, 9), 4, 2), ((6, 5), 1, 1)])
+def test_hierarchical_mhsa_eval_global_attention_equals_the_autograd_path(
+        size, grid, ratio, transposed_max, monkeypatch) -> None:
+    # without autograd the global attention runs transposed from the channel-first projections
+    # (few logits) or as fused SDPA on contiguous q, k, v (many); both equal the attend path
+    # (autograd on) to 1e-12 in float64
+    from blockzoo.attention import hat
+
+    monkeypatch.setattr(hat, "_TRANSPOSED_MAX_LOGITS", transposed_max)
+    calls = []
+    real = HierarchicalMHSA._global
+    monkeypatch.setattr(HierarchicalMHSA, "_global", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    m = _randomised(HierarchicalMHSA(12, 3, grid_size=grid, ds_ratio=ratio)).double().eval()
+    x = torch.randn(2, 12, *size, dtype=torch.float64)
+    with torch.no_grad():
+        got = m(x)
+    assert calls == [1]
+    torch.testing.assert_close(got, m(x).detach(), rtol=1e-12, atol=1e-12)
+    assert calls == [1]  # autograd on: the attend path
+
+
 def test_hierarchical_mhsa_with_grid_1_is_pytorchs_multihead_attention() -> None:
     torch.manual_seed(0)
     m = _randomised(HierarchicalMHSA(12, 3, grid_size=1, ds_ratio=1)).double().eval()

@@ -199,3 +199,38 @@ def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
         finally:
             handle.remove()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_derived_tensors_are_rebuilt_whenever_a_source_changes_and_skipped_under_autograd() -> None:
+    """``_fastcall.derived`` (branch mix): kept per owner and key, rebuilt on an in-place change,
+    a new parameter, a ``.data`` swap and a dtype move; None when autograd would record."""
+    from blockzoo._fastcall import derived
+
+    owner = nn.Linear(3, 2).double()
+    builds = []
+
+    def build(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor]:
+        builds.append(1)
+        return (w.sum(1) + b,)
+
+    def get() -> torch.Tensor:
+        with torch.no_grad():
+            out = derived(owner, "k", (owner.weight, owner.bias), build)
+        assert out is not None
+        torch.testing.assert_close(out[0], (owner.weight.sum(1) + owner.bias).detach(), rtol=0, atol=0)
+        return out[0]
+
+    get()
+    get()
+    assert len(builds) == 1  # kept
+    with torch.no_grad():
+        owner.weight.add_(1.0)  # in place
+    get()
+    owner.bias = nn.Parameter(torch.randn(2, dtype=torch.float64))  # a new parameter
+    get()
+    owner.weight.data = torch.randn(2, 3, dtype=torch.float64)  # .data swapped
+    get()
+    owner.float()  # another dtype
+    assert get().dtype == torch.float32
+    assert len(builds) == 5
+    assert derived(owner, "k", (owner.weight, owner.bias), build) is None  # autograd records

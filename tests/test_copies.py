@@ -66,7 +66,8 @@ BUDGET: dict[str, tuple[int, str]] = {
                       "their fold back (in place of unfold's and fold's im2col / col2im, not counted)"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
     "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
-    "patchwise_transformer": (2, "the map cut into patches and the patches put back"),
+    "patchwise_transformer": (1, "the patches put back (the cut into patches is written by the "
+                              "position-embedding add)"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
     "performer_attention": (4, "random-feature logits of q and k, K'^T V, " + _HEADS),
     "permutator_tiny": (4, "the Permute-MLP's inputs to FC_H and FC_W permuted, 2 blocks"),
@@ -113,15 +114,17 @@ BUDGET: dict[str, tuple[int, str]] = {
     "re_attention": (4, "q k^T on head views (2), " + _HEADS + " (2)"),
     "swinv2_tiny": (14, "window partition/merge, the bias per window and the head merges of 3 blocks "
                     "(4 each), a patch merging, the patch embedding"),
-    "talking_heads_attention": (7, "the two head-mixing permutes (2), q k^T and weights @ v on "
-                                "permuted views (2), " + _HEADS + " (3)"),
+    "talking_heads_attention": (4, "q k^T and weights @ v on permuted q, k, v views (3), " + _HEADS
+                                + " (the head mixes are matmuls over the maps, no permute)"),
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
     "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
                 "token slice"),
     "hierarchical_mhsa": (4, "the grid partition of q, k, v and the merge back (2), SDPA's operand layout "
                           "on the pooled keys, " + _HEADS),
-    "hatnet_tiny": (12, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
-                    "local+global blocks, the heads' merge of each"),
+    "hatnet_tiny": (13, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
+                    "local+global blocks, the heads' merge of each; where a global attention has many "
+                    "logits its q and stacked k, v are copied to the fused SDPA kernel's layout (2, "
+                    "one more than the unfused math path it replaces, at 1.8x its speed)"),
     "shuffle_window_attention": (4, "shuffled window partition (1), the q, k, v projection of its transposed "
                                  "view (1), heads (1), window merge (1)"),
     "shuffle_transformer_t": (14, "2 shuffled-window blocks as shuffle_window_attention (8), 2 regular "

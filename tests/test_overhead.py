@@ -385,6 +385,15 @@ def test_involution_small_map_unfold_equals_the_tap_loop(monkeypatch: pytest.Mon
         monkeypatch.setattr(involution, "_UNFOLD_MAX", 1 << 40)
         unfold = block(x)
     torch.testing.assert_close(unfold, taps, rtol=1e-12, atol=1e-12)
+    # with autograd (the strided neighbourhood view is differentiable): the same gradients
+    x.requires_grad_()
+    grads = []
+    for limit in (0, 1 << 40):
+        monkeypatch.setattr(involution, "_UNFOLD_MAX", limit)
+        y = block(x)
+        grads.append(torch.autograd.grad((y * y.detach().cos()).sum(), [x, *block.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "conv_bn_act", "mixer", "resmlp", "cbam", "sk",

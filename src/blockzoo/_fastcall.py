@@ -37,7 +37,8 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "conv_bn", "direct", "invoke", "listened", "own", "sequential"]
+__all__ = ["call", "conv_bn", "derived", "direct", "invoke", "listened", "own", "pointwise_params",
+           "sequential", "stacked_pointwise"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -479,3 +480,38 @@ def grouped_conv(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor,
         y = conv._conv_forward(x.contiguous(memory_format=torch.channels_last), weight, bias)
         return y.contiguous()
     return conv._conv_forward(x, weight, bias)
+# ---------------------------------------------------------------------------- stacked 1x1 convs
+
+
+def _pointwise(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
+            and m.padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
+            and "weight" in m._parameters and "bias" in m._parameters)
+
+
+def pointwise_params(convs: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
+    """The (weight, bias) pairs of stock 1x1 ``Conv2d``'s (stride 1, no padding, dilation 1,
+    one group, plain parameters) that nobody hooks, for an input ``x`` that autograd does not
+    record; None otherwise (the caller then runs the modules)."""
+    if (type(x) is not torch.Tensor or x.dim() != 4 or (x.requires_grad and torch.is_grad_enabled())
+            or listened(*convs) or not all(_pointwise(c) for c in convs)):
+        return None
+    return tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"]))
+
+
+def _stack(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ws, bs = tensors[0::2], tensors[1::2]
+    bias = None
+    if any(b is not None for b in bs):
+        bias = torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in zip(ws, bs, strict=True)])
+    return torch.cat(ws, 0), bias
+
+
+def stacked_pointwise(owner: nn.Module, convs: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor | None:
+    """``torch.cat([conv(x) for conv in convs], 1)`` as one convolution over the stacked
+    weights (one pass over ``x``, one call), when :func:`pointwise_params` and :func:`derived`
+    apply (the stack kept per ``owner``); None otherwise: the caller runs the convs."""
+    params = pointwise_params(convs, x)
+    wb = None if params is None else derived(owner, "stacked_pointwise", params, _stack)
+    return None if wb is None else F.conv2d(x, wb[0], wb[1])
+

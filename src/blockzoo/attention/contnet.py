@@ -16,13 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import listened
+from blockzoo._fastcall import derived, listened, own
 from blockzoo.attention.swin import _unwindows, _windows, real_window_tokens
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
 __all__ = ["PatchwiseTransformer"]
+
+
+def _position_embedding(pos_row: torch.Tensor, pos_col: torch.Tensor) -> torch.Tensor:
+    """(N, C) concat(E_row[i], E_col[j]) at token i P + j, from (P, C/2) E_row and E_col."""
+    p, half = pos_row.shape
+    rows = pos_row[:, None, :].expand(p, p, half)  # (P, P, C/2), varies along i
+    cols = pos_col[None, :, :].expand(p, p, half)  # (P, P, C/2), varies along j
+    return torch.cat((rows, cols), dim=-1).reshape(p * p, 2 * half)  # (N, C)
 
 
 @register(
@@ -106,23 +114,32 @@ class PatchwiseTransformer(nn.Module):
 
     def position_embedding(self) -> torch.Tensor:
         """The (N, C) embedding added to every patch: concat(E_row[i], E_col[j]) at token i P + j."""
-        p, half = self.patch_size, self.dim // 2
-        rows = self.pos_row[:, None, :].expand(p, p, half)  # (P, P, C/2), varies along i
-        cols = self.pos_col[None, :, :].expand(p, p, half)  # (P, P, C/2), varies along j
-        return torch.cat((rows, cols), dim=-1).reshape(p * p, self.dim)  # (N, C)
+        return _position_embedding(self.pos_row, self.pos_col)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="PatchwiseTransformer", C=self.dim)
-        b, c, h, w = dims["B"], dims["C"], dims["H"], dims["W"]
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.dim:
+            check_shape(x, "B C H W", name="PatchwiseTransformer", C=self.dim)  # raises
+        b, c, h, w = x.shape
         p = self.patch_size
         hp, wp = -(-h // p) * p, -(-w // p) * p
-        z = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        if hp > h or wp > w:
-            z = F.pad(z, (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
-        z = _windows(z, p, p)  # (B, n_P, N, C)
-        n_p = z.shape[1]
-        # X[i, j] + concat(E_row[i], E_col[j])
-        z = (z + self.position_embedding()).reshape(b * n_p, p * p, c)  # (B n_P, N, C)
+        n_p = (hp // p) * (wp // p)
+        z = None
+        if not torch.compiler.is_compiling() and not torch.is_grad_enabled() and hp == h and wp == w:
+            pos = derived(self, "position_embedding", (own(self, "pos_row"), own(self, "pos_col")),
+                          _position_embedding)
+            if pos is not None:
+                # X[i, j] + concat(E_row[i], E_col[j]) written straight into patch order: one
+                # pass over x (the windowing copy and the sum in one op)
+                z = torch.empty(b, h // p, w // p, p, p, c, dtype=torch.result_type(x, pos), device=x.device)
+                xw = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (B, nh, nw, P, P, C)
+                z = torch.add(xw, pos.view(p, p, c), out=z).view(b * n_p, p * p, c)  # (B n_P, N, C)
+        if z is None:
+            z = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+            if hp > h or wp > w:
+                z = F.pad(z, (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
+            z = _windows(z, p, p)  # (B, n_P, N, C)
+            # X[i, j] + concat(E_row[i], E_col[j])
+            z = (z + self.position_embedding()).reshape(b * n_p, p * p, c)  # (B n_P, N, C)
         pad = self._padding(h, w, hp, wp, b, x.device)  # (B n_P, N) or None
         # inference on whole patches: PyTorch's fused encoder layer where it computes the same
         # (nn.TransformerEncoderLayer's eval path; its explicit attention suits short patches)

@@ -15,11 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockzoo._fastcall import derived, own
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 
 __all__ = ["ResidualAttentionHead"]
+
+
+def _normalised(*weights: torch.Tensor) -> tuple[torch.Tensor]:
+    """The heads' (K, C, 1, 1) class weights stacked to (T K, C), each row over its norm."""
+    m = torch.cat(weights).flatten(1)  # (T K, C)
+    return (m / m.norm(dim=1, keepdim=True),)
 
 
 @register(
@@ -91,23 +98,28 @@ class ResidualAttentionHead(nn.Module):
         self.attn_maps = nn.ModuleList(AttentionMap("spatial") for _ in temperatures)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = check_shape(x, "B C H W", name="ResidualAttentionHead", C=self.channels)
-        b, k = dims["B"], self.num_classes
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
+            check_shape(x, "B C H W", name="ResidualAttentionHead", C=self.channels)  # raises
+        b, _, hh, ww = x.shape
+        k = self.num_classes
         # m_i / ||m_i|| for every head's classes: normalising the (T K, C) weights costs
         # less than dividing the (B, T K, N) scores, and one product serves all heads.
-        m = torch.cat([head.weight for head in self.heads]).flatten(1)  # (T K, C)
-        m = m / m.norm(dim=1, keepdim=True)
+        weights = tuple(own(head, "weight") for head in self._modules["heads"])
+        m = None
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            m = derived(self, "normalised", weights, _normalised)  # kept until a weight changes
+        m = _normalised(*weights)[0] if m is None else m[0]  # (T K, C)
         # s_ij = m_i . x_j / ||m_i||
         s = torch.matmul(m, x.flatten(2))  # (B, T K, N)
         # base, summed over heads: 1/N sum_j s_ij
         logits = s.mean(-1).view(b, len(self.heads), k).sum(1)  # (B, K)
-        for i, (t, amap) in enumerate(zip(self.temperatures, self.attn_maps, strict=True)):
+        for i, (t, amap) in enumerate(zip(self.temperatures, self._modules["attn_maps"], strict=True)):
             si = s[:, i * k:(i + 1) * k]  # (B, K, N): head i
             if math.isinf(t):
                 att_logit = si.amax(-1)
             else:
                 # a_ij = softmax_j(T s_ij)
-                a = amap((t * si).softmax(-1).view(b, k, dims["H"], dims["W"])).flatten(2)  # (B, K, N)
+                a = amap((t * si).softmax(-1).view(b, k, hh, ww)).flatten(2)  # (B, K, N)
                 att_logit = (a * si).sum(-1)
             logits = logits + self.lam * att_logit
         return logits

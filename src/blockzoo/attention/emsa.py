@@ -9,6 +9,7 @@ r spatial reduction (= sr_ratio), M the reduced number of keys.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -16,13 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, listened
+from blockzoo._fastcall import call, derived, listened, own
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["EMSA"]
+
+
+def _scaled_mix(scale: float, weight: torch.Tensor) -> tuple[torch.Tensor]:
+    """The (h, h, 1, 1) head-mixing conv weight times ``scale``, as an (h, h) matrix."""
+    return (weight.flatten(1) * scale,)
 
 
 @register(
@@ -128,6 +134,10 @@ class EMSA(nn.Module):
     def _reduce(self, x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
         b, _, c = x.shape
         r = self.sr_ratio
+        if hw is None and not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            z = self._reduce_taps(x)
+            if z is not None:
+                return call(self._modules["sr_norm"], z)  # (B, M, C)
         if hw is None:
             row = self.sr.weight[:, :, r // 2 : r // 2 + 1]  # (C, 1, 1, r+1): the central row
             z = F.conv2d(x.transpose(1, 2)[:, :, None], row, self.sr.bias, stride=(1, r),
@@ -136,8 +146,37 @@ class EMSA(nn.Module):
             z = call(self.sr, x.transpose(1, 2).reshape(b, c, *hw))  # (B, C, H/r, W/r)
         return call(self.sr_norm, z.flatten(2).transpose(1, 2))  # (B, M, C)
 
+    def _reduce_taps(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The central-row reduction of (B, N, C) tokens without autograd, on the token layout:
+        one multiply-add per tap of the r + 1 wide row over strided views of the padded tokens
+        (a depthwise conv call costs ~40 us of setup at small N; this also skips two transposes),
+        (B, M, C); None for a hooked or non-stock ``sr``."""
+        sr = self._modules["sr"]
+        if type(sr) is not nn.Conv2d or listened(sr) or "weight" not in sr._parameters:
+            return None
+        r = self.sr_ratio
+        p, taps = r // 2, r + 1
+        wb = sr._parameters["weight"][:, 0, r // 2], sr._parameters["bias"]  # (C, r+1), (C,) or None
+        n = x.shape[1]
+        m = (n + 2 * p - taps) // r + 1
+        if m < 1:
+            return None
+        xp = F.pad(x, (0, 0, p, p)) if p else x  # (B, N + 2p, C)
+        # z_m = b + sum_t w_t x_{m r + t - p}
+        z = None
+        for t in range(taps):
+            tap = xp[:, t : t + r * (m - 1) + 1 : r]  # (B, M, C)
+            w = wb[0][:, t]
+            if z is None:
+                z = tap * w if wb[1] is None else torch.addcmul(wb[1], tap, w)
+            else:
+                z.addcmul_(tap, w)
+        return z
+
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
-        b, n, c = check_shape(x, "B N C", name="EMSA", C=self.dim).values()
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="EMSA", C=self.dim)  # raises, naming the misfit
+        b, n, c = x.shape
         if hw is not None and hw[0] * hw[1] != n:
             raise ShapeError(f"EMSA: hw={tuple(hw)} does not match N={n} tokens")
         h, d = self.num_heads, self.head_dim
@@ -148,10 +187,19 @@ class EMSA(nn.Module):
         if h > 1:
             # Conv_1x1(Q K^T / sqrt(d)), the 1/sqrt(d) folded into the h x h weight (one pass
             # over the map fewer), then the softmax
-            if listened(self.transform):
-                a = self.transform(a / math.sqrt(d))
+            transform = self._modules["transform"]
+            mix = None
+            if not (torch.is_grad_enabled() or torch.compiler.is_compiling() or listened(transform)):
+                # without autograd: the scaled (h, h) weight kept (derived), the 1x1 conv as one
+                # (h, h) @ (B, h, N M) matmul
+                mix = derived(self, "transform", (own(transform, "weight"),),
+                              functools.partial(_scaled_mix, 1.0 / math.sqrt(d)))
+            if mix is not None:
+                a = torch.matmul(mix[0], a.view(b, h, -1)).view(a.shape)
+            elif listened(transform):
+                a = transform(a / math.sqrt(d))
             else:
-                a = F.conv2d(a, self.transform.weight / math.sqrt(d))
+                a = F.conv2d(a, transform.weight / math.sqrt(d))
             a = a.softmax(dim=-1)  # (B, h, N, M)
             # IN: each head's map normalised over its N x M entries (no affine, eps 1e-5),
             # which is a layer norm over the last two axes (one fused op; 0 for N = M = 1)

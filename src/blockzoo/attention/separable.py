@@ -84,11 +84,25 @@ class SeparableSelfAttention(nn.Module):
         if len(shape) != 3 or shape[2] != self.dim:  # integer tests first; the message on failure only
             check_shape(x, "B N C", name="SeparableSelfAttention", C=self.dim)
         mods = self._modules
+        if not (self.dropout > 0 and self.training):
+            y = self._stacked(x, mods)
+            if y is not None:
+                return y
         scores = mods["attn_map"](call(mods["to_i"], x).softmax(dim=1))  # (B, N, 1)
         scores = F.dropout(scores, self.dropout, self.training) if self.dropout > 0 else scores
         # c_v = sum_n c_s[n] K[n]
         context = (scores * call(mods["to_k"], x)).sum(dim=1, keepdim=True)  # (B, 1, C)
         return call(mods["proj"], F.relu(call(mods["to_v"], x)) * context)  # (B, N, C)
+
+    def _stacked(self, x: torch.Tensor, mods: dict[str, nn.Module]) -> torch.Tensor | None:
+        """``forward`` without autograd and dropout: c_v as one (B, 1, N) @ (B, N, C) product
+        (not a product and a strided sum over N), the gate applied in place on the fresh ReLU(V)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None
+        scores = mods["attn_map"](call(mods["to_i"], x).softmax(dim=1))  # (B, N, 1)
+        # c_v = sum_n c_s[n] K[n]
+        context = torch.bmm(scores.transpose(1, 2), call(mods["to_k"], x))  # (B, 1, C)
+        return call(mods["proj"], torch.relu(call(mods["to_v"], x)).mul_(context))  # (B, N, C)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

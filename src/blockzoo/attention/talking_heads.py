@@ -9,16 +9,32 @@ Letters: B batch, N tokens, C model dim (= dim), h heads, d head dim, E = h d.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
 
+from blockzoo._fastcall import call, derived, listened
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 
 __all__ = ["TalkingHeadsAttention"]
+
+
+def _scaled_mixes(scale: float, wl: torch.Tensor, bl: torch.Tensor | None, ww: torch.Tensor,
+                  bw: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """(P_l scale, b_l, P_w, b_w): the logit scale folded into the logit mix."""
+    return wl * scale, bl, ww, bw
+
+
+def _mix(p: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
+    """sum_i P[j, i] A_i (+ b[j]) for (B, h, M) maps A: one (batched) matmul."""
+    b = a.shape[0]
+    if bias is None:
+        return torch.matmul(p, a)
+    return torch.baddbmm(bias.view(1, -1, 1), p.expand(b, -1, -1), a)
 
 
 @register(
@@ -105,14 +121,46 @@ class TalkingHeadsAttention(nn.Module):
         self.out_proj = nn.Linear(inner, dim, **fk)
         self.attn_map = AttentionMap("mixed")
 
+    def _eval(self, x: torch.Tensor, b: int, n: int) -> torch.Tensor | None:
+        """``forward`` without autograd in fewer passes and no permutes for the head mixing:
+        1/sqrt(d) folded into P_l (kept, :func:`derived`), and each mix one batched matmul over
+        the (B, h, N N) maps with its bias added in the same op. None where this does not apply
+        (a recorded map, active dropout, hooks, parametrized or non-stock mixes)."""
+        mods = self._modules
+        pl, pw, drop = mods["proj_l"], mods["proj_w"], mods["attn_drop"]
+        if (mods["attn_map"].active or type(pl) is not nn.Linear or type(pw) is not nn.Linear
+                or (drop.training and drop.p > 0) or listened(pl, pw, drop, mods["attn_map"])
+                or "weight" not in pl._parameters or "weight" not in pw._parameters):
+            return None
+        mixes = derived(self, "talk", (pl._parameters["weight"], pl._parameters["bias"],
+                                       pw._parameters["weight"], pw._parameters["bias"]),
+                        functools.partial(_scaled_mixes, self.head_dim ** -0.5))
+        if mixes is None:
+            return None
+        h, d = self.num_heads, self.head_dim
+        q, k, v = call(mods["qkv"], x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        # P_l L = (P_l / sqrt(d)) (q k^T) (+ b_l), mixed over h as (h, h) @ (B, h, N N)
+        logits = torch.matmul(q, k.transpose(-2, -1)).view(b, h, n * n)
+        logits = _mix(mixes[0], mixes[1], logits)
+        # W' = P_w softmax(.) + b_w
+        weights = _mix(mixes[2], mixes[3], logits.view(b, h, n, n).softmax(-1).view(b, h, n * n))
+        y = torch.matmul(weights.view(b, h, n, n), v).transpose(1, 2).reshape(b, n, h * d)  # (B, N, E)
+        return call(mods["out_proj"], y)
+
     @staticmethod
     def _talk(attn: torch.Tensor, mix: nn.Linear) -> torch.Tensor:
         # sum_i P[j, i] A_i (+ b[j]): a linear map over the head axis
         return mix(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, h, N, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = check_shape(x, "B N C", name="TalkingHeadsAttention", C=self.dim)["N"]
-        b, h, d = x.shape[0], self.num_heads, self.head_dim
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[2] != self.dim:
+            check_shape(x, "B N C", name="TalkingHeadsAttention", C=self.dim)  # raises
+        b, n = x.shape[0], x.shape[1]
+        h, d = self.num_heads, self.head_dim
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            y = self._eval(x, b, n)
+            if y is not None:
+                return y
         q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         # L_i = q_i k_i^T / sqrt(d)
         logits = (q * d**-0.5) @ k.transpose(-2, -1)  # (B, h, N, N)
