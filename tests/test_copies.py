@@ -65,7 +65,9 @@ BUDGET: dict[str, tuple[int, str]] = {
     "moa_attention": (3, "the eval path's channels-last input to the reduce map, the query windows and "
                       "their fold back (in place of unfold's and fold's im2col / col2im, not counted)"),
     "mobilevit_block": (2, "unfold into patches and fold back (the paper's two reshapes)"),
-    "outlook_attention": (2, "the window aggregation a @ v and its fold layout"),
+    "outlook_attention": (3, "the window aggregation a @ v and its fold layout, and a's (L, K*K, K*K) "
+                          "layout for a @ v (its softmax runs over dim 3 as the projection lies: "
+                          "over a last dim of K*K = 9 the CPU kernel was 3x slower than the copy)"),
     "patchwise_transformer": (1, "the patches put back (the cut into patches is written by the "
                               "position-embedding add)"),
     "peephole_lstm": (56, _SCAN + " (T=8, 2 layers x 2 directions), cell and the masks' dtype"),
@@ -117,8 +119,8 @@ BUDGET: dict[str, tuple[int, str]] = {
     "talking_heads_attention": (4, "q k^T and weights @ v on permuted q, k, v views (3), " + _HEADS
                                 + " (the head mixes are matmuls over the maps, no permute)"),
     "tnt_s": (3, "the inner pixel tokens flattened per patch for the outer projection"),
-    "volo_d1": (3, "outlook aggregation a @ v and its fold layout in one outlooker, the aux head's "
-                "token slice"),
+    "volo_d1": (4, "outlook aggregation a @ v, a's layout for it and the fold layout in one "
+                "outlooker, the aux head's token slice"),
     "hierarchical_mhsa": (4, "the grid partition of q, k, v and the merge back (2), SDPA's operand layout "
                           "on the pooled keys, " + _HEADS),
     "hatnet_tiny": (13, "H-MHSA in 4 example blocks: grid partition/merge and SDPA operands of the 3 "
