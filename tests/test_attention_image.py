@@ -261,9 +261,8 @@ def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
     """Without autograd, PAM's q, k, v run as one stacked 1x1 conv, and from
     _SDPA_MIN_POSITIONS positions on as one projection to zero-padded q, k and v through SDPA;
     both equal the module-by-module path (float64), and both follow a weight change."""
-    from torch.nn.modules.module import register_module_forward_hook
-
     from blockzoo import _fastcall
+    from blockzoo._fastcall import module_path
     from blockzoo.attention import danet
 
     torch.manual_seed(0)
@@ -281,11 +280,8 @@ def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
                 got = da(x)
                 key = "padded_qkv" if size[0] * size[1] >= minimum else "stacked_pointwise"
                 assert set(_fastcall._DERIVED[pam]) == {key}  # the new path ran
-                handle = register_module_forward_hook(lambda *_a: None)  # the module path
-                try:
+                with module_path():
                     want = da(x)
-                finally:
-                    handle.remove()
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
             with torch.no_grad():
                 pam.key.weight.mul_(-2.0)
@@ -510,6 +506,7 @@ def test_polarized_reordered_products_equal_the_module_path_with_gradients(mode:
     equal, in float64, to every 1x1 conv run as a module on the whole map (a global hook
     forces that path), outputs, maps and gradients."""
     from torch.nn.modules.module import register_module_forward_hook
+
 
     torch.manual_seed(0)
     psa = PolarizedSelfAttention(8, mode=mode).double()

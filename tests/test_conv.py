@@ -356,7 +356,7 @@ def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds()
     """Without autograd Meta4D computes I with one lerp and folds s_2 and the second norm into
     the second convolution (cached): the module path's output (float64, 1e-12), redone after
     the norm's statistics, eps or the scale change; training mode keeps the module path."""
-    from torch.nn.modules.module import register_module_forward_hook
+    from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
     block = randomize_bn(blockzoo.create("efficientformer_meta4d", channels=6)).double().eval()
@@ -368,11 +368,8 @@ def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds()
     def same() -> None:
         with torch.no_grad():
             got = block(x)
-            handle = register_module_forward_hook(lambda *_a: None)
-            try:
+            with module_path():
                 want = block(x)
-            finally:
-                handle.remove()
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
     same()
@@ -395,9 +392,8 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
     """Without autograd the three 1x1 convolutions on x run as one (norms folded, cached) and the
     3x3 max pool as a separable maximum: the module path's output (float64, 1e-12), redone after
     a weight changes; training mode keeps the module path."""
-    from torch.nn.modules.module import register_module_forward_hook
-
     from blockzoo import _fastcall
+    from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
     block = blockzoo.create("inception", channels=6, out_1x1=3, red_3x3=4, out_3x3=5, red_5x5=2, out_5x5=3,
@@ -408,11 +404,8 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
     def same() -> None:
         with torch.no_grad():
             got = block(x)
-            handle = register_module_forward_hook(lambda *_a: None)
-            try:
+            with module_path():
                 want = block(x)
-            finally:
-                handle.remove()
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
     same()

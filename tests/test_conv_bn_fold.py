@@ -179,7 +179,7 @@ def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
 def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
     """MobileViT's conv-BN-act units run through ``conv_bn``: in eval without autograd each norm
     is folded (kept in ``_FOLDED``) and the block's output equals the module path (float64)."""
-    from torch.nn.modules.module import register_module_forward_hook
+    from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
     block = blockzoo.spec("mobilevit_block").build_example().double().eval()
@@ -193,11 +193,8 @@ def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
     with torch.no_grad():
         got = block(x)
         assert all(bn in _fastcall._FOLDED for bn in block.modules() if isinstance(bn, nn.BatchNorm2d))
-        handle = register_module_forward_hook(lambda *_a: None)
-        try:
+        with module_path():
             want = block(x)
-        finally:
-            handle.remove()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

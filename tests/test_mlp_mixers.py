@@ -250,13 +250,10 @@ def test_model_arguments() -> None:
 
 def _module_path(block: nn.Module, *x: torch.Tensor) -> torch.Tensor:
     """``block(*x)`` with a global forward hook registered: every fast path takes its module path."""
-    from torch.nn.modules.module import register_module_forward_hook
+    from blockzoo._fastcall import module_path
 
-    handle = register_module_forward_hook(lambda *_a: None)
-    try:
+    with module_path():
         return block(*x)
-    finally:
-        handle.remove()
 
 
 def _jitter(block: nn.Module, scale: float = 0.3) -> None:

@@ -200,7 +200,7 @@ def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> Non
     """Blocks whose stock submodules run as functional ops when unhooked: the same output as
     with every module called (a global hook forces that), to 1e-12 in float64, and a hook on
     any computing submodule still fires."""
-    from torch.nn.modules.module import register_module_forward_hook
+    from blockzoo._fastcall import module_path
 
     s = blockzoo.spec(name)
     torch.manual_seed(0)
@@ -209,11 +209,8 @@ def test_fast_path_equals_the_module_path_and_hooks_still_fire(name: str) -> Non
     x = _double_inputs(s)
     with torch.no_grad():
         fast = block(*x)
-        handle = register_module_forward_hook(lambda *_a: None)
-        try:
+        with module_path():
             modules = block(*x)
-        finally:
-            handle.remove()
         seen: set[nn.Module] = set()
         want = {m for m in block.modules() if type(m) in _COMPUTE}
         handles = [m.register_forward_hook(lambda m, *_a: seen.add(m)) for m in want]

@@ -23,8 +23,9 @@ that the fast path equals the module path to 1e-12 in float64 and that hooks sti
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -37,8 +38,8 @@ from torch.nn.modules.module import (
     _global_forward_pre_hooks,
 )
 
-__all__ = ["call", "conv_bn", "derived", "direct", "invoke", "listened", "own", "pointwise_params",
-           "sequential", "stacked_pointwise"]
+__all__ = ["call", "conv_bn", "derived", "direct", "invoke", "listened", "module_path", "own",
+           "pointwise_params", "sequential", "stacked_pointwise"]
 
 
 def listened(*mods: nn.Module) -> bool:
@@ -50,6 +51,21 @@ def listened(*mods: nn.Module) -> bool:
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return True
     return False
+
+
+@contextlib.contextmanager
+def module_path() -> Iterator[None]:
+    """While open, every block runs its plain module path: a global no-op forward hook makes
+    :func:`listened` true everywhere, so no functional shortcut, fold or kept tensor stands in
+    (the reference the fast paths are tested against, and a way to rule them out when
+    debugging)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda *_a: None)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def own(m: nn.Module, name: str) -> torch.Tensor | None:
