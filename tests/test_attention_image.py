@@ -261,7 +261,7 @@ def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
     """Without autograd, PAM's q, k, v run as one stacked 1x1 conv, and from
     _SDPA_MIN_POSITIONS positions on as one projection to zero-padded q, k and v through SDPA;
     both equal the module-by-module path (float64), and both follow a weight change."""
-    from blockzoo import _fastcall
+    from blockzoo import _kept
     from blockzoo._fastcall import module_path
     from blockzoo.attention import danet
 
@@ -275,11 +275,11 @@ def test_danet_eval_paths_equal_the_module_path(reduction, monkeypatch) -> None:
         monkeypatch.setattr(danet, "_SDPA_MIN_POSITIONS", minimum)
         x = _x(2, 8, *size)
         for _ in range(2):  # the second time after a weight change: the cached stacks follow
-            _fastcall._DERIVED.pop(pam, None)
+            _kept._DERIVED.pop(pam, None)
             with torch.no_grad():
                 got = da(x)
                 key = "padded_qkv" if size[0] * size[1] >= minimum else "stacked_pointwise"
-                assert set(_fastcall._DERIVED[pam]) == {key}  # the new path ran
+                assert set(_kept._DERIVED[pam]) == {key}  # the new path ran
                 with module_path():
                     want = da(x)
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -602,14 +602,14 @@ def test_csra_logits_are_average_plus_lambda_attention() -> None:
 def test_csra_cached_normalised_weights_equal_the_autograd_path_and_follow_changes() -> None:
     # without autograd the normalised (T K, C) classes are kept; equal to the autograd path
     # (computed per call) to 1e-12 in float64, also after an in-place change and a new weight
-    from blockzoo import _fastcall
+    from blockzoo import _kept
 
     head = ResidualAttentionHead(8, 5, temperatures=(2.0, math.inf), lam=0.3).double().eval()
     x = _x(3, 8, 4, 6)
     for step in range(3):
         with torch.no_grad():
             got = head(x)
-        assert "normalised" in _fastcall._DERIVED[head]
+        assert "normalised" in _kept._DERIVED[head]
         torch.testing.assert_close(got, head(x).detach(), rtol=1e-12, atol=1e-12)
         with torch.no_grad():
             if step == 0:

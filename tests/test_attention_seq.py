@@ -1031,7 +1031,7 @@ def test_emsa_eval_path_equals_the_autograd_path(heads: int, sr: int, n: int) ->
     # without autograd: the reduction as per-tap multiply-adds on the token layout and the
     # head mix as a matmul with a cached scaled weight; equal to the autograd path (1e-12),
     # also after the weights change in place
-    from blockzoo import _fastcall
+    from blockzoo import _kept
 
     torch.manual_seed(0)
     m = EMSA(8, num_heads=heads, sr_ratio=sr).double().eval()
@@ -1047,7 +1047,7 @@ def test_emsa_eval_path_equals_the_autograd_path(heads: int, sr: int, n: int) ->
             got = m(x)
         assert calls and calls.pop() == 1
         if heads > 1:
-            assert "transform" in _fastcall._DERIVED[m]
+            assert "transform" in _kept._DERIVED[m]
         torch.testing.assert_close(got, m(x).detach(), rtol=1e-12, atol=1e-12)
         assert not calls  # autograd on: the conv path
         with torch.no_grad():

@@ -103,7 +103,7 @@ def test_the_biases_before_the_softmax_change_nothing() -> None:
 def test_talking_heads_eval_path_equals_the_autograd_path(logit_bias: bool) -> None:
     # without autograd: the scale folded into a cached P_l, each head mix one batched matmul;
     # equal to the module path (autograd on) to 1e-12 in float64, also after the mixes change
-    from blockzoo import _fastcall
+    from blockzoo import _kept
 
     torch.manual_seed(0)
     attn = TalkingHeadsAttention(12, num_heads=3, logit_bias=logit_bias).double().eval()
@@ -112,10 +112,10 @@ def test_talking_heads_eval_path_equals_the_autograd_path(logit_bias: bool) -> N
             prm.normal_()
     x = torch.randn(2, 7, 12, dtype=torch.float64)
     for _ in range(2):
-        _fastcall._DERIVED.pop(attn, None)
+        _kept._DERIVED.pop(attn, None)
         with torch.no_grad():
             got = attn(x)
-        assert "talk" in _fastcall._DERIVED[attn]  # the eval path ran
+        assert "talk" in _kept._DERIVED[attn]  # the eval path ran
         torch.testing.assert_close(got, attn(x).detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got, _talking_heads_reference(attn, x).detach(), rtol=1e-12, atol=1e-12)
         with torch.no_grad():

@@ -200,7 +200,7 @@ def test_patchwise_windows_written_with_the_embedding_equal_the_windowing_path()
     # without autograd and padding, X + E is written straight into patch order with a cached
     # embedding; it equals the windowing path (taken with autograd on) to 1e-12 in float64,
     # and follows in-place changes of the embedding
-    from blockzoo import _fastcall
+    from blockzoo import _kept
 
     torch.manual_seed(0)
     m = PatchwiseTransformer(8, num_heads=2, patch_size=4).double().eval()
@@ -211,7 +211,7 @@ def test_patchwise_windows_written_with_the_embedding_equal_the_windowing_path()
     for _ in range(2):
         with torch.no_grad():
             got = m(x)
-        assert "position_embedding" in _fastcall._DERIVED[m]  # the new path ran
+        assert "position_embedding" in _kept._DERIVED[m]  # the new path ran
         want = m(x).detach()  # autograd on: the windowing path and the module encoder
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         with torch.no_grad():

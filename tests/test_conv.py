@@ -392,7 +392,7 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
     """Without autograd the three 1x1 convolutions on x run as one (norms folded, cached) and the
     3x3 max pool as a separable maximum: the module path's output (float64, 1e-12), redone after
     a weight changes; training mode keeps the module path."""
-    from blockzoo import _fastcall
+    from blockzoo import _kept
     from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
@@ -409,7 +409,7 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
     same()
-    assert block in _fastcall._DERIVED
+    assert block in _kept._DERIVED
     with torch.no_grad():
         block.branch5[0].conv.weight.add_(0.5)
     same()
@@ -422,7 +422,7 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
 
 @pytest.mark.parametrize("k", [3, 5])
 def test_max_pool_same_equals_max_pool2d(k) -> None:
-    from blockzoo._fastcall import max_pool_same
+    from blockzoo._fastops import max_pool_same
 
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
     x[0, 0, 2, 2] = float("nan")

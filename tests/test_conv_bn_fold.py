@@ -199,9 +199,9 @@ def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
 
 
 def test_derived_tensors_are_rebuilt_whenever_a_source_changes_and_skipped_under_autograd() -> None:
-    """``_fastcall.derived`` (branch mix): kept per owner and key, rebuilt on an in-place change,
+    """``_kept.derived`` (branch mix): kept per owner and key, rebuilt on an in-place change,
     a new parameter, a ``.data`` swap and a dtype move; None when autograd would record."""
-    from blockzoo._fastcall import derived
+    from blockzoo._kept import derived
 
     owner = nn.Linear(3, 2).double()
     builds = []

@@ -267,9 +267,9 @@ def _jitter(block: nn.Module, scale: float = 0.3) -> None:
                                          (MixerBlock, {"act_layer": "relu", "token_hidden": 5})])
 def test_mixer_folded_path_equals_the_module_path_and_refolds(cls, kw) -> None:
     """Without autograd the Mixer / ResMLP fold their norms, scales and biases into cached
-    tensors (``_fastcall.param_fold``): the same output as every module run in the paper's order
+    tensors (``_kept.param_fold``): the same output as every module run in the paper's order
     (float64, 1e-12), redone after an in-place change, a new parameter, a new submodule."""
-    from blockzoo import _fastcall
+    from blockzoo import _kept
 
     torch.manual_seed(0)
     block = cls(6, 7, channel_hidden=9, **kw).double().eval()
@@ -281,7 +281,7 @@ def test_mixer_folded_path_equals_the_module_path_and_refolds(cls, kw) -> None:
             torch.testing.assert_close(block(x), _module_path(block, x), rtol=1e-12, atol=1e-12)
 
     same()
-    assert block in _fastcall._DERIVED  # the folded path ran
+    assert block in _kept._DERIVED  # the folded path ran
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.25)

@@ -724,9 +724,9 @@ def test_token_attention_no_grad_reads_parameters_swapped_by_functional_call(nam
 @pytest.mark.parametrize("length", [1, 4, 10, 15, 16, 33])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_softmax_last_equals_softmax(length: int, dtype: torch.dtype) -> None:
-    """``_fastcall.softmax_last_`` (in place on a short CPU axis) equals ``softmax(-1)``,
+    """``_fastops.softmax_last_`` (in place on a short CPU axis) equals ``softmax(-1)``,
     -inf entries included, and leaves autograd inputs alone."""
-    from blockzoo._fastcall import softmax_last_
+    from blockzoo._fastops import softmax_last_
 
     torch.manual_seed(0)
     x = torch.randn(3, 5, length, dtype=dtype) * 4

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from blockzoo._fastcall import call, derived, own
+from blockzoo._fastcall import call, own
+from blockzoo._kept import derived
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens
 

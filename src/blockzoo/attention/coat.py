@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, derived, grouped_conv, listened, residual_depthwise
+from blockzoo._fastcall import call, listened
+from blockzoo._fastops import grouped_conv
+from blockzoo._kept import derived, residual_depthwise
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 

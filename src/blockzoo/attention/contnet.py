@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import derived, listened, own
+from blockzoo._fastcall import listened, own
+from blockzoo._kept import derived
 from blockzoo.attention.swin import _unwindows, _windows, real_window_tokens
 from blockzoo.attention.transformer import TransformerEncoderBlock
 from blockzoo.checks import check_shape, require

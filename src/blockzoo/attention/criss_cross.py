@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, derived, listened
+from blockzoo._fastcall import call, listened
+from blockzoo._kept import derived
 from blockzoo._memo import memo_table
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, derived, listened
+from blockzoo._fastcall import call, listened
+from blockzoo._kept import derived
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import derived, own
+from blockzoo._fastcall import own
+from blockzoo._kept import derived
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register

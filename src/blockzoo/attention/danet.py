@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, derived, listened, pointwise_params, stacked_pointwise
+from blockzoo._fastcall import call, listened
+from blockzoo._kept import derived, pointwise_params, stacked_pointwise
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, derived, listened, own
+from blockzoo._fastcall import call, listened, own
+from blockzoo._kept import derived
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides

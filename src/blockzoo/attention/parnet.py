@@ -7,14 +7,14 @@ Letters: B batch, C channels, H W spatial.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import _fold, call, listened
+from blockzoo._fastcall import call, folded_conv_bn, listened
+from blockzoo._kept import derived
 from blockzoo.act import LayerSpec, create_act, create_norm
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape
@@ -23,10 +23,9 @@ from blockzoo.registry import Example, images, register
 __all__ = ["ParNetAttention"]
 
 # BN(conv_1x1 x) + BN(conv_3x3 x) as one 3x3 convolution (RepVGG's merge: each branch's norm
-# folded into its conv by ``_fastcall._fold``, the 1x1 kernel added at the 3x3 centre), per
-# block, for inference; keyed weakly on the two folds, which ``_fold`` keeps while their
+# folded into its conv by ``_fastcall.folded_conv_bn``, the 1x1 kernel added at the 3x3
+# centre), for inference: kept by ``_kept.derived`` on the two folds, which are kept while their
 # sources are unchanged (a refold is a new tensor, and so a new merge).
-_MERGED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _merged_branches(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -40,16 +39,11 @@ def _merged_branches(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
             or conv1.padding != (0, 0) or conv3.padding != (1, 1) or conv1.dilation != (1, 1)
             or conv3.dilation != (1, 1) or conv1.groups != 1 or conv3.groups != 1):
         return None
-    f1, f3 = _fold(conv1, c1[1], x), _fold(conv3, c3[1], x)
+    f1, f3 = folded_conv_bn(conv1, c1[1], x), folded_conv_bn(conv3, c3[1], x)
     if f1 is None or f3 is None:
         return None
-    hit = _MERGED.get(block)
-    if hit is not None and all(r() is t for r, t in zip(hit[0], (*f1, *f3), strict=True)):
-        return hit[1]
-    with torch.no_grad():
-        merged = (f3[0] + F.pad(f1[0], (1, 1, 1, 1)), f3[1] + f1[1])
-    _MERGED[block] = (tuple(weakref.ref(t) for t in (*f1, *f3)), merged)
-    return merged
+    return derived(block, "merged", (*f1, *f3),
+                   lambda w1, b1, w3, b3: (w3 + F.pad(w1, (1, 1, 1, 1)), b3 + b1))  # (O, C, 3, 3), (O,)
 
 
 @register(

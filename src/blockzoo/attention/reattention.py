@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, folded_conv_bn, softmax_last_
+from blockzoo._fastcall import call, folded_conv_bn
+from blockzoo._fastops import softmax_last_
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require_divides
 from blockzoo.registry import Example, register, tokens

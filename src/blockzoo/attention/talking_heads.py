@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import call, derived, listened
+from blockzoo._fastcall import call, listened
+from blockzoo._kept import derived
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, register, tokens

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, listened, own, scalar
+from blockzoo._fastcall import call, listened, own
+from blockzoo._fastops import scalar
 from blockzoo.act import LayerNorm2d, LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise

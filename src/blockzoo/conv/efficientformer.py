@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import listened, param_fold
+from blockzoo._fastcall import listened
+from blockzoo._kept import param_fold
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape, require
 from blockzoo.conv.conv_bn_act import ConvBnAct
@@ -115,7 +116,7 @@ class EfficientFormerMeta4D(nn.Module):
     def _folded(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor | None:
         """The forward without autograd: I as one ``lerp`` (X + s_1 (Pool(X) - X)), and s_2 with
         the second BatchNorm folded into the second 1x1 convolution (cached,
-        ``_fastcall.param_fold``), whose output takes I in place. None (the module path) for
+        ``_kept.param_fold``), whose output takes I in place. None (the module path) for
         another structure, training-mode norms, a hook, a parametrized tensor."""
         p, mlp = self._parameters, self._modules["mlp"]
         if type(mlp) is not nn.Sequential or len(mlp) != 2 or "scale1" not in p or "scale2" not in p:

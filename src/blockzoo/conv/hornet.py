@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import _SMALL_GROUPED, call, listened, scaled_projection
+from blockzoo._fastcall import call, listened
+from blockzoo._fastops import _SMALL_GROUPED
+from blockzoo._kept import scaled_projection
 from blockzoo.act import LayerNorm2d, LayerSpec, create_act, create_norm
 from blockzoo.checks import check_shape, require
 from blockzoo.conv._functional import ELEMENTWISE_ACTS, is_pointwise

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import max_pool_same, param_fold
+from blockzoo._fastops import max_pool_same
+from blockzoo._kept import param_fold
 from blockzoo.act import LayerSpec
 from blockzoo.checks import check_shape, require
 from blockzoo.conv.conv_bn_act import ConvBnAct
@@ -132,8 +133,8 @@ class InceptionBlock(nn.Module):
     def _shared_input(self, x: torch.Tensor) -> torch.Tensor | None:
         """The forward without autograd: the three 1x1 convolutions that read x (branch 1 and the
         3x3 and 5x5 reductions) run as one, their weights (each norm folded in) concatenated and
-        cached (``_fastcall.param_fold``), one ReLU in place on the result; a 3x3 max pool of
-        stride 1 as ``_fastcall.max_pool_same``. None (the module path) for another structure
+        cached (``_kept.param_fold``), one ReLU in place on the result; a 3x3 max pool of
+        stride 1 as ``_fastops.max_pool_same``. None (the module path) for another structure
         (no reductions, another activation, a training norm) or a hook."""
         mods = self._modules
         b1, b3, b5, bp = mods["branch1"], mods["branch3"], mods["branch5"], mods["branch_pool"]

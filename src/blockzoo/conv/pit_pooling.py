@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockzoo._fastcall import grouped_conv, listened
+from blockzoo._fastcall import listened
+from blockzoo._fastops import grouped_conv
 from blockzoo.checks import check_shape, require
 from blockzoo.registry import Example, images, register
 

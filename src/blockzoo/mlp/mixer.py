@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import call, direct, invoke, own, param_fold
+from blockzoo._fastcall import call, direct, invoke, own
+from blockzoo._kept import param_fold
 from blockzoo.act import LayerSpec, create_norm, without_bias
 from blockzoo.checks import ShapeError, check_shape, require
 from blockzoo.mlp.mlp import MLP
@@ -183,7 +184,7 @@ class MixerBlock(nn.Module):
 
     def _folded(self, x: torch.Tensor) -> torch.Tensor | None:
         """The forward without autograd, with constants folded into cached tensors
-        (``_fastcall.param_fold``) and the token mixing as a batched matmul on (B, N, C), no
+        (``_kept.param_fold``) and the token mixing as a batched matmul on (B, N, C), no
         transposes; None (the module path) for any other structure, a hook, a parametrized
         tensor, or where a fold must not be used. Two forms:
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import invoke, param_fold
+from blockzoo._fastcall import invoke
+from blockzoo._kept import param_fold
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import require
 from blockzoo.mlp.mlp import MLP
@@ -123,7 +124,7 @@ class WeightedPermuteMLP(nn.Module):
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor | None:
         """The forward without autograd on (B, C, H, W) as it lies, viewed as (B, G, S, H, W):
         FC_H with its rows and columns reordered from (H, S) to (S, H) (cached,
-        ``_fastcall.param_fold``) is one batched matmul on each segment's (S H, W) block, FC_C
+        ``_kept.param_fold``) is one batched matmul on each segment's (S H, W) block, FC_C
         and the projection are batched matmuls on (C, H W), and only FC_W's input is permuted
         (one copy; the (H, W, C) order of the equation costs five). None (the module path)
         for a hook, a parametrized or missing weight, or where a fold must not be used."""
