@@ -38,6 +38,17 @@ def randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def _equals_module_path(block: nn.Module, x: torch.Tensor) -> None:
+    """``block(x)`` without autograd (its fast paths) equals its plain module path (float64, 1e-12)."""
+    from blockzoo._fastcall import module_path
+
+    with torch.no_grad():
+        got = block(x)
+        with module_path():
+            want = block(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def bn_eval(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     # gamma (z - mu) / sqrt(var + eps) + beta, written out
     shape = (1, -1, 1, 1)
@@ -356,7 +367,6 @@ def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds()
     """Without autograd Meta4D computes I with one lerp and folds s_2 and the second norm into
     the second convolution (cached): the module path's output (float64, 1e-12), redone after
     the norm's statistics, eps or the scale change; training mode keeps the module path."""
-    from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
     block = randomize_bn(blockzoo.create("efficientformer_meta4d", channels=6)).double().eval()
@@ -366,11 +376,7 @@ def test_efficientformer_meta4d_folded_path_equals_the_module_path_and_refolds()
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
 
     def same() -> None:
-        with torch.no_grad():
-            got = block(x)
-            with module_path():
-                want = block(x)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        _equals_module_path(block, x)
 
     same()
     bn = block.mlp[1].bn
@@ -393,7 +399,6 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
     3x3 max pool as a separable maximum: the module path's output (float64, 1e-12), redone after
     a weight changes; training mode keeps the module path."""
     from blockzoo import _kept
-    from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
     block = blockzoo.create("inception", channels=6, out_1x1=3, red_3x3=4, out_3x3=5, red_5x5=2, out_5x5=3,
@@ -402,11 +407,7 @@ def test_inception_shared_input_path_equals_the_module_path(norm) -> None:
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
 
     def same() -> None:
-        with torch.no_grad():
-            got = block(x)
-            with module_path():
-                want = block(x)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        _equals_module_path(block, x)
 
     same()
     assert block in _kept._DERIVED
