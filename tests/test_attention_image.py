@@ -847,7 +847,7 @@ def test_crossformer_cel_eval_paths_equal_the_autograd_path(monkeypatch: pytest.
     from blockzoo.attention import crossformer
 
     if not merge:
-        monkeypatch.setattr(crossformer, "_MERGE_EXTRA_MACS", -1)
+        monkeypatch.setattr(crossformer, "MERGE_EXTRA_MACS", -1)
     torch.manual_seed(0)
     cel = crossformer.CrossScaleEmbedding(3, 12, kernel_sizes=kernels, stride=stride).double().eval()
     with torch.no_grad():
@@ -905,7 +905,7 @@ def test_factorized_attention_eval_path_equals_the_autograd_path(monkeypatch: py
     from blockzoo.attention import coat
 
     if not merge:
-        monkeypatch.setattr(coat, "_MERGE_EXTRA_MACS", -1)
+        monkeypatch.setattr(coat, "MERGE_EXTRA_MACS", -1)
     torch.manual_seed(0)
     kw = {} if window is None else {"crpe_window": window}
     attn = coat.FactorizedAttention(16, num_heads=8, **kw).double().eval()

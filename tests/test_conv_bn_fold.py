@@ -43,7 +43,7 @@ def test_fold_equals_conv_then_norm(conv_bias: bool, affine: bool, groups: int) 
     x = torch.randn(3, 4, 7, 5, dtype=torch.float64)
     with torch.no_grad():
         got = conv_bn(conv, bn, x)
-        assert bn in _fastcall._FOLDED  # the folded path ran (and kept its fold)
+        assert bn in _fastcall._DERIVED  # the folded path ran (and kept its fold)
         torch.testing.assert_close(got, _want(conv, bn, x), rtol=1e-12, atol=1e-12)
     with torch.inference_mode():
         torch.testing.assert_close(conv_bn(conv, bn, x), _want(conv, bn, x), rtol=1e-12, atol=1e-12)
@@ -86,7 +86,7 @@ def test_training_autograd_hooks_and_parametrizations_take_the_module_path() -> 
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     # autograd through the parameters: the module path, gradients reach both modules
     out = conv_bn(conv, bn, x)
-    assert bn not in _fastcall._FOLDED
+    assert bn not in _fastcall._DERIVED
     out.sum().backward()
     assert conv.weight.grad is not None and bn.weight.grad is not None
     # training: batch statistics, and the running ones are updated
@@ -137,7 +137,7 @@ def test_sequential_folds_each_conv_followed_by_a_norm() -> None:
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(sequential(seq, x), seq(x), rtol=1e-12, atol=1e-12)
-    assert seq[2] in _fastcall._FOLDED and seq[4] not in _fastcall._FOLDED  # (a ReLU before the second)
+    assert seq[2] in _fastcall._DERIVED and seq[4] not in _fastcall._DERIVED  # (a ReLU before the second)
 
 
 class _Double(nn.Module):
@@ -165,7 +165,7 @@ def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
     with torch.no_grad():
         fast = block(x)
     norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert any(m in _fastcall._FOLDED for m in norms), "no norm was folded"
+    assert any(m in _fastcall._DERIVED for m in norms), "no norm was folded"
     handles = [m.register_forward_pre_hook(lambda *_: None) for m in norms]
     try:
         with torch.no_grad():
@@ -178,7 +178,7 @@ def test_blocks_fold_in_eval_and_equal_the_module_path(name: str) -> None:
 
 def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
     """MobileViT's conv-BN-act units run through ``conv_bn``: in eval without autograd each norm
-    is folded (kept in ``_FOLDED``) and the block's output equals the module path (float64)."""
+    is folded (kept in ``_DERIVED``) and the block's output equals the module path (float64)."""
     from blockzoo._fastcall import module_path
 
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_mobilevit_conv_norm_act_units_fold_their_norms() -> None:
     x = torch.randn(2, 16, 6, 8, dtype=torch.float64)
     with torch.no_grad():
         got = block(x)
-        assert all(bn in _fastcall._FOLDED for bn in block.modules() if isinstance(bn, nn.BatchNorm2d))
+        assert all(bn in _fastcall._DERIVED for bn in block.modules() if isinstance(bn, nn.BatchNorm2d))
         with module_path():
             want = block(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

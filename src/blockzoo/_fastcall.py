@@ -22,8 +22,8 @@ that the fast path equals the module path to 1e-12 in float64 and that hooks sti
 
 :func:`conv_bn` goes one step further for a stock ``Conv2d`` followed by a stock
 ``BatchNorm2d`` in eval without autograd: one convolution with the norm folded in, kept per
-norm (``tests/test_conv_bn_fold.py``). Other tensors kept from parameters live in
-``blockzoo._kept``, CPU stand-ins for single ops in ``blockzoo._fastops``; :func:`module_path`
+norm by :func:`derived`, the one cache of tensors computed from parameters
+(``tests/test_conv_bn_fold.py``). What blocks keep through it lives in ``blockzoo._kept``, CPU stand-ins for single ops in ``blockzoo._fastops``; :func:`module_path`
 turns every one of them off.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -203,13 +204,53 @@ def sequential(seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if pending is None else call(pending, x)
 
 
+# ---------------------------------------------------------------------------- derived tensors
+
+# Tensors computed from parameters alone (merged weights, a position bias's exponential), per
+# owning module and key, with weak references to their sources and each one's address and
+# version, as the folds above: an optimiser step, load_state_dict, ``.data =``, ``.to()`` or a
+# new parameter rebuilds them.
+_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def derived(owner: nn.Module, key: object, sources: tuple[torch.Tensor | None, ...],
+            build: Callable[..., Any], *, mods: tuple[nn.Module, ...] = (), extra: tuple = ()) -> Any:
+    """``build(*sources)`` (run without autograd), kept per ``(owner, key)`` until a source
+    changes, one of the submodules ``mods`` it reads is swapped for another, or one of the plain
+    values ``extra`` (an eps) differs (at most 8 keys per owner: a few input sizes); None where
+    no kept value may stand in for the computation: autograd on, ``torch.compile`` /
+    ``jit.trace`` / ``torch.func``, tensor subclasses, inference tensors. The caller then
+    computes in line as before."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()
+            or any(t is not None and type(t) is not torch.Tensor and type(t) is not nn.Parameter
+                   for t in sources)):
+        return None
+    try:
+        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in sources),
+                 torch.is_inference_mode_enabled(), *extra)
+    except RuntimeError:  # an inference tensor has no version counter: nothing to key on
+        return None
+    table = _DERIVED.get(owner)
+    if table is None:
+        table = _DERIVED[owner] = {}
+    hit = table.get(key)
+    # (equal states have their None sources in the same places)
+    if (hit is not None and hit[2] == state and len(hit[0]) == len(mods)
+            and all(r() is m for r, m in zip(hit[0], mods, strict=True))
+            and all(r is None or r() is t for r, t in zip(hit[1], sources, strict=True))):
+        return hit[3]
+    with torch.no_grad():
+        value = build(*sources)
+    if len(table) >= 8:
+        del table[next(iter(table))]
+    table[key] = (tuple(weakref.ref(m) for m in mods),
+                  tuple(None if t is None else weakref.ref(t) for t in sources), state, value)
+    return value
+
+
 # ---------------------------------------------------------------------------- conv + BN folding
 
-# Folded (weight, bias) per BatchNorm2d, with weak references to the tensors they were
-# computed from and each one's address and version: an in-place change (an optimiser step,
-# load_state_dict's copy_, ``.data =``) changes a version or an address, and a ``.to()`` or a
-# new parameter is another object, so the fold is redone.
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 # Folds of at most this many weight elements are kept (1 MiB in float32 each, so the extra
 # memory is bounded by the small convolutions, where a fold per call would cost more than the
 # norm it saves); larger weights are folded per call when the output is at least 8x the weight.
@@ -218,8 +259,7 @@ _KEEP_ELEMENTS = 1 << 18
 
 def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``; for a stock ``Conv2d`` and an eval-mode ``BatchNorm2d`` that nobody
-    hooks, with autograd off or nothing requiring grad, one convolution with the norm folded
-    into it::
+    hooks, with autograd off, one convolution with the norm folded into it::
 
         W' = W * gamma / sqrt(var + eps),    b' = (b - mean) * gamma / sqrt(var + eps) + beta
 
@@ -236,7 +276,7 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if (type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or bn.training
             or type(x) is not torch.Tensor or x.dim() != 4 or conv.padding_mode != "zeros"
-            or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
             or torch._C._are_functorch_transforms_active() or listened(conv, bn)):
         return None
     cp, bp, bb = conv._parameters, bn._parameters, bn._buffers
@@ -244,34 +284,27 @@ def _fold(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
         return None  # a parametrized tensor (computed through the attribute): the module path
     mean, var = bb["running_mean"], bb["running_var"]
     tensors = (cp["weight"], cp["bias"], bp["weight"], bp["bias"], mean, var)
-    if mean is None or bn.num_features != tensors[0].shape[0] or (torch.is_grad_enabled()
-                        and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))):
+    w, eps = tensors[0], bn.eps
+    if mean is None or bn.num_features != w.shape[0]:
         return None
-    try:
-        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in tensors),
-                 bn.eps, torch.is_inference_mode_enabled())
-    except RuntimeError:  # an inference tensor has no version counter: nothing to key a fold on
-        return None
-    hit = _FOLDED.get(bn)
-    # (equal states have their None tensors in the same places)
-    if hit is not None and hit[1] == state and all(
-            r is None or r() is t for r, t in zip(hit[0], tensors, strict=True)):
-        return hit[2], hit[3]
-    w = tensors[0]
-    keep = w.numel() <= _KEEP_ELEMENTS
-    if not keep and x.numel() // max(1, x.shape[1]) * w.shape[0] < 8 * w.numel():
+    if w.numel() <= _KEEP_ELEMENTS:  # kept per norm by derived(), refolded on any change
+        return derived(bn, "conv_bn", tensors, lambda *t: _folded(*t, eps), extra=(eps,))
+    if x.numel() // max(1, x.shape[1]) * w.shape[0] < 8 * w.numel():
         return None  # a large weight on a small input: folding per call costs more than the norm
     with torch.no_grad():
-        scale = torch.rsqrt(var + bn.eps)
-        if tensors[2] is not None:
-            scale = scale * tensors[2]
-        bias = -mean * scale if tensors[1] is None else (tensors[1] - mean) * scale
-        if tensors[3] is not None:
-            bias = bias + tensors[3]
-        weight = w * scale.view(-1, 1, 1, 1)
-    if keep:
-        _FOLDED[bn] = (tuple(None if t is None else weakref.ref(t) for t in tensors), state, weight, bias)
-    return weight, bias
+        return _folded(*tensors, eps)
+
+
+def _folded(w: torch.Tensor, b: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+            mean: torch.Tensor, var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W', b') of the conv with the eval norm folded in (see :func:`conv_bn`)."""
+    scale = torch.rsqrt(var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    bias = -mean * scale if b is None else (b - mean) * scale
+    if beta is not None:
+        bias = bias + beta
+    return w * scale.view(-1, 1, 1, 1), bias
 
 
 def folded_conv_bn(conv: nn.Module, bn: nn.Module,

@@ -3,7 +3,7 @@
 Merged weights (several 1x1 convs stacked, conv branches summed into one kernel), scales
 folded into a projection, a position bias's exponential: a block's eval forward may use such
 a tensor in place of the parameters it comes from, provided it is rebuilt whenever they
-change. :func:`derived` keeps each one per (owner module, key) with weak references to its
+change. ``_fastcall.derived`` (re-exported here) keeps each one per (owner module, key) with weak references to its
 source tensors and each one's address and version, so an optimiser step, ``load_state_dict``,
 ``.data =``, ``.to()`` or a new parameter rebuilds it; nothing enters ``state_dict``,
 ``deepcopy`` or pickling. No kept tensor stands in while autograd is on, while
@@ -15,61 +15,17 @@ against that module path in float64 (``_fastcall.module_path``).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockzoo._fastcall import _KEEP_ELEMENTS, listened
+from blockzoo._fastcall import _DERIVED as _DERIVED  # (re-exported: the tests look into it)
+from blockzoo._fastcall import _KEEP_ELEMENTS, derived, listened
 
-__all__ = ["conv1d_band", "derived", "param_fold", "pointwise_params", "residual_depthwise",
+__all__ = ["conv1d_band", "derived", "padded_kernels", "param_fold", "pointwise_params", "residual_depthwise",
            "scaled_projection", "stacked_pointwise"]
-
-# Tensors computed from parameters alone (merged weights, a position bias's exponential), per
-# owning module and key, with weak references to their sources and each one's address and
-# version, as the folds above: an optimiser step, load_state_dict, ``.data =``, ``.to()`` or a
-# new parameter rebuilds them.
-_DERIVED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-
-
-def derived(owner: nn.Module, key: object, sources: tuple[torch.Tensor | None, ...],
-            build: Callable[..., Any], *, mods: tuple[nn.Module, ...] = (), extra: tuple = ()) -> Any:
-    """``build(*sources)`` (run without autograd), kept per ``(owner, key)`` until a source
-    changes, one of the submodules ``mods`` it reads is swapped for another, or one of the plain
-    values ``extra`` (an eps) differs (at most 8 keys per owner: a few input sizes); None where
-    no kept value may stand in for the computation: autograd on, ``torch.compile`` /
-    ``jit.trace`` / ``torch.func``, tensor subclasses, inference tensors. The caller then
-    computes in line as before."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active()
-            or any(t is not None and type(t) is not torch.Tensor and type(t) is not nn.Parameter
-                   for t in sources)):
-        return None
-    try:
-        state = (*((None if t is None else (t.data_ptr(), t._version)) for t in sources),
-                 torch.is_inference_mode_enabled(), *extra)
-    except RuntimeError:  # an inference tensor has no version counter: nothing to key on
-        return None
-    table = _DERIVED.get(owner)
-    if table is None:
-        table = _DERIVED[owner] = {}
-    hit = table.get(key)
-    # (equal states have their None sources in the same places)
-    if (hit is not None and hit[2] == state and len(hit[0]) == len(mods)
-            and all(r() is m for r, m in zip(hit[0], mods, strict=True))
-            and all(r is None or r() is t for r, t in zip(hit[1], sources, strict=True))):
-        return hit[3]
-    with torch.no_grad():
-        value = build(*sources)
-    if len(table) >= 8:
-        del table[next(iter(table))]
-    table[key] = (tuple(weakref.ref(m) for m in mods),
-                  tuple(None if t is None else weakref.ref(t) for t in sources), state, value)
-    return value
-
 
 def param_fold(owner: nn.Module, key: str, mods: tuple[nn.Module, ...],
                tensors: tuple[torch.Tensor | None, ...],
@@ -207,3 +163,22 @@ def stacked_pointwise(owner: nn.Module, convs: tuple[nn.Module, ...], x: torch.T
     params = pointwise_params(convs, x)
     wb = None if params is None else derived(owner, "stacked_pointwise", params, _stack)
     return None if wb is None else F.conv2d(x, wb[0], wb[1])
+
+
+# Kernels of several convolutions run as one, each zero-padded to the largest, while this costs at
+# most this many extra multiply-adds (about the fixed cost of one small convolution on one CPU
+# core): CoaT's CRPE, CrossFormer's CEL.
+MERGE_EXTRA_MACS = 1 << 20
+
+
+def padded_kernels(convs: list[nn.Module], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The convolutions' weights zero-padded, centred, to k x k and stacked along the outputs;
+    their biases stacked (zeros for a conv without one; None if none has one)."""
+    ws, bs = [], []
+    for c in convs:
+        w, b = c._parameters["weight"], c._parameters["bias"]
+        p = (k - w.shape[-1]) // 2
+        ws.append(F.pad(w, (p, p, p, p)))
+        bs.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b)
+    bias = None if all(c._parameters["bias"] is None for c in convs) else torch.cat(bs)
+    return torch.cat(ws), bias

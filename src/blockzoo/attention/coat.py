@@ -18,7 +18,7 @@ from torch import nn
 
 from blockzoo._fastcall import call, listened
 from blockzoo._fastops import grouped_conv
-from blockzoo._kept import derived, residual_depthwise
+from blockzoo._kept import MERGE_EXTRA_MACS, derived, padded_kernels, residual_depthwise
 from blockzoo.checks import check_shape, require, require_divides
 from blockzoo.registry import Example, images, register
 
@@ -26,22 +26,6 @@ __all__ = ["ConvPosEnc", "ConvRelPosEnc", "FactorizedAttention"]
 
 # The released code's split of the heads over depthwise kernels: kernel size -> heads.
 CRPE_WINDOW = {3: 2, 5: 3, 7: 3}
-
-
-# CRPE's kernels run as one depthwise convolution (each zero-padded to the largest) while this
-# costs at most this many extra multiply-adds (about the fixed cost of a small convolution).
-_MERGE_EXTRA_MACS = 1 << 20
-
-
-def _pad_depthwise(convs: list[nn.Module], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Depthwise weights zero-padded, centred, to k x k and stacked along the channels; biases too."""
-    ws, bs = [], []
-    for c in convs:
-        w, bias = c._parameters["weight"], c._parameters["bias"]
-        p = (k - w.shape[-1]) // 2
-        ws.append(F.pad(w, (p, p, p, p)))
-        bs.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else bias)
-    return torch.cat(ws), (None if all(c._parameters["bias"] is None for c in convs) else torch.cat(bs))
 
 
 class ConvRelPosEnc(nn.Module):
@@ -79,7 +63,7 @@ class ConvRelPosEnc(nn.Module):
     def conv_v(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         """DWConv(V) as (B, h, N, d) for eval without autograd, the kernels of all sizes run as one
         depthwise convolution with each zero-padded (centred) to the largest while that costs at
-        most _MERGE_EXTRA_MACS more (kept until a weight changes), else one per size; None: the
+        most MERGE_EXTRA_MACS more (kept until a weight changes), else one per size; None: the
         caller uses ``forward``."""
         convs = list(self.conv_list)
         if (torch.is_grad_enabled() or torch.compiler.is_compiling() or listened(self, *convs) or any(
@@ -91,13 +75,13 @@ class ConvRelPosEnc(nn.Module):
         k = max(c.kernel_size[0] for c in convs)
         extra = sum(c.in_channels * (k * k - c.kernel_size[0] ** 2) for c in convs)
         img = v.transpose(-1, -2).reshape(b, nh * d, h, w)  # (B, h d, H, W): channel = head * d + c
-        if len(convs) > 1 and b * n * extra > _MERGE_EXTRA_MACS:  # one convolution per kernel size
+        if len(convs) > 1 and b * n * extra > MERGE_EXTRA_MACS:  # one convolution per kernel size
             parts = img.split(self.splits, 1)
             conv = torch.cat([call(c, part) for c, part in zip(convs, parts, strict=True)], 1)
             return conv.reshape(b, nh, d, n).transpose(-1, -2)  # (B, h, N, d)
         params = tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"])
                        if t is not None)
-        wb = derived(self, "merged", params, lambda *_: _pad_depthwise(convs, k))
+        wb = derived(self, "merged", params, lambda *_: padded_kernels(convs, k))
         if wb is None:
             return None
         conv = F.conv2d(img, wb[0], wb[1], 1, k // 2, 1, nh * d)  # (B, h d, H, W)

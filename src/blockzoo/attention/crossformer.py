@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockzoo._fastcall import call, listened
-from blockzoo._kept import derived
+from blockzoo._kept import MERGE_EXTRA_MACS, derived, padded_kernels
 from blockzoo.attention._attend import attend, key_mask, pad_to_multiple, pair
 from blockzoo.attention.maps import AttentionMap
 from blockzoo.checks import ShapeError, check_shape, require, require_divides
@@ -137,7 +137,7 @@ class CrossScaleEmbedding(nn.Module):
     def _merged(self, convs: list[nn.Module], x: torch.Tensor) -> torch.Tensor | None:
         """All the convolutions as one, each smaller kernel zero-padded to the largest (they share
         stride and centres), for small inputs where a convolution's fixed cost outweighs the
-        padded kernels' extra products (at most _MERGE_EXTRA_MACS); eval without autograd on
+        padded kernels' extra products (at most MERGE_EXTRA_MACS); eval without autograd on
         stock unhooked convolutions only, the padded weight kept until a weight changes."""
         if len(convs) < 2 or torch.is_grad_enabled() or torch.compiler.is_compiling() or any(
                 type(c) is not nn.Conv2d or "weight" not in c._parameters or "bias" not in c._parameters
@@ -145,11 +145,11 @@ class CrossScaleEmbedding(nn.Module):
             return None
         k, s = self.kernel_sizes[-1], self.stride
         extra = sum(c.out_channels * (k * k - c.kernel_size[0] * c.kernel_size[1]) for c in convs)
-        if x.shape[0] * (x.shape[2] // s) * (x.shape[3] // s) * extra * self.channels > _MERGE_EXTRA_MACS:
+        if x.shape[0] * (x.shape[2] // s) * (x.shape[3] // s) * extra * self.channels > MERGE_EXTRA_MACS:
             return None
         params = tuple(t for c in convs for t in (c._parameters["weight"], c._parameters["bias"]))
         wb = derived(self, "merged", tuple(t for t in params if t is not None),
-                     lambda *_: _pad_kernels(convs, k))
+                     lambda *_: padded_kernels(convs, k))
         if wb is None:
             return None
         return F.conv2d(x, wb[0], wb[1], s, (k - s) // 2)  # (B, D, H/s, W/s)
@@ -157,23 +157,6 @@ class CrossScaleEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, dim_out={self.dim_out}, kernel_sizes={self.kernel_sizes}, "
                 f"stride={self.stride}")
-
-
-# CEL's convolutions run as one with zero-padded kernels while this costs at most this many extra
-# multiply-adds (about the fixed cost of one small convolution on one CPU core).
-_MERGE_EXTRA_MACS = 1 << 20
-
-
-def _pad_kernels(convs: list[nn.Module], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The convolutions' weights zero-padded, centred, to k x k and stacked; their biases stacked."""
-    ws, bs = [], []
-    for c in convs:
-        w, b = c._parameters["weight"], c._parameters["bias"]
-        p = (k - w.shape[-1]) // 2
-        ws.append(F.pad(w, (p, p, p, p)))
-        bs.append(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b)
-    bias = None if all(c._parameters["bias"] is None for c in convs) else torch.cat(bs)
-    return torch.cat(ws), bias
 
 
 class DynamicPositionBias(nn.Module):
