@@ -23,8 +23,9 @@ that the fast path equals the module path to 1e-12 in float64 and that hooks sti
 :func:`conv_bn` goes one step further for a stock ``Conv2d`` followed by a stock
 ``BatchNorm2d`` in eval without autograd: one convolution with the norm folded in, kept per
 norm by :func:`derived`, the one cache of tensors computed from parameters
-(``tests/test_conv_bn_fold.py``). What blocks keep through it lives in ``blockzoo._kept``, CPU stand-ins for single ops in ``blockzoo._fastops``; :func:`module_path`
-turns every one of them off.
+(``tests/test_conv_bn_fold.py``). What blocks keep through it lives in ``blockzoo._kept``, CPU
+stand-ins for single ops in ``blockzoo._fastops``; :func:`module_path` turns every one of them
+off.
 """
 
 from __future__ import annotations

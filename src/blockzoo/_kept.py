@@ -3,9 +3,10 @@
 Merged weights (several 1x1 convs stacked, conv branches summed into one kernel), scales
 folded into a projection, a position bias's exponential: a block's eval forward may use such
 a tensor in place of the parameters it comes from, provided it is rebuilt whenever they
-change. ``_fastcall.derived`` (re-exported here) keeps each one per (owner module, key) with weak references to its
-source tensors and each one's address and version, so an optimiser step, ``load_state_dict``,
-``.data =``, ``.to()`` or a new parameter rebuilds it; nothing enters ``state_dict``,
+change. ``_fastcall.derived`` (re-exported here) keeps each one per (owner module, key) with
+weak references to its source tensors and each one's address and version, so an optimiser
+step, ``load_state_dict``, ``.data =``, ``.to()`` or a new parameter rebuilds it; nothing
+enters ``state_dict``,
 ``deepcopy`` or pickling. No kept tensor stands in while autograd is on, while
 ``torch.compile`` / ``jit.trace`` trace, under ``torch.func`` transforms, for tensor
 subclasses or inference tensors, or (``param_fold``, the conv helpers) while a hook listens:
