@@ -6,9 +6,8 @@ a tensor in place of the parameters it comes from, provided it is rebuilt whenev
 change. ``_fastcall.derived`` (re-exported here) keeps each one per (owner module, key) with
 weak references to its source tensors and each one's address and version, so an optimiser
 step, ``load_state_dict``, ``.data =``, ``.to()`` or a new parameter rebuilds it; nothing
-enters ``state_dict``,
-``deepcopy`` or pickling. No kept tensor stands in while autograd is on, while
-``torch.compile`` / ``jit.trace`` trace, under ``torch.func`` transforms, for tensor
+enters ``state_dict``, ``deepcopy`` or pickling. No kept tensor stands in while autograd is
+on, while ``torch.compile`` / ``jit.trace`` trace, under ``torch.func`` transforms, for tensor
 subclasses or inference tensors, or (``param_fold``, the conv helpers) while a hook listens:
 the caller then runs its module path, exactly as before. Each user tests its kept path
 against that module path in float64 (``_fastcall.module_path``).
